@@ -1,0 +1,252 @@
+//! The link inputs of one executable: what they are, a content fingerprint of each, and a kept copy
+//! of those that may change or vanish before a later patch diff needs them.
+//!
+//! Fingerprints are cached by (device, inode, size, mtime), so inputs that did not change since the
+//! last link (the sysroot, dependencies from the registry) are never read again. Copies are
+//! hardlinks into a content-addressed store: rustc writes a rebuilt file as a new inode and deletes
+//! its `*.rcgu.o` after the link, so a hardlink keeps exactly the content that was linked.
+
+use super::args::{InputArg, LinkCommand};
+use crate::map::schema::{Input, InputKind};
+use crate::map::store::{write_atomically, IpbpDir};
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// Directories gcc searches after the `-L` ones, for `-l` inputs.
+const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/usr/local/lib",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/lib",
+];
+
+/// Resolves the command's inputs to files and kinds, in link order.
+pub fn resolve(cmd: &LinkCommand, cwd: &Path) -> Vec<Input> {
+    cmd.inputs
+        .iter()
+        .map(|arg| match arg {
+            InputArg::File(path) => {
+                let path = cwd.join(path);
+                Input { kind: classify(&path), path, fingerprint: None, stored: None }
+            }
+            InputArg::Library { name, static_only } => {
+                match find_library(name, *static_only, &cmd.search_dirs, cwd) {
+                    Some(path) => Input { kind: classify(&path), path, fingerprint: None, stored: None },
+                    None => Input {
+                        path: PathBuf::from(format!("-l{name}")),
+                        kind: InputKind::Library,
+                        fingerprint: None,
+                        stored: None,
+                    },
+                }
+            }
+        })
+        .collect()
+}
+
+fn find_library(name: &str, static_only: bool, dirs: &[PathBuf], cwd: &Path) -> Option<PathBuf> {
+    let mut names = Vec::with_capacity(2);
+    if !static_only {
+        names.push(format!("lib{name}.so"));
+    }
+    names.push(format!("lib{name}.a"));
+    let dirs = dirs.iter().map(|d| cwd.join(d)).chain(SYSTEM_LIB_DIRS.iter().map(PathBuf::from));
+    for dir in dirs {
+        for n in &names {
+            let p = dir.join(n);
+            if p.is_file() {
+                return Some(p);
+            }
+        }
+    }
+    None
+}
+
+fn classify(path: &Path) -> InputKind {
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    if name.ends_with(".o") {
+        return InputKind::Object;
+    }
+    if name.ends_with(".rlib") || name.ends_with(".a") {
+        return archive_kind(path);
+    }
+    if name.ends_with(".so") || name.contains(".so.") {
+        return InputKind::Shared;
+    }
+    let mut magic = [0u8; 18];
+    let n = std::fs::File::open(path).and_then(|mut f| std::io::Read::read(&mut f, &mut magic)).unwrap_or(0);
+    if n >= 8 && &magic[..8] == b"!<arch>\n" {
+        archive_kind(path)
+    } else if n >= 18 && &magic[..4] == b"\x7fELF" && u16::from_le_bytes([magic[16], magic[17]]) == 1 {
+        InputKind::Object
+    } else {
+        InputKind::Shared
+    }
+}
+
+fn archive_kind(path: &Path) -> InputKind {
+    if is_sysroot(path) {
+        InputKind::SysrootArchive
+    } else {
+        InputKind::Archive
+    }
+}
+
+/// The Rust toolchain's own libraries: immutable for the life of a toolchain.
+pub fn is_sysroot(path: &Path) -> bool {
+    path.to_string_lossy().contains("/lib/rustlib/")
+}
+
+/// A fingerprint cache entry: identity of the file version and its content hash.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        }
+    }
+}
+
+/// `fingerprints.tsv`: `dev ino size mtime_ns fingerprint` per line.
+pub struct FingerprintCache {
+    path: PathBuf,
+    entries: HashMap<(u64, u64), (FileStamp, String)>,
+    dirty: bool,
+}
+
+impl FingerprintCache {
+    pub fn load(dir: &IpbpDir) -> Self {
+        let path = dir.fingerprints();
+        let mut entries = HashMap::new();
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            for line in text.lines() {
+                let f: Vec<&str> = line.split('\t').collect();
+                if let [dev, ino, size, mtime, fp] = f[..] {
+                    if let (Ok(dev), Ok(ino), Ok(size), Ok(mtime_ns)) =
+                        (dev.parse(), ino.parse(), size.parse(), mtime.parse())
+                    {
+                        entries.insert((dev, ino), (FileStamp { dev, ino, size, mtime_ns }, fp.to_string()));
+                    }
+                }
+            }
+        }
+        FingerprintCache { path, entries, dirty: false }
+    }
+
+    /// The content fingerprint of `path`, read from the cache when the file is unchanged.
+    pub fn fingerprint(&mut self, path: &Path) -> std::io::Result<String> {
+        let meta = std::fs::metadata(path)?;
+        let stamp = FileStamp::of(&meta);
+        if let Some((cached, fp)) = self.entries.get(&(stamp.dev, stamp.ino)) {
+            if *cached == stamp {
+                return Ok(fp.clone());
+            }
+        }
+        let fp = fingerprint_file(path)?;
+        self.entries.insert((stamp.dev, stamp.ino), (stamp, fp.clone()));
+        self.dirty = true;
+        Ok(fp)
+    }
+
+    /// Writes the cache back if anything new was hashed. Concurrent links may overwrite each
+    /// other's additions; that only costs a re-hash later.
+    pub fn save(&self) -> std::io::Result<()> {
+        if !self.dirty {
+            return Ok(());
+        }
+        write_atomically(&self.path, |out| {
+            for (stamp, fp) in self.entries.values() {
+                writeln!(out, "{}\t{}\t{}\t{}\t{}", stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns, fp)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `xxh3:<128-bit hex>` of the file's content.
+pub fn fingerprint_file(path: &Path) -> std::io::Result<String> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let hash = if len == 0 {
+        xxhash_rust::xxh3::xxh3_128(&[])
+    } else {
+        // SAFETY: read-only map of a file we only read.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        xxhash_rust::xxh3::xxh3_128(&map)
+    };
+    Ok(format!("xxh3:{hash:032x}"))
+}
+
+/// Fingerprints every input and keeps a copy of those that can change under us.
+/// Returns the first problem met (the caller turns it into one warning); inputs already handled
+/// keep their fingerprints.
+pub fn fingerprint_and_store(inputs: &mut [Input], dir: &IpbpDir) -> Result<(), String> {
+    let mut cache = FingerprintCache::load(dir);
+    let store = dir.store();
+    let mut first_error = None;
+    let mut store_ready = false;
+    for input in inputs.iter_mut() {
+        if input.kind == InputKind::Library {
+            continue;
+        }
+        let fp = match cache.fingerprint(&input.path) {
+            Ok(fp) => fp,
+            Err(e) => {
+                first_error
+                    .get_or_insert_with(|| format!("cannot read link input {}: {e}", input.path.display()));
+                continue;
+            }
+        };
+        if matches!(input.kind, InputKind::Object | InputKind::Archive) {
+            if !store_ready {
+                if let Err(e) = fs_err::create_dir_all(&store) {
+                    first_error.get_or_insert_with(|| e.to_string());
+                }
+                store_ready = true;
+            }
+            match keep(&input.path, &fp, &store) {
+                Ok(kept) => input.stored = Some(kept),
+                Err(e) => {
+                    first_error.get_or_insert_with(|| {
+                        format!("cannot keep a copy of {}: {e}", input.path.display())
+                    });
+                }
+            }
+        }
+        input.fingerprint = Some(fp);
+    }
+    if let Err(e) = cache.save() {
+        first_error.get_or_insert_with(|| format!("cannot write {}: {e}", dir.fingerprints().display()));
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Hardlinks (or, across filesystems, copies) `path` into the store under its fingerprint.
+fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf> {
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    let key = fingerprint.trim_start_matches("xxh3:");
+    let dest = store.join(format!("{key}{ext}"));
+    if dest.exists() {
+        return Ok(dest);
+    }
+    let tmp = store.join(format!(".{key}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(path, &tmp).is_err() {
+        std::fs::copy(path, &tmp)?;
+    }
+    std::fs::rename(&tmp, &dest)?;
+    Ok(dest)
+}

@@ -1,0 +1,146 @@
+//! `ipbp-ld diff`: how the symbols of two builds differ.
+//!
+//! Symbols are matched by mangled name; a name defined several times (local copies of one generic
+//! instance, C statics of different files) is matched occurrence by occurrence in address order.
+//! Exit code 0 when something differs, 1 when the two are the same.
+
+use super::{load_any, print_json, Outcome};
+use crate::error::Error;
+use crate::map::schema::{Symbol, SymbolKind, SymbolMap};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The older binary or map.
+    old: PathBuf,
+    /// The newer binary or map.
+    new: PathBuf,
+    /// Print JSON instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize, Default)]
+pub struct SymbolDiff<'a> {
+    pub added: Vec<&'a Symbol>,
+    pub removed: Vec<&'a Symbol>,
+    pub moved: Vec<Change<'a>>,
+    pub resized: Vec<Change<'a>>,
+}
+
+#[derive(Serialize)]
+pub struct Change<'a> {
+    pub name: &'a str,
+    pub demangled: &'a str,
+    pub kind: SymbolKind,
+    pub old_addr: u64,
+    pub new_addr: u64,
+    pub old_size: u64,
+    pub new_size: u64,
+}
+
+pub fn run(args: Args) -> Result<Outcome, Error> {
+    let old = load_any(&args.old)?;
+    let new = load_any(&args.new)?;
+    let d = diff(&old, &new);
+    if args.json {
+        print_json(&d)?;
+    } else {
+        print_summary(&args, &d);
+    }
+    let same = d.added.is_empty() && d.removed.is_empty() && d.moved.is_empty() && d.resized.is_empty();
+    Ok(if same { Outcome::NothingFound } else { Outcome::Found })
+}
+
+fn by_name(map: &SymbolMap) -> HashMap<&str, Vec<&Symbol>> {
+    let mut m: HashMap<&str, Vec<&Symbol>> = HashMap::new();
+    for s in map.symbols.iter().filter(|s| s.kind != SymbolKind::Section && s.section.is_some()) {
+        m.entry(s.name.as_str()).or_default().push(s);
+    }
+    for v in m.values_mut() {
+        v.sort_by_key(|s| s.addr);
+    }
+    m
+}
+
+pub fn diff<'a>(old: &'a SymbolMap, new: &'a SymbolMap) -> SymbolDiff<'a> {
+    let old_names = by_name(old);
+    let new_names = by_name(new);
+    let mut d = SymbolDiff::default();
+    for (name, olds) in &old_names {
+        let news = new_names.get(name).map(Vec::as_slice).unwrap_or(&[]);
+        for (i, o) in olds.iter().enumerate() {
+            match news.get(i) {
+                None => d.removed.push(o),
+                Some(n) => {
+                    let change = Change {
+                        name: &n.name,
+                        demangled: &n.demangled,
+                        kind: n.kind,
+                        old_addr: o.addr,
+                        new_addr: n.addr,
+                        old_size: o.size,
+                        new_size: n.size,
+                    };
+                    if o.size != n.size {
+                        d.resized.push(change);
+                    } else if o.addr != n.addr {
+                        d.moved.push(change);
+                    }
+                }
+            }
+        }
+        d.added.extend(news.iter().skip(olds.len()));
+    }
+    for (name, news) in &new_names {
+        if !old_names.contains_key(name) {
+            d.added.extend(news.iter());
+        }
+    }
+    d.added.sort_by_key(|s| (s.addr, &s.name));
+    d.removed.sort_by_key(|s| (s.addr, &s.name));
+    d.moved.sort_by_key(|c| (c.new_addr, c.name));
+    d.resized.sort_by_key(|c| (c.new_addr, c.name));
+    d
+}
+
+fn print_summary(args: &Args, d: &SymbolDiff) {
+    println!("--- {}", args.old.display());
+    println!("+++ {}", args.new.display());
+    println!(
+        "{} added, {} removed, {} resized, {} moved",
+        d.added.len(),
+        d.removed.len(),
+        d.resized.len(),
+        d.moved.len()
+    );
+    for s in &d.added {
+        println!("+ {:<8} {:#018x} {:>7}  {}", s.kind.as_str(), s.addr, s.size, s.demangled);
+    }
+    for s in &d.removed {
+        println!("- {:<8} {:#018x} {:>7}  {}", s.kind.as_str(), s.addr, s.size, s.demangled);
+    }
+    for c in &d.resized {
+        println!(
+            "~ {:<8} {:#018x} {:>7} -> {:#018x} {:>7}  {}",
+            c.kind.as_str(),
+            c.old_addr,
+            c.old_size,
+            c.new_addr,
+            c.new_size,
+            c.demangled
+        );
+    }
+    for c in &d.moved {
+        println!(
+            "> {:<8} {:#018x} -> {:#018x} {:>7}  {}",
+            c.kind.as_str(),
+            c.old_addr,
+            c.new_addr,
+            c.new_size,
+            c.demangled
+        );
+    }
+}

@@ -1,0 +1,105 @@
+//! Linker mode: what `ipbp-ld` does when rustc calls it.
+//!
+//! 1. Read the command line ([`capture::args`]); anything that is not an executable is handed to
+//!    the real linker with `exec` — zero overhead, exact pass-through.
+//! 2. Start the real linker. While it runs, fingerprint and keep the inputs ([`capture::inputs`])
+//!    and build a patch for every running process of this program ([`crate::patch`]).
+//! 3. When the link succeeded, record the symbol map ([`crate::map`]).
+//! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
+//!    change the result of the link.
+
+use crate::capture::args::{LinkCommand, OutputKind};
+use crate::capture::forward::{exit_like, RealLinker};
+use crate::capture::inputs;
+use crate::map::record;
+use crate::map::store::{output_name, IpbpDir};
+use crate::status::Status;
+use ipbp::registry::{self, BuildRecord};
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::path::Path;
+
+/// Skips recording (the link is forwarded untouched), for measuring pure forwarding cost.
+pub const DISABLE_ENV: &str = "IPBP_DISABLE";
+
+pub fn run(args: Vec<OsString>) -> ! {
+    let real = RealLinker::from_env();
+    let cmd = match LinkCommand::parse(args.clone()) {
+        Ok(cmd) => cmd,
+        Err(e) => {
+            Status::new(None).warn(&format!("{e}; linking without recording"));
+            pass_through(&real, &args)
+        }
+    };
+    let disabled = std::env::var_os(DISABLE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
+    let output = match (cmd.kind, &cmd.output) {
+        (OutputKind::Executable, Some(output)) if !disabled => output.clone(),
+        _ => pass_through(&real, &cmd.forward),
+    };
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let output = cwd.join(output);
+
+    let mut child = match real.spawn(&cmd.forward) {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("error: ipbp-ld: {e}");
+            std::process::exit(1);
+        }
+    };
+
+    let dir = IpbpDir::for_output(&output);
+    let mut status = Status::new(Some(dir.log()));
+    let mut inputs = inputs::resolve(&cmd, &cwd);
+    if let Err(e) = inputs::fingerprint_and_store(&mut inputs, &dir) {
+        status.warn(&format!("{e} (a later patch of this build may be refused)"));
+    }
+    crate::patch::for_running_processes(&cmd, &output, &inputs, &dir, &mut status);
+
+    let exit = match child.wait() {
+        Ok(exit) => exit,
+        Err(e) => {
+            eprintln!("error: ipbp-ld: lost track of the real linker: {e}");
+            std::process::exit(1);
+        }
+    };
+    if exit.success() {
+        if let Err(e) = record_build(&output, inputs, &dir) {
+            status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
+        }
+    }
+    exit_like(exit)
+}
+
+fn pass_through(real: &RealLinker, args: &[OsString]) -> ! {
+    let e = real.exec(args);
+    eprintln!("error: ipbp-ld: {e}");
+    std::process::exit(1)
+}
+
+/// Writes the map, tells the registry this build is ours, and collects old maps.
+fn record_build(
+    output: &Path,
+    inputs: Vec<crate::map::schema::Input>,
+    dir: &IpbpDir,
+) -> crate::error::Result<()> {
+    let recorded = record::record(output, inputs, dir)?;
+    let root = registry::root();
+    let name = output_name(output);
+    let build = BuildRecord {
+        build_id: recorded.build_id.clone(),
+        output: output.to_path_buf(),
+        map: recorded.map_path.clone(),
+        inputs: dir.inputs_path(&name, &recorded.build_id),
+    };
+    registry::ensure_root(&root)
+        .and_then(|()| {
+            crate::map::store::write_atomically(&registry::build_record_path(&root, &build.build_id), |out| {
+                out.write_all(build.to_text().as_bytes())
+            })
+        })
+        .map_err(|e| crate::err!("cannot note the build in {}: {e}", root.display()))?;
+    let in_use: HashSet<String> =
+        registry::list(&root).into_iter().filter(|r| r.is_alive()).map(|r| r.build_id).collect();
+    record::collect(dir, &name, &in_use)?;
+    Ok(())
+}

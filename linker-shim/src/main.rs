@@ -1,0 +1,3 @@
+fn main() {
+    ipbp_ld::main_with_args(std::env::args_os().skip(1).collect())
+}
