@@ -6,9 +6,11 @@
 
 pub mod capture;
 pub mod cli;
+pub mod diff;
 pub mod error;
 pub mod link;
 pub mod map;
+pub mod objects;
 pub mod patch;
 pub mod status;
 

@@ -1,4 +1,65 @@
-//! The runtime half of ipbp: a running program opts in with [`init`], marks hot points with
-//! `#[ipbp::hot]` or [`call`], and receives patches built by `ipbp-ld`.
+//! The runtime half of ipbp.
+//!
+//! A program opts in with [`init`] at the start of `main`, marks hot points with `#[ipbp::hot]`
+//! (functions and methods) or [`call`] (closures), and is built with `linker = "ipbp-ld"`. While
+//! it runs, every `cargo build` of the same program turns the edited code into a patch that this
+//! crate loads and installs: calls through hot points then run the new code, and every static and
+//! thread-local keeps its value.
+//!
+//! In release builds (`debug_assertions` off) all of it compiles to nothing: `init` returns at once,
+//! `#[ipbp::hot]` leaves the function as written and `call(f)` is `f()`.
 
+#[doc(hidden)]
+pub mod dispatch;
+pub mod protocol;
 pub mod registry;
+
+mod apply;
+mod image;
+mod listener;
+mod runtime;
+mod tls;
+
+pub use ipbp_macros::hot;
+
+/// Opts this process in to hot patching. Call it early in `main`; calling it again does nothing.
+///
+/// It does nothing at all in release builds, and nothing but one `stat` when the program was not
+/// linked through `ipbp-ld`. Otherwise it registers the process (pid, executable, build id, load
+/// address and a socket, in a directory only this user can read) and starts a thread that receives
+/// patches. The registration is removed when the process exits. Problems are reported once on
+/// stderr and leave the program running unpatched.
+pub fn init() {
+    #[cfg(debug_assertions)]
+    {
+        static STARTED: std::sync::Once = std::sync::Once::new();
+        STARTED.call_once(runtime::start);
+    }
+}
+
+/// Runs `f` through a hot point: after a patch, the newest version of the closure's code (and of
+/// everything it calls) runs.
+///
+/// ```
+/// let total = ipbp::call(|| 2 + 2);
+/// assert_eq!(total, 4);
+/// ```
+#[inline(never)]
+pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
+    #[cfg(debug_assertions)]
+    {
+        let me = call::<F, R> as fn(F) -> R as *const ();
+        let newest = dispatch::redirect(me);
+        if newest != me {
+            // SAFETY: ipbp-ld only redirects `call::<F, R>` to a newer build of `call::<F, R>`.
+            let newest: fn(F) -> R = unsafe { std::mem::transmute(newest) };
+            return newest(f);
+        }
+    }
+    f()
+}
+
+/// How many patches this process has applied (0 before the first, and in release builds).
+pub fn patch_generation() -> u64 {
+    runtime::generation()
+}

@@ -20,6 +20,10 @@ pub struct Args {
     /// Print JSON instead of a summary.
     #[arg(long)]
     json: bool,
+    /// Compare code instead of symbol addresses: which functions and statics of the workspace
+    /// differ, from the link inputs kept for both builds (what a patch between them would hold).
+    #[arg(long)]
+    code: bool,
 }
 
 #[derive(Serialize, Default)]
@@ -44,6 +48,9 @@ pub struct Change<'a> {
 pub fn run(args: Args) -> Result<Outcome, Error> {
     let old = load_any(&args.old)?;
     let new = load_any(&args.new)?;
+    if args.code {
+        return code_diff(&args, &old, &new);
+    }
     let d = diff(&old, &new);
     if args.json {
         print_json(&d)?;
@@ -143,4 +150,65 @@ fn print_summary(args: &Args, d: &SymbolDiff) {
             c.demangled
         );
     }
+}
+
+/// `--code`: the stage-3 diff between two recorded builds.
+fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, Error> {
+    use crate::diff::units::{load, Workspace};
+    let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::map::schema::Input>, Error> {
+        if m.inputs.is_empty() {
+            let found = super::map::find_map(path, &m.build_id).ok_or_else(|| {
+                crate::err!("no recorded link inputs for {} (not linked through ipbp-ld?)", path.display())
+            })?;
+            Ok(crate::map::record::load_map(&found)?.inputs)
+        } else {
+            Ok(m.inputs.clone())
+        }
+    };
+    let (old_inputs, new_inputs) = (inputs(old, &args.old)?, inputs(new, &args.new)?);
+    let arena = crate::objects::load::Arena::default();
+    let ws = Workspace::new();
+    let base = load(&arena, &old_inputs, &ws, true)?;
+    let current = load(&arena, &new_inputs, &ws, true)?;
+    let d = crate::diff::diff(&base, &current, &|_| true)?;
+    if args.json {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            changed: Vec<&'a crate::diff::Change>,
+            removed: &'a [String],
+            units_total: usize,
+            units_changed: usize,
+        }
+        print_json(&Out {
+            changed: d.changed.values().collect(),
+            removed: &d.removed,
+            units_total: d.units_total,
+            units_changed: d.units_changed,
+        })?;
+    } else {
+        println!(
+            "{} of {} workspace objects differ; {} definitions compared, {} changed, {} removed",
+            d.units_changed,
+            d.units_total,
+            d.compared,
+            d.changed.len(),
+            d.removed.len()
+        );
+        for c in d.changed.values() {
+            let size = if c.old_size == c.new_size {
+                format!("{} bytes", c.new_size)
+            } else {
+                format!("{} -> {} bytes", c.old_size, c.new_size)
+            };
+            println!(
+                "~ {:<8} {}  ({size})",
+                format!("{:?}", c.kind).to_lowercase(),
+                crate::map::read::demangle(&c.name)
+            );
+        }
+        for r in &d.removed {
+            println!("- {}", crate::map::read::demangle(r));
+        }
+    }
+    Ok(if d.changed.is_empty() && d.removed.is_empty() { Outcome::NothingFound } else { Outcome::Found })
 }

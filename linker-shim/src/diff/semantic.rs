@@ -1,0 +1,119 @@
+//! What a section *means*, independent of where the linker will put things: its bytes with every
+//! relocation field masked, plus, for each relocation, what it refers to.
+//!
+//! A reference to a named symbol is compared by name (a function's own changes are judged on its
+//! own). A reference to anonymous data (`.Lanon.*` strings, vtables, panic locations, reached
+//! through section symbols) is compared by that data's own meaning, recursively: its name
+//! (`.rodata..Lanon.<hash>.<n>`) is a counter that shifts whenever the codegen unit gains a
+//! constant. Two sections with equal [`Semantics::section_hash`] behave the same once linked.
+
+use crate::objects::{Object, Reloc, SecIdx};
+use std::collections::HashMap;
+use xxhash_rust::xxh3::Xxh3;
+
+/// What a relocation points at, independent of layout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target<'a> {
+    /// A symbol by name, plus the offset from it.
+    Named(&'a str, i64),
+    /// Data without a name, by content hash, plus the offset into it.
+    Anon(u128, i64),
+}
+
+/// Memoised section hashes over the objects of one build.
+pub struct Semantics<'o, 'a> {
+    /// By unit index; `None` for units not parsed (never asked about: a section's anonymous
+    /// targets live in its own object).
+    objects: Vec<Option<&'o Object<'a>>>,
+    memo: HashMap<(usize, SecIdx), u128>,
+}
+
+impl<'o, 'a> Semantics<'o, 'a> {
+    pub fn new(objects: Vec<Option<&'o Object<'a>>>) -> Self {
+        Semantics { objects, memo: HashMap::new() }
+    }
+
+    pub fn object(&self, obj: usize) -> &'o Object<'a> {
+        self.objects[obj].expect("semantics asked about a unit that was not parsed")
+    }
+
+    /// What relocation `r` of object `obj` refers to.
+    pub fn target(&mut self, obj: usize, r: &Reloc) -> Target<'a> {
+        let o = self.object(obj);
+        let sym = &o.symbols[r.symbol];
+        if sym.is_named() {
+            return Target::Named(sym.name, r.addend);
+        }
+        if let Some((sec, start, end)) = o.merge_piece(r.symbol) {
+            let piece = &o.sections[sec].data[start as usize..end as usize];
+            return Target::Anon(xxhash_rust::xxh3::xxh3_128(piece), r.addend);
+        }
+        let Some(sec) = sym.section() else { return Target::Named(sym.name, r.addend) };
+        let offset = r.addend + sym.value as i64;
+        match o.primary_symbol(sec) {
+            Some(p) => Target::Named(p.name, offset - p.value as i64),
+            None => Target::Anon(self.section_hash(obj, sec), offset),
+        }
+    }
+
+    /// The meaning of a section: kind, size, masked bytes and relocation targets.
+    pub fn section_hash(&mut self, obj: usize, sec: SecIdx) -> u128 {
+        if let Some(&h) = self.memo.get(&(obj, sec)) {
+            return h;
+        }
+        // A cycle of anonymous sections (rare) hashes the inner occurrence as 0.
+        self.memo.insert((obj, sec), 0);
+        let s = &self.object(obj).sections[sec];
+        let mut h = Xxh3::new();
+        h.update(&[s.kind as u8]);
+        h.update(&s.size.to_le_bytes());
+        h.update(&masked(s.data, &s.relocs));
+        for r in &s.relocs {
+            h.update(&r.offset.to_le_bytes());
+            h.update(&r.kind.0.to_le_bytes());
+            match self.target(obj, r) {
+                Target::Named(name, off) => {
+                    h.update(b"N");
+                    h.update(name.as_bytes());
+                    h.update(&[0]);
+                    h.update(&off.to_le_bytes());
+                }
+                Target::Anon(hash, off) => {
+                    h.update(b"A");
+                    h.update(&hash.to_le_bytes());
+                    h.update(&off.to_le_bytes());
+                }
+            }
+        }
+        let digest = h.digest128();
+        self.memo.insert((obj, sec), digest);
+        digest
+    }
+}
+
+/// The section's bytes with each relocated field zeroed.
+pub fn masked(data: &[u8], relocs: &[Reloc]) -> Vec<u8> {
+    let mut out = data.to_vec();
+    for r in relocs {
+        let start = r.offset as usize;
+        let end = (start + field_size(r.kind)).min(out.len());
+        if start < end {
+            out[start..end].fill(0);
+        }
+    }
+    out
+}
+
+/// Width of the field an x86-64 relocation writes.
+pub fn field_size(kind: object::elf::RelocationType) -> usize {
+    use object::elf::*;
+    match kind {
+        R_X86_64_64 | R_X86_64_PC64 | R_X86_64_DTPOFF64 | R_X86_64_TPOFF64 | R_X86_64_DTPMOD64
+        | R_X86_64_GOTOFF64 | R_X86_64_GOTPC64 | R_X86_64_GOT64 | R_X86_64_GOTPCREL64 | R_X86_64_GOTPLT64
+        | R_X86_64_PLTOFF64 | R_X86_64_SIZE64 => 8,
+        R_X86_64_16 | R_X86_64_PC16 => 2,
+        R_X86_64_8 | R_X86_64_PC8 => 1,
+        R_X86_64_NONE => 0,
+        _ => 4,
+    }
+}

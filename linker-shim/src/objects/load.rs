@@ -1,0 +1,209 @@
+//! Parsing relocatable ELF objects and archives into [`Object`]s.
+
+use super::*;
+use crate::error::{Context, Result};
+use crate::{bail, err};
+use object::elf::{FileHeader64, SectionHeader64};
+use object::read::elf::{FileHeader, Rela, SectionHeader, Sym};
+use object::LittleEndian as LE;
+use std::path::Path;
+
+/// Keeps the memory maps that loaded objects borrow from. Append-only: a map is never dropped or
+/// moved before the arena, so slices of it can be handed out while more files are mapped (the
+/// plan stage pulls archive members as it discovers it needs them).
+#[derive(Default)]
+pub struct Arena {
+    maps: std::cell::RefCell<Vec<Box<memmap2::Mmap>>>,
+}
+
+impl Arena {
+    /// Maps a file for the lifetime of the arena.
+    pub fn map(&self, path: &Path) -> Result<&[u8]> {
+        let file = fs_err::File::open(path).context("cannot open link input")?;
+        // SAFETY: read-only map; inputs are not modified while a patch is built (rustc writes new
+        // files and deletes the old ones only after the link).
+        let map = unsafe { memmap2::Mmap::map(file.file()) }
+            .with_context(|| format!("cannot map {}", path.display()))?;
+        let boxed = Box::new(map);
+        let bytes: *const [u8] = &boxed[..];
+        self.maps.borrow_mut().push(boxed);
+        // SAFETY: the mapping lives as long as `self` (see above) and does not move with the box.
+        Ok(unsafe { &*bytes })
+    }
+}
+
+/// One member of an archive, or a whole object file.
+pub struct Unit<'a> {
+    pub origin: Origin,
+    pub data: &'a [u8],
+}
+
+/// The object members of an archive (rlib metadata and other non-ELF members are skipped).
+pub fn archive_members<'a>(path: &Path, data: &'a [u8]) -> Result<Vec<Unit<'a>>> {
+    let archive = object::read::archive::ArchiveFile::parse(data)
+        .with_context(|| format!("{} is not a valid archive", path.display()))?;
+    let mut units = Vec::new();
+    for member in archive.members() {
+        let member = member.with_context(|| format!("{} has a malformed member", path.display()))?;
+        let bytes =
+            member.data(data).with_context(|| format!("{} has a truncated member", path.display()))?;
+        if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+            continue;
+        }
+        let name = String::from_utf8_lossy(member.name()).into_owned();
+        units.push(Unit { origin: Origin { path: path.to_path_buf(), member: Some(name) }, data: bytes });
+    }
+    Ok(units)
+}
+
+/// Names defined by each member, from the archive's symbol index: which member to pull for a
+/// symbol without parsing them all.
+pub fn archive_index(data: &[u8]) -> Result<Vec<(&[u8], u64)>> {
+    let archive = object::read::archive::ArchiveFile::parse(data).context("not a valid archive")?;
+    let mut out = Vec::new();
+    if let Some(symbols) = archive.symbols().context("malformed archive symbol table")? {
+        for s in symbols {
+            let s = s.context("malformed archive symbol table")?;
+            out.push((s.name(), s.offset().0));
+        }
+    }
+    Ok(out)
+}
+
+/// The member at `offset` (from [`archive_index`]).
+pub fn archive_member_at<'a>(path: &Path, data: &'a [u8], offset: u64) -> Result<Unit<'a>> {
+    let archive = object::read::archive::ArchiveFile::parse(data).context("not a valid archive")?;
+    let member = archive
+        .member(object::read::archive::ArchiveOffset(offset))
+        .with_context(|| format!("{}: bad member offset {offset}", path.display()))?;
+    let name = String::from_utf8_lossy(member.name()).into_owned();
+    let bytes = member.data(data).with_context(|| format!("{} has a truncated member", path.display()))?;
+    Ok(Unit { origin: Origin { path: path.to_path_buf(), member: Some(name) }, data: bytes })
+}
+
+/// Parses one relocatable x86-64 ELF object.
+pub fn parse<'a>(unit: &Unit<'a>) -> Result<Object<'a>> {
+    parse_inner(unit.data)
+        .with_context(|| format!("cannot read object {}", unit.origin))
+        .map(|(sections, symbols)| Object { origin: unit.origin.clone(), sections, symbols })
+}
+
+type Parsed<'a> = (Vec<Section<'a>>, Vec<Symbol<'a>>);
+
+fn parse_inner(data: &[u8]) -> Result<Parsed<'_>> {
+    let e = LE;
+    let header = FileHeader64::<LE>::parse(data).context("not a 64-bit little-endian ELF file")?;
+    if header.e_type(e) != elf::ET_REL {
+        bail!("not a relocatable object");
+    }
+    if header.e_machine(e) != elf::EM_X86_64 {
+        bail!("not an x86-64 object (machine {})", header.e_machine(e));
+    }
+    let table = header.sections(e, data).context("malformed section headers")?;
+    let headers: &[SectionHeader64<LE>] = table.iter().as_slice();
+    let mut sections = Vec::with_capacity(headers.len());
+    for sh in headers {
+        let name = table.section_name(e, sh).ok().and_then(|n| std::str::from_utf8(n).ok()).unwrap_or("");
+        let sh_type = sh.sh_type(e);
+        let kind = section_kind(name, sh_type, sh.sh_flags(e).0);
+        let contents: &[u8] = if sh_type == elf::SHT_NOBITS || sh_type == elf::SHT_NULL {
+            &[]
+        } else {
+            sh.data(e, data).map_err(|_| err!("section {name} lies outside the file"))?
+        };
+        let flags = sh.sh_flags(e).0;
+        let merge = (flags & elf::SHF_MERGE.0 != 0)
+            .then(|| Merge { strings: flags & elf::SHF_STRINGS.0 != 0, entsize: sh.sh_entsize(e) });
+        sections.push(Section {
+            name,
+            kind,
+            merge,
+            align: sh.sh_addralign(e).max(1),
+            size: sh.sh_size(e),
+            data: contents,
+            relocs: Vec::new(),
+            symbols: Vec::new(),
+        });
+    }
+
+    let symtab = table.symbols(e, data, elf::SHT_SYMTAB).context("malformed symbol table")?;
+    let strings = symtab.strings();
+    let mut symbols = Vec::with_capacity(symtab.len());
+    for (i, sym) in symtab.enumerate() {
+        let name = sym.name(e, strings).ok().and_then(|n| std::str::from_utf8(n).ok()).unwrap_or("");
+        let shndx = sym.st_shndx(e);
+        let def = match shndx {
+            elf::SHN_UNDEF => Definition::Undefined,
+            elf::SHN_ABS => Definition::Absolute,
+            elf::SHN_COMMON => Definition::Common,
+            _ => match symtab.symbol_section(e, sym, i) {
+                Ok(Some(s)) if s.0 < sections.len() => Definition::Section(s.0),
+                _ => bail!("symbol {name} refers to a section that does not exist"),
+            },
+        };
+        let kind = match sym.st_type() {
+            elf::STT_FUNC | elf::STT_GNU_IFUNC => SymbolKind::Function,
+            elf::STT_OBJECT | elf::STT_COMMON => SymbolKind::Object,
+            elf::STT_TLS => SymbolKind::Tls,
+            elf::STT_SECTION => SymbolKind::Section,
+            elf::STT_NOTYPE => SymbolKind::NoType,
+            _ => SymbolKind::Other,
+        };
+        let name = if kind == SymbolKind::Section {
+            match def {
+                Definition::Section(s) => sections[s].name,
+                _ => "",
+            }
+        } else {
+            name
+        };
+        symbols.push(Symbol {
+            name,
+            kind,
+            local: sym.st_bind() == elf::STB_LOCAL,
+            weak: sym.st_bind() == elf::STB_WEAK,
+            def,
+            value: sym.st_value(e),
+            size: sym.st_size(e),
+        });
+    }
+    for (i, s) in symbols.iter().enumerate() {
+        if let (Definition::Section(sec), true) = (s.def, s.is_named()) {
+            sections[sec].symbols.push(i);
+        }
+    }
+    for sec in &mut sections {
+        sec.symbols.sort_by_key(|&i| (symbols[i].value, symbols[i].local));
+    }
+
+    for sh in headers {
+        if sh.sh_type(e) != elf::SHT_RELA {
+            continue;
+        }
+        let target = sh.sh_info(e) as usize;
+        if target >= sections.len() {
+            bail!("relocation section for missing section {target}");
+        }
+        if sections[target].kind == SectionKind::Other {
+            continue; // debug info and friends: never part of a patch
+        }
+        let (relas, _) =
+            sh.rela(e, data).context("malformed relocations")?.context("malformed relocations")?;
+        let relocs = &mut sections[target].relocs;
+        relocs.reserve(relas.len());
+        for r in relas {
+            let symbol = r.r_sym(e, false) as usize;
+            if symbol >= symbols.len() {
+                bail!("relocation against symbol {symbol} that does not exist");
+            }
+            relocs.push(Reloc {
+                offset: r.r_offset(e),
+                kind: r.r_type(e, false),
+                symbol,
+                addend: r.r_addend(e),
+            });
+        }
+        relocs.sort_by_key(|r| r.offset);
+    }
+    Ok((sections, symbols))
+}

@@ -1,0 +1,223 @@
+//! Relocatable objects as the patch stages see them: sections with their relocations, and
+//! symbols, borrowed straight from memory-mapped files (an rlib's members are slices of it).
+//!
+//! Only what diff and plan need is modelled; the rest of ELF stays in the bytes.
+
+pub mod load;
+
+use object::elf;
+use std::fmt;
+
+pub type SecIdx = usize;
+pub type SymIdx = usize;
+
+/// Where an object came from, for messages and for pairing a new build's objects with the old.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Origin {
+    /// The file as linked (an object, or the archive holding it).
+    pub path: std::path::PathBuf,
+    /// The archive member, if any.
+    pub member: Option<String>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.member {
+            Some(m) => write!(f, "{}({m})", self.path.display()),
+            None => write!(f, "{}", self.path.display()),
+        }
+    }
+}
+
+pub struct Object<'a> {
+    pub origin: Origin,
+    pub sections: Vec<Section<'a>>,
+    pub symbols: Vec<Symbol<'a>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SectionKind {
+    Text,
+    /// `.rodata*`: constant data.
+    ReadOnly,
+    /// `.data.rel.ro*`: constant after relocation (vtables, `&'static` tables).
+    ReadOnlyAfterReloc,
+    Data,
+    Bss,
+    Tdata,
+    Tbss,
+    EhFrame,
+    /// `.gcc_except_table*`: landing-pad tables referenced from `.eh_frame`.
+    ExceptTable,
+    /// Debug info, notes, comments, `.llvmbc`, group and other non-loaded sections.
+    Other,
+}
+
+impl SectionKind {
+    pub fn is_code(self) -> bool {
+        self == SectionKind::Text
+    }
+
+    /// Holds state a running program may have changed (statics, thread-locals).
+    pub fn is_writable_state(self) -> bool {
+        matches!(self, SectionKind::Data | SectionKind::Bss | SectionKind::Tdata | SectionKind::Tbss)
+    }
+
+    pub fn is_tls(self) -> bool {
+        matches!(self, SectionKind::Tdata | SectionKind::Tbss)
+    }
+
+    /// Loaded into memory at all.
+    pub fn is_alloc(self) -> bool {
+        !matches!(self, SectionKind::Other)
+    }
+}
+
+pub struct Section<'a> {
+    pub name: &'a str,
+    pub kind: SectionKind,
+    /// `SHF_MERGE`: a pool of constants or strings the linker may deduplicate; referenced piece by
+    /// piece through `.L` symbols, never as a whole.
+    pub merge: Option<Merge>,
+    pub align: u64,
+    pub size: u64,
+    /// Contents; empty for `.bss`-like sections.
+    pub data: &'a [u8],
+    pub relocs: Vec<Reloc>,
+    /// Named symbols defined here, sorted by address.
+    pub symbols: Vec<SymIdx>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Merge {
+    /// `SHF_STRINGS`: NUL-terminated strings of `entsize`-byte characters.
+    pub strings: bool,
+    pub entsize: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reloc {
+    pub offset: u64,
+    pub kind: elf::RelocationType,
+    pub symbol: SymIdx,
+    pub addend: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolKind {
+    Function,
+    Object,
+    Tls,
+    Section,
+    NoType,
+    Other,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Definition {
+    Undefined,
+    Absolute,
+    Common,
+    Section(SecIdx),
+}
+
+pub struct Symbol<'a> {
+    pub name: &'a str,
+    pub kind: SymbolKind,
+    pub local: bool,
+    pub weak: bool,
+    pub def: Definition,
+    pub value: u64,
+    pub size: u64,
+}
+
+impl<'a> Symbol<'a> {
+    pub fn section(&self) -> Option<SecIdx> {
+        match self.def {
+            Definition::Section(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A symbol with a name a linker would resolve by and that identifies what it names across
+    /// builds: not a section or file symbol, not an assembler label numbered per object.
+    pub fn is_named(&self) -> bool {
+        !matches!(self.kind, SymbolKind::Section | SymbolKind::Other) && !self.is_anonymous()
+    }
+
+    /// Local labels the compiler numbers per object (`.Lanon.<hash>.<n>`, `GCC_except_table<n>`):
+    /// their names change whenever an unrelated constant is added, so they are known by content.
+    pub fn is_anonymous(&self) -> bool {
+        self.local
+            && (self.name.is_empty()
+                || self.name.starts_with(".L")
+                || self.name.starts_with("GCC_except_table"))
+    }
+}
+
+impl<'a> Object<'a> {
+    /// The first named symbol of a section (by address): how a section is known across builds.
+    pub fn primary_symbol(&self, sec: SecIdx) -> Option<&Symbol<'a>> {
+        self.sections[sec].symbols.first().map(|&s| &self.symbols[s])
+    }
+
+    /// The piece of a merge section that anonymous symbol `sym` labels: `[start, end)`.
+    pub fn merge_piece(&self, sym: SymIdx) -> Option<(SecIdx, u64, u64)> {
+        let s = &self.symbols[sym];
+        let sec = s.section()?;
+        let section = &self.sections[sec];
+        let merge = section.merge?;
+        if s.kind == SymbolKind::Section || !s.is_anonymous() {
+            return None;
+        }
+        let start = s.value.min(section.size);
+        let end = if s.size > 0 {
+            (start + s.size).min(section.size)
+        } else if merge.strings {
+            let step = merge.entsize.max(1) as usize;
+            let data = &section.data[start as usize..];
+            let len = data
+                .chunks(step)
+                .position(|c| c.iter().all(|&b| b == 0))
+                .map_or(data.len(), |n| (n + 1) * step);
+            start + len as u64
+        } else {
+            (start + merge.entsize.max(1)).min(section.size)
+        };
+        Some((sec, start, end))
+    }
+}
+
+pub fn section_kind(name: &str, sh_type: elf::SectionType, flags: u64) -> SectionKind {
+    let alloc = flags & elf::SHF_ALLOC.0 != 0;
+    if sh_type == elf::SHT_X86_64_UNWIND || name == ".eh_frame" {
+        return SectionKind::EhFrame;
+    }
+    if !alloc {
+        return SectionKind::Other;
+    }
+    let tls = flags & elf::SHF_TLS.0 != 0;
+    let write = flags & elf::SHF_WRITE.0 != 0;
+    let exec = flags & elf::SHF_EXECINSTR.0 != 0;
+    let nobits = sh_type == elf::SHT_NOBITS;
+    if tls {
+        return if nobits { SectionKind::Tbss } else { SectionKind::Tdata };
+    }
+    if exec {
+        return SectionKind::Text;
+    }
+    if name.starts_with(".gcc_except_table") {
+        return SectionKind::ExceptTable;
+    }
+    if name.starts_with(".data.rel.ro") {
+        return SectionKind::ReadOnlyAfterReloc;
+    }
+    if sh_type == elf::SHT_INIT_ARRAY || sh_type == elf::SHT_FINI_ARRAY || sh_type == elf::SHT_PREINIT_ARRAY {
+        return SectionKind::Other;
+    }
+    match (write, nobits) {
+        (true, true) => SectionKind::Bss,
+        (true, false) => SectionKind::Data,
+        _ => SectionKind::ReadOnly,
+    }
+}

@@ -1,0 +1,325 @@
+//! The messages between `ipbp-ld` and a running program, over the program's Unix socket.
+//!
+//! One request per connection, as `key value` text lines ending with a line `end`:
+//!
+//! ```text
+//! ipbp-patch 1            ipbp-patch 1
+//! op hello                op apply
+//! end                     build-id 3f2a…
+//!                         load-bias 0x55d1c0a00000
+//!                         generation 2
+//!                         file /…/target/ipbp/patches/4242-99/patch-3.so
+//!                         range 0x55d140000000 0x5000
+//!                         slot 0x55d1c0c41a10 0x55d140000120
+//!                         redirect 0x55d1c0a3b2f0 0x55d140001a40
+//!                         data 0x55d140004000 8 _ZN4demo9NEW_STATIC17h…E
+//!                         tls 64 40 _ZN4demo5CACHE…E
+//!                         summary 2 changed, 1 added
+//!                         end
+//! ```
+//!
+//! Addresses are absolute in the running process. An `apply` lists the *whole* desired state:
+//! every hot slot to point somewhere other than its original function, and the whole redirect
+//! table. Slots it does not name go back to their original value, which is how a patch that
+//! reverts an edit undoes the earlier one. `data` and `tls` entries are new state a patch brought
+//! in; the program keeps them in its ledger so later patches bind to the same copies.
+//! Replies start with `ok` or `error <message>`.
+
+use crate::registry::{parse_hex, Fields};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+pub const MAGIC: &str = "ipbp-patch 1";
+
+/// Requests and replies larger than this are refused (a patch message is a few KiB).
+pub const MAX_MESSAGE: usize = 16 << 20;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Hello,
+    Apply(Apply),
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Apply {
+    pub build_id: String,
+    pub load_bias: u64,
+    /// The generation (number of applied patches) this patch was planned against.
+    pub generation: u64,
+    /// The patch library; `None` for a patch that only moves slots (e.g. a full revert).
+    pub file: Option<PathBuf>,
+    /// Where the library was linked to load: start and length.
+    pub range: Option<(u64, u64)>,
+    /// Hot slot address → function to call.
+    pub slots: Vec<(u64, u64)>,
+    /// Original function address → newest version (generic hot functions, `ipbp::call`).
+    pub redirects: Vec<(u64, u64)>,
+    pub data: Vec<LedgerEntry>,
+    pub tls: Vec<LedgerEntry>,
+    /// Human summary for the program's own log line.
+    pub summary: String,
+}
+
+/// A static (`data`: absolute address) or thread-local (`tls`: offset inside the TLS reserve)
+/// that exists only because a patch added it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEntry {
+    pub addr: u64,
+    pub size: u64,
+    pub name: String,
+}
+
+/// What a program says about itself in reply to `hello`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hello {
+    pub pid: u32,
+    pub build_id: String,
+    pub load_bias: u64,
+    pub generation: u64,
+    /// Thread-pointer offset of the TLS reserve (`&RESERVE - tp`, the same in every thread) and
+    /// its size. `None` when the program has no static TLS block.
+    pub tls_reserve: Option<(i64, u64)>,
+    pub slots: Vec<(u64, u64)>,
+    pub redirects: Vec<(u64, u64)>,
+    pub data: Vec<LedgerEntry>,
+    pub tls: Vec<LedgerEntry>,
+    /// Patch libraries loaded so far: start, length, path.
+    pub patches: Vec<(u64, u64, PathBuf)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Hello(Hello),
+    Applied { generation: u64, load_us: u64, install_us: u64 },
+    Error(String),
+}
+
+fn line(s: &mut String, key: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(s, "{key} {value}");
+}
+
+fn pairs(s: &mut String, key: &str, list: &[(u64, u64)]) {
+    for (a, b) in list {
+        let _ = writeln!(s, "{key} {a:#x} {b:#x}");
+    }
+}
+
+fn entries(s: &mut String, key: &str, list: &[LedgerEntry]) {
+    for e in list {
+        let _ = writeln!(s, "{key} {:#x} {} {}", e.addr, e.size, e.name);
+    }
+}
+
+fn parse_pair(v: &str) -> Option<(u64, u64)> {
+    let (a, b) = v.split_once(' ')?;
+    Some((parse_hex(a)?, parse_hex(b)?))
+}
+
+fn parse_entry(v: &str) -> Option<LedgerEntry> {
+    let mut it = v.splitn(3, ' ');
+    Some(LedgerEntry {
+        addr: parse_hex(it.next()?)?,
+        size: it.next()?.parse().ok()?,
+        name: it.next()?.to_string(),
+    })
+}
+
+fn all<T>(f: &Fields, key: &'static str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>, String> {
+    f.all(key).map(|v| parse(v).ok_or_else(|| format!("bad `{key}` line: {v}"))).collect()
+}
+
+impl Request {
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        line(&mut s, "ipbp-patch", 1);
+        match self {
+            Request::Hello => line(&mut s, "op", "hello"),
+            Request::Apply(a) => {
+                line(&mut s, "op", "apply");
+                line(&mut s, "build-id", &a.build_id);
+                line(&mut s, "load-bias", format_args!("{:#x}", a.load_bias));
+                line(&mut s, "generation", a.generation);
+                if let Some(f) = &a.file {
+                    line(&mut s, "file", f.display());
+                }
+                if let Some((start, len)) = a.range {
+                    line(&mut s, "range", format_args!("{start:#x} {len:#x}"));
+                }
+                pairs(&mut s, "slot", &a.slots);
+                pairs(&mut s, "redirect", &a.redirects);
+                entries(&mut s, "data", &a.data);
+                entries(&mut s, "tls", &a.tls);
+                if !a.summary.is_empty() {
+                    line(&mut s, "summary", &a.summary);
+                }
+            }
+        }
+        s.push_str("end\n");
+        s
+    }
+
+    pub fn parse(text: &str) -> Result<Request, String> {
+        if !text.starts_with(MAGIC) {
+            return Err("not an ipbp-patch 1 request".into());
+        }
+        let f = Fields::new(text);
+        match f.get("op") {
+            Some("hello") => Ok(Request::Hello),
+            Some("apply") => {
+                let hex =
+                    |k: &str| f.get(k).and_then(parse_hex).ok_or_else(|| format!("missing or bad `{k}`"));
+                Ok(Request::Apply(Apply {
+                    build_id: f.get("build-id").ok_or("missing `build-id`")?.to_string(),
+                    load_bias: hex("load-bias")?,
+                    generation: f
+                        .get("generation")
+                        .and_then(|g| g.parse().ok())
+                        .ok_or("missing `generation`")?,
+                    file: f.get("file").map(PathBuf::from),
+                    range: match f.get("range") {
+                        Some(r) => Some(parse_pair(r).ok_or("bad `range`")?),
+                        None => None,
+                    },
+                    slots: all(&f, "slot", parse_pair)?,
+                    redirects: all(&f, "redirect", parse_pair)?,
+                    data: all(&f, "data", parse_entry)?,
+                    tls: all(&f, "tls", parse_entry)?,
+                    summary: f.get("summary").unwrap_or("").to_string(),
+                }))
+            }
+            other => Err(format!("unknown op {other:?}")),
+        }
+    }
+}
+
+impl Reply {
+    pub fn encode(&self) -> String {
+        let mut s = String::new();
+        match self {
+            Reply::Error(e) => line(&mut s, "error", e.replace('\n', " ")),
+            Reply::Applied { generation, load_us, install_us } => {
+                s.push_str("ok\n");
+                line(&mut s, "generation", generation);
+                line(&mut s, "load-us", load_us);
+                line(&mut s, "install-us", install_us);
+            }
+            Reply::Hello(h) => {
+                s.push_str("ok\n");
+                line(&mut s, "pid", h.pid);
+                line(&mut s, "build-id", &h.build_id);
+                line(&mut s, "load-bias", format_args!("{:#x}", h.load_bias));
+                line(&mut s, "generation", h.generation);
+                if let Some((tpoff, size)) = h.tls_reserve {
+                    line(&mut s, "tls-reserve", format_args!("{tpoff} {size}"));
+                }
+                pairs(&mut s, "slot", &h.slots);
+                pairs(&mut s, "redirect", &h.redirects);
+                entries(&mut s, "data", &h.data);
+                entries(&mut s, "tls", &h.tls);
+                for (start, len, path) in &h.patches {
+                    let _ = writeln!(s, "patch {start:#x} {len:#x} {}", path.display());
+                }
+            }
+        }
+        s.push_str("end\n");
+        s
+    }
+
+    /// Parses a reply; `hello` says which kind is expected (the two `ok` forms differ by fields).
+    pub fn parse(text: &str, hello: bool) -> Result<Reply, String> {
+        let f = Fields::new(text);
+        if let Some(e) = f.get("error") {
+            return Ok(Reply::Error(e.to_string()));
+        }
+        if !text.starts_with("ok") {
+            return Err(format!("unexpected reply: {}", text.lines().next().unwrap_or("")));
+        }
+        let num =
+            |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("missing `{k}`"));
+        if !hello {
+            return Ok(Reply::Applied {
+                generation: num("generation")?,
+                load_us: num("load-us")?,
+                install_us: num("install-us")?,
+            });
+        }
+        let tls_reserve = match f.get("tls-reserve") {
+            Some(v) => {
+                let (a, b) = v.split_once(' ').ok_or("bad `tls-reserve`")?;
+                Some((
+                    a.parse().map_err(|_| "bad `tls-reserve`")?,
+                    b.parse().map_err(|_| "bad `tls-reserve`")?,
+                ))
+            }
+            None => None,
+        };
+        let patches = all(&f, "patch", |v| {
+            let mut it = v.splitn(3, ' ');
+            Some((parse_hex(it.next()?)?, parse_hex(it.next()?)?, PathBuf::from(it.next()?)))
+        })?;
+        Ok(Reply::Hello(Hello {
+            pid: num("pid")? as u32,
+            build_id: f.get("build-id").ok_or("missing `build-id`")?.to_string(),
+            load_bias: f.get("load-bias").and_then(parse_hex).ok_or("missing `load-bias`")?,
+            generation: num("generation")?,
+            tls_reserve,
+            slots: all(&f, "slot", parse_pair)?,
+            redirects: all(&f, "redirect", parse_pair)?,
+            data: all(&f, "data", parse_entry)?,
+            tls: all(&f, "tls", parse_entry)?,
+            patches,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_round_trips() {
+        let a = Apply {
+            build_id: "abc".into(),
+            load_bias: 0x5555_0000_0000,
+            generation: 3,
+            file: Some("/tmp/p/patch 4.so".into()),
+            range: Some((0x5500_0000_0000, 0x3000)),
+            slots: vec![(0x10, 0x20)],
+            redirects: vec![(0x30, 0x40), (0x50, 0x60)],
+            data: vec![LedgerEntry { addr: 0x70, size: 8, name: "_ZN3app3NEW17h0E".into() }],
+            tls: vec![LedgerEntry { addr: 64, size: 40, name: "tls name".into() }],
+            summary: "1 changed".into(),
+        };
+        let text = Request::Apply(a.clone()).encode();
+        assert_eq!(Request::parse(&text), Ok(Request::Apply(a)));
+        assert_eq!(Request::parse(&Request::Hello.encode()), Ok(Request::Hello));
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let h = Hello {
+            pid: 7,
+            build_id: "b".into(),
+            load_bias: 0x1000,
+            generation: 1,
+            tls_reserve: Some((-8256, 8192)),
+            slots: vec![(1, 2)],
+            redirects: vec![],
+            data: vec![],
+            tls: vec![],
+            patches: vec![(0x1000, 0x2000, "/x/patch-1.so".into())],
+        };
+        assert_eq!(Reply::parse(&Reply::Hello(h.clone()).encode(), true), Ok(Reply::Hello(h)));
+        let ok = Reply::Applied { generation: 2, load_us: 900, install_us: 3 };
+        assert_eq!(Reply::parse(&ok.encode(), false), Ok(ok));
+        let e = Reply::Error("symbol x\nmissing".into());
+        assert_eq!(Reply::parse(&e.encode(), false), Ok(Reply::Error("symbol x missing".into())));
+    }
+
+    #[test]
+    fn garbage_is_rejected() {
+        assert!(Request::parse("hello\nend\n").is_err());
+        assert!(Request::parse("ipbp-patch 1\nop apply\nend\n").is_err());
+        assert!(Reply::parse("what\n", false).is_err());
+    }
+}

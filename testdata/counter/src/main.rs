@@ -1,0 +1,92 @@
+//! The counter app of ipbp's end-to-end tests: three threads call hot points in a loop and print
+//! what they see, so a test can edit the source, rebuild, and watch the running process change.
+//!
+//! Each line: `tick thread=<t> msg=<..> greet=<..> deep=<..> extra=<..> global=<n> local=<n>`.
+//! `global` counts calls in a `static`, `local` in a `thread_local!`: both must keep counting
+//! across patches.
+
+use std::cell::Cell;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+static TICKS: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static LOCAL_TICKS: Cell<u64> = const { Cell::new(0) };
+}
+
+struct Greeter {
+    name: String,
+    calls: u64,
+}
+
+impl Greeter {
+    #[ipbp::hot]
+    fn greet(&mut self) -> String {
+        self.calls += 1;
+        format!("{}-says-{}", self.name, words::word())
+    }
+}
+
+#[ipbp::hot]
+fn tick(thread: usize, greeter: &mut Greeter) -> String {
+    let global = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
+    let local = LOCAL_TICKS.with(|c| {
+        c.set(c.get() + 1);
+        c.get()
+    });
+    let msg = "hello";
+    format!(
+        "tick thread={thread} msg={msg} greet={} deep={} extra={} global={global} local={local}",
+        greeter.greet(),
+        level1(),
+        extra()
+    )
+}
+
+fn level1() -> String {
+    level2()
+}
+
+fn level2() -> String {
+    level3()
+}
+
+fn level3() -> String {
+    String::from("deep")
+}
+
+fn extra() -> String {
+    String::from("none")
+}
+
+fn main() {
+    ipbp::init();
+    std::panic::set_hook(Box::new(|info| {
+        let bt = std::backtrace::Backtrace::force_capture();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "panic: {}", info.payload_as_str().unwrap_or("?"));
+        for line in bt.to_string().lines() {
+            let _ = writeln!(out, "bt: {}", line.trim());
+        }
+    }));
+    let period = std::env::var("COUNTER_PERIOD_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    println!("started pid={}", std::process::id());
+    let threads: Vec<_> = (1..=3)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut greeter = Greeter { name: format!("g{t}"), calls: 0 };
+                loop {
+                    let line = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tick(t, &mut greeter)))
+                        .unwrap_or_else(|_| format!("tick thread={t} caught-panic"));
+                    println!("{line}");
+                    std::thread::sleep(Duration::from_millis(period));
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        let _ = t.join();
+    }
+}
