@@ -6,12 +6,15 @@
 
 pub mod capture;
 pub mod cli;
+pub mod deliver;
 pub mod diff;
+pub mod emit;
 pub mod error;
 pub mod link;
 pub mod map;
 pub mod objects;
 pub mod patch;
+pub mod plan;
 pub mod status;
 
 use std::ffi::OsString;

@@ -53,7 +53,9 @@ pub fn run(args: Vec<OsString>) -> ! {
     if let Err(e) = inputs::fingerprint_and_store(&mut inputs, &dir) {
         status.warn(&format!("{e} (a later patch of this build may be refused)"));
     }
-    crate::patch::for_running_processes(&cmd, &output, &inputs, &dir, &mut status);
+    guarded(&mut status, "patching running processes", |status| {
+        crate::patch::for_running_processes(&cmd, &output, &inputs, &dir, status)
+    });
 
     let exit = match child.wait() {
         Ok(exit) => exit,
@@ -63,11 +65,30 @@ pub fn run(args: Vec<OsString>) -> ! {
         }
     };
     if exit.success() {
-        if let Err(e) = record_build(&output, inputs, &dir) {
-            status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
-        }
+        guarded(&mut status, "recording the symbol map", |status| {
+            if let Err(e) = record_build(&output, inputs, &dir) {
+                status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
+            }
+        });
     }
     exit_like(exit)
+}
+
+/// Runs shim work that must never fail the link: a panic (a bug of ours) becomes one warning.
+fn guarded(status: &mut Status, what: &str, work: impl FnOnce(&mut Status)) {
+    static PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
+        let what = info.payload_as_str().unwrap_or("panic");
+        *PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some(format!("{what}{at}"));
+    }));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(status)));
+    std::panic::set_hook(previous);
+    if result.is_err() {
+        let message = PANIC.lock().unwrap_or_else(|p| p.into_inner()).take().unwrap_or_default();
+        status.warn(&format!("internal error while {what} (a bug in ipbp-ld, please report it): {message}"));
+    }
 }
 
 fn pass_through(real: &RealLinker, args: &[OsString]) -> ! {

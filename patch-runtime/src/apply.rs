@@ -181,7 +181,85 @@ fn load(file: &Path, start: u64, len: u64) -> Result<(), String> {
             file.display()
         ));
     }
+    // SAFETY: `map` is the patch's own link map entry, and no code of the patch can run yet.
+    if !unsafe { describe_as_library(map, start, file) } && std::env::var_os("IPBP_LOG").is_some() {
+        eprintln!("[ipbp] backtraces will not name functions of {}", file.display());
+    }
     Ok(())
+}
+
+/// Makes the loader describe the patch as an ordinary library loaded at `start`, instead of an
+/// object with load bias 0.
+///
+/// A patch is linked to run at `start` and lands there, so its load bias is 0 — and backtrace
+/// symbolizers (Rust's among them) take an object with bias 0 for the static executable and look
+/// its addresses up in the wrong file. The patch file's symbol table and section addresses are
+/// written relative to `start`; here the link map entry gets `l_addr = start` and program headers
+/// rebased to 0 (a copy, leaked: the entry keeps pointing at it). Every consumer then computes the
+/// same absolute addresses. `l_phdr` is not a public field of `struct link_map`, so it is found
+/// by value, and the change is checked through `dl_iterate_phdr` and undone if anything disagrees.
+/// The unwinder is not affected either way (glibc's `_dl_find_object` recorded the patch at
+/// `dlopen`).
+unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> bool {
+    // SAFETY (whole function): `start` is the patch's first page, holding its ELF and program
+    // headers (checked by `check_file`); `map` points at a live link map entry of at least the
+    // scanned size (glibc's is over 1 KiB).
+    let phoff = unsafe { std::ptr::read_unaligned((start + 32) as *const u64) };
+    let phnum = unsafe { std::ptr::read_unaligned((start + 56) as *const u16) } as usize;
+    let phdrs = (start + phoff) as *const libc::Elf64_Phdr;
+    let words = map as *mut usize;
+    let Some(field) = (5..160).find(|&i| unsafe { *words.add(i) } == phdrs as usize) else { return false };
+    let rebased: Vec<libc::Elf64_Phdr> = (0..phnum)
+        .map(|i| {
+            let mut p = unsafe { *phdrs.add(i) };
+            if p.p_vaddr >= start {
+                p.p_vaddr -= start;
+                p.p_paddr = p.p_vaddr;
+            }
+            p
+        })
+        .collect();
+    let rebased = Box::leak(rebased.into_boxed_slice()).as_ptr();
+    unsafe {
+        *words.add(field) = rebased as usize;
+        (*map).l_addr = start as usize;
+    }
+    if loader_sees(file, start, rebased) {
+        return true;
+    }
+    unsafe {
+        *words.add(field) = phdrs as usize;
+        (*map).l_addr = 0;
+    }
+    false
+}
+
+/// Whether `dl_iterate_phdr` reports `file` at bias `start` with the rebased program headers.
+fn loader_sees(file: &Path, start: u64, phdrs: *const libc::Elf64_Phdr) -> bool {
+    struct Want<'a> {
+        name: &'a [u8],
+        start: u64,
+        phdrs: *const libc::Elf64_Phdr,
+        ok: bool,
+    }
+    unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _: usize, data: *mut libc::c_void) -> i32 {
+        // SAFETY: dl_iterate_phdr passes valid entries and our `Want`.
+        let (info, want) = unsafe { (&*info, &mut *(data as *mut Want)) };
+        if info.dlpi_name.is_null() {
+            return 0;
+        }
+        // SAFETY: non-null names are NUL-terminated.
+        let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes();
+        if name == want.name {
+            want.ok = info.dlpi_addr == want.start && info.dlpi_phdr == want.phdrs;
+            return 1;
+        }
+        0
+    }
+    let mut want = Want { name: file.as_os_str().as_bytes(), start, phdrs, ok: false };
+    // SAFETY: the callback only reads the entries during the call.
+    unsafe { libc::dl_iterate_phdr(Some(visit), &mut want as *mut Want as *mut libc::c_void) };
+    want.ok
 }
 
 /// The public prefix of glibc's `struct link_map`.

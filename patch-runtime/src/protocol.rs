@@ -35,6 +35,7 @@ pub const MAGIC: &str = "ipbp-patch 1";
 pub const MAX_MESSAGE: usize = 16 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(clippy::large_enum_variant)] // one per connection
 pub enum Request {
     Hello,
     Apply(Apply),

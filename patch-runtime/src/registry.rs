@@ -173,12 +173,16 @@ pub fn remove_stale(root: &Path, reg: &Registration) {
     let _ = std::fs::remove_file(lock_path(root, reg.pid));
 }
 
-/// Field 22 of `/proc/<pid>/stat`.
+/// Field 22 of `/proc/<pid>/stat`, for a process that is running (not a zombie).
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces and parentheses: skip past its last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None; // exited, waiting for its parent to reap it
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 pub fn parse_hex(text: &str) -> Option<u64> {

@@ -24,6 +24,9 @@ pub struct Args {
     /// differ, from the link inputs kept for both builds (what a patch between them would hold).
     #[arg(long)]
     code: bool,
+    /// With --code: show why the definition with this mangled name differs.
+    #[arg(long, value_name = "SYMBOL", requires = "code")]
+    explain: Option<String>,
 }
 
 #[derive(Serialize, Default)]
@@ -170,6 +173,12 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
     let ws = Workspace::new();
     let base = load(&arena, &old_inputs, &ws, true)?;
     let current = load(&arena, &new_inputs, &ws, true)?;
+    if let Some(name) = &args.explain {
+        for line in crate::diff::explain(&base, &current, name)? {
+            println!("{line}");
+        }
+        return Ok(Outcome::Found);
+    }
     let d = crate::diff::diff(&base, &current, &|_| true)?;
     if args.json {
         #[derive(Serialize)]

@@ -147,3 +147,44 @@ fn symbol_size(sem: &Semantics, unit: usize, sec: usize, name: &str) -> u64 {
     let section = &obj.sections[sec];
     section.symbols.iter().map(|&s| &obj.symbols[s]).find(|s| s.name == name).map_or(section.size, |s| s.size)
 }
+
+/// Why `name` differs between two builds: the relocation targets (and byte ranges) that changed.
+pub fn explain(base: &Build, current: &Build, name: &str) -> Result<Vec<String>> {
+    let find = |build: &Build| -> Result<Option<(usize, usize)>> {
+        for (u, unit) in build.units.iter().enumerate() {
+            let obj = unit.object()?;
+            for (si, sec) in obj.sections.iter().enumerate() {
+                if sec.symbols.iter().any(|&i| obj.symbols[i].name == name) {
+                    return Ok(Some((u, si)));
+                }
+            }
+        }
+        Ok(None)
+    };
+    let (Some((bu, bs)), Some((cu, cs))) = (find(base)?, find(current)?) else {
+        return Ok(vec![format!("`{name}` is not defined in both builds")]);
+    };
+    let mut bsem = Semantics::new(parsed(base));
+    let mut csem = Semantics::new(parsed(current));
+    let (bsec, csec) = (&bsem.object(bu).sections[bs], &csem.object(cu).sections[cs]);
+    let mut out = Vec::new();
+    if bsec.size != csec.size {
+        out.push(format!("size {} -> {}", bsec.size, csec.size));
+    }
+    let (bm, cm) = (semantic::masked(bsec.data, &bsec.relocs), semantic::masked(csec.data, &csec.relocs));
+    if let Some(first) = bm.iter().zip(&cm).position(|(a, b)| a != b) {
+        out.push(format!("code differs from byte {first:#x}"));
+    }
+    let (brel, crel) = (bsec.relocs.clone(), csec.relocs.clone());
+    for i in 0..brel.len().max(crel.len()) {
+        let b = brel.get(i).map(|r| (r.offset, bsem.target(bu, r)));
+        let c = crel.get(i).map(|r| (r.offset, csem.target(cu, r)));
+        if b != c {
+            out.push(format!("relocation {i}: {b:?} -> {c:?}"));
+        }
+    }
+    if out.is_empty() {
+        out.push("no difference".into());
+    }
+    Ok(out)
+}

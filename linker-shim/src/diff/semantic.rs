@@ -44,9 +44,11 @@ impl<'o, 'a> Semantics<'o, 'a> {
         if sym.is_named() {
             return Target::Named(sym.name, r.addend);
         }
-        if let Some((sec, start, end)) = o.merge_piece(r.symbol) {
+        if let Some((sec, start, end)) = o.merge_piece(r) {
             let piece = &o.sections[sec].data[start as usize..end as usize];
-            return Target::Anon(xxhash_rust::xxh3::xxh3_128(piece), r.addend);
+            // Offset into the piece, whichever way the piece was named.
+            let into = sym.value as i64 + r.addend - start as i64;
+            return Target::Anon(xxhash_rust::xxh3::xxh3_128(piece), into);
         }
         let Some(sec) = sym.section() else { return Target::Named(sym.name, r.addend) };
         let offset = r.addend + sym.value as i64;

@@ -13,7 +13,7 @@ use std::path::Path;
 /// plan stage pulls archive members as it discovers it needs them).
 #[derive(Default)]
 pub struct Arena {
-    maps: std::cell::RefCell<Vec<Box<memmap2::Mmap>>>,
+    maps: std::cell::RefCell<Vec<memmap2::Mmap>>,
 }
 
 impl Arena {
@@ -24,11 +24,33 @@ impl Arena {
         // files and deletes the old ones only after the link).
         let map = unsafe { memmap2::Mmap::map(file.file()) }
             .with_context(|| format!("cannot map {}", path.display()))?;
-        let boxed = Box::new(map);
-        let bytes: *const [u8] = &boxed[..];
-        self.maps.borrow_mut().push(boxed);
-        // SAFETY: the mapping lives as long as `self` (see above) and does not move with the box.
+        let bytes: *const [u8] = &map[..];
+        self.maps.borrow_mut().push(map);
+        // SAFETY: the mapping lives as long as `self` and does not move when its `Mmap` handle does.
         Ok(unsafe { &*bytes })
+    }
+}
+
+/// Parsed objects that must stay put while more are added (archive members pulled during
+/// planning). Same idea as [`Arena`]: boxes are never dropped or moved before the arena.
+#[derive(Default)]
+pub struct ObjectArena<'a> {
+    /// Boxed so each object keeps its address when the vector grows.
+    #[allow(clippy::vec_box)]
+    items: std::cell::RefCell<Vec<Box<Object<'a>>>>,
+}
+
+impl<'a> ObjectArena<'a> {
+    pub fn alloc(&self, object: Object<'a>) -> usize {
+        let mut items = self.items.borrow_mut();
+        items.push(Box::new(object));
+        items.len() - 1
+    }
+
+    pub fn get(&self, index: usize) -> &Object<'a> {
+        let ptr: *const Object<'a> = &*self.items.borrow()[index];
+        // SAFETY: the boxed object lives, unmoved, as long as `self`.
+        unsafe { &*ptr }
     }
 }
 

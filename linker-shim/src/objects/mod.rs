@@ -161,30 +161,60 @@ impl<'a> Object<'a> {
         self.sections[sec].symbols.first().map(|&s| &self.symbols[s])
     }
 
-    /// The piece of a merge section that anonymous symbol `sym` labels: `[start, end)`.
-    pub fn merge_piece(&self, sym: SymIdx) -> Option<(SecIdx, u64, u64)> {
-        let s = &self.symbols[sym];
+    /// The piece of a merge section that relocation `r` refers to: `(section, start, end)`.
+    ///
+    /// Merge sections are referenced piece by piece, either through a `.L` label of the piece, or
+    /// through the section symbol with the piece's offset as addend — which is exact only for
+    /// absolute relocations (a PC-relative addend also holds the distance to the instruction's
+    /// end). Other references (a PC-relative one through the section symbol) return `None`, and
+    /// the caller treats the whole section as one thing.
+    pub fn merge_piece(&self, r: &Reloc) -> Option<(SecIdx, u64, u64)> {
+        let s = &self.symbols[r.symbol];
         let sec = s.section()?;
         let section = &self.sections[sec];
-        let merge = section.merge?;
-        if s.kind == SymbolKind::Section || !s.is_anonymous() {
-            return None;
-        }
-        let start = s.value.min(section.size);
-        let end = if s.size > 0 {
-            (start + s.size).min(section.size)
-        } else if merge.strings {
-            let step = merge.entsize.max(1) as usize;
-            let data = &section.data[start as usize..];
-            let len = data
-                .chunks(step)
-                .position(|c| c.iter().all(|&b| b == 0))
-                .map_or(data.len(), |n| (n + 1) * step);
-            start + len as u64
+        section.merge?;
+        let start = if s.kind == SymbolKind::Section {
+            if !r.is_absolute() {
+                return None;
+            }
+            u64::try_from(s.value as i64 + r.addend).ok()?
+        } else if s.is_anonymous() {
+            s.value
         } else {
-            (start + merge.entsize.max(1)).min(section.size)
+            return None;
+        };
+        let start = start.min(section.size);
+        let end = if s.kind != SymbolKind::Section && s.size > 0 {
+            (start + s.size).min(section.size)
+        } else {
+            self.piece_end(sec, start)
         };
         Some((sec, start, end))
+    }
+
+    /// End of the merge piece starting at `start`: after its NUL for strings, one entry for
+    /// constants.
+    fn piece_end(&self, sec: SecIdx, start: u64) -> u64 {
+        let section = &self.sections[sec];
+        let merge = section.merge.expect("a merge section");
+        let step = merge.entsize.max(1);
+        if merge.strings {
+            let data = &section.data[start as usize..];
+            let len = data
+                .chunks(step as usize)
+                .position(|c| c.iter().all(|&b| b == 0))
+                .map_or(data.len() as u64, |n| (n as u64 + 1) * step);
+            start + len
+        } else {
+            (start + step).min(section.size)
+        }
+    }
+}
+
+impl Reloc {
+    /// Writes the target's address itself (not relative to the place).
+    pub fn is_absolute(&self) -> bool {
+        matches!(self.kind, elf::R_X86_64_64 | elf::R_X86_64_32 | elf::R_X86_64_32S)
     }
 }
 

@@ -1,18 +1,298 @@
-//! Stages 3–6 — diff, plan, emit, deliver: turning the link inputs of a new build into a patch for
-//! each running process of the previous one.
+//! Stages 3–6 for every running process of the program being linked: diff its base build against
+//! this one, plan, emit, deliver, and say what happened in one status line per process.
+//!
+//! Runs while the real linker writes the full build (the next `cargo run` needs it) and never
+//! waits for it. Whatever goes wrong here is reported and leaves the link alone.
+
+mod manifest;
 
 use crate::capture::args::LinkCommand;
+use crate::diff::units::{self, Workspace};
+use crate::emit::{self, TlsLayout};
+use crate::error::{Context, Result};
+use crate::map::record::read_inputs_list;
 use crate::map::schema::Input;
-use crate::map::store::IpbpDir;
-use crate::status::Status;
+use crate::map::store::{output_name, IpbpDir};
+use crate::objects::load::Arena;
+use crate::plan::base::BaseImage;
+use crate::plan::{self, Install, TlsInfo};
+use crate::status::{Status, Tone};
+use crate::{deliver, diff};
+use ipbp::protocol::{Apply, LedgerEntry};
+use ipbp::registry::{self, BuildRecord, Registration};
+use std::collections::HashSet;
 use std::path::Path;
+use std::time::Instant;
 
 /// Builds and delivers a patch to every live process of the program being linked.
 pub fn for_running_processes(
     _cmd: &LinkCommand,
-    _output: &Path,
-    _inputs: &[Input],
-    _dir: &IpbpDir,
-    _status: &mut Status,
+    output: &Path,
+    inputs: &[Input],
+    dir: &IpbpDir,
+    status: &mut Status,
 ) {
+    let root = registry::root();
+    let program = program_name(output);
+    let mut live = Vec::new();
+    for reg in registry::list(&root) {
+        if !reg.is_alive() {
+            registry::remove_stale(&root, &reg);
+            continue;
+        }
+        match BuildRecord::load(&root, &reg.build_id) {
+            Some(build) if build.output == output => live.push((reg, build)),
+            _ => {}
+        }
+    }
+    collect_patches_of_dead_processes(dir);
+    for (reg, build) in live {
+        let started = Instant::now();
+        match patch_process(&reg, &build, inputs, dir, &program) {
+            Ok(Outcome::Patched { summary, load_us, install_us, notes }) => {
+                let applied = (load_us + install_us) as f64 / 1000.0;
+                let total = started.elapsed().as_secs_f64() * 1000.0;
+                status.line(
+                    "Patched",
+                    Tone::Good,
+                    &format!("{program} (pid {}): {summary}, applied in {applied:.1} ms ({total:.0} ms after the link started)", reg.pid),
+                );
+                for n in notes {
+                    status.line("Note", Tone::Warn, &n);
+                }
+            }
+            Ok(Outcome::Unchanged) => status.line(
+                "Unchanged",
+                Tone::Good,
+                &format!("{program} (pid {}): no code changes reach it", reg.pid),
+            ),
+            Ok(Outcome::Skipped { reasons, notes }) => {
+                let (first, more) = (&reasons[0], reasons.len() - 1);
+                let extra = if more > 0 {
+                    format!(" (and {more} more, see {})", dir.log().display())
+                } else {
+                    String::new()
+                };
+                status.line(
+                    "Skipped",
+                    Tone::Bad,
+                    &format!(
+                        "{program} (pid {}): {first}{extra}; it keeps running its current code",
+                        reg.pid
+                    ),
+                );
+                for r in reasons.iter().skip(1) {
+                    status.line("Skipped", Tone::Bad, r);
+                }
+                for n in notes {
+                    status.line("Note", Tone::Warn, &n);
+                }
+            }
+            Err(e) => status.line(
+                "Skipped",
+                Tone::Bad,
+                &format!("{program} (pid {}): {e}; it keeps running its current code", reg.pid),
+            ),
+        }
+    }
+}
+
+enum Outcome {
+    Patched { summary: String, load_us: u64, install_us: u64, notes: Vec<String> },
+    Unchanged,
+    Skipped { reasons: Vec<String>, notes: Vec<String> },
+}
+
+/// `app-1f2e3d4c5b6a7980` → `app`.
+fn program_name(output: &Path) -> String {
+    let name = output_name(output);
+    match name.rsplit_once('-') {
+        Some((stem, hash)) if hash.len() == 16 && hash.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            stem.to_string()
+        }
+        _ => name,
+    }
+}
+
+fn patch_process(
+    reg: &Registration,
+    build: &BuildRecord,
+    inputs: &[Input],
+    dir: &IpbpDir,
+    program: &str,
+) -> Result<Outcome> {
+    let root = registry::root();
+    let _lock = lock(&registry::lock_path(&root, reg.pid))?;
+    let t0 = Instant::now();
+    let hello = deliver::hello(&reg.socket).context("cannot reach the program")?;
+    if hello.build_id != reg.build_id {
+        crate::bail!("the program reports build {}, its registration says {}", hello.build_id, reg.build_id);
+    }
+    let base_inputs = read_inputs_list(&build.inputs)
+        .with_context(|| format!("the inputs of its build {} are gone (collected?)", build.build_id))?;
+    if let Some(lib) = units::toolchain_changed(&base_inputs, inputs) {
+        return Ok(Outcome::Skipped {
+            reasons: vec![format!("the Rust toolchain changed since it started ({} differs)", lib.display())],
+            notes: vec![],
+        });
+    }
+    let arena = Arena::default();
+    let ws = Workspace::new();
+    let base = units::load(&arena, &base_inputs, &ws, true)?;
+    let current = units::load(&arena, inputs, &ws, false)?;
+    let image = BaseImage::read(Path::new(&format!("/proc/{}/exe", reg.pid)), hello.load_bias)?;
+    if image.build_id != reg.build_id {
+        crate::bail!("its executable has build id {}, not {}", image.build_id, reg.build_id);
+    }
+    let mut defined_now = HashSet::new();
+    for u in &current.units {
+        for s in &u.object()?.symbols {
+            if s.section().is_some() && s.is_named() {
+                defined_now.insert(s.name);
+            }
+        }
+    }
+    let d = diff::diff(&base, &current, &|n| defined_now.contains(n))?;
+    let t_diff = t0.elapsed();
+
+    let mut notes = Vec::new();
+    let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
+    let plan = plan::plan(&plan::Inputs {
+        current: &current,
+        diff: &d,
+        base: &image,
+        hello: &hello,
+        tls: TlsInfo { reserve },
+        link_inputs: inputs,
+        arena: &arena,
+    })?;
+    let t_plan = t0.elapsed();
+    notes.extend(plan.report.notes.iter().cloned());
+    if !plan.refusals.is_empty() {
+        let reasons = plan.refusals.iter().map(|r| r.reason.clone()).collect();
+        return Ok(Outcome::Skipped { reasons, notes });
+    }
+    let nothing_new = plan.chunks.is_empty();
+    if nothing_new && hello.slots.is_empty() && hello.redirects.is_empty() {
+        return Ok(Outcome::Unchanged);
+    }
+
+    let generation = hello.generation + 1;
+    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    let (file, range, chunk_addr) = if nothing_new {
+        (None, None, Vec::new())
+    } else {
+        let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
+        let layout = emit::layout(&plan, &soname);
+        let maps = deliver::address::mappings(reg.pid)?;
+        let at = deliver::address::choose(&maps, image.span, layout.span)?;
+        let emitted = emit::write(&plan, &layout, at, TlsLayout { block_tp_offset })?;
+        let path = patch_dir.join(format!("patch-{generation}.so"));
+        fs_err::create_dir_all(&patch_dir).context("cannot create the patch directory")?;
+        fs_err::write(&path, &emitted.bytes).context("cannot write the patch")?;
+        (Some(path), Some((at, emitted.span)), emitted.chunk_addr)
+    };
+    let t_emit = t0.elapsed();
+
+    let mut slots = Vec::new();
+    let mut redirects = Vec::new();
+    for &(chunk, install) in &plan.installs {
+        match install {
+            Install::Slot(at) => slots.push((at, chunk_addr[chunk])),
+            Install::Redirect(key) => redirects.push((key, chunk_addr[chunk])),
+        }
+    }
+    let data: Vec<LedgerEntry> = plan
+        .new_data
+        .iter()
+        .map(|(name, c)| LedgerEntry { addr: chunk_addr[*c], size: plan.chunks[*c].size, name: name.clone() })
+        .collect();
+    let summary = summarize(&plan.report, nothing_new);
+    let request = Apply {
+        build_id: reg.build_id.clone(),
+        load_bias: hello.load_bias,
+        generation: hello.generation,
+        file: file.clone(),
+        range,
+        slots,
+        redirects,
+        data,
+        tls: plan.new_tls.clone(),
+        summary: summary.clone(),
+    };
+    let (new_generation, load_us, install_us) = deliver::apply(&reg.socket, request.clone())?;
+    let t_deliver = t0.elapsed();
+    let timings = manifest::Timings {
+        diff_ms: t_diff.as_secs_f64() * 1e3,
+        plan_ms: (t_plan - t_diff).as_secs_f64() * 1e3,
+        emit_ms: (t_emit - t_plan).as_secs_f64() * 1e3,
+        deliver_ms: (t_deliver - t_emit).as_secs_f64() * 1e3,
+        load_us,
+        install_us,
+    };
+    let _ =
+        manifest::write(&patch_dir, program, reg, new_generation, &plan, &request, &chunk_addr, &d, &timings);
+    Ok(Outcome::Patched { summary, load_us, install_us, notes })
+}
+
+fn summarize(report: &plan::Report, revert_only: bool) -> String {
+    if revert_only {
+        return "back to the code it started with".into();
+    }
+    let mut parts = vec![format!("{} changed", report.changed.len())];
+    if !report.added.is_empty() {
+        parts.push(format!("{} added", report.added.len()));
+    }
+    if !report.carried.is_empty() {
+        parts.push(format!("{} carried", report.carried.len()));
+    }
+    parts.join(", ")
+}
+
+/// Where ipbp's TLS reserve is, and where the executable's TLS block sits relative to the thread
+/// pointer — as the program measured it, checked against glibc's formula.
+fn tls_facts(
+    image: &BaseImage,
+    hello: &ipbp::protocol::Hello,
+    notes: &mut Vec<String>,
+) -> (Option<(u64, u64)>, i64) {
+    let formula = image.tls_tp_offset().unwrap_or(0);
+    let Some((_, reserve)) = image.find_tls("4ipbp3tls7RESERVE") else { return (None, formula) };
+    let Some((tpoff, size)) = hello.tls_reserve else { return (None, formula) };
+    let measured = tpoff - reserve.addr as i64;
+    if measured != formula {
+        notes.push(format!(
+            "the TLS block sits at tp{measured:+#x}, not at tp{formula:+#x} as computed from the executable; using the measured value"
+        ));
+    }
+    (Some((reserve.addr, size)), measured)
+}
+
+/// Serialises patch building for one process across concurrent links.
+fn lock(path: &Path) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("cannot lock the process for patching");
+    }
+    Ok(file)
+}
+
+/// Patches of processes that are gone are no longer needed.
+fn collect_patches_of_dead_processes(dir: &IpbpDir) {
+    let Ok(entries) = std::fs::read_dir(dir.patches()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some((pid, start)) = name.split_once('-') else { continue };
+        let (Ok(pid), Ok(start)) = (pid.parse::<u32>(), start.parse::<u64>()) else { continue };
+        if registry::process_start_time(pid) != Some(start) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }

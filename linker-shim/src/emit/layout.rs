@@ -1,0 +1,315 @@
+//! Where everything of a patch goes, relative to its (not yet chosen) base address.
+//!
+//! Three loadable segments — read-only, code, writable — each starting on a fresh page in memory
+//! but packed densely in the file (a segment's address and file offset agree modulo the page
+//! size, which is all `mmap` needs).
+
+use crate::objects::SectionKind;
+use crate::plan::{Plan, Target};
+use object::elf::*;
+use std::collections::HashMap;
+
+pub const PAGE: u64 = 4096;
+pub const EHDR_SIZE: u64 = 64;
+pub const PHDR_SIZE: u64 = 56;
+pub const PHDR_COUNT: u64 = 6;
+/// `jmp *cell(%rip)`: how calls reach an imported function.
+pub const STUB_SIZE: u64 = 8;
+
+/// A memory word the patch needs for an indirect reference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cell {
+    /// GOT entry holding a target's address (absolute, or filled by the loader for an import).
+    Address(Target),
+    /// `GOTTPOFF`: the thread-pointer offset of a TLS variable (module offset).
+    TpOff(u64),
+    /// `TLSGD`: `{ module 1, offset }` for `__tls_get_addr`.
+    TlsIndex(u64),
+    /// `TLSLD`: `{ module 1, 0 }`.
+    TlsModule,
+}
+
+impl Cell {
+    pub fn size(self) -> u64 {
+        match self {
+            Cell::TlsIndex(_) | Cell::TlsModule => 16,
+            _ => 8,
+        }
+    }
+}
+
+/// The output sections, in file order. Empty ones are left out of the section headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Out {
+    DynSym,
+    DynStr,
+    Hash,
+    RelaDyn,
+    Rodata,
+    ExceptTable,
+    EhFrameHdr,
+    EhFrame,
+    Text,
+    Dynamic,
+    Got,
+    Data,
+    Bss,
+}
+
+impl Out {
+    pub const ALL: [Out; 13] = [
+        Out::DynSym,
+        Out::DynStr,
+        Out::Hash,
+        Out::RelaDyn,
+        Out::Rodata,
+        Out::ExceptTable,
+        Out::EhFrameHdr,
+        Out::EhFrame,
+        Out::Text,
+        Out::Dynamic,
+        Out::Got,
+        Out::Data,
+        Out::Bss,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Out::DynSym => ".dynsym",
+            Out::DynStr => ".dynstr",
+            Out::Hash => ".hash",
+            Out::RelaDyn => ".rela.dyn",
+            Out::Rodata => ".rodata",
+            Out::ExceptTable => ".gcc_except_table",
+            Out::EhFrameHdr => ".eh_frame_hdr",
+            Out::EhFrame => ".eh_frame",
+            Out::Text => ".text",
+            Out::Dynamic => ".dynamic",
+            Out::Got => ".got",
+            Out::Data => ".data",
+            Out::Bss => ".bss",
+        }
+    }
+
+    pub fn segment(self) -> usize {
+        match self {
+            Out::Text => 1,
+            Out::Dynamic | Out::Got | Out::Data | Out::Bss => 2,
+            _ => 0,
+        }
+    }
+
+    fn of_chunk(kind: SectionKind) -> Out {
+        match kind {
+            SectionKind::Text => Out::Text,
+            SectionKind::ExceptTable => Out::ExceptTable,
+            SectionKind::Data => Out::Data,
+            SectionKind::Bss => Out::Bss,
+            _ => Out::Rodata,
+        }
+    }
+}
+
+/// Offsets are relative to the patch's base address (and equal file offsets within a segment
+/// minus the segment's `delta`).
+pub struct Layout {
+    pub chunk_offset: Vec<u64>,
+    pub chunk_out: Vec<Out>,
+    /// Start offset (memory) and size of each output section.
+    pub sections: HashMap<Out, (u64, u64)>,
+    pub cells: HashMap<Cell, u64>,
+    pub cell_order: Vec<Cell>,
+    /// Import index → offset of its call stub.
+    pub stubs: Vec<u64>,
+    pub eh_record_offset: Vec<u64>,
+    pub eh_frame_size: u64,
+    pub fde_count: u64,
+    /// Per segment: memory offset, memory size, file offset, file size.
+    pub segments: [(u64, u64, u64, u64); 3],
+    /// End of the file's loadable part.
+    pub file_end: u64,
+    /// Memory span from the base address.
+    pub span: u64,
+    pub dynstr: Vec<u8>,
+    /// Import index → name offset in `.dynstr`; `soname` offset.
+    pub import_name: Vec<u32>,
+    pub soname: u32,
+    pub dynamic_entries: u64,
+}
+
+fn cell_for(kind: RelocationType, target: Target) -> Option<Cell> {
+    Some(match kind {
+        R_X86_64_GOTPCREL | R_X86_64_GOTPCRELX | R_X86_64_REX_GOTPCRELX | R_X86_64_GOTPCREL64 => {
+            Cell::Address(target)
+        }
+        R_X86_64_GOTTPOFF => match target {
+            Target::Tls(off) => Cell::TpOff(off),
+            _ => return None,
+        },
+        R_X86_64_TLSGD => match target {
+            Target::Tls(off) => Cell::TlsIndex(off),
+            _ => return None,
+        },
+        R_X86_64_TLSLD => Cell::TlsModule,
+        _ => return None,
+    })
+}
+
+pub fn cell_of(kind: RelocationType, target: Target) -> Option<Cell> {
+    cell_for(kind, target)
+}
+
+pub fn compute(plan: &Plan, soname: &str) -> Layout {
+    let mut cells: HashMap<Cell, u64> = HashMap::new();
+    let mut cell_order = Vec::new();
+    let relocs = plan
+        .chunks
+        .iter()
+        .flat_map(|c| c.relocs.iter())
+        .chain(plan.eh_records.iter().flat_map(|r| r.relocs.iter()));
+    // Every import has a cell: its call stub jumps through it, and the loader fills it.
+    let import_cells = (0..plan.imports.len()).map(|i| Cell::Address(Target::Import(i)));
+    let wanted = import_cells.chain(relocs.filter_map(|r| cell_for(r.kind, r.target)));
+    let mut got_size = 0u64;
+    for cell in wanted {
+        if let std::collections::hash_map::Entry::Vacant(e) = cells.entry(cell) {
+            got_size = got_size.next_multiple_of(cell.size().min(8));
+            e.insert(got_size);
+            cell_order.push(cell);
+            got_size += cell.size();
+        }
+    }
+
+    // .dynstr: "\0" soname "\0" imports...
+    let mut dynstr = vec![0u8];
+    let soname_off = dynstr.len() as u32;
+    dynstr.extend_from_slice(soname.as_bytes());
+    dynstr.push(0);
+    let mut import_name = Vec::new();
+    for name in &plan.imports {
+        import_name.push(dynstr.len() as u32);
+        dynstr.extend_from_slice(name.as_bytes());
+        dynstr.push(0);
+    }
+    let nsyms = plan.imports.len() as u64 + 1;
+    let has_imports = !plan.imports.is_empty();
+    // HASH STRTAB SYMTAB STRSZ SYMENT SONAME FLAGS_1 NULL, plus RELA RELASZ RELAENT.
+    let dynamic_entries = 8 + if has_imports { 3 } else { 0 };
+
+    let mut sizes: HashMap<Out, (u64, u64)> = HashMap::new(); // size, align
+    sizes.insert(Out::DynSym, (nsyms * 24, 8));
+    sizes.insert(Out::DynStr, (dynstr.len() as u64, 1));
+    sizes.insert(Out::Hash, ((2 + 1 + nsyms) * 4, 8));
+    sizes.insert(Out::RelaDyn, (count_dynamic_relocs(plan) * 24, 8));
+    sizes.insert(Out::Dynamic, (dynamic_entries * 16, 8));
+    sizes.insert(Out::Got, (got_size, 16));
+
+    // Chunks within their output sections.
+    let mut chunk_offset = vec![0u64; plan.chunks.len()];
+    let mut chunk_out = Vec::with_capacity(plan.chunks.len());
+    let mut fill: HashMap<Out, (u64, u64)> = HashMap::new();
+    fill.insert(Out::Text, (plan.imports.len() as u64 * STUB_SIZE, 16));
+    for (i, c) in plan.chunks.iter().enumerate() {
+        let out = Out::of_chunk(c.kind);
+        let (size, align) = fill.entry(out).or_insert((0, 1));
+        let at = size.next_multiple_of(c.align.max(1));
+        chunk_offset[i] = at;
+        *size = at + c.size;
+        *align = (*align).max(c.align.max(1));
+        chunk_out.push(out);
+    }
+    for (out, v) in fill {
+        sizes.insert(out, v);
+    }
+
+    // .eh_frame: records back to back, then a zero terminator; .eh_frame_hdr: 12 + 8 per FDE.
+    let mut eh_record_offset = Vec::with_capacity(plan.eh_records.len());
+    let mut eh = 0u64;
+    for r in &plan.eh_records {
+        eh_record_offset.push(eh);
+        eh += r.data.len() as u64;
+    }
+    let fde_count = plan.eh_records.iter().filter(|r| r.cie.is_some()).count() as u64;
+    if !plan.eh_records.is_empty() {
+        sizes.insert(Out::EhFrame, (eh + 4, 8));
+        sizes.insert(Out::EhFrameHdr, (12 + 8 * fde_count, 4));
+    }
+
+    // Place output sections into the three segments. Each segment after the first starts on a
+    // fresh page in memory, at the same page offset as its first byte in the file.
+    let mut sections = HashMap::new();
+    let mut bounds: [Option<(u64, u64, u64, u64)>; 3] = [None; 3]; // mem start, file start, mem end, file end
+    let mut file = EHDR_SIZE + PHDR_SIZE * PHDR_COUNT;
+    let mut mem = file;
+    bounds[0] = Some((0, 0, mem, file));
+    for out in Out::ALL {
+        let Some(&(size, align)) = sizes.get(&out) else { continue };
+        let always = matches!(out, Out::Dynamic | Out::DynSym | Out::DynStr | Out::Hash);
+        if size == 0 && !always {
+            continue;
+        }
+        let seg = out.segment();
+        if bounds[seg].is_none() {
+            mem = mem.next_multiple_of(PAGE) + file % PAGE;
+            bounds[seg] = Some((mem, file, mem, file));
+        }
+        let pad = mem.next_multiple_of(align) - mem;
+        mem += pad;
+        file += pad;
+        sections.insert(out, (mem, size));
+        mem += size;
+        if out != Out::Bss {
+            file += size;
+        }
+        let b = bounds[seg].as_mut().expect("segment opened above");
+        b.2 = mem;
+        b.3 = file;
+    }
+    let mut segments = [(0u64, 0u64, 0u64, 0u64); 3];
+    for (i, b) in bounds.iter().enumerate() {
+        if let Some((m0, f0, m1, f1)) = *b {
+            segments[i] = (m0, m1 - m0, f0, f1 - f0);
+        }
+    }
+
+    for (i, out) in chunk_out.iter().enumerate() {
+        chunk_offset[i] += sections[out].0;
+    }
+    let text = sections.get(&Out::Text).map_or(0, |s| s.0);
+    let stubs = (0..plan.imports.len() as u64).map(|i| text + i * STUB_SIZE).collect();
+    let got = sections.get(&Out::Got).map_or(0, |s| s.0);
+    for v in cells.values_mut() {
+        *v += got;
+    }
+    Layout {
+        chunk_offset,
+        chunk_out,
+        sections,
+        cells,
+        cell_order,
+        stubs,
+        eh_record_offset,
+        eh_frame_size: eh + 4,
+        fde_count,
+        segments,
+        file_end: file,
+        span: mem.next_multiple_of(PAGE),
+        dynstr,
+        import_name,
+        soname: soname_off,
+        dynamic_entries,
+    }
+}
+
+/// Dynamic relocations: one `GLOB_DAT` per import (its cell), one `R_X86_64_64` per pointer to an
+/// import in data.
+fn count_dynamic_relocs(plan: &Plan) -> u64 {
+    let cells = plan.imports.len() as u64;
+    let pointers = plan
+        .chunks
+        .iter()
+        .flat_map(|c| c.relocs.iter())
+        .filter(|r| matches!(r.target, Target::Import(_)) && r.kind == R_X86_64_64)
+        .count() as u64;
+    cells + pointers
+}

@@ -1,0 +1,142 @@
+//! `patch-<n>.json` next to each patch library: what it holds, what it changed in the process,
+//! and how long each stage took. For people and tools; the program itself gets the `apply` message.
+
+use crate::diff::Diff;
+use crate::plan::{Plan, Report};
+use ipbp::protocol::{Apply, LedgerEntry};
+use ipbp::registry::Registration;
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Serialize)]
+pub struct Timings {
+    pub diff_ms: f64,
+    pub plan_ms: f64,
+    pub emit_ms: f64,
+    pub deliver_ms: f64,
+    pub load_us: u64,
+    pub install_us: u64,
+}
+
+#[derive(Serialize)]
+struct Manifest<'a> {
+    program: &'a str,
+    pid: u32,
+    build_id: &'a str,
+    generation: u64,
+    file: Option<&'a Path>,
+    base: Option<String>,
+    span: Option<u64>,
+    file_size: Option<u64>,
+    workspace_objects: usize,
+    changed_objects: usize,
+    report: &'a Report,
+    /// Old → new: hot slots and redirect-table keys, with the function now called.
+    installs: Vec<InstallRecord>,
+    chunks: Vec<ChunkRecord>,
+    new_statics: Vec<Entry>,
+    /// Offsets inside ipbp's TLS reserve.
+    new_thread_locals: Vec<Entry>,
+    timings: &'a Timings,
+}
+
+#[derive(Serialize)]
+struct Entry {
+    name: String,
+    at: String,
+    size: u64,
+}
+
+fn entries(list: &[LedgerEntry]) -> Vec<Entry> {
+    list.iter()
+        .map(|e| Entry {
+            name: crate::map::read::demangle(&e.name),
+            at: format!("{:#x}", e.addr),
+            size: e.size,
+        })
+        .collect()
+}
+
+#[derive(Serialize)]
+struct InstallRecord {
+    kind: &'static str,
+    at: String,
+    new: String,
+    function: String,
+}
+
+#[derive(Serialize)]
+struct ChunkRecord {
+    name: String,
+    kind: String,
+    addr: String,
+    size: u64,
+    relocations: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn write(
+    dir: &Path,
+    program: &str,
+    reg: &Registration,
+    generation: u64,
+    plan: &Plan,
+    request: &Apply,
+    chunk_addr: &[u64],
+    diff: &Diff,
+    timings: &Timings,
+) -> std::io::Result<()> {
+    let name_at = |addr: u64| {
+        chunk_addr
+            .iter()
+            .position(|&a| a == addr)
+            .map(|c| crate::map::read::demangle(&plan.chunks[c].name))
+            .unwrap_or_default()
+    };
+    let installs = request
+        .slots
+        .iter()
+        .map(|&(at, new)| ("slot", at, new))
+        .chain(request.redirects.iter().map(|&(at, new)| ("redirect", at, new)))
+        .map(|(kind, at, new)| InstallRecord {
+            kind,
+            at: format!("{at:#x}"),
+            new: format!("{new:#x}"),
+            function: name_at(new),
+        })
+        .collect();
+    let chunks = plan
+        .chunks
+        .iter()
+        .enumerate()
+        .map(|(i, c)| ChunkRecord {
+            name: crate::map::read::demangle(&c.name),
+            kind: format!("{:?}", c.kind),
+            addr: chunk_addr.get(i).map(|a| format!("{a:#x}")).unwrap_or_default(),
+            size: c.size,
+            relocations: c.relocs.len(),
+        })
+        .collect();
+    let file_size = request.file.as_ref().and_then(|f| std::fs::metadata(f).ok()).map(|m| m.len());
+    let m = Manifest {
+        program,
+        pid: reg.pid,
+        build_id: &reg.build_id,
+        generation,
+        file: request.file.as_deref(),
+        base: request.range.map(|r| format!("{:#x}", r.0)),
+        span: request.range.map(|r| r.1),
+        file_size,
+        workspace_objects: diff.units_total,
+        changed_objects: diff.units_changed,
+        report: &plan.report,
+        installs,
+        chunks,
+        new_statics: entries(&request.data),
+        new_thread_locals: entries(&request.tls),
+        timings,
+    };
+    std::fs::create_dir_all(dir)?;
+    let text = serde_json::to_string_pretty(&m).map_err(std::io::Error::other)?;
+    std::fs::write(dir.join(format!("patch-{generation}.json")), text)
+}

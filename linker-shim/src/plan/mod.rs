@@ -1,0 +1,768 @@
+//! Stage 4 — plan: what goes into a patch for one process, and where every reference points.
+//!
+//! Starting from the functions the patch must carry ([`graph::copy_set`]), each relocation of each
+//! carried section is resolved to one of:
+//! - something else the patch carries (anonymous data, new functions and statics, functions the
+//!   running image never linked — a std function used for the first time is pulled from its rlib);
+//! - an absolute address in the running process (every other function; every static, which keeps
+//!   its state — including statics an earlier patch added, found in the process's ledger);
+//! - an offset in the executable's TLS block (thread-locals of the image, and new ones placed in
+//!   ipbp's TLS reserve, so every thread has them);
+//! - a dynamic import from a shared library (libc), bound by the loader.
+//!
+//! What cannot be patched safely becomes a [`Refusal`] naming the symbol and the reason.
+
+pub mod base;
+pub mod graph;
+pub mod unwind;
+
+use crate::diff::units::Build;
+use crate::diff::{DefKind, Diff};
+use crate::map::schema::{Input, InputKind};
+use crate::objects::load::{archive_index, archive_member_at, parse, Arena, ObjectArena};
+use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
+use base::{BaseImage, BaseKind};
+use graph::{Dispatch, Graph, HotPoints, Node};
+use ipbp::protocol::Hello;
+use object::elf;
+use std::collections::{HashMap, HashSet};
+
+pub type ChunkId = usize;
+
+/// A section (or a piece of a merge section) the patch carries.
+pub struct Chunk<'a> {
+    /// The name it is known by: its first symbol, or its section name.
+    pub name: String,
+    pub kind: SectionKind,
+    pub align: u64,
+    pub size: u64,
+    /// Contents; empty for zero-filled chunks.
+    pub data: std::borrow::Cow<'a, [u8]>,
+    pub relocs: Vec<PlannedReloc>,
+    /// Named symbols defined in the chunk: name, offset, size, is-function.
+    pub symbols: Vec<(String, u64, u64, bool)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PlannedReloc {
+    pub offset: u64,
+    pub kind: elf::RelocationType,
+    pub target: Target,
+    pub addend: i64,
+    /// The symbol as named in the object (for error messages).
+    pub symbol: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    /// Inside the patch: chunk and offset.
+    Chunk(ChunkId, u64),
+    /// An address in the running process.
+    Absolute(u64),
+    /// Offset in the executable's TLS block (module 1).
+    Tls(u64),
+    /// A symbol the loader binds (index into [`Plan::imports`]).
+    Import(usize),
+    /// Resolves to 0 (an undefined weak symbol; a dispatch key seen from a patched copy).
+    Zero,
+}
+
+/// One `.eh_frame` record the patch carries: a CIE, or an FDE pointing at its CIE.
+pub struct EhRecord<'a> {
+    pub data: &'a [u8],
+    pub relocs: Vec<PlannedReloc>,
+    /// For an FDE: index of its CIE in [`Plan::eh_records`].
+    pub cie: Option<usize>,
+}
+
+/// Where a hot point must be switched, once the patch is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Install {
+    /// Store the chunk's address into the slot at this absolute address.
+    Slot(u64),
+    /// Redirect-table entry from this absolute key address.
+    Redirect(u64),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub symbol: String,
+    pub reason: String,
+}
+
+/// What the plan decided, for the status line and the manifest.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    /// Functions changed by the edit that the patch carries.
+    pub changed: Vec<String>,
+    /// Definitions the running image does not have (new functions, statics, generic instances).
+    pub added: Vec<String>,
+    /// Unchanged functions and constants carried because they lead to changed code.
+    pub carried: Vec<String>,
+    /// Definitions pulled from archives the workspace does not own (std, dependencies).
+    pub pulled: Vec<String>,
+    /// Symbols left to the dynamic loader.
+    pub imports: Vec<String>,
+    /// Things the user should know that do not stop the patch.
+    pub notes: Vec<String>,
+}
+
+pub struct Plan<'a> {
+    pub chunks: Vec<Chunk<'a>>,
+    pub eh_records: Vec<EhRecord<'a>>,
+    pub imports: Vec<String>,
+    /// Chunk (function entry at offset 0) → where to install it.
+    pub installs: Vec<(ChunkId, Install)>,
+    /// New statics (name, chunk) for the process's ledger.
+    pub new_data: Vec<(String, ChunkId)>,
+    /// New thread-locals (name, offset in the TLS reserve, size).
+    pub new_tls: Vec<ipbp::protocol::LedgerEntry>,
+    pub report: Report,
+    pub refusals: Vec<Refusal>,
+}
+
+/// TLS facts of the running process.
+pub struct TlsInfo {
+    /// Offset of ipbp's reserve inside the executable's TLS block, and its size.
+    pub reserve: Option<(u64, u64)>,
+}
+
+/// Everything the plan stage reads.
+pub struct Inputs<'p, 'a> {
+    pub current: &'p Build<'a>,
+    pub diff: &'p Diff,
+    pub base: &'p BaseImage,
+    pub hello: &'p Hello,
+    pub tls: TlsInfo,
+    /// The current link's inputs (archives to pull from).
+    pub link_inputs: &'p [Input],
+    pub arena: &'a Arena,
+}
+
+pub fn plan<'a>(input: &Inputs<'_, 'a>) -> crate::error::Result<Plan<'a>> {
+    let graph = Graph::build(input.current)?;
+    let hot = graph::hot_points(&graph);
+    let reach = graph::reach(&graph, hot.roots.keys().copied());
+    let mut changed_nodes = HashSet::new();
+    let mut refusals = Vec::new();
+    let mut notes = Vec::new();
+    for change in input.diff.changed.values() {
+        let nodes = graph.by_name.get(change.name.as_str()).map_or(&[][..], Vec::as_slice);
+        let pretty = crate::map::read::demangle(&change.name);
+        match change.kind {
+            DefKind::Function | DefKind::Constant => changed_nodes.extend(nodes.iter().copied()),
+            DefKind::Data | DefKind::Tls if change.name.contains("11__IPBP_SLOT") => {
+                let owner = pretty.trim_end_matches("::__IPBP_SLOT");
+                refusals.push(Refusal {
+                    symbol: owner.to_string(),
+                    reason: format!("the signature of hot function `{owner}` changed; callers built against the old one cannot call the new one (restart to use it)"),
+                });
+            }
+            DefKind::Data | DefKind::Tls if change.old_size != change.new_size => refusals.push(Refusal {
+                symbol: pretty.clone(),
+                reason: format!(
+                    "the size of {} `{pretty}` changed ({} -> {} bytes); its running value cannot be kept",
+                    if change.kind == DefKind::Tls { "thread-local" } else { "static" },
+                    change.old_size,
+                    change.new_size
+                ),
+            }),
+            DefKind::Data | DefKind::Tls => notes.push(format!(
+                "the initial value of `{pretty}` changed; the running process keeps its current value"
+            )),
+        }
+    }
+    let copy = graph::copy_set(&graph, &reach, &changed_nodes, &hot);
+    let mut unreached: Vec<String> = changed_nodes
+        .iter()
+        .filter(|n| !reach.contains(n) && graph.kind(**n) == SectionKind::Text)
+        .filter_map(|&n| graph.name(n))
+        .map(crate::map::read::demangle)
+        .collect();
+    unreached.sort();
+    unreached.dedup();
+    for f in unreached {
+        notes.push(format!(
+            "`{f}` changed but no hot point reaches it; the running process keeps its old code"
+        ));
+    }
+    for &n in &hot.shared {
+        if copy.contains(&n) {
+            let f = graph.name(n).map(crate::map::read::demangle).unwrap_or_default();
+            notes.push(format!(
+                "hot function `{f}` is one of several instances of a generic impl sharing one slot; mark it #[ipbp::hot(generic)] to patch it"
+            ));
+        }
+    }
+
+    let pulled = ObjectArena::default();
+    let mut planner = Planner::new(input, &graph, &hot, &copy, &pulled);
+    for &n in sorted(&copy).iter() {
+        let (u, s) = graph.nodes[n];
+        planner.include(Obj::Unit(u), s, None);
+    }
+    planner.run();
+    let mut plan = planner.finish(&graph, &hot, &copy, &changed_nodes);
+    plan.refusals.splice(0..0, refusals);
+    plan.report.notes.splice(0..0, notes);
+    Ok(plan)
+}
+
+fn sorted(set: &HashSet<Node>) -> Vec<Node> {
+    let mut v: Vec<Node> = set.iter().copied().collect();
+    v.sort_unstable();
+    v
+}
+
+/// Which object a section comes from: a workspace unit of the current build, or an archive member
+/// pulled in during planning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Obj {
+    Unit(usize),
+    Pulled(usize),
+}
+
+/// A chunk's source: object, section, and for merge pieces the byte range.
+type ChunkKey = (Obj, SecIdx, Option<(u64, u64)>);
+
+struct Planner<'p, 'g, 'a> {
+    input: &'p Inputs<'p, 'a>,
+    graph: &'g Graph<'g, 'a>,
+    hot: &'g HotPoints,
+    copy: &'g HashSet<Node>,
+    pulled: &'p ObjectArena<'a>,
+    /// Global symbol → (archive input index, member offset), built on first pull.
+    archive_symbols: Option<HashMap<&'a [u8], (usize, u64)>>,
+    /// Archive input index → mapped bytes.
+    archive_data: HashMap<usize, &'a [u8]>,
+    pulled_members: HashMap<(usize, u64), usize>,
+    chunks: Vec<Chunk<'a>>,
+    /// Where each chunk comes from; `None` for chunks ipbp-ld makes (private slots).
+    sources: Vec<Option<ChunkKey>>,
+    included: HashMap<ChunkKey, ChunkId>,
+    queue: Vec<ChunkId>,
+    eh_records: Vec<EhRecord<'a>>,
+    cies: HashMap<(Obj, usize), usize>,
+    fde_maps: HashMap<Obj, HashMap<SecIdx, unwind::FdeInfo>>,
+    imports: Vec<String>,
+    import_ids: HashMap<String, usize>,
+    /// Private null slots for patched copies of method-form hot functions: slot node → chunk.
+    private_slots: HashMap<Node, ChunkId>,
+    new_tls: Vec<ipbp::protocol::LedgerEntry>,
+    new_tls_by_name: HashMap<String, u64>,
+    tls_cursor: u64,
+    refusals: Vec<Refusal>,
+    notes: Vec<String>,
+    pulled_names: Vec<String>,
+    no_unwind: Vec<String>,
+}
+
+impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
+    fn new(
+        input: &'p Inputs<'p, 'a>,
+        graph: &'g Graph<'g, 'a>,
+        hot: &'g HotPoints,
+        copy: &'g HashSet<Node>,
+        pulled: &'p ObjectArena<'a>,
+    ) -> Self {
+        let tls_cursor = input.hello.tls.iter().map(|e| e.addr + e.size).max().unwrap_or(0);
+        Planner {
+            input,
+            graph,
+            hot,
+            copy,
+            pulled,
+            archive_symbols: None,
+            archive_data: HashMap::new(),
+            pulled_members: HashMap::new(),
+            chunks: Vec::new(),
+            sources: Vec::new(),
+            included: HashMap::new(),
+            queue: Vec::new(),
+            eh_records: Vec::new(),
+            cies: HashMap::new(),
+            fde_maps: HashMap::new(),
+            imports: Vec::new(),
+            import_ids: HashMap::new(),
+            private_slots: HashMap::new(),
+            new_tls: Vec::new(),
+            new_tls_by_name: HashMap::new(),
+            tls_cursor,
+            refusals: Vec::new(),
+            notes: Vec::new(),
+            pulled_names: Vec::new(),
+            no_unwind: Vec::new(),
+        }
+    }
+
+    fn object(&self, o: Obj) -> &'p Object<'a> {
+        match o {
+            Obj::Unit(u) => self.input.current.units[u].parsed().expect("graph units are parsed"),
+            Obj::Pulled(i) => self.pulled.get(i),
+        }
+    }
+
+    fn refuse(&mut self, symbol: &str, reason: String) {
+        let symbol = crate::map::read::demangle(symbol);
+        if !self.refusals.iter().any(|r| r.symbol == symbol && r.reason == reason) {
+            self.refusals.push(Refusal { symbol, reason });
+        }
+    }
+
+    /// Adds a section (or merge piece) to the patch, once.
+    fn include(&mut self, obj: Obj, sec: SecIdx, piece: Option<(u64, u64)>) -> ChunkId {
+        let key = (obj, sec, piece);
+        if let Some(&id) = self.included.get(&key) {
+            return id;
+        }
+        let o = self.object(obj);
+        let s = &o.sections[sec];
+        let (start, end) = piece.unwrap_or((0, s.size));
+        let data: &'a [u8] = if s.data.is_empty() { &[] } else { &s.data[start as usize..end as usize] };
+        let symbols = s
+            .symbols
+            .iter()
+            .map(|&i| &o.symbols[i])
+            .filter(|sym| sym.value >= start && sym.value < end.max(start + 1))
+            .map(|sym| (sym.name.to_string(), sym.value - start, sym.size, sym.kind == SymbolKind::Function))
+            .collect();
+        let name = o.primary_symbol(sec).map_or_else(|| s.name.to_string(), |p| p.name.to_string());
+        let id = self.chunks.len();
+        self.chunks.push(Chunk {
+            name,
+            kind: s.kind,
+            align: if piece.is_some() { s.merge.map_or(1, |m| m.entsize.max(1)) } else { s.align },
+            size: end - start,
+            data: std::borrow::Cow::Borrowed(data),
+            relocs: Vec::new(),
+            symbols,
+        });
+        self.sources.push(Some(key));
+        self.included.insert(key, id);
+        self.queue.push(id);
+        if s.kind == SectionKind::Text {
+            self.include_unwind(obj, sec, id);
+        }
+        id
+    }
+
+    fn run(&mut self) {
+        while let Some(id) = self.queue.pop() {
+            let Some((obj, sec, piece)) = self.sources[id] else { continue };
+            let (start, end) = piece.unwrap_or((0, u64::MAX));
+            let relocs: Vec<_> = self.object(obj).sections[sec]
+                .relocs
+                .iter()
+                .filter(|r| r.offset >= start && r.offset < end)
+                .copied()
+                .collect();
+            let mut planned = Vec::with_capacity(relocs.len());
+            for r in relocs {
+                let target = self.resolve(obj, &r, Some(id));
+                let symbol = self.object(obj).symbols[r.symbol].name.to_string();
+                planned.push(PlannedReloc {
+                    offset: r.offset - start,
+                    kind: r.kind,
+                    target,
+                    addend: r.addend,
+                    symbol,
+                });
+            }
+            self.chunks[id].relocs = planned;
+        }
+    }
+
+    /// The FDE of a carried function, and its CIE (once per object and CIE).
+    fn include_unwind(&mut self, obj: Obj, sec: SecIdx, chunk: ChunkId) {
+        if !self.fde_maps.contains_key(&obj) {
+            let map = unwind::fdes_by_function(self.object(obj));
+            self.fde_maps.insert(obj, map);
+        }
+        let Some(info) = self.fde_maps[&obj].get(&sec).copied() else {
+            self.no_unwind.push(self.chunks[chunk].name.clone());
+            return;
+        };
+        let cie = match self.cies.get(&(obj, info.cie.start)) {
+            Some(&c) => c,
+            None => {
+                let c = self.eh_record(obj, info.eh_frame, info.cie, None);
+                self.cies.insert((obj, info.cie.start), c);
+                c
+            }
+        };
+        self.eh_record(obj, info.eh_frame, info.fde, Some(cie));
+    }
+
+    fn eh_record(&mut self, obj: Obj, eh: SecIdx, rec: unwind::Record, cie: Option<usize>) -> usize {
+        let (start, end) = (rec.start as u64, (rec.start + rec.len) as u64);
+        let relocs: Vec<_> = self.object(obj).sections[eh]
+            .relocs
+            .iter()
+            .filter(|r| r.offset >= start && r.offset < end)
+            .copied()
+            .collect();
+        let mut planned = Vec::new();
+        for r in relocs {
+            let target = self.resolve(obj, &r, None);
+            let symbol = self.object(obj).symbols[r.symbol].name.to_string();
+            planned.push(PlannedReloc {
+                offset: r.offset - start,
+                kind: r.kind,
+                target,
+                addend: r.addend,
+                symbol,
+            });
+        }
+        let data = &self.object(obj).sections[eh].data[rec.start..rec.start + rec.len];
+        self.eh_records.push(EhRecord { data, relocs: planned, cie });
+        self.eh_records.len() - 1
+    }
+
+    /// Where the target of relocation `r` of `obj`, made from chunk `from`, lives for the patch.
+    /// (The relocation's addend is applied on top by emit.)
+    fn resolve(&mut self, obj: Obj, r: &crate::objects::Reloc, from: Option<ChunkId>) -> Target {
+        let o = self.object(obj);
+        let s = &o.symbols[r.symbol];
+        let (name, def, kind, value, weak) = (s.name, s.def, s.kind, s.value, s.weak);
+        if let Some(t) = self.dispatch_special(name, from) {
+            return t;
+        }
+        match def {
+            crate::objects::Definition::Section(sec) => {
+                if !s.is_named() {
+                    if let Some((sec, start, end)) = o.merge_piece(r) {
+                        let id = self.include(obj, sec, Some((start, end)));
+                        // May wrap "below" the piece: the addend brings it back (value + addend = start).
+                        return Target::Chunk(id, value.wrapping_sub(start));
+                    }
+                    if let Some(p) = o.primary_symbol(sec) {
+                        let (pname, pvalue) = (p.name, p.value);
+                        return self
+                            .named_defined(obj, sec, pname, pvalue)
+                            .offset(value as i64 - pvalue as i64);
+                    }
+                    if o.sections[sec].kind.is_tls() {
+                        self.refuse(name, "a thread-local without a name cannot be placed".into());
+                        return Target::Zero;
+                    }
+                    let id = self.include(obj, sec, None);
+                    return Target::Chunk(id, value);
+                }
+                self.named_defined(obj, sec, name, value)
+            }
+            crate::objects::Definition::Undefined => {
+                self.named_elsewhere(name, kind == SymbolKind::Tls, weak)
+            }
+            crate::objects::Definition::Absolute => Target::Absolute(value),
+            crate::objects::Definition::Common => {
+                self.refuse(name, "common symbols are not supported".into());
+                Target::Zero
+            }
+        }
+    }
+
+    /// References that hot-point dispatch treats specially when made from a patched copy.
+    fn dispatch_special(&mut self, name: &str, from: Option<ChunkId>) -> Option<Target> {
+        let (Obj::Unit(u), from_sec, _) = self.sources[from?]? else { return None };
+        let from_node = self.graph.node(u, from_sec)?;
+        match self.hot.roots.get(&from_node)? {
+            Dispatch::Slot { slot } if name.contains("11__IPBP_SLOT") => {
+                let slot = *slot;
+                if let Some(&c) = self.private_slots.get(&slot) {
+                    return Some(Target::Chunk(c, 0));
+                }
+                // A patched copy of a hot method reads its own null slot and so runs its body.
+                let signature =
+                    self.graph.section(slot).data.get(8..16).map(<[u8]>::to_vec).unwrap_or(vec![0; 8]);
+                let mut data = vec![0u8; 8];
+                data.extend_from_slice(&signature);
+                let id = self.chunks.len();
+                self.chunks.push(Chunk {
+                    name: format!("{}.private", self.graph.name(slot).unwrap_or("slot")),
+                    kind: SectionKind::Data,
+                    align: 8,
+                    size: 16,
+                    data: std::borrow::Cow::Owned(data),
+                    relocs: Vec::new(),
+                    symbols: Vec::new(),
+                });
+                self.sources.push(None);
+                self.private_slots.insert(slot, id);
+                Some(Target::Chunk(id, 0))
+            }
+            Dispatch::Key { .. } if name.starts_with("_ZN4ipbp8dispatch3key17h") => Some(Target::Zero),
+            _ => None,
+        }
+    }
+
+    /// A named symbol defined in section `sec` of `obj`.
+    fn named_defined(&mut self, obj: Obj, sec: SecIdx, name: &'a str, value: u64) -> Target {
+        if let Obj::Unit(u) = obj {
+            if let Some(node) = self.graph.node(u, sec) {
+                if self.copy.contains(&node) {
+                    let id = self.include(obj, sec, None);
+                    return Target::Chunk(id, value);
+                }
+            }
+        }
+        let kind = self.object(obj).sections[sec].kind;
+        if kind.is_tls() {
+            return self.tls_target(name, Some((obj, sec, value)));
+        }
+        if let Some(t) = self.bound(name, kind, self.object(obj).sections[sec].size) {
+            return t;
+        }
+        let id = self.include(obj, sec, None);
+        Target::Chunk(id, value)
+    }
+
+    /// A named symbol the referencing object does not define.
+    fn named_elsewhere(&mut self, name: &'a str, tls: bool, weak: bool) -> Target {
+        if let Some(&node) = self.graph.by_name.get(name).and_then(|v| v.first()) {
+            let (u, sec) = self.graph.nodes[node];
+            let o = self.object(Obj::Unit(u));
+            if let Some(s) =
+                o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name && !s.local)
+            {
+                let value = s.value;
+                return self.named_defined(Obj::Unit(u), sec, name, value);
+            }
+        }
+        if tls {
+            return self.tls_target(name, None);
+        }
+        if let Some(t) = self.bound(name, SectionKind::Text, 0) {
+            return t;
+        }
+        if let Some((obj, sec, value)) = self.pull(name) {
+            return self.named_defined(obj, sec, name, value);
+        }
+        if weak {
+            return Target::Zero;
+        }
+        let next = self.imports.len();
+        let id = *self.import_ids.entry(name.to_string()).or_insert(next);
+        if id == next {
+            self.imports.push(name.to_string());
+        }
+        Target::Import(id)
+    }
+
+    /// The running image's (or an earlier patch's) definition of `name`, if it has one.
+    fn bound(&mut self, name: &str, kind: SectionKind, size: u64) -> Option<Target> {
+        if let Some(e) = self.input.hello.data.iter().find(|e| e.name == name) {
+            if kind.is_writable_state() && size != 0 && e.size != size {
+                self.refuse(
+                    name,
+                    format!("its size changed ({} -> {size} bytes) since a patch added it", e.size),
+                );
+            }
+            return Some(Target::Absolute(e.addr));
+        }
+        let defs = self.input.base.lookup(name);
+        let first = *defs.first()?;
+        let bias = self.input.base.load_bias;
+        if first.kind == BaseKind::Function || defs.len() == 1 || !kind.is_writable_state() {
+            if kind.is_writable_state() && size != 0 && first.size != size && first.kind != BaseKind::Function
+            {
+                self.refuse(
+                    name,
+                    format!("the running static is {} bytes, the new code expects {size}", first.size),
+                );
+            }
+            return Some(Target::Absolute(first.addr + bias));
+        }
+        self.refuse(
+            name,
+            format!(
+                "the running program defines {} statics named like this; cannot tell which one",
+                defs.len()
+            ),
+        );
+        Some(Target::Zero)
+    }
+
+    /// A thread-local: the image's, one an earlier patch placed in the reserve, or a new one.
+    fn tls_target(&mut self, name: &str, def: Option<(Obj, SecIdx, u64)>) -> Target {
+        if let Some(s) = self.input.base.lookup(name).iter().find(|s| s.kind == BaseKind::Tls) {
+            return Target::Tls(s.addr);
+        }
+        let Some((reserve_off, reserve_size)) = self.input.tls.reserve else {
+            self.refuse(
+                name,
+                "a new thread-local needs ipbp's TLS reserve, which this program does not have".into(),
+            );
+            return Target::Zero;
+        };
+        if let Some(e) = self.input.hello.tls.iter().find(|e| e.name == name) {
+            return Target::Tls(reserve_off + e.addr);
+        }
+        if let Some(&off) = self.new_tls_by_name.get(name) {
+            return Target::Tls(reserve_off + off);
+        }
+        let def = def.or_else(|| {
+            let &node = self.graph.by_name.get(name)?.first()?;
+            let (u, sec) = self.graph.nodes[node];
+            let o = self.object(Obj::Unit(u));
+            let s = o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name)?;
+            Some((Obj::Unit(u), sec, s.value))
+        });
+        let Some((obj, sec, value)) = def else {
+            self.refuse(name, "thread-local not found in any link input".into());
+            return Target::Zero;
+        };
+        let section = &self.object(obj).sections[sec];
+        let (align, size) = (section.align, section.size);
+        if section.data.iter().any(|&b| b != 0) {
+            self.refuse(
+                name,
+                "a new thread-local with a non-zero constant initial value cannot be given to threads already running; \
+                 initialise it lazily (thread_local! without `const`)"
+                    .into(),
+            );
+            return Target::Zero;
+        }
+        let at = self.tls_cursor.next_multiple_of(align.max(1));
+        if at + size > reserve_size {
+            self.refuse(
+                name,
+                format!("ipbp's TLS reserve ({reserve_size} bytes) is full; restart the program"),
+            );
+            return Target::Zero;
+        }
+        self.tls_cursor = at + size;
+        self.new_tls_by_name.insert(name.to_string(), at);
+        self.new_tls.push(ipbp::protocol::LedgerEntry { addr: at, size, name: name.to_string() });
+        Target::Tls(reserve_off + at + value)
+    }
+
+    /// Finds `name` in an archive outside the workspace (std, dependencies) and loads that member.
+    fn pull(&mut self, name: &str) -> Option<(Obj, SecIdx, u64)> {
+        if self.archive_symbols.is_none() {
+            let mut index = HashMap::new();
+            for (i, input) in self.input.link_inputs.iter().enumerate() {
+                if !matches!(input.kind, InputKind::Archive | InputKind::SysrootArchive) {
+                    continue;
+                }
+                let Ok(data) = self.input.arena.map(&input.path) else { continue };
+                self.archive_data.insert(i, data);
+                for (sym, offset) in archive_index(data).unwrap_or_default() {
+                    index.entry(sym).or_insert((i, offset));
+                }
+            }
+            self.archive_symbols = Some(index);
+        }
+        let &(archive, offset) = self.archive_symbols.as_ref()?.get(name.as_bytes())?;
+        let idx = match self.pulled_members.get(&(archive, offset)) {
+            Some(&i) => i,
+            None => {
+                let path = &self.input.link_inputs[archive].path;
+                let member = archive_member_at(path, self.archive_data[&archive], offset).ok()?;
+                let object = match parse(&member) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        self.refuse(name, format!("cannot read {}: {e}", member.origin));
+                        return None;
+                    }
+                };
+                let i = self.pulled.alloc(object);
+                self.pulled_members.insert((archive, offset), i);
+                i
+            }
+        };
+        let o = self.pulled.get(idx);
+        let s = o.symbols.iter().find(|s| s.name == name && !s.local && s.section().is_some())?;
+        let (sec, value) = (s.section()?, s.value);
+        self.pulled_names.push(crate::map::read::demangle(name));
+        Some((Obj::Pulled(idx), sec, value))
+    }
+
+    fn finish(
+        self,
+        graph: &Graph,
+        hot: &HotPoints,
+        copy: &HashSet<Node>,
+        changed: &HashSet<Node>,
+    ) -> Plan<'a> {
+        let base = self.input.base;
+        let bias = base.load_bias;
+        let mut installs = Vec::new();
+        let mut report = Report::default();
+        for (&(obj, sec, piece), &id) in &self.included {
+            let Obj::Unit(u) = obj else { continue };
+            let Some(node) = graph.node(u, sec) else { continue };
+            if piece.is_some() {
+                continue;
+            }
+            let name = graph.name(node).map(crate::map::read::demangle);
+            if changed.contains(&node) {
+                report.changed.extend(name.clone());
+            } else if copy.contains(&node) {
+                report.carried.extend(name.clone());
+            }
+            if let Some(dispatch) = hot.roots.get(&node) {
+                let original = |n: Node| graph.name(n).and_then(|s| base.lookup(s).first().copied());
+                let install = match *dispatch {
+                    Dispatch::Slot { slot } | Dispatch::Entry { slot } => {
+                        original(slot).map(|s| Install::Slot(s.addr + bias))
+                    }
+                    Dispatch::Key { key } => original(key).map(|s| Install::Redirect(s.addr + bias)),
+                    Dispatch::Call => original(node).map(|s| Install::Redirect(s.addr + bias)),
+                };
+                if let Some(install) = install {
+                    installs.push((id, install));
+                }
+            }
+        }
+        let mut new_data = Vec::new();
+        for (id, chunk) in self.chunks.iter().enumerate() {
+            for (name, _, _, _) in &chunk.symbols {
+                let known = base.contains(name) || self.input.hello.data.iter().any(|e| &e.name == name);
+                if !known {
+                    report.added.push(crate::map::read::demangle(name));
+                    if chunk.kind.is_writable_state() {
+                        new_data.push((name.clone(), id));
+                    }
+                }
+            }
+        }
+        for t in &self.new_tls {
+            report.added.push(crate::map::read::demangle(&t.name));
+        }
+        report.pulled = self.pulled_names;
+        report.imports = self.imports.iter().map(|i| crate::map::read::demangle(i)).collect();
+        report.notes = self.notes;
+        for f in &self.no_unwind {
+            report.notes.push(format!(
+                "`{}` has no unwind info; a panic inside it aborts",
+                crate::map::read::demangle(f)
+            ));
+        }
+        for list in [&mut report.changed, &mut report.added, &mut report.carried, &mut report.pulled] {
+            list.sort();
+            list.dedup();
+        }
+        installs.sort_by_key(|&(id, i)| (i, id));
+        Plan {
+            chunks: self.chunks,
+            eh_records: self.eh_records,
+            imports: self.imports,
+            installs,
+            new_data,
+            new_tls: self.new_tls,
+            report,
+            refusals: self.refusals,
+        }
+    }
+}
+
+impl Target {
+    fn offset(self, by: i64) -> Target {
+        match self {
+            Target::Chunk(c, o) => Target::Chunk(c, (o as i64 + by) as u64),
+            Target::Absolute(a) => Target::Absolute((a as i64 + by) as u64),
+            Target::Tls(t) => Target::Tls((t as i64 + by) as u64),
+            other => other,
+        }
+    }
+}

@@ -1,0 +1,70 @@
+//! Finding a function's unwind record in its object's `.eh_frame`.
+//!
+//! `.eh_frame` is a list of length-prefixed records: CIEs (common information: code alignment,
+//! personality routine) and FDEs (one per function: its address range, call frame instructions,
+//! and a pointer to its landing-pad table in `.gcc_except_table`). An FDE's second word points
+//! back to its CIE; its third is the function's start, written by a relocation against the
+//! function's section. A patch needs the FDE of every function it carries, with its CIE.
+
+use crate::objects::{Object, SecIdx, SectionKind};
+use std::collections::HashMap;
+
+/// One record: byte range inside the object's `.eh_frame`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Record {
+    pub start: usize,
+    pub len: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct FdeInfo {
+    pub eh_frame: SecIdx,
+    pub cie: Record,
+    pub fde: Record,
+}
+
+/// Text section → its FDE, for one object. Malformed tables yield no entries (the function is
+/// then patched without unwind info, and ipbp-ld says so).
+pub fn fdes_by_function(obj: &Object) -> HashMap<SecIdx, FdeInfo> {
+    let mut out = HashMap::new();
+    for (eh, sec) in obj.sections.iter().enumerate() {
+        if sec.kind != SectionKind::EhFrame {
+            continue;
+        }
+        let data = sec.data;
+        let mut pos = 0usize;
+        while pos + 8 <= data.len() {
+            let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+            if len == 0 || len == 0xffff_ffff || pos + 4 + len > data.len() {
+                break; // terminator, 64-bit DWARF (never emitted here) or garbage
+            }
+            let id = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            if id != 0 {
+                let cie_start = (pos + 4).checked_sub(id);
+                let pc_begin = (pos + 8) as u64;
+                let target = sec.relocs.iter().find(|r| r.offset == pc_begin);
+                if let (Some(cie_start), Some(r)) = (cie_start, target) {
+                    if let Some(func) = obj.symbols[r.symbol].section() {
+                        if let Some(cie_len) = record_len(data, cie_start) {
+                            out.insert(
+                                func,
+                                FdeInfo {
+                                    eh_frame: eh,
+                                    cie: Record { start: cie_start, len: cie_len },
+                                    fde: Record { start: pos, len: len + 4 },
+                                },
+                            );
+                        }
+                    }
+                }
+            }
+            pos += 4 + len;
+        }
+    }
+    out
+}
+
+fn record_len(data: &[u8], start: usize) -> Option<usize> {
+    let len = u32::from_le_bytes(data.get(start..start + 4)?.try_into().ok()?) as usize;
+    (start + 4 + len <= data.len()).then_some(len + 4)
+}
