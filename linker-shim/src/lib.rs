@@ -21,10 +21,20 @@ use std::ffi::OsString;
 
 /// Entry point: a subcommand makes us a CLI, anything else is a link.
 pub fn main_with_args(args: Vec<OsString>) -> ! {
-    let first = args.first().and_then(|a| a.to_str());
-    if first.is_some_and(|a| cli::SUBCOMMANDS.contains(&a)) {
+    if is_cli(&args) {
         cli::run(args)
     } else {
         link::run(args)
     }
+}
+
+/// rustc always starts a link with an option or a path (`-m64`, `/…/symbols.o`); a bare word
+/// that is not a file is a (mistyped) subcommand, and no arguments at all asks for help.
+fn is_cli(args: &[OsString]) -> bool {
+    let Some(first) = args.first().and_then(|a| a.to_str()) else { return true };
+    cli::SUBCOMMANDS.contains(&first)
+        || (!first.is_empty()
+            && first.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            && !first.starts_with('-')
+            && !std::path::Path::new(first).exists())
 }

@@ -24,13 +24,18 @@ pub const DISABLE_ENV: &str = "IPBP_DISABLE";
 
 pub fn run(args: Vec<OsString>) -> ! {
     let real = RealLinker::from_env();
-    let cmd = match LinkCommand::parse(args.clone()) {
+    let mut cmd = match LinkCommand::parse(args.clone()) {
         Ok(cmd) => cmd,
         Err(e) => {
             Status::new(None).warn(&format!("{e}; linking without recording"));
             pass_through(&real, &args)
         }
     };
+    if let Err(e) = cmd.forward_through_response_file() {
+        Status::new(None).warn(&format!(
+            "cannot write a response file for the real linker ({e}); passing arguments directly"
+        ));
+    }
     let disabled = std::env::var_os(DISABLE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     let output = match (cmd.kind, &cmd.output) {
         (OutputKind::Executable, Some(output)) if !disabled => output.clone(),
@@ -66,9 +71,7 @@ pub fn run(args: Vec<OsString>) -> ! {
     };
     if exit.success() {
         guarded(&mut status, "recording the symbol map", |status| {
-            if let Err(e) = record_build(&output, inputs, &dir) {
-                status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
-            }
+            record_build(&output, inputs, &dir, status)
         });
     }
     exit_like(exit)
@@ -97,13 +100,16 @@ fn pass_through(real: &RealLinker, args: &[OsString]) -> ! {
     std::process::exit(1)
 }
 
-/// Writes the map, tells the registry this build is ours, and collects old maps.
-fn record_build(
-    output: &Path,
-    inputs: Vec<crate::map::schema::Input>,
-    dir: &IpbpDir,
-) -> crate::error::Result<()> {
-    let recorded = record::record(output, inputs, dir)?;
+/// Writes the map, tells the registry this build is ours, and collects old maps. Each step that
+/// fails is one warning; later steps still run.
+fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &IpbpDir, status: &mut Status) {
+    let recorded = match record::record(output, inputs, dir) {
+        Ok(r) => r,
+        Err(e) => {
+            status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
+            return;
+        }
+    };
     let root = registry::root();
     let name = output_name(output);
     let build = BuildRecord {
@@ -112,15 +118,21 @@ fn record_build(
         map: recorded.map_path.clone(),
         inputs: dir.inputs_path(&name, &recorded.build_id),
     };
-    registry::ensure_root(&root)
-        .and_then(|()| {
-            crate::map::store::write_atomically(&registry::build_record_path(&root, &build.build_id), |out| {
-                out.write_all(build.to_text().as_bytes())
-            })
+    let noted = registry::ensure_root(&root).and_then(|()| {
+        crate::map::store::write_atomically(&registry::build_record_path(&root, &build.build_id), |out| {
+            out.write_all(build.to_text().as_bytes())
         })
-        .map_err(|e| crate::err!("cannot note the build in {}: {e}", root.display()))?;
+    });
+    if let Err(e) = noted {
+        status.warn(&format!(
+            "cannot note the build in {} ({e}); a running copy of it will not be patched",
+            root.display()
+        ));
+    }
     let in_use: HashSet<String> =
         registry::list(&root).into_iter().filter(|r| r.is_alive()).map(|r| r.build_id).collect();
-    record::collect(dir, &name, &in_use)?;
-    Ok(())
+    if let Err(e) = record::collect(dir, &name, &in_use) {
+        status.warn(&format!("cannot collect old maps of {name}: {e}"));
+    }
+    registry::collect_builds(&root);
 }

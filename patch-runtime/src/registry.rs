@@ -166,6 +166,23 @@ pub fn list(root: &Path) -> Vec<Registration> {
     regs
 }
 
+/// Drops build records whose map no longer exists (collected, or its target directory cleaned).
+/// Returns how many were dropped.
+pub fn collect_builds(root: &Path) -> usize {
+    let Ok(dir) = std::fs::read_dir(root.join("builds")) else { return 0 };
+    let mut dropped = 0;
+    for entry in dir.flatten() {
+        let gone = match std::fs::read_to_string(entry.path()) {
+            Ok(text) => BuildRecord::parse(&text).is_none_or(|b| !b.map.exists()),
+            Err(_) => false,
+        };
+        if gone && std::fs::remove_file(entry.path()).is_ok() {
+            dropped += 1;
+        }
+    }
+    dropped
+}
+
 /// Removes the files of a registration whose process is gone.
 pub fn remove_stale(root: &Path, reg: &Registration) {
     let _ = std::fs::remove_file(process_path(root, reg.pid));

@@ -197,6 +197,34 @@ impl LinkCommand {
         }
     }
 
+    /// For an ld-style command that came in a response file (rustc uses one when the command line
+    /// is too long): writes the translated command to a response file beside rustc's (in rustc's
+    /// temporary directory, removed after the link) and forwards that instead.
+    pub fn forward_through_response_file(&mut self) -> std::io::Result<()> {
+        let Some(original) = self.original.iter().find_map(|a| a.as_bytes().strip_prefix(b"@")) else {
+            return Ok(());
+        };
+        if self.flavor != Flavor::Ld {
+            return Ok(());
+        }
+        let path = PathBuf::from(OsStr::from_bytes(original)).with_extension("ipbp-cc");
+        let mut text = Vec::new();
+        for arg in &self.forward {
+            for &b in arg.as_bytes() {
+                if b.is_ascii_whitespace() || matches!(b, b'\\' | b'\'' | b'"') {
+                    text.push(b'\\');
+                }
+                text.push(b);
+            }
+            text.push(b'\n');
+        }
+        std::fs::write(&path, text)?;
+        let mut at = OsString::from("@");
+        at.push(path.as_os_str());
+        self.forward = vec![at];
+        Ok(())
+    }
+
     /// The output path made absolute against the linker's working directory.
     pub fn output_abs(&self, cwd: &Path) -> Option<PathBuf> {
         self.output.as_ref().map(|o| cwd.join(o))
@@ -587,6 +615,21 @@ mod tests {
         assert_eq!(cmd.expanded, os(&["-m64", "my obj.o", "quoted arg.o", "-o", "out bin", "-lm"]));
         assert_eq!(cmd.output.as_deref(), Some(Path::new("out bin")));
         assert_eq!(cmd.inputs.len(), 3);
+    }
+
+    #[test]
+    fn an_ld_style_response_file_is_forwarded_as_a_cc_response_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let rsp = dir.path().join("linker-arguments");
+        std::fs::write(&rsp, "/t/a\\ b.o\n--as-needed\n-o\n/t/app\n").unwrap();
+        let mut cmd = LinkCommand::parse(os(&[&format!("@{}", rsp.display())])).unwrap();
+        assert_eq!(cmd.flavor, Flavor::Ld);
+        let translated = cmd.forward.clone();
+        cmd.forward_through_response_file().unwrap();
+        assert_eq!(cmd.forward.len(), 1);
+        let written = std::fs::read(&cmd.forward[0].to_string_lossy()[1..]).unwrap();
+        assert_eq!(split_response_file(&written), translated);
+        assert!(translated.contains(&OsString::from("/t/a b.o")));
     }
 
     #[test]

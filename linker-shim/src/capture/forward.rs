@@ -50,13 +50,12 @@ impl RealLinker {
         self.start_error(error)
     }
 
-    /// `IPBP_LINKER=ipbp-ld` would call itself forever.
+    /// `IPBP_LINKER=ipbp-ld`, or a wrapper script that calls ipbp-ld, would call itself forever.
     fn refuse_self(&self) -> Result<(), StartError> {
-        let Some(resolved) = which(Path::new(&self.program)) else { return Ok(()) };
-        let (Ok(me), Ok(target)) = (std::env::current_exe(), resolved.canonicalize()) else {
-            return Ok(());
-        };
-        if me.canonicalize().ok().as_deref() == Some(target.as_path()) {
+        let Ok(me) = std::env::current_exe().and_then(|p| p.canonicalize()) else { return Ok(()) };
+        let names_me =
+            which(Path::new(&self.program)).and_then(|p| p.canonicalize().ok()) == Some(me.clone());
+        if names_me || called_by_myself(&me) {
             return Err(StartError { linker: self.clone(), error: None });
         }
         Ok(())
@@ -80,7 +79,7 @@ impl std::fmt::Display for StartError {
         let program = self.linker.program.to_string_lossy();
         match &self.error {
             Some(e) => write!(f, "cannot run the real linker `{program}`: {e}")?,
-            None => write!(f, "the real linker `{program}` is ipbp-ld itself")?,
+            None => write!(f, "the real linker `{program}` is ipbp-ld itself, or calls it again")?,
         }
         if self.linker.from_env {
             write!(
@@ -110,6 +109,24 @@ pub fn exit_like(status: ExitStatus) -> ! {
         std::process::exit(128 + signal);
     }
     std::process::exit(1)
+}
+
+/// Whether an ancestor process (a few levels up) runs this same executable: the real linker we
+/// started has called us again.
+fn called_by_myself(me: &Path) -> bool {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    };
+    let mut pid = std::process::id();
+    for _ in 0..4 {
+        let Some(p) = parent(pid).filter(|&p| p > 1) else { return false };
+        if std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe == me) {
+            return true;
+        }
+        pid = p;
+    }
+    false
 }
 
 /// Resolves a program name through `PATH` the way `execvp` would.

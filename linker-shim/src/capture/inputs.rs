@@ -120,10 +120,10 @@ impl FileStamp {
     }
 }
 
-/// `fingerprints.tsv`: `dev ino size mtime_ns fingerprint` per line.
+/// `fingerprints.tsv`: `dev ino size mtime_ns fingerprint path` per line.
 pub struct FingerprintCache {
     path: PathBuf,
-    entries: HashMap<(u64, u64), (FileStamp, String)>,
+    entries: HashMap<(u64, u64), (FileStamp, String, PathBuf)>,
     dirty: bool,
 }
 
@@ -133,12 +133,13 @@ impl FingerprintCache {
         let mut entries = HashMap::new();
         if let Ok(text) = std::fs::read_to_string(&path) {
             for line in text.lines() {
-                let f: Vec<&str> = line.split('\t').collect();
-                if let [dev, ino, size, mtime, fp] = f[..] {
+                let f: Vec<&str> = line.splitn(6, '\t').collect();
+                if let [dev, ino, size, mtime, fp, path] = f[..] {
                     if let (Ok(dev), Ok(ino), Ok(size), Ok(mtime_ns)) =
                         (dev.parse(), ino.parse(), size.parse(), mtime.parse())
                     {
-                        entries.insert((dev, ino), (FileStamp { dev, ino, size, mtime_ns }, fp.to_string()));
+                        let stamp = FileStamp { dev, ino, size, mtime_ns };
+                        entries.insert((dev, ino), (stamp, fp.to_string(), PathBuf::from(path)));
                     }
                 }
             }
@@ -150,26 +151,31 @@ impl FingerprintCache {
     pub fn fingerprint(&mut self, path: &Path) -> std::io::Result<String> {
         let meta = std::fs::metadata(path)?;
         let stamp = FileStamp::of(&meta);
-        if let Some((cached, fp)) = self.entries.get(&(stamp.dev, stamp.ino)) {
+        if let Some((cached, fp, _)) = self.entries.get(&(stamp.dev, stamp.ino)) {
             if *cached == stamp {
                 return Ok(fp.clone());
             }
         }
         let fp = fingerprint_file(path)?;
-        self.entries.insert((stamp.dev, stamp.ino), (stamp, fp.clone()));
+        self.entries.insert((stamp.dev, stamp.ino), (stamp, fp.clone(), path.to_path_buf()));
         self.dirty = true;
         Ok(fp)
     }
 
-    /// Writes the cache back if anything new was hashed. Concurrent links may overwrite each
-    /// other's additions; that only costs a re-hash later.
+    /// Writes the cache back if anything new was hashed, without entries for files that are gone
+    /// (rustc's temporary objects, replaced builds). Concurrent links may overwrite each other's
+    /// additions; that only costs a re-hash later.
     pub fn save(&self) -> std::io::Result<()> {
         if !self.dirty {
             return Ok(());
         }
         write_atomically(&self.path, |out| {
-            for (stamp, fp) in self.entries.values() {
-                writeln!(out, "{}\t{}\t{}\t{}\t{}", stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns, fp)?;
+            for (stamp, fp, path) in self.entries.values() {
+                let current = std::fs::metadata(path).map(|m| FileStamp::of(&m));
+                if current.is_ok_and(|c| c == *stamp) {
+                    let (d, i, s, m) = (stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns);
+                    writeln!(out, "{d}\t{i}\t{s}\t{m}\t{fp}\t{}", path.display())?;
+                }
             }
             Ok(())
         })

@@ -171,12 +171,10 @@ pub fn is_elf(data: &[u8]) -> bool {
     data.len() >= 4 && &data[..4] == b"\x7fELF"
 }
 
-/// rustc-demangle's alternate form (no hash suffix); other names unchanged.
+/// rustc-demangle's alternate form (no hash suffix). Exactly rustc-demangle's output, so other
+/// names come back unchanged except for a `.llvm.<hash>` suffix, which it drops.
 pub fn demangle(name: &str) -> String {
-    match rustc_demangle::try_demangle(name) {
-        Ok(d) => format!("{d:#}"),
-        Err(_) => name.to_string(),
-    }
+    format!("{:#}", rustc_demangle::demangle(name))
 }
 
 /// The build id a binary without `.note.gnu.build-id` gets: a hash of its bytes. The runtime

@@ -170,7 +170,8 @@ pub fn hot_points(g: &Graph) -> HotPoints {
         }
         let sec = g.section(n);
         let signature = sec.data.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
-        let owners: Vec<Node> = referrers.iter().copied().filter(|&o| g.kind(o) == SectionKind::Text).collect();
+        let owners: Vec<Node> =
+            referrers.iter().copied().filter(|&o| g.kind(o) == SectionKind::Text).collect();
         let initial = sec.relocs.iter().find(|r| r.offset == 0);
         if let Some(r) = initial {
             let (u, _) = g.nodes[n];
