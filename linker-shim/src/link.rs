@@ -38,7 +38,7 @@ pub fn run(args: Vec<OsString>) -> ! {
     }
     let disabled = std::env::var_os(DISABLE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     let output = match (cmd.kind, &cmd.output) {
-        (OutputKind::Executable, Some(output)) if !disabled => output.clone(),
+        (OutputKind::Executable, Some(output)) if !disabled && !is_build_script(output) => output.clone(),
         _ => pass_through(&real, &cmd.forward),
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
@@ -94,17 +94,24 @@ fn guarded(status: &mut Status, what: &str, work: impl FnOnce(&mut Status)) {
     }
 }
 
+/// Cargo's build scripts run once, on the host, while building: nothing to record or patch.
+fn is_build_script(output: &Path) -> bool {
+    output.file_name().is_some_and(|n| n.to_string_lossy().starts_with("build_script_"))
+}
+
 fn pass_through(real: &RealLinker, args: &[OsString]) -> ! {
     let e = real.exec(args);
     eprintln!("error: ipbp-ld: {e}");
     std::process::exit(1)
 }
 
-/// Writes the map, tells the registry this build is ours, and collects old maps. Each step that
-/// fails is one warning; later steps still run.
+/// Records the build. What a later patch needs (build id, kept inputs, the registry's note) is
+/// written before the link returns; the JSON symbol map, which only people and tools read, is
+/// written by a detached child so the link does not wait for it (`IPBP_MAP_INLINE=1` writes it
+/// inline). Each step that fails is one warning; later steps still run.
 fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &IpbpDir, status: &mut Status) {
-    let recorded = match record::record(output, inputs, dir) {
-        Ok(r) => r,
+    let pending = match record::begin(output, &inputs, dir) {
+        Ok(p) => p,
         Err(e) => {
             status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
             return;
@@ -113,10 +120,10 @@ fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &Ipb
     let root = registry::root();
     let name = output_name(output);
     let build = BuildRecord {
-        build_id: recorded.build_id.clone(),
+        build_id: pending.build_id.clone(),
         output: output.to_path_buf(),
-        map: recorded.map_path.clone(),
-        inputs: dir.inputs_path(&name, &recorded.build_id),
+        map: pending.map_path.clone(),
+        inputs: pending.inputs_path.clone(),
     };
     let noted = registry::ensure_root(&root).and_then(|()| {
         crate::map::store::write_atomically(&registry::build_record_path(&root, &build.build_id), |out| {
@@ -129,10 +136,67 @@ fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &Ipb
             root.display()
         ));
     }
+    let inline = std::env::var_os("IPBP_MAP_INLINE").is_some_and(|v| !v.is_empty() && v != "0");
+    match if inline { Fork::Failed } else { detach() } {
+        Fork::Parent => {} // the child finishes; `pending`'s lock stays held through its copy
+        Fork::Failed => finish_recording(pending, output, inputs, dir, &name, status),
+        Fork::Child => {
+            // Nobody is listening any more: problems go to ipbp.log only.
+            let mut quiet = Status::log_only(dir.log());
+            finish_recording(pending, output, inputs, dir, &name, &mut quiet);
+            // SAFETY: ends the detached child without running exit handlers meant for the shim.
+            unsafe { libc::_exit(0) }
+        }
+    }
+}
+
+fn finish_recording(
+    pending: record::Pending,
+    output: &Path,
+    inputs: Vec<crate::map::schema::Input>,
+    dir: &IpbpDir,
+    name: &str,
+    status: &mut Status,
+) {
+    if let Err(e) = record::finish(pending, output, inputs, dir) {
+        status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
+    }
+    let root = registry::root();
     let in_use: HashSet<String> =
         registry::list(&root).into_iter().filter(|r| r.is_alive()).map(|r| r.build_id).collect();
-    if let Err(e) = record::collect(dir, &name, &in_use) {
+    if let Err(e) = record::collect(dir, name, &in_use) {
         status.warn(&format!("cannot collect old maps of {name}: {e}"));
     }
     registry::collect_builds(&root);
+}
+
+enum Fork {
+    Parent,
+    Child,
+    Failed,
+}
+
+/// Forks a child that carries on after the shim exits, detached from rustc (its own session,
+/// stdio on /dev/null, so rustc's pipes close when the shim exits). The shim is single-threaded
+/// here, so forking is safe.
+fn detach() -> Fork {
+    // SAFETY: no other threads exist at this point of the shim; the child only runs Rust code
+    // that allocates and does file I/O.
+    match unsafe { libc::fork() } {
+        -1 => Fork::Failed,
+        0 => {
+            // SAFETY: plain system calls on descriptors 0-2 of the child.
+            unsafe {
+                libc::setsid();
+                let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+                if null >= 0 {
+                    for fd in 0..3 {
+                        libc::dup2(null, fd);
+                    }
+                }
+            }
+            Fork::Child
+        }
+        _ => Fork::Parent,
+    }
 }

@@ -16,6 +16,8 @@ pub struct Status {
     channel: Option<File>,
     color: bool,
     log: Option<PathBuf>,
+    /// Log only, never stderr.
+    quiet: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,7 +36,12 @@ impl Status {
                 Some(f) => is_terminal(f),
                 None => is_terminal(&std::io::stderr()),
             };
-        Status { channel, color, log }
+        Status { channel, color, log, quiet: false }
+    }
+
+    /// A status that only appends to the log (for work that outlives the link).
+    pub fn log_only(log: PathBuf) -> Status {
+        Status { channel: None, color: false, log: Some(log), quiet: true }
     }
 
     /// `{verb:>12} {message}`, like cargo's own status lines.
@@ -70,7 +77,7 @@ impl Status {
             Some(f) => f.write_all(shown.as_bytes()).is_ok(),
             None => false,
         };
-        if !written {
+        if !written && !self.quiet {
             let _ = std::io::stderr().write_all(shown.as_bytes());
         }
         if let Some(log) = &self.log {

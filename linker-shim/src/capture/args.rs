@@ -293,9 +293,17 @@ fn is_bare_ld_flag(arg: &[u8]) -> bool {
     )
 }
 
-/// Options a `cc` driver must see itself (they choose crt files or the output kind).
+/// Options a `cc` driver must see itself (they choose crt files or the output kind), and options
+/// that can only be meant for a driver (a user's `-C link-arg=-Wl,…` or `-fuse-ld=mold`).
 fn is_cc_native(arg: &[u8]) -> bool {
     matches!(arg, b"-pie" | b"-no-pie" | b"-shared" | b"-static" | b"-static-pie" | b"-r")
+        || arg.starts_with(b"-Wl,")
+        || arg.starts_with(b"-fuse-ld=")
+        || (arg.starts_with(b"-B")
+            && arg.len() > 2
+            && arg != b"-Bstatic"
+            && arg != b"-Bdynamic"
+            && arg != b"-Bsymbolic")
 }
 
 /// Rebuilds an ld-style command as the `cc` command rustc runs by default for this target:
@@ -311,11 +319,43 @@ fn ld_to_cc(args: &[OsString]) -> Vec<OsString> {
         Some("i686" | "i586" | "i386") => out.push("-m32".into()),
         Some(_) => {}
     }
+    // The bundled lld, first: a user's own `-B`/`-fuse-ld=` later on the line still wins, as it
+    // does in rustc's command.
+    let user_picks_linker = args.iter().any(|a| a.as_bytes().starts_with(b"-fuse-ld="));
+    if let (Some(dir), false) = (&rustlib, user_picks_linker) {
+        let gcc_ld = dir.join("bin").join("gcc-ld");
+        if gcc_ld.join("ld.lld").exists() {
+            let mut b = OsString::from("-B");
+            b.push(gcc_ld.as_os_str());
+            out.push(b);
+            out.push("-fuse-ld=lld".into());
+        }
+    }
+    // What kind of executable: rustc tells an ld the flags, a cc driver the mode.
+    let has = |flag: &[u8]| args.iter().any(|a| a.as_bytes() == flag);
+    let static_pie = has(b"-static") && has(b"-pie");
+    if !has(b"-shared") && !has(b"-r") && !has(b"-pie") && !has(b"-static-pie") {
+        out.push("-no-pie".into());
+    }
     let mut i = 0;
     while i < args.len() {
         let arg = args[i].as_bytes();
         i += 1;
         let is_option = arg.len() > 1 && arg[0] == b'-';
+        if static_pie && (arg == b"-static" || arg == b"-pie") {
+            if arg == b"-static" {
+                out.push("-static-pie".into());
+            }
+            continue;
+        }
+        if arg == b"-Xlinker" {
+            out.push(OsStr::from_bytes(arg).into());
+            if let Some(v) = args.get(i) {
+                out.push(v.clone());
+                i += 1;
+            }
+            continue;
+        }
         if !is_option || is_cc_native(arg) {
             out.push(OsStr::from_bytes(arg).into());
             continue;
@@ -339,15 +379,6 @@ fn ld_to_cc(args: &[OsString]) -> Vec<OsString> {
                 out.push(v.clone());
                 i += 1;
             }
-        }
-    }
-    if let Some(dir) = rustlib {
-        let gcc_ld = dir.join("bin").join("gcc-ld");
-        if gcc_ld.join("ld.lld").exists() {
-            let mut b = OsString::from("-B");
-            b.push(gcc_ld.as_os_str());
-            out.push(b);
-            out.push("-fuse-ld=lld".into());
         }
     }
     out.push("-nodefaultlibs".into());
@@ -524,6 +555,8 @@ mod tests {
             cmd.forward,
             os(&[
                 "-m64",
+                &gcc_ld,
+                "-fuse-ld=lld",
                 "/t/symbols.o",
                 "/t/app.rcgu.o",
                 "-Xlinker",
@@ -555,8 +588,6 @@ mod tests {
                 "-z",
                 "-Xlinker",
                 "now",
-                &gcc_ld,
-                "-fuse-ld=lld",
                 "-nodefaultlibs",
             ])
         );
@@ -570,6 +601,24 @@ mod tests {
                 InputArg::Library { name: "gcc_s".into(), static_only: false },
             ]
         );
+    }
+
+    #[test]
+    fn executable_kinds_and_user_driver_options_survive_translation() {
+        let fwd = |args: &[&str]| LinkCommand::parse(os(args)).unwrap().forward;
+        // -C relocation-model=static: no -pie from rustc, so the driver must be told -no-pie.
+        assert!(fwd(&["--eh-frame-hdr", "a.o", "-o", "app"]).contains(&"-no-pie".into()));
+        assert!(!fwd(&["--eh-frame-hdr", "a.o", "-pie", "-o", "app"]).contains(&"-no-pie".into()));
+        assert!(!fwd(&["--eh-frame-hdr", "a.o", "-shared", "-o", "a.so"]).contains(&"-no-pie".into()));
+        // +crt-static: rustc's `-static -pie` is a driver's `-static-pie`.
+        let static_pie =
+            fwd(&["--eh-frame-hdr", "-static", "-pie", "--no-dynamic-linker", "a.o", "-o", "app"]);
+        assert!(static_pie.contains(&"-static-pie".into()));
+        assert!(!static_pie.contains(&"-static".into()) && !static_pie.contains(&"-pie".into()));
+        // -C link-arg=-Wl,-O1 / -fuse-ld=mold: driver options pass unchanged; the user's linker wins.
+        let user = fwd(&["--eh-frame-hdr", "a.o", "-o", "app", "-Wl,-O1", "-fuse-ld=mold"]);
+        assert!(user.contains(&"-Wl,-O1".into()) && user.contains(&"-fuse-ld=mold".into()));
+        assert!(!user.contains(&"-fuse-ld=lld".into()));
     }
 
     #[test]

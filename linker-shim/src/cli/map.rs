@@ -31,13 +31,29 @@ pub fn run(args: Args) -> Result<Outcome, Error> {
 
 /// The registry knows every build ipbp-ld linked; the target directory next to the binary is the
 /// fallback (the registry lives in a runtime directory that does not survive a reboot).
+/// Waits for a map still being written (ipbp-ld finishes maps after the link returns).
 pub fn find_map(binary: &Path, build_id: &str) -> Option<PathBuf> {
+    let ready = |map: PathBuf| {
+        if let Some(dir) = map.parent() {
+            crate::map::record::wait_for_writer(dir);
+        }
+        map.is_file().then_some(map)
+    };
     if let Some(rec) = BuildRecord::load(&registry::root(), build_id) {
-        if rec.map.is_file() {
-            return Some(rec.map);
+        if let Some(map) = ready(rec.map) {
+            return Some(map);
         }
     }
     let dir = IpbpDir::for_output(&binary.canonicalize().ok()?);
     let maps = std::fs::read_dir(dir.root.join("maps")).ok()?;
-    maps.flatten().map(|out| out.path().join(format!("{build_id}.json"))).find(|p| p.is_file())
+    let candidates: Vec<PathBuf> =
+        maps.flatten().map(|out| out.path().join(format!("{build_id}.json"))).collect();
+    candidates.into_iter().find_map(|p| {
+        let inputs = p.with_extension("inputs");
+        if inputs.is_file() || p.is_file() {
+            ready(p)
+        } else {
+            None
+        }
+    })
 }

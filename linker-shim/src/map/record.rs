@@ -18,6 +18,67 @@ pub struct Recorded {
     pub bytes: u64,
 }
 
+/// The part of recording a patch needs, done before the link returns: the build id and the list
+/// of kept inputs. Holds the output's map lock until [`finish`] is done with the JSON map.
+pub struct Pending {
+    pub build_id: String,
+    pub map_path: PathBuf,
+    pub inputs_path: PathBuf,
+    _lock: std::fs::File,
+}
+
+pub fn begin(output: &Path, inputs: &[Input], dir: &IpbpDir) -> Result<Pending> {
+    let build_id = super::read::read_build_id(output)?;
+    let name = output_name(output);
+    let map_dir = dir.map_dir(&name);
+    fs_err::create_dir_all(&map_dir).context("cannot create the map directory")?;
+    let lock = lock(&map_dir, libc::LOCK_EX)?;
+    let inputs_path = dir.inputs_path(&name, &build_id);
+    write_inputs_list(&inputs_path, inputs)?;
+    Ok(Pending { map_path: dir.map_path(&name, &build_id), build_id, inputs_path, _lock: lock })
+}
+
+/// Writes the JSON map and points `latest.json` at it, then releases the lock (by dropping
+/// `pending`).
+pub fn finish(pending: Pending, output: &Path, inputs: Vec<Input>, dir: &IpbpDir) -> Result<Recorded> {
+    let recorded = record(output, inputs, dir)?;
+    if recorded.build_id != pending.build_id {
+        crate::bail!("{} changed while its map was being written", output.display());
+    }
+    Ok(recorded)
+}
+
+/// `maps/<output>/.lock`: held exclusively while a map is written, shared by readers.
+fn lock(map_dir: &Path, how: i32) -> Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = map_dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), how) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("cannot lock {}", path.display()));
+    }
+    Ok(file)
+}
+
+/// Waits (up to a minute) for a map being written into `map_dir` to be complete.
+pub fn wait_for_writer(map_dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(file) = std::fs::File::open(map_dir.join(".lock")) else { return };
+    for _ in 0..600 {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// Reads `output`, writes its map with `inputs`, points `latest.json` at it.
 pub fn record(output: &Path, inputs: Vec<Input>, dir: &IpbpDir) -> Result<Recorded> {
     let mapped = Mapped::open(output)?;
@@ -31,7 +92,6 @@ pub fn record(output: &Path, inputs: Vec<Input>, dir: &IpbpDir) -> Result<Record
         out.write_all(b"\n")
     })
     .with_context(|| format!("cannot write the symbol map {}", map_path.display()))?;
-    write_inputs_list(&dir.inputs_path(&name, &map.build_id), &map.inputs)?;
     replace_symlink(&format!("{}.json", map.build_id), &dir.latest(&name))
         .with_context(|| format!("cannot update {}", dir.latest(&name).display()))?;
     let bytes = std::fs::metadata(&map_path).map(|m| m.len()).unwrap_or(0);
@@ -88,10 +148,7 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>) -> Re
     for entry in fs_err::read_dir(&map_dir).context("cannot list maps")? {
         let entry = entry.context("cannot list maps")?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(id) = name.strip_suffix(".json") else { continue };
-        if id == "latest" || entry.path().is_symlink() {
-            continue;
-        }
+        let Some(id) = name.strip_suffix(".inputs") else { continue };
         let mtime = entry.metadata().and_then(|m| m.modified()).unwrap_or(std::time::UNIX_EPOCH);
         maps.push((mtime, id.to_string()));
     }

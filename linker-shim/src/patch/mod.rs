@@ -61,11 +61,16 @@ pub fn for_running_processes(
                     status.line("Note", Tone::Warn, &n);
                 }
             }
-            Ok(Outcome::Unchanged) => status.line(
-                "Unchanged",
-                Tone::Good,
-                &format!("{program} (pid {}): no code changes reach it", reg.pid),
-            ),
+            Ok(Outcome::Unchanged { notes }) => {
+                status.line(
+                    "Unchanged",
+                    Tone::Good,
+                    &format!("{program} (pid {}): no code changes reach it", reg.pid),
+                );
+                for n in notes {
+                    status.line("Note", Tone::Warn, &n);
+                }
+            }
             Ok(Outcome::Skipped { reasons, notes }) => {
                 let (first, more) = (&reasons[0], reasons.len() - 1);
                 let extra = if more > 0 {
@@ -99,7 +104,7 @@ pub fn for_running_processes(
 
 enum Outcome {
     Patched { summary: String, load_us: u64, install_us: u64, notes: Vec<String> },
-    Unchanged,
+    Unchanged { notes: Vec<String> },
     Skipped { reasons: Vec<String>, notes: Vec<String> },
 }
 
@@ -174,7 +179,7 @@ fn patch_process(
     }
     let nothing_new = plan.chunks.is_empty();
     if nothing_new && hello.slots.is_empty() && hello.redirects.is_empty() {
-        return Ok(Outcome::Unchanged);
+        return Ok(Outcome::Unchanged { notes });
     }
 
     let generation = hello.generation + 1;

@@ -31,6 +31,10 @@ pub struct BaseImage {
     pub build_id: String,
     pub load_bias: u64,
     symbols: HashMap<String, Vec<BaseSymbol>>,
+    /// Statics and thread-locals by path (demangled, no hash) → mangled names. rustc's symbol hash
+    /// of a static covers its type, so a static whose type changed has a new mangled name but is
+    /// still the same static of the running program.
+    state_by_path: HashMap<String, Vec<String>>,
     /// `(p_vaddr, p_memsz, p_align)` of PT_TLS.
     pub tls: Option<(u64, u64, u64)>,
     /// Start and end of the image in the process (all PT_LOAD segments, biased).
@@ -60,6 +64,7 @@ impl BaseImage {
         let table = file.elf_symbol_table();
         let strings = table.strings();
         let mut symbols: HashMap<String, Vec<BaseSymbol>> = HashMap::with_capacity(table.len());
+        let mut state_by_path: HashMap<String, Vec<String>> = HashMap::new();
         for (_, sym) in table.enumerate() {
             if sym.st_shndx(e) == elf::SHN_UNDEF {
                 continue;
@@ -75,6 +80,9 @@ impl BaseImage {
             if name.is_empty() || name.starts_with(".L") {
                 continue;
             }
+            if kind != BaseKind::Function && is_rust_symbol(name) {
+                state_by_path.entry(state_path(name)).or_default().push(name.to_string());
+            }
             symbols.entry(name.to_string()).or_default().push(BaseSymbol {
                 addr: sym.st_value(e),
                 size: sym.st_size(e),
@@ -82,12 +90,33 @@ impl BaseImage {
                 local: sym.st_bind() == elf::STB_LOCAL,
             });
         }
-        Ok(BaseImage { build_id, load_bias, symbols, tls, span: (lo + load_bias, hi + load_bias) })
+        Ok(BaseImage {
+            build_id,
+            load_bias,
+            symbols,
+            state_by_path,
+            tls,
+            span: (lo + load_bias, hi + load_bias),
+        })
     }
 
     /// Every definition of `name` in the image.
     pub fn lookup(&self, name: &str) -> &[BaseSymbol] {
         self.symbols.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Statics or thread-locals of the image with the same path as `name` but another mangled
+    /// name (a changed type).
+    pub fn same_path_state(&self, name: &str) -> Vec<(&str, BaseSymbol)> {
+        if !is_rust_symbol(name) {
+            return Vec::new();
+        }
+        let Some(names) = self.state_by_path.get(&state_path(name)) else { return Vec::new() };
+        names
+            .iter()
+            .filter(|n| n.as_str() != name)
+            .flat_map(|n| self.lookup(n).iter().map(move |s| (n.as_str(), *s)))
+            .collect()
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -106,4 +135,13 @@ impl BaseImage {
             n.contains(needle).then_some((n.as_str(), *s))
         })
     }
+}
+
+pub fn is_rust_symbol(name: &str) -> bool {
+    name.starts_with("_ZN") || name.starts_with("_R")
+}
+
+/// The path that identifies a static across builds: demangled, without the hash.
+pub fn state_path(name: &str) -> String {
+    crate::map::read::demangle(name)
 }

@@ -550,24 +550,52 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     /// The running image's (or an earlier patch's) definition of `name`, if it has one.
     fn bound(&mut self, name: &str, kind: SectionKind, size: u64) -> Option<Target> {
-        if let Some(e) = self.input.hello.data.iter().find(|e| e.name == name) {
-            if kind.is_writable_state() && size != 0 && e.size != size {
+        let state = kind.is_writable_state();
+        let path = base::state_path(name);
+        let ledger = self
+            .input
+            .hello
+            .data
+            .iter()
+            .find(|e| e.name == name || (state && base::state_path(&e.name) == path));
+        if let Some(e) = ledger {
+            if e.name != name {
+                self.refuse(name, format!("the type of static `{path}` (added by an earlier patch) changed; its value cannot be kept"));
+            } else if state && size != 0 && e.size != size {
                 self.refuse(
                     name,
-                    format!("its size changed ({} -> {size} bytes) since a patch added it", e.size),
+                    format!(
+                        "the size of static `{path}` changed ({} -> {size} bytes) since a patch added it",
+                        e.size
+                    ),
                 );
             }
             return Some(Target::Absolute(e.addr));
         }
         let defs = self.input.base.lookup(name);
-        let first = *defs.first()?;
+        let Some(&first) = defs.first() else {
+            if state {
+                if let Some((_, old)) = self.input.base.same_path_state(name).first() {
+                    let how = if old.size == size {
+                        "its type changed".to_string()
+                    } else {
+                        format!("its size changed ({} -> {size} bytes)", old.size)
+                    };
+                    self.refuse(name, format!("static `{path}` is live in the running program and {how}; its value cannot be kept"));
+                    return Some(Target::Zero);
+                }
+            }
+            return None;
+        };
         let bias = self.input.base.load_bias;
-        if first.kind == BaseKind::Function || defs.len() == 1 || !kind.is_writable_state() {
-            if kind.is_writable_state() && size != 0 && first.size != size && first.kind != BaseKind::Function
-            {
+        if first.kind == BaseKind::Function || defs.len() == 1 || !state {
+            if state && size != 0 && first.size != size && first.kind != BaseKind::Function {
                 self.refuse(
                     name,
-                    format!("the running static is {} bytes, the new code expects {size}", first.size),
+                    format!(
+                        "the running static `{path}` is {} bytes, the new code expects {size}",
+                        first.size
+                    ),
                 );
             }
             return Some(Target::Absolute(first.addr + bias));
@@ -575,7 +603,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         self.refuse(
             name,
             format!(
-                "the running program defines {} statics named like this; cannot tell which one",
+                "the running program defines {} statics named `{path}`; cannot tell which one",
                 defs.len()
             ),
         );
@@ -586,6 +614,16 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     fn tls_target(&mut self, name: &str, def: Option<(Obj, SecIdx, u64)>) -> Target {
         if let Some(s) = self.input.base.lookup(name).iter().find(|s| s.kind == BaseKind::Tls) {
             return Target::Tls(s.addr);
+        }
+        if self.input.base.same_path_state(name).iter().any(|(_, s)| s.kind == BaseKind::Tls) {
+            let path = base::state_path(name);
+            self.refuse(
+                name,
+                format!(
+                    "the type of thread-local `{path}` changed; the values every thread holds cannot be kept"
+                ),
+            );
+            return Target::Zero;
         }
         let Some((reserve_off, reserve_size)) = self.input.tls.reserve else {
             self.refuse(
