@@ -9,6 +9,8 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod live;
+
 use ipbp_ld::map::schema::SymbolMap;
 use std::ffi::{OsStr, OsString};
 use std::fmt;
@@ -236,6 +238,11 @@ impl Cmd {
     pub fn env_remove<K: AsRef<OsStr>>(mut self, key: K) -> Cmd {
         self.command.env_remove(key);
         self
+    }
+
+    /// The command, to start it some other way (a long-running program).
+    pub fn into_command(self) -> Command {
+        self.command
     }
 
     /// Runs to completion, capturing stdout and stderr (through pipes, as a CI log would).
