@@ -23,6 +23,7 @@ use std::path::Path;
 pub const DISABLE_ENV: &str = "IPBP_DISABLE";
 
 pub fn run(args: Vec<OsString>) -> ! {
+    let called = std::time::Instant::now();
     let real = RealLinker::from_env();
     let mut cmd = match LinkCommand::parse(args.clone()) {
         Ok(cmd) => cmd,
@@ -59,7 +60,7 @@ pub fn run(args: Vec<OsString>) -> ! {
         status.warn(&format!("{e} (a later patch of this build may be refused)"));
     }
     guarded(&mut status, "patching running processes", |status| {
-        crate::patch::for_running_processes(&cmd, &output, &inputs, &dir, status)
+        crate::patch::for_running_processes(called, &output, &inputs, &dir, status)
     });
 
     let exit = match child.wait() {

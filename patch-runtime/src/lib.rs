@@ -9,6 +9,10 @@
 //! In release builds (`debug_assertions` off) all of it compiles to nothing: `init` returns at once,
 //! `#[ipbp::hot]` leaves the function as written and `call(f)` is `f()`.
 
+// Without `debug_assertions` the runtime is compiled out; what remains (registry, protocol) is
+// what ipbp-ld shares.
+#![cfg_attr(not(debug_assertions), allow(dead_code))]
+
 #[doc(hidden)]
 pub mod dispatch;
 pub mod protocol;

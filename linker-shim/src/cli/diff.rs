@@ -171,8 +171,8 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
     let (old_inputs, new_inputs) = (inputs(old, &args.old)?, inputs(new, &args.new)?);
     let arena = crate::objects::load::Arena::default();
     let ws = Workspace::new();
-    let base = load(&arena, &old_inputs, &ws, true)?;
-    let current = load(&arena, &new_inputs, &ws, true)?;
+    let base = load(&arena, &old_inputs, &new_inputs, &ws, true)?;
+    let current = load(&arena, &new_inputs, &old_inputs, &ws, true)?;
     if let Some(name) = &args.explain {
         for line in crate::diff::explain(&base, &current, name)? {
             println!("{line}");

@@ -171,11 +171,11 @@ pub fn explain(base: &Build, current: &Build, name: &str) -> Result<Vec<String>>
     if bsec.size != csec.size {
         out.push(format!("size {} -> {}", bsec.size, csec.size));
     }
-    let (bm, cm) = (semantic::masked(bsec.data, &bsec.relocs), semantic::masked(csec.data, &csec.relocs));
+    let (bm, cm) = (semantic::masked(bsec.data, bsec.relocs()), semantic::masked(csec.data, csec.relocs()));
     if let Some(first) = bm.iter().zip(&cm).position(|(a, b)| a != b) {
         out.push(format!("code differs from byte {first:#x}"));
     }
-    let (brel, crel) = (bsec.relocs.clone(), csec.relocs.clone());
+    let (brel, crel) = (bsec.relocs().to_vec(), csec.relocs().to_vec());
     for i in 0..brel.len().max(crel.len()) {
         let b = brel.get(i).map(|r| (r.offset, bsem.target(bu, r)));
         let c = crel.get(i).map(|r| (r.offset, csem.target(cu, r)));

@@ -69,8 +69,8 @@ impl<'o, 'a> Semantics<'o, 'a> {
         let mut h = Xxh3::new();
         h.update(&[s.kind as u8]);
         h.update(&s.size.to_le_bytes());
-        h.update(&masked(s.data, &s.relocs));
-        for r in &s.relocs {
+        h.update(&masked(s.data, s.relocs()));
+        for r in s.relocs() {
             h.update(&r.offset.to_le_bytes());
             h.update(&r.kind.0.to_le_bytes());
             match self.target(obj, r) {

@@ -52,13 +52,18 @@ impl<'a> Build<'a> {
 
 /// Loads the workspace units of a build. `stored` says whether to read inputs from the kept copies
 /// (a base build, whose files rustc has since replaced or deleted) or from their paths (the build
-/// being linked now).
+/// being linked now). `other` is the other build's inputs: units are identified by the content
+/// fingerprints capture already computed, so nothing is hashed again, except the members of an
+/// archive that differs between the two builds.
 pub fn load<'a>(
     arena: &'a Arena,
     inputs: &[Input],
+    other: &[Input],
     workspace: &Workspace,
     stored: bool,
 ) -> Result<Build<'a>> {
+    let other_fp: HashMap<&Path, Option<&str>> =
+        other.iter().map(|i| (i.path.as_path(), i.fingerprint.as_deref())).collect();
     let mut units = Vec::new();
     for input in inputs {
         let is_unit = match input.kind {
@@ -80,25 +85,36 @@ pub fn load<'a>(
         let data = arena.map(&path).with_context(|| {
             format!("cannot read link input {} (kept for {})", path.display(), input.path.display())
         })?;
-        match input.kind {
-            InputKind::Object => units.push(work_unit(
-                unit_key(&input.path, None),
-                Unit { origin: crate::objects::Origin { path: input.path.clone(), member: None }, data },
-            )),
-            _ => {
-                for member in archive_members(&input.path, data)? {
-                    let key = unit_key(&input.path, member.origin.member.as_deref());
-                    units.push(work_unit(key, member));
-                }
-            }
+        let fingerprint = input.fingerprint.as_deref().and_then(fingerprint_hash);
+        if input.kind == InputKind::Object {
+            let unit =
+                Unit { origin: crate::objects::Origin { path: input.path.clone(), member: None }, data };
+            let hash = fingerprint.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(data));
+            units.push(work_unit(unit_key(&input.path, None), hash, unit));
+            continue;
+        }
+        let unchanged = other_fp.get(input.path.as_path()) == Some(&input.fingerprint.as_deref());
+        for member in archive_members(&input.path, data)? {
+            let key = unit_key(&input.path, member.origin.member.as_deref());
+            let hash = match (unchanged, fingerprint) {
+                // The same archive in both builds: its members are the same too.
+                (true, Some(fp)) => xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), fp as u64),
+                _ => xxhash_rust::xxh3::xxh3_128(member.data),
+            };
+            units.push(work_unit(key, hash, member));
         }
     }
     let by_key = units.iter().enumerate().map(|(i, u)| (u.key.clone(), i)).collect();
     Ok(Build { units, by_key })
 }
 
-fn work_unit(key: String, unit: Unit<'_>) -> WorkUnit<'_> {
-    WorkUnit { key, hash: xxhash_rust::xxh3::xxh3_128(unit.data), unit, object: OnceCell::new() }
+fn work_unit(key: String, hash: u128, unit: Unit<'_>) -> WorkUnit<'_> {
+    WorkUnit { key, hash, unit, object: OnceCell::new() }
+}
+
+/// `xxh3:<hex>` → the 128-bit value.
+fn fingerprint_hash(fp: &str) -> Option<u128> {
+    u128::from_str_radix(fp.strip_prefix("xxh3:")?, 16).ok()
 }
 
 /// `<dir>/app-1a2b.cgu-name.session.rcgu.o` → `app-1a2b.cgu-name.rcgu.o`: codegen-unit names are
@@ -161,11 +177,13 @@ impl Workspace {
             return false;
         };
         let dep_info = rlib.with_file_name(format!("{stem}.d"));
-        let Ok(text) = std::fs::read_to_string(&dep_info) else { return false };
+        let Ok(file) = std::fs::File::open(&dep_info) else { return false };
+        let mut first = String::new();
+        if std::io::BufRead::read_line(&mut std::io::BufReader::new(file), &mut first).is_err() {
+            return false;
+        }
         // First rule: `<output>: <source> <source> ...`; the crate root comes first.
-        let first_source = text
-            .lines()
-            .next()
+        let first_source = Some(first.as_str())
             .and_then(|l| l.split_once(": "))
             .and_then(|(_, srcs)| srcs.split_whitespace().next())
             .map(PathBuf::from);

@@ -4,7 +4,7 @@ use super::*;
 use crate::error::{Context, Result};
 use crate::{bail, err};
 use object::elf::{FileHeader64, SectionHeader64};
-use object::read::elf::{FileHeader, Rela, SectionHeader, Sym};
+use object::read::elf::{FileHeader, SectionHeader, Sym};
 use object::LittleEndian as LE;
 use std::path::Path;
 
@@ -143,7 +143,9 @@ fn parse_inner(data: &[u8]) -> Result<Parsed<'_>> {
             align: sh.sh_addralign(e).max(1),
             size: sh.sh_size(e),
             data: contents,
-            relocs: Vec::new(),
+            rela: &[],
+            relocs_decoded: std::cell::OnceCell::new(),
+            symbol_count: 0,
             symbols: Vec::new(),
         });
     }
@@ -211,21 +213,11 @@ fn parse_inner(data: &[u8]) -> Result<Parsed<'_>> {
         }
         let (relas, _) =
             sh.rela(e, data).context("malformed relocations")?.context("malformed relocations")?;
-        let relocs = &mut sections[target].relocs;
-        relocs.reserve(relas.len());
-        for r in relas {
-            let symbol = r.r_sym(e, false) as usize;
-            if symbol >= symbols.len() {
-                bail!("relocation against symbol {symbol} that does not exist");
-            }
-            relocs.push(Reloc {
-                offset: r.r_offset(e),
-                kind: r.r_type(e, false),
-                symbol,
-                addend: r.r_addend(e),
-            });
-        }
-        relocs.sort_by_key(|r| r.offset);
+        sections[target].rela = relas;
+    }
+    let count = symbols.len();
+    for sec in &mut sections {
+        sec.symbol_count = count;
     }
     Ok((sections, symbols))
 }

@@ -83,7 +83,12 @@ pub struct Section<'a> {
     pub size: u64,
     /// Contents; empty for `.bss`-like sections.
     pub data: &'a [u8],
-    pub relocs: Vec<Reloc>,
+    /// The raw `.rela` entries for this section, decoded by [`Section::relocs`] on first use:
+    /// most sections of most objects are never looked at.
+    pub rela: &'a [object::elf::Rela64<object::LittleEndian>],
+    pub relocs_decoded: std::cell::OnceCell<Vec<Reloc>>,
+    /// Symbol count of the object (to keep a corrupt relocation from indexing out of bounds).
+    pub symbol_count: usize,
     /// Named symbols defined here, sorted by address.
     pub symbols: Vec<SymIdx>,
 }
@@ -152,6 +157,34 @@ impl<'a> Symbol<'a> {
             && (self.name.is_empty()
                 || self.name.starts_with(".L")
                 || self.name.starts_with("GCC_except_table"))
+    }
+}
+
+impl Section<'_> {
+    /// The relocations of this section, sorted by offset.
+    pub fn relocs(&self) -> &[Reloc] {
+        self.relocs_decoded.get_or_init(|| {
+            use object::read::elf::Rela as _;
+            let e = object::LittleEndian;
+            let mut relocs: Vec<Reloc> = self
+                .rela
+                .iter()
+                .map(|r| {
+                    let symbol = r.r_sym(e, false) as usize;
+                    Reloc {
+                        offset: r.r_offset(e),
+                        kind: r.r_type(e, false),
+                        // A corrupt index becomes the null symbol, which resolves to nothing.
+                        symbol: if symbol < self.symbol_count { symbol } else { 0 },
+                        addend: r.r_addend(e),
+                    }
+                })
+                .collect();
+            if !relocs.is_sorted_by_key(|r| r.offset) {
+                relocs.sort_by_key(|r| r.offset);
+            }
+            relocs
+        })
     }
 }
 

@@ -10,6 +10,8 @@ use std::path::Path;
 
 #[derive(Serialize)]
 pub struct Timings {
+    /// Milliseconds per step, in order.
+    pub steps: Vec<(String, f64)>,
     pub diff_ms: f64,
     pub plan_ms: f64,
     pub emit_ms: f64,

@@ -6,7 +6,6 @@
 
 mod manifest;
 
-use crate::capture::args::LinkCommand;
 use crate::diff::units::{self, Workspace};
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
@@ -20,13 +19,14 @@ use crate::status::{Status, Tone};
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, LedgerEntry};
 use ipbp::registry::{self, BuildRecord, Registration};
-use std::collections::HashSet;
 use std::path::Path;
 use std::time::Instant;
 
 /// Builds and delivers a patch to every live process of the program being linked.
+/// `called` is when rustc started the shim: status lines say how long after it each process ran
+/// its new code.
 pub fn for_running_processes(
-    _cmd: &LinkCommand,
+    called: Instant,
     output: &Path,
     inputs: &[Input],
     dir: &IpbpDir,
@@ -47,15 +47,14 @@ pub fn for_running_processes(
     }
     collect_patches_of_dead_processes(dir);
     for (reg, build) in live {
-        let started = Instant::now();
         match patch_process(&reg, &build, inputs, dir, &program) {
             Ok(Outcome::Patched { summary, load_us, install_us, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
-                let total = started.elapsed().as_secs_f64() * 1000.0;
+                let total = called.elapsed().as_secs_f64() * 1000.0;
                 status.line(
                     "Patched",
                     Tone::Good,
-                    &format!("{program} (pid {}): {summary}, applied in {applied:.1} ms ({total:.0} ms after the link started)", reg.pid),
+                    &format!("{program} (pid {}): {summary}, applied in {applied:.1} ms, {total:.0} ms after rustc called ipbp-ld", reg.pid),
                 );
                 for n in notes {
                     status.line("Note", Tone::Warn, &n);
@@ -102,6 +101,37 @@ pub fn for_running_processes(
     }
 }
 
+/// Named steps with their durations, for the manifest.
+pub struct Clock {
+    last: Instant,
+    pub steps: Vec<(&'static str, f64)>,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Clock { last: Instant::now(), steps: Vec::new() }
+    }
+
+    /// Takes over steps timed elsewhere (the next step starts now).
+    pub fn absorb(&mut self, steps: &[(&'static str, f64)]) {
+        self.steps.extend_from_slice(steps);
+        self.last = Instant::now();
+    }
+
+    /// Records the time since the previous step under `name`.
+    pub fn step(&mut self, name: &'static str) {
+        let now = Instant::now();
+        self.steps.push((name, (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 enum Outcome {
     Patched { summary: String, load_us: u64, install_us: u64, notes: Vec<String> },
     Unchanged { notes: Vec<String> },
@@ -129,7 +159,9 @@ fn patch_process(
     let root = registry::root();
     let _lock = lock(&registry::lock_path(&root, reg.pid))?;
     let t0 = Instant::now();
+    let mut clock = Clock::new();
     let hello = deliver::hello(&reg.socket).context("cannot reach the program")?;
+    clock.step("hello");
     if hello.build_id != reg.build_id {
         crate::bail!("the program reports build {}, its registration says {}", hello.build_id, reg.build_id);
     }
@@ -143,35 +175,36 @@ fn patch_process(
     }
     let arena = Arena::default();
     let ws = Workspace::new();
-    let base = units::load(&arena, &base_inputs, &ws, true)?;
-    let current = units::load(&arena, inputs, &ws, false)?;
-    let image = BaseImage::read(Path::new(&format!("/proc/{}/exe", reg.pid)), hello.load_bias)?;
+    let base = units::load(&arena, &base_inputs, inputs, &ws, true)?;
+    let current = units::load(&arena, inputs, &base_inputs, &ws, false)?;
+    clock.step("load units");
+    let image = BaseImage::read(&arena, Path::new(&format!("/proc/{}/exe", reg.pid)), hello.load_bias)?;
+    clock.step("base image");
     if image.build_id != reg.build_id {
         crate::bail!("its executable has build id {}, not {}", image.build_id, reg.build_id);
     }
-    let mut defined_now = HashSet::new();
-    for u in &current.units {
-        for s in &u.object()?.symbols {
-            if s.section().is_some() && s.is_named() {
-                defined_now.insert(s.name);
-            }
-        }
-    }
-    let d = diff::diff(&base, &current, &|n| defined_now.contains(n))?;
+    let index = plan::graph::Index::new(&current)?;
+    clock.step("index");
+    let d = diff::diff(&base, &current, &|n| index.defines(n))?;
+    clock.step("diff");
     let t_diff = t0.elapsed();
 
     let mut notes = Vec::new();
     let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
-    let plan = plan::plan(&plan::Inputs {
-        current: &current,
-        diff: &d,
-        base: &image,
-        hello: &hello,
-        tls: TlsInfo { reserve },
-        link_inputs: inputs,
-        arena: &arena,
-    })?;
+    let plan = plan::plan(
+        &plan::Inputs {
+            current: &current,
+            diff: &d,
+            base: &image,
+            hello: &hello,
+            tls: TlsInfo { reserve },
+            link_inputs: inputs,
+            arena: &arena,
+        },
+        &index,
+    )?;
     let t_plan = t0.elapsed();
+    clock.absorb(&plan.steps);
     notes.extend(plan.report.notes.iter().cloned());
     if !plan.refusals.is_empty() {
         let reasons = plan.refusals.iter().map(|r| r.reason.clone()).collect();
@@ -227,7 +260,9 @@ fn patch_process(
     };
     let (new_generation, load_us, install_us) = deliver::apply(&reg.socket, request.clone())?;
     let t_deliver = t0.elapsed();
+    clock.step("emit and deliver");
     let timings = manifest::Timings {
+        steps: clock.steps.iter().map(|&(n, ms)| (n.to_string(), (ms * 100.0).round() / 100.0)).collect(),
         diff_ms: t_diff.as_secs_f64() * 1e3,
         plan_ms: (t_plan - t_diff).as_secs_f64() * 1e3,
         emit_ms: (t_emit - t_plan).as_secs_f64() * 1e3,
@@ -257,7 +292,7 @@ fn summarize(report: &plan::Report, revert_only: bool) -> String {
 /// Where ipbp's TLS reserve is, and where the executable's TLS block sits relative to the thread
 /// pointer — as the program measured it, checked against glibc's formula.
 fn tls_facts(
-    image: &BaseImage,
+    image: &BaseImage<'_>,
     hello: &ipbp::protocol::Hello,
     notes: &mut Vec<String>,
 ) -> (Option<(u64, u64)>, i64) {

@@ -1,13 +1,15 @@
 //! The running image: where the executable a process runs put each symbol, and its TLS layout.
 //! Read from `/proc/<pid>/exe`, which stays readable while the process lives even after cargo
-//! replaced the file.
+//! replaced the file. Names are borrowed from the mapped file: indexing tens of thousands of
+//! symbols must cost a few milliseconds, not an allocation each.
 
 use crate::error::{Context, Result};
-use crate::map::read::Mapped;
+use crate::objects::load::Arena;
 use object::elf;
 use object::read::elf::{ElfFile64, ProgramHeader, Sym};
 use object::{Endianness, Object as _};
-use std::collections::HashMap;
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,24 +29,28 @@ pub enum BaseKind {
     Tls,
 }
 
-pub struct BaseImage {
+pub struct BaseImage<'a> {
     pub build_id: String,
     pub load_bias: u64,
-    symbols: HashMap<String, Vec<BaseSymbol>>,
-    /// Statics and thread-locals by path (demangled, no hash) → mangled names. rustc's symbol hash
-    /// of a static covers its type, so a static whose type changed has a new mangled name but is
-    /// still the same static of the running program.
-    state_by_path: HashMap<String, Vec<String>>,
+    /// Name → its first definition; names defined more than once (local copies of one generic
+    /// instance, C statics of different files) also appear in `more`.
+    first: HashMap<&'a str, BaseSymbol>,
+    more: HashMap<&'a str, Vec<BaseSymbol>>,
+    /// Symbols the executable takes from shared libraries (undefined in its symbol table).
+    imports: HashSet<&'a str>,
+    /// Statics and thread-locals by path (demangled, no hash) → mangled names, built on first
+    /// use: rustc's symbol hash of a static covers its type, so a static whose type changed has a
+    /// new mangled name but is still the same static of the running program.
+    state_by_path: OnceCell<HashMap<String, Vec<&'a str>>>,
     /// `(p_vaddr, p_memsz, p_align)` of PT_TLS.
     pub tls: Option<(u64, u64, u64)>,
     /// Start and end of the image in the process (all PT_LOAD segments, biased).
     pub span: (u64, u64),
 }
 
-impl BaseImage {
-    pub fn read(exe: &Path, load_bias: u64) -> Result<BaseImage> {
-        let mapped = Mapped::open(exe)?;
-        let data = mapped.bytes();
+impl<'a> BaseImage<'a> {
+    pub fn read(arena: &'a Arena, exe: &Path, load_bias: u64) -> Result<BaseImage<'a>> {
+        let data = arena.map(exe)?;
         let file = ElfFile64::<Endianness>::parse(data)
             .with_context(|| format!("{} is not a readable ELF executable", exe.display()))?;
         let e = file.endian();
@@ -63,10 +69,20 @@ impl BaseImage {
         }
         let table = file.elf_symbol_table();
         let strings = table.strings();
-        let mut symbols: HashMap<String, Vec<BaseSymbol>> = HashMap::with_capacity(table.len());
-        let mut state_by_path: HashMap<String, Vec<String>> = HashMap::new();
+        let mut first: HashMap<&'a str, BaseSymbol> = HashMap::with_capacity(table.len());
+        let mut more: HashMap<&'a str, Vec<BaseSymbol>> = HashMap::new();
+        let mut imports = HashSet::new();
         for (_, sym) in table.enumerate() {
+            let Some(name) = sym.name(e, strings).ok().and_then(|n| std::str::from_utf8(n).ok()) else {
+                continue;
+            };
+            if name.is_empty() || name.starts_with(".L") {
+                continue;
+            }
             if sym.st_shndx(e) == elf::SHN_UNDEF {
+                if sym.st_bind() != elf::STB_LOCAL {
+                    imports.insert(name);
+                }
                 continue;
             }
             let kind = match sym.st_type() {
@@ -75,52 +91,78 @@ impl BaseImage {
                 elf::STT_TLS => BaseKind::Tls,
                 _ => continue,
             };
-            let Ok(name) = sym.name(e, strings) else { continue };
-            let Ok(name) = std::str::from_utf8(name) else { continue };
-            if name.is_empty() || name.starts_with(".L") {
-                continue;
-            }
-            if kind != BaseKind::Function && is_rust_symbol(name) {
-                state_by_path.entry(state_path(name)).or_default().push(name.to_string());
-            }
-            symbols.entry(name.to_string()).or_default().push(BaseSymbol {
+            let s = BaseSymbol {
                 addr: sym.st_value(e),
                 size: sym.st_size(e),
                 kind,
                 local: sym.st_bind() == elf::STB_LOCAL,
-            });
+            };
+            match first.entry(name) {
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(s);
+                }
+                std::collections::hash_map::Entry::Occupied(o) => {
+                    more.entry(name).or_insert_with(|| vec![*o.get()]).push(s);
+                }
+            }
         }
         Ok(BaseImage {
             build_id,
             load_bias,
-            symbols,
-            state_by_path,
+            first,
+            more,
+            imports,
+            state_by_path: OnceCell::new(),
             tls,
             span: (lo + load_bias, hi + load_bias),
         })
     }
 
-    /// Every definition of `name` in the image.
-    pub fn lookup(&self, name: &str) -> &[BaseSymbol] {
-        self.symbols.get(name).map_or(&[], Vec::as_slice)
+    /// The first definition of `name`, and how many there are.
+    pub fn lookup(&self, name: &str) -> Option<(BaseSymbol, usize)> {
+        let first = *self.first.get(name)?;
+        Some((first, self.more.get(name).map_or(1, Vec::len)))
+    }
+
+    /// Every definition of `name`.
+    pub fn all(&self, name: &str) -> Vec<BaseSymbol> {
+        match (self.more.get(name), self.first.get(name)) {
+            (Some(all), _) => all.clone(),
+            (None, Some(one)) => vec![*one],
+            (None, None) => Vec::new(),
+        }
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.first.contains_key(name)
+    }
+
+    /// Whether the executable takes `name` from a shared library.
+    pub fn imports(&self, name: &str) -> bool {
+        self.imports.contains(name)
     }
 
     /// Statics or thread-locals of the image with the same path as `name` but another mangled
     /// name (a changed type).
-    pub fn same_path_state(&self, name: &str) -> Vec<(&str, BaseSymbol)> {
+    pub fn same_path_state(&self, name: &str) -> Vec<(&'a str, BaseSymbol)> {
         if !is_rust_symbol(name) {
             return Vec::new();
         }
-        let Some(names) = self.state_by_path.get(&state_path(name)) else { return Vec::new() };
+        let by_path = self.state_by_path.get_or_init(|| {
+            let mut m: HashMap<String, Vec<&'a str>> = HashMap::new();
+            for (&n, s) in &self.first {
+                if s.kind != BaseKind::Function && is_rust_symbol(n) {
+                    m.entry(state_path(n)).or_default().push(n);
+                }
+            }
+            m
+        });
+        let Some(names) = by_path.get(&state_path(name)) else { return Vec::new() };
         names
             .iter()
-            .filter(|n| n.as_str() != name)
-            .flat_map(|n| self.lookup(n).iter().map(move |s| (n.as_str(), *s)))
+            .filter(|&&n| n != name)
+            .flat_map(|&n| self.all(n).into_iter().map(move |s| (n, s)))
             .collect()
-    }
-
-    pub fn contains(&self, name: &str) -> bool {
-        self.symbols.contains_key(name)
     }
 
     /// Thread-pointer offset of the executable's TLS block as glibc lays it out.
@@ -128,12 +170,9 @@ impl BaseImage {
         self.tls.map(|(vaddr, memsz, align)| crate::map::read::tls_tp_offset(vaddr, memsz, align))
     }
 
-    /// The name of a TLS symbol containing `needle` (used to find ipbp's TLS reserve).
-    pub fn find_tls(&self, needle: &str) -> Option<(&str, BaseSymbol)> {
-        self.symbols.iter().find_map(|(n, v)| {
-            let s = v.iter().find(|s| s.kind == BaseKind::Tls)?;
-            n.contains(needle).then_some((n.as_str(), *s))
-        })
+    /// A TLS symbol whose name contains `needle` (used to find ipbp's TLS reserve).
+    pub fn find_tls(&self, needle: &str) -> Option<(&'a str, BaseSymbol)> {
+        self.first.iter().find(|(n, s)| s.kind == BaseKind::Tls && n.contains(needle)).map(|(&n, &s)| (n, s))
     }
 }
 

@@ -7,228 +7,251 @@
 //! call the new code directly, and the hot point's slot switches to the new top of the chain in one
 //! store. Paths stop at other hot points, which dispatch on their own, and at writable statics,
 //! which are state and are never copied.
+//!
+//! Cost grows with what the hot points reach, not with the program: the [`Index`] reads symbol
+//! tables only; relocations are decoded for the few units that hold hot points and for the
+//! sections the search from them reaches.
 
 use crate::diff::units::Build;
-use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
+use crate::objects::{Object, SecIdx, Section, SectionKind, SymbolKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 
-pub type Node = usize;
+/// A section of a workspace unit: (unit index in the build, section index).
+pub type Loc = (usize, SecIdx);
 
 /// The mangled-name fragment of every `#[ipbp::hot]` slot (`…::__IPBP_SLOT`, length-prefixed in
 /// both legacy and v0 mangling).
-const SLOT_MARK: &str = "11__IPBP_SLOT";
+pub const SLOT_MARK: &str = "11__IPBP_SLOT";
 /// `ipbp::dispatch::key::<…>` instances (legacy mangling of the runtime crate).
-const KEY_MARK: &str = "_ZN4ipbp8dispatch3key17h";
+pub const KEY_MARK: &str = "_ZN4ipbp8dispatch3key17h";
 /// `ipbp::call::<F, R>` instances.
-const CALL_MARK: &str = "_ZN4ipbp4call17h";
+pub const CALL_MARK: &str = "_ZN4ipbp4call17h";
 
-pub struct Graph<'b, 'a> {
+/// Where the current build defines what, from symbol tables only.
+pub struct Index<'b, 'a> {
     pub build: &'b Build<'a>,
-    /// `(unit, section)` of each node: every loaded section of every workspace unit.
-    pub nodes: Vec<(usize, SecIdx)>,
-    node_of: HashMap<(usize, SecIdx), Node>,
-    pub edges: Vec<Vec<Node>>,
-    /// Every named symbol (locals too) → the nodes defining it.
-    pub by_name: HashMap<&'a str, Vec<Node>>,
+    /// Every named symbol (locals too) → the sections defining it.
+    by_name: HashMap<&'a str, Vec<Loc>>,
     /// Non-local names only: how an undefined reference in one unit finds its definition.
-    globals: HashMap<&'a str, Node>,
+    globals: HashMap<&'a str, Loc>,
+    /// Units whose symbol tables mention hot slots, dispatch keys or `ipbp::call` instances.
+    hot_units: Vec<usize>,
 }
 
-impl<'b, 'a> Graph<'b, 'a> {
-    pub fn build(build: &'b Build<'a>) -> crate::error::Result<Self> {
-        let mut g = Graph {
-            build,
-            nodes: Vec::new(),
-            node_of: HashMap::new(),
-            edges: Vec::new(),
-            by_name: HashMap::new(),
-            globals: HashMap::new(),
-        };
+impl<'b, 'a> Index<'b, 'a> {
+    pub fn new(build: &'b Build<'a>) -> crate::error::Result<Self> {
+        let mut by_name: HashMap<&'a str, Vec<Loc>> = HashMap::new();
+        let mut globals = HashMap::new();
+        let mut hot_units = Vec::new();
         for (u, unit) in build.units.iter().enumerate() {
             let obj = unit.object()?;
-            for (s, sec) in obj.sections.iter().enumerate() {
-                if !sec.kind.is_alloc() || sec.kind == SectionKind::EhFrame {
+            let mut hot = false;
+            for s in &obj.symbols {
+                if !s.is_named() {
                     continue;
                 }
-                let n = g.nodes.len();
-                g.nodes.push((u, s));
-                g.node_of.insert((u, s), n);
-                for &sym in &sec.symbols {
-                    let sym = &obj.symbols[sym];
-                    g.by_name.entry(sym.name).or_default().push(n);
-                    if !sym.local {
-                        g.globals.entry(sym.name).or_insert(n);
-                    }
+                hot |= s.name.contains(SLOT_MARK)
+                    || s.name.starts_with(KEY_MARK)
+                    || s.name.starts_with(CALL_MARK);
+                let Some(sec) = s.section() else { continue };
+                if !obj.sections[sec].kind.is_alloc() {
+                    continue;
+                }
+                by_name.entry(s.name).or_default().push((u, sec));
+                if !s.local {
+                    globals.entry(s.name).or_insert((u, sec));
                 }
             }
+            if hot {
+                hot_units.push(u);
+            }
         }
-        g.edges = vec![Vec::new(); g.nodes.len()];
-        for n in 0..g.nodes.len() {
-            let (u, s) = g.nodes[n];
-            let obj = g.object(n);
-            let mut targets: Vec<Node> =
-                obj.sections[s].relocs.iter().filter_map(|r| g.resolve_symbol(u, obj, r.symbol)).collect();
-            targets.sort_unstable();
-            targets.dedup();
-            g.edges[n] = targets;
-        }
-        Ok(g)
+        Ok(Index { build, by_name, globals, hot_units })
     }
 
-    pub fn object(&self, n: Node) -> &'b Object<'a> {
-        self.build.units[self.nodes[n].0].parsed().expect("graph units are parsed")
+    pub fn object(&self, u: usize) -> &'b Object<'a> {
+        self.build.units[u].parsed().expect("indexed units are parsed")
     }
 
-    pub fn section(&self, n: Node) -> &'b crate::objects::Section<'a> {
-        &self.object(n).sections[self.nodes[n].1]
+    pub fn section(&self, at: Loc) -> &'b Section<'a> {
+        &self.object(at.0).sections[at.1]
     }
 
-    pub fn kind(&self, n: Node) -> SectionKind {
-        self.section(n).kind
+    pub fn kind(&self, at: Loc) -> SectionKind {
+        self.section(at).kind
     }
 
-    /// The name a node is known by (its first named symbol), if any.
-    pub fn name(&self, n: Node) -> Option<&'a str> {
-        self.object(n).primary_symbol(self.nodes[n].1).map(|s| s.name)
+    /// The name a section is known by (its first named symbol), if any.
+    pub fn name(&self, at: Loc) -> Option<&'a str> {
+        self.object(at.0).primary_symbol(at.1).map(|s| s.name)
     }
 
-    pub fn node(&self, unit: usize, sec: SecIdx) -> Option<Node> {
-        self.node_of.get(&(unit, sec)).copied()
+    /// Every section defining `name`.
+    pub fn definitions(&self, name: &str) -> &[Loc] {
+        self.by_name.get(name).map_or(&[], Vec::as_slice)
     }
 
-    /// The workspace node a symbol of unit `u` stands for, if the workspace defines it.
-    pub fn resolve_symbol(&self, u: usize, obj: &Object<'a>, sym: usize) -> Option<Node> {
+    pub fn defines(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The workspace section a symbol of unit `u` stands for, if the workspace defines it.
+    pub fn resolve_symbol(&self, u: usize, sym: usize) -> Option<Loc> {
+        let obj = self.object(u);
         let s = &obj.symbols[sym];
         match s.section() {
-            Some(sec) => self.node_of.get(&(u, sec)).copied(),
+            Some(sec) => obj.sections[sec].kind.is_alloc().then_some((u, sec)),
             None if s.kind != SymbolKind::Section && !s.name.is_empty() => self.globals.get(s.name).copied(),
             None => None,
         }
     }
 
-    /// Reverse edges.
-    fn referrers(&self) -> Vec<Vec<Node>> {
-        let mut rev = vec![Vec::new(); self.nodes.len()];
-        for (from, targets) in self.edges.iter().enumerate() {
-            for &to in targets {
-                rev[to].push(from);
-            }
-        }
-        rev
+    /// The sections a section refers to (decoding its relocations).
+    pub fn references(&self, at: Loc) -> Vec<Loc> {
+        let mut out: Vec<Loc> = self
+            .section(at)
+            .relocs()
+            .iter()
+            .filter_map(|r| self.resolve_symbol(at.0, r.symbol))
+            .filter(|&t| self.kind(t) != SectionKind::EhFrame)
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
 /// How the running program reaches a hot function's newest version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Dispatch {
-    /// A method-form slot: store the new version's address in the slot at this node.
-    Slot { slot: Node },
+    /// A method-form slot: store the new version's address in the slot here.
+    Slot { slot: Loc },
     /// An async-form slot initialised with this entry function.
-    Entry { slot: Node },
-    /// A redirect-table entry under the key function at this node (generic hot functions).
-    Key { key: Node },
+    Entry { slot: Loc },
+    /// A redirect-table entry under the key function here (generic hot functions).
+    Key { key: Loc },
     /// `ipbp::call::<F, R>`: a redirect-table entry under its own address.
     Call,
 }
 
-/// A slot and what the current build says about it.
-#[derive(Debug, Clone)]
-pub struct SlotInfo {
-    pub node: Node,
-    pub signature: u64,
-    /// Functions reading the slot. More than one without table dispatch means a hot method of a
-    /// generic impl, which a single slot cannot serve.
-    pub owners: Vec<Node>,
-}
-
 pub struct HotPoints {
-    /// Root function node → how it is dispatched.
-    pub roots: HashMap<Node, Dispatch>,
-    pub slots: Vec<SlotInfo>,
-    /// Owners of slots shared by several functions and not dispatched through the table.
-    pub shared: Vec<Node>,
+    /// Root function → how it is dispatched.
+    pub roots: HashMap<Loc, Dispatch>,
+    /// Owners of slots shared by several functions and not dispatched through the table: hot
+    /// methods of generic impls, which a single slot cannot serve.
+    pub shared: Vec<Loc>,
 }
 
-pub fn hot_points(g: &Graph) -> HotPoints {
+/// Finds the hot points: scanning relocations only in the units that mention them.
+pub fn hot_points(index: &Index) -> HotPoints {
     let mut roots = HashMap::new();
-    let mut slots = Vec::new();
-    let is_slot = |n: Node| g.name(n).is_some_and(|name| name.contains(SLOT_MARK));
-    let is_key = |n: Node| g.name(n).is_some_and(|name| name.starts_with(KEY_MARK));
-    let rev = g.referrers();
-    for (n, referrers) in rev.iter().enumerate() {
-        let kind = g.kind(n);
-        if kind == SectionKind::Text {
-            if g.name(n).is_some_and(|name| name.starts_with(CALL_MARK)) {
-                roots.insert(n, Dispatch::Call);
-            } else if let Some(&key) = g.edges[n].iter().find(|&&t| is_key(t)) {
-                roots.insert(n, Dispatch::Key { key });
+    let mut slot_owners: HashMap<Loc, Vec<Loc>> = HashMap::new();
+    let mut slots_with_entry = HashSet::new();
+    for &u in &index.hot_units {
+        let obj = index.object(u);
+        for (s, sec) in obj.sections.iter().enumerate() {
+            let at = (u, s);
+            match sec.kind {
+                SectionKind::Text => {
+                    if index.name(at).is_some_and(|n| n.starts_with(CALL_MARK)) {
+                        roots.insert(at, Dispatch::Call);
+                        continue;
+                    }
+                    for r in sec.relocs() {
+                        let name = obj.symbols[r.symbol].name;
+                        let target = index.resolve_symbol(u, r.symbol);
+                        let target_name = target.and_then(|t| index.name(t)).unwrap_or(name);
+                        if target_name.starts_with(KEY_MARK) {
+                            if let Some(key) = target {
+                                roots.insert(at, Dispatch::Key { key });
+                            }
+                        } else if target_name.contains(SLOT_MARK) {
+                            if let Some(slot) = target {
+                                slot_owners.entry(slot).or_default().push(at);
+                            }
+                        }
+                    }
+                }
+                SectionKind::Data | SectionKind::Bss
+                    if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) =>
+                {
+                    slot_owners.entry(at).or_default();
+                    // Async form: the slot's initial value names the entry function.
+                    if let Some(r) = sec.relocs().iter().find(|r| r.offset == 0) {
+                        if let Some(entry) = index.resolve_symbol(u, r.symbol) {
+                            roots.insert(entry, Dispatch::Entry { slot: at });
+                            slots_with_entry.insert(at);
+                        }
+                    }
+                }
+                _ => {}
             }
-            continue;
         }
-        if !is_slot(n) {
-            continue;
-        }
-        let sec = g.section(n);
-        let signature = sec.data.get(8..16).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
-        let owners: Vec<Node> =
-            referrers.iter().copied().filter(|&o| g.kind(o) == SectionKind::Text).collect();
-        let initial = sec.relocs.iter().find(|r| r.offset == 0);
-        if let Some(r) = initial {
-            let (u, _) = g.nodes[n];
-            if let Some(entry) = g.resolve_symbol(u, g.object(n), r.symbol) {
-                roots.insert(entry, Dispatch::Entry { slot: n });
-            }
-        }
-        slots.push(SlotInfo { node: n, signature, owners });
     }
     let mut shared = Vec::new();
-    for s in &slots {
-        if g.section(s.node).relocs.iter().any(|r| r.offset == 0) {
+    for (slot, mut owners) in slot_owners {
+        if slots_with_entry.contains(&slot) {
             continue;
         }
-        match s.owners.as_slice() {
+        owners.sort_unstable();
+        owners.dedup();
+        match owners.as_slice() {
             [one] => {
-                roots.entry(*one).or_insert(Dispatch::Slot { slot: s.node });
+                roots.entry(*one).or_insert(Dispatch::Slot { slot });
             }
-            many => {
-                shared.extend(many.iter().copied().filter(|o| !roots.contains_key(o)));
-            }
+            many => shared.extend(many.iter().copied().filter(|o| !roots.contains_key(o))),
         }
     }
-    HotPoints { roots, slots, shared }
+    HotPoints { roots, shared }
 }
 
-/// Everything reachable from the hot points.
-pub fn reach(g: &Graph, roots: impl IntoIterator<Item = Node>) -> HashSet<Node> {
-    let mut seen: HashSet<Node> = HashSet::new();
-    let mut queue: VecDeque<Node> = roots.into_iter().collect();
-    seen.extend(queue.iter().copied());
-    while let Some(n) = queue.pop_front() {
-        for &t in &g.edges[n] {
-            if seen.insert(t) {
-                queue.push_back(t);
-            }
+/// The part of the graph reachable from the hot points, with its edges.
+pub struct Reach {
+    pub edges: HashMap<Loc, Vec<Loc>>,
+}
+
+impl Reach {
+    pub fn contains(&self, at: &Loc) -> bool {
+        self.edges.contains_key(at)
+    }
+}
+
+/// Everything reachable from the hot points (decoding relocations only of what is reached).
+pub fn reach(index: &Index, roots: impl IntoIterator<Item = Loc>) -> Reach {
+    let mut edges: HashMap<Loc, Vec<Loc>> = HashMap::new();
+    let mut queue: VecDeque<Loc> = roots.into_iter().collect();
+    while let Some(at) = queue.pop_front() {
+        if edges.contains_key(&at) {
+            continue;
+        }
+        let targets = index.references(at);
+        queue.extend(targets.iter().copied().filter(|t| !edges.contains_key(t)));
+        edges.insert(at, targets);
+    }
+    Reach { edges }
+}
+
+/// The sections a patch copies: `changed` sections within reach, and every reachable function or
+/// constant referring to a copied section, except through a hot point (which dispatches itself).
+pub fn copy_set(index: &Index, reach: &Reach, changed: &HashSet<Loc>, hot: &HotPoints) -> HashSet<Loc> {
+    let mut referrers: HashMap<Loc, Vec<Loc>> = HashMap::new();
+    for (&from, targets) in &reach.edges {
+        for &to in targets {
+            referrers.entry(to).or_default().push(from);
         }
     }
-    seen
-}
-
-/// The nodes a patch copies: `changed` nodes within `reach`, and every reachable function or
-/// constant referring to a copied node, except through a hot point (which dispatches itself).
-pub fn copy_set(g: &Graph, reach: &HashSet<Node>, changed: &HashSet<Node>, hot: &HotPoints) -> HashSet<Node> {
-    let rev = g.referrers();
-    let mut copy: HashSet<Node> = changed.iter().copied().filter(|n| reach.contains(n)).collect();
-    let mut queue: VecDeque<Node> = copy.iter().copied().collect();
+    let mut copy: HashSet<Loc> = changed.iter().copied().filter(|n| reach.contains(n)).collect();
+    let mut queue: VecDeque<Loc> = copy.iter().copied().collect();
     while let Some(v) = queue.pop_front() {
         if hot.roots.contains_key(&v) {
             continue; // callers of a hot function reach the new version through its slot
         }
-        for &u in &rev[v] {
+        for &u in referrers.get(&v).map_or(&[][..], Vec::as_slice) {
             let copyable = matches!(
-                g.kind(u),
+                index.kind(u),
                 SectionKind::Text | SectionKind::ReadOnly | SectionKind::ReadOnlyAfterReloc
             );
-            if copyable && reach.contains(&u) && copy.insert(u) {
+            if copyable && copy.insert(u) {
                 queue.push_back(u);
             }
         }

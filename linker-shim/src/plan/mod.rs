@@ -22,7 +22,7 @@ use crate::map::schema::{Input, InputKind};
 use crate::objects::load::{archive_index, archive_member_at, parse, Arena, ObjectArena};
 use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
 use base::{BaseImage, BaseKind};
-use graph::{Dispatch, Graph, HotPoints, Node};
+use graph::{Dispatch, HotPoints, Index, Loc};
 use ipbp::protocol::Hello;
 use object::elf;
 use std::collections::{HashMap, HashSet};
@@ -108,6 +108,8 @@ pub struct Report {
 }
 
 pub struct Plan<'a> {
+    /// Milliseconds per planning step, for the manifest.
+    pub steps: Vec<(&'static str, f64)>,
     pub chunks: Vec<Chunk<'a>>,
     pub eh_records: Vec<EhRecord<'a>>,
     pub imports: Vec<String>,
@@ -131,7 +133,7 @@ pub struct TlsInfo {
 pub struct Inputs<'p, 'a> {
     pub current: &'p Build<'a>,
     pub diff: &'p Diff,
-    pub base: &'p BaseImage,
+    pub base: &'p BaseImage<'a>,
     pub hello: &'p Hello,
     pub tls: TlsInfo,
     /// The current link's inputs (archives to pull from).
@@ -139,15 +141,17 @@ pub struct Inputs<'p, 'a> {
     pub arena: &'a Arena,
 }
 
-pub fn plan<'a>(input: &Inputs<'_, 'a>) -> crate::error::Result<Plan<'a>> {
-    let graph = Graph::build(input.current)?;
-    let hot = graph::hot_points(&graph);
-    let reach = graph::reach(&graph, hot.roots.keys().copied());
+pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::Result<Plan<'a>> {
+    let mut clock = crate::patch::Clock::new();
+    let hot = graph::hot_points(index);
+    clock.step("hot points");
+    let reach = graph::reach(index, hot.roots.keys().copied());
+    clock.step("reach");
     let mut changed_nodes = HashSet::new();
     let mut refusals = Vec::new();
     let mut notes = Vec::new();
     for change in input.diff.changed.values() {
-        let nodes = graph.by_name.get(change.name.as_str()).map_or(&[][..], Vec::as_slice);
+        let nodes = index.definitions(&change.name);
         let pretty = crate::map::read::demangle(&change.name);
         match change.kind {
             DefKind::Function | DefKind::Constant => changed_nodes.extend(nodes.iter().copied()),
@@ -172,11 +176,12 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>) -> crate::error::Result<Plan<'a>> {
             )),
         }
     }
-    let copy = graph::copy_set(&graph, &reach, &changed_nodes, &hot);
+    let copy = graph::copy_set(index, &reach, &changed_nodes, &hot);
+    clock.step("copy set");
     let mut unreached: Vec<String> = changed_nodes
         .iter()
-        .filter(|n| !reach.contains(n) && graph.kind(**n) == SectionKind::Text)
-        .filter_map(|&n| graph.name(n))
+        .filter(|n| !reach.contains(n) && index.kind(**n) == SectionKind::Text)
+        .filter_map(|&n| index.name(n))
         .map(crate::map::read::demangle)
         .collect();
     unreached.sort();
@@ -188,7 +193,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>) -> crate::error::Result<Plan<'a>> {
     }
     for &n in &hot.shared {
         if copy.contains(&n) {
-            let f = graph.name(n).map(crate::map::read::demangle).unwrap_or_default();
+            let f = index.name(n).map(crate::map::read::demangle).unwrap_or_default();
             notes.push(format!(
                 "hot function `{f}` is one of several instances of a generic impl sharing one slot; mark it #[ipbp::hot(generic)] to patch it"
             ));
@@ -196,20 +201,22 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>) -> crate::error::Result<Plan<'a>> {
     }
 
     let pulled = ObjectArena::default();
-    let mut planner = Planner::new(input, &graph, &hot, &copy, &pulled);
+    let mut planner = Planner::new(input, index, &hot, &copy, &pulled);
     for &n in sorted(&copy).iter() {
-        let (u, s) = graph.nodes[n];
+        let (u, s) = n;
         planner.include(Obj::Unit(u), s, None);
     }
     planner.run();
-    let mut plan = planner.finish(&graph, &hot, &copy, &changed_nodes);
+    clock.step("resolve");
+    let mut plan = planner.finish(&hot, &copy, &changed_nodes);
+    plan.steps = clock.steps;
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
     Ok(plan)
 }
 
-fn sorted(set: &HashSet<Node>) -> Vec<Node> {
-    let mut v: Vec<Node> = set.iter().copied().collect();
+fn sorted(set: &HashSet<Loc>) -> Vec<Loc> {
+    let mut v: Vec<Loc> = set.iter().copied().collect();
     v.sort_unstable();
     v
 }
@@ -227,9 +234,9 @@ type ChunkKey = (Obj, SecIdx, Option<(u64, u64)>);
 
 struct Planner<'p, 'g, 'a> {
     input: &'p Inputs<'p, 'a>,
-    graph: &'g Graph<'g, 'a>,
+    index: &'g Index<'g, 'a>,
     hot: &'g HotPoints,
-    copy: &'g HashSet<Node>,
+    copy: &'g HashSet<Loc>,
     pulled: &'p ObjectArena<'a>,
     /// Global symbol → (archive input index, member offset), built on first pull.
     archive_symbols: Option<HashMap<&'a [u8], (usize, u64)>>,
@@ -247,7 +254,7 @@ struct Planner<'p, 'g, 'a> {
     imports: Vec<String>,
     import_ids: HashMap<String, usize>,
     /// Private null slots for patched copies of method-form hot functions: slot node → chunk.
-    private_slots: HashMap<Node, ChunkId>,
+    private_slots: HashMap<Loc, ChunkId>,
     new_tls: Vec<ipbp::protocol::LedgerEntry>,
     new_tls_by_name: HashMap<String, u64>,
     tls_cursor: u64,
@@ -260,15 +267,15 @@ struct Planner<'p, 'g, 'a> {
 impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     fn new(
         input: &'p Inputs<'p, 'a>,
-        graph: &'g Graph<'g, 'a>,
+        index: &'g Index<'g, 'a>,
         hot: &'g HotPoints,
-        copy: &'g HashSet<Node>,
+        copy: &'g HashSet<Loc>,
         pulled: &'p ObjectArena<'a>,
     ) -> Self {
         let tls_cursor = input.hello.tls.iter().map(|e| e.addr + e.size).max().unwrap_or(0);
         Planner {
             input,
-            graph,
+            index,
             hot,
             copy,
             pulled,
@@ -297,7 +304,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     fn object(&self, o: Obj) -> &'p Object<'a> {
         match o {
-            Obj::Unit(u) => self.input.current.units[u].parsed().expect("graph units are parsed"),
+            Obj::Unit(u) => self.input.current.units[u].parsed().expect("indexed units are parsed"),
             Obj::Pulled(i) => self.pulled.get(i),
         }
     }
@@ -351,7 +358,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             let Some((obj, sec, piece)) = self.sources[id] else { continue };
             let (start, end) = piece.unwrap_or((0, u64::MAX));
             let relocs: Vec<_> = self.object(obj).sections[sec]
-                .relocs
+                .relocs()
                 .iter()
                 .filter(|r| r.offset >= start && r.offset < end)
                 .copied()
@@ -396,7 +403,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     fn eh_record(&mut self, obj: Obj, eh: SecIdx, rec: unwind::Record, cie: Option<usize>) -> usize {
         let (start, end) = (rec.start as u64, (rec.start + rec.len) as u64);
         let relocs: Vec<_> = self.object(obj).sections[eh]
-            .relocs
+            .relocs()
             .iter()
             .filter(|r| r.offset >= start && r.offset < end)
             .copied()
@@ -464,8 +471,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// References that hot-point dispatch treats specially when made from a patched copy.
     fn dispatch_special(&mut self, name: &str, from: Option<ChunkId>) -> Option<Target> {
         let (Obj::Unit(u), from_sec, _) = self.sources[from?]? else { return None };
-        let from_node = self.graph.node(u, from_sec)?;
-        match self.hot.roots.get(&from_node)? {
+        match self.hot.roots.get(&(u, from_sec))? {
             Dispatch::Slot { slot } if name.contains("11__IPBP_SLOT") => {
                 let slot = *slot;
                 if let Some(&c) = self.private_slots.get(&slot) {
@@ -473,12 +479,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
                 // A patched copy of a hot method reads its own null slot and so runs its body.
                 let signature =
-                    self.graph.section(slot).data.get(8..16).map(<[u8]>::to_vec).unwrap_or(vec![0; 8]);
+                    self.index.section(slot).data.get(8..16).map(<[u8]>::to_vec).unwrap_or(vec![0; 8]);
                 let mut data = vec![0u8; 8];
                 data.extend_from_slice(&signature);
                 let id = self.chunks.len();
                 self.chunks.push(Chunk {
-                    name: format!("{}.private", self.graph.name(slot).unwrap_or("slot")),
+                    name: format!("{}.private", self.index.name(slot).unwrap_or("slot")),
                     kind: SectionKind::Data,
                     align: 8,
                     size: 16,
@@ -498,11 +504,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// A named symbol defined in section `sec` of `obj`.
     fn named_defined(&mut self, obj: Obj, sec: SecIdx, name: &'a str, value: u64) -> Target {
         if let Obj::Unit(u) = obj {
-            if let Some(node) = self.graph.node(u, sec) {
-                if self.copy.contains(&node) {
-                    let id = self.include(obj, sec, None);
-                    return Target::Chunk(id, value);
-                }
+            if self.copy.contains(&(u, sec)) {
+                let id = self.include(obj, sec, None);
+                return Target::Chunk(id, value);
             }
         }
         let kind = self.object(obj).sections[sec].kind;
@@ -518,8 +522,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     /// A named symbol the referencing object does not define.
     fn named_elsewhere(&mut self, name: &'a str, tls: bool, weak: bool) -> Target {
-        if let Some(&node) = self.graph.by_name.get(name).and_then(|v| v.first()) {
-            let (u, sec) = self.graph.nodes[node];
+        if let Some(&(u, sec)) = self.index.definitions(name).first() {
             let o = self.object(Obj::Unit(u));
             if let Some(s) =
                 o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name && !s.local)
@@ -534,7 +537,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if let Some(t) = self.bound(name, SectionKind::Text, 0) {
             return t;
         }
-        if let Some((obj, sec, value)) = self.pull(name) {
+        // The running executable takes it from a shared library: so will the patch.
+        let imported = self.input.base.imports(name);
+        if let Some((obj, sec, value)) = (!imported).then(|| self.pull(name)).flatten() {
             return self.named_defined(obj, sec, name, value);
         }
         if weak {
@@ -572,8 +577,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             }
             return Some(Target::Absolute(e.addr));
         }
-        let defs = self.input.base.lookup(name);
-        let Some(&first) = defs.first() else {
+        let Some((first, count)) = self.input.base.lookup(name) else {
             if state {
                 if let Some((_, old)) = self.input.base.same_path_state(name).first() {
                     let how = if old.size == size {
@@ -588,7 +592,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             return None;
         };
         let bias = self.input.base.load_bias;
-        if first.kind == BaseKind::Function || defs.len() == 1 || !state {
+        if first.kind == BaseKind::Function || count == 1 || !state {
             if state && size != 0 && first.size != size && first.kind != BaseKind::Function {
                 self.refuse(
                     name,
@@ -602,17 +606,14 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
         self.refuse(
             name,
-            format!(
-                "the running program defines {} statics named `{path}`; cannot tell which one",
-                defs.len()
-            ),
+            format!("the running program defines {count} statics named `{path}`; cannot tell which one"),
         );
         Some(Target::Zero)
     }
 
     /// A thread-local: the image's, one an earlier patch placed in the reserve, or a new one.
     fn tls_target(&mut self, name: &str, def: Option<(Obj, SecIdx, u64)>) -> Target {
-        if let Some(s) = self.input.base.lookup(name).iter().find(|s| s.kind == BaseKind::Tls) {
+        if let Some(s) = self.input.base.all(name).into_iter().find(|s| s.kind == BaseKind::Tls) {
             return Target::Tls(s.addr);
         }
         if self.input.base.same_path_state(name).iter().any(|(_, s)| s.kind == BaseKind::Tls) {
@@ -639,8 +640,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             return Target::Tls(reserve_off + off);
         }
         let def = def.or_else(|| {
-            let &node = self.graph.by_name.get(name)?.first()?;
-            let (u, sec) = self.graph.nodes[node];
+            let &(u, sec) = self.index.definitions(name).first()?;
             let o = self.object(Obj::Unit(u));
             let s = o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name)?;
             Some((Obj::Unit(u), sec, s.value))
@@ -675,7 +675,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 
     /// Finds `name` in an archive outside the workspace (std, dependencies) and loads that member.
+    /// The archive of the crate the symbol names is searched first; the index of every archive
+    /// is built only if that fails.
     fn pull(&mut self, name: &str) -> Option<(Obj, SecIdx, u64)> {
+        if let Some(found) = self.pull_from_named_crate(name) {
+            return self.load_member(name, found);
+        }
         if self.archive_symbols.is_none() {
             let mut index = HashMap::new();
             for (i, input) in self.input.link_inputs.iter().enumerate() {
@@ -690,7 +695,43 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             }
             self.archive_symbols = Some(index);
         }
-        let &(archive, offset) = self.archive_symbols.as_ref()?.get(name.as_bytes())?;
+        let &found = self.archive_symbols.as_ref()?.get(name.as_bytes())?;
+        self.load_member(name, found)
+    }
+
+    /// `core::fmt::…` is most likely in `libcore-<hash>.rlib`: look there with one pass over that
+    /// archive's symbol table.
+    fn pull_from_named_crate(&mut self, name: &str) -> Option<(usize, u64)> {
+        let path = crate::map::read::demangle(name);
+        let krate =
+            path.split("::").next().filter(|c| c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))?;
+        let prefix = format!("lib{krate}-");
+        for (i, input) in self.input.link_inputs.iter().enumerate() {
+            let file = input.path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
+            if !matches!(input.kind, InputKind::Archive | InputKind::SysrootArchive)
+                || !file.starts_with(&prefix)
+            {
+                continue;
+            }
+            let data = match self.archive_data.get(&i) {
+                Some(d) => *d,
+                None => {
+                    let d = self.input.arena.map(&input.path).ok()?;
+                    self.archive_data.insert(i, d);
+                    d
+                }
+            };
+            if let Some((_, offset)) =
+                archive_index(data).unwrap_or_default().into_iter().find(|(s, _)| *s == name.as_bytes())
+            {
+                return Some((i, offset));
+            }
+        }
+        None
+    }
+
+    /// Parses the member of archive `archive` at `offset` (once) and finds `name` in it.
+    fn load_member(&mut self, name: &str, (archive, offset): (usize, u64)) -> Option<(Obj, SecIdx, u64)> {
         let idx = match self.pulled_members.get(&(archive, offset)) {
             Some(&i) => i,
             None => {
@@ -715,31 +756,26 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         Some((Obj::Pulled(idx), sec, value))
     }
 
-    fn finish(
-        self,
-        graph: &Graph,
-        hot: &HotPoints,
-        copy: &HashSet<Node>,
-        changed: &HashSet<Node>,
-    ) -> Plan<'a> {
+    fn finish(self, hot: &HotPoints, copy: &HashSet<Loc>, changed: &HashSet<Loc>) -> Plan<'a> {
+        let index = self.index;
         let base = self.input.base;
         let bias = base.load_bias;
         let mut installs = Vec::new();
         let mut report = Report::default();
         for (&(obj, sec, piece), &id) in &self.included {
             let Obj::Unit(u) = obj else { continue };
-            let Some(node) = graph.node(u, sec) else { continue };
+            let node = (u, sec);
             if piece.is_some() {
                 continue;
             }
-            let name = graph.name(node).map(crate::map::read::demangle);
+            let name = index.name(node).map(crate::map::read::demangle);
             if changed.contains(&node) {
                 report.changed.extend(name.clone());
             } else if copy.contains(&node) {
                 report.carried.extend(name.clone());
             }
             if let Some(dispatch) = hot.roots.get(&node) {
-                let original = |n: Node| graph.name(n).and_then(|s| base.lookup(s).first().copied());
+                let original = |n: Loc| index.name(n).and_then(|s| base.lookup(s)).map(|(s, _)| s);
                 let install = match *dispatch {
                     Dispatch::Slot { slot } | Dispatch::Entry { slot } => {
                         original(slot).map(|s| Install::Slot(s.addr + bias))
@@ -782,6 +818,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
         installs.sort_by_key(|&(id, i)| (i, id));
         Plan {
+            steps: Vec::new(),
             chunks: self.chunks,
             eh_records: self.eh_records,
             imports: self.imports,

@@ -42,7 +42,7 @@ pub fn fdes_by_function(obj: &Object) -> HashMap<SecIdx, FdeInfo> {
             if id != 0 {
                 let cie_start = (pos + 4).checked_sub(id);
                 let pc_begin = (pos + 8) as u64;
-                let target = sec.relocs.iter().find(|r| r.offset == pc_begin);
+                let target = sec.relocs().iter().find(|r| r.offset == pc_begin);
                 if let (Some(cie_start), Some(r)) = (cie_start, target) {
                     if let Some(func) = obj.symbols[r.symbol].section() {
                         if let Some(cie_len) = record_len(data, cie_start) {
