@@ -24,6 +24,37 @@ mod listener;
 mod runtime;
 mod tls;
 
+/// Marks a function or method as a hot point: once a patch changes the function, or anything it
+/// reaches in the workspace, calls to it run the new code.
+///
+/// ```ignore
+/// #[ipbp::hot]
+/// fn update(state: &mut State, dt: f32) { /* ... */ }
+///
+/// impl Player {
+///     #[ipbp::hot]
+///     fn think(&mut self) -> Action { /* ... */ }
+/// }
+///
+/// #[ipbp::hot]                       // generic: each instance is redirected on its own
+/// fn describe<T: Display>(value: T) -> String { /* ... */ }
+///
+/// #[ipbp::hot]                       // async: the future is boxed, so its layout may change
+/// async fn handler(Json(req): Json<Req>) -> Json<Resp> { /* ... */ }
+/// ```
+///
+/// - Sync functions and methods (free, inherent, trait impls) cost one atomic load per call, and
+///   an indirect call once patched.
+/// - Generic functions (type parameters) are redirected per instance. A non-generic method of a
+///   generic `impl` needs `#[ipbp::hot(generic)]`; ipbp-ld says so when it meets one.
+/// - `async fn`s must be free functions with owned arguments; their future must be `Send` unless
+///   the attribute says `#[ipbp::hot(local)]`.
+/// - Not supported: `const fn`, variadic functions, `impl Trait` in argument or return position,
+///   const generic parameters (a compile error says so).
+/// - With `debug_assertions` off the function compiles exactly as written.
+///
+/// Changing a hot function's signature cannot be patched: callers compiled against the old one
+/// would call the new one. ipbp-ld detects it and keeps the old version running.
 pub use ipbp_macros::hot;
 
 /// Opts this process in to hot patching. Call it early in `main`; calling it again does nothing.

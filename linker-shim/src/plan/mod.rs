@@ -186,10 +186,8 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         .collect();
     unreached.sort();
     unreached.dedup();
-    for f in unreached {
-        notes.push(format!(
-            "`{f}` changed but no hot point reaches it; the running process keeps its old code"
-        ));
+    if !unreached.is_empty() {
+        notes.push(unreached_note(&unreached));
     }
     for &n in &hot.shared {
         if copy.contains(&n) {
@@ -213,6 +211,22 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
     Ok(plan)
+}
+
+/// One line for every changed function no hot point reaches (often code of `main`, or code that
+/// compiled differently only because a dependency now provides a generic instance itself).
+fn unreached_note(functions: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let names: Vec<String> = functions.iter().take(SHOWN).map(|f| format!("`{f}`")).collect();
+    let more = match functions.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!(" and {n} more"),
+    };
+    let pronoun = if functions.len() == 1 { "it" } else { "them" };
+    format!(
+        "{}{more} changed but no hot point reaches {pronoun}; the running process keeps the old code there",
+        names.join(", ")
+    )
 }
 
 fn sorted(set: &HashSet<Loc>) -> Vec<Loc> {
@@ -496,7 +510,10 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 self.private_slots.insert(slot, id);
                 Some(Target::Chunk(id, 0))
             }
-            Dispatch::Key { .. } if name.starts_with("_ZN4ipbp8dispatch3key17h") => Some(Target::Zero),
+            // A patched copy of a generic hot function must not find itself in the redirect table:
+            // its key becomes its own address, which no table entry uses (keys are addresses in
+            // the running image), and which a PC-relative reference can reach.
+            Dispatch::Key { .. } if name.starts_with(graph::KEY_MARK) => Some(Target::Chunk(from?, 0)),
             _ => None,
         }
     }

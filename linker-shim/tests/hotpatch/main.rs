@@ -320,3 +320,21 @@ fn two_processes_of_one_binary_are_both_patched() {
     first.wait_for_ticks(m1, &THREADS, "the edit in the first process", |t| t.get("msg") == "both");
     second.wait_for_ticks(m2, &THREADS, "the edit in the second process", |t| t.get("msg") == "both");
 }
+
+/// Closures run through `ipbp::call` and generic hot functions, both called from code that is
+/// never patched (the thread loop): their new versions are found through the redirect table.
+#[test]
+fn closures_through_ipbp_call_and_generic_hot_functions_are_patched() {
+    let (project, app) = running_counter();
+    let mark = app.mark();
+    project.edit(MAIN, r#"format!("banner-{t}")"#, r#"format!("flag-{t}")"#);
+    project.edit(MAIN, r#"format!("<{value}>")"#, r#"format!("[{value}]")"#);
+    build_and_expect_patched(&project, &app);
+    app.wait_for_ticks(mark, &THREADS, "the new closure and generic function", |t| {
+        t.get("banner") == format!("flag-{}", t.thread) && t.get("gen") == format!("[{}]", t.thread)
+    });
+    let manifest = project.manifest(app.pid, 1);
+    let redirects =
+        manifest["installs"].as_array().unwrap().iter().filter(|i| i["kind"] == "redirect").count();
+    assert_eq!(redirects, 2, "expected one redirect for the closure and one for the generic: {manifest:#}");
+}

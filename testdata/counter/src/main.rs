@@ -1,7 +1,9 @@
 //! The counter app of ipbp's end-to-end tests: three threads call hot points in a loop and print
 //! what they see, so a test can edit the source, rebuild, and watch the running process change.
 //!
-//! Each line: `tick thread=<t> msg=<..> greet=<..> deep=<..> extra=<..> global=<n> local=<n>`.
+//! Each line: `tick thread=<t> msg=<..> greet=<..> deep=<..> extra=<..> global=<n> local=<n>
+//! banner=<..> gen=<..>`; `banner` comes from a closure run through `ipbp::call`, `gen` from a
+//! generic hot function, both called from the (never patched) thread loop.
 //! `global` counts calls in a `static`, `local` in a `thread_local!`: both must keep counting
 //! across patches.
 
@@ -61,6 +63,11 @@ fn extra() -> String {
     String::from("none")
 }
 
+#[ipbp::hot]
+fn describe<T: std::fmt::Display>(value: T) -> String {
+    format!("<{value}>")
+}
+
 fn main() {
     ipbp::init();
     std::panic::set_hook(Box::new(|info| {
@@ -80,7 +87,8 @@ fn main() {
                 loop {
                     let line = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tick(t, &mut greeter)))
                         .unwrap_or_else(|_| format!("tick thread={t} caught-panic"));
-                    println!("{line}");
+                    let banner = ipbp::call(|| format!("banner-{t}"));
+                    println!("{line} banner={banner} gen={}", describe(t));
                     std::thread::sleep(Duration::from_millis(period));
                 }
             })
