@@ -283,3 +283,61 @@ fn symbols_and_map_work_on_a_binary_that_ipbp_ld_did_not_link() {
     run.assert_code(1);
     assert!(run.stderr.contains(&shim().display().to_string()), "{run}");
 }
+
+/// rustc talks to a linker named `*-ld` in GNU ld style; ipbp-ld turns that into the cc + lld
+/// command rustc runs by default. Codegen and link options that change that command must come out
+/// the same: each variant is built with the plain linker and through ipbp-ld in one target
+/// directory, and the two executables must be byte-identical.
+#[test]
+fn link_options_give_the_same_executable_through_ipbp_ld() {
+    let variants = [
+        ("static", "-C relocation-model=static"),
+        ("crt-static", "-C target-feature=+crt-static"),
+        ("wl-option", "-C link-arg=-Wl,-O1"),
+        ("fuse-ld", "-C link-arg=-fuse-ld=bfd"),
+    ];
+    let project = tiny(HELLO);
+    for (config, flags) in variants {
+        let build = |linker: Linker| {
+            let run = project.cargo(linker, config, &["build", "--locked"]).env("RUSTFLAGS", flags).run();
+            assert!(run.success(), "[{flags}] build with {linker:?} failed: {run}");
+            run
+        };
+        build(Linker::Plain);
+        let binary = project.target(config).join("debug/tiny");
+        let plain = support::read_bytes(&binary);
+        project.touch("src/main.rs");
+        build(Linker::Shim);
+        let shim = support::read_bytes(&binary);
+        assert!(plain == shim, "[{flags}] the executable linked through ipbp-ld differs from the plain one");
+        let run = run_program(&binary, &[] as &[&str]);
+        assert_eq!(run.stdout, "hello from tiny\n", "[{flags}] {run}");
+    }
+}
+
+/// A word that is no subcommand is a usage error, not a link.
+#[test]
+fn a_mistyped_subcommand_is_a_usage_error() {
+    let dir = tempfile::tempdir_in(support::scratch_root()).unwrap();
+    for args in [vec!["symbol", "target/debug/app"], vec![]] {
+        let run = ipbp_ld(dir.path(), &args);
+        run.assert_code(2).assert_no_panic();
+        assert!(!run.stderr.contains("cc:"), "the real linker ran: {run}");
+    }
+    assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none(), "something was written");
+}
+
+/// A real linker that calls ipbp-ld again (a wrapper script named by IPBP_LINKER) would recurse
+/// forever; the inner ipbp-ld refuses instead.
+#[test]
+fn a_real_linker_that_calls_ipbp_ld_again_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let project = tiny(HELLO);
+    let wrapper = project.root().join("wrap-cc");
+    std::fs::write(&wrapper, format!("#!/bin/sh\nexec '{}' \"$@\"\n", shim().display())).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run =
+        project.cargo(Linker::Shim, "wrapped", &["build", "--locked"]).env("IPBP_LINKER", &wrapper).run();
+    run.assert_failure().assert_no_panic();
+    assert!(run.stderr.contains("ipbp-ld itself, or calls it again"), "{run}");
+}

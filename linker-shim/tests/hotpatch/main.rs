@@ -93,7 +93,7 @@ fn counter_edit_shows_new_text_and_keeps_static_and_thread_local_state() {
     );
     build_and_expect_patched(&project, &app);
     let after = app.wait_for_ticks(mark, &THREADS, "the method's new text", |t| {
-        t.get("greet") == format!("g{}-shouts-hi!", t.thread) && t.get("msg") == "bonjour"
+        t.get("greet").starts_with(&format!("g{}-shouts-hi!#", t.thread)) && t.get("msg") == "bonjour"
     });
     assert_state_kept(&before, &after, &app);
     assert_eq!(
@@ -104,13 +104,25 @@ fn counter_edit_shows_new_text_and_keeps_static_and_thread_local_state() {
 }
 
 /// Test 2: an edit in a library crate of the app's workspace is patched like one in the binary.
+/// The library's own thread-local (reached general-dynamic, through `__tls_get_addr`) keeps
+/// counting in every thread.
 #[test]
 fn workspace_library_edit_is_patched() {
     let (project, app) = running_counter();
+    let before = app.wait_for_ticks(app.mark(), &THREADS, "a tick before the edit", |_| true);
     let mark = app.mark();
     project.edit("words/src/lib.rs", r#"format!("{w}!")"#, r#"format!("{w}?!")"#);
     build_and_expect_patched(&project, &app);
-    app.wait_for_ticks(mark, &THREADS, "the library's new text", |t| t.get("greet").ends_with("-says-hi?!"));
+    let after = app
+        .wait_for_ticks(mark, &THREADS, "the library's new text", |t| t.get("greet").contains("-says-hi?!#"));
+    let calls = |t: &Tick| -> u64 { t.get("greet").rsplit('#').next().unwrap().parse().unwrap() };
+    for (b, a) in before.iter().zip(&after) {
+        assert!(
+            calls(a) > calls(b),
+            "thread {}'s thread-local in the library restarted: {b:?} then {a:?}",
+            a.thread
+        );
+    }
 }
 
 /// Test 3: only a private helper three calls below the hot point changes.
@@ -253,6 +265,27 @@ fn unpatchable_edits_are_explained_and_the_app_keeps_running() {
     let (project, mut app) = running_counter();
     let original = project.read(MAIN);
 
+    // Only the initial value of a live static changes: state is kept, and the output says so.
+    project.edit(
+        MAIN,
+        "static TICKS: AtomicUsize = AtomicUsize::new(0);",
+        "static TICKS: AtomicUsize = AtomicUsize::new(1000);",
+    );
+    let run = project.build();
+    let note = status_lines(&run).into_iter().find(|l| l.contains("initial value of `counter::TICKS`"));
+    assert!(
+        note.is_some_and(|n| n.contains("keeps its current value")),
+        "no note about the initializer: {run}"
+    );
+    let mark = app.mark();
+    let ticks = app.wait_for_ticks(mark, &THREADS, "a tick after the initializer edit", |_| true);
+    assert!(
+        ticks.iter().all(|t| t.global < 1000),
+        "the static was reset to its new initial value: {}",
+        app.dump()
+    );
+    project.write(MAIN, &original);
+
     // A live static changes type.
     project.edit(
         MAIN,
@@ -337,4 +370,43 @@ fn closures_through_ipbp_call_and_generic_hot_functions_are_patched() {
     let redirects =
         manifest["installs"].as_array().unwrap().iter().filter(|i| i["kind"] == "redirect").count();
     assert_eq!(redirects, 2, "expected one redirect for the closure and one for the generic: {manifest:#}");
+}
+
+/// Threads calling a hot function while a patch is applied see the old code or the new code,
+/// never a mix: `pair()` returns the results of two helpers that an edit changes together, and a
+/// thread calling it in bursts counts every call that saw one old and one new.
+#[test]
+fn calls_during_a_patch_see_old_or_new_code_never_a_mix() {
+    let project = scenario("counter");
+    project.build();
+    let app = project.start("counter", &[("COUNTER_PERIOD_MS", "200"), ("COUNTER_PAIRS", "1")]);
+    app.wait_for(0, "a pairs report", |l| l.starts_with("pairs "));
+    let mark = app.mark();
+    project.edit(MAIN, "fn left() -> u32 {\n    1\n}", "fn left() -> u32 {\n    2\n}");
+    project.edit(MAIN, "fn right() -> u32 {\n    1\n}", "fn right() -> u32 {\n    2\n}");
+    build_and_expect_patched(&project, &app);
+    let new =
+        app.wait_for(mark, "pairs from the new code", |l| l.starts_with("pairs ") && l.ends_with("last=2/2"));
+    let reports: Vec<String> = app.lines_since(0).into_iter().filter(|l| l.starts_with("pairs ")).collect();
+    assert!(reports.len() >= 2, "{}", app.dump());
+    for r in &reports {
+        assert!(r.contains(" mixed=0 "), "a call saw old and new code at once: {r}\n{}", app.dump());
+    }
+    assert!(new.contains(" mixed=0 "), "{new}");
+}
+
+/// A process that is gone (killed, so it could not unregister) is ignored by the next build, and
+/// its registration removed.
+#[test]
+fn registrations_of_dead_processes_are_cleaned() {
+    let (project, mut app) = running_counter();
+    let pid = app.pid;
+    let registration = project.home.join(format!("{pid}.process"));
+    assert!(registration.exists());
+    app.kill();
+    project.edit(MAIN, r#"let msg = "hello";"#, r#"let msg = "nobody-listens";"#);
+    let run = project.build();
+    assert!(status_lines(&run).iter().all(|l| !l.contains(&format!("(pid {pid})"))), "{run}");
+    assert!(!registration.exists(), "the registration of dead process {pid} was not removed");
+    assert!(!project.home.join(format!("{pid}.sock")).exists(), "its socket was not removed");
 }

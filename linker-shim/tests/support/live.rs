@@ -215,6 +215,12 @@ impl Running {
         self.lines_since(mark).iter().filter_map(|l| Tick::parse(l)).collect()
     }
 
+    /// Kills the process (SIGKILL: it cannot clean up) and waits for it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

@@ -68,6 +68,38 @@ fn describe<T: std::fmt::Display>(value: T) -> String {
     format!("<{value}>")
 }
 
+/// Two values that must always agree: a call sees both helpers old or both new, never a mix.
+#[ipbp::hot]
+fn pair() -> (u32, u32) {
+    (left(), right())
+}
+
+fn left() -> u32 {
+    1
+}
+
+fn right() -> u32 {
+    1
+}
+
+/// Calls `pair` in bursts (as fast as it can, then a short rest) and reports how many calls saw a
+/// mixed result.
+fn pairs_forever() {
+    let (mut calls, mut mixed) = (0u64, 0u64);
+    loop {
+        let mut last = (0, 0);
+        for _ in 0..20_000 {
+            last = pair();
+            calls += 1;
+            if last.0 != last.1 {
+                mixed += 1;
+            }
+        }
+        println!("pairs calls={calls} mixed={mixed} last={}/{}", last.0, last.1);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn main() {
     ipbp::init();
     std::panic::set_hook(Box::new(|info| {
@@ -94,6 +126,9 @@ fn main() {
             })
         })
         .collect();
+    if std::env::var_os("COUNTER_PAIRS").is_some() {
+        std::thread::spawn(pairs_forever);
+    }
     for t in threads {
         let _ = t.join();
     }
