@@ -10,6 +10,7 @@ pub mod deliver;
 pub mod diff;
 pub mod emit;
 pub mod error;
+pub mod index;
 pub mod link;
 pub mod map;
 pub mod objects;

@@ -11,6 +11,7 @@
 use crate::capture::args::{LinkCommand, OutputKind};
 use crate::capture::forward::{exit_like, RealLinker};
 use crate::capture::inputs;
+use crate::error::Context;
 use crate::map::record;
 use crate::map::store::{output_name, IpbpDir};
 use crate::status::Status;
@@ -159,6 +160,21 @@ fn finish_recording(
     name: &str,
     status: &mut Status,
 ) {
+    // The link index first: a patch of this build needs it; the JSON map is for people.
+    let index = crate::index::path_for(&dir.map_dir(name), &pending.build_id);
+    let arena = crate::objects::load::Arena::default();
+    let workspace = crate::diff::units::Workspace::new();
+    let written =
+        crate::index::build::build(&arena, Some(output), &inputs, &workspace, true).and_then(|bytes| {
+            crate::map::store::write_atomically(&index, |out| out.write_all(&bytes))
+                .with_context(|| format!("cannot write {}", index.display()))
+        });
+    if let Err(e) = written {
+        status.warn(&format!(
+            "no link index written for {} ({e}); patching it will be slower",
+            output.display()
+        ));
+    }
     if let Err(e) = record::finish(pending, output, inputs, dir) {
         status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
     }

@@ -157,7 +157,8 @@ fn print_summary(args: &Args, d: &SymbolDiff) {
 
 /// `--code`: the stage-3 diff between two recorded builds.
 fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, Error> {
-    use crate::diff::units::{load, Workspace};
+    use crate::diff::units::{Build, Workspace};
+    use crate::index::{build::build, LinkIndex};
     let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::map::schema::Input>, Error> {
         if m.inputs.is_empty() {
             let found = super::map::find_map(path, &m.build_id).ok_or_else(|| {
@@ -171,8 +172,11 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
     let (old_inputs, new_inputs) = (inputs(old, &args.old)?, inputs(new, &args.new)?);
     let arena = crate::objects::load::Arena::default();
     let ws = Workspace::new();
-    let base = load(&arena, &old_inputs, &new_inputs, &ws, true)?;
-    let current = load(&arena, &new_inputs, &old_inputs, &ws, true)?;
+    let old_index = arena.keep(build(&arena, None, &old_inputs, &ws, true)?);
+    let new_index = arena.keep(build(&arena, None, &new_inputs, &ws, true)?);
+    let parse = |bytes| LinkIndex::parse(bytes).map_err(|e| crate::err!("{e}"));
+    let base = Build::from_index(&arena, &parse(old_index)?, &old_inputs, true)?;
+    let current = Build::from_index(&arena, &parse(new_index)?, &new_inputs, true)?;
     if let Some(name) = &args.explain {
         for line in crate::diff::explain(&base, &current, name)? {
             println!("{line}");

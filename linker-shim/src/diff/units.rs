@@ -7,19 +7,28 @@
 //! code, which lands in workspace objects.
 
 use crate::error::{Context, Result};
+use crate::index::LinkIndex;
 use crate::map::schema::{Input, InputKind};
 use crate::objects::load::{archive_members, parse, Arena, Unit};
-use crate::objects::Object;
+use crate::objects::{Object, Origin};
 use std::cell::OnceCell;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-/// One object of the workspace in one build.
+/// One object of the workspace in one build. Known by key and content hash without being read:
+/// the file is mapped and parsed only when something asks for its object.
 pub struct WorkUnit<'a> {
     /// Pairs this unit with its counterpart in another build (see [`unit_key`]).
     pub key: String,
+    /// xxh3-128 of the unit's bytes.
     pub hash: u128,
-    pub unit: Unit<'a>,
+    /// The input as linked (object, or archive and member).
+    pub origin: Origin,
+    /// Its number in the build's input list.
+    pub input: u32,
+    /// The file to read: the input itself, or its kept copy.
+    file: PathBuf,
+    arena: &'a Arena,
     object: OnceCell<Result<Object<'a>, String>>,
 }
 
@@ -29,12 +38,30 @@ impl<'a> WorkUnit<'a> {
         self.object.get().and_then(|r| r.as_ref().ok())
     }
 
-    /// The parsed object (parsed on first use).
+    /// The parsed object (mapped and parsed on first use).
     pub fn object(&self) -> Result<&Object<'a>> {
         self.object
-            .get_or_init(|| parse(&self.unit).map_err(|e| e.to_string()))
+            .get_or_init(|| self.read().map_err(|e| e.to_string()))
             .as_ref()
             .map_err(|e| crate::err!("{e}"))
+    }
+
+    fn read(&self) -> Result<Object<'a>> {
+        let data = self.arena.map(&self.file).with_context(|| {
+            format!(
+                "cannot read link input {} (kept for {})",
+                self.file.display(),
+                self.origin.path.display()
+            )
+        })?;
+        let unit = match &self.origin.member {
+            None => Unit { origin: self.origin.clone(), data },
+            Some(member) => archive_members(&self.origin.path, data)?
+                .into_iter()
+                .find(|m| m.origin.member.as_deref() == Some(member))
+                .with_context(|| format!("{} has no member {member} any more", self.file.display()))?,
+        };
+        parse(&unit)
     }
 }
 
@@ -48,68 +75,155 @@ impl<'a> Build<'a> {
     pub fn get(&self, key: &str) -> Option<&WorkUnit<'a>> {
         self.by_key.get(key).map(|&i| &self.units[i])
     }
-}
 
-/// Loads the workspace units of a build. `stored` says whether to read inputs from the kept copies
-/// (a base build, whose files rustc has since replaced or deleted) or from their paths (the build
-/// being linked now). `other` is the other build's inputs: units are identified by the content
-/// fingerprints capture already computed, so nothing is hashed again, except the members of an
-/// archive that differs between the two builds.
-pub fn load<'a>(
-    arena: &'a Arena,
-    inputs: &[Input],
-    other: &[Input],
-    workspace: &Workspace,
-    stored: bool,
-) -> Result<Build<'a>> {
-    let other_fp: HashMap<&Path, Option<&str>> =
-        other.iter().map(|i| (i.path.as_path(), i.fingerprint.as_deref())).collect();
-    let mut units = Vec::new();
-    for input in inputs {
-        let is_unit = match input.kind {
-            InputKind::Object => !is_rustc_symbols_object(&input.path),
-            InputKind::Archive => workspace.contains_archive(&input.path),
-            _ => false,
-        };
-        if !is_unit {
-            continue;
-        }
-        let path = match (stored, &input.stored) {
-            (true, Some(kept)) => kept.clone(),
-            (true, None) => crate::bail!(
-                "the running build's copy of {} was not kept (see the warning of that build)",
-                input.path.display()
-            ),
-            (false, _) => input.path.clone(),
-        };
-        let data = arena.map(&path).with_context(|| {
-            format!("cannot read link input {} (kept for {})", path.display(), input.path.display())
-        })?;
-        let fingerprint = input.fingerprint.as_deref().and_then(fingerprint_hash);
-        if input.kind == InputKind::Object {
-            let unit =
-                Unit { origin: crate::objects::Origin { path: input.path.clone(), member: None }, data };
-            let hash = fingerprint.unwrap_or_else(|| xxhash_rust::xxh3::xxh3_128(data));
-            units.push(work_unit(unit_key(&input.path, None), hash, unit));
-            continue;
-        }
-        let unchanged = other_fp.get(input.path.as_path()) == Some(&input.fingerprint.as_deref());
-        for member in archive_members(&input.path, data)? {
-            let key = unit_key(&input.path, member.origin.member.as_deref());
-            let hash = match (unchanged, fingerprint) {
-                // The same archive in both builds: its members are the same too.
-                (true, Some(fp)) => xxhash_rust::xxh3::xxh3_128_with_seed(key.as_bytes(), fp as u64),
-                _ => xxhash_rust::xxh3::xxh3_128(member.data),
-            };
-            units.push(work_unit(key, hash, member));
-        }
+    pub fn position(&self, key: &str) -> Option<usize> {
+        self.by_key.get(key).copied()
     }
-    let by_key = units.iter().enumerate().map(|(i, u)| (u.key.clone(), i)).collect();
-    Ok(Build { units, by_key })
+
+    fn new(units: Vec<WorkUnit<'a>>) -> Self {
+        let by_key = units.iter().enumerate().map(|(i, u)| (u.key.clone(), i)).collect();
+        Build { units, by_key }
+    }
+
+    /// The units of a build as its link index lists them. `inputs` is the build's input list
+    /// (the index refers to inputs by number); `stored` reads the kept copies.
+    pub fn from_index(arena: &'a Arena, index: &LinkIndex, inputs: &[Input], stored: bool) -> Result<Self> {
+        let mut units = Vec::new();
+        for u in index.units() {
+            let input = inputs.get(u.input as usize).with_context(|| {
+                format!("the link index names input {} of {} inputs", u.input, inputs.len())
+            })?;
+            let member = (!u.member.is_empty()).then(|| u.member.to_string());
+            units.push(WorkUnit {
+                key: u.key.to_string(),
+                hash: u.hash,
+                origin: Origin { path: input.path.clone(), member },
+                input: u.input,
+                file: file_of(input, stored)?,
+                arena,
+                object: OnceCell::new(),
+            });
+        }
+        Ok(Build::new(units))
+    }
+
+    /// The units of the build being linked now. Objects are known by the fingerprints capture
+    /// computed; an archive unchanged since the base build has the members the base's index lists;
+    /// only an archive that changed is listed and its members hashed.
+    pub fn current(
+        arena: &'a Arena,
+        inputs: &[Input],
+        base_inputs: &[Input],
+        base_index: &LinkIndex,
+        workspace: &Workspace,
+    ) -> Result<Self> {
+        let base_fp: HashMap<&Path, (usize, Option<&str>)> = base_inputs
+            .iter()
+            .enumerate()
+            .map(|(i, b)| (b.path.as_path(), (i, b.fingerprint.as_deref())))
+            .collect();
+        let mut base_members: HashMap<u32, Vec<crate::index::Unit>> = HashMap::new();
+        for u in base_index.units() {
+            base_members.entry(u.input).or_default().push(u);
+        }
+        let mut units = Vec::new();
+        for (number, input) in inputs.iter().enumerate() {
+            if !is_unit_input(input, workspace) {
+                continue;
+            }
+            let file = file_of(input, false)?;
+            let unit = |key: String, hash: u128, member: Option<String>| WorkUnit {
+                key,
+                hash,
+                origin: Origin { path: input.path.clone(), member },
+                input: number as u32,
+                file: file.clone(),
+                arena,
+                object: OnceCell::new(),
+            };
+            let fingerprint = input.fingerprint.as_deref().and_then(fingerprint_hash);
+            if input.kind == InputKind::Object {
+                let hash = match fingerprint {
+                    Some(h) => h,
+                    None => xxhash_rust::xxh3::xxh3_128(arena.map(&file)?),
+                };
+                units.push(unit(unit_key(&input.path, None), hash, None));
+                continue;
+            }
+            let same =
+                base_fp.get(input.path.as_path()).filter(|(_, fp)| *fp == input.fingerprint.as_deref());
+            match same.and_then(|(i, _)| base_members.get(&(*i as u32))) {
+                Some(members) => {
+                    for m in members {
+                        units.push(unit(m.key.to_string(), m.hash, Some(m.member.to_string())));
+                    }
+                }
+                None => {
+                    for member in archive_members(&input.path, arena.map(&file)?)? {
+                        let name = member.origin.member.clone();
+                        let key = unit_key(&input.path, name.as_deref());
+                        units.push(unit(key, xxhash_rust::xxh3::xxh3_128(member.data), name));
+                    }
+                }
+            }
+        }
+        Ok(Build::new(units))
+    }
 }
 
-fn work_unit(key: String, hash: u128, unit: Unit<'_>) -> WorkUnit<'_> {
-    WorkUnit { key, hash, unit, object: OnceCell::new() }
+impl<'a> Build<'a> {
+    /// Every unit of a build, each hashed from its bytes: what a link index records.
+    pub fn all(arena: &'a Arena, inputs: &[Input], workspace: &Workspace, stored: bool) -> Result<Self> {
+        let mut units = Vec::new();
+        for (number, input) in inputs.iter().enumerate() {
+            if !is_unit_input(input, workspace) {
+                continue;
+            }
+            let file = file_of(input, stored)?;
+            let data = arena.map(&file)?;
+            let unit = |key: String, hash: u128, member: Option<String>| WorkUnit {
+                key,
+                hash,
+                origin: Origin { path: input.path.clone(), member },
+                input: number as u32,
+                file: file.clone(),
+                arena,
+                object: OnceCell::new(),
+            };
+            if input.kind == InputKind::Object {
+                units.push(unit(unit_key(&input.path, None), xxhash_rust::xxh3::xxh3_128(data), None));
+                continue;
+            }
+            for member in archive_members(&input.path, data)? {
+                let name = member.origin.member.clone();
+                let key = unit_key(&input.path, name.as_deref());
+                units.push(unit(key, xxhash_rust::xxh3::xxh3_128(member.data), name));
+            }
+        }
+        Ok(Build::new(units))
+    }
+}
+
+/// The file a unit of `input` is read from.
+fn file_of(input: &Input, stored: bool) -> Result<PathBuf> {
+    match (stored, &input.stored) {
+        (true, Some(kept)) => Ok(kept.clone()),
+        (true, None) => crate::bail!(
+            "the running build's copy of {} was not kept (see the warning of that build)",
+            input.path.display()
+        ),
+        (false, _) => Ok(input.path.clone()),
+    }
+}
+
+/// Whether an input holds workspace units: an object (other than rustc's `symbols.o`) or a
+/// workspace rlib.
+pub fn is_unit_input(input: &Input, workspace: &Workspace) -> bool {
+    match input.kind {
+        InputKind::Object => !is_rustc_symbols_object(&input.path),
+        InputKind::Archive => workspace.contains_archive(&input.path),
+        _ => false,
+    }
 }
 
 /// `xxh3:<hex>` → the 128-bit value.

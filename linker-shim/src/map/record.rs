@@ -163,6 +163,7 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>) -> Re
         }
         let _ = std::fs::remove_file(dir.map_path(output_name, id));
         let _ = std::fs::remove_file(dir.inputs_path(output_name, id));
+        let _ = std::fs::remove_file(crate::index::path_for(&map_dir, id));
         removed += 1;
     }
     if removed > 0 {

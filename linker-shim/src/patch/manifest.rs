@@ -32,6 +32,8 @@ struct Manifest<'a> {
     file_size: Option<u64>,
     workspace_objects: usize,
     changed_objects: usize,
+    /// What planning looked at (hot points, sections and units reached).
+    planning: Vec<(&'static str, usize)>,
     report: &'a Report,
     /// Old → new: hot slots and redirect-table keys, with the function now called.
     installs: Vec<InstallRecord>,
@@ -131,6 +133,7 @@ pub fn write(
         file_size,
         workspace_objects: diff.units_total,
         changed_objects: diff.units_changed,
+        planning: plan.stats.clone(),
         report: &plan.report,
         installs,
         chunks,

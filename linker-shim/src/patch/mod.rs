@@ -6,9 +6,10 @@
 
 mod manifest;
 
-use crate::diff::units::{self, Workspace};
+use crate::diff::units::{self, Build, Workspace};
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
+use crate::index::LinkIndex;
 use crate::map::record::read_inputs_list;
 use crate::map::schema::Input;
 use crate::map::store::{output_name, IpbpDir};
@@ -19,7 +20,7 @@ use crate::status::{Status, Tone};
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, LedgerEntry};
 use ipbp::registry::{self, BuildRecord, Registration};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Builds and delivers a patch to every live process of the program being linked.
@@ -175,15 +176,31 @@ fn patch_process(
     }
     let arena = Arena::default();
     let ws = Workspace::new();
-    let base = units::load(&arena, &base_inputs, inputs, &ws, true)?;
-    let current = units::load(&arena, inputs, &base_inputs, &ws, false)?;
+    let exe = PathBuf::from(format!("/proc/{}/exe", reg.pid));
+    let index_data = match base_index_file(build) {
+        Some(path) => arena.map(&path)?,
+        // A build recorded by an older ipbp-ld, or whose index was lost: build it now, and keep it
+        // for the next patch of this process.
+        None => {
+            let bytes = crate::index::build::build(&arena, Some(&exe), &base_inputs, &ws, true)?;
+            if let Some(dir) = build.inputs.parent() {
+                let path = crate::index::path_for(dir, &build.build_id);
+                let _ = crate::map::store::write_atomically(&path, |out| out.write_all(&bytes));
+            }
+            arena.keep(bytes)
+        }
+    };
+    let base_index =
+        LinkIndex::parse(index_data).map_err(|e| crate::err!("the base build's link index: {e}"))?;
+    let base = Build::from_index(&arena, &base_index, &base_inputs, true)?;
+    let current = Build::current(&arena, inputs, &base_inputs, &base_index, &ws)?;
     clock.step("load units");
-    let image = BaseImage::read(&arena, Path::new(&format!("/proc/{}/exe", reg.pid)), hello.load_bias)?;
+    let image = BaseImage::read(&arena, &exe, hello.load_bias, base_index)?;
     clock.step("base image");
     if image.build_id != reg.build_id {
         crate::bail!("its executable has build id {}, not {}", image.build_id, reg.build_id);
     }
-    let index = plan::graph::Index::new(&current)?;
+    let index = plan::graph::Index::new(&current, Some(&base_index))?;
     clock.step("index");
     let d = diff::diff(&base, &current, &|n| index.defines(n))?;
     clock.step("diff");
@@ -297,7 +314,7 @@ fn tls_facts(
     notes: &mut Vec<String>,
 ) -> (Option<(u64, u64)>, i64) {
     let formula = image.tls_tp_offset().unwrap_or(0);
-    let Some((_, reserve)) = image.find_tls("4ipbp3tls7RESERVE") else { return (None, formula) };
+    let Some(reserve) = image.tls_reserve() else { return (None, formula) };
     let Some((tpoff, size)) = hello.tls_reserve else { return (None, formula) };
     let measured = tpoff - reserve.addr as i64;
     if measured != formula {
@@ -306,6 +323,14 @@ fn tls_facts(
         ));
     }
     (Some((reserve.addr, size)), measured)
+}
+
+/// The base build's link index, once the detached writer of that build is done with it.
+fn base_index_file(build: &BuildRecord) -> Option<PathBuf> {
+    let dir = build.inputs.parent()?;
+    crate::map::record::wait_for_writer(dir);
+    let path = crate::index::path_for(dir, &build.build_id);
+    path.is_file().then_some(path)
 }
 
 /// Serialises patch building for one process across concurrent links.

@@ -1,18 +1,20 @@
-//! The reference graph of the current build's workspace code, its hot points, and from them the
-//! set of functions a patch must carry.
+//! The reference graph of the workspace code, its hot points, and from them the set of functions a
+//! patch must carry.
 //!
 //! A call through a hot point must run the newest code of everything it reaches. So a patch
-//! carries every changed function reachable from a hot point, plus every unchanged function or
+//! carries every changed function that a hot point reaches, plus every unchanged function or
 //! constant (vtables, tables of function pointers) on a path from a hot point to one: their copies
 //! call the new code directly, and the hot point's slot switches to the new top of the chain in one
 //! store. Paths stop at other hot points, which dispatch on their own, and at writable statics,
 //! which are state and are never copied.
 //!
-//! Cost grows with what the hot points reach, not with the program: the [`Index`] reads symbol
-//! tables only; relocations are decoded for the few units that hold hot points and for the
-//! sections the search from them reaches.
+//! The search goes *up* from the changed code: who refers to it, who refers to those, until hot
+//! points. Its cost follows the callers of the edit, not the size of the program. Who refers to
+//! what is read from the base build's link index for the units that did not change, and computed
+//! here only for the units that did.
 
 use crate::diff::units::Build;
+use crate::index::LinkIndex;
 use crate::objects::{Object, SecIdx, Section, SectionKind, SymbolKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -27,32 +29,61 @@ pub const KEY_MARK: &str = "_ZN4ipbp8dispatch3key17h";
 /// `ipbp::call::<F, R>` instances.
 pub const CALL_MARK: &str = "_ZN4ipbp4call17h";
 
-/// Where the current build defines what, from symbol tables only.
+/// Where a build defines what, and who refers to what. Units read here (all of them without a
+/// base index; only the changed ones with one) are parsed; for the others the base build's link
+/// index answers, since an unchanged unit defines and refers to what it did then.
 pub struct Index<'b, 'a> {
     pub build: &'b Build<'a>,
-    /// Every named symbol (locals too) → the sections defining it.
+    /// Names (locals too) defined in the units read here → their sections.
     by_name: HashMap<&'a str, Vec<Loc>>,
-    /// Non-local names only: how an undefined reference in one unit finds its definition.
+    /// Non-local names of the units read here.
     globals: HashMap<&'a str, Loc>,
-    /// Units whose symbol tables mention hot slots, dispatch keys or `ipbp::call` instances.
+    /// The base build's index, and for each of its units the same unit in this build if its
+    /// content did not change.
+    base: Option<(&'b LinkIndex<'b>, Vec<Option<usize>>)>,
+    /// For each unit of this build, its number in the base index if it did not change.
+    base_number: Vec<Option<u32>>,
+    /// Units read here.
+    read: Vec<usize>,
+    /// Units that mention hot slots, dispatch keys or `ipbp::call` instances.
     hot_units: Vec<usize>,
+    /// Who refers to what, among the units read here: target → referrers.
+    referrers: HashMap<Loc, Vec<Loc>>,
 }
 
 impl<'b, 'a> Index<'b, 'a> {
-    pub fn new(build: &'b Build<'a>) -> crate::error::Result<Self> {
+    /// `base` is the base build's link index; without one, every unit is read.
+    pub fn new(build: &'b Build<'a>, base: Option<&'b LinkIndex<'b>>) -> crate::error::Result<Self> {
+        let mut same_in_current = Vec::new();
+        let mut base_number = vec![None; build.units.len()];
+        let mut hot_units = Vec::new();
+        if let Some(base) = base {
+            for (n, u) in base.units().enumerate() {
+                let now = build.position(u.key).filter(|&i| build.units[i].hash == u.hash);
+                if let Some(i) = now {
+                    base_number[i] = Some(n as u32);
+                    if u.flags & crate::index::UNIT_HOT != 0 {
+                        hot_units.push(i);
+                    }
+                }
+                same_in_current.push(now);
+            }
+        }
         let mut by_name: HashMap<&'a str, Vec<Loc>> = HashMap::new();
         let mut globals = HashMap::new();
-        let mut hot_units = Vec::new();
+        let mut read = Vec::new();
         for (u, unit) in build.units.iter().enumerate() {
+            if base_number[u].is_some() {
+                continue;
+            }
+            read.push(u);
             let obj = unit.object()?;
             let mut hot = false;
             for s in &obj.symbols {
                 if !s.is_named() {
                     continue;
                 }
-                hot |= s.name.contains(SLOT_MARK)
-                    || s.name.starts_with(KEY_MARK)
-                    || s.name.starts_with(CALL_MARK);
+                hot |= crate::index::build::is_hot_name(s.name);
                 let Some(sec) = s.section() else { continue };
                 if !obj.sections[sec].kind.is_alloc() {
                     continue;
@@ -66,11 +97,36 @@ impl<'b, 'a> Index<'b, 'a> {
                 hot_units.push(u);
             }
         }
-        Ok(Index { build, by_name, globals, hot_units })
+        hot_units.sort_unstable();
+        hot_units.dedup();
+        let mut index = Index {
+            build,
+            by_name,
+            globals,
+            base: base.map(|b| (b, same_in_current)),
+            base_number,
+            read,
+            hot_units,
+            referrers: HashMap::new(),
+        };
+        let mut referrers: HashMap<Loc, Vec<Loc>> = HashMap::new();
+        for &u in &index.read {
+            for (s, sec) in index.object(u).sections.iter().enumerate() {
+                if is_node(sec.kind) {
+                    for t in index.references((u, s)) {
+                        referrers.entry(t).or_default().push((u, s));
+                    }
+                }
+            }
+        }
+        index.referrers = referrers;
+        Ok(index)
     }
 
     pub fn object(&self, u: usize) -> &'b Object<'a> {
-        self.build.units[u].parsed().expect("indexed units are parsed")
+        // Units are read on first use; every unit the link index or the build lists is readable
+        // while a patch is built (current units are the link's inputs, base units kept copies).
+        self.build.units[u].object().expect("a unit the link index lists can be read")
     }
 
     pub fn section(&self, at: Loc) -> &'b Section<'a> {
@@ -86,13 +142,27 @@ impl<'b, 'a> Index<'b, 'a> {
         self.object(at.0).primary_symbol(at.1).map(|s| s.name)
     }
 
-    /// Every section defining `name`.
-    pub fn definitions(&self, name: &str) -> &[Loc] {
-        self.by_name.get(name).map_or(&[], Vec::as_slice)
+    pub fn units_read(&self) -> &[usize] {
+        &self.read
+    }
+
+    /// The unchanged unit and section defining global `name`, per the base index.
+    fn base_global(&self, name: &str) -> Option<Loc> {
+        let (base, same) = self.base.as_ref()?;
+        let (unit, section) = base.global(name)?;
+        same.get(unit as usize).copied().flatten().map(|u| (u, section as SecIdx))
+    }
+
+    /// Every section defining `name` (in the units read here, else the unchanged global).
+    pub fn definitions(&self, name: &str) -> Vec<Loc> {
+        match self.by_name.get(name) {
+            Some(v) => v.clone(),
+            None => self.base_global(name).into_iter().collect(),
+        }
     }
 
     pub fn defines(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+        self.by_name.contains_key(name) || self.base_global(name).is_some()
     }
 
     /// The workspace section a symbol of unit `u` stands for, if the workspace defines it.
@@ -101,7 +171,9 @@ impl<'b, 'a> Index<'b, 'a> {
         let s = &obj.symbols[sym];
         match s.section() {
             Some(sec) => obj.sections[sec].kind.is_alloc().then_some((u, sec)),
-            None if s.kind != SymbolKind::Section && !s.name.is_empty() => self.globals.get(s.name).copied(),
+            None if s.kind != SymbolKind::Section && !s.name.is_empty() => {
+                self.globals.get(s.name).copied().or_else(|| self.base_global(s.name))
+            }
             None => None,
         }
     }
@@ -113,12 +185,56 @@ impl<'b, 'a> Index<'b, 'a> {
             .relocs()
             .iter()
             .filter_map(|r| self.resolve_symbol(at.0, r.symbol))
-            .filter(|&t| self.kind(t) != SectionKind::EhFrame)
+            .filter(|&t| is_node(self.kind(t)))
             .collect();
         out.sort_unstable();
         out.dedup();
         out
     }
+
+    /// The sections that refer to `at`: from the units read here, and from the unchanged units
+    /// per the base index.
+    pub fn referrers(&self, at: Loc) -> Vec<Loc> {
+        let mut out = self.referrers.get(&at).cloned().unwrap_or_default();
+        if let Some((base, same)) = &self.base {
+            // Where `at` was in the base build: the same place if its unit did not change; for a
+            // global of a changed unit, wherever the base defined that name.
+            let in_base = match self.base_number[at.0] {
+                Some(n) => Some((n, at.1 as u32)),
+                None => self.name(at).filter(|_| self.is_global(at)).and_then(|n| base.global(n)),
+            };
+            if let Some((n, s)) = in_base {
+                for (ru, rs) in base.referrers(n, s) {
+                    if let Some(u) = same.get(ru as usize).copied().flatten() {
+                        out.push((u, rs as SecIdx));
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Every (target, referrer) pair among the units read here.
+    pub fn reference_pairs(&self) -> impl Iterator<Item = (Loc, Loc)> + '_ {
+        self.referrers.iter().flat_map(|(&t, froms)| froms.iter().map(move |&f| (t, f)))
+    }
+
+    fn is_global(&self, at: Loc) -> bool {
+        self.object(at.0).primary_symbol(at.1).is_some_and(|s| !s.local)
+    }
+
+    /// Maps a location of the base index to this build, if its unit did not change.
+    fn base_to_current(&self, (unit, section): (u32, u32)) -> Option<Loc> {
+        let (_, same) = self.base.as_ref()?;
+        same.get(unit as usize).copied().flatten().map(|u| (u, section as SecIdx))
+    }
+}
+
+/// A section that takes part in the graph: loaded, and not unwind tables.
+fn is_node(kind: SectionKind) -> bool {
+    kind.is_alloc() && kind != SectionKind::EhFrame
 }
 
 /// How the running program reaches a hot function's newest version.
@@ -134,6 +250,78 @@ pub enum Dispatch {
     Call,
 }
 
+/// What one unit says about hot points; [`hot_points`] combines the facts of all units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Fact {
+    /// An `ipbp::call::<F, R>` instance.
+    Call(Loc),
+    /// A function refers to a dispatch key (a generic hot function).
+    Key { function: Loc, key: Loc },
+    /// A function reads a slot.
+    SlotRef { function: Loc, slot: Loc },
+    /// A slot's initial value names an async entry function.
+    SlotEntry { slot: Loc, entry: Loc },
+}
+
+impl Fact {
+    /// Code and locations as stored in the link index.
+    pub fn encode(self) -> (u32, Loc, Loc) {
+        match self {
+            Fact::Call(a) => (0, a, a),
+            Fact::Key { function, key } => (1, function, key),
+            Fact::SlotRef { function, slot } => (2, function, slot),
+            Fact::SlotEntry { slot, entry } => (3, slot, entry),
+        }
+    }
+
+    fn decode(kind: u32, a: Loc, b: Loc) -> Option<Fact> {
+        Some(match kind {
+            0 => Fact::Call(a),
+            1 => Fact::Key { function: a, key: b },
+            2 => Fact::SlotRef { function: a, slot: b },
+            3 => Fact::SlotEntry { slot: a, entry: b },
+            _ => return None,
+        })
+    }
+}
+
+/// The hot-point facts of unit `u`.
+pub fn unit_facts(index: &Index, u: usize) -> Vec<Fact> {
+    let obj = index.object(u);
+    let mut facts = Vec::new();
+    for (s, sec) in obj.sections.iter().enumerate() {
+        let at = (u, s);
+        match sec.kind {
+            SectionKind::Text => {
+                if index.name(at).is_some_and(|n| n.starts_with(CALL_MARK)) {
+                    facts.push(Fact::Call(at));
+                    continue;
+                }
+                for r in sec.relocs() {
+                    let Some(target) = index.resolve_symbol(u, r.symbol) else { continue };
+                    let target_name = index.name(target).unwrap_or(obj.symbols[r.symbol].name);
+                    if target_name.starts_with(KEY_MARK) {
+                        facts.push(Fact::Key { function: at, key: target });
+                    } else if target_name.contains(SLOT_MARK) {
+                        facts.push(Fact::SlotRef { function: at, slot: target });
+                    }
+                }
+            }
+            SectionKind::Data | SectionKind::Bss if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) => {
+                if let Some(r) = sec.relocs().iter().find(|r| r.offset == 0) {
+                    if let Some(entry) = index.resolve_symbol(u, r.symbol) {
+                        facts.push(Fact::SlotEntry { slot: at, entry });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    facts.sort_unstable_by_key(|f| f.encode());
+    facts.dedup();
+    facts
+}
+
 pub struct HotPoints {
     /// Root function → how it is dispatched.
     pub roots: HashMap<Loc, Dispatch>,
@@ -142,50 +330,49 @@ pub struct HotPoints {
     pub shared: Vec<Loc>,
 }
 
-/// Finds the hot points: scanning relocations only in the units that mention them.
+/// The hot points of the build: facts of unchanged units from the base index, facts of the others
+/// read from their objects.
 pub fn hot_points(index: &Index) -> HotPoints {
+    let mut facts = Vec::new();
+    let mut rescan: HashSet<usize> =
+        index.hot_units.iter().copied().filter(|u| index.read.contains(u)).collect();
+    if let Some((base, _)) = &index.base {
+        for (kind, a, b) in base.facts() {
+            match (index.base_to_current(a), index.base_to_current(b)) {
+                (Some(a), Some(b)) => facts.extend(Fact::decode(kind, a, b)),
+                // A fact between a changed and an unchanged unit: read the unchanged side again
+                // (the changed side is read anyway).
+                (a, b) => rescan.extend(a.into_iter().chain(b).map(|l| l.0)),
+            }
+        }
+    } else {
+        rescan.extend(index.hot_units.iter().copied());
+    }
+    for u in rescan {
+        facts.extend(unit_facts(index, u));
+    }
+    combine(facts)
+}
+
+/// From facts to dispatch: an entry slot's function is its root; a slot read by exactly one
+/// function dispatches to it; a function referring to a key is dispatched through the table.
+fn combine(facts: Vec<Fact>) -> HotPoints {
     let mut roots = HashMap::new();
     let mut slot_owners: HashMap<Loc, Vec<Loc>> = HashMap::new();
     let mut slots_with_entry = HashSet::new();
-    for &u in &index.hot_units {
-        let obj = index.object(u);
-        for (s, sec) in obj.sections.iter().enumerate() {
-            let at = (u, s);
-            match sec.kind {
-                SectionKind::Text => {
-                    if index.name(at).is_some_and(|n| n.starts_with(CALL_MARK)) {
-                        roots.insert(at, Dispatch::Call);
-                        continue;
-                    }
-                    for r in sec.relocs() {
-                        let name = obj.symbols[r.symbol].name;
-                        let target = index.resolve_symbol(u, r.symbol);
-                        let target_name = target.and_then(|t| index.name(t)).unwrap_or(name);
-                        if target_name.starts_with(KEY_MARK) {
-                            if let Some(key) = target {
-                                roots.insert(at, Dispatch::Key { key });
-                            }
-                        } else if target_name.contains(SLOT_MARK) {
-                            if let Some(slot) = target {
-                                slot_owners.entry(slot).or_default().push(at);
-                            }
-                        }
-                    }
-                }
-                SectionKind::Data | SectionKind::Bss
-                    if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) =>
-                {
-                    slot_owners.entry(at).or_default();
-                    // Async form: the slot's initial value names the entry function.
-                    if let Some(r) = sec.relocs().iter().find(|r| r.offset == 0) {
-                        if let Some(entry) = index.resolve_symbol(u, r.symbol) {
-                            roots.insert(entry, Dispatch::Entry { slot: at });
-                            slots_with_entry.insert(at);
-                        }
-                    }
-                }
-                _ => {}
+    for f in &facts {
+        match *f {
+            Fact::Call(at) => {
+                roots.insert(at, Dispatch::Call);
             }
+            Fact::Key { function, key } => {
+                roots.insert(function, Dispatch::Key { key });
+            }
+            Fact::SlotEntry { slot, entry } => {
+                roots.insert(entry, Dispatch::Entry { slot });
+                slots_with_entry.insert(slot);
+            }
+            Fact::SlotRef { function, slot } => slot_owners.entry(slot).or_default().push(function),
         }
     }
     let mut shared = Vec::new();
@@ -205,56 +392,54 @@ pub fn hot_points(index: &Index) -> HotPoints {
     HotPoints { roots, shared }
 }
 
-/// The part of the graph reachable from the hot points, with its edges.
-pub struct Reach {
-    pub edges: HashMap<Loc, Vec<Loc>>,
+/// What the changed code means for the running program.
+pub struct Affected {
+    /// The sections a patch copies: changed sections a hot point reaches, and every function or
+    /// constant on a path from a hot point down to one.
+    pub copy: HashSet<Loc>,
+    /// Changed functions no hot point reaches.
+    pub unreached: Vec<Loc>,
+    /// How many sections the walk visited.
+    pub visited: usize,
 }
 
-impl Reach {
-    pub fn contains(&self, at: &Loc) -> bool {
-        self.edges.contains_key(at)
-    }
-}
-
-/// Everything reachable from the hot points (decoding relocations only of what is reached).
-pub fn reach(index: &Index, roots: impl IntoIterator<Item = Loc>) -> Reach {
-    let mut edges: HashMap<Loc, Vec<Loc>> = HashMap::new();
-    let mut queue: VecDeque<Loc> = roots.into_iter().collect();
-    while let Some(at) = queue.pop_front() {
-        if edges.contains_key(&at) {
-            continue;
-        }
-        let targets = index.references(at);
-        queue.extend(targets.iter().copied().filter(|t| !edges.contains_key(t)));
-        edges.insert(at, targets);
-    }
-    Reach { edges }
-}
-
-/// The sections a patch copies: `changed` sections within reach, and every reachable function or
-/// constant referring to a copied section, except through a hot point (which dispatches itself).
-pub fn copy_set(index: &Index, reach: &Reach, changed: &HashSet<Loc>, hot: &HotPoints) -> HashSet<Loc> {
-    let mut referrers: HashMap<Loc, Vec<Loc>> = HashMap::new();
-    for (&from, targets) in &reach.edges {
-        for &to in targets {
-            referrers.entry(to).or_default().push(from);
-        }
-    }
-    let mut copy: HashSet<Loc> = changed.iter().copied().filter(|n| reach.contains(n)).collect();
-    let mut queue: VecDeque<Loc> = copy.iter().copied().collect();
+/// Walks up from `changed` through referrers (functions and constants; not through writable
+/// statics, not above a hot point), then keeps what lies below the hot points it met.
+pub fn affected(index: &Index, changed: &HashSet<Loc>, hot: &HotPoints) -> Affected {
+    let copyable = |k: SectionKind| {
+        matches!(k, SectionKind::Text | SectionKind::ReadOnly | SectionKind::ReadOnlyAfterReloc)
+    };
+    let mut below: HashMap<Loc, Vec<Loc>> = HashMap::new();
+    let mut seen: HashSet<Loc> = changed.iter().copied().filter(|&c| copyable(index.kind(c))).collect();
+    let mut queue: VecDeque<Loc> = seen.iter().copied().collect();
     while let Some(v) = queue.pop_front() {
         if hot.roots.contains_key(&v) {
             continue; // callers of a hot function reach the new version through its slot
         }
-        for &u in referrers.get(&v).map_or(&[][..], Vec::as_slice) {
-            let copyable = matches!(
-                index.kind(u),
-                SectionKind::Text | SectionKind::ReadOnly | SectionKind::ReadOnlyAfterReloc
-            );
-            if copyable && copy.insert(u) {
+        for u in index.referrers(v) {
+            if !copyable(index.kind(u)) {
+                continue;
+            }
+            below.entry(u).or_default().push(v);
+            if seen.insert(u) {
                 queue.push_back(u);
             }
         }
     }
-    copy
+    let mut copy: HashSet<Loc> = seen.iter().copied().filter(|n| hot.roots.contains_key(n)).collect();
+    let mut down: VecDeque<Loc> = copy.iter().copied().collect();
+    while let Some(u) = down.pop_front() {
+        for &v in below.get(&u).map_or(&[][..], Vec::as_slice) {
+            if copy.insert(v) {
+                down.push_back(v);
+            }
+        }
+    }
+    let mut unreached: Vec<Loc> = changed
+        .iter()
+        .copied()
+        .filter(|c| !copy.contains(c) && index.kind(*c) == SectionKind::Text)
+        .collect();
+    unreached.sort_unstable();
+    Affected { copy, unreached, visited: seen.len() }
 }

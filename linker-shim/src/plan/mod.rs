@@ -1,6 +1,6 @@
 //! Stage 4 — plan: what goes into a patch for one process, and where every reference points.
 //!
-//! Starting from the functions the patch must carry ([`graph::copy_set`]), each relocation of each
+//! Starting from the functions the patch must carry ([`graph::affected`]), each relocation of each
 //! carried section is resolved to one of:
 //! - something else the patch carries (anonymous data, new functions and statics, functions the
 //!   running image never linked — a std function used for the first time is pulled from its rlib);
@@ -110,6 +110,8 @@ pub struct Report {
 pub struct Plan<'a> {
     /// Milliseconds per planning step, for the manifest.
     pub steps: Vec<(&'static str, f64)>,
+    /// What planning looked at, for the manifest.
+    pub stats: Vec<(&'static str, usize)>,
     pub chunks: Vec<Chunk<'a>>,
     pub eh_records: Vec<EhRecord<'a>>,
     pub imports: Vec<String>,
@@ -145,13 +147,12 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     let mut clock = crate::patch::Clock::new();
     let hot = graph::hot_points(index);
     clock.step("hot points");
-    let reach = graph::reach(index, hot.roots.keys().copied());
-    clock.step("reach");
     let mut changed_nodes = HashSet::new();
     let mut refusals = Vec::new();
     let mut notes = Vec::new();
     for change in input.diff.changed.values() {
         let nodes = index.definitions(&change.name);
+        let nodes = nodes.as_slice();
         let pretty = crate::map::read::demangle(&change.name);
         match change.kind {
             DefKind::Function | DefKind::Constant => changed_nodes.extend(nodes.iter().copied()),
@@ -176,14 +177,18 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             )),
         }
     }
-    let copy = graph::copy_set(index, &reach, &changed_nodes, &hot);
-    clock.step("copy set");
-    let mut unreached: Vec<String> = changed_nodes
-        .iter()
-        .filter(|n| !reach.contains(n) && index.kind(**n) == SectionKind::Text)
-        .filter_map(|&n| index.name(n))
-        .map(crate::map::read::demangle)
-        .collect();
+    let affected = graph::affected(index, &changed_nodes, &hot);
+    let copy = affected.copy;
+    clock.step("affected");
+    let stats = vec![
+        ("hot points", hot.roots.len()),
+        ("sections walked from the changes", affected.visited),
+        ("sections copied", copy.len()),
+        ("workspace units", index.build.units.len()),
+        ("units read", index.units_read().len()),
+    ];
+    let mut unreached: Vec<String> =
+        affected.unreached.iter().filter_map(|&n| index.name(n)).map(crate::map::read::demangle).collect();
     unreached.sort();
     unreached.dedup();
     if !unreached.is_empty() {
@@ -208,6 +213,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     clock.step("resolve");
     let mut plan = planner.finish(&hot, &copy, &changed_nodes);
     plan.steps = clock.steps;
+    plan.stats = stats;
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
     Ok(plan)
@@ -318,7 +324,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     fn object(&self, o: Obj) -> &'p Object<'a> {
         match o {
-            Obj::Unit(u) => self.input.current.units[u].parsed().expect("indexed units are parsed"),
+            Obj::Unit(u) => {
+                self.input.current.units[u].object().expect("a unit the link index lists can be read")
+            }
             Obj::Pulled(i) => self.pulled.get(i),
         }
     }
@@ -836,6 +844,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         installs.sort_by_key(|&(id, i)| (i, id));
         Plan {
             steps: Vec::new(),
+            stats: Vec::new(),
             chunks: self.chunks,
             eh_records: self.eh_records,
             imports: self.imports,

@@ -1,0 +1,400 @@
+//! The link index: what a patch needs to know about one build, in a file that is read by mapping
+//! it, not by parsing.
+//!
+//! A patch compares the build being linked with the build a process runs (its *base*) and binds
+//! everything it does not carry to the base image. Reading the base executable's symbol table and
+//! every workspace object's symbol table on each patch would cost time proportional to the
+//! program; the index answers the same questions with binary searches. It is written once per
+//! build, after the link, by the same detached child that writes the JSON map (see
+//! [`crate::map::record`]), and built in memory when a build has none.
+//!
+//! It holds, sorted by a 64-bit hash of the name:
+//! - the executable's symbols (address, size, kind, local), and the names it imports from shared
+//!   libraries;
+//! - the workspace units (objects and rlib members, with content hash and whether they mention
+//!   hot points), in link order;
+//! - which unit and section defines each global symbol of the workspace;
+//! - who refers to each workspace section (unit and section of the referrer), so a patch can walk
+//!   from the changed code up to the hot points that reach it;
+//! - the hot-point facts of each unit (see [`crate::plan::graph::Fact`]).
+
+pub mod build;
+
+use crate::plan::base::BaseKind;
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"IPBPIDX1";
+const TABLES: usize = 7;
+const HEADER: usize = 16 + TABLES * 16;
+
+/// Table numbers in the header.
+const STRINGS: usize = 0;
+const SYMBOLS: usize = 1;
+const IMPORTS: usize = 2;
+const UNITS: usize = 3;
+const GLOBALS: usize = 4;
+const REFS: usize = 5;
+const FACTS: usize = 6;
+
+const SYMBOL_SIZE: usize = 40;
+const IMPORT_SIZE: usize = 16;
+const UNIT_SIZE: usize = 48;
+const GLOBAL_SIZE: usize = 24;
+const REF_SIZE: usize = 16;
+const FACT_SIZE: usize = 20;
+
+/// A unit mentions `#[ipbp::hot]` slots, dispatch keys or `ipbp::call` instances.
+pub const UNIT_HOT: u32 = 1;
+
+pub fn name_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+/// A symbol of the executable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Symbol {
+    pub addr: u64,
+    pub size: u64,
+    pub kind: BaseKind,
+    pub local: bool,
+}
+
+/// A workspace unit of the build.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unit<'i> {
+    /// The pairing key (see [`crate::diff::units::unit_key`]).
+    pub key: &'i str,
+    /// The archive member name, or empty for an object file.
+    pub member: &'i str,
+    /// Index of the input (in the build's `.inputs` list) the unit comes from.
+    pub input: u32,
+    /// xxh3-128 of the unit's bytes.
+    pub hash: u128,
+    pub flags: u32,
+}
+
+/// Collects the tables of an index before writing it.
+#[derive(Default)]
+pub struct Writer {
+    strings: Vec<u8>,
+    symbols: Vec<(u64, u32, u32, Symbol)>,
+    imports: Vec<(u64, u32, u32)>,
+    units: Vec<(u32, u32, u32, u32, u32, u128, u32)>,
+    globals: Vec<(u64, u32, u32, u32, u32)>,
+    refs: Vec<[u32; 4]>,
+    facts: Vec<[u32; 5]>,
+}
+
+impl Writer {
+    fn string(&mut self, s: &str) -> (u32, u32) {
+        let at = self.strings.len() as u32;
+        self.strings.extend_from_slice(s.as_bytes());
+        (at, s.len() as u32)
+    }
+
+    pub fn symbol(&mut self, name: &str, s: Symbol) {
+        let (at, len) = self.string(name);
+        self.symbols.push((name_hash(name), at, len, s));
+    }
+
+    pub fn import(&mut self, name: &str) {
+        let (at, len) = self.string(name);
+        self.imports.push((name_hash(name), at, len));
+    }
+
+    /// Adds a unit; returns its number (for [`Writer::global`]).
+    pub fn unit(&mut self, key: &str, member: &str, input: u32, hash: u128, flags: u32) -> u32 {
+        let (k, kl) = self.string(key);
+        let (m, ml) = self.string(member);
+        self.units.push((k, kl, m, ml, input, hash, flags));
+        self.units.len() as u32 - 1
+    }
+
+    pub fn global(&mut self, name: &str, unit: u32, section: u32) {
+        let (at, len) = self.string(name);
+        self.globals.push((name_hash(name), at, len, unit, section));
+    }
+
+    /// `from` (unit, section) refers to `to`.
+    pub fn reference(&mut self, to: (u32, u32), from: (u32, u32)) {
+        self.refs.push([to.0, to.1, from.0, from.1]);
+    }
+
+    /// A hot-point fact: kind and two locations (see [`crate::plan::graph::Fact`]).
+    pub fn fact(&mut self, kind: u32, a: (u32, u32), b: (u32, u32)) {
+        self.facts.push([kind, a.0, a.1, b.0, b.1]);
+    }
+
+    pub fn finish(mut self) -> Vec<u8> {
+        self.refs.sort_unstable();
+        self.refs.dedup();
+        self.symbols.sort_unstable_by_key(|s| (s.0, s.1));
+        self.imports.sort_unstable_by_key(|s| (s.0, s.1));
+        self.globals.sort_unstable_by_key(|s| (s.0, s.1));
+        let mut tables: [Vec<u8>; TABLES] = Default::default();
+        tables[STRINGS] = std::mem::take(&mut self.strings);
+        for (h, at, len, s) in &self.symbols {
+            let t = &mut tables[SYMBOLS];
+            t.extend_from_slice(&h.to_le_bytes());
+            t.extend_from_slice(&at.to_le_bytes());
+            t.extend_from_slice(&len.to_le_bytes());
+            t.extend_from_slice(&s.addr.to_le_bytes());
+            t.extend_from_slice(&s.size.to_le_bytes());
+            let kind = match s.kind {
+                BaseKind::Function => 0u8,
+                BaseKind::Data => 1,
+                BaseKind::Tls => 2,
+            };
+            t.extend_from_slice(&[kind, s.local as u8, 0, 0, 0, 0, 0, 0]);
+        }
+        for (h, at, len) in &self.imports {
+            let t = &mut tables[IMPORTS];
+            t.extend_from_slice(&h.to_le_bytes());
+            t.extend_from_slice(&at.to_le_bytes());
+            t.extend_from_slice(&len.to_le_bytes());
+        }
+        for (k, kl, m, ml, input, hash, flags) in &self.units {
+            let t = &mut tables[UNITS];
+            for w in [k, kl, m, ml, input] {
+                t.extend_from_slice(&w.to_le_bytes());
+            }
+            t.extend_from_slice(&hash.to_le_bytes());
+            t.extend_from_slice(&flags.to_le_bytes());
+            t.extend_from_slice(&[0u8; 8]);
+        }
+        for (h, at, len, unit, section) in &self.globals {
+            let t = &mut tables[GLOBALS];
+            t.extend_from_slice(&h.to_le_bytes());
+            for w in [at, len, unit, section] {
+                t.extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        for r in &self.refs {
+            for w in r {
+                tables[REFS].extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        for f in &self.facts {
+            for w in f {
+                tables[FACTS].extend_from_slice(&w.to_le_bytes());
+            }
+        }
+        let mut out = Vec::with_capacity(HEADER + tables.iter().map(Vec::len).sum::<usize>());
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&(TABLES as u32).to_le_bytes());
+        let mut at = HEADER as u64;
+        for t in &tables {
+            out.extend_from_slice(&at.to_le_bytes());
+            out.extend_from_slice(&(t.len() as u64).to_le_bytes());
+            at += t.len() as u64;
+        }
+        for t in &tables {
+            out.extend_from_slice(t);
+        }
+        out
+    }
+}
+
+/// A read-only view of an index (mapped from disk, or built in memory).
+#[derive(Clone, Copy)]
+pub struct LinkIndex<'i> {
+    data: &'i [u8],
+    tables: [(usize, usize); TABLES],
+}
+
+impl<'i> LinkIndex<'i> {
+    /// Checks the header and every table's bounds; the rest is read on demand.
+    pub fn parse(data: &'i [u8]) -> Result<Self, String> {
+        if data.len() < HEADER || &data[..8] != MAGIC {
+            return Err("not an ipbp link index".into());
+        }
+        if u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize != TABLES {
+            return Err("a link index of another version".into());
+        }
+        let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize;
+        let mut tables = [(0, 0); TABLES];
+        let sizes = [1, SYMBOL_SIZE, IMPORT_SIZE, UNIT_SIZE, GLOBAL_SIZE, REF_SIZE, FACT_SIZE];
+        for (i, t) in tables.iter_mut().enumerate() {
+            let (at, len) = (word(16 + i * 16), word(24 + i * 16));
+            if at.checked_add(len).is_none_or(|end| end > data.len()) || len % sizes[i] != 0 {
+                return Err(format!("link index table {i} is out of bounds"));
+            }
+            *t = (at, len);
+        }
+        Ok(LinkIndex { data, tables })
+    }
+
+    fn table(&self, t: usize) -> &'i [u8] {
+        let (at, len) = self.tables[t];
+        &self.data[at..at + len]
+    }
+
+    fn string(&self, at: u32, len: u32) -> &'i str {
+        let s = self.table(STRINGS);
+        s.get(at as usize..(at + len) as usize).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("")
+    }
+
+    /// Records of `table` (each `size` bytes, sorted by a leading u64 hash) with this name.
+    fn find(&self, table: usize, size: usize, name: &str) -> impl Iterator<Item = &'i [u8]> + '_ {
+        let t = self.table(table);
+        let count = t.len() / size;
+        let hash = name_hash(name);
+        let rec = move |i: usize| &t[i * size..(i + 1) * size];
+        let h = |r: &[u8]| u64::from_le_bytes(r[..8].try_into().unwrap());
+        let start = {
+            let (mut lo, mut hi) = (0, count);
+            while lo < hi {
+                let mid = (lo + hi) / 2;
+                if h(rec(mid)) < hash {
+                    lo = mid + 1;
+                } else {
+                    hi = mid;
+                }
+            }
+            lo
+        };
+        let name = name.to_string();
+        (start..count).map(rec).take_while(move |r| h(r) == hash).filter(move |r| {
+            let at = u32::from_le_bytes(r[8..12].try_into().unwrap());
+            let len = u32::from_le_bytes(r[12..16].try_into().unwrap());
+            self.string(at, len) == name
+        })
+    }
+
+    /// Every definition of `name` in the executable.
+    pub fn symbols(&self, name: &str) -> impl Iterator<Item = Symbol> + '_ {
+        self.find(SYMBOLS, SYMBOL_SIZE, name).map(decode_symbol)
+    }
+
+    /// Every symbol of the executable, with its name (for the rare questions not asked by name).
+    pub fn all_symbols(&self) -> impl Iterator<Item = (&'i str, Symbol)> + '_ {
+        self.table(SYMBOLS).chunks_exact(SYMBOL_SIZE).map(|r| {
+            let w = |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().unwrap());
+            (self.string(w(8), w(12)), decode_symbol(r))
+        })
+    }
+
+    pub fn imports(&self, name: &str) -> bool {
+        self.find(IMPORTS, IMPORT_SIZE, name).next().is_some()
+    }
+
+    pub fn units(&self) -> impl Iterator<Item = Unit<'i>> + '_ {
+        self.table(UNITS).chunks_exact(UNIT_SIZE).map(|r| {
+            let w = |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().unwrap());
+            Unit {
+                key: self.string(w(0), w(4)),
+                member: self.string(w(8), w(12)),
+                input: w(16),
+                hash: u128::from_le_bytes(r[20..36].try_into().unwrap()),
+                flags: w(36),
+            }
+        })
+    }
+
+    /// The unit (its number in [`LinkIndex::units`]) and section defining global `name`.
+    pub fn global(&self, name: &str) -> Option<(u32, u32)> {
+        self.find(GLOBALS, GLOBAL_SIZE, name).next().map(|r| {
+            let w = |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().unwrap());
+            (w(16), w(20))
+        })
+    }
+}
+
+fn decode_symbol(r: &[u8]) -> Symbol {
+    let u = |a: usize| u64::from_le_bytes(r[a..a + 8].try_into().unwrap());
+    Symbol {
+        addr: u(16),
+        size: u(24),
+        kind: match r[32] {
+            0 => BaseKind::Function,
+            2 => BaseKind::Tls,
+            _ => BaseKind::Data,
+        },
+        local: r[33] != 0,
+    }
+}
+
+impl LinkIndex<'_> {
+    /// Who refers to section `section` of unit `unit`: (unit, section) pairs.
+    pub fn referrers(&self, unit: u32, section: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
+        let t = self.table(REFS);
+        let count = t.len() / REF_SIZE;
+        let word =
+            move |i: usize, k: usize| u32::from_le_bytes(t[i * REF_SIZE + k * 4..][..4].try_into().unwrap());
+        let key = (unit, section);
+        let (mut lo, mut hi) = (0, count);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if (word(mid, 0), word(mid, 1)) < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        (lo..count)
+            .take_while(move |&i| (word(i, 0), word(i, 1)) == key)
+            .map(move |i| (word(i, 2), word(i, 3)))
+    }
+
+    /// Every hot-point fact: kind and two (unit, section) locations.
+    pub fn facts(&self) -> impl Iterator<Item = (u32, (u32, u32), (u32, u32))> + '_ {
+        self.table(FACTS).chunks_exact(FACT_SIZE).map(|r| {
+            let w = |k: usize| u32::from_le_bytes(r[k * 4..k * 4 + 4].try_into().unwrap());
+            (w(0), (w(1), w(2)), (w(3), w(4)))
+        })
+    }
+}
+
+/// `maps/<output>/<build-id>.index` beside the build's map.
+pub fn path_for(map_dir: &Path, build_id: &str) -> std::path::PathBuf {
+    map_dir.join(format!("{build_id}.index"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_round_trip_and_lookups_compare_names() {
+        let mut w = Writer::default();
+        let f = Symbol { addr: 0x1000, size: 16, kind: BaseKind::Function, local: false };
+        let t = Symbol { addr: 0x20, size: 8, kind: BaseKind::Tls, local: true };
+        w.symbol("main", f);
+        w.symbol("dup", f);
+        w.symbol("dup", t);
+        w.symbol("tls", t);
+        w.import("memcpy");
+        let u = w.unit("app.cgu.rcgu.o", "", 3, 0xabc, UNIT_HOT);
+        w.global("app::run", u, 7);
+        w.reference((0, 7), (0, 9));
+        w.reference((0, 7), (0, 4));
+        w.reference((0, 5), (0, 7));
+        w.fact(2, (0, 9), (0, 11));
+        let bytes = w.finish();
+        let ix = LinkIndex::parse(&bytes).unwrap();
+        assert_eq!(ix.symbols("main").collect::<Vec<_>>(), vec![f]);
+        assert_eq!(ix.symbols("dup").count(), 2);
+        assert_eq!(ix.symbols("tls").next().unwrap().kind, BaseKind::Tls);
+        assert_eq!(ix.symbols("nope").count(), 0);
+        assert!(ix.imports("memcpy") && !ix.imports("main"));
+        assert_eq!(ix.global("app::run"), Some((0, 7)));
+        assert_eq!(ix.referrers(0, 7).collect::<Vec<_>>(), vec![(0, 4), (0, 9)]);
+        assert_eq!(ix.referrers(0, 5).collect::<Vec<_>>(), vec![(0, 7)]);
+        assert_eq!(ix.referrers(0, 6).count(), 0);
+        assert_eq!(ix.facts().collect::<Vec<_>>(), vec![(2, (0, 9), (0, 11))]);
+        let units: Vec<_> = ix.units().collect();
+        assert_eq!(
+            units,
+            vec![Unit { key: "app.cgu.rcgu.o", member: "", input: 3, hash: 0xabc, flags: UNIT_HOT }]
+        );
+    }
+
+    #[test]
+    fn damaged_indexes_are_refused() {
+        assert!(LinkIndex::parse(b"garbage").is_err());
+        let mut bytes = Writer::default().finish();
+        bytes[16] = 0xff; // a table offset beyond the end
+        assert!(LinkIndex::parse(&bytes).is_err());
+    }
+}
