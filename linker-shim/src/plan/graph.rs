@@ -178,14 +178,17 @@ impl<'b, 'a> Index<'b, 'a> {
         }
     }
 
-    /// The sections a section refers to (decoding its relocations).
+    /// The sections a section refers to (decoding its relocations). Only targets in the same
+    /// unit are checked for being graph nodes: a global found in another unit (or through the
+    /// base index, which records only globals of loaded sections) always is one, and looking
+    /// would mean reading that unit.
     pub fn references(&self, at: Loc) -> Vec<Loc> {
         let mut out: Vec<Loc> = self
             .section(at)
             .relocs()
             .iter()
             .filter_map(|r| self.resolve_symbol(at.0, r.symbol))
-            .filter(|&t| is_node(self.kind(t)))
+            .filter(|&t| t.0 != at.0 || is_node(self.kind(t)))
             .collect();
         out.sort_unstable();
         out.dedup();
@@ -287,39 +290,53 @@ impl Fact {
 
 /// The hot-point facts of unit `u`.
 pub fn unit_facts(index: &Index, u: usize) -> Vec<Fact> {
-    let obj = index.object(u);
     let mut facts = Vec::new();
-    for (s, sec) in obj.sections.iter().enumerate() {
-        let at = (u, s);
-        match sec.kind {
-            SectionKind::Text => {
-                if index.name(at).is_some_and(|n| n.starts_with(CALL_MARK)) {
-                    facts.push(Fact::Call(at));
-                    continue;
-                }
-                for r in sec.relocs() {
-                    let Some(target) = index.resolve_symbol(u, r.symbol) else { continue };
-                    let target_name = index.name(target).unwrap_or(obj.symbols[r.symbol].name);
-                    if target_name.starts_with(KEY_MARK) {
-                        facts.push(Fact::Key { function: at, key: target });
-                    } else if target_name.contains(SLOT_MARK) {
-                        facts.push(Fact::SlotRef { function: at, slot: target });
-                    }
-                }
-            }
-            SectionKind::Data | SectionKind::Bss if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) => {
-                if let Some(r) = sec.relocs().iter().find(|r| r.offset == 0) {
-                    if let Some(entry) = index.resolve_symbol(u, r.symbol) {
-                        facts.push(Fact::SlotEntry { slot: at, entry });
-                    }
-                }
-            }
-            _ => {}
-        }
+    for s in 0..index.object(u).sections.len() {
+        section_facts(index, (u, s), &mut facts);
     }
     facts.sort_unstable_by_key(|f| f.encode());
     facts.dedup();
     facts
+}
+
+/// The hot-point facts a section states. Marks are recognised by the name a relocation uses;
+/// only section symbols (always of the same unit) are looked up, so no other unit is read.
+fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
+    let obj = index.object(at.0);
+    let sec = &obj.sections[at.1];
+    let target_name = |sym: usize, target: Loc| {
+        let s = &obj.symbols[sym];
+        if s.kind == SymbolKind::Section {
+            index.name(target)
+        } else {
+            Some(s.name)
+        }
+    };
+    match sec.kind {
+        SectionKind::Text => {
+            if index.name(at).is_some_and(|n| n.starts_with(CALL_MARK)) {
+                facts.push(Fact::Call(at));
+                return;
+            }
+            for r in sec.relocs() {
+                let Some(target) = index.resolve_symbol(at.0, r.symbol) else { continue };
+                let Some(name) = target_name(r.symbol, target) else { continue };
+                if name.starts_with(KEY_MARK) {
+                    facts.push(Fact::Key { function: at, key: target });
+                } else if name.contains(SLOT_MARK) {
+                    facts.push(Fact::SlotRef { function: at, slot: target });
+                }
+            }
+        }
+        SectionKind::Data | SectionKind::Bss if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) => {
+            if let Some(r) = sec.relocs().iter().find(|r| r.offset == 0) {
+                if let Some(entry) = index.resolve_symbol(at.0, r.symbol) {
+                    facts.push(Fact::SlotEntry { slot: at, entry });
+                }
+            }
+        }
+        _ => {}
+    }
 }
 
 pub struct HotPoints {
@@ -334,23 +351,32 @@ pub struct HotPoints {
 /// read from their objects.
 pub fn hot_points(index: &Index) -> HotPoints {
     let mut facts = Vec::new();
-    let mut rescan: HashSet<usize> =
+    let mut units: HashSet<usize> =
         index.hot_units.iter().copied().filter(|u| index.read.contains(u)).collect();
+    let mut sections: HashSet<Loc> = HashSet::new();
     if let Some((base, _)) = &index.base {
         for (kind, a, b) in base.facts() {
             match (index.base_to_current(a), index.base_to_current(b)) {
                 (Some(a), Some(b)) => facts.extend(Fact::decode(kind, a, b)),
-                // A fact between a changed and an unchanged unit: read the unchanged side again
-                // (the changed side is read anyway).
-                (a, b) => rescan.extend(a.into_iter().chain(b).map(|l| l.0)),
+                // A fact between a changed and an unchanged unit: the changed side is read anyway;
+                // state the unchanged side again (its section, not its whole unit).
+                (Some(unchanged), None) | (None, Some(unchanged)) => {
+                    sections.insert(unchanged);
+                }
+                (None, None) => {}
             }
         }
     } else {
-        rescan.extend(index.hot_units.iter().copied());
+        units.extend(index.hot_units.iter().copied());
     }
-    for u in rescan {
+    for &u in &units {
         facts.extend(unit_facts(index, u));
     }
+    for at in sections.into_iter().filter(|at| !units.contains(&at.0)) {
+        section_facts(index, at, &mut facts);
+    }
+    facts.sort_unstable_by_key(|f| f.encode());
+    facts.dedup();
     combine(facts)
 }
 
