@@ -1,13 +1,13 @@
 //! How calls find the newest code: hot slots and the redirect table.
 //!
 //! **Hot slots.** `#[ipbp::hot]` gives every non-generic hot function a static [`HotSlot`] named
-//! `__IPBP_SLOT`. A free function's body moves into a nested `__ipbp_hot` function and the slot is
-//! initialised with its address, so a call is one atomic load and one indirect call. A method's
-//! body stays where it is (nested functions cannot use `self`); its slot starts null, meaning "run
-//! the body here". ipbp-ld finds each slot's function from the object files — the relocation in the
-//! slot's initial value, or the one function that reads the slot — and a patch stores the address
-//! of the new version into the slot. Patched copies of a method read a private null slot, so they
-//! run their own body.
+//! `__IPBP_SLOT`, null until a patch stores the address of a newer version; the function's body
+//! stays in place (so `self` and `Self` work) and a call is one atomic load and one test, plus an
+//! indirect call once patched. ipbp-ld finds each slot's function from the object files: the one
+//! function whose path declares the slot (`path::__IPBP_SLOT`) and reads it — others read it too
+//! when the optimiser inlined the hot function into them, which is why hot functions are never
+//! inlined while hot and their slots are `#[used]`. Patched copies read a private null slot, so
+//! they run their own body.
 //!
 //! **Redirect table.** Generic hot functions and [`crate::call`] closures have no static of their
 //! own per instance (a `static` inside a generic function is shared by all instances). They look
@@ -51,16 +51,8 @@ impl HotSlot {
     }
 }
 
-/// A key function: one instance per generic hot function instance (its type argument names the
-/// site and the instance), whose address identifies that instance in the redirect table. The body
-/// differs per instance, so no linker can fold two keys into one.
-#[doc(hidden)]
-pub fn key<T: ?Sized>() -> &'static str {
-    std::any::type_name::<T>()
-}
-
-/// The newer version of the generic hot function instance identified by `key`, if a patch
-/// installed one. `slot` is the function's (shared) slot, passed so that its signature stays
+/// The newer version of the generic hot function instance identified by `key` (the address of
+/// the `__ipbp_key::<(Self, T…)>` function `#[ipbp::hot]` nests in it), if a patch installed one. `slot` is the function's (shared) slot, passed so that its signature stays
 /// linked in and ipbp-ld can check it.
 #[inline(always)]
 pub fn lookup(key: *const (), slot: &HotSlot) -> Option<*const ()> {

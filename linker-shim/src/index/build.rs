@@ -62,7 +62,7 @@ pub const TLS_RESERVE: &str = "ipbp.tls.reserve";
 
 /// A symbol that marks a unit as holding hot points (see [`crate::plan::graph`]).
 pub fn is_hot_name(name: &str) -> bool {
-    name.contains(SLOT_MARK) || name.starts_with(KEY_MARK) || name.starts_with(CALL_MARK)
+    name.contains(SLOT_MARK) || name.contains(KEY_MARK) || name.starts_with(CALL_MARK)
 }
 
 fn executable_symbols(arena: &Arena, exe: &Path, w: &mut Writer) -> Result<()> {

@@ -24,8 +24,8 @@ pub type Loc = (usize, SecIdx);
 /// The mangled-name fragment of every `#[ipbp::hot]` slot (`…::__IPBP_SLOT`, length-prefixed in
 /// both legacy and v0 mangling).
 pub const SLOT_MARK: &str = "11__IPBP_SLOT";
-/// `ipbp::dispatch::key::<…>` instances (legacy mangling of the runtime crate).
-pub const KEY_MARK: &str = "_ZN4ipbp8dispatch3key17h";
+/// The key functions `#[ipbp::hot]` nests in generic hot functions (`…::__ipbp_key::<…>`).
+pub const KEY_MARK: &str = "10__ipbp_key";
 /// `ipbp::call::<F, R>` instances.
 pub const CALL_MARK: &str = "_ZN4ipbp4call17h";
 
@@ -321,11 +321,15 @@ fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
             for r in sec.relocs() {
                 let Some(target) = index.resolve_symbol(at.0, r.symbol) else { continue };
                 let Some(name) = target_name(r.symbol, target) else { continue };
-                if name.starts_with(KEY_MARK) {
-                    facts.push(Fact::Key { function: at, key: target });
-                } else if name.contains(SLOT_MARK) {
-                    facts.push(Fact::SlotRef { function: at, slot: target });
+                let hot = name.contains(KEY_MARK) || name.contains(SLOT_MARK);
+                if !hot || !index.name(at).is_some_and(|f| declares(f, name)) {
+                    continue;
                 }
+                facts.push(if name.contains(KEY_MARK) {
+                    Fact::Key { function: at, key: target }
+                } else {
+                    Fact::SlotRef { function: at, slot: target }
+                });
             }
         }
         SectionKind::Data | SectionKind::Bss if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) => {
@@ -337,6 +341,15 @@ fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
         }
         _ => {}
     }
+}
+
+/// Whether `function` is the hot function that declares slot or key `mark` (both mangled). In an
+/// optimised build other functions refer to them too: those the hot function was inlined into.
+fn declares(function: &str, mark: &str) -> bool {
+    let path = |name: &str| format!("{:#}", rustc_demangle::demangle(name));
+    let mark = path(mark);
+    let owner = mark.strip_suffix("::__IPBP_SLOT").or_else(|| mark.strip_suffix("::__ipbp_key"));
+    owner == Some(path(function).as_str())
 }
 
 pub struct HotPoints {

@@ -453,7 +453,11 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let o = self.object(obj);
         let s = &o.symbols[r.symbol];
         let (name, def, kind, value, weak) = (s.name, s.def, s.kind, s.value, s.weak);
-        if let Some(t) = self.dispatch_special(name, from) {
+        let target = match obj {
+            Obj::Unit(u) => self.index.resolve_symbol(u, r.symbol),
+            _ => None,
+        };
+        if let Some(t) = target.and_then(|at| self.dispatch_special(at, from)) {
             return t;
         }
         match def {
@@ -490,11 +494,13 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
     }
 
-    /// References that hot-point dispatch treats specially when made from a patched copy.
-    fn dispatch_special(&mut self, name: &str, from: Option<ChunkId>) -> Option<Target> {
+    /// References that hot-point dispatch treats specially when made from a patched copy: a hot
+    /// function's references to its own slot or key (not to those of hot functions inlined
+    /// into it).
+    fn dispatch_special(&mut self, target: Loc, from: Option<ChunkId>) -> Option<Target> {
         let (Obj::Unit(u), from_sec, _) = self.sources[from?]? else { return None };
         match self.hot.roots.get(&(u, from_sec))? {
-            Dispatch::Slot { slot } if name.contains("11__IPBP_SLOT") => {
+            Dispatch::Slot { slot } if *slot == target => {
                 let slot = *slot;
                 if let Some(&c) = self.private_slots.get(&slot) {
                     return Some(Target::Chunk(c, 0));
@@ -521,7 +527,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             // A patched copy of a generic hot function must not find itself in the redirect table:
             // its key becomes its own address, which no table entry uses (keys are addresses in
             // the running image), and which a PC-relative reference can reach.
-            Dispatch::Key { .. } if name.starts_with(graph::KEY_MARK) => Some(Target::Chunk(from?, 0)),
+            Dispatch::Key { key } if *key == target => Some(Target::Chunk(from?, 0)),
             _ => None,
         }
     }

@@ -410,3 +410,32 @@ fn registrations_of_dead_processes_are_cleaned() {
     assert!(!registration.exists(), "the registration of dead process {pid} was not removed");
     assert!(!project.home.join(format!("{pid}.sock")).exists(), "its socket was not removed");
 }
+
+/// An optimising dev build (`opt-level = 3`, debug assertions on) keeps every kind of hot point:
+/// the optimiser sees no store to a slot and would fold it away unless the slot is kept, and it
+/// inlines hot functions into their callers, whose inlined copies must still dispatch.
+#[test]
+fn optimised_dev_builds_keep_their_hot_points() {
+    let project = scenario("counter");
+    let toml = project.read("Cargo.toml");
+    project.write("Cargo.toml", &format!("{toml}\n[profile.dev]\nopt-level = 3\n"));
+    project.build();
+    let app = project.start("counter", &[("COUNTER_PERIOD_MS", "40")]);
+    app.wait_for_ticks(0, &THREADS, "a first tick", |_| true);
+    let mark = app.mark();
+    project.edit(MAIN, r#"let msg = "hello";"#, r#"let msg = "fast";"#);
+    project.edit(
+        MAIN,
+        r#"format!("{}-says-{}", self.name, words::word())"#,
+        r#"format!("{}-runs-{}", self.name, words::word())"#,
+    );
+    project.edit(MAIN, r#"format!("banner-{t}")"#, r#"format!("flag-{t}")"#);
+    project.edit(MAIN, r#"format!("<{value}>")"#, r#"format!("[{value}]")"#);
+    build_and_expect_patched(&project, &app);
+    app.wait_for_ticks(mark, &THREADS, "new code in every kind of hot point", |t| {
+        t.get("msg") == "fast"
+            && t.get("greet").starts_with(&format!("g{}-runs-", t.thread))
+            && t.get("banner") == format!("flag-{}", t.thread)
+            && t.get("gen") == format!("[{}]", t.thread)
+    });
+}

@@ -7,7 +7,7 @@
 //!   goes there. The body stays in place, so `self`, `Self` and everything else keep working.
 //! * **generic** (type parameters, or `#[ipbp::hot(generic)]` for methods of generic impls): a
 //!   `static` is shared by all instances, so each instance looks itself up in ipbp's redirect table
-//!   under a key function unique to it (`ipbp::dispatch::key::<(site, Self, T…)>`).
+//!   under a key function nested in it, unique to the instance (`__ipbp_key::<(Self, T…)>`).
 //! * **async free functions**: the body becomes a nested `async fn` behind an entry function that
 //!   boxes its future; the slot holds the entry. The caller's future then holds a
 //!   `Pin<Box<dyn Future>>`, whose layout no edit can change. `Send` is required unless the
@@ -106,11 +106,20 @@ fn expand(mut func: ItemFn, opts: Options) -> syn::Result<TokenStream2> {
         let uses_self = args.first().is_some_and(|a| a.is_receiver) || mentions_self(&func);
         let self_ty = uses_self.then(|| quote!(Self,));
         quote! {
+            // #[used]: the program never stores to the slot (the runtime does), so without it an
+            // optimising build folds the slot to its initial value and drops the dispatch.
+            #[used]
             static __IPBP_SLOT: ::ipbp::dispatch::HotSlot =
                 ::ipbp::dispatch::HotSlot::new(::core::ptr::null(), #signature_hash);
-            struct __IpbpSite;
+            // The key of this instance in the redirect table: nested here, so that its name says
+            // which hot function it belongs to even after the optimiser inlined this function into
+            // others (which then refer to the key too); its body differs per instance, so no
+            // linker can fold two keys into one.
+            fn __ipbp_key<K: ?::core::marker::Sized>() -> &'static str {
+                ::core::any::type_name::<K>()
+            }
             if let ::core::option::Option::Some(__ipbp_target) = ::ipbp::dispatch::lookup(
-                ::ipbp::dispatch::key::<(__IpbpSite, #self_ty #(#type_params,)*)> as fn() -> &'static str as *const (),
+                __ipbp_key::<(#self_ty #(#type_params,)*)> as fn() -> &'static str as *const (),
                 &__IPBP_SLOT,
             ) {
                 #call
@@ -118,6 +127,9 @@ fn expand(mut func: ItemFn, opts: Options) -> syn::Result<TokenStream2> {
         }
     } else {
         quote! {
+            // #[used]: the program never stores to the slot (the runtime does), so without it an
+            // optimising build folds the slot to its initial value and drops the dispatch.
+            #[used]
             static __IPBP_SLOT: ::ipbp::dispatch::HotSlot =
                 ::ipbp::dispatch::HotSlot::new(::core::ptr::null(), #signature_hash);
             let __ipbp_target = __IPBP_SLOT.get();
@@ -128,8 +140,17 @@ fn expand(mut func: ItemFn, opts: Options) -> syn::Result<TokenStream2> {
     };
     let ItemFn { attrs, vis, sig, block } = &func;
     let stmts = &block.stmts;
+    // Never inlined while hot: a patch installs the new build's own copy of the function, so that
+    // copy must exist (an optimiser deletes a function inlined into all its callers), and ipbp-ld
+    // tells the function from its callers by the slot or key it declares. The user's own inline
+    // attributes apply when the dispatch is compiled out.
+    let (inline, attrs): (Vec<_>, Vec<_>) = attrs.iter().partition(|a| a.path().is_ident("inline"));
+    let inline = inline.iter().map(|a| &a.meta);
     Ok(quote! {
-        #(#attrs)* #vis #sig {
+        #(#attrs)*
+        #[cfg_attr(debug_assertions, inline(never))]
+        #(#[cfg_attr(not(debug_assertions), #inline)])*
+        #vis #sig {
             #[cfg(debug_assertions)]
             #[allow(unused_unsafe, clippy::missing_transmute_annotations)]
             { #dispatch }
@@ -181,6 +202,7 @@ fn expand_async(func: &ItemFn, args: &[Arg], signature_hash: u64, local: bool) -
                 fn __ipbp_entry(#(#params),*) -> #boxed {
                     ::std::boxed::Box::pin(#unsafety { __ipbp_body(#(#names),*) })
                 }
+                #[used] // see the sync case
                 static __IPBP_SLOT: ::ipbp::dispatch::HotSlot = ::ipbp::dispatch::HotSlot::new(
                     __ipbp_entry as fn(#(#types),*) -> #boxed as *const (),
                     #signature_hash,
