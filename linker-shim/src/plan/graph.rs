@@ -142,6 +142,12 @@ impl<'b, 'a> Index<'b, 'a> {
         self.object(at.0).primary_symbol(at.1).map(|s| s.name)
     }
 
+    /// Whether unit `u` is the same in the base build (its facts and referrers come from the base
+    /// index, and the running image holds its code as linked).
+    pub fn unchanged(&self, u: usize) -> bool {
+        self.base_number[u].is_some()
+    }
+
     pub fn units_read(&self) -> &[usize] {
         &self.read
     }

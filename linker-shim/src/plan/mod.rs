@@ -554,6 +554,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// A named symbol the referencing object does not define.
     fn named_elsewhere(&mut self, name: &'a str, tls: bool, weak: bool) -> Target {
         if let Some(&(u, sec)) = self.index.definitions(name).first() {
+            if let Some(t) = self.unchanged_in_image(name, (u, sec)) {
+                return t;
+            }
             let o = self.object(Obj::Unit(u));
             if let Some(s) =
                 o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name && !s.local)
@@ -582,6 +585,21 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             self.imports.push(name.to_string());
         }
         Target::Import(id)
+    }
+
+    /// A definition the patch does not copy, in a unit this build did not change, which the running
+    /// image has under the same name (once): bound there without reading the unit, whose bytes
+    /// are the ones the image was linked from. This keeps the cost of a patch independent of the
+    /// size of the units its code calls into.
+    fn unchanged_in_image(&self, name: &str, at: Loc) -> Option<Target> {
+        if !self.index.unchanged(at.0) || self.copy.contains(&at) {
+            return None;
+        }
+        match self.input.base.lookup(name)? {
+            (s, 1) if s.kind == BaseKind::Tls => Some(Target::Tls(s.addr)),
+            (s, 1) => Some(Target::Absolute(s.addr + self.input.base.load_bias)),
+            _ => None,
+        }
     }
 
     /// The running image's (or an earlier patch's) definition of `name`, if it has one.
