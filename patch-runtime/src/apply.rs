@@ -62,6 +62,8 @@ impl State {
     }
 
     fn try_apply(&mut self, req: Apply) -> Result<Reply, String> {
+        // `load_us` covers the checks and the load; `install_us` the stores into slots and table.
+        let started = Instant::now();
         let img = &self.image;
         if req.build_id != img.build_id {
             return Err(format!(
@@ -106,7 +108,6 @@ impl State {
             }
         }
 
-        let started = Instant::now();
         if let (Some(file), Some((start, len))) = (&req.file, new_range) {
             load(file, start, len)?;
             self.patches.push((start, len, file.clone()));

@@ -10,12 +10,20 @@ use std::path::Path;
 
 #[derive(Serialize)]
 pub struct Timings {
+    /// When rustc called ipbp-ld (Unix time, seconds), so that a benchmark can line the patch up
+    /// with its own clock.
+    pub called_unix: f64,
+    /// Milliseconds after rustc called ipbp-ld: when work on this process's patch began (the real
+    /// linker is running by then), and when the process reported the patch applied.
+    pub started_ms: f64,
+    pub applied_ms: f64,
     /// Milliseconds per step, in order.
     pub steps: Vec<(String, f64)>,
     pub diff_ms: f64,
     pub plan_ms: f64,
     pub emit_ms: f64,
     pub deliver_ms: f64,
+    /// In the process: checks and loading the library; storing into slots and the table.
     pub load_us: u64,
     pub install_us: u64,
 }

@@ -48,7 +48,7 @@ pub fn for_running_processes(
     }
     collect_patches_of_dead_processes(dir);
     for (reg, build) in live {
-        match patch_process(&reg, &build, inputs, dir, &program) {
+        match patch_process(called, &reg, &build, inputs, dir, &program) {
             Ok(Outcome::Patched { summary, load_us, install_us, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
                 let total = called.elapsed().as_secs_f64() * 1000.0;
@@ -151,6 +151,7 @@ fn program_name(output: &Path) -> String {
 }
 
 fn patch_process(
+    called: Instant,
     reg: &Registration,
     build: &BuildRecord,
     inputs: &[Input],
@@ -278,7 +279,14 @@ fn patch_process(
     let (new_generation, load_us, install_us) = deliver::apply(&reg.socket, request.clone())?;
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
+    let since_called = |t: Instant| (t - called).as_secs_f64() * 1e3;
+    let called_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() - called.elapsed().as_secs_f64());
     let timings = manifest::Timings {
+        called_unix,
+        started_ms: since_called(t0),
+        applied_ms: since_called(t0 + t_deliver),
         steps: clock.steps.iter().map(|&(n, ms)| (n.to_string(), (ms * 100.0).round() / 100.0)).collect(),
         diff_ms: t_diff.as_secs_f64() * 1e3,
         plan_ms: (t_plan - t_diff).as_secs_f64() * 1e3,
