@@ -11,28 +11,49 @@ use crate::index::LinkIndex;
 use crate::map::schema::{Input, InputKind};
 use crate::objects::load::{archive_members, parse, Arena, Unit};
 use crate::objects::{Object, Origin};
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// One object of the workspace in one build. Known by key and content hash without being read:
-/// the file is mapped and parsed only when something asks for its object.
+/// the file is mapped and parsed only when something asks for its object. Building the list is
+/// on every patch's path and grows with the program, so units borrow their names from the link
+/// index where they can and share their input's paths.
 pub struct WorkUnit<'a> {
     /// Pairs this unit with its counterpart in another build (see [`unit_key`]).
-    pub key: String,
+    pub key: Cow<'a, str>,
     /// xxh3-128 of the unit's bytes.
     pub hash: u128,
-    /// The input as linked (object, or archive and member).
-    pub origin: Origin,
+    /// The archive member, or `None` for an object file.
+    member: Option<Cow<'a, str>>,
     /// Its number in the build's input list.
     pub input: u32,
-    /// The file to read: the input itself, or its kept copy.
-    file: PathBuf,
+    source: Rc<Source>,
     arena: &'a Arena,
     object: OnceCell<Result<Object<'a>, String>>,
 }
 
+/// Where the units of one input come from.
+struct Source {
+    /// The input as linked (an object, or the archive holding the unit).
+    path: PathBuf,
+    /// The file to read: the input itself, or its kept copy.
+    file: PathBuf,
+}
+
 impl<'a> WorkUnit<'a> {
+    /// The input as linked (object, or archive and member).
+    pub fn origin(&self) -> Origin {
+        Origin { path: self.source.path.clone(), member: self.member().map(str::to_string) }
+    }
+
+    pub fn member(&self) -> Option<&str> {
+        self.member.as_deref()
+    }
+
     /// The object if it was parsed already.
     pub fn parsed(&self) -> Option<&Object<'a>> {
         self.object.get().and_then(|r| r.as_ref().ok())
@@ -47,19 +68,16 @@ impl<'a> WorkUnit<'a> {
     }
 
     fn read(&self) -> Result<Object<'a>> {
-        let data = self.arena.map(&self.file).with_context(|| {
-            format!(
-                "cannot read link input {} (kept for {})",
-                self.file.display(),
-                self.origin.path.display()
-            )
+        let Source { path, file } = &*self.source;
+        let data = self.arena.map(file).with_context(|| {
+            format!("cannot read link input {} (kept for {})", file.display(), path.display())
         })?;
-        let unit = match &self.origin.member {
-            None => Unit { origin: self.origin.clone(), data },
-            Some(member) => archive_members(&self.origin.path, data)?
+        let unit = match self.member() {
+            None => Unit { origin: self.origin(), data },
+            Some(member) => archive_members(path, data)?
                 .into_iter()
                 .find(|m| m.origin.member.as_deref() == Some(member))
-                .with_context(|| format!("{} has no member {member} any more", self.file.display()))?,
+                .with_context(|| format!("{} has no member {member} any more", file.display()))?,
         };
         parse(&unit)
     }
@@ -68,7 +86,66 @@ impl<'a> WorkUnit<'a> {
 /// The workspace units of one build, in link order.
 pub struct Build<'a> {
     pub units: Vec<WorkUnit<'a>>,
-    by_key: HashMap<String, usize>,
+    by_key: HashMap<Cow<'a, str>, usize, BuildHasherDefault<KeyHasher>>,
+}
+
+/// Hashes unit keys with one-shot xxh3, several times faster than the default SipHash on keys this
+/// long (an archive's path and a member name). Every patch looks each key up several times
+/// (pairing the two builds, diffing, indexing), so this is per-unit cost on the patch path. Keys
+/// come from our own files: hash flooding is not a concern.
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = self.0.rotate_left(5) ^ xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+}
+
+/// Makes the units of one input.
+struct Maker<'a> {
+    arena: &'a Arena,
+    input: u32,
+    source: Rc<Source>,
+}
+
+impl<'a> Maker<'a> {
+    fn new(arena: &'a Arena, number: usize, input: &Input, stored: bool) -> Result<Self> {
+        let source = Source { path: input.path.clone(), file: file_of(input, stored)? };
+        Ok(Maker { arena, input: number as u32, source: Rc::new(source) })
+    }
+
+    fn unit(&self, key: Cow<'a, str>, hash: u128, member: Option<Cow<'a, str>>) -> WorkUnit<'a> {
+        WorkUnit {
+            key,
+            hash,
+            member,
+            input: self.input,
+            source: Rc::clone(&self.source),
+            arena: self.arena,
+            object: OnceCell::new(),
+        }
+    }
+
+    /// Every unit of the input, each hashed from its bytes.
+    fn hashed(&self, kind: InputKind, units: &mut Vec<WorkUnit<'a>>) -> Result<()> {
+        let Source { path, file } = &*self.source;
+        let data = self.arena.map(file)?;
+        if kind == InputKind::Object {
+            units.push(self.unit(unit_key(path, None).into(), xxhash_rust::xxh3::xxh3_128(data), None));
+            return Ok(());
+        }
+        for member in archive_members(path, data)? {
+            let name = member.origin.member.clone();
+            let key = unit_key(path, name.as_deref());
+            units.push(self.unit(key.into(), xxhash_rust::xxh3::xxh3_128(member.data), name.map(Cow::Owned)));
+        }
+        Ok(())
+    }
 }
 
 impl<'a> Build<'a> {
@@ -87,22 +164,23 @@ impl<'a> Build<'a> {
 
     /// The units of a build as its link index lists them. `inputs` is the build's input list
     /// (the index refers to inputs by number); `stored` reads the kept copies.
-    pub fn from_index(arena: &'a Arena, index: &LinkIndex, inputs: &[Input], stored: bool) -> Result<Self> {
+    pub fn from_index(
+        arena: &'a Arena,
+        index: &LinkIndex<'a>,
+        inputs: &[Input],
+        stored: bool,
+    ) -> Result<Self> {
         let mut units = Vec::new();
+        let mut maker: Option<Maker<'a>> = None;
         for u in index.units() {
-            let input = inputs.get(u.input as usize).with_context(|| {
-                format!("the link index names input {} of {} inputs", u.input, inputs.len())
-            })?;
-            let member = (!u.member.is_empty()).then(|| u.member.to_string());
-            units.push(WorkUnit {
-                key: u.key.to_string(),
-                hash: u.hash,
-                origin: Origin { path: input.path.clone(), member },
-                input: u.input,
-                file: file_of(input, stored)?,
-                arena,
-                object: OnceCell::new(),
-            });
+            if maker.as_ref().is_none_or(|m| m.input != u.input) {
+                let input = inputs.get(u.input as usize).with_context(|| {
+                    format!("the link index names input {} of {} inputs", u.input, inputs.len())
+                })?;
+                maker = Some(Maker::new(arena, u.input as usize, input, stored)?);
+            }
+            let member = (!u.member.is_empty()).then_some(Cow::Borrowed(u.member));
+            units.push(maker.as_ref().expect("made above").unit(Cow::Borrowed(u.key), u.hash, member));
         }
         Ok(Build::new(units))
     }
@@ -114,7 +192,7 @@ impl<'a> Build<'a> {
         arena: &'a Arena,
         inputs: &[Input],
         base_inputs: &[Input],
-        base_index: &LinkIndex,
+        base_index: &LinkIndex<'a>,
         workspace: &Workspace,
     ) -> Result<Self> {
         let base_fp: HashMap<&Path, (usize, Option<&str>)> = base_inputs
@@ -122,7 +200,7 @@ impl<'a> Build<'a> {
             .enumerate()
             .map(|(i, b)| (b.path.as_path(), (i, b.fingerprint.as_deref())))
             .collect();
-        let mut base_members: HashMap<u32, Vec<crate::index::Unit>> = HashMap::new();
+        let mut base_members: HashMap<u32, Vec<crate::index::Unit<'a>>> = HashMap::new();
         for u in base_index.units() {
             base_members.entry(u.input).or_default().push(u);
         }
@@ -131,73 +209,35 @@ impl<'a> Build<'a> {
             if !is_unit_input(input, workspace) {
                 continue;
             }
-            let file = file_of(input, false)?;
-            let unit = |key: String, hash: u128, member: Option<String>| WorkUnit {
-                key,
-                hash,
-                origin: Origin { path: input.path.clone(), member },
-                input: number as u32,
-                file: file.clone(),
-                arena,
-                object: OnceCell::new(),
-            };
+            let maker = Maker::new(arena, number, input, false)?;
             let fingerprint = input.fingerprint.as_deref().and_then(fingerprint_hash);
             if input.kind == InputKind::Object {
-                let hash = match fingerprint {
-                    Some(h) => h,
-                    None => xxhash_rust::xxh3::xxh3_128(arena.map(&file)?),
-                };
-                units.push(unit(unit_key(&input.path, None), hash, None));
+                match fingerprint {
+                    Some(hash) => units.push(maker.unit(unit_key(&input.path, None).into(), hash, None)),
+                    None => maker.hashed(input.kind, &mut units)?,
+                }
                 continue;
             }
             let same =
                 base_fp.get(input.path.as_path()).filter(|(_, fp)| *fp == input.fingerprint.as_deref());
             match same.and_then(|(i, _)| base_members.get(&(*i as u32))) {
-                Some(members) => {
-                    for m in members {
-                        units.push(unit(m.key.to_string(), m.hash, Some(m.member.to_string())));
-                    }
-                }
-                None => {
-                    for member in archive_members(&input.path, arena.map(&file)?)? {
-                        let name = member.origin.member.clone();
-                        let key = unit_key(&input.path, name.as_deref());
-                        units.push(unit(key, xxhash_rust::xxh3::xxh3_128(member.data), name));
-                    }
-                }
+                Some(members) => units.extend(
+                    members
+                        .iter()
+                        .map(|m| maker.unit(Cow::Borrowed(m.key), m.hash, Some(Cow::Borrowed(m.member)))),
+                ),
+                None => maker.hashed(input.kind, &mut units)?,
             }
         }
         Ok(Build::new(units))
     }
-}
 
-impl<'a> Build<'a> {
     /// Every unit of a build, each hashed from its bytes: what a link index records.
     pub fn all(arena: &'a Arena, inputs: &[Input], workspace: &Workspace, stored: bool) -> Result<Self> {
         let mut units = Vec::new();
         for (number, input) in inputs.iter().enumerate() {
-            if !is_unit_input(input, workspace) {
-                continue;
-            }
-            let file = file_of(input, stored)?;
-            let data = arena.map(&file)?;
-            let unit = |key: String, hash: u128, member: Option<String>| WorkUnit {
-                key,
-                hash,
-                origin: Origin { path: input.path.clone(), member },
-                input: number as u32,
-                file: file.clone(),
-                arena,
-                object: OnceCell::new(),
-            };
-            if input.kind == InputKind::Object {
-                units.push(unit(unit_key(&input.path, None), xxhash_rust::xxh3::xxh3_128(data), None));
-                continue;
-            }
-            for member in archive_members(&input.path, data)? {
-                let name = member.origin.member.clone();
-                let key = unit_key(&input.path, name.as_deref());
-                units.push(unit(key, xxhash_rust::xxh3::xxh3_128(member.data), name));
+            if is_unit_input(input, workspace) {
+                Maker::new(arena, number, input, stored)?.hashed(input.kind, &mut units)?;
             }
         }
         Ok(Build::new(units))

@@ -31,7 +31,7 @@ pub fn build(
     for (u, unit) in units.units.iter().enumerate() {
         let obj = unit.object()?;
         let hot = obj.symbols.iter().any(|s| is_hot_name(s.name));
-        let member = unit.origin.member.as_deref().unwrap_or("");
+        let member = unit.member().unwrap_or("");
         let flags = if hot { UNIT_HOT } else { 0 };
         let number = w.unit(&unit.key, member, unit.input, unit.hash, flags);
         debug_assert_eq!(number as usize, u);
