@@ -240,19 +240,21 @@ pub fn fingerprint_and_store(inputs: &mut [Input], dir: &IpbpDir) -> Result<(), 
     first_error.map_or(Ok(()), Err)
 }
 
-/// Hardlinks (or, across filesystems, copies) `path` into the store under its fingerprint.
+/// Hardlinks (or, across filesystems, copies) `path` into the store under its fingerprint. One
+/// `link` call in the common case: an existing entry has the same content by construction.
 fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf> {
     let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let key = fingerprint.trim_start_matches("xxh3:");
     let dest = store.join(format!("{key}{ext}"));
-    if dest.exists() {
-        return Ok(dest);
+    match std::fs::hard_link(path, &dest) {
+        Ok(()) => return Ok(dest),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(dest),
+        Err(_) => {}
     }
+    // Another filesystem (or no hard links): copy, and publish the copy whole.
     let tmp = store.join(format!(".{key}.{}.tmp", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
-    if std::fs::hard_link(path, &tmp).is_err() {
-        std::fs::copy(path, &tmp)?;
-    }
+    std::fs::copy(path, &tmp)?;
     std::fs::rename(&tmp, &dest)?;
     Ok(dest)
 }
