@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """ipbp's benchmarks: figures P1-P8 of issue 4, in one run, written to BENCHMARKS.md.
 
-    scripts/bench.py                 everything (~10 min warm; the first run also builds the apps'
-                                     dependencies, web's 125 crates among them: add ~5 min)
+    scripts/bench.py                 everything (~3 min warm on 2 cores; the first run also builds
+                                     the apps' dependencies, web's 125 crates twice among them)
     scripts/bench.py --rounds 3      fewer rounds per figure (default 7)
     scripts/bench.py --only P3,P5    some figures (P1 and P2 need the web link capture of P1)
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
