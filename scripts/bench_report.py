@@ -1,0 +1,159 @@
+"""The report of scripts/bench.py: figures from the rounds, the Markdown table, BENCHMARKS.md."""
+
+import os
+import platform
+import subprocess
+import sys
+import time
+
+from bench_apps import ROOT, median
+
+BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+TARGETS = {"P1": 1.10, "P2": 0.05, "P3": 50.0, "P4": 1.5, "P5": 2.0, "P6": 5.0, "P8": 3.0}
+
+
+# Report
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    ver = lambda cmd: subprocess.run(cmd, capture_output=True, text=True).stdout.strip().splitlines()[0]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gb": round(mem / 1e6, 1), "kernel": platform.release(),
+            "rustc": ver(["rustc", "-V"]), "load_average": os.getloadavg()[0],
+            "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def summarize(results):
+    """Figures from the rounds: {id: (value text, target text, met or None, detail)}."""
+    fig = {}
+    if "P1" in results:
+        r = results["P1"]
+        fig["P1"] = (r["same"], f"{r['same']:.3f}", "≤ 1.10",
+                     f"web ({r['output_mb']:.0f} MB, {r['map_symbols']} symbols): plain {r['plain_ms']:.0f} ms, ipbp-ld "
+                     f"{r['ipbp_ms']:.0f} ms; rebuilt inputs {r['fresh']:.3f}; map written before returning "
+                     f"{r['inline_same']:.3f}; outputs identical: {'yes' if r['identical'] else 'NO'}")
+    web = results.get("web")
+    if web:
+        ratios = [w["creation_ms"] / w["relink_ms"] for w in web if w["relink_ms"]]
+        if ratios:
+            v = median(ratios)
+            fig["P2"] = (v, f"{v:.3f}", "≤ 0.05",
+                         f"web: patch {median([w['creation_ms'] for w in web]):.1f} ms vs relink "
+                         f"{median([w['relink_ms'] for w in web if w['relink_ms']]):.0f} ms")
+    counter = results.get("counter")
+    if counter:
+        v = median([c["applied_ms"] for c in counter])
+        web_txt = f"; web {median([w['applied_ms'] for w in web]):.0f} ms" if web else ""
+        fig["P3"] = (v, f"{v:.0f} ms", "≤ 50 ms", f"counter{web_txt}; scaled {median([c['scaled_applied_ms'] for c in counter]):.0f} ms")
+        v = median([c["scaled_ms"] / c["small_ms"] for c in counter])
+        fig["P4"] = (v, f"{v:.2f}", "≤ 1.5", f"counter {median([c['small_ms'] for c in counter]):.1f} ms, scaled "
+                     f"{median([c['scaled_ms'] for c in counter]):.1f} ms (diff + plan + emit)")
+    hc = results.get("hotcall")
+    if hc:
+        d = lambda k: median([x["hot_ns"] - x["direct_ns"] for x in hc[k]])
+        v = max(d("unpatched"), d("patched"))
+        fig["P5"] = (v, f"{d('unpatched'):+.2f} ns / {d('patched'):+.2f} ns", "≤ 2 ns",
+                     f"unpatched / patched; direct call {median([x['direct_ns'] for x in hc['unpatched']]):.2f} ns per call")
+    hundred = results.get("hundred")
+    if hundred:
+        v = median([h["apply_ms"] for h in hundred])
+        fig["P6"] = (v, f"{v:.2f} ms", "≤ 5 ms", f"{hundred[0]['changed']} functions: load "
+                     f"{median([h['load_us'] for h in hundred]):.0f} us + install {median([h['install_us'] for h in hundred]):.0f} us")
+    if counter:
+        v = median([c["total_ms"] / c["restart"]["total_ms"] for c in counter])
+        extra = ""
+        if web:
+            extra = f"; web {median([w['total_ms'] / w['restart']['total_ms'] for w in web]):.3f}"
+        fig["P7"] = (v, f"{v:.3f}", "report", f"counter{extra} (edit → new code running, ÷ cargo build + restart)")
+    p8 = []
+    for name, rows in (("counter", counter), ("web", web), ("scaled, 100 functions", hundred)):
+        if rows:
+            p8.append((name, median([r["file_size"] / r["chunk_bytes"] for r in rows]),
+                       median([r["file_size"] for r in rows]), median([r["chunk_bytes"] for r in rows])))
+    if p8:
+        v = p8[0][1]
+        fig["P8"] = (v, f"{v:.1f}", "report, aim ≤ 3",
+                     "; ".join(f"{n} {r:.1f} ({f / 1e3:.1f} KB for {c / 1e3:.1f} KB of code and data)" for n, r, f, c in p8))
+    return fig
+
+
+def met(fid, value):
+    t = TARGETS.get(fid)
+    if t is None or value != value:
+        return "—"
+    return "✅" if value <= t else "❌"
+
+
+NAMES = {
+    "P1": "link through ipbp-ld ÷ plain link",
+    "P2": "patch creation ÷ full relink (web)",
+    "P3": "rustc calls ipbp-ld → new code running",
+    "P4": "patch creation, 10× program ÷ small",
+    "P5": "hot call − direct call",
+    "P6": "apply a 100-function patch",
+    "P7": "edit → new code: ipbp ÷ build + restart",
+    "P8": "patch size ÷ code and data patched",
+}
+
+
+def breakdown_table(rows, label):
+    if not rows:
+        return []
+    keys = list(rows[0]["parts"])
+    rkeys = list(rows[0]["restart"]["parts"])
+    out = [f"**{label}** (medians over {len(rows)} rounds, ms)", "",
+           "| ipbp: edit → new code running | ms | | cargo build + restart | ms |", "|---|---:|---|---|---:|"]
+    n = max(len(keys), len(rkeys))
+    for i in range(n):
+        a = f"| {keys[i]} | {median([r['parts'][keys[i]] for r in rows]):.1f} |" if i < len(keys) else "| | |"
+        b = f" | {rkeys[i]} | {median([r['restart']['parts'][rkeys[i]] for r in rows]):.0f} |" if i < len(rkeys) else " | | |"
+        out.append(a + b)
+    out.append(f"| **total** | **{median([r['total_ms'] for r in rows]):.0f}** | | **total** | "
+               f"**{median([r['restart']['total_ms'] for r in rows]):.0f}** |")
+    out.append("")
+    return out
+
+
+def report_md(results, fig, args):
+    m = results["machine"]
+    lines = [
+        f"Measured {m['date']} by `scripts/bench.py --rounds {args.rounds}` on {m['cpu']} "
+        f"({m['cpus']} CPUs, {m['memory_gb']} GB), Linux {m['kernel']}, {m['rustc']}; load average "
+        f"{m['load_average']:.2f} at the start.",
+        "",
+        "| id | figure | result | target | | details |",
+        "|---|---|---|---|---|---|",
+    ]
+    for fid in sorted(NAMES):
+        if fid in fig:
+            v, text, target, detail = fig[fid]
+            lines.append(f"| {fid} | {NAMES[fid]} | **{text}** | {target} | {met(fid, v)} | {detail} |")
+    lines.append("")
+    lines += breakdown_table(results.get("counter"), "P3 / P7 on counter: where the time goes")
+    lines += breakdown_table(results.get("web"), "P3 / P7 on web: where the time goes")
+    counter = results.get("counter")
+    if counter:
+        lines.append("**P4: patch creation steps** (ms, median; `load units` maps the build's objects, "
+                     "`index` reads the changed units)")
+        lines.append("")
+        lines.append("| step | counter | scaled |")
+        lines.append("|---|---:|---:|")
+        for i, (name, _) in enumerate(counter[0]["small_steps"]):
+            s = median([c["small_steps"][i][1] for c in counter])
+            g = median([c["scaled_steps"][i][1] for c in counter])
+            lines.append(f"| {name} | {s:.2f} | {g:.2f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_benchmarks_md(section):
+    text = open(BENCHMARKS_MD).read() if os.path.exists(BENCHMARKS_MD) else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        sys.exit(f"bench: {BENCHMARKS_MD} lacks the {BEGIN} … {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    with open(BENCHMARKS_MD, "w") as f:
+        f.write(f"{head}{BEGIN}\n{section}\n{END}{tail}")
