@@ -379,26 +379,39 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         while let Some(id) = self.queue.pop() {
             let Some((obj, sec, piece)) = self.sources[id] else { continue };
             let (start, end) = piece.unwrap_or((0, u64::MAX));
-            let relocs: Vec<_> = self.object(obj).sections[sec]
-                .relocs()
-                .iter()
-                .filter(|r| r.offset >= start && r.offset < end)
-                .copied()
-                .collect();
-            let mut planned = Vec::with_capacity(relocs.len());
-            for r in relocs {
-                let target = self.resolve(obj, &r, Some(id));
-                let symbol = self.object(obj).symbols[r.symbol].name.to_string();
-                planned.push(PlannedReloc {
-                    offset: r.offset - start,
-                    kind: r.kind,
-                    target,
-                    addend: r.addend,
-                    symbol,
-                });
-            }
-            self.chunks[id].relocs = planned;
+            self.chunks[id].relocs = self.plan_relocs(obj, sec, start, end, Some(id));
         }
+    }
+
+    /// The relocations of `sec` in `[start, end)`, resolved, with offsets from `start`. `from`
+    /// is the chunk making them (none for unwind records).
+    fn plan_relocs(
+        &mut self,
+        obj: Obj,
+        sec: SecIdx,
+        start: u64,
+        end: u64,
+        from: Option<ChunkId>,
+    ) -> Vec<PlannedReloc> {
+        let relocs: Vec<_> = self.object(obj).sections[sec]
+            .relocs()
+            .iter()
+            .filter(|r| r.offset >= start && r.offset < end)
+            .copied()
+            .collect();
+        let mut planned = Vec::with_capacity(relocs.len());
+        for r in relocs {
+            let target = self.resolve(obj, &r, from);
+            let symbol = self.object(obj).symbols[r.symbol].name.to_string();
+            planned.push(PlannedReloc {
+                offset: r.offset - start,
+                kind: r.kind,
+                target,
+                addend: r.addend,
+                symbol,
+            });
+        }
+        planned
     }
 
     /// The FDE of a carried function, and its CIE (once per object and CIE).
@@ -424,24 +437,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     fn eh_record(&mut self, obj: Obj, eh: SecIdx, rec: unwind::Record, cie: Option<usize>) -> usize {
         let (start, end) = (rec.start as u64, (rec.start + rec.len) as u64);
-        let relocs: Vec<_> = self.object(obj).sections[eh]
-            .relocs()
-            .iter()
-            .filter(|r| r.offset >= start && r.offset < end)
-            .copied()
-            .collect();
-        let mut planned = Vec::new();
-        for r in relocs {
-            let target = self.resolve(obj, &r, None);
-            let symbol = self.object(obj).symbols[r.symbol].name.to_string();
-            planned.push(PlannedReloc {
-                offset: r.offset - start,
-                kind: r.kind,
-                target,
-                addend: r.addend,
-                symbol,
-            });
-        }
+        let planned = self.plan_relocs(obj, eh, start, end, None);
         let data = &self.object(obj).sections[eh].data[rec.start..rec.start + rec.len];
         self.eh_records.push(EhRecord { data, relocs: planned, cie });
         self.eh_records.len() - 1
