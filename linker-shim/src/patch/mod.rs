@@ -48,7 +48,7 @@ pub fn for_running_processes(
     }
     collect_patches_of_dead_processes(dir);
     for (reg, build) in live {
-        match patch_process(called, &reg, &build, inputs, dir, &program) {
+        let notes = match patch_process(called, &reg, &build, inputs, dir, &program) {
             Ok(Outcome::Patched { summary, load_us, install_us, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
                 let total = called.elapsed().as_secs_f64() * 1000.0;
@@ -57,9 +57,7 @@ pub fn for_running_processes(
                     Tone::Good,
                     &format!("{program} (pid {}): {summary}, applied in {applied:.1} ms, {total:.0} ms after rustc called ipbp-ld", reg.pid),
                 );
-                for n in notes {
-                    status.line("Note", Tone::Warn, &n);
-                }
+                notes
             }
             Ok(Outcome::Unchanged { notes }) => {
                 status.line(
@@ -67,9 +65,7 @@ pub fn for_running_processes(
                     Tone::Good,
                     &format!("{program} (pid {}): no code changes reach it", reg.pid),
                 );
-                for n in notes {
-                    status.line("Note", Tone::Warn, &n);
-                }
+                notes
             }
             Ok(Outcome::Skipped { reasons, notes }) => {
                 let (first, more) = (&reasons[0], reasons.len() - 1);
@@ -89,15 +85,19 @@ pub fn for_running_processes(
                 for r in reasons.iter().skip(1) {
                     status.line("Skipped", Tone::Bad, r);
                 }
-                for n in notes {
-                    status.line("Note", Tone::Warn, &n);
-                }
+                notes
             }
-            Err(e) => status.line(
-                "Skipped",
-                Tone::Bad,
-                &format!("{program} (pid {}): {e}; it keeps running its current code", reg.pid),
-            ),
+            Err(e) => {
+                status.line(
+                    "Skipped",
+                    Tone::Bad,
+                    &format!("{program} (pid {}): {e}; it keeps running its current code", reg.pid),
+                );
+                Vec::new()
+            }
+        };
+        for n in notes {
+            status.line("Note", Tone::Warn, &n);
         }
     }
 }
