@@ -131,15 +131,20 @@ impl<'a> Maker<'a> {
         }
     }
 
-    /// Every unit of the input, each hashed from its bytes.
-    fn hashed(&self, kind: InputKind, units: &mut Vec<WorkUnit<'a>>) -> Result<()> {
+    /// Every unit of the input: an object by the content fingerprint capture computed (the
+    /// same xxh3-128 of its bytes; the file is read only without one), an archive's members each
+    /// hashed from their bytes.
+    fn units(&self, input: &Input, units: &mut Vec<WorkUnit<'a>>) -> Result<()> {
         let Source { path, file } = &*self.source;
-        let data = self.arena.map(file)?;
-        if kind == InputKind::Object {
-            units.push(self.unit(unit_key(path, None).into(), xxhash_rust::xxh3::xxh3_128(data), None));
+        if input.kind == InputKind::Object {
+            let hash = match input.fingerprint.as_deref().and_then(fingerprint_hash) {
+                Some(hash) => hash,
+                None => xxhash_rust::xxh3::xxh3_128(self.arena.map(file)?),
+            };
+            units.push(self.unit(unit_key(path, None).into(), hash, None));
             return Ok(());
         }
-        for member in archive_members(path, data)? {
+        for member in archive_members(path, self.arena.map(file)?)? {
             let name = member.origin.member.clone();
             let key = unit_key(path, name.as_deref());
             units.push(self.unit(key.into(), xxhash_rust::xxh3::xxh3_128(member.data), name.map(Cow::Owned)));
@@ -210,12 +215,8 @@ impl<'a> Build<'a> {
                 continue;
             }
             let maker = Maker::new(arena, number, input, false)?;
-            let fingerprint = input.fingerprint.as_deref().and_then(fingerprint_hash);
             if input.kind == InputKind::Object {
-                match fingerprint {
-                    Some(hash) => units.push(maker.unit(unit_key(&input.path, None).into(), hash, None)),
-                    None => maker.hashed(input.kind, &mut units)?,
-                }
+                maker.units(input, &mut units)?;
                 continue;
             }
             let same =
@@ -226,18 +227,18 @@ impl<'a> Build<'a> {
                         .iter()
                         .map(|m| maker.unit(Cow::Borrowed(m.key), m.hash, Some(Cow::Borrowed(m.member)))),
                 ),
-                None => maker.hashed(input.kind, &mut units)?,
+                None => maker.units(input, &mut units)?,
             }
         }
         Ok(Build::new(units))
     }
 
-    /// Every unit of a build, each hashed from its bytes: what a link index records.
+    /// Every unit of a build, with its content hash: what a link index records.
     pub fn all(arena: &'a Arena, inputs: &[Input], workspace: &Workspace, stored: bool) -> Result<Self> {
         let mut units = Vec::new();
         for (number, input) in inputs.iter().enumerate() {
             if is_unit_input(input, workspace) {
-                Maker::new(arena, number, input, stored)?.hashed(input.kind, &mut units)?;
+                Maker::new(arena, number, input, stored)?.units(input, &mut units)?;
             }
         }
         Ok(Build::new(units))
