@@ -2,9 +2,10 @@
 //! linked to go, then install it. Every check happens before anything changes, and a refused
 //! patch leaves the program exactly as it was.
 
+use crate::detour::{Detours, JUMP_LEN};
 use crate::dispatch::{self, HotSlot};
 use crate::image::Image;
-use crate::protocol::{Apply, Hello, LedgerEntry, Reply};
+use crate::protocol::{Applied, Apply, Hello, LedgerEntry, Reply};
 use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -19,6 +20,8 @@ pub struct State {
     originals: HashMap<u64, u64>,
     /// Slot address → value stored by the latest patch.
     slots: HashMap<u64, u64>,
+    /// Function entries redirected in place.
+    detours: Detours,
     data: Vec<LedgerEntry>,
     tls: Vec<LedgerEntry>,
     patches: Vec<(u64, u64, PathBuf)>,
@@ -31,6 +34,7 @@ impl State {
             generation: 0,
             originals: HashMap::new(),
             slots: HashMap::new(),
+            detours: Detours::default(),
             data: Vec::new(),
             tls: Vec::new(),
             patches: Vec::new(),
@@ -48,6 +52,7 @@ impl State {
             tls_reserve: Some((crate::tls::reserve_tp_offset(), crate::tls::RESERVE_SIZE as u64)),
             slots,
             redirects: dispatch::current(),
+            detours: self.detours.current(),
             data: self.data.clone(),
             tls: self.tls.clone(),
             patches: self.patches.clone(),
@@ -107,6 +112,16 @@ impl State {
                 return Err(format!("redirect {from:#x} -> {to:#x} leaves the program's code"));
             }
         }
+        for &(from, to) in &req.detours {
+            // An entry of the image, or of a function an earlier patch loaded (its callers and
+            // pointers to it are sent on to the newest version too).
+            let end = from.checked_add(JUMP_LEN as u64).ok_or("detour entry out of range")?;
+            let entry_ok = (img.contains_code(from) && img.contains_code(end - 1))
+                || self.patches.iter().any(|&(s, l, _)| s <= from && end <= s.saturating_add(l));
+            if !entry_ok || !(img.contains_code(to) || in_patch(to)) {
+                return Err(format!("detour {from:#x} -> {to:#x} leaves the program's code"));
+            }
+        }
 
         if let (Some(file), Some((start, len))) = (&req.file, new_range) {
             load(file, start, len)?;
@@ -115,6 +130,9 @@ impl State {
         let load_us = started.elapsed().as_micros() as u64;
 
         let installed = Instant::now();
+        // Detours first: they are the step that can still fail (a thread that cannot be stopped),
+        // and then no slot or table has changed yet.
+        let stop = self.detours.install(&req.detours)?;
         let wanted: HashMap<u64, u64> = req.slots.iter().copied().collect();
         for (&slot, &original) in &self.originals {
             if !wanted.contains_key(&slot) {
@@ -139,12 +157,21 @@ impl State {
         crate::runtime::set_generation(self.generation);
         if std::env::var_os("IPBP_LOG").is_some() {
             eprintln!(
-                "[ipbp] patch {} applied: {} (load {load_us} us, install {install_us} us)",
+                "[ipbp] patch {} applied: {} (load {load_us} us, install {install_us} us; {} entries rewritten, {} threads parked for at most {} us, {} retries)",
                 self.generation,
-                if req.summary.is_empty() { "no changes" } else { &req.summary }
+                if req.summary.is_empty() { "no changes" } else { &req.summary },
+                stop.written,
+                stop.threads,
+                stop.longest_pause.as_micros(),
+                stop.retries
             );
         }
-        Ok(Reply::Applied { generation: self.generation, load_us, install_us })
+        Ok(Reply::Applied(Applied {
+            generation: self.generation,
+            load_us,
+            install_us,
+            pause_us: stop.longest_pause.as_micros() as u64,
+        }))
     }
 }
 

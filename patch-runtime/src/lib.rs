@@ -19,6 +19,12 @@ pub mod protocol;
 pub mod registry;
 
 mod apply;
+mod detour;
+
+/// How many bytes at a function's entry an in-place patch overwrites (ipbp-ld checks that they
+/// hold no call and no branch target).
+#[doc(hidden)]
+pub const DETOUR_JUMP_LEN: usize = detour::JUMP_LEN;
 mod image;
 mod listener;
 mod runtime;

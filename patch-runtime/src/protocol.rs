@@ -12,6 +12,7 @@
 //!                         range 0x55d140000000 0x5000
 //!                         slot 0x55d1c0c41a10 0x55d140000120
 //!                         redirect 0x55d1c0a3b2f0 0x55d140001a40
+//!                         detour 0x55d1c0a3c120 0x55d140000300
 //!                         data 0x55d140004000 8 _ZN4demo9NEW_STATIC17h…E
 //!                         tls 64 40 _ZN4demo5CACHE…E
 //!                         summary 2 changed, 1 added
@@ -19,8 +20,9 @@
 //! ```
 //!
 //! Addresses are absolute in the running process. An `apply` lists the *whole* desired state:
-//! every hot slot to point somewhere other than its original function, and the whole redirect
-//! table. Slots it does not name go back to their original value, which is how a patch that
+//! every hot slot to point somewhere other than its original function, the whole redirect
+//! table, and every function entry to redirect in place (`detour`: entry → newest version). Slots
+//! and entries it does not name go back to their original value, which is how a patch that
 //! reverts an edit undoes the earlier one. `data` and `tls` entries are new state a patch brought
 //! in; the program keeps them in its ledger so later patches bind to the same copies.
 //! Replies start with `ok` or `error <message>`.
@@ -55,6 +57,8 @@ pub struct Apply {
     pub slots: Vec<(u64, u64)>,
     /// Original function address → newest version (generic hot functions, `ipbp::call`).
     pub redirects: Vec<(u64, u64)>,
+    /// Function entry → newest version: a jump written over the entry (in-place patching).
+    pub detours: Vec<(u64, u64)>,
     pub data: Vec<LedgerEntry>,
     pub tls: Vec<LedgerEntry>,
     /// Human summary for the program's own log line.
@@ -82,6 +86,7 @@ pub struct Hello {
     pub tls_reserve: Option<(i64, u64)>,
     pub slots: Vec<(u64, u64)>,
     pub redirects: Vec<(u64, u64)>,
+    pub detours: Vec<(u64, u64)>,
     pub data: Vec<LedgerEntry>,
     pub tls: Vec<LedgerEntry>,
     /// Patch libraries loaded so far: start, length, path.
@@ -91,8 +96,21 @@ pub struct Hello {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Hello(Hello),
-    Applied { generation: u64, load_us: u64, install_us: u64 },
+    Applied(Applied),
     Error(String),
+}
+
+/// What applying a patch took.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub generation: u64,
+    /// Checks and `dlopen`.
+    pub load_us: u64,
+    /// Storing slots and the redirect table, and writing detours (threads parked included).
+    pub install_us: u64,
+    /// The longest time any other thread of the program was parked while detours were written
+    /// (0 when none were).
+    pub pause_us: u64,
 }
 
 fn line(s: &mut String, key: &str, value: impl std::fmt::Display) {
@@ -148,6 +166,7 @@ impl Request {
                 }
                 pairs(&mut s, "slot", &a.slots);
                 pairs(&mut s, "redirect", &a.redirects);
+                pairs(&mut s, "detour", &a.detours);
                 entries(&mut s, "data", &a.data);
                 entries(&mut s, "tls", &a.tls);
                 if !a.summary.is_empty() {
@@ -183,6 +202,7 @@ impl Request {
                     },
                     slots: all(&f, "slot", parse_pair)?,
                     redirects: all(&f, "redirect", parse_pair)?,
+                    detours: all(&f, "detour", parse_pair)?,
                     data: all(&f, "data", parse_entry)?,
                     tls: all(&f, "tls", parse_entry)?,
                     summary: f.get("summary").unwrap_or("").to_string(),
@@ -198,11 +218,12 @@ impl Reply {
         let mut s = String::new();
         match self {
             Reply::Error(e) => line(&mut s, "error", e.replace('\n', " ")),
-            Reply::Applied { generation, load_us, install_us } => {
+            Reply::Applied(a) => {
                 s.push_str("ok\n");
-                line(&mut s, "generation", generation);
-                line(&mut s, "load-us", load_us);
-                line(&mut s, "install-us", install_us);
+                line(&mut s, "generation", a.generation);
+                line(&mut s, "load-us", a.load_us);
+                line(&mut s, "install-us", a.install_us);
+                line(&mut s, "pause-us", a.pause_us);
             }
             Reply::Hello(h) => {
                 s.push_str("ok\n");
@@ -215,6 +236,7 @@ impl Reply {
                 }
                 pairs(&mut s, "slot", &h.slots);
                 pairs(&mut s, "redirect", &h.redirects);
+                pairs(&mut s, "detour", &h.detours);
                 entries(&mut s, "data", &h.data);
                 entries(&mut s, "tls", &h.tls);
                 for (start, len, path) in &h.patches {
@@ -238,11 +260,12 @@ impl Reply {
         let num =
             |k: &str| f.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("missing `{k}`"));
         if !hello {
-            return Ok(Reply::Applied {
+            return Ok(Reply::Applied(Applied {
                 generation: num("generation")?,
                 load_us: num("load-us")?,
                 install_us: num("install-us")?,
-            });
+                pause_us: num("pause-us").unwrap_or(0),
+            }));
         }
         let tls_reserve = match f.get("tls-reserve") {
             Some(v) => {
@@ -266,6 +289,7 @@ impl Reply {
             tls_reserve,
             slots: all(&f, "slot", parse_pair)?,
             redirects: all(&f, "redirect", parse_pair)?,
+            detours: all(&f, "detour", parse_pair)?,
             data: all(&f, "data", parse_entry)?,
             tls: all(&f, "tls", parse_entry)?,
             patches,
@@ -287,6 +311,7 @@ mod tests {
             range: Some((0x5500_0000_0000, 0x3000)),
             slots: vec![(0x10, 0x20)],
             redirects: vec![(0x30, 0x40), (0x50, 0x60)],
+            detours: vec![(0x70, 0x80)],
             data: vec![LedgerEntry { addr: 0x70, size: 8, name: "_ZN3app3NEW17h0E".into() }],
             tls: vec![LedgerEntry { addr: 64, size: 40, name: "tls name".into() }],
             summary: "1 changed".into(),
@@ -306,12 +331,13 @@ mod tests {
             tls_reserve: Some((-8256, 8192)),
             slots: vec![(1, 2)],
             redirects: vec![],
+            detours: vec![(3, 4)],
             data: vec![],
             tls: vec![],
             patches: vec![(0x1000, 0x2000, "/x/patch-1.so".into())],
         };
         assert_eq!(Reply::parse(&Reply::Hello(h.clone()).encode(), true), Ok(Reply::Hello(h)));
-        let ok = Reply::Applied { generation: 2, load_us: 900, install_us: 3 };
+        let ok = Reply::Applied(Applied { generation: 2, load_us: 900, install_us: 3, pause_us: 40 });
         assert_eq!(Reply::parse(&ok.encode(), false), Ok(ok));
         let e = Reply::Error("symbol x\nmissing".into());
         assert_eq!(Reply::parse(&e.encode(), false), Ok(Reply::Error("symbol x missing".into())));

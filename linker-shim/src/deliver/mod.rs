@@ -4,7 +4,7 @@
 pub mod address;
 
 use crate::error::{Context, Result};
-use ipbp::protocol::{Apply, Hello, Reply, Request, MAX_MESSAGE};
+use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, MAX_MESSAGE};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -52,10 +52,10 @@ pub fn hello(socket: &Path) -> Result<Hello> {
     }
 }
 
-/// Sends a patch; returns the new generation and the program's load and install times (µs).
-pub fn apply(socket: &Path, apply: Apply) -> Result<(u64, u64, u64)> {
+/// Sends a patch; returns the new generation and the program's load and install times.
+pub fn apply(socket: &Path, apply: Apply) -> Result<Applied> {
     match exchange(socket, &Request::Apply(apply), false)? {
-        Reply::Applied { generation, load_us, install_us } => Ok((generation, load_us, install_us)),
+        Reply::Applied(applied) => Ok(applied),
         Reply::Error(e) => crate::bail!("{e}"),
         Reply::Hello(_) => crate::bail!("unexpected answer to apply"),
     }

@@ -26,6 +26,8 @@ pub struct Timings {
     /// In the process: checks and loading the library; storing into slots and the table.
     pub load_us: u64,
     pub install_us: u64,
+    /// The longest time any thread of the program was parked while detours were written.
+    pub pause_us: u64,
 }
 
 #[derive(Serialize)]
@@ -43,7 +45,8 @@ struct Manifest<'a> {
     /// What planning looked at (hot points, sections and units reached).
     planning: Vec<(&'static str, usize)>,
     report: &'a Report,
-    /// Old → new: hot slots and redirect-table keys, with the function now called.
+    /// Old → new: hot slots, redirect-table keys and detoured entries, with the function now
+    /// called.
     installs: Vec<InstallRecord>,
     chunks: Vec<ChunkRecord>,
     new_statics: Vec<Entry>,
@@ -110,6 +113,7 @@ pub fn write(
         .iter()
         .map(|&(at, new)| ("slot", at, new))
         .chain(request.redirects.iter().map(|&(at, new)| ("redirect", at, new)))
+        .chain(request.detours.iter().map(|&(at, new)| ("detour", at, new)))
         .map(|(kind, at, new)| InstallRecord {
             kind,
             at: format!("{at:#x}"),

@@ -216,6 +216,7 @@ fn patch_process(
             base: &image,
             hello: &hello,
             tls: TlsInfo { reserve },
+            mode: plan::Mode::from_env(),
             link_inputs: inputs,
             arena: &arena,
         },
@@ -229,7 +230,7 @@ fn patch_process(
         return Ok(Outcome::Skipped { reasons, notes });
     }
     let nothing_new = plan.chunks.is_empty();
-    if nothing_new && hello.slots.is_empty() && hello.redirects.is_empty() {
+    if nothing_new && hello.slots.is_empty() && hello.redirects.is_empty() && hello.detours.is_empty() {
         return Ok(Outcome::Unchanged { notes });
     }
 
@@ -252,10 +253,12 @@ fn patch_process(
 
     let mut slots = Vec::new();
     let mut redirects = Vec::new();
+    let mut detours = Vec::new();
     for &(chunk, install) in &plan.installs {
         match install {
             Install::Slot(at) => slots.push((at, chunk_addr[chunk])),
             Install::Redirect(key) => redirects.push((key, chunk_addr[chunk])),
+            Install::Detour(entry) => detours.push((entry, chunk_addr[chunk])),
         }
     }
     let data: Vec<LedgerEntry> = plan
@@ -272,11 +275,13 @@ fn patch_process(
         range,
         slots,
         redirects,
+        detours,
         data,
         tls: plan.new_tls.clone(),
         summary: summary.clone(),
     };
-    let (new_generation, load_us, install_us) = deliver::apply(&reg.socket, request.clone())?;
+    let applied = deliver::apply(&reg.socket, request.clone())?;
+    let (new_generation, load_us, install_us) = (applied.generation, applied.load_us, applied.install_us);
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
     let since_called = |t: Instant| (t - called).as_secs_f64() * 1e3;
@@ -294,6 +299,7 @@ fn patch_process(
         deliver_ms: (t_deliver - t_emit).as_secs_f64() * 1e3,
         load_us,
         install_us,
+        pause_us: applied.pause_us,
     };
     let _ =
         manifest::write(&patch_dir, program, reg, new_generation, &plan, &request, &chunk_addr, &d, &timings);

@@ -34,6 +34,10 @@ pub struct BaseImage<'a> {
     pub tls: Option<(u64, u64, u64)>,
     /// Start and end of the image in the process (all PT_LOAD segments, biased).
     pub span: (u64, u64),
+    /// The executable's bytes, and its executable segments as `(p_vaddr, p_offset, p_filesz)`:
+    /// the code as the process runs it (the image is never written on disk).
+    file: &'a [u8],
+    code_segments: Vec<(u64, u64, u64)>,
 }
 
 impl<'a> BaseImage<'a> {
@@ -45,12 +49,16 @@ impl<'a> BaseImage<'a> {
         let build_id = file.build_id().ok().flatten().map(crate::map::read::hex).unwrap_or_default();
         let mut tls = None;
         let (mut lo, mut hi) = (u64::MAX, 0);
+        let mut code_segments = Vec::new();
         for ph in file.elf_program_headers() {
             match ph.p_type(e) {
                 elf::PT_TLS => tls = Some((ph.p_vaddr(e), ph.p_memsz(e), ph.p_align(e))),
                 elf::PT_LOAD => {
                     lo = lo.min(ph.p_vaddr(e));
                     hi = hi.max(ph.p_vaddr(e) + ph.p_memsz(e));
+                    if ph.p_flags(e).0 & elf::PF_X.0 != 0 {
+                        code_segments.push((ph.p_vaddr(e), ph.p_offset(e), ph.p_filesz(e)));
+                    }
                 }
                 _ => {}
             }
@@ -62,7 +70,19 @@ impl<'a> BaseImage<'a> {
             state_by_path: OnceCell::new(),
             tls,
             span: (lo + load_bias, hi + load_bias),
+            file: data,
+            code_segments,
         })
+    }
+
+    /// The image's code from `addr` (unbiased) up to `len` bytes, or fewer at the end of its
+    /// segment; `None` outside code.
+    pub fn code(&self, addr: u64, len: u64) -> Option<&'a [u8]> {
+        let &(vaddr, offset, filesz) =
+            self.code_segments.iter().find(|&&(v, _, size)| v <= addr && addr < v + size)?;
+        let start = (offset + (addr - vaddr)) as usize;
+        let end = (offset + filesz).min(offset + (addr - vaddr) + len) as usize;
+        self.file.get(start..end)
     }
 
     /// The first definition of `name`, and how many there are.

@@ -13,6 +13,7 @@
 //! What cannot be patched safely becomes a [`Refusal`] naming the symbol and the reason.
 
 pub mod base;
+pub mod entry;
 pub mod graph;
 pub mod unwind;
 
@@ -82,6 +83,30 @@ pub enum Install {
     Slot(u64),
     /// Redirect-table entry from this absolute key address.
     Redirect(u64),
+    /// A jump written over the function entry at this absolute address (in-place patching).
+    Detour(u64),
+}
+
+/// How a patch reaches the running code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every changed function's entry jumps to its new version: every caller, however it got the
+    /// address, runs the new code. Nothing is carried.
+    #[default]
+    InPlace,
+    /// Only hot points (`#[ipbp::hot]`, `ipbp::call`) switch to new code; the patch carries every
+    /// function on a path from a hot point to changed code.
+    HotPoints,
+}
+
+impl Mode {
+    /// `IPBP_MODE=hot-points` selects hot points; in place otherwise.
+    pub fn from_env() -> Mode {
+        match std::env::var("IPBP_MODE").as_deref() {
+            Ok("hot-points") => Mode::HotPoints,
+            _ => Mode::InPlace,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,6 +163,7 @@ pub struct Inputs<'p, 'a> {
     pub base: &'p BaseImage<'a>,
     pub hello: &'p Hello,
     pub tls: TlsInfo,
+    pub mode: Mode,
     /// The current link's inputs (archives to pull from).
     pub link_inputs: &'p [Input],
     pub arena: &'a Arena,
@@ -177,23 +203,53 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             )),
         }
     }
-    let affected = graph::affected(index, &changed_nodes, &hot);
-    let copy = affected.copy;
+    let (copy, visited) = match input.mode {
+        Mode::HotPoints => {
+            let affected = graph::affected(index, &changed_nodes, &hot);
+            let mut unreached: Vec<String> = affected
+                .unreached
+                .iter()
+                .filter_map(|&n| index.name(n))
+                .map(crate::map::read::demangle)
+                .collect();
+            unreached.sort();
+            unreached.dedup();
+            if !unreached.is_empty() {
+                notes.push(unreached_note(&unreached));
+            }
+            (affected.copy, affected.visited)
+        }
+        // Every changed function and constant is new code; nothing unchanged is carried. `main`
+        // is running and never called again: its new code would never run, so it is left out.
+        Mode::InPlace => {
+            let mut copy = HashSet::new();
+            let mut running = Vec::new();
+            for &n in &changed_nodes {
+                let name = index.name(n).map(crate::map::read::demangle);
+                if index.kind(n) == SectionKind::Text && name.as_deref().is_some_and(is_main) {
+                    running.extend(name);
+                } else {
+                    copy.insert(n);
+                }
+            }
+            running.sort();
+            running.dedup();
+            for f in running {
+                notes.push(format!(
+                    "`{f}` changed; it is running and is not called again, so its new code runs after a restart"
+                ));
+            }
+            (copy, changed_nodes.len())
+        }
+    };
     clock.step("affected");
     let stats = vec![
         ("hot points", hot.roots.len()),
-        ("sections walked from the changes", affected.visited),
+        ("sections walked from the changes", visited),
         ("sections copied", copy.len()),
         ("workspace units", index.build.units.len()),
         ("units read", index.units_read().len()),
     ];
-    let mut unreached: Vec<String> =
-        affected.unreached.iter().filter_map(|&n| index.name(n)).map(crate::map::read::demangle).collect();
-    unreached.sort();
-    unreached.dedup();
-    if !unreached.is_empty() {
-        notes.push(unreached_note(&unreached));
-    }
     for &n in &hot.shared {
         if copy.contains(&n) {
             let f = index.name(n).map(crate::map::read::demangle).unwrap_or_default();
@@ -206,6 +262,10 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     let pulled = ObjectArena::default();
     let mut planner = Planner::new(input, index, &hot, &copy, &pulled);
     for &n in sorted(&copy).iter() {
+        // In place, changed constants are copied only when new code refers to them.
+        if input.mode == Mode::InPlace && index.kind(n) != SectionKind::Text {
+            continue;
+        }
         let (u, s) = n;
         planner.include(Obj::Unit(u), s, None);
     }
@@ -217,6 +277,11 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
     Ok(plan)
+}
+
+/// The binary crate's `main` (`app::main`): called once, by the standard library's start-up.
+fn is_main(path: &str) -> bool {
+    path.split("::").collect::<Vec<_>>().as_slice().len() == 2 && path.ends_with("::main")
 }
 
 /// One line for every changed function no hot point reaches (often code of `main`, or code that
@@ -806,6 +871,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let base = self.input.base;
         let bias = base.load_bias;
         let mut installs = Vec::new();
+        let mut detours: Vec<(ChunkId, &str)> = Vec::new();
+        let mut refusals = self.refusals;
         let mut report = Report::default();
         for (&(obj, sec, piece), &id) in &self.included {
             let Obj::Unit(u) = obj else { continue };
@@ -819,6 +886,14 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             } else if copy.contains(&node) {
                 report.carried.extend(name.clone());
             }
+            if self.input.mode == Mode::InPlace {
+                if changed.contains(&node) && index.kind(node) == SectionKind::Text {
+                    if let Some(mangled) = index.name(node) {
+                        detours.push((id, mangled));
+                    }
+                }
+                continue;
+            }
             if let Some(dispatch) = hot.roots.get(&node) {
                 let original = |n: Loc| index.name(n).and_then(|s| base.lookup(s)).map(|(s, _)| s);
                 let install = match *dispatch {
@@ -830,6 +905,16 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 };
                 if let Some(install) = install {
                     installs.push((id, install));
+                }
+            }
+        }
+        for (id, mangled) in detours {
+            match detour_entries(base, mangled) {
+                Ok(entries) => installs.extend(entries.into_iter().map(|at| (id, Install::Detour(at)))),
+                Err(reason) => {
+                    let symbol = crate::map::read::demangle(mangled);
+                    let reason = format!("`{symbol}` cannot be redirected in place: {reason}");
+                    refusals.push(Refusal { symbol, reason });
                 }
             }
         }
@@ -872,9 +957,25 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             new_data,
             new_tls: self.new_tls,
             report,
-            refusals: self.refusals,
+            refusals,
         }
     }
+}
+
+/// The absolute entries of every copy of function `mangled` in the running image (a local symbol
+/// can be defined in several codegen units, all the same code), each checked to hold a jump.
+/// None when the image does not have it (a new function).
+fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> Result<Vec<u64>, String> {
+    let mut out = Vec::new();
+    for s in base.all(mangled).into_iter().filter(|s| s.kind == BaseKind::Function) {
+        let code = base.code(s.addr, s.size).ok_or("its code is not in the image's executable segments")?;
+        let after = base.code(s.addr + s.size, entry::JUMP_LEN).unwrap_or(&[]);
+        entry::check(code, after).map_err(|e| e.to_string())?;
+        out.push(s.addr + base.load_bias);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 impl Target {

@@ -355,7 +355,7 @@ fn two_processes_of_one_binary_are_both_patched() {
 }
 
 /// Closures run through `ipbp::call` and generic hot functions, both called from code that is
-/// never patched (the thread loop): their new versions are found through the redirect table.
+/// never patched (the thread loop): in place, their entries jump to the new versions.
 #[test]
 fn closures_through_ipbp_call_and_generic_hot_functions_are_patched() {
     let (project, app) = running_counter();
@@ -363,6 +363,36 @@ fn closures_through_ipbp_call_and_generic_hot_functions_are_patched() {
     project.edit(MAIN, r#"format!("banner-{t}")"#, r#"format!("flag-{t}")"#);
     project.edit(MAIN, r#"format!("<{value}>")"#, r#"format!("[{value}]")"#);
     build_and_expect_patched(&project, &app);
+    app.wait_for_ticks(mark, &THREADS, "the new closure and generic function", |t| {
+        t.get("banner") == format!("flag-{}", t.thread) && t.get("gen") == format!("[{}]", t.thread)
+    });
+    let manifest = project.manifest(app.pid, 1);
+    let detoured: Vec<&str> = manifest["installs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["kind"] == "detour")
+        .map(|i| i["function"].as_str().unwrap())
+        .collect();
+    assert!(detoured.iter().any(|f| f.contains("{{closure}}")), "the closure was not detoured: {manifest:#}");
+    assert!(detoured.contains(&"counter::describe"), "the generic instance was not detoured: {manifest:#}");
+    assert!(
+        manifest["installs"].as_array().unwrap().iter().all(|i| i["kind"] == "detour"),
+        "in place, nothing goes through slots or the redirect table: {manifest:#}"
+    );
+}
+
+/// The same edits with patches made for hot points only (`IPBP_MODE=hot-points`): the new
+/// versions are found through the redirect table, and the thread loop that calls them is not
+/// copied.
+#[test]
+fn hot_points_mode_patches_through_the_redirect_table() {
+    let (project, app) = running_counter();
+    let mark = app.mark();
+    project.edit(MAIN, r#"format!("banner-{t}")"#, r#"format!("flag-{t}")"#);
+    project.edit(MAIN, r#"format!("<{value}>")"#, r#"format!("[{value}]")"#);
+    let run = project.build_for_hot_points();
+    assert!(status_for(&run, app.pid).starts_with("Patched counter"), "{run}");
     app.wait_for_ticks(mark, &THREADS, "the new closure and generic function", |t| {
         t.get("banner") == format!("flag-{}", t.thread) && t.get("gen") == format!("[{}]", t.thread)
     });

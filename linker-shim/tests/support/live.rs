@@ -69,6 +69,14 @@ impl Project {
         run
     }
 
+    /// `cargo build` through the shim with patches made for hot points only
+    /// (`IPBP_MODE=hot-points`) instead of in place.
+    pub fn build_for_hot_points(&self) -> Run {
+        let run = self.cargo(Linker::Shim, CONFIG, &["build"]).env("IPBP_MODE", "hot-points").run();
+        assert!(run.success(), "the build failed: {run}");
+        run
+    }
+
     /// Replaces `from` by `to` in a source file; the text must be there.
     #[track_caller]
     pub fn edit(&self, path: &str, from: &str, to: &str) {
