@@ -317,6 +317,9 @@ fn summarize(report: &plan::Report, revert_only: bool) -> String {
     if !report.carried.is_empty() {
         parts.push(format!("{} carried", report.carried.len()));
     }
+    if !report.not_redirected.is_empty() {
+        parts.push(format!("{} not redirected (see note)", report.not_redirected.len()));
+    }
     parts.join(", ")
 }
 

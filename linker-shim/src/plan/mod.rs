@@ -128,6 +128,9 @@ pub struct Report {
     pub pulled: Vec<String>,
     /// Symbols left to the dynamic loader.
     pub imports: Vec<String>,
+    /// Changed functions whose entry in the image cannot hold a jump (in place): old callers keep
+    /// their old code, new code calls the new version. Demangled name and why.
+    pub not_redirected: Vec<(String, String)>,
     /// Things the user should know that do not stop the patch.
     pub notes: Vec<String>,
 }
@@ -521,6 +524,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if let Some(t) = target.and_then(|at| self.dispatch_special(at, from)) {
             return t;
         }
+        if let Some(t) = target.and_then(|at| self.address_of_changed_function(at, r, from)) {
+            return t.offset(value as i64);
+        }
         match def {
             crate::objects::Definition::Section(sec) => {
                 if !s.is_named() {
@@ -591,6 +597,27 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             Dispatch::Key { key } if *key == target => Some(Target::Chunk(from?, 0)),
             _ => None,
         }
+    }
+
+    /// In place, new code that takes the *address* of a changed function (a `fn` pointer, a
+    /// vtable entry) gets the function's entry in the image, which jumps to the newest version:
+    /// pointers made before and after a patch stay equal. Calls (`PLT32`) and unwind records go
+    /// to the new copy directly. `None` for everything else.
+    fn address_of_changed_function(
+        &self,
+        at: Loc,
+        r: &crate::objects::Reloc,
+        from: Option<ChunkId>,
+    ) -> Option<Target> {
+        let is_call = r.kind == elf::R_X86_64_PLT32;
+        if self.input.mode != Mode::InPlace || from.is_none() || is_call {
+            return None;
+        }
+        if !self.copy.contains(&at) || self.index.kind(at) != SectionKind::Text {
+            return None;
+        }
+        let (entry, _) = self.input.base.lookup(self.index.name(at)?)?;
+        (entry.kind == BaseKind::Function).then_some(Target::Absolute(entry.addr + self.input.base.load_bias))
     }
 
     /// A named symbol defined in section `sec` of `obj`.
@@ -872,7 +899,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let bias = base.load_bias;
         let mut installs = Vec::new();
         let mut detours: Vec<(ChunkId, &str)> = Vec::new();
-        let mut refusals = self.refusals;
+        let refusals = self.refusals;
         let mut report = Report::default();
         for (&(obj, sec, piece), &id) in &self.included {
             let Obj::Unit(u) = obj else { continue };
@@ -911,10 +938,16 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         for (id, mangled) in detours {
             match detour_entries(base, mangled) {
                 Ok(entries) => installs.extend(entries.into_iter().map(|at| (id, Install::Detour(at)))),
+                // Not fatal: the function's new code is in the patch, and every changed caller
+                // calls it; callers that did not change keep the old version, which the status
+                // line counts and a note names.
                 Err(reason) => {
                     let symbol = crate::map::read::demangle(mangled);
-                    let reason = format!("`{symbol}` cannot be redirected in place: {reason}");
-                    refusals.push(Refusal { symbol, reason });
+                    // One entry per chunk; another function with the same path may have moved.
+                    if let Some(i) = report.changed.iter().position(|c| *c == symbol) {
+                        report.changed.remove(i);
+                    }
+                    report.not_redirected.push((symbol, reason));
                 }
             }
         }
@@ -936,6 +969,13 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         report.pulled = self.pulled_names;
         report.imports = self.imports.iter().map(|i| crate::map::read::demangle(i)).collect();
         report.notes = self.notes;
+        report.not_redirected.sort();
+        report.not_redirected.dedup();
+        for (f, why) in &report.not_redirected {
+            report.notes.push(format!(
+                "`{f}` changed but its entry cannot be redirected ({why}); code that did not change keeps calling its old version"
+            ));
+        }
         for f in &self.no_unwind {
             report.notes.push(format!(
                 "`{}` has no unwind info; a panic inside it aborts",

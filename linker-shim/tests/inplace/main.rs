@@ -1,0 +1,176 @@
+//! In-place patching end to end: `testdata/inplace`, a program with **no hot points** (only
+//! `ipbp::init()`), built through ipbp-ld, running while it is edited and rebuilt. Its code is
+//! reached the way real programs reach code — a plain call from `main`'s loop, `dyn Trait` boxes
+//! and a `fn` field built at startup, closures held by a library crate, a library method — and
+//! every edit must show in the running process with the static and thread-local counters going on.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use support::live::{scenario, status_for, status_lines, Running};
+use support::Project;
+
+const MAIN: &str = "src/main.rs";
+const LIB: &str = "plugins/src/lib.rs";
+
+/// `key=value` fields of a line the app printed after its first word.
+fn fields(line: &str) -> HashMap<String, String> {
+    line.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn number(line: &str, key: &str) -> u64 {
+    fields(line)
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number `{key}` in {line}"))
+}
+
+fn running(env: &[(&str, &str)]) -> (Project, Running) {
+    let project = scenario("inplace");
+    project.build();
+    let app = project.start("inplace", env);
+    app.wait_for(0, "a first line", |l| l.starts_with("line "));
+    (project, app)
+}
+
+#[track_caller]
+fn build_and_expect_patched(project: &Project, app: &Running) -> String {
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched inplace"), "expected the process to be patched: {run}");
+    line
+}
+
+/// Every shape of indirect call an application keeps from startup, plus a plain call from
+/// `main`'s loop, runs its new code after one build; the static and the thread-local keep
+/// counting, and `main` itself is reported as running (it is not called again).
+#[test]
+fn code_reached_through_pointers_made_at_startup_runs_its_new_version() {
+    let (project, app) = running(&[]);
+    let before = app.wait_for(0, "a line", |l| l.starts_with("line "));
+    let mark = app.mark();
+    project.edit(MAIN, r#"format!("plain{}", n % 2)"#, r#"format!("fresh{}", n % 2)"#); // plain call
+    project.edit(MAIN, "3 * self.0 * self.0", "4 * self.0 * self.0"); // dyn Trait in a Vec<Box<_>>
+    project.edit(MAIN, "fn double(x: u64) -> u64 {\n    x * 2", "fn double(x: u64) -> u64 {\n    x * 20"); // fn field
+    project.edit(MAIN, "format!(\"{}\", n % 3 + 1)", "format!(\"c{}\", n % 3 + 1)"); // boxed closure held by the library
+    project.edit(LIB, r#"format!("registry-of-{}""#, r#"format!("registry-with-{}""#); // library method
+    let line = build_and_expect_patched(&project, &app);
+    assert!(line.contains("5 changed"), "{line}");
+    let new = app.wait_for(mark, "every new version", |l| {
+        let f = fields(l);
+        l.starts_with("line ")
+            && f["step"].starts_with("fresh")
+            && f["shapes"] == "4,4"
+            && f["field"] == format!("double:{}", number(l, "n") % 5 * 20)
+            && f["closures"].starts_with("inc:c")
+            && f["lib"] == "registry-with-2"
+    });
+    assert!(number(&new, "global") > number(&before, "global"), "the static restarted: {new}");
+    assert!(number(&new, "local") > number(&before, "local"), "the thread-local restarted: {new}");
+    assert_eq!(fields(&new)["fp_same"], "true", "{new}");
+
+    // An edit of `main` itself: new code for `main` would never run; the build says so.
+    project.edit(
+        MAIN,
+        "let period = std::env::var",
+        "let period = std::env::var_os(\"X\").map(|_| 1).unwrap_or(0) + std::env::var",
+    );
+    let run = project.build();
+    assert!(
+        status_lines(&run).iter().any(|l| l.starts_with("Note ")
+            && l.contains("`inplace::main` changed; it is running and is not called again")),
+        "{run}"
+    );
+}
+
+/// A thread calls a tiny function in a tight loop while it is patched 20 times in a row; another
+/// sits inside a patched function (sleeping) and a third has a patched recursive function on its
+/// stack 64 times. None crashes or computes a wrong value, and each sees the newest code on its
+/// next call.
+#[test]
+fn busy_blocked_and_recursing_threads_survive_twenty_patches() {
+    let (project, app) = running(&[("INPLACE_STRESS", "1")]);
+    app.wait_for(0, "the spinning thread", |l| l.starts_with("spin "));
+    app.wait_for(0, "the recursing thread", |l| l.starts_with("rec "));
+    let mut current = "x + 1000".to_string();
+    for k in 1..=20 {
+        let next = format!("x + {}", 1000 + k);
+        project.edit(MAIN, &current, &next);
+        if k == 10 {
+            project.edit(MAIN, "format!(\"old{round}\")", "format!(\"new{round}\")");
+            project.edit(MAIN, "        return 7;", "        return 1007;");
+        }
+        let mark = app.mark();
+        build_and_expect_patched(&project, &app);
+        app.wait_for(mark, &format!("tiny's version {k}"), |l| {
+            l.starts_with("spin ") && number(l, "last") == 1000 + k
+        });
+        current = next;
+    }
+    let mark = app.mark();
+    let spin = app.wait_for(mark, "a spin report", |l| l.starts_with("spin "));
+    assert_eq!(number(&spin, "bad"), 0, "a call of tiny returned garbage: {}", app.dump());
+    assert!(number(&spin, "calls") > 10_000_000, "{spin}");
+    app.wait_for(0, "the slow thread's new code", |l| l.starts_with("slow new"));
+    app.wait_for(0, "the recursion's new code", |l| l == "rec depth=1071");
+    let lines = app.lines_since(0);
+    for l in lines.iter().filter(|l| l.starts_with("rec ")) {
+        assert!(l == "rec depth=71" || l == "rec depth=1071", "recursion computed {l}: {}", app.dump());
+    }
+    assert!(!lines.iter().any(|l| l.starts_with("panic")), "{}", app.dump());
+}
+
+/// A panic raised in patched code unwinds through it, is caught by the old `main`, and the
+/// backtrace names the patched function; editing back restores the original bytes.
+#[test]
+fn panics_unwind_through_new_code_and_a_revert_restores_the_original() {
+    let (project, app) = running(&[]);
+    let original = app.wait_for(0, "a line", |l| l.starts_with("line "));
+    let mark = app.mark();
+    project.edit(MAIN, "fn risky(n: u64) -> u64 {\n", "fn risky(n: u64) -> u64 {\n    if n % 2 == 0 {\n        panic!(\"boom from patched risky\");\n    }\n");
+    build_and_expect_patched(&project, &app);
+    app.wait_for(mark, "a caught panic", |l| l.starts_with("line ") && l.contains("risky=caught"));
+    app.wait_for(mark, "the panic message", |l| l == "panic: boom from patched risky");
+    app.wait_for(mark, "the patched function in the backtrace", |l| {
+        l.starts_with("bt:") && l.contains("inplace::risky")
+    });
+    app.wait_for(mark, "lines after the panic", |l| l.starts_with("line ") && !l.contains("risky=caught"));
+
+    let mark = app.mark();
+    project.edit(MAIN, "    if n % 2 == 0 {\n        panic!(\"boom from patched risky\");\n    }\n", "");
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.contains("back to the code it started with"), "{run}");
+    let back = app.wait_for(mark, "the original code on an even tick", |l| {
+        l.starts_with("line ") && number(l, "n") % 2 == 0 && !l.contains("risky=caught")
+    });
+    assert!(number(&back, "n") > number(&original, "n"));
+    assert_eq!(fields(&back)["risky"], (number(&back, "n") + 1).to_string(), "{back}");
+    let later = app.mark();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(
+        !app.lines_since(later).iter().any(|l| l.contains("risky=caught")),
+        "the reverted function still panics: {}",
+        app.dump()
+    );
+}
+
+/// An optimising dev build (`opt-level = 3`): functions are inlined and laid out differently, and
+/// an edit still reaches the running code in place.
+#[test]
+fn optimised_dev_build_is_patched_in_place() {
+    let project = scenario("inplace");
+    let toml = project.read("Cargo.toml");
+    project.write("Cargo.toml", &format!("{toml}\n[profile.dev]\nopt-level = 3\n"));
+    project.build();
+    let app = project.start("inplace", &[]);
+    app.wait_for(0, "a first line", |l| l.starts_with("line "));
+    let mark = app.mark();
+    project.edit(MAIN, "3 * self.0 * self.0", "5 * self.0 * self.0");
+    project.edit(LIB, r#"format!("registry-of-{}""#, r#"format!("registry-with-{}""#);
+    build_and_expect_patched(&project, &app);
+    app.wait_for(mark, "the new code", |l| {
+        l.starts_with("line ") && fields(l)["shapes"] == "4,5" && fields(l)["lib"] == "registry-with-2"
+    });
+}
