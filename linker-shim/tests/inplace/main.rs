@@ -143,7 +143,7 @@ fn panics_unwind_through_new_code_and_a_revert_restores_the_original() {
     let line = status_for(&run, app.pid);
     assert!(line.contains("back to the code it started with"), "{run}");
     let back = app.wait_for(mark, "the original code on an even tick", |l| {
-        l.starts_with("line ") && number(l, "n") % 2 == 0 && !l.contains("risky=caught")
+        l.starts_with("line ") && number(l, "n").is_multiple_of(2) && !l.contains("risky=caught")
     });
     assert!(number(&back, "n") > number(&original, "n"));
     assert_eq!(fields(&back)["risky"], (number(&back, "n") + 1).to_string(), "{back}");
