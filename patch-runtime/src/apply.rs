@@ -2,11 +2,11 @@
 //! linked to go, then install it. Every check happens before anything changes, and a refused
 //! patch leaves the program exactly as it was.
 
-use crate::detour::{Detours, JUMP_LEN};
-use crate::dispatch::{self, HotSlot};
+use crate::detour::JUMP_LEN;
+use crate::dispatch;
 use crate::image::Image;
+use crate::install::{self, Desired, Outcome, PatchInfo};
 use crate::protocol::{Applied, Apply, Hello, LedgerEntry, Reply};
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -16,12 +16,6 @@ use std::time::Instant;
 pub struct State {
     pub image: Image,
     pub generation: u64,
-    /// Slot address → the value it held before the first patch touched it.
-    originals: HashMap<u64, u64>,
-    /// Slot address → value stored by the latest patch.
-    slots: HashMap<u64, u64>,
-    /// Function entries redirected in place.
-    detours: Detours,
     data: Vec<LedgerEntry>,
     tls: Vec<LedgerEntry>,
     patches: Vec<(u64, u64, PathBuf)>,
@@ -29,21 +23,11 @@ pub struct State {
 
 impl State {
     pub fn new(image: Image) -> Self {
-        State {
-            image,
-            generation: 0,
-            originals: HashMap::new(),
-            slots: HashMap::new(),
-            detours: Detours::default(),
-            data: Vec::new(),
-            tls: Vec::new(),
-            patches: Vec::new(),
-        }
+        State { image, generation: 0, data: Vec::new(), tls: Vec::new(), patches: Vec::new() }
     }
 
     pub fn hello(&self) -> Hello {
-        let mut slots: Vec<(u64, u64)> = self.slots.iter().map(|(&a, &b)| (a, b)).collect();
-        slots.sort_unstable();
+        let (slots, detours) = install::current();
         Hello {
             pid: std::process::id(),
             build_id: self.image.build_id.clone(),
@@ -52,7 +36,7 @@ impl State {
             tls_reserve: Some((crate::tls::reserve_tp_offset(), crate::tls::RESERVE_SIZE as u64)),
             slots,
             redirects: dispatch::current(),
-            detours: self.detours.current(),
+            detours,
             data: self.data.clone(),
             tls: self.tls.clone(),
             patches: self.patches.clone(),
@@ -130,54 +114,45 @@ impl State {
         let load_us = started.elapsed().as_micros() as u64;
 
         let installed = Instant::now();
-        // Detours first: they are the step that can still fail (a thread that cannot be stopped),
-        // and then no slot or table has changed yet.
-        let stop = self.detours.install(&req.detours)?;
-        let wanted: HashMap<u64, u64> = req.slots.iter().copied().collect();
-        for (&slot, &original) in &self.originals {
-            if !wanted.contains_key(&slot) {
-                // SAFETY: `slot` was validated as a hot slot when first written; `original` is the
-                // value it was linked with.
-                unsafe { slot_at(slot).store(original as *const ()) };
-            }
-        }
-        for (&slot, &value) in &wanted {
-            let s = slot_at(slot);
-            self.originals.entry(slot).or_insert_with(|| s.get() as u64);
-            // SAFETY: validated above; ipbp-ld pairs each slot with a version of its own function.
-            unsafe { s.store(value as *const ()) };
-        }
-        dispatch::publish(req.redirects.iter().map(|&(a, b)| (a as usize, b as usize)).collect());
+        let desired = Desired { slots: req.slots, redirects: req.redirects, detours: req.detours };
+        let info = PatchInfo {
+            generation: self.generation + 1,
+            changed: req.changed,
+            added: req.added,
+            not_redirected: req.not_redirected,
+            summary: req.summary,
+        };
+        let log = std::env::var_os("IPBP_LOG").is_some().then(|| info.summary.clone());
+        let outcome = install::now_or_at_safe_point(desired, info)?;
         let install_us = installed.elapsed().as_micros() as u64;
 
-        self.slots = wanted;
         self.data.extend(req.data);
         self.tls.extend(req.tls);
         self.generation += 1;
         crate::runtime::set_generation(self.generation);
-        if std::env::var_os("IPBP_LOG").is_some() {
+        let (pause_us, deferred) = match &outcome {
+            Outcome::Installed(stop) => (stop.longest_pause.as_micros() as u64, false),
+            Outcome::Deferred => (0, true),
+        };
+        if let Some(summary) = log {
+            let how = match outcome {
+                Outcome::Installed(stop) => format!(
+                    "install {install_us} us; {} entries rewritten, {} threads parked for at most {} us, {} retries",
+                    stop.written,
+                    stop.threads,
+                    stop.longest_pause.as_micros(),
+                    stop.retries
+                ),
+                Outcome::Deferred => "installed at the next safe point".into(),
+            };
             eprintln!(
-                "[ipbp] patch {} applied: {} (load {load_us} us, install {install_us} us; {} entries rewritten, {} threads parked for at most {} us, {} retries)",
+                "[ipbp] patch {} applied: {} (load {load_us} us, {how})",
                 self.generation,
-                if req.summary.is_empty() { "no changes" } else { &req.summary },
-                stop.written,
-                stop.threads,
-                stop.longest_pause.as_micros(),
-                stop.retries
+                if summary.is_empty() { "no changes" } else { &summary },
             );
         }
-        Ok(Reply::Applied(Applied {
-            generation: self.generation,
-            load_us,
-            install_us,
-            pause_us: stop.longest_pause.as_micros() as u64,
-        }))
+        Ok(Reply::Applied(Applied { generation: self.generation, load_us, install_us, pause_us, deferred }))
     }
-}
-
-fn slot_at(addr: u64) -> &'static HotSlot {
-    // SAFETY: callers validated that `addr` is an aligned address in the executable's data.
-    unsafe { &*(addr as *const HotSlot) }
 }
 
 /// Checks the file is a patch library fit to load at `start`, then loads it there for good.

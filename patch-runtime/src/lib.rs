@@ -26,6 +26,7 @@ mod detour;
 #[doc(hidden)]
 pub const DETOUR_JUMP_LEN: usize = detour::JUMP_LEN;
 mod image;
+mod install;
 mod listener;
 mod runtime;
 mod tls;
@@ -76,6 +77,38 @@ pub fn init() {
         static STARTED: std::sync::Once = std::sync::Once::new();
         STARTED.call_once(runtime::start);
     }
+}
+
+/// Like [`init`], but a patch is only *switched on* when a thread of the program calls
+/// [`safe_point`]: it is received, checked and loaded in the background, and no thread runs its
+/// code before the program reaches the point it chose (the top of a frame loop, between
+/// requests). The build reports such a patch as loaded and waiting for the safe point.
+pub fn init_with_safe_points() {
+    #[cfg(debug_assertions)]
+    install::enable_safe_points();
+    init();
+}
+
+/// Installs a patch that waits for a safe point, if there is one (see [`init_with_safe_points`]).
+/// Costs one atomic load otherwise; nothing in release builds.
+#[inline]
+pub fn safe_point() {
+    #[cfg(debug_assertions)]
+    install::at_safe_point();
+}
+
+/// What a patch changed, as [`on_patch`] callbacks see it.
+pub use install::PatchInfo;
+
+/// Calls `f` after each patch is installed, with its generation and the changed, added and
+/// not-redirected functions (demangled): a UI can re-render, an ECS re-run its systems, a server
+/// log it. `f` runs on ipbp's thread (or, with safe points, on the thread at the safe point); a
+/// panic in it is caught. Nothing happens in release builds.
+pub fn on_patch(f: impl Fn(&PatchInfo) + Send + Sync + 'static) {
+    #[cfg(debug_assertions)]
+    install::add_hook(std::sync::Arc::new(f));
+    #[cfg(not(debug_assertions))]
+    let _ = f;
 }
 
 /// Runs `f` through a hot point: after a patch, the newest version of the closure's code (and of

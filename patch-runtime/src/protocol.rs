@@ -63,6 +63,10 @@ pub struct Apply {
     pub tls: Vec<LedgerEntry>,
     /// Human summary for the program's own log line.
     pub summary: String,
+    /// What changed, demangled, for the application's `on_patch` callbacks.
+    pub changed: Vec<String>,
+    pub added: Vec<String>,
+    pub not_redirected: Vec<String>,
 }
 
 /// A static (`data`: absolute address) or thread-local (`tls`: offset inside the TLS reserve)
@@ -111,6 +115,8 @@ pub struct Applied {
     /// The longest time any other thread of the program was parked while detours were written
     /// (0 when none were).
     pub pause_us: u64,
+    /// Loaded, and switched when the application reaches its next safe point.
+    pub deferred: bool,
 }
 
 fn line(s: &mut String, key: &str, value: impl std::fmt::Display) {
@@ -172,6 +178,13 @@ impl Request {
                 if !a.summary.is_empty() {
                     line(&mut s, "summary", &a.summary);
                 }
+                for (key, names) in
+                    [("changed", &a.changed), ("added", &a.added), ("not-redirected", &a.not_redirected)]
+                {
+                    for n in names {
+                        line(&mut s, key, n.replace('\n', " "));
+                    }
+                }
             }
         }
         s.push_str("end\n");
@@ -206,6 +219,9 @@ impl Request {
                     data: all(&f, "data", parse_entry)?,
                     tls: all(&f, "tls", parse_entry)?,
                     summary: f.get("summary").unwrap_or("").to_string(),
+                    changed: f.all("changed").map(str::to_string).collect(),
+                    added: f.all("added").map(str::to_string).collect(),
+                    not_redirected: f.all("not-redirected").map(str::to_string).collect(),
                 }))
             }
             other => Err(format!("unknown op {other:?}")),
@@ -224,6 +240,9 @@ impl Reply {
                 line(&mut s, "load-us", a.load_us);
                 line(&mut s, "install-us", a.install_us);
                 line(&mut s, "pause-us", a.pause_us);
+                if a.deferred {
+                    line(&mut s, "deferred", 1);
+                }
             }
             Reply::Hello(h) => {
                 s.push_str("ok\n");
@@ -265,6 +284,7 @@ impl Reply {
                 load_us: num("load-us")?,
                 install_us: num("install-us")?,
                 pause_us: num("pause-us").unwrap_or(0),
+                deferred: f.get("deferred") == Some("1"),
             }));
         }
         let tls_reserve = match f.get("tls-reserve") {
@@ -315,6 +335,9 @@ mod tests {
             data: vec![LedgerEntry { addr: 0x70, size: 8, name: "_ZN3app3NEW17h0E".into() }],
             tls: vec![LedgerEntry { addr: 64, size: 40, name: "tls name".into() }],
             summary: "1 changed".into(),
+            changed: vec!["<app::Circle as app::Shape>::area".into()],
+            added: vec![],
+            not_redirected: vec!["app::main::{{closure}}".into()],
         };
         let text = Request::Apply(a.clone()).encode();
         assert_eq!(Request::parse(&text), Ok(Request::Apply(a)));
@@ -337,7 +360,13 @@ mod tests {
             patches: vec![(0x1000, 0x2000, "/x/patch-1.so".into())],
         };
         assert_eq!(Reply::parse(&Reply::Hello(h.clone()).encode(), true), Ok(Reply::Hello(h)));
-        let ok = Reply::Applied(Applied { generation: 2, load_us: 900, install_us: 3, pause_us: 40 });
+        let ok = Reply::Applied(Applied {
+            generation: 2,
+            load_us: 900,
+            install_us: 3,
+            pause_us: 40,
+            deferred: true,
+        });
         assert_eq!(Reply::parse(&ok.encode(), false), Ok(ok));
         let e = Reply::Error("symbol x\nmissing".into());
         assert_eq!(Reply::parse(&e.encode(), false), Ok(Reply::Error("symbol x missing".into())));

@@ -49,13 +49,18 @@ pub fn for_running_processes(
     collect_patches_of_dead_processes(dir);
     for (reg, build) in live {
         let notes = match patch_process(called, &reg, &build, inputs, dir, &program) {
-            Ok(Outcome::Patched { summary, load_us, install_us, notes }) => {
+            Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
                 let total = called.elapsed().as_secs_f64() * 1000.0;
+                let when = if deferred {
+                    format!("loaded in {applied:.1} ms, {total:.0} ms after rustc called ipbp-ld; it switches at the program's next safe point")
+                } else {
+                    format!("applied in {applied:.1} ms, {total:.0} ms after rustc called ipbp-ld")
+                };
                 status.line(
                     "Patched",
                     Tone::Good,
-                    &format!("{program} (pid {}): {summary}, applied in {applied:.1} ms, {total:.0} ms after rustc called ipbp-ld", reg.pid),
+                    &format!("{program} (pid {}): {summary}, {when}", reg.pid),
                 );
                 notes
             }
@@ -134,7 +139,7 @@ impl Default for Clock {
 }
 
 enum Outcome {
-    Patched { summary: String, load_us: u64, install_us: u64, notes: Vec<String> },
+    Patched { summary: String, load_us: u64, install_us: u64, deferred: bool, notes: Vec<String> },
     Unchanged { notes: Vec<String> },
     Skipped { reasons: Vec<String>, notes: Vec<String> },
 }
@@ -279,6 +284,9 @@ fn patch_process(
         data,
         tls: plan.new_tls.clone(),
         summary: summary.clone(),
+        changed: plan.report.changed.clone(),
+        added: plan.report.added.clone(),
+        not_redirected: plan.report.not_redirected.iter().map(|(f, _)| f.clone()).collect(),
     };
     let applied = deliver::apply(&reg.socket, request.clone())?;
     let (new_generation, load_us, install_us) = (applied.generation, applied.load_us, applied.install_us);
@@ -303,7 +311,7 @@ fn patch_process(
     };
     let _ =
         manifest::write(&patch_dir, program, reg, new_generation, &plan, &request, &chunk_addr, &d, &timings);
-    Ok(Outcome::Patched { summary, load_us, install_us, notes })
+    Ok(Outcome::Patched { summary, load_us, install_us, deferred: applied.deferred, notes })
 }
 
 fn summarize(report: &plan::Report, revert_only: bool) -> String {

@@ -174,3 +174,37 @@ fn optimised_dev_build_is_patched_in_place() {
         l.starts_with("line ") && fields(l)["shapes"] == "4,5" && fields(l)["lib"] == "registry-with-2"
     });
 }
+
+/// With safe points on, a patch is loaded at once but no thread runs its code until the program
+/// reaches `ipbp::safe_point()`; then the `on_patch` callback sees what changed.
+#[test]
+fn safe_points_decide_when_and_the_callback_learns_what() {
+    let project = scenario("inplace");
+    project.build();
+    let gate = project.root().join("safe-point-open");
+    let app = project.start("inplace", &[("INPLACE_SAFE_POINT_FILE", gate.to_str().unwrap())]);
+    app.wait_for(0, "a first line", |l| l.starts_with("line "));
+    project.edit(MAIN, r#"format!("plain{}", n % 2)"#, r#"format!("gated{}", n % 2)"#);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched inplace") && line.contains("next safe point"), "{run}");
+    let closed = app.mark();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    let lines = app.lines_since(closed);
+    assert!(lines.iter().filter(|l| l.starts_with("line ")).count() >= 3, "{}", app.dump());
+    assert!(
+        lines.iter().all(|l| !l.contains("step=gated") && !l.starts_with("hook ")),
+        "new code ran before the safe point: {}",
+        app.dump()
+    );
+    std::fs::write(&gate, "").unwrap();
+    let open = app.mark();
+    let hook = app.wait_for(open, "the callback", |l| l.starts_with("hook "));
+    assert_eq!(hook, "hook generation=1 changed=inplace::step added=0", "{}", app.dump());
+    let after = app.wait_for(open, "a line after the hook", |l| l.starts_with("line "));
+    assert!(
+        after.contains("step=gated"),
+        "the first line after the safe point runs old code: {}",
+        app.dump()
+    );
+}

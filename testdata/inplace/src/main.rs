@@ -11,6 +11,9 @@
 //!   nor a newer version's (`bad`), and the latest result;
 //! - `slow`: sits inside `slow_step` (sleeping) most of the time;
 //! - `rec`: has `depth` on its stack 64 times while it sleeps at the bottom.
+//!
+//! An `on_patch` callback prints `hook generation=<g> changed=<functions> added=<n>` after each
+//! patch.
 
 use plugins::Registry;
 use std::cell::Cell;
@@ -102,7 +105,17 @@ fn spin_forever() {
 }
 
 fn main() {
-    ipbp::init();
+    // `INPLACE_SAFE_POINT_FILE=<path>`: patches switch only at the safe point at the top of the
+    // loop, which the program reaches only while that file exists.
+    let gate = std::env::var_os("INPLACE_SAFE_POINT_FILE").map(std::path::PathBuf::from);
+    if gate.is_some() {
+        ipbp::init_with_safe_points();
+    } else {
+        ipbp::init();
+    }
+    ipbp::on_patch(|p| {
+        println!("hook generation={} changed={} added={}", p.generation, p.changed.join(","), p.added.len())
+    });
     std::panic::set_hook(Box::new(|info| {
         let bt = std::backtrace::Backtrace::force_capture();
         let mut out = std::io::stdout().lock();
@@ -135,6 +148,9 @@ fn main() {
     }
 
     for n in 0u64.. {
+        if gate.as_ref().is_some_and(|g| g.exists()) {
+            ipbp::safe_point();
+        }
         let global = TICKS.fetch_add(1, Ordering::SeqCst) + 1;
         let local = LOCAL_TICKS.with(|c| {
             c.set(c.get() + 1);
