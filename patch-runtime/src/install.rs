@@ -105,13 +105,16 @@ pub fn at_safe_point() {
     }
 }
 
+/// Slot → value and entry → target pairs.
+pub type Pairs = Vec<(u64, u64)>;
+
 /// Slots and detours as installed or waiting, for the `hello` reply (the next patch is planned
 /// against them).
-pub fn current() -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+pub fn current() -> (Pairs, Pairs) {
     with_installer(|i| match &i.pending {
         Some((d, _)) => (d.slots.clone(), d.detours.clone()),
         None => {
-            let mut slots: Vec<(u64, u64)> = i.slots.iter().map(|(&a, &b)| (a, b)).collect();
+            let mut slots: Pairs = i.slots.iter().map(|(&a, &b)| (a, b)).collect();
             slots.sort_unstable();
             (slots, i.detours.current())
         }

@@ -230,9 +230,15 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             for &n in &changed_nodes {
                 let name = index.name(n).map(crate::map::read::demangle);
                 if index.kind(n) == SectionKind::Text && name.as_deref().is_some_and(is_main) {
-                    running.extend(name);
+                    running.extend(name.clone());
                 } else {
                     copy.insert(n);
+                }
+                // A hot `async fn`'s futures are boxed behind its entry function: the new entry
+                // goes into the slot, so new futures run new code and futures in flight finish
+                // in the old code they were made for, whatever their layout.
+                if let Some(entry) = name.as_deref().and_then(|f| hot_async_entry(index, &hot, f)) {
+                    copy.insert(entry);
                 }
             }
             running.sort();
@@ -280,6 +286,23 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
     Ok(plan)
+}
+
+/// The entry function of the hot `async fn` whose body `function` belongs to (`f::__ipbp_body`
+/// and the closures in it belong to the one whose slot holds `f::__ipbp_entry`).
+fn hot_async_entry(index: &Index, hot: &HotPoints, function: &str) -> Option<Loc> {
+    let (owner, _) = function.split_once("::__ipbp_body")?;
+    let entry = format!("{owner}::__ipbp_entry");
+    hot.roots.iter().find_map(|(&at, d)| {
+        (matches!(d, Dispatch::Entry { .. })
+            && index.name(at).is_some_and(|n| crate::map::read::demangle(n) == entry))
+        .then_some(at)
+    })
+}
+
+/// Functions a hot `async fn` expands to, which are switched through its slot, not detoured.
+fn is_hot_async_part(function: &str) -> bool {
+    function.contains("::__ipbp_body") || function.ends_with("::__ipbp_entry")
 }
 
 /// The binary crate's `main` (`app::main`): called once, by the standard library's start-up.
@@ -914,12 +937,15 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 report.carried.extend(name.clone());
             }
             if self.input.mode == Mode::InPlace {
-                if changed.contains(&node) && index.kind(node) == SectionKind::Text {
+                let hot_async = name.as_deref().is_some_and(is_hot_async_part);
+                if changed.contains(&node) && index.kind(node) == SectionKind::Text && !hot_async {
                     if let Some(mangled) = index.name(node) {
                         detours.push((id, mangled));
                     }
                 }
-                continue;
+                if !matches!(hot.roots.get(&node), Some(Dispatch::Entry { .. })) {
+                    continue;
+                }
             }
             if let Some(dispatch) = hot.roots.get(&node) {
                 let original = |n: Loc| index.name(n).and_then(|s| base.lookup(s)).map(|(s, _)| s);
