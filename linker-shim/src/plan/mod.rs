@@ -547,8 +547,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if let Some(t) = target.and_then(|at| self.dispatch_special(at, from)) {
             return t;
         }
-        if let Some(t) = target.and_then(|at| self.address_of_changed_function(at, r, from)) {
-            return t.offset(value as i64);
+        if let Some(t) = target.and_then(|at| self.address_of_changed_function(at, r, value, from)) {
+            return t;
         }
         match def {
             crate::objects::Definition::Section(sec) => {
@@ -625,21 +625,37 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// In place, new code that takes the *address* of a changed function (a `fn` pointer, a
     /// vtable entry) gets the function's entry in the image, which jumps to the newest version:
     /// pointers made before and after a patch stay equal. Calls (`PLT32`) and unwind records go
-    /// to the new copy directly. `None` for everything else.
+    /// to the new copy directly, and so do references *into* a function's body — a jump table's
+    /// entries are `PC32` from read-only data to the function's section plus an offset, and must
+    /// reach the new body. An address is taken when a relocation names the function's start:
+    /// `GOTPCREL`, an absolute `R_X86_64_64` of offset 0, or a `PC32` from code whose target is the
+    /// start (`lea` ends with its displacement: addend -4). `None` for everything else.
     fn address_of_changed_function(
         &self,
         at: Loc,
         r: &crate::objects::Reloc,
+        symbol_value: u64,
         from: Option<ChunkId>,
     ) -> Option<Target> {
-        let is_call = r.kind == elf::R_X86_64_PLT32;
-        if self.input.mode != Mode::InPlace || from.is_none() || is_call {
+        if self.input.mode != Mode::InPlace {
             return None;
         }
-        if !self.copy.contains(&at) || self.index.kind(at) != SectionKind::Text {
+        let from_code = self.chunks.get(from?)?.kind == SectionKind::Text;
+        let at_start = |bias: i64| (symbol_value as i64).checked_add(r.addend) == Some(bias);
+        let takes_address = match r.kind {
+            elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX => true,
+            elf::R_X86_64_64 => at_start(0),
+            elf::R_X86_64_PC32 => from_code && at_start(-4),
+            _ => false,
+        };
+        if !takes_address || !self.copy.contains(&at) || self.index.kind(at) != SectionKind::Text {
             return None;
         }
-        let (entry, _) = self.input.base.lookup(self.index.name(at)?)?;
+        let name = self.index.name(at)?;
+        if is_hot_async_part(&crate::map::read::demangle(name)) {
+            return None; // switched through its slot, never detoured
+        }
+        let (entry, _) = self.input.base.lookup(name)?;
         (entry.kind == BaseKind::Function).then_some(Target::Absolute(entry.addr + self.input.base.load_bias))
     }
 
