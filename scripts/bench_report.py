@@ -11,7 +11,7 @@ from bench_apps import ROOT, median
 BENCHMARKS_MD = os.path.join(ROOT, "BENCHMARKS.md")
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
-TARGETS = {"P1": 1.10, "P2": 0.05, "P3": 50.0, "P4": 1.5, "P5": 2.0, "P6": 5.0, "P8": 3.0}
+TARGETS = {"P1": 1.10, "P2": 0.05, "P3": 50.0, "P4": 1.5, "P5": 2.0, "P6": 5.0, "P8": 3.0, "P9": 1.0}
 
 
 # Report
@@ -62,6 +62,11 @@ def summarize(results):
         v = median([h["apply_ms"] for h in hundred])
         fig["P6"] = (v, f"{v:.2f} ms", "≤ 5 ms", f"{hundred[0]['changed']} functions: load "
                      f"{median([h['load_us'] for h in hundred]):.0f} us + install {median([h['install_us'] for h in hundred]):.0f} us")
+        pauses = [h.get("pause_us", 0) for h in hundred]
+        installs = [h["install_us"] for h in hundred]
+        fig["P9"] = (max(pauses) / 1000, f"{median(pauses) / 1000:.2f} ms (max {max(pauses) / 1000:.2f})", "≤ 1 ms",
+                     f"longest time any of 8 busy threads was parked while {hundred[0].get('detours', 0)} entries "
+                     f"were rewritten; whole install {median(installs) / 1000:.2f} ms (max {max(installs) / 1000:.2f}), aim ≤ 2 ms")
     if counter:
         v = median([c["total_ms"] / c["restart"]["total_ms"] for c in counter])
         extra = ""
@@ -96,6 +101,7 @@ NAMES = {
     "P6": "apply a 100-function patch",
     "P7": "edit → new code: ipbp ÷ build + restart",
     "P8": "patch size ÷ code and data patched",
+    "P9": "in place: longest pause of a busy thread",
 }
 
 

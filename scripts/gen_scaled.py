@@ -12,7 +12,9 @@ benchmark measures and reports both).
 
 It also adds `hundred()`, a hot function over 100 generated functions that all use one constant
 (`HUNDRED_SCALE`): editing the constant changes all 100, which is the 100-function patch of P6.
-Run with COUNTER_HUNDRED=1 the app prints `hundred=<value>` from a fourth thread.
+Run with COUNTER_HUNDRED=1 the app prints `hundred=<value>` from a fourth thread; COUNTER_BUSY=<n>
+adds n threads that call `hundred()` (and so all 100 functions) as fast as they can, the threads an
+in-place install must park.
 """
 
 import argparse
@@ -159,6 +161,12 @@ def main():
         std::thread::spawn(|| loop {{
             println!("hundred={{}}", hundred::hundred(7));
             std::thread::sleep(Duration::from_millis(50));
+        }});
+    }}
+    let busy: u64 = std::env::var("COUNTER_BUSY").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    for b in 0..busy {{
+        std::thread::spawn(move || loop {{
+            std::hint::black_box(hundred::hundred(std::hint::black_box(b)));
         }});
     }}""", 1)
     write(main_path, main_rs)
