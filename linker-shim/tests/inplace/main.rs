@@ -55,8 +55,9 @@ fn code_reached_through_pointers_made_at_startup_runs_its_new_version() {
     project.edit(MAIN, "fn double(x: u64) -> u64 {\n    x * 2", "fn double(x: u64) -> u64 {\n    x * 20"); // fn field
     project.edit(MAIN, "format!(\"{}\", n % 3 + 1)", "format!(\"c{}\", n % 3 + 1)"); // boxed closure held by the library
     project.edit(LIB, r#"format!("registry-of-{}""#, r#"format!("registry-with-{}""#); // library method
+    project.edit(MAIN, "fn hook() {}", "fn hook() { HOOKED.fetch_add(1, Ordering::SeqCst); }"); // a 1-byte function
     let line = build_and_expect_patched(&project, &app);
-    assert!(line.contains("5 changed"), "{line}");
+    assert!(line.contains("6 changed"), "{line}");
     let new = app.wait_for(mark, "every new version", |l| {
         let f = fields(l);
         l.starts_with("line ")
@@ -65,6 +66,7 @@ fn code_reached_through_pointers_made_at_startup_runs_its_new_version() {
             && f["field"] == format!("double:{}", number(l, "n") % 5 * 20)
             && f["closures"].starts_with("inc:c")
             && f["lib"] == "registry-with-2"
+            && f["hooked"] != "0"
     });
     assert!(number(&new, "global") > number(&before, "global"), "the static restarted: {new}");
     assert!(number(&new, "local") > number(&before, "local"), "the thread-local restarted: {new}");

@@ -4,7 +4,8 @@
 //! field, boxed closures held by a library crate, a method of that library crate.
 //!
 //! `main` prints one line per tick:
-//! `line n=<n> step=<..> shapes=<..> field=<..> closures=<..> lib=<..> global=<n> local=<n> fp_same=<bool>`.
+//! `line n=<n> step=<..> shapes=<..> field=<..> closures=<..> lib=<..> risky=<..> hooked=<n> global=<n>
+//! local=<n> fp_same=<bool>`.
 //! `global` counts in a `static`, `local` in a `thread_local!`: both must keep counting across
 //! patches. With `INPLACE_STRESS=1` more threads run:
 //! - `spin`: calls `tiny` as fast as it can and reports how many results were neither the old
@@ -22,6 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
+static HOOKED: AtomicU64 = AtomicU64::new(0);
+
+/// Empty: one `ret`, shorter than the jump a detour writes (the padding after it takes the rest).
+#[inline(never)]
+fn hook() {}
 
 thread_local! {
     static LOCAL_TICKS: Cell<u64> = const { Cell::new(0) };
@@ -157,15 +163,17 @@ fn main() {
             c.get()
         });
         let areas: Vec<String> = shapes.iter().map(|s| s.area().to_string()).collect();
+        hook();
         let risky = std::panic::catch_unwind(|| risky(n)).map_or("caught".to_string(), |v| v.to_string());
         println!(
-            "line n={n} step={} shapes={} field={}:{} closures={} lib={} risky={risky} global={global} local={local} fp_same={}",
+            "line n={n} step={} shapes={} field={}:{} closures={} lib={} risky={risky} hooked={} global={global} local={local} fp_same={}",
             step(n),
             areas.join(","),
             handler.name,
             (handler.f)(n % 5),
             registry.run_all(n),
             registry.describe(),
+            HOOKED.load(Ordering::SeqCst),
             fp_check(step_at_start),
         );
         std::thread::sleep(Duration::from_millis(period));
