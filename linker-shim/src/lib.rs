@@ -17,6 +17,7 @@ pub mod objects;
 pub mod patch;
 pub mod plan;
 pub mod status;
+pub mod timing;
 
 use std::ffi::OsString;
 

@@ -173,7 +173,7 @@ pub struct Inputs<'p, 'a> {
 }
 
 pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::Result<Plan<'a>> {
-    let mut clock = crate::patch::Clock::new();
+    let mut clock = crate::timing::Clock::new();
     let hot = graph::hot_points(index);
     clock.step("hot points");
     let mut changed_nodes = HashSet::new();
