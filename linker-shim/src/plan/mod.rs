@@ -977,9 +977,14 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
             }
         }
-        for (id, mangled) in detours {
-            match detour_entries(base, mangled) {
-                Ok(entries) => installs.extend(entries.into_iter().map(|at| (id, Install::Detour(at)))),
+        let mut planned: Vec<(ChunkId, &str, Result<Vec<u64>, String>)> =
+            detours.into_iter().map(|(id, mangled)| (id, mangled, detour_entries(base, mangled))).collect();
+        refuse_shared_entries(base, &mut planned);
+        for (id, mangled, entries) in planned {
+            match entries {
+                Ok(entries) => {
+                    installs.extend(entries.into_iter().map(|at| (id, Install::Detour(at + bias))))
+                }
                 // Not fatal: the function's new code is in the patch, and every changed caller
                 // calls it; callers that did not change keep the old version, which the status
                 // line counts and a note names.
@@ -1044,7 +1049,30 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 }
 
-/// The absolute entries of every copy of function `mangled` in the running image (a local symbol
+/// An entry that several functions share (the optimiser merged identical bodies) can only be
+/// redirected if every name there is redirected to the same new code: otherwise callers of a
+/// function that did not change would run another function's new code.
+fn refuse_shared_entries(base: &BaseImage<'_>, planned: &mut [(ChunkId, &str, Result<Vec<u64>, String>)]) {
+    let addrs: HashSet<u64> =
+        planned.iter().filter_map(|(_, _, e)| e.as_ref().ok()).flatten().copied().collect();
+    let names = base.functions_at(&addrs);
+    let target: HashMap<&str, ChunkId> = planned.iter().map(|&(id, m, _)| (m, id)).collect();
+    for (id, mangled, entries) in planned.iter_mut() {
+        let Ok(list) = entries else { continue };
+        let other = list
+            .iter()
+            .flat_map(|a| names.get(a).into_iter().flatten())
+            .find(|&&n| n != *mangled && target.get(n) != Some(id));
+        if let Some(other) = other {
+            *entries = Err(format!(
+                "its code is shared with `{}`, which the optimiser merged with it",
+                crate::map::read::demangle(other)
+            ));
+        }
+    }
+}
+
+/// The entries (unbiased) of every copy of function `mangled` in the running image (a local symbol
 /// can be defined in several codegen units, all the same code), each checked to hold a jump.
 /// None when the image does not have it (a new function).
 fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> Result<Vec<u64>, String> {
@@ -1053,7 +1081,7 @@ fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> Result<Vec<u64>, Strin
         let code = base.code(s.addr, s.size).ok_or("its code is not in the image's executable segments")?;
         let after = base.code(s.addr + s.size, entry::JUMP_LEN).unwrap_or(&[]);
         entry::check(code, after).map_err(|e| e.to_string())?;
-        out.push(s.addr + base.load_bias);
+        out.push(s.addr);
     }
     out.sort_unstable();
     out.dedup();

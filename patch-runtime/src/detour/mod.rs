@@ -346,6 +346,10 @@ mod tests {
         worker.join().expect("the worker saw a wrong result");
         assert!(olds.load(Ordering::Relaxed) > 0 && news.load(Ordering::Relaxed) > 0);
         assert!(detours.current().is_empty());
+        // The code page is back to its own protection: executable, not writable.
+        let maps = maps::read().unwrap();
+        let page = maps::containing(&maps, from).unwrap();
+        assert!(page.executable && !page.writable, "{page:?}");
     }
 
     #[test]
