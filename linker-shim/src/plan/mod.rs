@@ -977,7 +977,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
             }
         }
-        let mut planned: Vec<(ChunkId, &str, Result<Vec<u64>, String>)> =
+        let mut planned: Vec<PlannedDetour> =
             detours.into_iter().map(|(id, mangled)| (id, mangled, detour_entries(base, mangled))).collect();
         refuse_shared_entries(base, &mut planned);
         for (id, mangled, entries) in planned {
@@ -1049,10 +1049,13 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 }
 
+/// A changed function's chunk, its mangled name, and its entries in the image (or why none).
+type PlannedDetour<'n> = (ChunkId, &'n str, Result<Vec<u64>, String>);
+
 /// An entry that several functions share (the optimiser merged identical bodies) can only be
 /// redirected if every name there is redirected to the same new code: otherwise callers of a
 /// function that did not change would run another function's new code.
-fn refuse_shared_entries(base: &BaseImage<'_>, planned: &mut [(ChunkId, &str, Result<Vec<u64>, String>)]) {
+fn refuse_shared_entries(base: &BaseImage<'_>, planned: &mut [PlannedDetour]) {
     let addrs: HashSet<u64> =
         planned.iter().filter_map(|(_, _, e)| e.as_ref().ok()).flatten().copied().collect();
     let names = base.functions_at(&addrs);
