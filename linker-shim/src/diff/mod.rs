@@ -3,10 +3,12 @@
 //!
 //! Units whose bytes are identical in both builds are skipped without parsing (in an incremental
 //! build that is every codegen unit but the edited ones). In the others, every named definition is
-//! compared by [`semantic::Semantics::section_hash`]. Diffs are always against the base, so the
+//! compared by [`semantic::Semantics::section_hash`], paired with its counterpart by name — or,
+//! for a function whose symbol hash changed, by its path (see [`names`]). Diffs are always against the base, so the
 //! tenth patch of a process reflects every edit since it started, and code edited back to its
 //! original text compares equal again.
 
+pub mod names;
 pub mod semantic;
 pub mod units;
 
@@ -43,7 +45,11 @@ impl DefKind {
 /// A definition whose meaning differs from the base build.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Change {
+    /// The current build's mangled name.
     pub name: String,
+    /// The base build's name for it: the same, or another symbol hash (or ThinLTO suffix) of the
+    /// same path.
+    pub base_name: String,
     pub kind: DefKind,
     pub old_size: u64,
     pub new_size: u64,
@@ -64,7 +70,8 @@ pub struct Diff {
 /// Where a definition lives: unit index in its build, section index in the unit.
 type DefAt = (usize, usize);
 
-/// Named definitions of the given units: name → every section defining it.
+/// Named definitions of the given units: name → every section defining it. ThinLTO's promoted
+/// constants (`anon.*`) are not definitions: references to them are compared by content.
 fn definitions<'a>(build: &Build<'a>, which: &[usize]) -> Result<HashMap<&'a str, Vec<DefAt>>> {
     let mut defs: HashMap<&'a str, Vec<DefAt>> = HashMap::new();
     for &u in which {
@@ -75,16 +82,69 @@ fn definitions<'a>(build: &Build<'a>, which: &[usize]) -> Result<HashMap<&'a str
             }
             for &sym in &sec.symbols {
                 let name: &'a str = obj.symbols[sym].name;
-                defs.entry(name).or_default().push((u, si));
+                if !names::is_promoted_anon(name) {
+                    defs.entry(name).or_default().push((u, si));
+                }
             }
         }
     }
     Ok(defs)
 }
 
+/// Pairs the definitions of the changed units across builds: `(current, base)` names. First by
+/// [`names::canonical`] name; then the functions left on both sides by path, where the path names
+/// exactly one function on each side (instances of a generic function share a path: those whose
+/// hash changed stay unpaired, and show as new). Statics are paired by name only: a static whose
+/// symbol hash changed has a new type, which `plan` refuses by path.
+fn pair<'a>(
+    current: &Build<'a>,
+    cur_defs: &HashMap<&'a str, Vec<DefAt>>,
+    base: &Build<'a>,
+    base_defs: &HashMap<&'a str, Vec<DefAt>>,
+) -> Result<Vec<(&'a str, &'a str)>> {
+    let base_by_canon: HashMap<&str, &'a str> =
+        base_defs.keys().map(|&n| (names::canonical(n), n)).collect();
+    let mut pairs = Vec::new();
+    let mut cur_left = Vec::new();
+    for &name in cur_defs.keys() {
+        match base_by_canon.get(names::canonical(name)) {
+            Some(&b) => pairs.push((name, b)),
+            None => cur_left.push(name),
+        }
+    }
+    if cur_left.is_empty() {
+        return Ok(pairs);
+    }
+    let paired: HashSet<&str> = pairs.iter().map(|&(_, b)| b).collect();
+    let is_function = |build: &Build<'a>, (u, s): DefAt| -> Result<bool> {
+        Ok(build.units[u].object()?.sections[s].kind == SectionKind::Text)
+    };
+    type Sides<'a> = (Vec<&'a str>, Vec<&'a str>);
+    let mut by_path: HashMap<String, Sides<'a>> = HashMap::new();
+    for name in cur_left {
+        if is_function(current, cur_defs[name][0])? {
+            by_path.entry(names::path(name)).or_default().0.push(name);
+        }
+    }
+    for (&name, places) in base_defs {
+        if paired.contains(name) || !is_function(base, places[0])? {
+            continue;
+        }
+        if let Some(sides) = by_path.get_mut(&names::path(name)) {
+            sides.1.push(name);
+        }
+    }
+    for (cur, old) in by_path.into_values() {
+        if let ([c], [b]) = (cur.as_slice(), old.as_slice()) {
+            pairs.push((c, b));
+        }
+    }
+    Ok(pairs)
+}
+
 /// Compares `current` against `base`. `defined_now` answers whether a name is defined
 /// anywhere in the current build (removals only count when it is not).
-pub fn diff(base: &Build, current: &Build, defined_now: &dyn Fn(&str) -> bool) -> Result<Diff> {
+pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str) -> bool) -> Result<Diff> {
     let changed_cur: Vec<usize> = (0..current.units.len())
         .filter(|&i| {
             let u = &current.units[i];
@@ -105,11 +165,20 @@ pub fn diff(base: &Build, current: &Build, defined_now: &dyn Fn(&str) -> bool) -
 
     let cur_defs = definitions(current, &changed_cur)?;
     let base_defs = definitions(base, &changed_base)?;
+    let pairs = pair(current, &cur_defs, base, &base_defs)?;
+    // References to a definition paired under another name count as references to it.
+    let renames = pairs
+        .iter()
+        .map(|&(c, b)| (names::canonical(b), names::canonical(c)))
+        .filter(|(b, c)| b != c)
+        .collect();
     let mut cur_sem = Semantics::new(parsed(current));
-    let mut base_sem = Semantics::new(parsed(base));
+    let mut base_sem = Semantics::new(parsed(base)).renamed(renames);
 
-    for (&name, cur_places) in &cur_defs {
-        let Some(base_places) = base_defs.get(name) else { continue };
+    let mut seen_base = HashSet::new();
+    for &(name, base_name) in &pairs {
+        seen_base.insert(base_name);
+        let (cur_places, base_places) = (&cur_defs[name], &base_defs[base_name]);
         out.compared += 1;
         let (cu, cs) = cur_places[0];
         let new_hash = cur_sem.section_hash(cu, cs);
@@ -122,14 +191,15 @@ pub fn diff(base: &Build, current: &Build, defined_now: &dyn Fn(&str) -> bool) -
         let (bu, bs) = base_places[0];
         let change = Change {
             name: name.to_string(),
+            base_name: base_name.to_string(),
             kind,
-            old_size: symbol_size(&base_sem, bu, bs, name),
+            old_size: symbol_size(&base_sem, bu, bs, base_name),
             new_size: symbol_size(&cur_sem, cu, cs, name),
         };
         out.changed.insert(name.to_string(), change);
     }
     for &name in base_defs.keys() {
-        if !cur_defs.contains_key(name) && !defined_now(name) {
+        if !seen_base.contains(name) && !defined_now(name) {
             out.removed.push(name.to_string());
         }
     }
