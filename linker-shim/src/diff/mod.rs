@@ -63,6 +63,11 @@ pub struct Diff {
     pub removed: Vec<String>,
     pub units_total: usize,
     pub units_changed: usize,
+    /// The units that differ, by index in each build: only they can describe a changed type.
+    pub changed_units_base: Vec<usize>,
+    pub changed_units_current: Vec<usize>,
+    /// Base names of the definitions of those units that compared equal.
+    pub unchanged: HashSet<String>,
     /// Definitions compared one by one.
     pub compared: usize,
 }
@@ -157,8 +162,13 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
             current.get(&u.key).is_none_or(|c| c.hash != u.hash)
         })
         .collect();
-    let mut out =
-        Diff { units_total: current.units.len(), units_changed: changed_cur.len(), ..Default::default() };
+    let mut out = Diff {
+        units_total: current.units.len(),
+        units_changed: changed_cur.len(),
+        changed_units_base: changed_base.clone(),
+        changed_units_current: changed_cur.clone(),
+        ..Default::default()
+    };
     if changed_cur.is_empty() && changed_base.is_empty() {
         return Ok(out);
     }
@@ -185,6 +195,7 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
         let base_hashes: HashSet<u128> =
             base_places.iter().map(|&(u, s)| base_sem.section_hash(u, s)).collect();
         if base_hashes.contains(&new_hash) {
+            out.unchanged.insert(base_name.to_string());
             continue;
         }
         let Some(kind) = DefKind::of(cur_sem.object(cu).sections[cs].kind) else { continue };

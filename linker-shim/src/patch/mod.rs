@@ -205,9 +205,14 @@ fn patch_process(
     clock.step("index");
     let d = diff::diff(&base, &current, &|n| index.defines(n))?;
     clock.step("diff");
+    let layouts = crate::layout::guard(&base, &current, &d)?;
+    clock.step("layouts");
+    if !layouts.refusals.is_empty() {
+        return Ok(Outcome::Skipped { reasons: layouts.refusals, notes: layouts.notes });
+    }
     let t_diff = t0.elapsed();
 
-    let mut notes = Vec::new();
+    let mut notes = layouts.notes;
     let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
     let plan = plan::plan(
         &plan::Inputs {

@@ -1,0 +1,119 @@
+//! The layout guard: whether an edit changed the layout of a type that values in the running
+//! process still have, and what a changed function receives and returns.
+//!
+//! A type's layout change changes the DWARF of every codegen unit that describes the type, so every
+//! unit that mentions a changed type is a changed unit for the diff. Reading the DWARF of the
+//! changed units alone — the base build's kept copies and the new objects — therefore sees every
+//! changed type, every static and function that can hold one, and keeps a patch's cost
+//! proportional to the edit ([`dwarf`], [`model`]). [`compare`] finds the types whose layout
+//! differs; [`live`] decides where old values of them can still be, and refuses the patch then.
+//!
+//! The decision is made from code and types, not from hot points: it holds for a patch that
+//! switches hot points and for one that redirects every changed function's entry.
+
+pub mod compare;
+pub mod dwarf;
+pub mod live;
+pub mod model;
+
+use crate::diff::units::Build;
+use crate::diff::Diff;
+use crate::error::{Context, Result};
+use compare::TypeChange;
+use model::Model;
+use std::collections::HashSet;
+
+/// Both builds' side of the changed units, and the types whose layout differs.
+#[derive(Debug, Default)]
+pub struct Layouts {
+    /// What the running build's changed units describe.
+    pub old: Model,
+    /// What the new build's changed units describe.
+    pub new: Model,
+    /// Types whose layout differs, innermost first.
+    pub changes: Vec<TypeChange>,
+    /// Crates of the workspace (their functions are the program's own code).
+    pub crates: HashSet<String>,
+    /// Changed units without debug info: changes in them cannot be seen.
+    pub units_without_dwarf: usize,
+}
+
+/// What the guard decided for one patch.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub layouts: Layouts,
+    /// Why the patch cannot be applied (one line per changed type with live old values).
+    pub refusals: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Reads the layouts of the diff's changed units in both builds and decides.
+pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Verdict> {
+    let layouts = read(base, current, diff)?;
+    let refusals = live::refusals(&layouts, diff);
+    let mut notes = Vec::new();
+    if layouts.units_without_dwarf > 0 && !diff.changed.is_empty() {
+        notes.push(format!(
+            "{} changed object(s) have no debug info, so changes of type layouts in them cannot be checked (keep `debug` on in the dev profile)",
+            layouts.units_without_dwarf
+        ));
+    }
+    Ok(Verdict { layouts, refusals, notes })
+}
+
+/// The layouts the changed units describe, in both builds.
+pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Layouts> {
+    let mut layouts = Layouts::default();
+    for (build, units, model) in [
+        (base, &diff.changed_units_base, &mut layouts.old),
+        (current, &diff.changed_units_current, &mut layouts.new),
+    ] {
+        for &u in units {
+            let unit = &build.units[u];
+            layouts.crates.insert(unit.crate_name().to_string());
+            let data = unit.bytes()?;
+            let before = (model.types.len(), model.functions.len());
+            dwarf::read(data, model).with_context(|| format!("the debug info of {}", unit.origin()))?;
+            if (model.types.len(), model.functions.len()) == before && !has_debug_info(data) {
+                layouts.units_without_dwarf += 1;
+            }
+        }
+    }
+    layouts.changes = compare::changed_types(&layouts.old, &layouts.new);
+    Ok(layouts)
+}
+
+fn has_debug_info(data: &[u8]) -> bool {
+    use object::{Object as _, ObjectSection as _};
+    object::File::parse(data).is_ok_and(|f| f.section_by_name(".debug_info").is_some_and(|s| s.size() > 0))
+}
+
+/// Whether the function at `fn_path` (demangled, without hash: `app::tick`) changed its signature,
+/// or receives or returns a type whose layout changed — directly, or inside or behind what it
+/// receives (`&mut app::State` where `app::State` gained a field). Code compiled against the old
+/// function (its callers, and frames running it) then passes or expects values of the old shape,
+/// so the old entry must not lead to the new code. Returns the reason, naming the type and what
+/// changed in it; `None` when the function is new, gone, or receives and returns what it did.
+///
+/// For in-place patching: call it for each changed function whose old entry stays reachable.
+pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
+    let old = layouts.old.functions_at(fn_path).next()?;
+    let new = layouts.new.functions_at(fn_path).next()?;
+    let sig = |f: &model::FnRec| {
+        let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
+        format!("fn({}){ret}", f.params.join(", "))
+    };
+    if old.params != new.params || old.ret != new.ret {
+        return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
+    }
+    let reach = live::Reach::new(&layouts.old);
+    for ty in old.params.iter().chain(old.ret.iter()) {
+        for change in &layouts.changes {
+            if reach.holders(&change.name, false).contains(ty.as_str()) {
+                let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
+                return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+            }
+        }
+    }
+    None
+}
