@@ -68,6 +68,9 @@ pub struct Diff {
     pub changed_units_current: Vec<usize>,
     /// Base names of the definitions of those units that compared equal.
     pub unchanged: HashSet<String>,
+    /// Definitions known under another name in the base build: `(base, current)`, with ThinLTO's
+    /// suffixes dropped (a function whose symbol hash changed, paired by path).
+    pub renamed: Vec<(String, String)>,
     /// Definitions compared one by one.
     pub compared: usize,
 }
@@ -177,11 +180,13 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
     let base_defs = definitions(base, &changed_base)?;
     let pairs = pair(current, &cur_defs, base, &base_defs)?;
     // References to a definition paired under another name count as references to it.
-    let renames = pairs
+    let renames: HashMap<&str, &str> = pairs
         .iter()
         .map(|&(c, b)| (names::canonical(b), names::canonical(c)))
         .filter(|(b, c)| b != c)
         .collect();
+    out.renamed = renames.iter().map(|(b, c)| (b.to_string(), c.to_string())).collect();
+    out.renamed.sort();
     let mut cur_sem = Semantics::new(parsed(current));
     let mut base_sem = Semantics::new(parsed(base)).renamed(renames);
 
@@ -230,25 +235,36 @@ fn symbol_size(sem: &Semantics, unit: usize, sec: usize, name: &str) -> u64 {
 }
 
 /// Why `name` differs between two builds: the relocation targets (and byte ranges) that changed.
-pub fn explain(base: &Build, current: &Build, name: &str) -> Result<Vec<String>> {
-    let find = |build: &Build| -> Result<Option<(usize, usize)>> {
+/// `name` may be either build's name for it; the diff's pairing finds the other.
+pub fn explain<'a>(base: &Build<'a>, current: &Build<'a>, name: &str) -> Result<Vec<String>> {
+    let d = diff(base, current, &|_| true)?;
+    let canon = names::canonical(name);
+    let (base_name, cur_name) = match d.renamed.iter().find(|(b, c)| b == canon || c == canon) {
+        Some((b, c)) => (b.as_str(), c.as_str()),
+        None => (canon, canon),
+    };
+    let find = |build: &Build, name: &str| -> Result<Option<(usize, usize)>> {
         for (u, unit) in build.units.iter().enumerate() {
             let obj = unit.object()?;
             for (si, sec) in obj.sections.iter().enumerate() {
-                if sec.symbols.iter().any(|&i| obj.symbols[i].name == name) {
+                if sec.symbols.iter().any(|&i| names::canonical(obj.symbols[i].name) == name) {
                     return Ok(Some((u, si)));
                 }
             }
         }
         Ok(None)
     };
-    let (Some((bu, bs)), Some((cu, cs))) = (find(base)?, find(current)?) else {
+    let (Some((bu, bs)), Some((cu, cs))) = (find(base, base_name)?, find(current, cur_name)?) else {
         return Ok(vec![format!("`{name}` is not defined in both builds")]);
     };
-    let mut bsem = Semantics::new(parsed(base));
+    let mut out = Vec::new();
+    if base_name != cur_name {
+        out.push(format!("known as {base_name} in the older build (same path, another symbol hash)"));
+    }
+    let renames: HashMap<&str, &str> = d.renamed.iter().map(|(b, c)| (b.as_str(), c.as_str())).collect();
+    let mut bsem = Semantics::new(parsed(base)).renamed(renames);
     let mut csem = Semantics::new(parsed(current));
     let (bsec, csec) = (&bsem.object(bu).sections[bs], &csem.object(cu).sections[cs]);
-    let mut out = Vec::new();
     if bsec.size != csec.size {
         out.push(format!("size {} -> {}", bsec.size, csec.size));
     }

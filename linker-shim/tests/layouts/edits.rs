@@ -28,6 +28,13 @@ pub const POINT_FIELDS_SWAPPED: Edit = &[
     ("let msg = \"hello\";", "let msg = \"swapped\";"),
 ];
 
+/// `Tally` (in `main`'s locals) swaps a `String` and a `u64`: its layout stays (rustc puts the
+/// field with a niche first either way), but `step`'s symbol hash changes with it.
+pub const TALLY_FIELDS_SWAPPED: Edit = &[
+    ("struct Tally {\n    name: String,\n    count: u64,\n}", "struct Tally {\n    count: u64,\n    name: String,\n}"),
+    ("let msg = \"hello\";", "let msg = \"tallied\";"),
+];
+
 /// `Item` (in a `Vec` `main` built at startup) retypes a field at the same size.
 pub const ITEM_FIELD_RETYPED: Edit = &[
     ("    weight: u32,\n}", "    weight: f32,\n}"),

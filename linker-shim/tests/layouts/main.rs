@@ -4,7 +4,7 @@
 //!
 //! The app prints a `step` line per step whose numbers are consistent only while every value's
 //! layout is the one its code expects (`point=x/y` with y = 2x, `config=r/2`, `items=1:w,2:w+10`,
-//! `shape=line:n:5`); a patch that let new code read old values would break them.
+//! `shape=line:n:5`, `tally=t:n`); a patch that let new code read old values would break them.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -49,6 +49,7 @@ fn consistent(line: &str) -> bool {
         && items.len() == 2
         && items[1] == items[0] + 10
         && get("shape") == format!("line:{n}:5")
+        && get("tally") == format!("t:{n}")
 }
 
 /// Waits for a step after `mark` with message `msg` and checks every step since `mark` is
@@ -145,7 +146,9 @@ fn layout_changes_with_live_old_values_are_refused() {
 }
 
 /// Layout changes no old value can meet are applied: a struct made and dropped inside the changed
-/// function alone, a new struct; and an edit that only moves lines changes nothing.
+/// function alone, a new struct; fields swapped without a layout change, although the hot
+/// function's symbol hash changes with them (paired by path, never `Unchanged`); and an edit that
+/// only moves lines changes nothing.
 #[test]
 fn layout_changes_no_old_value_can_meet_are_applied() {
     let (project, app) = running_layouts();
@@ -169,6 +172,13 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
     let step = app.wait_for(mark, "the new struct", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 3007));
     assert!(consistent(&step), "{step}");
+
+    apply(&project, &original, edits::TALLY_FIELDS_SWAPPED);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts") && line.contains("1 changed"), "{run}");
+    healthy_step(&app, mark, "tallied");
 
     // Back to the original, then only lines moved: nothing to patch, nothing to note.
     project.write(MAIN, &original);

@@ -3,7 +3,8 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! label=<..> task=<..> scratch=<..>`. `n` counts steps in `main`; every other number keeps
+//! tally=<..> label=<..> scratch=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n`
+//! counts steps in `main`; every other number keeps
 //! growing as long as old and new code agree on where each value's fields are.
 
 use std::cell::RefCell;
@@ -50,6 +51,13 @@ enum Shape {
     Line(u32, u32),
 }
 
+/// In `main`'s locals; swapping its fields does not change its layout (rustc puts the field with
+/// a niche first either way), but does change `step`'s symbol hash.
+struct Tally {
+    name: String,
+    count: u64,
+}
+
 /// Made and dropped inside `step` alone.
 struct Scratch {
     a: u32,
@@ -57,8 +65,16 @@ struct Scratch {
 }
 
 #[ipbp::hot]
-fn step(n: u64, point: &mut Point, items: &mut [Item], shape: &mut Shape, label: &dyn Fn() -> String) -> String {
+fn step(
+    n: u64,
+    point: &mut Point,
+    items: &mut [Item],
+    shape: &mut Shape,
+    tally: &mut Tally,
+    label: &dyn Fn() -> String,
+) -> String {
     let msg = "hello";
+    tally.count += 1;
     point.x += 1;
     point.y += 2;
     let config = {
@@ -87,9 +103,11 @@ fn step(n: u64, point: &mut Point, items: &mut [Item], shape: &mut Shape, label:
     };
     let scratch = Scratch { a: n as u32, b: 7 };
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} label={} scratch={}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={}",
         point.x,
         point.y,
+        tally.name,
+        tally.count,
         label(),
         scratch.a + scratch.b
     )
@@ -130,12 +148,13 @@ fn main() {
     let mut point = Point { x: 0, y: 0 };
     let mut items: Vec<Item> = (1..=2).map(|id| Item { id, weight: 10 * id }).collect();
     let mut shape = Shape::Line(0, 5);
+    let mut tally = Tally { name: String::from("t"), count: 0 };
     let name = String::from("lbl");
     let label = move || format!("{name}");
     let mut task = Box::pin(task());
     let mut cx = Context::from_waker(Waker::noop());
     for n in 1.. {
-        let line = step(n, &mut point, &mut items, &mut shape, &label);
+        let line = step(n, &mut point, &mut items, &mut shape, &mut tally, &label);
         println!("{line}");
         let _ = task.as_mut().poll(&mut cx);
         std::thread::sleep(Duration::from_millis(period));
