@@ -1,10 +1,11 @@
 //! Reads the DWARF of one relocatable object into a [`Model`].
 //!
 //! In a `.o` file, `.debug_info`'s references to strings (`DW_FORM_strp`) and to other debug
-//! sections are relocations with the offset in the addend; the section bytes hold zeros there.
-//! They are applied into an owned copy of `.debug_info` first (absolute 32- and 64-bit relocations
-//! against section symbols are all rustc emits there), then gimli reads it as it would a linked
-//! file. Type references (`DW_FORM_ref4`) are unit-relative and need nothing.
+//! sections — and DWARF 5's string-offset and address tables — are relocations with the offset in
+//! the addend; the section bytes hold zeros there. They are applied into owned copies of those
+//! sections first (absolute 32- and 64-bit relocations against section symbols are all rustc emits
+//! there), then gimli reads them as it would a linked file. Type references (`DW_FORM_ref4`) are
+//! unit-relative and need nothing.
 
 #![allow(non_upper_case_globals)] // gimli names its DWARF constants as the standard does
 
@@ -18,37 +19,50 @@ use std::collections::HashMap;
 
 type R<'d> = EndianSlice<'d, LittleEndian>;
 
-/// Adds what `data` (a relocatable ELF object) describes to `model`. An object without
-/// `.debug_info` adds nothing.
-pub fn read(data: &[u8], model: &mut Model) -> Result<()> {
+/// Adds what `data` (a relocatable ELF object) describes to `model`. Returns how many types it
+/// describes: 0 for an object built without debug info, or with line tables only.
+pub fn read(data: &[u8], model: &mut Model) -> Result<usize> {
     let file = ElfFile64::<object::LittleEndian>::parse(data).context("malformed ELF object")?;
-    let Some(info) = file.section_by_name(".debug_info") else { return Ok(()) };
-    let mut relocated = info.data().context("cannot read .debug_info")?.to_vec();
-    apply_relocations(&file, &info, &mut relocated)?;
-    let section = |name: &str| file.section_by_name(name).and_then(|s| s.data().ok()).unwrap_or(&[]);
+    if file.section_by_name(".debug_info").is_none() {
+        return Ok(0);
+    }
+    // The sections holding offsets into others: `.debug_info` (DWARF 4 and 5), and DWARF 5's
+    // string-offset and address tables.
+    let mut relocated: HashMap<&str, Vec<u8>> = HashMap::new();
+    for name in [".debug_info", ".debug_str_offsets", ".debug_addr"] {
+        let Some(section) = file.section_by_name(name) else { continue };
+        let mut bytes = section.data().with_context(|| format!("cannot read {name}"))?.to_vec();
+        apply_relocations(&file, &section, &mut bytes);
+        relocated.insert(name, bytes);
+    }
+    let section = |name: &str| -> &[u8] {
+        match relocated.get(name) {
+            Some(bytes) => bytes,
+            None => file.section_by_name(name).and_then(|s| s.data().ok()).unwrap_or(&[]),
+        }
+    };
     let dwarf = gimli::Dwarf::load(|id| -> std::result::Result<R<'_>, gimli::Error> {
-        let bytes: &[u8] = match id {
-            gimli::SectionId::DebugInfo => &relocated,
-            other => section(other.name()),
-        };
-        Ok(EndianSlice::new(bytes, LittleEndian))
+        Ok(EndianSlice::new(section(id.name()), LittleEndian))
     })
     .map_err(|e| crate::err!("cannot read the DWARF: {e}"))?;
     let mut units = dwarf.units();
+    let mut types = 0;
     while let Some(header) = units.next().map_err(|e| crate::err!("malformed .debug_info: {e}"))? {
         let unit = dwarf.unit(header).map_err(|e| crate::err!("malformed .debug_info: {e}"))?;
         let nodes = Nodes::collect(&dwarf, &unit).map_err(|e| crate::err!("malformed .debug_info: {e}"))?;
+        types += nodes.nodes.iter().filter(|n| n.tag == DW_TAG_structure_type).count();
         nodes.into_model(model);
     }
-    Ok(())
+    Ok(types)
 }
 
-/// Writes each relocation's value (symbol value + addend) into `.debug_info`.
+/// Writes each relocation's value (symbol value + addend) into a copy of a debug section. Debug
+/// sections refer to each other through section symbols (value 0), so the value is the offset.
 fn apply_relocations(
     file: &ElfFile64<'_, object::LittleEndian>,
     info: &object::read::elf::ElfSection64<'_, '_, object::LittleEndian>,
     out: &mut [u8],
-) -> Result<()> {
+) {
     for (offset, reloc) in info.relocations() {
         let base = match reloc.target() {
             RelocationTarget::Symbol(i) => file.symbol_by_index(i).map(|s| s.address()).unwrap_or(0),
@@ -70,7 +84,6 @@ fn apply_relocations(
             _ => {}
         }
     }
-    Ok(())
 }
 
 /// The entries of one compilation unit that the model needs, as a tree.

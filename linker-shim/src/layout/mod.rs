@@ -34,8 +34,9 @@ pub struct Layouts {
     pub changes: Vec<TypeChange>,
     /// Crates of the workspace (their functions are the program's own code).
     pub crates: HashSet<String>,
-    /// Changed units without debug info: changes in them cannot be seen.
-    pub units_without_dwarf: usize,
+    /// Changed units that describe types in their debug info (none when the build has no debug
+    /// info, or line tables only: then layout changes cannot be seen).
+    pub units_with_types: usize,
 }
 
 /// What the guard decided for one patch.
@@ -52,11 +53,10 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<V
     let layouts = read(base, current, diff)?;
     let refusals = live::refusals(&layouts, diff);
     let mut notes = Vec::new();
-    if layouts.units_without_dwarf > 0 && !diff.changed.is_empty() {
-        notes.push(format!(
-            "{} changed object(s) have no debug info, so changes of type layouts in them cannot be checked (keep `debug` on in the dev profile)",
-            layouts.units_without_dwarf
-        ));
+    if layouts.units_with_types == 0 && !diff.changed.is_empty() {
+        notes.push(
+            "the build has no type descriptions in its debug info, so layout changes cannot be checked (keep `debug` at least `limited` in the dev profile)".into(),
+        );
     }
     Ok(Verdict { layouts, refusals, notes })
 }
@@ -71,21 +71,15 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
         for &u in units {
             let unit = &build.units[u];
             layouts.crates.insert(unit.crate_name().to_string());
-            let data = unit.bytes()?;
-            let before = (model.types.len(), model.functions.len());
-            dwarf::read(data, model).with_context(|| format!("the debug info of {}", unit.origin()))?;
-            if (model.types.len(), model.functions.len()) == before && !has_debug_info(data) {
-                layouts.units_without_dwarf += 1;
+            let described = dwarf::read(unit.bytes()?, model)
+                .with_context(|| format!("the debug info of {}", unit.origin()))?;
+            if described > 0 {
+                layouts.units_with_types += 1;
             }
         }
     }
     layouts.changes = compare::changed_types(&layouts.old, &layouts.new);
     Ok(layouts)
-}
-
-fn has_debug_info(data: &[u8]) -> bool {
-    use object::{Object as _, ObjectSection as _};
-    object::File::parse(data).is_ok_and(|f| f.section_by_name(".debug_info").is_some_and(|s| s.size() > 0))
 }
 
 /// Whether the function at `fn_path` (demangled, without hash: `app::tick`) changed its signature,
