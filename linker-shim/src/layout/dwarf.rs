@@ -346,12 +346,11 @@ impl<'d> Nodes<'d> {
                 | DW_TAG_array_type
                 | DW_TAG_typedef => self.add_type(i, model),
                 DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model),
-                // Vtables are constants.
-                DW_TAG_variable
-                    if self.nodes[i].located
-                        && !self.nodes[i].name.is_some_and(|n| n.contains("{vtable"))
-                        && !self.in_subprogram(i) =>
-                {
+                // Vtables are constants; they say which types are used behind `dyn`.
+                DW_TAG_variable if self.nodes[i].name.is_some_and(|n| n.ends_with("::{vtable}")) => {
+                    model.vtables.extend(self.nodes[i].name.and_then(super::model::vtable_of));
+                }
+                DW_TAG_variable if self.nodes[i].located && !self.in_subprogram(i) => {
                     let name = self.type_name_of_var(i);
                     let node = &self.nodes[i];
                     let path = self.qualified(i, node.name.unwrap_or("?"));

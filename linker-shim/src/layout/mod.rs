@@ -111,3 +111,73 @@ pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::model::{Field, FnRec, Kind, TypeRec};
+    use super::*;
+
+    fn model(point_fields: &[(&str, u64)], params: &[&str]) -> Model {
+        let mut m = Model::default();
+        let fields: Vec<Field> =
+            point_fields.iter().map(|&(n, o)| Field { name: n.into(), offset: o, ty: "u32".into() }).collect();
+        m.types.insert(
+            "app::Point".into(),
+            TypeRec {
+                kind: Kind::Struct,
+                size: Some(4 * fields.len() as u64),
+                align: Some(4),
+                edges: vec![("u32".into(), true)],
+                fields,
+                tag: None,
+                variants: vec![],
+            },
+        );
+        m.types.insert(
+            "&mut app::Point".into(),
+            TypeRec {
+                kind: Kind::Other,
+                size: Some(8),
+                align: Some(8),
+                fields: vec![],
+                tag: None,
+                variants: vec![],
+                edges: vec![("app::Point".into(), false)],
+            },
+        );
+        m.functions.push(FnRec {
+            linkage: "_ZN3app4step17h0E".into(),
+            path: "app::step".into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            ret: Some("u64".into()),
+            locals: vec![],
+            main: false,
+        });
+        m
+    }
+
+    fn layouts(old: Model, new: Model) -> Layouts {
+        let changes = compare::changed_types(&old, &new);
+        Layouts { old, new, changes, ..Default::default() }
+    }
+
+    #[test]
+    fn signature_changes_name_the_type_and_field() {
+        let same = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
+        assert_eq!(signature_change(&same, "app::step"), None);
+        assert_eq!(signature_change(&same, "app::other"), None);
+
+        let grown =
+            layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0), ("y", 4)], &["&mut app::Point"]));
+        assert_eq!(
+            signature_change(&grown, "app::step").as_deref(),
+            Some("`app::step` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")
+        );
+
+        let retyped = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["u8"]));
+        assert_eq!(
+            signature_change(&retyped, "app::step").as_deref(),
+            Some("the signature of `app::step` changed (fn(&mut app::Point) -> u64 -> fn(u8) -> u64)")
+        );
+    }
+}

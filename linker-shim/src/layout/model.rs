@@ -84,11 +84,49 @@ pub struct Model {
     pub functions: Vec<FnRec>,
     /// Names of the structs that are an enum's variants (compared as part of their enum).
     pub variant_types: std::collections::HashSet<String>,
+    /// `(type, trait)` for every vtable: values of the type can hide behind `dyn trait`. The trait
+    /// is its path without generic arguments (`core::ops::function::Fn`).
+    pub vtables: Vec<(String, String)>,
+}
+
+/// `<app::Job as app::Task<u8>>::{vtable}` → `("app::Job", "app::Task")`.
+pub fn vtable_of(name: &str) -> Option<(String, String)> {
+    let inner = name.strip_prefix('<')?.strip_suffix(">::{vtable}")?;
+    let mut depth = 0i32;
+    for (at, c) in inner.char_indices() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' => depth -= 1,
+            ' ' if depth == 0 && inner[at..].starts_with(" as ") => {
+                let ty = &inner[..at];
+                let tr = &inner[at + 4..];
+                let tr = tr.split('<').next().unwrap_or(tr);
+                return Some((ty.to_string(), tr.to_string()));
+            }
+            _ => {}
+        }
+    }
+    None
 }
 
 impl Model {
     /// The functions of the model with this path.
     pub fn functions_at<'m>(&'m self, path: &'m str) -> impl Iterator<Item = &'m FnRec> + 'm {
         self.functions.iter().filter(move |f| f.path == path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vtable_names_name_a_type_and_a_trait() {
+        assert_eq!(
+            super::vtable_of("<app::main::{closure_env#2} as core::ops::function::Fn<()>>::{vtable}"),
+            Some(("app::main::{closure_env#2}".into(), "core::ops::function::Fn".into()))
+        );
+        assert_eq!(
+            super::vtable_of("<a::W<a::X as b::Y> as core::fmt::Debug>::{vtable}").map(|v| v.1),
+            Some("core::fmt::Debug".into())
+        );
     }
 }
