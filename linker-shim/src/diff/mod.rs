@@ -66,7 +66,8 @@ pub struct Diff {
     /// The units that differ, by index in each build: only they can describe a changed type.
     pub changed_units_base: Vec<usize>,
     pub changed_units_current: Vec<usize>,
-    /// Base names of the definitions of those units that compared equal.
+    /// Base names of the definitions of those units that compared equal ([`names::canonical`]: as
+    /// debug info names them).
     pub unchanged: HashSet<String>,
     /// Definitions known under another name in the base build: `(base, current)`, with ThinLTO's
     /// suffixes dropped (a function whose symbol hash changed, paired by path).
@@ -200,7 +201,7 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
         let base_hashes: HashSet<u128> =
             base_places.iter().map(|&(u, s)| base_sem.section_hash(u, s)).collect();
         if base_hashes.contains(&new_hash) {
-            out.unchanged.insert(base_name.to_string());
+            out.unchanged.insert(names::canonical(base_name).to_string());
             continue;
         }
         let Some(kind) = DefKind::of(cur_sem.object(cu).sections[cs].kind) else { continue };

@@ -355,7 +355,7 @@ impl<'d> Nodes<'d> {
                     let node = &self.nodes[i];
                     let path = self.qualified(i, node.name.unwrap_or("?"));
                     // `thread_local!` keeps its value in `KEY::{constant#0}::{closure#n}::VAL`.
-                    let path = path.split("::{").next().unwrap_or(&path).to_string();
+                    let path = path.split("::{constant#").next().unwrap_or(&path).to_string();
                     model.statics.push(StaticRec { path, ty: name, tls: node.tls });
                 }
                 _ => {}

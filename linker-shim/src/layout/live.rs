@@ -17,7 +17,7 @@
 use super::compare::mentions;
 use super::model::Model;
 use super::Layouts;
-use crate::diff::Diff;
+use crate::diff::{names, Diff};
 use std::collections::{HashMap, HashSet};
 
 /// Which types lead to which, backwards.
@@ -123,7 +123,7 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> Vec<String> {
                 if holds(&any) {
                     add(format!("`{}`'s locals", f.path));
                 }
-            } else if own_crate(&f.path) && diff.unchanged.contains(&f.linkage) && holds(&owned) {
+            } else if own_crate(&f.path) && diff.unchanged.contains(names::canonical(&f.linkage)) && holds(&owned) {
                 add(format!("`{}`, unchanged, holds them", f.path));
             }
         }
