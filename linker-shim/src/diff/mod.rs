@@ -111,8 +111,7 @@ fn pair<'a>(
     base: &Build<'a>,
     base_defs: &HashMap<&'a str, Vec<DefAt>>,
 ) -> Result<Vec<(&'a str, &'a str)>> {
-    let base_by_canon: HashMap<&str, &'a str> =
-        base_defs.keys().map(|&n| (names::canonical(n), n)).collect();
+    let base_by_canon: HashMap<&str, &'a str> = base_defs.keys().map(|&n| (names::canonical(n), n)).collect();
     let mut pairs = Vec::new();
     let mut cur_left = Vec::new();
     for &name in cur_defs.keys() {

@@ -34,10 +34,16 @@ mod tests {
 
     #[test]
     fn llvm_suffixes_and_hashes_are_dropped() {
-        assert_eq!(canonical("_ZN7counter4pair17h41b3973466349cc8E.llvm.4687289052701356509"), "_ZN7counter4pair17h41b3973466349cc8E");
+        assert_eq!(
+            canonical("_ZN7counter4pair17h41b3973466349cc8E.llvm.4687289052701356509"),
+            "_ZN7counter4pair17h41b3973466349cc8E"
+        );
         assert_eq!(canonical("foo.llvm."), "foo.llvm.");
         assert_eq!(canonical("foo.llvm.x1"), "foo.llvm.x1");
-        assert_eq!(path("_ZN7counter4tick17h1111111111111111E"), path("_ZN7counter4tick17h2222222222222222E"));
+        assert_eq!(
+            path("_ZN7counter4tick17h1111111111111111E"),
+            path("_ZN7counter4tick17h2222222222222222E")
+        );
         assert_eq!(path("_ZN7counter4tick17h1111111111111111E"), "counter::tick");
         assert!(is_promoted_anon("anon.ebafb60624fd0317f0e5ca3f8fe5763b.29.llvm.4687289052701356509"));
     }

@@ -131,7 +131,12 @@ fn own_differences(o: &TypeRec, n: &TypeRec) -> Vec<String> {
             Some(w) => {
                 if v.discr != w.discr {
                     let show = |d: Option<u64>| d.map_or("none".into(), |d| d.to_string());
-                    out.push(format!("variant `{}` discriminant {} -> {}", v.name, show(v.discr), show(w.discr)));
+                    out.push(format!(
+                        "variant `{}` discriminant {} -> {}",
+                        v.name,
+                        show(v.discr),
+                        show(w.discr)
+                    ));
                 }
                 out.extend(fields(&v.fields, &w.fields, &format!("variant `{}`: ", v.name)));
             }
@@ -150,11 +155,8 @@ fn variant_sig(v: &Variant) -> String {
         return v.name.clone();
     }
     let tuple = v.fields.iter().all(|f| f.name.starts_with("__"));
-    let tys: Vec<String> = v
-        .fields
-        .iter()
-        .map(|f| if tuple { f.ty.clone() } else { format!("{}: {}", f.name, f.ty) })
-        .collect();
+    let tys: Vec<String> =
+        v.fields.iter().map(|f| if tuple { f.ty.clone() } else { format!("{}: {}", f.name, f.ty) }).collect();
     if tuple {
         format!("{}({})", v.name, tys.join(", "))
     } else {
@@ -175,7 +177,10 @@ fn fields(old: &[Field], new: &[Field], prefix: &str) -> Vec<String> {
                 if f.ty != g.ty {
                     later.push(format!("{prefix}field `{}` retyped {} -> {}", f.name, f.ty, g.ty));
                 } else if f.offset != g.offset {
-                    later.push(format!("{prefix}field `{}` moved (offset {} -> {})", f.name, f.offset, g.offset));
+                    later.push(format!(
+                        "{prefix}field `{}` moved (offset {} -> {})",
+                        f.name, f.offset, g.offset
+                    ));
                 }
             }
         }
@@ -219,9 +224,7 @@ mod tests {
     }
 
     fn model(types: Vec<(&str, TypeRec)>) -> Model {
-        let mut m = Model::default();
-        m.types = types.into_iter().map(|(n, t)| (n.to_string(), t)).collect();
-        m
+        Model { types: types.into_iter().map(|(n, t)| (n.to_string(), t)).collect(), ..Default::default() }
     }
 
     #[test]
@@ -229,9 +232,18 @@ mod tests {
         let base = vec![field("x", 0, "u32"), field("y", 4, "u32")];
         let old = model(vec![("a::P", strukt(8, base.clone()))]);
         let cases = [
-            (strukt(16, vec![field("x", 0, "u32"), field("y", 4, "u32"), field("z", 8, "u64")]), Some("field `z: u64` added, 8 -> 16 bytes")),
-            (strukt(8, vec![field("x", 0, "u32"), field("y", 4, "f32")]), Some("field `y` retyped u32 -> f32")),
-            (strukt(8, vec![field("y", 0, "u32"), field("x", 4, "u32")]), Some("field `x` moved (offset 0 -> 4), field `y` moved (offset 4 -> 0)")),
+            (
+                strukt(16, vec![field("x", 0, "u32"), field("y", 4, "u32"), field("z", 8, "u64")]),
+                Some("field `z: u64` added, 8 -> 16 bytes"),
+            ),
+            (
+                strukt(8, vec![field("x", 0, "u32"), field("y", 4, "f32")]),
+                Some("field `y` retyped u32 -> f32"),
+            ),
+            (
+                strukt(8, vec![field("y", 0, "u32"), field("x", 4, "u32")]),
+                Some("field `x` moved (offset 0 -> 4), field `y` moved (offset 4 -> 0)"),
+            ),
             (strukt(8, vec![field("x", 0, "u32"), field("why", 4, "u32")]), None),
         ];
         for (new, expected) in cases {

@@ -466,8 +466,7 @@ impl<'d> Nodes<'d> {
 
     fn add_function(&mut self, i: usize, model: &mut Model) {
         let Some(linkage) = self.linkage_of(i) else { return };
-        let main = self.nodes[i].main
-            || self.get(self.nodes[i].origin).is_some_and(|o| self.nodes[o].main);
+        let main = self.nodes[i].main || self.get(self.nodes[i].origin).is_some_and(|o| self.nodes[o].main);
         let ret = self.ty_of(i).map(|t| self.target_name(Some(t)));
         let mut params = Vec::new();
         let mut locals = Vec::new();
@@ -502,7 +501,11 @@ impl<'d> Nodes<'d> {
     }
 }
 
-fn string<'d>(dwarf: &gimli::Dwarf<R<'d>>, unit: &gimli::Unit<R<'d>>, value: AttributeValue<R<'d>>) -> Option<&'d str> {
+fn string<'d>(
+    dwarf: &gimli::Dwarf<R<'d>>,
+    unit: &gimli::Unit<R<'d>>,
+    value: AttributeValue<R<'d>>,
+) -> Option<&'d str> {
     let s = dwarf.attr_string(unit, value).ok()?;
     std::str::from_utf8(s.slice()).ok()
 }

@@ -123,7 +123,10 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> Vec<String> {
                 if holds(&any) {
                     add(format!("`{}`'s locals", f.path));
                 }
-            } else if own_crate(&f.path) && diff.unchanged.contains(names::canonical(&f.linkage)) && holds(&owned) {
+            } else if own_crate(&f.path)
+                && diff.unchanged.contains(names::canonical(&f.linkage))
+                && holds(&owned)
+            {
                 add(format!("`{}`, unchanged, holds them", f.path));
             }
         }
@@ -172,7 +175,15 @@ mod tests {
     }
 
     fn pointer(to: &str) -> TypeRec {
-        TypeRec { kind: Kind::Other, size: Some(8), align: Some(8), fields: vec![], tag: None, variants: vec![], edges: vec![(to.into(), false)] }
+        TypeRec {
+            kind: Kind::Other,
+            size: Some(8),
+            align: Some(8),
+            fields: vec![],
+            tag: None,
+            variants: vec![],
+            edges: vec![(to.into(), false)],
+        }
     }
 
     fn function(path: &str, params: &[&str], locals: &[&str], main: bool) -> FnRec {
@@ -201,16 +212,22 @@ mod tests {
     }
 
     fn reasons(l: &Layouts, unchanged: &[&str]) -> Vec<String> {
-        let diff = Diff { unchanged: unchanged.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        let diff =
+            Diff { unchanged: unchanged.iter().map(|s| s.to_string()).collect(), ..Default::default() };
         refusals(l, &diff)
     }
 
     #[test]
     fn old_values_in_statics_running_frames_and_unchanged_code_are_found() {
-        let l = layouts(|m| m.statics.push(StaticRec { path: "app::S".into(), ty: "app::Holder".into(), tls: false }));
+        let l = layouts(|m| {
+            m.statics.push(StaticRec { path: "app::S".into(), ty: "app::Holder".into(), tls: false })
+        });
         let r = reasons(&l, &[]);
         assert_eq!(r.len(), 1, "{r:?}");
-        assert!(r[0].contains("struct `app::A` changed layout (field `y: u64` added, 8 -> 16 bytes)"), "{r:?}");
+        assert!(
+            r[0].contains("struct `app::A` changed layout (field `y: u64` added, 8 -> 16 bytes)"),
+            "{r:?}"
+        );
         assert!(r[0].contains("(static `app::S`)"), "{r:?}");
 
         let l = layouts(|m| m.functions.push(function("app::main", &[], &["alloc::vec::Vec<app::A>"], true)));
@@ -236,7 +253,11 @@ mod tests {
         let l = layouts(|m| {
             m.vtables.push(("app::A".into(), "app::Job".into()));
             m.types.insert("alloc::boxed::Box<dyn app::Job>".into(), strukt(16, &[]));
-            m.statics.push(StaticRec { path: "app::JOBS".into(), ty: "alloc::boxed::Box<dyn app::Job>".into(), tls: true });
+            m.statics.push(StaticRec {
+                path: "app::JOBS".into(),
+                ty: "alloc::boxed::Box<dyn app::Job>".into(),
+                tls: true,
+            });
         });
         assert!(reasons(&l, &[])[0].contains("thread-local `app::JOBS`"));
     }

@@ -123,8 +123,10 @@ mod tests {
 
     fn model(point_fields: &[(&str, u64)], params: &[&str]) -> Model {
         let mut m = Model::default();
-        let fields: Vec<Field> =
-            point_fields.iter().map(|&(n, o)| Field { name: n.into(), offset: o, ty: "u32".into() }).collect();
+        let fields: Vec<Field> = point_fields
+            .iter()
+            .map(|&(n, o)| Field { name: n.into(), offset: o, ty: "u32".into() })
+            .collect();
         m.types.insert(
             "app::Point".into(),
             TypeRec {
@@ -167,12 +169,15 @@ mod tests {
 
     #[test]
     fn signature_changes_name_the_type_and_field() {
-        let same = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
+        let same =
+            layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
         assert_eq!(signature_change(&same, "app::step"), None);
         assert_eq!(signature_change(&same, "app::other"), None);
 
-        let grown =
-            layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0), ("y", 4)], &["&mut app::Point"]));
+        let grown = layouts(
+            model(&[("x", 0)], &["&mut app::Point"]),
+            model(&[("x", 0), ("y", 4)], &["&mut app::Point"]),
+        );
         assert_eq!(
             signature_change(&grown, "app::step").as_deref(),
             Some("`app::step` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")

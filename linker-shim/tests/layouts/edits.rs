@@ -31,7 +31,10 @@ pub const POINT_FIELDS_SWAPPED: Edit = &[
 /// `Tally` (in `main`'s locals) swaps a `String` and a `u64`: its layout stays (rustc puts the
 /// field with a niche first either way), but `step`'s symbol hash changes with it.
 pub const TALLY_FIELDS_SWAPPED: Edit = &[
-    ("struct Tally {\n    name: String,\n    count: u64,\n}", "struct Tally {\n    count: u64,\n    name: String,\n}"),
+    (
+        "struct Tally {\n    name: String,\n    count: u64,\n}",
+        "struct Tally {\n    count: u64,\n    name: String,\n}",
+    ),
     ("let msg = \"hello\";", "let msg = \"tallied\";"),
 ];
 
@@ -73,7 +76,10 @@ pub const SCRATCH_FIELD_ADDED: Edit = &[
 
 /// A new struct, used only inside `step`.
 pub const NEW_STRUCT: Edit = &[
-    ("/// Made and dropped inside", "struct Fresh {\n    v: u32,\n    w: u64,\n}\n\n/// Made and dropped inside"),
+    (
+        "/// Made and dropped inside",
+        "struct Fresh {\n    v: u32,\n    w: u64,\n}\n\n/// Made and dropped inside",
+    ),
     ("    let scratch = Scratch", "    let fresh = Fresh { v: 1000, w: 2000 };\n    let scratch = Scratch"),
     ("scratch.a + scratch.b", "scratch.a + scratch.b + fresh.v + fresh.w as u32"),
 ];

@@ -43,7 +43,8 @@ fn consistent(line: &str) -> bool {
     let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
     let n = number(get("n"));
     let point: Vec<u64> = get("point").split('/').map(number).collect();
-    let items: Vec<u64> = get("items").split(',').map(|i| number(i.split(':').nth(1).unwrap_or(""))).collect();
+    let items: Vec<u64> =
+        get("items").split(',').map(|i| number(i.split(':').nth(1).unwrap_or(""))).collect();
     point == [n, 2 * n]
         && get("config").ends_with("/2")
         && items.len() == 2
@@ -84,7 +85,12 @@ fn layout_changes_with_live_old_values_are_refused() {
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
-            &["struct `layouts::Config`", "field `extra: u64` added", "8 -> 16 bytes", "static `layouts::CONFIG`"],
+            &[
+                "struct `layouts::Config`",
+                "field `extra: u64` added",
+                "8 -> 16 bytes",
+                "static `layouts::CONFIG`",
+            ],
         ),
         (
             "field retyped at the same size, static",
@@ -109,7 +115,12 @@ fn layout_changes_with_live_old_values_are_refused() {
         (
             "enum variant added, main's locals",
             edits::SHAPE_VARIANT_ADDED,
-            &["enum `layouts::Shape`", "variant `Rect(u64, u64, u64)` added", "12 -> 32 bytes", "`layouts::main`'s locals"],
+            &[
+                "enum `layouts::Shape`",
+                "variant `Rect(u64, u64, u64)` added",
+                "12 -> 32 bytes",
+                "`layouts::main`'s locals",
+            ],
         ),
         (
             "closure captures changed, closure made at startup",
@@ -163,14 +174,16 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     let run = project.build();
     let line = status_for(&run, app.pid);
     assert!(line.starts_with("Patched layouts") && line.contains("1 changed"), "{run}");
-    let step = app.wait_for(mark, "the new Scratch", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 107));
+    let step = app
+        .wait_for(mark, "the new Scratch", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 107));
     assert!(consistent(&step), "{step}");
 
     apply(&project, &original, edits::NEW_STRUCT);
     let mark = app.mark();
     let run = project.build();
     assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
-    let step = app.wait_for(mark, "the new struct", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 3007));
+    let step = app
+        .wait_for(mark, "the new struct", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 3007));
     assert!(consistent(&step), "{step}");
 
     apply(&project, &original, edits::TALLY_FIELDS_SWAPPED);
