@@ -142,6 +142,10 @@ fn layout_changes_with_live_old_values_are_refused() {
             assert!(line.contains(name), "{cell}: the reason does not name {name:?}: {line}");
         }
         assert!(line.contains("restart to use it"), "{cell}: {line}");
+        assert!(
+            status_lines(&run).iter().all(|l| !l.contains("initial value")),
+            "{cell}: a static whose type changed is reported as a changed initial value: {run}"
+        );
         let mark = app.mark();
         healthy_step(&app, mark, "hello");
     }
