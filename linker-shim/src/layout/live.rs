@@ -81,10 +81,12 @@ impl<'m> Reach<'m> {
     }
 }
 
-/// One reason per changed type with live old values.
-pub fn refusals(layouts: &Layouts, diff: &Diff) -> Vec<String> {
+/// One reason per changed type with live old values, and the statics and thread-locals found
+/// holding old values.
+pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
+    let mut statics = Vec::new();
     if layouts.changes.is_empty() {
-        return Vec::new();
+        return (Vec::new(), statics);
     }
     let old = &layouts.old;
     let reach = Reach::new(old);
@@ -106,6 +108,7 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> Vec<String> {
         let owned = reach.holders(&change.name, true);
         for s in &old.statics {
             if any.contains(s.ty.as_str()) {
+                statics.push(s.path.clone());
                 add(format!("{} `{}`", if s.tls { "thread-local" } else { "static" }, s.path));
             }
         }
@@ -143,7 +146,7 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> Vec<String> {
             places.join(", ")
         ));
     }
-    out
+    (out, statics)
 }
 
 /// The function that makes values of a closure's captures or an async fn's state:
@@ -214,7 +217,7 @@ mod tests {
     fn reasons(l: &Layouts, unchanged: &[&str]) -> Vec<String> {
         let diff =
             Diff { unchanged: unchanged.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-        refusals(l, &diff)
+        refusals(l, &diff).0
     }
 
     #[test]

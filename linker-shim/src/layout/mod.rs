@@ -46,6 +46,18 @@ pub struct Verdict {
     /// Why the patch cannot be applied (one line per changed type with live old values).
     pub refusals: Vec<String>,
     pub notes: Vec<String>,
+    /// Statics and thread-locals holding old values of a changed type (paths).
+    pub live_statics: Vec<String>,
+}
+
+impl Verdict {
+    /// Whether a refusal about `symbol` (a static's or thread-local's path, as `plan` names it) is
+    /// one of the guard's, which says more: the type and the field that changed.
+    pub fn explains(&self, symbol: &str) -> bool {
+        self.live_statics
+            .iter()
+            .any(|p| symbol == p || symbol.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with("::")))
+    }
 }
 
 /// Reads the layouts of the diff's changed units in both builds and decides.
@@ -55,14 +67,14 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<V
         return Ok(Verdict::default());
     }
     let layouts = read(base, current, diff)?;
-    let refusals = live::refusals(&layouts, diff);
+    let (refusals, live_statics) = live::refusals(&layouts, diff);
     let mut notes = Vec::new();
     if layouts.units_with_types == 0 && !diff.changed.is_empty() {
         notes.push(
             "the build has no type descriptions in its debug info, so layout changes cannot be checked (keep `debug` at least `limited` in the dev profile)".into(),
         );
     }
-    Ok(Verdict { layouts, refusals, notes })
+    Ok(Verdict { layouts, refusals, notes, live_statics })
 }
 
 /// The layouts the changed units describe, in both builds.

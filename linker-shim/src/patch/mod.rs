@@ -205,14 +205,15 @@ fn patch_process(
     clock.step("index");
     let d = diff::diff(&base, &current, &|n| index.defines(n))?;
     clock.step("diff");
-    let layouts = crate::layout::guard(&base, &current, &d)?;
+    let mut layouts = crate::layout::guard(&base, &current, &d)?;
     clock.step("layouts");
     let t_diff = t0.elapsed();
 
-    let mut notes = layouts.notes;
+    let mut notes = std::mem::take(&mut layouts.notes);
     let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
     // Refused type-layout changes come after the plan's reasons, which name what the user edited
-    // (a hot function's signature); a plan that fails reports them alone.
+    // (a hot function's signature), and replace its reasons about the statics they name; a plan
+    // that fails reports them alone.
     let plan = match plan::plan(
         &plan::Inputs {
             current: &current,
@@ -238,7 +239,8 @@ fn patch_process(
         notes.extend(plan.report.notes.iter().cloned());
     }
     if !plan.refusals.is_empty() || !layouts.refusals.is_empty() {
-        let reasons = plan.refusals.iter().map(|r| r.reason.clone()).chain(layouts.refusals).collect();
+        let plan_reasons = plan.refusals.iter().filter(|r| !layouts.explains(&r.symbol));
+        let reasons = plan_reasons.map(|r| r.reason.clone()).chain(layouts.refusals.clone()).collect();
         return Ok(Outcome::Skipped { reasons, notes });
     }
     let nothing_new = plan.chunks.is_empty();
