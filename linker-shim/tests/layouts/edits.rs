@@ -21,6 +21,17 @@ pub const SESSION_FIELD_ADDED: Edit = &[
     ("Session { hits: 0, misses: 0 }", "Session { hits: 0, misses: 0, streak: 0 }"),
 ];
 
+/// `Point` (in `main`'s locals, passed `&mut` to the hot function) gains a field: the issue's
+/// `sxy=0/0/8589934593` case.
+pub const POINT_FIELD_ADDED: Edit = &[
+    (
+        "struct Point {\n    x: u32,\n    y: u32,\n}",
+        "struct Point {\n    x: u32,\n    y: u32,\n    z: u64,\n}",
+    ),
+    ("Point { x: 0, y: 0 }", "Point { x: 0, y: 0, z: 42 }"),
+    ("point.y += 2;", "point.y += 2;\n    point.z += 1;"),
+];
+
 /// `Point` (in `main`'s locals) swaps its two fields, and `step`'s message changes too: the issue's
 /// field-swap case, which must never come out `Unchanged`.
 pub const POINT_FIELDS_SWAPPED: Edit = &[

@@ -66,6 +66,20 @@ fn healthy_step(app: &Running, mark: usize, msg: &str) -> String {
     line
 }
 
+/// `ipbp-ld diff --code` from the build `app` runs to the one just built.
+fn code_diff(project: &Project, app: &Running) -> String {
+    let map_of = |binary: &std::path::Path| -> String {
+        let run = project.ipbp_ld(&[std::ffi::OsStr::new("map"), binary.as_os_str()]);
+        assert!(run.success(), "{run}");
+        run.stdout.trim().to_string()
+    };
+    let base = map_of(&std::path::PathBuf::from(format!("/proc/{}/exe", app.pid)));
+    let new = map_of(&project.program("layouts"));
+    let run = project.ipbp_ld(&["diff", "--code", base.as_str(), new.as_str()]);
+    assert_eq!(run.code, Some(0), "{run}");
+    run.stdout
+}
+
 fn apply(project: &Project, original: &str, edit: Edit) {
     project.write(MAIN, original);
     for (from, to) in edit {
@@ -81,7 +95,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 8] = [
+    let cells: [(&str, Edit, &[&str]); 9] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -101,6 +115,11 @@ fn layout_changes_with_live_old_values_are_refused() {
             "field added, thread-local",
             edits::SESSION_FIELD_ADDED,
             &["struct `layouts::Session`", "field `streak: u64` added", "thread-local `layouts::SESSION`"],
+        ),
+        (
+            "field added, main's locals",
+            edits::POINT_FIELD_ADDED,
+            &["struct `layouts::Point`", "field `z: u64` added", "8 -> 16 bytes", "`layouts::main`'s locals"],
         ),
         (
             "fields reordered, main's locals",
@@ -146,6 +165,15 @@ fn layout_changes_with_live_old_values_are_refused() {
             status_lines(&run).iter().all(|l| !l.contains("initial value")),
             "{cell}: a static whose type changed is reported as a changed initial value: {run}"
         );
+        if edit == edits::POINT_FIELDS_SWAPPED {
+            // `ipbp-ld diff --code` between the running build and this one says the same.
+            let out = code_diff(&project, &app);
+            for needle in
+                ["~ function layouts::step", "! struct `layouts::Point` changed layout", "refused: "]
+            {
+                assert!(out.contains(needle), "`diff --code` does not show {needle:?}:\n{out}");
+            }
+        }
         let mark = app.mark();
         healthy_step(&app, mark, "hello");
     }
