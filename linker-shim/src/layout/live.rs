@@ -8,9 +8,11 @@
 //!   since such frames may never return. A closure's captures or an async fn's state changed while
 //!   its maker is `main` counts too: the value was made before the patch;
 //! - an **unchanged function** of the workspace that holds the type by value (parameter, local,
-//!   return value, or owned through a field, `Box`, `Vec`): its old code keeps making and keeping
-//!   values of the old shape. Unchanged code that only borrows one reads it as it did, and code of
-//!   other crates (`Vec<T>::push`) moves the bytes without knowing the fields.
+//!   return value, or owned through a field, `Box`, `Vec`): its frame may be running and keep an
+//!   old value (a worker loop that moves values along compiles the same for a same-size change).
+//!   Unchanged code that only borrows one reads it as it did; code of other crates (`Vec<T>::push`)
+//!   and implementations of the standard library's traits (a derived `Clone`) move or copy a value
+//!   for the moment of a call.
 //!
 //! Everything else was made and dropped inside changed code, which the patch replaces as a whole.
 
@@ -92,9 +94,13 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
     let reach = Reach::new(old);
     let mains: Vec<&str> = old.functions.iter().filter(|f| f.main).map(|f| f.path.as_str()).collect();
     let running = |path: &str| mains.iter().any(|m| path == *m || path.starts_with(&format!("{m}::")));
-    let own_crate = |path: &str| {
+    // The workspace's own functions; implementations of the standard library's traits
+    // (`<app::Config as core::clone::Clone>::clone`, mostly derived) copy, compare or format a
+    // value for the moment of a call and are no frames that hold one for long.
+    let own_code = |path: &str| {
         let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
-        layouts.crates.contains(first)
+        let std_trait = [" as core::", " as alloc::", " as std::"].iter().any(|t| path.contains(t));
+        layouts.crates.contains(first) && !std_trait
     };
     let mut out = Vec::new();
     for change in &layouts.changes {
@@ -126,7 +132,7 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
                 if holds(&any) {
                     add(format!("`{}`'s locals", f.path));
                 }
-            } else if own_crate(&f.path)
+            } else if own_code(&f.path)
                 && diff.unchanged.contains(names::canonical(&f.linkage))
                 && holds(&owned)
             {
@@ -242,6 +248,12 @@ mod tests {
         // changed code, or another crate's code, does not count.
         let l = layouts(|m| {
             m.functions.push(function("app::keep", &[], &["app::Holder"], false));
+            m.functions.push(function(
+                "<app::A as core::clone::Clone>::clone",
+                &["&app::A"],
+                &["app::A"],
+                false,
+            ));
             m.functions.push(function("app::peek", &["&app::A"], &[], false));
             m.functions.push(function("alloc::vec::Vec<T>::push", &["app::A"], &[], false));
         });
@@ -249,6 +261,7 @@ mod tests {
         let r = reasons(&l, &all);
         assert!(r[0].contains("(`app::keep`, unchanged, holds them)"), "{r:?}");
         assert!(reasons(&l, &["app::peek#sym"]).is_empty());
+        assert!(reasons(&l, &["<app::A as core::clone::Clone>::clone#sym"]).is_empty());
     }
 
     #[test]

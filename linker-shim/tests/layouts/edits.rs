@@ -85,6 +85,13 @@ pub const SCRATCH_FIELD_ADDED: Edit = &[
     ("scratch.a + scratch.b", "scratch.a + scratch.b + scratch.c as u32"),
 ];
 
+/// `Scratch` swaps its fields, and `step`'s message changes: its derived `Clone` and `Default`
+/// (which return a `Scratch` by value) compile the same, and hold one only for a call.
+pub const SCRATCH_FIELDS_SWAPPED: Edit = &[
+    ("struct Scratch {\n    a: u32,\n    b: u32,\n}", "struct Scratch {\n    b: u32,\n    a: u32,\n}"),
+    ("let msg = \"hello\";", "let msg = \"scratched\";"),
+];
+
 /// A new struct, used only inside `step`.
 pub const NEW_STRUCT: Edit = &[
     (

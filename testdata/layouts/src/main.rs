@@ -58,7 +58,9 @@ struct Tally {
     count: u64,
 }
 
-/// Made and dropped inside `step` alone.
+/// Made and dropped inside `step` alone (its derived `Clone` and `Default` compile the same for
+/// a same-size retype, and hold a value only for the moment of a call).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Scratch {
     a: u32,
     b: u32,
@@ -101,7 +103,8 @@ fn step(
             format!("line:{a}:{b}")
         }
     };
-    let scratch = Scratch { a: n as u32, b: 7 };
+    let scratch = Scratch { a: n as u32, b: 7 }.clone();
+    assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
         "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={}",
         point.x,
