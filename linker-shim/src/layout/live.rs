@@ -136,7 +136,7 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
                 && diff.unchanged.contains(names::canonical(&f.linkage))
                 && holds(&owned)
             {
-                add(format!("`{}`, unchanged, holds them", f.path));
+                add(format!("unchanged `{}`'s locals", f.path));
             }
         }
         if places.is_empty() {
@@ -259,7 +259,7 @@ mod tests {
         });
         let all = ["app::keep#sym", "app::peek#sym", "alloc::vec::Vec<T>::push#sym"];
         let r = reasons(&l, &all);
-        assert!(r[0].contains("(`app::keep`, unchanged, holds them)"), "{r:?}");
+        assert!(r[0].contains("(unchanged `app::keep`'s locals)"), "{r:?}");
         assert!(reasons(&l, &["app::peek#sym"]).is_empty());
         assert!(reasons(&l, &["<app::A as core::clone::Clone>::clone#sym"]).is_empty());
     }
