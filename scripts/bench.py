@@ -67,11 +67,13 @@ def ipbp_breakdown(p):
     m, t = p["manifest"], p["manifest"]["timings"]
     called = t["called_unix"]
     rustc = p["rustc"] or (called, called)
+    layouts = dict(t["steps"]).get("layouts", 0.0)  # inside diff_ms
     parts = {
         "cargo, before rustc": (rustc[0] - p["cargo_start"]) * 1e3,
         "rustc, until it calls the linker": (called - rustc[0]) * 1e3,
         "ipbp-ld, before the patch": t["started_ms"],
-        "ipbp-ld: diff": t["diff_ms"],
+        "ipbp-ld: diff": t["diff_ms"] - layouts,
+        "ipbp-ld: layout guard": layouts,
         "ipbp-ld: plan": t["plan_ms"],
         "ipbp-ld: emit": t["emit_ms"],
         "delivery": t["deliver_ms"] - apply_ms(m),

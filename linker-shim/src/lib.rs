@@ -11,6 +11,7 @@ pub mod diff;
 pub mod emit;
 pub mod error;
 pub mod index;
+pub mod layout;
 pub mod link;
 pub mod map;
 pub mod objects;

@@ -155,7 +155,8 @@ fn print_summary(args: &Args, d: &SymbolDiff) {
     }
 }
 
-/// `--code`: the stage-3 diff between two recorded builds.
+/// `--code`: the stage-3 diff between two recorded builds, with the types whose layout changed
+/// (`!`) and what the layout guard would refuse.
 fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, Error> {
     use crate::diff::units::{Build, Workspace};
     use crate::index::{build::build, LinkIndex};
@@ -184,6 +185,8 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
         return Ok(Outcome::Found);
     }
     let d = crate::diff::diff(&base, &current, &|_| true)?;
+    let verdict = crate::layout::guard(&base, &current, &d)?;
+    let layouts: Vec<String> = verdict.layouts.changes.iter().map(|c| c.describe()).collect();
     if args.json {
         #[derive(Serialize)]
         struct Out<'a> {
@@ -191,12 +194,16 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
             removed: &'a [String],
             units_total: usize,
             units_changed: usize,
+            layouts: &'a [String],
+            refusals: &'a [String],
         }
         print_json(&Out {
             changed: d.changed.values().collect(),
             removed: &d.removed,
             units_total: d.units_total,
             units_changed: d.units_changed,
+            layouts: &layouts,
+            refusals: &verdict.refusals,
         })?;
     } else {
         println!(
@@ -222,6 +229,13 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
         for r in &d.removed {
             println!("- {}", crate::map::read::demangle(r));
         }
+        for l in &layouts {
+            println!("! {l}");
+        }
+        for r in &verdict.refusals {
+            println!("refused: {r}");
+        }
     }
-    Ok(if d.changed.is_empty() && d.removed.is_empty() { Outcome::NothingFound } else { Outcome::Found })
+    let same = d.changed.is_empty() && d.removed.is_empty() && layouts.is_empty();
+    Ok(if same { Outcome::NothingFound } else { Outcome::Found })
 }

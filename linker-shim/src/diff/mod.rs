@@ -3,10 +3,12 @@
 //!
 //! Units whose bytes are identical in both builds are skipped without parsing (in an incremental
 //! build that is every codegen unit but the edited ones). In the others, every named definition is
-//! compared by [`semantic::Semantics::section_hash`]. Diffs are always against the base, so the
+//! compared by [`semantic::Semantics::section_hash`], paired with its counterpart by name — or,
+//! for a function whose symbol hash changed, by its path (see [`names`]). Diffs are always against the base, so the
 //! tenth patch of a process reflects every edit since it started, and code edited back to its
 //! original text compares equal again.
 
+pub mod names;
 pub mod semantic;
 pub mod units;
 
@@ -43,7 +45,11 @@ impl DefKind {
 /// A definition whose meaning differs from the base build.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Change {
+    /// The current build's mangled name.
     pub name: String,
+    /// The base build's name for it: the same, or another symbol hash (or ThinLTO suffix) of the
+    /// same path.
+    pub base_name: String,
     pub kind: DefKind,
     pub old_size: u64,
     pub new_size: u64,
@@ -57,6 +63,15 @@ pub struct Diff {
     pub removed: Vec<String>,
     pub units_total: usize,
     pub units_changed: usize,
+    /// The units that differ, by index in each build: only they can describe a changed type.
+    pub changed_units_base: Vec<usize>,
+    pub changed_units_current: Vec<usize>,
+    /// Base names of the definitions of those units that compared equal ([`names::canonical`]: as
+    /// debug info names them).
+    pub unchanged: HashSet<String>,
+    /// Definitions known under another name in the base build: `(base, current)`, with ThinLTO's
+    /// suffixes dropped (a function whose symbol hash changed, paired by path).
+    pub renamed: Vec<(String, String)>,
     /// Definitions compared one by one.
     pub compared: usize,
 }
@@ -64,7 +79,8 @@ pub struct Diff {
 /// Where a definition lives: unit index in its build, section index in the unit.
 type DefAt = (usize, usize);
 
-/// Named definitions of the given units: name → every section defining it.
+/// Named definitions of the given units: name → every section defining it. ThinLTO's promoted
+/// constants (`anon.*`) are not definitions: references to them are compared by content.
 fn definitions<'a>(build: &Build<'a>, which: &[usize]) -> Result<HashMap<&'a str, Vec<DefAt>>> {
     let mut defs: HashMap<&'a str, Vec<DefAt>> = HashMap::new();
     for &u in which {
@@ -75,16 +91,68 @@ fn definitions<'a>(build: &Build<'a>, which: &[usize]) -> Result<HashMap<&'a str
             }
             for &sym in &sec.symbols {
                 let name: &'a str = obj.symbols[sym].name;
-                defs.entry(name).or_default().push((u, si));
+                if !names::is_promoted_anon(name) {
+                    defs.entry(name).or_default().push((u, si));
+                }
             }
         }
     }
     Ok(defs)
 }
 
+/// Pairs the definitions of the changed units across builds: `(current, base)` names. First by
+/// [`names::canonical`] name; then the functions left on both sides by path, where the path names
+/// exactly one function on each side (instances of a generic function share a path: those whose
+/// hash changed stay unpaired, and show as new). Statics are paired by name only: a static whose
+/// symbol hash changed has a new type, which `plan` refuses by path.
+fn pair<'a>(
+    current: &Build<'a>,
+    cur_defs: &HashMap<&'a str, Vec<DefAt>>,
+    base: &Build<'a>,
+    base_defs: &HashMap<&'a str, Vec<DefAt>>,
+) -> Result<Vec<(&'a str, &'a str)>> {
+    let base_by_canon: HashMap<&str, &'a str> = base_defs.keys().map(|&n| (names::canonical(n), n)).collect();
+    let mut pairs = Vec::new();
+    let mut cur_left = Vec::new();
+    for &name in cur_defs.keys() {
+        match base_by_canon.get(names::canonical(name)) {
+            Some(&b) => pairs.push((name, b)),
+            None => cur_left.push(name),
+        }
+    }
+    if cur_left.is_empty() {
+        return Ok(pairs);
+    }
+    let paired: HashSet<&str> = pairs.iter().map(|&(_, b)| b).collect();
+    let is_function = |build: &Build<'a>, (u, s): DefAt| -> Result<bool> {
+        Ok(build.units[u].object()?.sections[s].kind == SectionKind::Text)
+    };
+    type Sides<'a> = (Vec<&'a str>, Vec<&'a str>);
+    let mut by_path: HashMap<String, Sides<'a>> = HashMap::new();
+    for name in cur_left {
+        if is_function(current, cur_defs[name][0])? {
+            by_path.entry(names::path(name)).or_default().0.push(name);
+        }
+    }
+    for (&name, places) in base_defs {
+        if paired.contains(name) || !is_function(base, places[0])? {
+            continue;
+        }
+        if let Some(sides) = by_path.get_mut(&names::path(name)) {
+            sides.1.push(name);
+        }
+    }
+    for (cur, old) in by_path.into_values() {
+        if let ([c], [b]) = (cur.as_slice(), old.as_slice()) {
+            pairs.push((c, b));
+        }
+    }
+    Ok(pairs)
+}
+
 /// Compares `current` against `base`. `defined_now` answers whether a name is defined
 /// anywhere in the current build (removals only count when it is not).
-pub fn diff(base: &Build, current: &Build, defined_now: &dyn Fn(&str) -> bool) -> Result<Diff> {
+pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str) -> bool) -> Result<Diff> {
     let changed_cur: Vec<usize> = (0..current.units.len())
         .filter(|&i| {
             let u = &current.units[i];
@@ -97,39 +165,57 @@ pub fn diff(base: &Build, current: &Build, defined_now: &dyn Fn(&str) -> bool) -
             current.get(&u.key).is_none_or(|c| c.hash != u.hash)
         })
         .collect();
-    let mut out =
-        Diff { units_total: current.units.len(), units_changed: changed_cur.len(), ..Default::default() };
+    let mut out = Diff {
+        units_total: current.units.len(),
+        units_changed: changed_cur.len(),
+        changed_units_base: changed_base.clone(),
+        changed_units_current: changed_cur.clone(),
+        ..Default::default()
+    };
     if changed_cur.is_empty() && changed_base.is_empty() {
         return Ok(out);
     }
 
     let cur_defs = definitions(current, &changed_cur)?;
     let base_defs = definitions(base, &changed_base)?;
+    let pairs = pair(current, &cur_defs, base, &base_defs)?;
+    // References to a definition paired under another name count as references to it.
+    let renames: HashMap<&str, &str> = pairs
+        .iter()
+        .map(|&(c, b)| (names::canonical(b), names::canonical(c)))
+        .filter(|(b, c)| b != c)
+        .collect();
+    out.renamed = renames.iter().map(|(b, c)| (b.to_string(), c.to_string())).collect();
+    out.renamed.sort();
     let mut cur_sem = Semantics::new(parsed(current));
-    let mut base_sem = Semantics::new(parsed(base));
+    let mut base_sem = Semantics::new(parsed(base)).renamed(renames);
 
-    for (&name, cur_places) in &cur_defs {
-        let Some(base_places) = base_defs.get(name) else { continue };
+    let mut seen_base = HashSet::new();
+    for &(name, base_name) in &pairs {
+        seen_base.insert(base_name);
+        let (cur_places, base_places) = (&cur_defs[name], &base_defs[base_name]);
         out.compared += 1;
         let (cu, cs) = cur_places[0];
         let new_hash = cur_sem.section_hash(cu, cs);
         let base_hashes: HashSet<u128> =
             base_places.iter().map(|&(u, s)| base_sem.section_hash(u, s)).collect();
         if base_hashes.contains(&new_hash) {
+            out.unchanged.insert(names::canonical(base_name).to_string());
             continue;
         }
         let Some(kind) = DefKind::of(cur_sem.object(cu).sections[cs].kind) else { continue };
         let (bu, bs) = base_places[0];
         let change = Change {
             name: name.to_string(),
+            base_name: base_name.to_string(),
             kind,
-            old_size: symbol_size(&base_sem, bu, bs, name),
+            old_size: symbol_size(&base_sem, bu, bs, base_name),
             new_size: symbol_size(&cur_sem, cu, cs, name),
         };
         out.changed.insert(name.to_string(), change);
     }
     for &name in base_defs.keys() {
-        if !cur_defs.contains_key(name) && !defined_now(name) {
+        if !seen_base.contains(name) && !defined_now(name) {
             out.removed.push(name.to_string());
         }
     }
@@ -149,25 +235,36 @@ fn symbol_size(sem: &Semantics, unit: usize, sec: usize, name: &str) -> u64 {
 }
 
 /// Why `name` differs between two builds: the relocation targets (and byte ranges) that changed.
-pub fn explain(base: &Build, current: &Build, name: &str) -> Result<Vec<String>> {
-    let find = |build: &Build| -> Result<Option<(usize, usize)>> {
+/// `name` may be either build's name for it; the diff's pairing finds the other.
+pub fn explain<'a>(base: &Build<'a>, current: &Build<'a>, name: &str) -> Result<Vec<String>> {
+    let d = diff(base, current, &|_| true)?;
+    let canon = names::canonical(name);
+    let (base_name, cur_name) = match d.renamed.iter().find(|(b, c)| b == canon || c == canon) {
+        Some((b, c)) => (b.as_str(), c.as_str()),
+        None => (canon, canon),
+    };
+    let find = |build: &Build, name: &str| -> Result<Option<(usize, usize)>> {
         for (u, unit) in build.units.iter().enumerate() {
             let obj = unit.object()?;
             for (si, sec) in obj.sections.iter().enumerate() {
-                if sec.symbols.iter().any(|&i| obj.symbols[i].name == name) {
+                if sec.symbols.iter().any(|&i| names::canonical(obj.symbols[i].name) == name) {
                     return Ok(Some((u, si)));
                 }
             }
         }
         Ok(None)
     };
-    let (Some((bu, bs)), Some((cu, cs))) = (find(base)?, find(current)?) else {
+    let (Some((bu, bs)), Some((cu, cs))) = (find(base, base_name)?, find(current, cur_name)?) else {
         return Ok(vec![format!("`{name}` is not defined in both builds")]);
     };
-    let mut bsem = Semantics::new(parsed(base));
+    let mut out = Vec::new();
+    if base_name != cur_name {
+        out.push(format!("known as {base_name} in the older build (same path, another symbol hash)"));
+    }
+    let renames: HashMap<&str, &str> = d.renamed.iter().map(|(b, c)| (b.as_str(), c.as_str())).collect();
+    let mut bsem = Semantics::new(parsed(base)).renamed(renames);
     let mut csem = Semantics::new(parsed(current));
     let (bsec, csec) = (&bsem.object(bu).sections[bs], &csem.object(cu).sections[cs]);
-    let mut out = Vec::new();
     if bsec.size != csec.size {
         out.push(format!("size {} -> {}", bsec.size, csec.size));
     }

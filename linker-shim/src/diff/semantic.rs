@@ -6,7 +6,16 @@
 //! through section symbols) is compared by that data's own meaning, recursively: its name
 //! (`.rodata..Lanon.<hash>.<n>`) is a counter that shifts whenever the codegen unit gains a
 //! constant. Two sections with equal [`Semantics::section_hash`] behave the same once linked.
+//!
+//! Names are compared as [`names::canonical`] makes them (ThinLTO's `.llvm.<hash>` suffixes
+//! dropped), through the diff's pairing of renamed definitions ([`Semantics::renamed`]); ThinLTO's
+//! promoted constants (`anon.<hash>.<n>`) are anonymous data. A panic location
+//! (`core::panic::Location`: file, line, column) is compared by its file alone: an edit that moves
+//! the lines below it changes the line numbers of every panic site there, which is not a change of
+//! the code — the running program keeps reporting the old line numbers for code the patch does not
+//! carry.
 
+use super::names;
 use crate::objects::{Object, Reloc, SecIdx};
 use std::collections::HashMap;
 use xxhash_rust::xxh3::Xxh3;
@@ -26,11 +35,26 @@ pub struct Semantics<'o, 'a> {
     /// targets live in its own object).
     objects: Vec<Option<&'o Object<'a>>>,
     memo: HashMap<(usize, SecIdx), u128>,
+    /// Canonical names of this build → the name the other build knows the same definition by.
+    renames: HashMap<&'a str, &'a str>,
 }
 
 impl<'o, 'a> Semantics<'o, 'a> {
     pub fn new(objects: Vec<Option<&'o Object<'a>>>) -> Self {
-        Semantics { objects, memo: HashMap::new() }
+        Semantics { objects, memo: HashMap::new(), renames: HashMap::new() }
+    }
+
+    /// References to these (canonical) names count as references to their counterparts: the
+    /// definitions the diff paired by path although their symbol hashes differ.
+    pub fn renamed(mut self, renames: HashMap<&'a str, &'a str>) -> Self {
+        self.renames = renames;
+        self
+    }
+
+    /// How a reference to symbol `name` is compared.
+    fn named(&self, name: &'a str) -> &'a str {
+        let name = names::canonical(name);
+        self.renames.get(name).copied().unwrap_or(name)
     }
 
     pub fn object(&self, obj: usize) -> &'o Object<'a> {
@@ -41,8 +65,16 @@ impl<'o, 'a> Semantics<'o, 'a> {
     pub fn target(&mut self, obj: usize, r: &Reloc) -> Target<'a> {
         let o = self.object(obj);
         let sym = &o.symbols[r.symbol];
-        if sym.is_named() {
-            return Target::Named(sym.name, r.addend);
+        if sym.is_named() && !names::is_promoted_anon(sym.name) {
+            return Target::Named(self.named(sym.name), r.addend);
+        }
+        if let (true, Some(sec)) = (names::is_promoted_anon(sym.name), sym.section()) {
+            let section = &o.sections[sec];
+            let (start, end) = (sym.value as usize, (sym.value + sym.size) as usize);
+            if section.merge.is_some() && sym.size > 0 && end <= section.data.len() {
+                let piece = &section.data[start..end];
+                return Target::Anon(xxhash_rust::xxh3::xxh3_128(piece), r.addend);
+            }
         }
         if let Some((sec, start, end)) = o.merge_piece(r) {
             let piece = &o.sections[sec].data[start as usize..end as usize];
@@ -50,10 +82,10 @@ impl<'o, 'a> Semantics<'o, 'a> {
             let into = sym.value as i64 + r.addend - start as i64;
             return Target::Anon(xxhash_rust::xxh3::xxh3_128(piece), into);
         }
-        let Some(sec) = sym.section() else { return Target::Named(sym.name, r.addend) };
+        let Some(sec) = sym.section() else { return Target::Named(self.named(sym.name), r.addend) };
         let offset = r.addend + sym.value as i64;
-        match o.primary_symbol(sec) {
-            Some(p) => Target::Named(p.name, offset - p.value as i64),
+        match o.primary_symbol(sec).filter(|p| !names::is_promoted_anon(p.name)) {
+            Some(p) => Target::Named(self.named(p.name), offset - p.value as i64),
             None => Target::Anon(self.section_hash(obj, sec), offset),
         }
     }
@@ -66,6 +98,11 @@ impl<'o, 'a> Semantics<'o, 'a> {
         // A cycle of anonymous sections (rare) hashes the inner occurrence as 0.
         self.memo.insert((obj, sec), 0);
         let s = &self.object(obj).sections[sec];
+        if let Some(file) = panic_location_file(self.object(obj), sec) {
+            let digest = xxhash_rust::xxh3::xxh3_128(&[b"panic location\0".as_slice(), file].concat());
+            self.memo.insert((obj, sec), digest);
+            return digest;
+        }
         let mut h = Xxh3::new();
         h.update(&[s.kind as u8]);
         h.update(&s.size.to_le_bytes());
@@ -91,6 +128,29 @@ impl<'o, 'a> Semantics<'o, 'a> {
         self.memo.insert((obj, sec), digest);
         digest
     }
+}
+
+/// The file name of a panic location: a section without a name of its own holding exactly a
+/// `core::panic::Location { file: &str, line: u32, col: u32 }` (24 bytes; one absolute relocation
+/// at 0 to a string whose length is at 8 and which names a `.rs` file).
+fn panic_location_file<'a>(o: &Object<'a>, sec: SecIdx) -> Option<&'a [u8]> {
+    let s = &o.sections[sec];
+    if s.size != 24 || s.data.len() != 24 || s.merge.is_some() {
+        return None;
+    }
+    if o.primary_symbol(sec).is_some_and(|p| !names::is_promoted_anon(p.name)) {
+        return None;
+    }
+    let [r] = s.relocs() else { return None };
+    if r.offset != 0 || r.kind != object::elf::R_X86_64_64 {
+        return None;
+    }
+    let len = u64::from_le_bytes(s.data[8..16].try_into().ok()?) as usize;
+    let sym = &o.symbols[r.symbol];
+    let target = &o.sections[sym.section()?];
+    let start = usize::try_from(sym.value as i64 + r.addend).ok()?;
+    let file = target.data.get(start..start.checked_add(len)?)?;
+    file.ends_with(b".rs").then_some(file)
 }
 
 /// The section's bytes with each relocated field zeroed.

@@ -68,18 +68,33 @@ impl<'a> WorkUnit<'a> {
     }
 
     fn read(&self) -> Result<Object<'a>> {
+        parse(&Unit { origin: self.origin(), data: self.bytes()? })
+    }
+
+    /// The unit's bytes (its file, or its member of an archive), mapped for the arena's lifetime.
+    pub fn bytes(&self) -> Result<&'a [u8]> {
         let Source { path, file } = &*self.source;
         let data = self.arena.map(file).with_context(|| {
             format!("cannot read link input {} (kept for {})", file.display(), path.display())
         })?;
-        let unit = match self.member() {
-            None => Unit { origin: self.origin(), data },
-            Some(member) => archive_members(path, data)?
+        match self.member() {
+            None => Ok(data),
+            Some(member) => Ok(archive_members(path, data)?
                 .into_iter()
                 .find(|m| m.origin.member.as_deref() == Some(member))
-                .with_context(|| format!("{} has no member {member} any more", file.display()))?,
+                .with_context(|| format!("{} has no member {member} any more", file.display()))?
+                .data),
+        }
+    }
+
+    /// The crate the unit was compiled from: `app` for `app-1f2e….cgu.rcgu.o` (and for a member
+    /// of `libapp-1f2e….rlib`).
+    pub fn crate_name(&self) -> &str {
+        let file = match self.member() {
+            Some(m) => m,
+            None => self.key.as_ref(),
         };
-        parse(&unit)
+        file.split(['-', '.']).next().unwrap_or(file)
     }
 }
 

@@ -180,11 +180,16 @@ fn patch_process(
     clock.step("index");
     let d = diff::diff(&base, &current, &|n| index.defines(n))?;
     clock.step("diff");
+    let mut layouts = crate::layout::guard(&base, &current, &d)?;
+    clock.step("layouts");
     let t_diff = t0.elapsed();
 
-    let mut notes = Vec::new();
+    let mut notes = std::mem::take(&mut layouts.notes);
     let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
-    let plan = plan::plan(
+    // Refused type-layout changes come after the plan's reasons, which name what the user edited
+    // (a hot function's signature), and replace its reasons about the statics they name; a plan
+    // that fails reports them alone.
+    let plan = match plan::plan(
         &plan::Inputs {
             current: &current,
             diff: &d,
@@ -192,16 +197,27 @@ fn patch_process(
             hello: &hello,
             tls: TlsInfo { reserve },
             mode: plan::Mode::from_env(),
+            layouts: &layouts.layouts,
             link_inputs: inputs,
             arena: &arena,
         },
         &index,
-    )?;
+    ) {
+        Ok(plan) => plan,
+        Err(_) if !layouts.refusals.is_empty() => {
+            return Ok(Outcome::Skipped { reasons: layouts.refusals, notes });
+        }
+        Err(e) => return Err(e),
+    };
     let t_plan = t0.elapsed();
     clock.absorb(&plan.steps);
-    notes.extend(plan.report.notes.iter().cloned());
-    if !plan.refusals.is_empty() {
-        let reasons = plan.refusals.iter().map(|r| r.reason.clone()).collect();
+    if layouts.refusals.is_empty() {
+        // (Otherwise a note that a static's initial value changed would contradict the refusal.)
+        notes.extend(plan.report.notes.iter().cloned());
+    }
+    if !plan.refusals.is_empty() || !layouts.refusals.is_empty() {
+        let plan_reasons = plan.refusals.iter().filter(|r| !layouts.explains(&r.symbol));
+        let reasons = plan_reasons.map(|r| r.reason.clone()).chain(layouts.refusals.clone()).collect();
         return Ok(Outcome::Skipped { reasons, notes });
     }
     let nothing_new = plan.chunks.is_empty();

@@ -167,6 +167,9 @@ pub struct Inputs<'p, 'a> {
     pub hello: &'p Hello,
     pub tls: TlsInfo,
     pub mode: Mode,
+    /// Type layouts of the changed units, old and new: whether a changed function still takes
+    /// what its old callers pass.
+    pub layouts: &'p crate::layout::Layouts,
     /// The current link's inputs (archives to pull from).
     pub link_inputs: &'p [Input],
     pub arena: &'a Arena,
@@ -422,6 +425,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
     }
 
+    /// The running image's name for `name`: the same, unless the diff paired it with another
+    /// symbol hash or ThinLTO suffix of the same path.
+    fn base_name<'n>(&'n self, name: &'n str) -> &'n str {
+        self.input.diff.changed.get(name).map_or(name, |c| c.base_name.as_str())
+    }
+
     fn refuse(&mut self, symbol: &str, reason: String) {
         let symbol = crate::map::read::demangle(symbol);
         if !self.refusals.iter().any(|r| r.symbol == symbol && r.reason == reason) {
@@ -655,7 +664,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if is_hot_async_part(&crate::map::read::demangle(name)) {
             return None; // switched through its slot, never detoured
         }
-        let (entry, _) = self.input.base.lookup(name)?;
+        let (entry, _) = self.input.base.lookup(self.base_name(name))?;
         (entry.kind == BaseKind::Function).then_some(Target::Absolute(entry.addr + self.input.base.load_bias))
     }
 
@@ -938,6 +947,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let bias = base.load_bias;
         let mut installs = Vec::new();
         let mut detours: Vec<(ChunkId, &str)> = Vec::new();
+        let (diff, layouts) = (self.input.diff, self.input.layouts);
         let refusals = self.refusals;
         let mut report = Report::default();
         for (&(obj, sec, piece), &id) in &self.included {
@@ -977,8 +987,20 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
             }
         }
-        let mut planned: Vec<PlannedDetour> =
-            detours.into_iter().map(|(id, mangled)| (id, mangled, detour_entries(base, mangled))).collect();
+        let mut planned: Vec<PlannedDetour> = detours
+            .into_iter()
+            .map(|(id, mangled)| {
+                let base_name = diff.changed.get(mangled).map_or(mangled, |c| c.base_name.as_str());
+                // Callers built against the old function pass what it took: its entry may only
+                // lead to new code that takes the same (the DWARF of both builds says).
+                let entries =
+                    match crate::layout::signature_change(layouts, &crate::map::read::demangle(base_name)) {
+                        Some(reason) => Err(format!("{reason}; changed callers call the new version")),
+                        None => detour_entries(base, base_name),
+                    };
+                (id, mangled, entries)
+            })
+            .collect();
         refuse_shared_entries(base, &mut planned);
         for (id, mangled, entries) in planned {
             match entries {

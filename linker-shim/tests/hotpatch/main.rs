@@ -452,8 +452,20 @@ fn optimised_dev_builds_keep_their_hot_points() {
     project.build();
     let app = project.start("counter", &[("COUNTER_PERIOD_MS", "40")]);
     app.wait_for_ticks(0, &THREADS, "a first tick", |_| true);
+
+    // An edit of one function reports that function alone: ThinLTO's renamed local symbols
+    // (`.llvm.<hash>`) and constants (`anon.<hash>.<n>`) do not make untouched code look changed.
     let mark = app.mark();
     project.edit(MAIN, r#"let msg = "hello";"#, r#"let msg = "fast";"#);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched counter") && line.contains("1 changed"), "{run}");
+    assert!(status_lines(&run).iter().all(|l| !l.starts_with("Note ")), "{run}");
+    let changed = &project.manifest(app.pid, 1)["report"]["changed"];
+    assert_eq!(changed, &serde_json::json!(["counter::tick"]), "{run}");
+    app.wait_for_ticks(mark, &THREADS, "the new message", |t| t.get("msg") == "fast");
+
+    let mark = app.mark();
     project.edit(
         MAIN,
         r#"format!("{}-says-{}", self.name, words::word())"#,

@@ -1,0 +1,286 @@
+//! Where values of a changed type can still exist in the running program, judged from the running
+//! build's own description of its code (the old side of the changed units):
+//!
+//! - a **static or thread-local** whose type holds the type — by value, or behind a pointer,
+//!   `Box`, `Vec` or any generic argument (conservative: what a pointer leads to may be old);
+//! - a **running frame**: the program's `main` and every closure and async block nested in it
+//!   (thread bodies, callbacks made at startup) — their parameters and locals, however indirect,
+//!   since such frames may never return. A closure's captures or an async fn's state changed while
+//!   its maker is `main` counts too: the value was made before the patch;
+//! - an **unchanged function** of the workspace that holds the type by value (parameter, local,
+//!   return value, or owned through a field, `Box`, `Vec`): its frame may be running and keep an
+//!   old value (a worker loop that moves values along compiles the same for a same-size change).
+//!   Unchanged code that only borrows one reads it as it did; code of other crates (`Vec<T>::push`)
+//!   and implementations of the standard library's traits (a derived `Clone`) move or copy a value
+//!   for the moment of a call.
+//!
+//! Everything else was made and dropped inside changed code, which the patch replaces as a whole.
+
+use super::compare::mentions;
+use super::model::Model;
+use super::Layouts;
+use crate::diff::{names, Diff};
+use std::collections::{HashMap, HashSet};
+
+/// Which types lead to which, backwards.
+///
+/// Behind `dyn Trait` the concrete type is unknown, so a type with a vtable for a trait counts as
+/// held by whatever holds a `dyn Trait` (formatting traits excepted: `&dyn Debug` is lent for the
+/// moment of a call).
+pub struct Reach<'m> {
+    model: &'m Model,
+    /// Type → the types that contain (`true`) or point at (`false`) it.
+    into: HashMap<&'m str, Vec<(&'m str, bool)>>,
+}
+
+impl<'m> Reach<'m> {
+    pub fn new(model: &'m Model) -> Self {
+        let mut into: HashMap<&str, Vec<(&str, bool)>> = HashMap::new();
+        for (name, rec) in &model.types {
+            for (to, owned) in &rec.edges {
+                into.entry(to.as_str()).or_default().push((name.as_str(), *owned));
+            }
+        }
+        Reach { model, into }
+    }
+
+    /// Every type whose values hold a value of type `name` (itself included); with `owned`, only
+    /// by value or through an owning field or generic argument, not behind a plain pointer.
+    ///
+    /// A type used behind `dyn Trait` (it has a vtable for the trait) is held by every type that
+    /// holds a `dyn Trait`: a `Box<dyn Fn()>` may be the closure whose captures changed.
+    pub fn holders(&self, name: &'m str, owned: bool) -> HashSet<&'m str> {
+        let mut seen: HashSet<&str> = HashSet::from([name]);
+        // Generic instances over the type (`Vec<app::Item>`) hold it whatever their fields say.
+        for other in self.model.types.keys() {
+            if let Some(args) = other.find('<').map(|at| &other[at..]) {
+                if mentions(args, name) {
+                    seen.insert(other);
+                }
+            }
+        }
+        let mut todo: Vec<&str> = seen.iter().copied().collect();
+        let mut dyn_traits: HashSet<&str> = HashSet::new();
+        while let Some(t) = todo.pop() {
+            for (ty, tr) in &self.model.vtables {
+                // Formatting takes `&dyn Debug` of values it borrows for the moment of a call.
+                if ty == t && !tr.starts_with("core::fmt::") && dyn_traits.insert(tr.as_str()) {
+                    let needle = format!("dyn {tr}");
+                    for other in self.model.types.keys() {
+                        if other.contains(&needle) && seen.insert(other) {
+                            todo.push(other);
+                        }
+                    }
+                }
+            }
+            for &(from, is_owned) in self.into.get(t).into_iter().flatten() {
+                if (is_owned || !owned) && seen.insert(from) {
+                    todo.push(from);
+                }
+            }
+        }
+        seen
+    }
+}
+
+/// One reason per changed type with live old values, and the statics and thread-locals found
+/// holding old values.
+pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
+    let mut statics = Vec::new();
+    if layouts.changes.is_empty() {
+        return (Vec::new(), statics);
+    }
+    let old = &layouts.old;
+    let reach = Reach::new(old);
+    let mains: Vec<&str> = old.functions.iter().filter(|f| f.main).map(|f| f.path.as_str()).collect();
+    let running = |path: &str| mains.iter().any(|m| path == *m || path.starts_with(&format!("{m}::")));
+    // The workspace's own functions; implementations of the standard library's traits
+    // (`<app::Config as core::clone::Clone>::clone`, mostly derived) copy, compare or format a
+    // value for the moment of a call and are no frames that hold one for long.
+    let own_code = |path: &str| {
+        let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
+        let std_trait = [" as core::", " as alloc::", " as std::"].iter().any(|t| path.contains(t));
+        layouts.crates.contains(first) && !std_trait
+    };
+    let mut out = Vec::new();
+    for change in &layouts.changes {
+        let mut places: Vec<String> = Vec::new();
+        let mut add = |p: String| {
+            if !places.contains(&p) {
+                places.push(p);
+            }
+        };
+        let any = reach.holders(&change.name, false);
+        let owned = reach.holders(&change.name, true);
+        for s in &old.statics {
+            if any.contains(s.ty.as_str()) {
+                statics.push(s.path.clone());
+                add(format!("{} `{}`", if s.tls { "thread-local" } else { "static" }, s.path));
+            }
+        }
+        if let Some(maker) = maker(&change.name) {
+            if running(maker) {
+                // Made by a frame that never returned: kept in its locals or moved on from there.
+                add(format!("`{maker}`'s locals"));
+            }
+        }
+        for f in &old.functions {
+            let holds = |set: &HashSet<&str>| {
+                f.params.iter().chain(&f.locals).chain(f.ret.iter()).any(|t| set.contains(t.as_str()))
+            };
+            if running(&f.path) {
+                if holds(&any) {
+                    add(format!("`{}`'s locals", f.path));
+                }
+            } else if own_code(&f.path)
+                && diff.unchanged.contains(names::canonical(&f.linkage))
+                && holds(&owned)
+            {
+                add(format!("unchanged `{}`'s locals", f.path));
+            }
+        }
+        if places.is_empty() {
+            continue;
+        }
+        const SHOWN: usize = 4;
+        let more = places.len().saturating_sub(SHOWN);
+        places.truncate(SHOWN);
+        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+        out.push(format!(
+            "{} and old values are live ({}{more}); restart to use it",
+            change.describe(),
+            places.join(", ")
+        ));
+    }
+    (out, statics)
+}
+
+/// The function that makes values of a closure's captures or an async fn's state:
+/// `app::main` for `app::main::{closure_env#2}`.
+fn maker(type_name: &str) -> Option<&str> {
+    ["::{closure_env#", "::{async_fn_env#", "::{async_block_env#"]
+        .iter()
+        .find_map(|m| type_name.find(m).map(|at| &type_name[..at]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::compare::changed_types;
+    use crate::layout::model::{Field, FnRec, Kind, StaticRec, TypeRec};
+
+    fn strukt(size: u64, fields: &[(&str, u64, &str)]) -> TypeRec {
+        let fields: Vec<Field> =
+            fields.iter().map(|&(n, o, t)| Field { name: n.into(), offset: o, ty: t.into() }).collect();
+        TypeRec {
+            kind: Kind::Struct,
+            size: Some(size),
+            align: Some(8),
+            edges: fields.iter().map(|f| (f.ty.clone(), true)).collect(),
+            fields,
+            tag: None,
+            variants: vec![],
+        }
+    }
+
+    fn pointer(to: &str) -> TypeRec {
+        TypeRec {
+            kind: Kind::Other,
+            size: Some(8),
+            align: Some(8),
+            fields: vec![],
+            tag: None,
+            variants: vec![],
+            edges: vec![(to.into(), false)],
+        }
+    }
+
+    fn function(path: &str, params: &[&str], locals: &[&str], main: bool) -> FnRec {
+        FnRec {
+            linkage: format!("{path}#sym"),
+            path: path.into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            ret: None,
+            locals: locals.iter().map(|p| p.to_string()).collect(),
+            main,
+        }
+    }
+
+    /// `app::A` changed; where it lives decides.
+    fn layouts(old_extra: impl FnOnce(&mut Model)) -> Layouts {
+        let mut old = Model::default();
+        old.types.insert("app::A".into(), strukt(8, &[("x", 0, "u64")]));
+        old.types.insert("&app::A".into(), pointer("app::A"));
+        old.types.insert("app::Holder".into(), strukt(8, &[("a", 0, "app::A")]));
+        old.types.insert("alloc::vec::Vec<app::A>".into(), strukt(24, &[("len", 16, "usize")]));
+        old_extra(&mut old);
+        let mut new = Model::default();
+        new.types.insert("app::A".into(), strukt(16, &[("x", 0, "u64"), ("y", 8, "u64")]));
+        let changes = changed_types(&old, &new);
+        Layouts { old, new, changes, crates: HashSet::from(["app".to_string()]), units_with_types: 1 }
+    }
+
+    fn reasons(l: &Layouts, unchanged: &[&str]) -> Vec<String> {
+        let diff =
+            Diff { unchanged: unchanged.iter().map(|s| s.to_string()).collect(), ..Default::default() };
+        refusals(l, &diff).0
+    }
+
+    #[test]
+    fn old_values_in_statics_running_frames_and_unchanged_code_are_found() {
+        let l = layouts(|m| {
+            m.statics.push(StaticRec { path: "app::S".into(), ty: "app::Holder".into(), tls: false })
+        });
+        let r = reasons(&l, &[]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].contains("struct `app::A` changed layout (field `y: u64` added, 8 -> 16 bytes)"),
+            "{r:?}"
+        );
+        assert!(r[0].contains("(static `app::S`)"), "{r:?}");
+
+        let l = layouts(|m| m.functions.push(function("app::main", &[], &["alloc::vec::Vec<app::A>"], true)));
+        assert!(reasons(&l, &[])[0].contains("`app::main`'s locals"));
+        let l = layouts(|m| m.functions.push(function("app::main::{{closure}}", &["&app::A"], &[], false)));
+        assert!(reasons(&l, &[]).is_empty(), "no main: a closure of a function that is not running");
+
+        // Unchanged code of the workspace holding a value keeps making old ones; borrowing one, or
+        // changed code, or another crate's code, does not count.
+        let l = layouts(|m| {
+            m.functions.push(function("app::keep", &[], &["app::Holder"], false));
+            m.functions.push(function(
+                "<app::A as core::clone::Clone>::clone",
+                &["&app::A"],
+                &["app::A"],
+                false,
+            ));
+            m.functions.push(function("app::peek", &["&app::A"], &[], false));
+            m.functions.push(function("alloc::vec::Vec<T>::push", &["app::A"], &[], false));
+        });
+        let all = ["app::keep#sym", "app::peek#sym", "alloc::vec::Vec<T>::push#sym"];
+        let r = reasons(&l, &all);
+        assert!(r[0].contains("(unchanged `app::keep`'s locals)"), "{r:?}");
+        assert!(reasons(&l, &["app::peek#sym"]).is_empty());
+        assert!(reasons(&l, &["<app::A as core::clone::Clone>::clone#sym"]).is_empty());
+    }
+
+    #[test]
+    fn values_behind_dyn_are_held_by_whoever_holds_the_trait_object() {
+        let l = layouts(|m| {
+            m.vtables.push(("app::A".into(), "app::Job".into()));
+            m.types.insert("alloc::boxed::Box<dyn app::Job>".into(), strukt(16, &[]));
+            m.statics.push(StaticRec {
+                path: "app::JOBS".into(),
+                ty: "alloc::boxed::Box<dyn app::Job>".into(),
+                tls: true,
+            });
+        });
+        assert!(reasons(&l, &[])[0].contains("thread-local `app::JOBS`"));
+    }
+
+    #[test]
+    fn a_type_no_old_value_can_meet_is_allowed() {
+        let l = layouts(|m| m.functions.push(function("app::step", &["&app::A"], &["app::A"], false)));
+        assert!(reasons(&l, &[]).is_empty(), "step changed: its values are new");
+    }
+}

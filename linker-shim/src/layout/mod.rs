@@ -1,0 +1,204 @@
+//! The layout guard: whether an edit changed the layout of a type that values in the running
+//! process still have, and what a changed function receives and returns.
+//!
+//! A type's layout change changes the DWARF of every codegen unit that describes the type, so every
+//! unit that mentions a changed type is a changed unit for the diff. Reading the DWARF of the
+//! changed units alone — the base build's kept copies and the new objects — therefore sees every
+//! changed type, every static and function that can hold one, and keeps a patch's cost
+//! proportional to the edit ([`dwarf`], [`model`]). [`compare`] finds the types whose layout
+//! differs; [`live`] decides where old values of them can still be, and refuses the patch then.
+//!
+//! The decision is made from code and types, not from hot points: it holds for a patch that
+//! switches hot points and for one that redirects every changed function's entry.
+
+pub mod compare;
+pub mod dwarf;
+pub mod live;
+pub mod model;
+
+use crate::diff::units::Build;
+use crate::diff::Diff;
+use crate::error::{Context, Result};
+use compare::TypeChange;
+use model::Model;
+use std::collections::HashSet;
+
+/// Both builds' side of the changed units, and the types whose layout differs.
+#[derive(Debug, Default)]
+pub struct Layouts {
+    /// What the running build's changed units describe.
+    pub old: Model,
+    /// What the new build's changed units describe.
+    pub new: Model,
+    /// Types whose layout differs, innermost first.
+    pub changes: Vec<TypeChange>,
+    /// Crates of the workspace (their functions are the program's own code).
+    pub crates: HashSet<String>,
+    /// Changed units that describe types in their debug info (none when the build has no debug
+    /// info, or line tables only: then layout changes cannot be seen).
+    pub units_with_types: usize,
+}
+
+/// What the guard decided for one patch.
+#[derive(Debug, Default)]
+pub struct Verdict {
+    pub layouts: Layouts,
+    /// Why the patch cannot be applied (one line per changed type with live old values).
+    pub refusals: Vec<String>,
+    pub notes: Vec<String>,
+    /// Statics and thread-locals holding old values of a changed type (paths).
+    pub live_statics: Vec<String>,
+}
+
+impl Verdict {
+    /// Whether a refusal about `symbol` (a static's or thread-local's path, as `plan` names it) is
+    /// one of the guard's, which says more: the type and the field that changed.
+    pub fn explains(&self, symbol: &str) -> bool {
+        self.live_statics
+            .iter()
+            .any(|p| symbol == p || symbol.strip_prefix(p.as_str()).is_some_and(|r| r.starts_with("::")))
+    }
+}
+
+/// Reads the layouts of the diff's changed units in both builds and decides.
+pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Verdict> {
+    // No definition changed: no new code can meet an old value (lines moved, comments edited).
+    if diff.changed.is_empty() {
+        return Ok(Verdict::default());
+    }
+    let layouts = read(base, current, diff)?;
+    let (refusals, live_statics) = live::refusals(&layouts, diff);
+    let mut notes = Vec::new();
+    if layouts.units_with_types == 0 && !diff.changed.is_empty() {
+        notes.push(
+            "the build has no type descriptions in its debug info, so layout changes cannot be checked (keep `debug` at least `limited` in the dev profile)".into(),
+        );
+    }
+    Ok(Verdict { layouts, refusals, notes, live_statics })
+}
+
+/// The layouts the changed units describe, in both builds.
+pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Layouts> {
+    let mut layouts = Layouts::default();
+    for (build, units, model) in [
+        (base, &diff.changed_units_base, &mut layouts.old),
+        (current, &diff.changed_units_current, &mut layouts.new),
+    ] {
+        for &u in units {
+            let unit = &build.units[u];
+            layouts.crates.insert(unit.crate_name().to_string());
+            let described = dwarf::read(unit.bytes()?, model)
+                .with_context(|| format!("the debug info of {}", unit.origin()))?;
+            if described > 0 {
+                layouts.units_with_types += 1;
+            }
+        }
+    }
+    layouts.changes = compare::changed_types(&layouts.old, &layouts.new);
+    Ok(layouts)
+}
+
+/// Whether the function at `fn_path` (demangled, without hash: `app::tick`) changed its signature,
+/// or receives or returns a type whose layout changed — directly, or inside or behind what it
+/// receives (`&mut app::State` where `app::State` gained a field). Code compiled against the old
+/// function (its callers, and frames running it) then passes or expects values of the old shape,
+/// so the old entry must not lead to the new code. Returns the reason, naming the type and what
+/// changed in it; `None` when the function is new, gone, or receives and returns what it did.
+///
+/// For in-place patching: call it for each changed function whose old entry stays reachable.
+pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
+    let old = layouts.old.functions_at(fn_path).next()?;
+    let new = layouts.new.functions_at(fn_path).next()?;
+    let sig = |f: &model::FnRec| {
+        let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
+        format!("fn({}){ret}", f.params.join(", "))
+    };
+    if old.params != new.params || old.ret != new.ret {
+        return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
+    }
+    let reach = live::Reach::new(&layouts.old);
+    for ty in old.params.iter().chain(old.ret.iter()) {
+        for change in &layouts.changes {
+            if reach.holders(&change.name, false).contains(ty.as_str()) {
+                let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
+                return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model::{Field, FnRec, Kind, TypeRec};
+    use super::*;
+
+    fn model(point_fields: &[(&str, u64)], params: &[&str]) -> Model {
+        let mut m = Model::default();
+        let fields: Vec<Field> = point_fields
+            .iter()
+            .map(|&(n, o)| Field { name: n.into(), offset: o, ty: "u32".into() })
+            .collect();
+        m.types.insert(
+            "app::Point".into(),
+            TypeRec {
+                kind: Kind::Struct,
+                size: Some(4 * fields.len() as u64),
+                align: Some(4),
+                edges: vec![("u32".into(), true)],
+                fields,
+                tag: None,
+                variants: vec![],
+            },
+        );
+        m.types.insert(
+            "&mut app::Point".into(),
+            TypeRec {
+                kind: Kind::Other,
+                size: Some(8),
+                align: Some(8),
+                fields: vec![],
+                tag: None,
+                variants: vec![],
+                edges: vec![("app::Point".into(), false)],
+            },
+        );
+        m.functions.push(FnRec {
+            linkage: "_ZN3app4step17h0E".into(),
+            path: "app::step".into(),
+            params: params.iter().map(|p| p.to_string()).collect(),
+            ret: Some("u64".into()),
+            locals: vec![],
+            main: false,
+        });
+        m
+    }
+
+    fn layouts(old: Model, new: Model) -> Layouts {
+        let changes = compare::changed_types(&old, &new);
+        Layouts { old, new, changes, ..Default::default() }
+    }
+
+    #[test]
+    fn signature_changes_name_the_type_and_field() {
+        let same =
+            layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
+        assert_eq!(signature_change(&same, "app::step"), None);
+        assert_eq!(signature_change(&same, "app::other"), None);
+
+        let grown = layouts(
+            model(&[("x", 0)], &["&mut app::Point"]),
+            model(&[("x", 0), ("y", 4)], &["&mut app::Point"]),
+        );
+        assert_eq!(
+            signature_change(&grown, "app::step").as_deref(),
+            Some("`app::step` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")
+        );
+
+        let retyped = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["u8"]));
+        assert_eq!(
+            signature_change(&retyped, "app::step").as_deref(),
+            Some("the signature of `app::step` changed (fn(&mut app::Point) -> u64 -> fn(u8) -> u64)")
+        );
+    }
+}

@@ -1,0 +1,132 @@
+//! What the layout guard knows about one build: the types its changed codegen units describe,
+//! the statics and thread-locals they define, and their functions' parameters and locals — all
+//! by name, so two builds can be compared and a type followed from one unit to another.
+
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Struct,
+    /// A Rust enum with data (a `variant_part`), or a state machine of an `async fn`.
+    Enum,
+    /// A C-like enum (`DW_TAG_enumeration_type`).
+    CEnum,
+    Union,
+    /// Pointers, arrays, typedefs and base types: no layout of their own to compare, only what
+    /// they lead to.
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Field {
+    pub name: String,
+    pub offset: u64,
+    /// The field type's qualified name (`u32`, `&layouts::Point`, `alloc::vec::Vec<…>`).
+    pub ty: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    /// The variant's name (`Line`; `Suspend0` in an async state machine).
+    pub name: String,
+    /// Its discriminant value (`None`: the variant a niche layout stores without one).
+    pub discr: Option<u64>,
+    /// Its fields, at their offsets inside the enum.
+    pub fields: Vec<Field>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TypeRec {
+    pub kind: Kind,
+    pub size: Option<u64>,
+    pub align: Option<u64>,
+    /// A struct's or union's fields (an enum's are in its variants).
+    pub fields: Vec<Field>,
+    /// An enum's tag: where it is and its type.
+    pub tag: Option<Field>,
+    pub variants: Vec<Variant>,
+    /// The types a value of this type contains or points at: `(name, owned)`. Fields, variants'
+    /// fields, array elements and generic arguments are owned; a pointer's target is not.
+    pub edges: Vec<(String, bool)>,
+}
+
+/// A static or thread-local.
+#[derive(Debug, Clone)]
+pub struct StaticRec {
+    /// As a user writes it (`app::CONFIG`; a `thread_local!`'s key, not its hidden storage).
+    pub path: String,
+    pub ty: String,
+    pub tls: bool,
+}
+
+/// A function with code in one of the units.
+#[derive(Debug, Clone)]
+pub struct FnRec {
+    pub linkage: String,
+    /// Demangled, without the hash (`app::main::{{closure}}`).
+    pub path: String,
+    /// Parameter types, in order.
+    pub params: Vec<String>,
+    /// `None` for `()` (or a function that never returns).
+    pub ret: Option<String>,
+    /// Types of its locals, including those of calls inlined into it.
+    pub locals: Vec<String>,
+    /// `DW_AT_main_subprogram`: the program's `main`.
+    pub main: bool,
+}
+
+/// One build's side of the comparison.
+#[derive(Debug, Default)]
+pub struct Model {
+    /// By qualified name (namespace path + name).
+    pub types: HashMap<String, TypeRec>,
+    pub statics: Vec<StaticRec>,
+    pub functions: Vec<FnRec>,
+    /// Names of the structs that are an enum's variants (compared as part of their enum).
+    pub variant_types: std::collections::HashSet<String>,
+    /// `(type, trait)` for every vtable: values of the type can hide behind `dyn trait`. The trait
+    /// is its path without generic arguments (`core::ops::function::Fn`).
+    pub vtables: Vec<(String, String)>,
+}
+
+/// `<app::Job as app::Task<u8>>::{vtable}` → `("app::Job", "app::Task")`.
+pub fn vtable_of(name: &str) -> Option<(String, String)> {
+    let inner = name.strip_prefix('<')?.strip_suffix(">::{vtable}")?;
+    let mut depth = 0i32;
+    for (at, c) in inner.char_indices() {
+        match c {
+            '<' | '(' | '[' => depth += 1,
+            '>' | ')' | ']' => depth -= 1,
+            ' ' if depth == 0 && inner[at..].starts_with(" as ") => {
+                let ty = &inner[..at];
+                let tr = &inner[at + 4..];
+                let tr = tr.split('<').next().unwrap_or(tr);
+                return Some((ty.to_string(), tr.to_string()));
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+impl Model {
+    /// The functions of the model with this path.
+    pub fn functions_at<'m>(&'m self, path: &'m str) -> impl Iterator<Item = &'m FnRec> + 'm {
+        self.functions.iter().filter(move |f| f.path == path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn vtable_names_name_a_type_and_a_trait() {
+        assert_eq!(
+            super::vtable_of("<app::main::{closure_env#2} as core::ops::function::Fn<()>>::{vtable}"),
+            Some(("app::main::{closure_env#2}".into(), "core::ops::function::Fn".into()))
+        );
+        assert_eq!(
+            super::vtable_of("<a::W<a::X as b::Y> as core::fmt::Debug>::{vtable}").map(|v| v.1),
+            Some("core::fmt::Debug".into())
+        );
+    }
+}

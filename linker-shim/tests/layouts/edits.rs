@@ -1,0 +1,106 @@
+//! The edits of the edit matrix (EDIT-MATRIX.md), as replacements in `testdata/layouts`'s
+//! `src/main.rs`. Each applies to the original source.
+
+pub type Edit = &'static [(&'static str, &'static str)];
+
+/// `Config` (in `static CONFIG`) gains a field.
+pub const CONFIG_FIELD_ADDED: Edit = &[
+    ("struct Config {\n    retries: u32,", "struct Config {\n    retries: u32,\n    extra: u64,"),
+    ("Config { retries: 9, scale: 2 }", "Config { retries: 9, extra: 1, scale: 2 }"),
+];
+
+/// `Config.scale` becomes an `f32`: same size, same offset.
+pub const CONFIG_FIELD_RETYPED: Edit = &[
+    ("    scale: u32,\n}", "    scale: f32,\n}"),
+    ("Config { retries: 9, scale: 2 }", "Config { retries: 9, scale: 2.0 }"),
+];
+
+/// `Session` (in a `thread_local!`) gains a field.
+pub const SESSION_FIELD_ADDED: Edit = &[
+    ("    misses: u32,\n}", "    misses: u32,\n    streak: u64,\n}"),
+    ("Session { hits: 0, misses: 0 }", "Session { hits: 0, misses: 0, streak: 0 }"),
+];
+
+/// `Point` (in `main`'s locals, passed `&mut` to the hot function) gains a field: the issue's
+/// `sxy=0/0/8589934593` case.
+pub const POINT_FIELD_ADDED: Edit = &[
+    (
+        "struct Point {\n    x: u32,\n    y: u32,\n}",
+        "struct Point {\n    x: u32,\n    y: u32,\n    z: u64,\n}",
+    ),
+    ("Point { x: 0, y: 0 }", "Point { x: 0, y: 0, z: 42 }"),
+    ("point.y += 2;", "point.y += 2;\n    point.z += 1;"),
+];
+
+/// `Point` (in `main`'s locals) swaps its two fields, and `step`'s message changes too: the issue's
+/// field-swap case, which must never come out `Unchanged`.
+pub const POINT_FIELDS_SWAPPED: Edit = &[
+    ("struct Point {\n    x: u32,\n    y: u32,\n}", "struct Point {\n    y: u32,\n    x: u32,\n}"),
+    ("let msg = \"hello\";", "let msg = \"swapped\";"),
+];
+
+/// `Tally` (in `main`'s locals) swaps a `String` and a `u64`: its layout stays (rustc puts the
+/// field with a niche first either way), but `step`'s symbol hash changes with it.
+pub const TALLY_FIELDS_SWAPPED: Edit = &[
+    (
+        "struct Tally {\n    name: String,\n    count: u64,\n}",
+        "struct Tally {\n    count: u64,\n    name: String,\n}",
+    ),
+    ("let msg = \"hello\";", "let msg = \"tallied\";"),
+];
+
+/// `Item` (in a `Vec` `main` built at startup) retypes a field at the same size.
+pub const ITEM_FIELD_RETYPED: Edit = &[
+    ("    weight: u32,\n}", "    weight: f32,\n}"),
+    ("item.weight += 1;", "item.weight += 1.0;"),
+    ("Item { id, weight: 10 * id }", "Item { id, weight: 10.0 * id as f32 }"),
+];
+
+/// `Shape` (in `main`'s locals) gains a larger variant.
+pub const SHAPE_VARIANT_ADDED: Edit = &[
+    ("    Line(u32, u32),\n}", "    Line(u32, u32),\n    Rect(u64, u64, u64),\n}"),
+    (
+        "            format!(\"line:{a}:{b}\")\n        }",
+        "            format!(\"line:{a}:{b}\")\n        }\n        Shape::Rect(a, _, _) => format!(\"rect:{a}\"),",
+    ),
+];
+
+/// The closure `main` made at startup captures one more value.
+pub const CLOSURE_CAPTURES_CHANGED: Edit = &[(
+    "let label = move || format!(\"{name}\");",
+    "let tag = 7u64;\n    let label = move || format!(\"{name}{tag}\");",
+)];
+
+/// The `async fn` whose future `main` holds keeps one more local across its `.await`.
+pub const ASYNC_LOCALS_CHANGED: Edit = &[
+    ("    let mut rounds: u32 = 0;", "    let mut rounds: u32 = 0;\n    let mut spare: u64 = 1;"),
+    ("        rounds += 1;", "        rounds += 1;\n        spare += 1;"),
+    ("rounds={rounds}\");", "rounds={rounds} spare={spare}\");"),
+];
+
+/// `Scratch`, made and dropped inside `step` alone, gains a field: no old value can meet new code.
+pub const SCRATCH_FIELD_ADDED: Edit = &[
+    ("struct Scratch {\n    a: u32,", "struct Scratch {\n    a: u32,\n    c: u64,"),
+    ("Scratch { a: n as u32, b: 7 }", "Scratch { a: n as u32, c: 100, b: 7 }"),
+    ("scratch.a + scratch.b", "scratch.a + scratch.b + scratch.c as u32"),
+];
+
+/// `Scratch` swaps its fields, and `step`'s message changes: its derived `Clone` and `Default`
+/// (which return a `Scratch` by value) compile the same, and hold one only for a call.
+pub const SCRATCH_FIELDS_SWAPPED: Edit = &[
+    ("struct Scratch {\n    a: u32,\n    b: u32,\n}", "struct Scratch {\n    b: u32,\n    a: u32,\n}"),
+    ("let msg = \"hello\";", "let msg = \"scratched\";"),
+];
+
+/// A new struct, used only inside `step`.
+pub const NEW_STRUCT: Edit = &[
+    (
+        "/// Made and dropped inside",
+        "struct Fresh {\n    v: u32,\n    w: u64,\n}\n\n/// Made and dropped inside",
+    ),
+    ("    let scratch = Scratch", "    let fresh = Fresh { v: 1000, w: 2000 };\n    let scratch = Scratch"),
+    ("scratch.a + scratch.b", "scratch.a + scratch.b + fresh.v + fresh.w as u32"),
+];
+
+/// Three lines inserted at the top: every panic location below moves, no code changes.
+pub const LINES_SHIFTED: Edit = &[("use std::cell::RefCell;", "use std::cell::RefCell;\n\n\n")];

@@ -1,0 +1,249 @@
+//! The edit matrix (EDIT-MATRIX.md at the repository root): `testdata/layouts` built through
+//! ipbp-ld, started, and edited while it runs — each kind of layout change to a type whose values
+//! live in each kind of place, and the changes no old value can meet.
+//!
+//! The app prints a `step` line per step whose numbers are consistent only while every value's
+//! layout is the one its code expects (`point=x/y` with y = 2x, `config=r/2`, `items=1:w,2:w+10`,
+//! `shape=line:n:5`, `tally=t:n`); a patch that let new code read old values would break them.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod edits;
+
+use edits::Edit;
+use std::collections::HashMap;
+use support::live::{scenario, status_for, status_lines, Running};
+use support::Project;
+
+const MAIN: &str = "src/main.rs";
+
+/// A fresh copy of the layouts app, built and running, with its first step seen.
+fn running_layouts() -> (Project, Running) {
+    let project = scenario("layouts");
+    project.build();
+    let app = project.start("layouts", &[("LAYOUTS_PERIOD_MS", "40")]);
+    app.wait_for(0, "a first step", |l| l.starts_with("step "));
+    (project, app)
+}
+
+/// The `key=value` fields of a `step` line.
+fn fields(line: &str) -> Option<HashMap<String, String>> {
+    let rest = line.strip_prefix("step ")?;
+    Some(rest.split(' ').filter_map(|kv| kv.split_once('=')).map(|(k, v)| (k.into(), v.into())).collect())
+}
+
+fn number(s: &str) -> u64 {
+    s.parse().unwrap_or_else(|_| panic!("not a number: {s:?}"))
+}
+
+/// Whether a step line's numbers agree with each other (see the module's doc).
+fn consistent(line: &str) -> bool {
+    let Some(f) = fields(line) else { return false };
+    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+    let n = number(get("n"));
+    let point: Vec<u64> = get("point").split('/').map(number).collect();
+    let items: Vec<u64> =
+        get("items").split(',').map(|i| number(i.split(':').nth(1).unwrap_or(""))).collect();
+    point == [n, 2 * n]
+        && get("config").ends_with("/2")
+        && items.len() == 2
+        && items[1] == items[0] + 10
+        && get("shape") == format!("line:{n}:5")
+        && get("tally") == format!("t:{n}")
+}
+
+/// Waits for a step after `mark` with message `msg` and checks every step since `mark` is
+/// consistent; returns the step.
+#[track_caller]
+fn healthy_step(app: &Running, mark: usize, msg: &str) -> String {
+    let line = app.wait_for(mark, &format!("a step with msg={msg}"), |l| {
+        fields(l).is_some_and(|f| f.get("msg").is_some_and(|m| m == msg))
+    });
+    for l in app.lines_since(mark).iter().filter(|l| l.starts_with("step ")) {
+        assert!(consistent(l), "a step is inconsistent: {l}\n{}", app.dump());
+    }
+    line
+}
+
+/// `ipbp-ld diff --code` from the build `app` runs to the one just built.
+fn code_diff(project: &Project, app: &Running) -> String {
+    let map_of = |binary: &std::path::Path| -> String {
+        let run = project.ipbp_ld(&[std::ffi::OsStr::new("map"), binary.as_os_str()]);
+        assert!(run.success(), "{run}");
+        run.stdout.trim().to_string()
+    };
+    let base = map_of(&std::path::PathBuf::from(format!("/proc/{}/exe", app.pid)));
+    let new = map_of(&project.program("layouts"));
+    let run = project.ipbp_ld(&["diff", "--code", base.as_str(), new.as_str()]);
+    assert_eq!(run.code, Some(0), "{run}");
+    run.stdout
+}
+
+fn apply(project: &Project, original: &str, edit: Edit) {
+    project.write(MAIN, original);
+    for (from, to) in edit {
+        project.edit(MAIN, from, to);
+    }
+}
+
+/// Every layout change to a type with live old values is refused, naming the type, what changed
+/// and where old values live; the process keeps running its code, unharmed, and the next good edit
+/// is patched.
+#[test]
+fn layout_changes_with_live_old_values_are_refused() {
+    let (project, mut app) = running_layouts();
+    let original = project.read(MAIN);
+    // (edit, what the reason must name)
+    let cells: [(&str, Edit, &[&str]); 9] = [
+        (
+            "field added, static",
+            edits::CONFIG_FIELD_ADDED,
+            &[
+                "struct `layouts::Config`",
+                "field `extra: u64` added",
+                "8 -> 16 bytes",
+                "static `layouts::CONFIG`",
+            ],
+        ),
+        (
+            "field retyped at the same size, static",
+            edits::CONFIG_FIELD_RETYPED,
+            &["struct `layouts::Config`", "field `scale` retyped u32 -> f32", "static `layouts::CONFIG`"],
+        ),
+        (
+            "field added, thread-local",
+            edits::SESSION_FIELD_ADDED,
+            &["struct `layouts::Session`", "field `streak: u64` added", "thread-local `layouts::SESSION`"],
+        ),
+        (
+            "field added, main's locals",
+            edits::POINT_FIELD_ADDED,
+            &["struct `layouts::Point`", "field `z: u64` added", "8 -> 16 bytes", "`layouts::main`'s locals"],
+        ),
+        (
+            "fields reordered, main's locals",
+            edits::POINT_FIELDS_SWAPPED,
+            &["struct `layouts::Point`", "field `x` moved (offset 0 -> 4)", "`layouts::main`'s locals"],
+        ),
+        (
+            "field retyped, heap data built at startup",
+            edits::ITEM_FIELD_RETYPED,
+            &["struct `layouts::Item`", "field `weight` retyped u32 -> f32", "`layouts::main`'s locals"],
+        ),
+        (
+            "enum variant added, main's locals",
+            edits::SHAPE_VARIANT_ADDED,
+            &[
+                "enum `layouts::Shape`",
+                "variant `Rect(u64, u64, u64)` added",
+                "12 -> 32 bytes",
+                "`layouts::main`'s locals",
+            ],
+        ),
+        (
+            "closure captures changed, closure made at startup",
+            edits::CLOSURE_CAPTURES_CHANGED,
+            &["closure `layouts::main::{closure#2}`", "field `tag: u64` added", "`layouts::main`'s locals"],
+        ),
+        (
+            "async fn locals across .await changed, future held by main",
+            edits::ASYNC_LOCALS_CHANGED,
+            &["async fn `layouts::task`", "field `spare: u64` added", "`layouts::main`'s locals"],
+        ),
+    ];
+    for (cell, edit, names) in cells {
+        apply(&project, &original, edit);
+        let run = project.build();
+        let line = status_for(&run, app.pid);
+        assert!(line.starts_with("Skipped layouts"), "{cell}: expected a refusal: {run}");
+        for name in names {
+            assert!(line.contains(name), "{cell}: the reason does not name {name:?}: {line}");
+        }
+        assert!(line.contains("restart to use it"), "{cell}: {line}");
+        assert!(
+            status_lines(&run).iter().all(|l| !l.contains("initial value")),
+            "{cell}: a static whose type changed is reported as a changed initial value: {run}"
+        );
+        if edit == edits::POINT_FIELDS_SWAPPED {
+            // `ipbp-ld diff --code` between the running build and this one says the same.
+            let out = code_diff(&project, &app);
+            for needle in
+                ["~ function layouts::step", "! struct `layouts::Point` changed layout", "refused: "]
+            {
+                assert!(out.contains(needle), "`diff --code` does not show {needle:?}:\n{out}");
+            }
+        }
+        let mark = app.mark();
+        healthy_step(&app, mark, "hello");
+    }
+    assert!(app.alive(), "the app died: {}", app.dump());
+
+    // A good edit afterwards is patched, and the state carries on.
+    apply(&project, &original, &[("let msg = \"hello\";", "let msg = \"recovered\";")]);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts") && line.contains("1 changed"), "{run}");
+    healthy_step(&app, mark, "recovered");
+}
+
+/// Layout changes no old value can meet are applied: a struct made and dropped inside the changed
+/// function alone (a field added; its fields swapped while its derived `Clone` and `Default`
+/// compile the same), a new struct; fields swapped without a layout change, although the hot
+/// function's symbol hash changes with them (paired by path, never `Unchanged`); and an edit that
+/// only moves lines changes nothing.
+#[test]
+fn layout_changes_no_old_value_can_meet_are_applied() {
+    let (project, app) = running_layouts();
+    let original = project.read(MAIN);
+    let scratch = |line: &str| -> (u64, u64) {
+        let f = fields(line).expect("a step");
+        (number(&f["n"]), number(&f["scratch"]))
+    };
+
+    apply(&project, &original, edits::SCRATCH_FIELD_ADDED);
+    let mark = app.mark();
+    let run = project.build();
+    assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
+    let step = app
+        .wait_for(mark, "the new Scratch", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 107));
+    assert!(consistent(&step), "{step}");
+
+    apply(&project, &original, edits::SCRATCH_FIELDS_SWAPPED);
+    let mark = app.mark();
+    let run = project.build();
+    assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
+    let step = healthy_step(&app, mark, "scratched");
+    assert_eq!(scratch(&step).1, scratch(&step).0 + 7, "{step}");
+
+    apply(&project, &original, edits::NEW_STRUCT);
+    let mark = app.mark();
+    let run = project.build();
+    assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
+    let step = app
+        .wait_for(mark, "the new struct", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 3007));
+    assert!(consistent(&step), "{step}");
+
+    apply(&project, &original, edits::TALLY_FIELDS_SWAPPED);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts") && line.contains("1 changed"), "{run}");
+    healthy_step(&app, mark, "tallied");
+
+    // Back to the original, then only lines moved: nothing to patch, nothing to note.
+    project.write(MAIN, &original);
+    project.build();
+    apply(&project, &original, edits::LINES_SHIFTED);
+    let run = project.build();
+    let lines = status_lines(&run);
+    let line = status_for(&run, app.pid);
+    assert!(
+        line.starts_with("Unchanged layouts") || line.contains("back to the code it started with"),
+        "{run}"
+    );
+    assert!(lines.iter().all(|l| !l.starts_with("Note ")), "moving lines reported a change: {run}");
+    let mark = app.mark();
+    healthy_step(&app, mark, "hello");
+}

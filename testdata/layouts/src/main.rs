@@ -1,0 +1,165 @@
+//! The layouts app of ipbp's edit-matrix tests (`linker-shim/tests/layouts`): one value of each
+//! kind of type in each place an old value can live while the program runs, and a hot function
+//! that reads them all.
+//!
+//! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
+//! tally=<..> label=<..> scratch=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n`
+//! counts steps in `main`; every other number keeps
+//! growing as long as old and new code agree on where each value's fields are.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+/// Lives in a static.
+struct Config {
+    retries: u32,
+    scale: u32,
+}
+
+static CONFIG: Mutex<Config> = Mutex::new(Config { retries: 9, scale: 2 });
+
+/// Lives in a thread-local.
+struct Session {
+    hits: u32,
+    misses: u32,
+}
+
+thread_local! {
+    static SESSION: RefCell<Session> = const { RefCell::new(Session { hits: 0, misses: 0 }) };
+}
+
+/// Lives in `main`'s locals.
+struct Point {
+    x: u32,
+    y: u32,
+}
+
+/// Lives in heap data `main` builds at startup.
+struct Item {
+    id: u32,
+    weight: u32,
+}
+
+/// An enum in `main`'s locals.
+#[allow(dead_code)] // `Dot` is never made: the edits add variants
+enum Shape {
+    Dot(u32),
+    Line(u32, u32),
+}
+
+/// In `main`'s locals; swapping its fields does not change its layout (rustc puts the field with
+/// a niche first either way), but does change `step`'s symbol hash.
+struct Tally {
+    name: String,
+    count: u64,
+}
+
+/// Made and dropped inside `step` alone (its derived `Clone` and `Default` compile the same for
+/// a same-size retype, and hold a value only for the moment of a call).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct Scratch {
+    a: u32,
+    b: u32,
+}
+
+#[ipbp::hot]
+fn step(
+    n: u64,
+    point: &mut Point,
+    items: &mut [Item],
+    shape: &mut Shape,
+    tally: &mut Tally,
+    label: &dyn Fn() -> String,
+) -> String {
+    let msg = "hello";
+    tally.count += 1;
+    point.x += 1;
+    point.y += 2;
+    let config = {
+        let mut c = CONFIG.lock().unwrap();
+        c.retries += 1;
+        format!("{}/{}", c.retries, c.scale)
+    };
+    let session = SESSION.with(|s| {
+        let mut s = s.borrow_mut();
+        s.hits += 1;
+        format!("{}/{}", s.hits, s.misses)
+    });
+    for item in items.iter_mut() {
+        item.weight += 1;
+    }
+    let items = items.iter().map(|i| format!("{}:{}", i.id, i.weight)).collect::<Vec<_>>().join(",");
+    let shape = match shape {
+        Shape::Dot(a) => {
+            *a += 1;
+            format!("dot:{a}")
+        }
+        Shape::Line(a, b) => {
+            *a += 1;
+            format!("line:{a}:{b}")
+        }
+    };
+    let scratch = Scratch { a: n as u32, b: 7 }.clone();
+    assert!(scratch != Scratch::default(), "{scratch:?}");
+    format!(
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={}",
+        point.x,
+        point.y,
+        tally.name,
+        tally.count,
+        label(),
+        scratch.a + scratch.b
+    )
+}
+
+/// An `async fn` whose state machine `main` holds across steps: each poll runs to the next
+/// `.await`, keeping `total` and `rounds` in the future between polls.
+async fn task() {
+    let mut total: u64 = 0;
+    let mut rounds: u32 = 0;
+    loop {
+        total += 3;
+        rounds += 1;
+        println!("task total={total} rounds={rounds}");
+        Yield(false).await;
+    }
+}
+
+/// Suspends once.
+struct Yield(bool);
+
+impl Future for Yield {
+    type Output = ();
+    fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            Poll::Ready(())
+        } else {
+            self.0 = true;
+            Poll::Pending
+        }
+    }
+}
+
+fn main() {
+    ipbp::init();
+    let period = std::env::var("LAYOUTS_PERIOD_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    println!("started pid={}", std::process::id());
+    let mut point = Point { x: 0, y: 0 };
+    let mut items: Vec<Item> = (1..=2).map(|id| Item { id, weight: 10 * id }).collect();
+    let mut shape = Shape::Line(0, 5);
+    let mut tally = Tally { name: String::from("t"), count: 0 };
+    let name = String::from("lbl");
+    let label = move || format!("{name}");
+    let mut task = Box::pin(task());
+    let mut cx = Context::from_waker(Waker::noop());
+    for n in 1.. {
+        let line = step(n, &mut point, &mut items, &mut shape, &mut tally, &label);
+        println!("{line}");
+        let _ = task.as_mut().poll(&mut cx);
+        std::thread::sleep(Duration::from_millis(period));
+    }
+}
