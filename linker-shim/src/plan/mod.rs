@@ -998,11 +998,11 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                         Some(reason) => Err(format!("{reason}; changed callers call the new version")),
                         None => detour_entries(base, base_name),
                     };
-                (id, mangled, entries)
+                (id, mangled, base_name, entries)
             })
             .collect();
         refuse_shared_entries(base, &mut planned);
-        for (id, mangled, entries) in planned {
+        for (id, mangled, _, entries) in planned {
             match entries {
                 Ok(entries) => {
                     installs.extend(entries.into_iter().map(|at| (id, Install::Detour(at + bias))))
@@ -1071,23 +1071,25 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 }
 
-/// A changed function's chunk, its mangled name, and its entries in the image (or why none).
-type PlannedDetour<'n> = (ChunkId, &'n str, Result<Vec<u64>, String>);
+/// A changed function's chunk, its mangled name now and in the image, and its entries in the image
+/// (or why none).
+type PlannedDetour<'n> = (ChunkId, &'n str, &'n str, Result<Vec<u64>, String>);
 
 /// An entry that several functions share (the optimiser merged identical bodies) can only be
 /// redirected if every name there is redirected to the same new code: otherwise callers of a
 /// function that did not change would run another function's new code.
 fn refuse_shared_entries(base: &BaseImage<'_>, planned: &mut [PlannedDetour]) {
     let addrs: HashSet<u64> =
-        planned.iter().filter_map(|(_, _, e)| e.as_ref().ok()).flatten().copied().collect();
+        planned.iter().filter_map(|(.., e)| e.as_ref().ok()).flatten().copied().collect();
     let names = base.functions_at(&addrs);
-    let target: HashMap<&str, ChunkId> = planned.iter().map(|&(id, m, _)| (m, id)).collect();
-    for (id, mangled, entries) in planned.iter_mut() {
+    let target: HashMap<&str, ChunkId> =
+        planned.iter().map(|&(id, _, base_name, _)| (base_name, id)).collect();
+    for (id, _, base_name, entries) in planned.iter_mut() {
         let Ok(list) = entries else { continue };
         let other = list
             .iter()
             .flat_map(|a| names.get(a).into_iter().flatten())
-            .find(|&&n| n != *mangled && target.get(n) != Some(id));
+            .find(|&&n| n != *base_name && target.get(n) != Some(id));
         if let Some(other) = other {
             *entries = Err(format!(
                 "its code is shared with `{}`, which the optimiser merged with it",
