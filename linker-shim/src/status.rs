@@ -18,6 +18,8 @@ pub struct Status {
     log: Option<PathBuf>,
     /// Log only, never stderr.
     quiet: bool,
+    /// Faults already reported by [`Status::warn_once`].
+    warned: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -36,12 +38,12 @@ impl Status {
                 Some(f) => is_terminal(f),
                 None => is_terminal(&std::io::stderr()),
             };
-        Status { channel, color, log, quiet: false }
+        Status { channel, color, log, quiet: false, warned: Vec::new() }
     }
 
     /// A status that only appends to the log (for work that outlives the link).
     pub fn log_only(log: PathBuf) -> Status {
-        Status { channel: None, color: false, log: Some(log), quiet: true }
+        Status { channel: None, color: false, log: Some(log), quiet: true, warned: Vec::new() }
     }
 
     /// `{verb:>12} {message}`, like cargo's own status lines.
@@ -70,6 +72,16 @@ impl Status {
             plain.clone()
         };
         self.emit(&shown, &plain);
+    }
+
+    /// [`Status::warn`], unless a warning about the same fault (`key`) was given already: each fault
+    /// is one line, however many steps of the shim run into it.
+    pub fn warn_once(&mut self, key: &str, message: &str) {
+        if self.warned.iter().any(|k| k == key) {
+            return;
+        }
+        self.warned.push(key.to_string());
+        self.warn(message);
     }
 
     fn emit(&mut self, shown: &str, plain: &str) {
