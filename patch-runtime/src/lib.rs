@@ -19,10 +19,14 @@ pub mod protocol;
 pub mod registry;
 
 mod apply;
+mod elf;
 mod image;
 mod listener;
 mod runtime;
+mod seal;
+pub mod symbols;
 mod tls;
+mod validate;
 
 /// Marks a function or method as a hot point: once a patch changes the function, or anything it
 /// reaches in the workspace, calls to it run the new code.

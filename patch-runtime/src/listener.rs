@@ -26,6 +26,8 @@ pub fn spawn(listener: UnixListener, state: State) -> std::io::Result<()> {
     let state = Arc::new(Mutex::new(state));
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("ipbp".into()).spawn(move || {
+        // Read the executable's symbols now, off the program's threads, not in the first patch.
+        crate::symbols::warm();
         for stream in listener.incoming() {
             let Ok(stream) = stream else { continue };
             if active.fetch_add(1, Ordering::AcqRel) >= MAX_CLIENTS {

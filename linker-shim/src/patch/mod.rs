@@ -311,6 +311,7 @@ fn patch_process(
 
     let generation = hello.generation + 1;
     let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    let mut patch_bytes = Vec::new();
     let (file, range, chunk_addr) = if nothing_new {
         (None, None, Vec::new())
     } else {
@@ -321,7 +322,8 @@ fn patch_process(
         let emitted = emit::write(&plan, &layout, at, TlsLayout { block_tp_offset })?;
         let path = patch_dir.join(format!("patch-{generation}.so"));
         fs_err::create_dir_all(&patch_dir).context("cannot create the patch directory")?;
-        fs_err::write(&path, &emitted.bytes).context("cannot write the patch")?;
+        write_read_only(&path, &emitted.bytes).context("cannot write the patch")?;
+        patch_bytes = emitted.bytes;
         (Some(path), Some((at, emitted.span)), emitted.chunk_addr)
     };
     let t_emit = t0.elapsed();
@@ -344,6 +346,7 @@ fn patch_process(
         build_id: reg.build_id.clone(),
         load_bias: hello.load_bias,
         generation: hello.generation,
+        hash: file.is_some().then(|| xxhash_rust::xxh3::xxh3_128(&patch_bytes)),
         file: file.clone(),
         range,
         slots,
@@ -414,6 +417,23 @@ fn base_index_file(map_dir: &Path, build_id: &str) -> Option<PathBuf> {
     crate::map::record::wait_for_writer(map_dir);
     let path = crate::index::path_for(map_dir, build_id);
     path.is_file().then_some(path)
+}
+
+/// Writes a patch file, mode 0400: the process loads a sealed copy of it, and nobody should edit
+/// the file in the belief that it changes running code. A file of an earlier, refused attempt at
+/// the same generation is replaced.
+fn write_read_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    file.write_all(bytes)
 }
 
 /// Patches of processes that are gone are no longer needed.
