@@ -92,6 +92,7 @@ impl State {
         };
         validate::shape(&req, new_range)?;
         validate::reply_size(&req, Reply::Hello(self.hello()).encode().len())?;
+        validate::thread_locals(&req, &self.tls)?;
         for &(slot, _) in &req.slots {
             if slot % 8 != 0 || !img.contains_writable(slot, 8) {
                 return Err(format!("slot {slot:#x} is not in the program's writable data"));

@@ -84,9 +84,9 @@ pub fn seal(file: &Path, start: u64, len: u64, expected: u128) -> Result<Sealed,
                 "its hash is {actual:032x}, the request says {expected:032x} (changed after it was built?)"
             )));
         }
-        check(bytes, start, len).map_err(|why| bad(why))?;
-        let header = elf::header(bytes).map_err(|why| bad(why))?;
-        let table = elf::SymbolTable::read(&header, &elf::in_memory(bytes)).map_err(|why| bad(why))?;
+        check(bytes, start, len).map_err(&bad)?;
+        let header = elf::header(bytes).map_err(&bad)?;
+        let table = elf::SymbolTable::read(&header, &elf::in_memory(bytes)).map_err(&bad)?;
         Ok(table.map(|t| FunctionTable::from_symbols(&t, start)).unwrap_or_default())
     })?;
     Ok(Sealed { fd, functions })

@@ -149,6 +149,11 @@ pub fn is_image_function(addr: u64) -> bool {
     image().is_ok_and(|i| i.functions.entry(addr).is_some())
 }
 
+/// Whether `addr` is the entry of a function of a loaded patch.
+pub fn is_patch_function(addr: u64) -> bool {
+    PATCHES.read().unwrap_or_else(|p| p.into_inner()).iter().any(|t| t.entry(addr).is_some())
+}
+
 /// Adds the functions of a patch that was just loaded.
 pub(crate) fn add_patch(functions: FunctionTable) {
     PATCHES.write().unwrap_or_else(|p| p.into_inner()).push(functions);

@@ -64,6 +64,27 @@ pub fn shape(req: &Apply, new_range: Option<(u64, u64)>) -> Result<(), String> {
     Ok(())
 }
 
+/// New thread-locals come with the patch that uses them, and none overlaps another (`existing`:
+/// the ledger so far): two variables sharing reserve bytes would corrupt each other.
+pub fn thread_locals(req: &Apply, existing: &[LedgerEntry]) -> Result<(), String> {
+    if req.tls.is_empty() {
+        return Ok(());
+    }
+    if req.file.is_none() {
+        return Err("new thread-locals without a patch that uses them".into());
+    }
+    let mut all: Vec<(u64, u64, &str)> = existing
+        .iter()
+        .chain(&req.tls)
+        .map(|e| (e.addr, e.addr.saturating_add(e.size), e.name.as_str()))
+        .collect();
+    all.sort_unstable();
+    if let Some(w) = all.windows(2).find(|w| w[1].0 < w[0].1) {
+        return Err(format!("new thread-local {} overlaps {} in ipbp's TLS reserve", w[1].2, w[0].2));
+    }
+    Ok(())
+}
+
 fn check_name(e: &LedgerEntry) -> Result<(), String> {
     if e.name.is_empty()
         || e.name.len() > MAX_NAME
@@ -75,19 +96,22 @@ fn check_name(e: &LedgerEntry) -> Result<(), String> {
     Ok(())
 }
 
-/// Every slot is a hot slot of the executable and every target a function entry; `new` are the
-/// functions of the patch being applied.
+/// Every slot is a hot slot of the executable, every redirect starts at a function of it, and
+/// everything they point to is the entry of a function of a patch — loaded earlier, or `new`, the
+/// one being applied. (Not of the executable: ipbp-ld always installs patch code, and a slot
+/// pointing at the executable's own function — its own owner, say — would loop forever. Going
+/// back to the original code is done by leaving a slot or redirect out.)
 pub fn targets(req: &Apply, new: Option<&FunctionTable>) -> Result<(), String> {
     symbols::available()?;
-    let is_entry =
-        |addr: u64| symbols::is_function_entry(addr) || new.is_some_and(|t| t.entry(addr).is_some());
+    let is_patch_entry =
+        |addr: u64| symbols::is_patch_function(addr) || new.is_some_and(|t| t.entry(addr).is_some());
     for &(slot, value) in &req.slots {
         if !symbols::is_hot_slot(slot) {
             return Err(format!("{slot:#x} is not a hot slot of this program"));
         }
-        if !is_entry(value) {
+        if !is_patch_entry(value) {
             return Err(format!(
-                "slot {slot:#x} would point at {value:#x}, which is not the entry of a function"
+                "slot {slot:#x} would point at {value:#x}, which is not the entry of a function of a patch"
             ));
         }
     }
@@ -95,8 +119,8 @@ pub fn targets(req: &Apply, new: Option<&FunctionTable>) -> Result<(), String> {
         if !symbols::is_image_function(from) {
             return Err(format!("redirect from {from:#x}: not the entry of a function of this program"));
         }
-        if !is_entry(to) {
-            return Err(format!("redirect to {to:#x}: not the entry of a function"));
+        if !is_patch_entry(to) {
+            return Err(format!("redirect to {to:#x}: not the entry of a function of a patch"));
         }
     }
     Ok(())
@@ -152,6 +176,11 @@ mod tests {
         assert!(shape(&Apply { tls: vec![entry(8190, 8, "t")], ..req() }, r).is_err());
         assert!(shape(&Apply { tls: vec![entry(u64::MAX, 2, "t")], ..req() }, r).is_err());
         assert!(shape(&Apply { slots: vec![(8, 1), (8, 2)], ..req() }, r).is_err());
+        let t = |addr| entry(addr, 16, "t");
+        assert_eq!(thread_locals(&Apply { tls: vec![t(16)], ..req() }, &[t(0)]), Ok(()));
+        assert!(thread_locals(&Apply { tls: vec![t(8)], ..req() }, &[t(0)]).is_err());
+        assert!(thread_locals(&Apply { tls: vec![t(32), t(40)], ..req() }, &[]).is_err());
+        assert!(thread_locals(&Apply { tls: vec![t(32)], file: None, ..req() }, &[]).is_err());
         let flood = vec![entry(0, 0, &"n".repeat(1000)); 5000];
         assert!(reply_size(&Apply { tls: flood, ..req() }, 100).is_err());
         assert_eq!(reply_size(&req(), 100), Ok(()));
@@ -167,7 +196,9 @@ mod tests {
             .contains("not a hot slot"));
         assert!(targets(&Apply { redirects: vec![(f, f + 7)], ..req() }, None).is_err());
         assert!(targets(&Apply { redirects: vec![(f + 1, f)], ..req() }, None).is_err());
-        assert_eq!(targets(&Apply { redirects: vec![(f, f)], ..req() }, None), Ok(()));
+        assert!(targets(&Apply { redirects: vec![(f, f)], ..req() }, None)
+            .unwrap_err()
+            .contains("of a patch"));
         let new = FunctionTable::new(vec![(0x5000_0000_0000, 64)]);
         assert_eq!(targets(&Apply { redirects: vec![(f, 0x5000_0000_0000)], ..req() }, Some(&new)), Ok(()));
     }
