@@ -24,6 +24,7 @@ mod image;
 mod listener;
 mod runtime;
 mod seal;
+#[doc(hidden)]
 pub mod symbols;
 mod tls;
 mod validate;
