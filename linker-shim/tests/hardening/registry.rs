@@ -91,8 +91,9 @@ fn a_registry_of_another_user_is_refused_by_ipbp_ld_and_by_the_program() {
         eprintln!("skipped: only root can give a directory to another user (`nobody`) to plant it");
         return;
     }
+    // The copied template's program is enough to know a build id to plant; the one build below
+    // (of the copy, with the planted registry) links the program that is then started.
     let project = scenario("counter");
-    project.build();
     let id = build_id(&project);
     let planted = project.root().join("planted");
     let victim = project.root().join("victim");
