@@ -31,6 +31,10 @@ use std::path::{Path, PathBuf};
 /// Overrides the registry directory (tests use a fresh one each).
 pub const HOME_ENV: &str = "IPBP_HOME";
 
+/// How long a build waits for another one that is patching the same process (which takes
+/// milliseconds to a few seconds) before it gives up on that process.
+pub const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// Registration files and build records are a few hundred bytes; anything larger is not ours.
 const MAX_RECORD: u64 = 64 << 10;
 
@@ -324,8 +328,9 @@ impl Registry {
         }
     }
 
-    /// Opens and locks (`flock`, exclusive, waiting) `<pid>.lock`, mode 0600. Held while a patch
-    /// for `pid` is built and delivered; released when the file is dropped.
+    /// Opens and locks (`flock`, exclusive) `<pid>.lock`, mode 0600, waiting at most
+    /// [`LOCK_PATIENCE`] for another build that is patching `pid`. Held while a patch for `pid` is
+    /// built and delivered; released when the file is dropped.
     pub fn lock(&self, pid: u32) -> io::Result<File> {
         let name = format!("{pid}.lock");
         let fd = open_at(&self.dir, &cstr(&name), libc::O_RDWR | libc::O_CREAT).map_err(|e| {
@@ -338,9 +343,20 @@ impl Registry {
                 format!("{} is not a file of this user", self.root.join(&name).display()),
             ));
         }
+        let deadline = std::time::Instant::now() + LOCK_PATIENCE;
         // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return last_error("cannot lock the process for patching");
+        while unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(e);
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("another build has been patching it for {} s", LOCK_PATIENCE.as_secs()),
+                ));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
         }
         Ok(File::from(fd))
     }

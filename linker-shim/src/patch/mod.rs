@@ -39,6 +39,7 @@ pub fn for_running_processes(
     dir: &IpbpDir,
     status: &mut Status,
 ) {
+    collect_patches_of_dead_processes(dir);
     let registry = match Registry::existing() {
         Ok(r) => r,
         Err(OpenError::Missing) => return,
@@ -77,7 +78,6 @@ pub fn for_running_processes(
             );
         }
     }
-    collect_patches_of_dead_processes(dir);
     let reached: Vec<Result<Reached>> = std::thread::scope(|s| {
         let registry = &registry;
         let handles: Vec<_> = live.iter().map(|(reg, _)| s.spawn(move || reach(registry, reg))).collect();
