@@ -36,6 +36,10 @@ pub fn shape(req: &Apply, new_range: Option<(u64, u64)>) -> Result<(), String> {
             return Err(format!("patch file {} is not an absolute path", file.display()));
         }
     }
+    // The summary goes to the program's stderr (with IPBP_LOG): no terminal escapes, no floods.
+    if req.summary.len() > MAX_NAME || req.summary.chars().any(char::is_control) {
+        return Err("the summary is not a short line of text".into());
+    }
     let mut slots: Vec<u64> = req.slots.iter().map(|s| s.0).collect();
     slots.sort_unstable();
     if let Some(w) = slots.windows(2).find(|w| w[0] == w[1]) {
@@ -176,6 +180,8 @@ mod tests {
         assert!(shape(&Apply { tls: vec![entry(8190, 8, "t")], ..req() }, r).is_err());
         assert!(shape(&Apply { tls: vec![entry(u64::MAX, 2, "t")], ..req() }, r).is_err());
         assert!(shape(&Apply { slots: vec![(8, 1), (8, 2)], ..req() }, r).is_err());
+        assert!(shape(&Apply { summary: "1 changed\x1b[2J".into(), ..req() }, r).is_err());
+        assert_eq!(shape(&Apply { summary: "1 changed, 2 added".into(), ..req() }, r), Ok(()));
         let t = |addr| entry(addr, 16, "t");
         assert_eq!(thread_locals(&Apply { tls: vec![t(16)], ..req() }, &[t(0)]), Ok(()));
         assert!(thread_locals(&Apply { tls: vec![t(8)], ..req() }, &[t(0)]).is_err());
