@@ -317,7 +317,7 @@ impl Registry {
                 format!("{} is not a socket of this user; not connecting", shown.display()),
             ));
         }
-        let stream = UnixStream::connect(self.through_fd(&name))
+        let stream = connect_within(&self.through_fd(&name), CONNECT_TIMEOUT)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot connect to {}: {e}", shown.display())))?;
         match peer(&stream) {
             Some((peer_pid, peer_uid)) if peer_pid == pid && peer_uid == uid() => Ok(stream),
@@ -385,6 +385,60 @@ impl Registry {
         }
         dropped
     }
+}
+
+/// How long connecting may take. Connecting to a listening socket returns at once unless its
+/// backlog is full (a program that stopped accepting), where a plain `connect` would wait forever.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// `connect` to a Unix socket, giving up after `timeout` (`SO_SNDTIMEO` bounds a blocking connect).
+fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<UnixStream> {
+    let bytes = path.as_os_str().as_bytes();
+    // SAFETY: a zeroed sockaddr_un is valid; the path is copied in below, bounds checked.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "socket path too long"));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: socket() returns a fresh descriptor, owned right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: as above.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: setsockopt with a `timeval` of the given size; connect with a filled sockaddr_un.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        if libc::connect(
+            fd.as_raw_fd(),
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        ) != 0
+        {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::EAGAIN | libc::EINPROGRESS) => {
+                    io::Error::new(io::ErrorKind::TimedOut, "the program does not accept connections")
+                }
+                _ => e,
+            });
+        }
+    }
+    Ok(UnixStream::from(fd))
 }
 
 /// `openat(dir, name, flags | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)`, mode 0600 when creating.
@@ -753,6 +807,27 @@ mod tests {
         std::os::unix::fs::symlink("/dev/null", real.join("5.sock")).unwrap();
         let e = r.connect(5).unwrap_err();
         assert!(e.to_string().contains("not a socket"), "{e}");
+        let _ = std::fs::remove_dir_all(base);
+    }
+
+    #[test]
+    fn connecting_to_a_program_that_does_not_accept_gives_up() {
+        let base = scratch("backlog");
+        let path = base.join("s.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        // SAFETY: lowers the backlog of our own listening socket.
+        unsafe { libc::listen(listener.as_raw_fd(), 0) };
+        let mut held = Vec::new();
+        let failed =
+            (0..16).find_map(|_| match connect_within(&path, std::time::Duration::from_millis(200)) {
+                Ok(s) => {
+                    held.push(s);
+                    None
+                }
+                Err(e) => Some(e),
+            });
+        let e = failed.expect("a full backlog should make connect give up");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut, "{e}");
         let _ = std::fs::remove_dir_all(base);
     }
 
