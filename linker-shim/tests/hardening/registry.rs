@@ -156,7 +156,8 @@ fn a_registry_of_another_user_is_refused_by_ipbp_ld_and_by_the_program() {
 
 /// In the user's own registry, records that name other files are not followed: a registration's
 /// `socket` line (neither connected to nor deleted), a symlinked lock (no file created through
-/// it), a build record naming its map and inputs elsewhere (never opened).
+/// it) or socket (not connected to), a build record naming its map and inputs elsewhere (never
+/// opened).
 #[test]
 fn records_naming_other_files_are_not_followed() {
     let project = scenario("counter");
@@ -177,6 +178,11 @@ fn records_naming_other_files_are_not_followed() {
         .unwrap();
     let through = project.root().join("created-through-lock");
     std::os::unix::fs::symlink(&through, home.join(format!("{}.lock", locked.pid()))).unwrap();
+    // A live one whose `<pid>.sock` is a symlink to the bait socket.
+    let linked = Sleeper::start();
+    std::fs::write(home.join(format!("{}.process", linked.pid())), linked.registration(&id, &listening))
+        .unwrap();
+    std::os::unix::fs::symlink(&listening, home.join(format!("{}.sock", linked.pid()))).unwrap();
     // A dead one whose socket line names a file of the user.
     let victim = project.root().join("victim");
     std::fs::write(&victim, "keep me\n").unwrap();
@@ -211,7 +217,9 @@ fn records_naming_other_files_are_not_followed() {
     assert!(talker_line.contains("cannot reach the program"), "{run}");
     let locked_line = status_for(&run, locked.pid());
     assert!(locked_line.contains("cannot lock"), "{run}");
-    assert!(bait.accept().is_err(), "ipbp-ld connected to the socket a registration named");
+    let linked_line = status_for(&run, linked.pid());
+    assert!(linked_line.contains("not a socket of this user"), "{run}");
+    assert!(bait.accept().is_err(), "ipbp-ld connected to the bait socket");
     assert!(!through.exists(), "ipbp-ld created a file through a symlinked lock");
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep me\n");
     assert!(!home.join(format!("{dead_pid}.process")).exists(), "the dead registration was not removed");
