@@ -15,7 +15,7 @@ use crate::error::Context;
 use crate::map::record;
 use crate::map::store::{output_name, IpbpDir};
 use crate::status::Status;
-use ipbp::registry::{self, BuildRecord};
+use ipbp::registry::{self, BuildRecord, Registry};
 use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::Path;
@@ -127,16 +127,15 @@ fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &Ipb
         map: pending.map_path.clone(),
         inputs: pending.inputs_path.clone(),
     };
-    let noted = registry::ensure_root(&root).and_then(|()| {
-        crate::map::store::write_atomically(&registry::build_record_path(&root, &build.build_id), |out| {
-            out.write_all(build.to_text().as_bytes())
-        })
-    });
+    let noted = Registry::open(&root, true).map_err(std::io::Error::from).and_then(|r| r.write_build(&build));
     if let Err(e) = noted {
-        status.warn(&format!(
-            "cannot note the build in {} ({e}); a running copy of it will not be patched",
-            root.display()
-        ));
+        status.warn_once(
+            "registry",
+            &format!(
+                "cannot note the build in {} ({e}); a running copy of it will not be patched",
+                root.display()
+            ),
+        );
     }
     let inline = std::env::var_os("IPBP_MAP_INLINE").is_some_and(|v| !v.is_empty() && v != "0");
     match if inline { Fork::Failed } else { detach() } {

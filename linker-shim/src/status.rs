@@ -18,6 +18,8 @@ pub struct Status {
     log: Option<PathBuf>,
     /// Log only, never stderr.
     quiet: bool,
+    /// Faults already reported by [`Status::warn_once`].
+    warned: Vec<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -36,12 +38,12 @@ impl Status {
                 Some(f) => is_terminal(f),
                 None => is_terminal(&std::io::stderr()),
             };
-        Status { channel, color, log, quiet: false }
+        Status { channel, color, log, quiet: false, warned: Vec::new() }
     }
 
     /// A status that only appends to the log (for work that outlives the link).
     pub fn log_only(log: PathBuf) -> Status {
-        Status { channel: None, color: false, log: Some(log), quiet: true }
+        Status { channel: None, color: false, log: Some(log), quiet: true, warned: Vec::new() }
     }
 
     /// `{verb:>12} {message}`, like cargo's own status lines.
@@ -62,7 +64,18 @@ impl Status {
     }
 
     /// One `warning: ipbp-ld: ...` line: an internal problem that did not affect the link.
+    ///
+    /// A full disk (or quota, or a read-only file system) fails every step that writes; it is
+    /// one fault, so only the first step that meets it says so.
     pub fn warn(&mut self, message: &str) {
+        const DISK: [(&str, &str); 3] =
+            [("(os error 28)", "disk full"), ("(os error 122)", "quota"), ("(os error 30)", "read-only")];
+        if let Some((_, key)) = DISK.iter().find(|(code, _)| message.contains(code)) {
+            if self.warned.iter().any(|k| k == key) {
+                return;
+            }
+            self.warned.push(key.to_string());
+        }
         let plain = format!("warning: ipbp-ld: {message}\n");
         let shown = if self.color {
             format!("\r\x1b[2K\x1b[1;33mwarning\x1b[0m: ipbp-ld: {message}\n")
@@ -70,6 +83,16 @@ impl Status {
             plain.clone()
         };
         self.emit(&shown, &plain);
+    }
+
+    /// [`Status::warn`], unless a warning about the same fault (`key`) was given already: each fault
+    /// is one line, however many steps of the shim run into it.
+    pub fn warn_once(&mut self, key: &str, message: &str) {
+        if self.warned.iter().any(|k| k == key) {
+            return;
+        }
+        self.warned.push(key.to_string());
+        self.warn(message);
     }
 
     fn emit(&mut self, shown: &str, plain: &str) {
@@ -147,4 +170,32 @@ fn open_safely(pid: u32) -> Option<File> {
         return None;
     }
     std::fs::OpenOptions::new().append(true).custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC).open(fd_path).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_fault_is_one_warning() {
+        let log = std::env::temp_dir().join(format!("ipbp-status-{}.log", std::process::id()));
+        let _ = std::fs::remove_file(&log);
+        let mut s = Status::log_only(log.clone());
+        s.warn("cannot keep inputs: No space left on device (os error 28)");
+        s.warn("no symbol map recorded: No space left on device (os error 28)");
+        s.warn_once("registry", "the registry is unsafe");
+        s.warn_once("registry", "the registry is still unsafe");
+        s.warn("something else");
+        let text = std::fs::read_to_string(&log).unwrap();
+        let _ = std::fs::remove_file(&log);
+        let lines: Vec<&str> = text.lines().map(|l| l.split_once(' ').unwrap().1).collect();
+        assert_eq!(
+            lines,
+            [
+                "warning: ipbp-ld: cannot keep inputs: No space left on device (os error 28)",
+                "warning: ipbp-ld: the registry is unsafe",
+                "warning: ipbp-ld: something else"
+            ]
+        );
+    }
 }

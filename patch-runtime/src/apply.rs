@@ -2,11 +2,12 @@
 //! linked to go, then install it. Every check happens before anything changes, and a refused
 //! patch leaves the program exactly as it was.
 
-use crate::detour::JUMP_LEN;
 use crate::dispatch;
 use crate::image::Image;
 use crate::install::{self, Desired, Outcome, PatchInfo};
 use crate::protocol::{Applied, Apply, Hello, LedgerEntry, Reply};
+use crate::seal::{self, Sealed};
+use crate::{symbols, validate};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -77,38 +78,26 @@ impl State {
             (None, None) => None,
             _ => return Err("a patch file needs its load range and vice versa".into()),
         };
-        let in_patch = |addr: u64| {
-            let patches = self.patches.iter().map(|&(s, l, _)| (s, l)).chain(new_range);
-            patches.clone().any(|(s, l)| s <= addr && addr < s + l)
-        };
-        for &(slot, value) in &req.slots {
+        validate::shape(&req, new_range)?;
+        validate::reply_size(&req, Reply::Hello(self.hello()).encode().len())?;
+        validate::thread_locals(&req, &self.tls)?;
+        for &(slot, _) in &req.slots {
             if slot % 8 != 0 || !img.contains_writable(slot, 8) {
                 return Err(format!("slot {slot:#x} is not in the program's writable data"));
             }
-            if !(img.contains_code(value) || in_patch(value)) {
-                return Err(format!(
-                    "slot {slot:#x} would point at {value:#x}, which is not code of this program"
-                ));
-            }
         }
-        for &(from, to) in &req.redirects {
-            if !img.contains_code(from) || !(img.contains_code(to) || in_patch(to)) {
-                return Err(format!("redirect {from:#x} -> {to:#x} leaves the program's code"));
-            }
+        if let Some(&(from, _)) = req.redirects.iter().find(|r| !img.contains_code(r.0)) {
+            return Err(format!("redirect from {from:#x}: not in the program's code"));
         }
-        for &(from, to) in &req.detours {
-            // An entry of the image, or of a function an earlier patch loaded (its callers and
-            // pointers to it are sent on to the newest version too).
-            let end = from.checked_add(JUMP_LEN as u64).ok_or("detour entry out of range")?;
-            let entry_ok = (img.contains_code(from) && img.contains_code(end - 1))
-                || self.patches.iter().any(|&(s, l, _)| s <= from && end <= s.saturating_add(l));
-            if !entry_ok || !(img.contains_code(to) || in_patch(to)) {
-                return Err(format!("detour {from:#x} -> {to:#x} leaves the program's code"));
-            }
-        }
+        // The patch's bytes are fixed (sealed) and checked before its functions count as targets.
+        let sealed = match (&req.file, new_range, req.hash) {
+            (Some(file), Some((start, len)), Some(hash)) => Some(seal::seal(file, start, len, hash)?),
+            _ => None,
+        };
+        validate::targets(&req, sealed.as_ref().map(|s| &s.functions))?;
 
-        if let (Some(file), Some((start, len))) = (&req.file, new_range) {
-            load(file, start, len)?;
+        if let (Some(file), Some(sealed), Some((start, len))) = (&req.file, sealed, new_range) {
+            load(sealed, file, start, len)?;
             self.patches.push((start, len, file.clone()));
         }
         let load_us = started.elapsed().as_micros() as u64;
@@ -155,24 +144,29 @@ impl State {
     }
 }
 
-/// Checks the file is a patch library fit to load at `start`, then loads it there for good.
-fn load(file: &Path, start: u64, len: u64) -> Result<(), String> {
-    check_file(file, start, len)?;
+/// Loads the sealed, checked copy of patch `file` at `start`, for good, and adds its functions to
+/// the ones requests may name.
+fn load(sealed: Sealed, file: &Path, start: u64, len: u64) -> Result<(), String> {
     if let Some(taken) = mapped_overlap(start, len) {
         return Err(format!(
             "the address range {start:#x}..{:#x} the patch was linked for is already in use ({taken})",
-            start + len
+            start.saturating_add(len)
         ));
     }
+    // The loader opens the sealed copy, never the file: nothing on disk can change the code.
+    let name = sealed.path();
     let path =
-        CString::new(file.as_os_str().as_bytes()).map_err(|_| "patch path contains NUL".to_string())?;
-    // SAFETY: the file was checked to be a shared object without constructors (nothing runs on
-    // load); RTLD_NODELETE because patched code must never be unmapped.
+        CString::new(name.as_os_str().as_bytes()).map_err(|_| "patch path contains NUL".to_string())?;
+    // SAFETY: the sealed bytes were checked to be a shared object without constructors, needed
+    // libraries or relocations outside its range (nothing runs on load); RTLD_NODELETE because
+    // patched code must never be unmapped.
     let handle =
         unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL | libc::RTLD_NODELETE) };
     if handle.is_null() {
         return Err(format!("dlopen {}: {}", file.display(), dlerror()));
     }
+    // Mapped for good: its name (`/proc/self/fd/N`) must stay valid for symbolizers.
+    let functions = sealed.keep();
     let mut map: *mut LinkMap = std::ptr::null_mut();
     // SAFETY: RTLD_DI_LINKMAP writes a `struct link_map *`.
     let rc = unsafe { libc::dlinfo(handle, libc::RTLD_DI_LINKMAP, &mut map as *mut _ as *mut libc::c_void) };
@@ -185,9 +179,10 @@ fn load(file: &Path, start: u64, len: u64) -> Result<(), String> {
         ));
     }
     // SAFETY: `map` is the patch's own link map entry, and no code of the patch can run yet.
-    if !unsafe { describe_as_library(map, start, file) } && std::env::var_os("IPBP_LOG").is_some() {
+    if !unsafe { describe_as_library(map, start, &name) } && std::env::var_os("IPBP_LOG").is_some() {
         eprintln!("[ipbp] backtraces will not name functions of {}", file.display());
     }
+    symbols::add_patch(functions);
     Ok(())
 }
 
@@ -205,7 +200,7 @@ fn load(file: &Path, start: u64, len: u64) -> Result<(), String> {
 /// `dlopen`).
 unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> bool {
     // SAFETY (whole function): `start` is the patch's first page, holding its ELF and program
-    // headers (checked by `check_file`); `map` points at a live link map entry of at least the
+    // headers (checked by `seal::check`); `map` points at a live link map entry of at least the
     // scanned size (glibc's is over 1 KiB).
     let phoff = unsafe { std::ptr::read_unaligned((start + 32) as *const u64) };
     let phnum = unsafe { std::ptr::read_unaligned((start + 56) as *const u16) } as usize;
@@ -286,68 +281,6 @@ fn dlerror() -> String {
     }
 }
 
-/// A patch library must be a 64-bit shared object for this machine whose every segment lies in
-/// `[start, start+len)`, with no interpreter, no TLS segment and no initialisers: loading it
-/// must not run any code.
-fn check_file(file: &Path, start: u64, len: u64) -> Result<(), String> {
-    let bytes = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let bad = |why: &str| Err(format!("{} is not a valid patch: {why}", file.display()));
-    if bytes.len() < 64 || &bytes[..4] != b"\x7fELF" || bytes[4] != 2 || bytes[5] != 1 {
-        return bad("not a 64-bit little-endian ELF file");
-    }
-    let u16_at = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]);
-    let u32_at = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap());
-    let u64_at = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap());
-    if u16_at(16) != 3 {
-        return bad("not a shared object");
-    }
-    if u16_at(18) != EM_HOST {
-        return bad("built for another machine");
-    }
-    let (phoff, phentsize, phnum) = (u64_at(32) as usize, u16_at(54) as usize, u16_at(56) as usize);
-    if phentsize != 56 || phoff.checked_add(phnum * 56).is_none_or(|end| end > bytes.len()) {
-        return bad("program headers out of bounds");
-    }
-    let mut loads = 0;
-    for i in 0..phnum {
-        let ph = phoff + i * 56;
-        let (p_type, p_offset, p_vaddr, p_filesz, p_memsz) =
-            (u32_at(ph), u64_at(ph + 8) as usize, u64_at(ph + 16), u64_at(ph + 32) as usize, u64_at(ph + 40));
-        match p_type {
-            1 => {
-                loads += 1;
-                if p_vaddr < start || p_vaddr.saturating_add(p_memsz) > start + len {
-                    return bad("a segment lies outside the range it was planned for");
-                }
-            }
-            3 => return bad("it asks for an interpreter"),
-            7 => return bad("it has its own TLS segment"),
-            2 => {
-                if p_offset.checked_add(p_filesz).is_none_or(|end| end > bytes.len()) {
-                    return bad("dynamic section out of bounds");
-                }
-                for d in bytes[p_offset..p_offset + p_filesz].chunks_exact(16) {
-                    let tag = u64::from_le_bytes(d[..8].try_into().unwrap());
-                    // DT_INIT, DT_FINI, DT_INIT_ARRAY, DT_FINI_ARRAY, DT_PREINIT_ARRAY
-                    if matches!(tag, 12 | 13 | 25 | 26 | 32) {
-                        return bad("it has initialisers or finalisers");
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if loads == 0 {
-        return bad("no loadable segment");
-    }
-    Ok(())
-}
-
-#[cfg(target_arch = "x86_64")]
-const EM_HOST: u16 = 62;
-#[cfg(target_arch = "aarch64")]
-const EM_HOST: u16 = 183;
-
 /// The first line of `/proc/self/maps` overlapping `[start, start+len)`, if any.
 fn mapped_overlap(start: u64, len: u64) -> Option<String> {
     let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
@@ -356,7 +289,7 @@ fn mapped_overlap(start: u64, len: u64) -> Option<String> {
             let range = l.split(' ').next().unwrap_or("");
             let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
             let (a, b) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(b, 16).unwrap_or(0));
-            a < start + len && start < b
+            a < start.saturating_add(len) && start < b
         })
         .map(str::to_string)
 }

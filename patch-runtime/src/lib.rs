@@ -25,11 +25,16 @@ mod detour;
 /// hold no call and no branch target).
 #[doc(hidden)]
 pub const DETOUR_JUMP_LEN: usize = detour::JUMP_LEN;
+mod elf;
 mod image;
 mod install;
 mod listener;
 mod runtime;
+mod seal;
+#[doc(hidden)]
+pub mod symbols;
 mod tls;
+mod validate;
 
 /// Marks a function or method as a hot point: once a patch changes the function, or anything it
 /// reaches in the workspace, calls to it run the new code.

@@ -53,6 +53,8 @@ pub struct Apply {
     pub file: Option<PathBuf>,
     /// Where the library was linked to load: start and length.
     pub range: Option<(u64, u64)>,
+    /// xxh3-128 of the library's bytes: the process loads only exactly these bytes.
+    pub hash: Option<u128>,
     /// Hot slot address → function to call.
     pub slots: Vec<(u64, u64)>,
     /// Original function address → newest version (generic hot functions, `ipbp::call`).
@@ -170,6 +172,9 @@ impl Request {
                 if let Some((start, len)) = a.range {
                     line(&mut s, "range", format_args!("{start:#x} {len:#x}"));
                 }
+                if let Some(hash) = a.hash {
+                    line(&mut s, "hash", format_args!("{hash:032x}"));
+                }
                 pairs(&mut s, "slot", &a.slots);
                 pairs(&mut s, "redirect", &a.redirects);
                 pairs(&mut s, "detour", &a.detours);
@@ -211,6 +216,10 @@ impl Request {
                     file: f.get("file").map(PathBuf::from),
                     range: match f.get("range") {
                         Some(r) => Some(parse_pair(r).ok_or("bad `range`")?),
+                        None => None,
+                    },
+                    hash: match f.get("hash") {
+                        Some(h) => Some(u128::from_str_radix(h, 16).map_err(|_| "bad `hash`")?),
                         None => None,
                     },
                     slots: all(&f, "slot", parse_pair)?,
@@ -329,6 +338,7 @@ mod tests {
             generation: 3,
             file: Some("/tmp/p/patch 4.so".into()),
             range: Some((0x5500_0000_0000, 0x3000)),
+            hash: Some(0x0123_4567_89ab_cdef_0011_2233_4455_6677),
             slots: vec![(0x10, 0x20)],
             redirects: vec![(0x30, 0x40), (0x50, 0x60)],
             detours: vec![(0x70, 0x80)],

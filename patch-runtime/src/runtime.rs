@@ -1,14 +1,13 @@
 //! Starting the runtime: find out who we are, register, listen.
 
 use crate::apply::State;
-use crate::registry::{self, BuildRecord, Registration};
-use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use crate::registry::{self, OpenError, Registration, Registry};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
 static GENERATION: AtomicU64 = AtomicU64::new(0);
-static REGISTERED: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+/// The registry this process registered in, and its pid then (a forked child has another).
+static REGISTERED: OnceLock<(Registry, u32)> = OnceLock::new();
 
 pub fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
@@ -21,44 +20,51 @@ pub(crate) fn set_generation(g: u64) {
 pub fn start() {
     let Some(image) = crate::image::main_program() else { return };
     let root = registry::root();
+    let registry = match Registry::open(&root, false) {
+        Ok(r) => r,
+        // No registry: ipbp-ld never linked anything for this user; stay out of the way.
+        Err(OpenError::Missing) => return,
+        Err(e) => {
+            eprintln!("ipbp: hot patching is off for this process: {e}");
+            return;
+        }
+    };
     // Programs not linked through ipbp-ld have no build record: stay out of their way.
-    if BuildRecord::load(&root, &image.build_id).is_none() {
+    if registry.build(&image.build_id).is_none() {
         return;
     }
-    if let Err(e) = register(image, root) {
+    if let Err(e) = register(image, registry) {
         eprintln!("ipbp: hot patching is off for this process: {e}");
     }
 }
 
-fn register(image: crate::image::Image, root: PathBuf) -> std::io::Result<()> {
-    registry::ensure_root(&root)?;
+fn register(image: crate::image::Image, registry: Registry) -> std::io::Result<()> {
     let pid = std::process::id();
-    let socket = registry::socket_path(&root, pid);
-    let _ = std::fs::remove_file(&socket);
-    let listener = UnixListener::bind(&socket)
-        .map_err(|e| std::io::Error::other(format!("cannot listen on {}: {e}", socket.display())))?;
+    let listener = registry.listen(pid)?;
     let reg = Registration {
         pid,
         start_time: registry::process_start_time(pid).unwrap_or(0),
         exe: image.exe.clone(),
         build_id: image.build_id.clone(),
         load_bias: image.load_bias,
-        socket: socket.clone(),
         runtime_version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let path = registry::process_path(&root, pid);
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, reg.to_text())?;
-    std::fs::rename(&tmp, &path)?;
-    let _ = REGISTERED.set((path, socket));
+    if let Err(e) = registry.register(&reg) {
+        registry.unregister(pid);
+        return Err(e);
+    }
+    let _ = REGISTERED.set((registry, pid));
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(unregister) };
     crate::listener::spawn(listener, State::new(image))
 }
 
+/// Removes the registration at exit — only in the process that registered: a forked child that
+/// calls `exit()` inherits this handler, and must not remove its parent's registration.
 extern "C" fn unregister() {
-    if let Some((path, socket)) = REGISTERED.get() {
-        let _ = std::fs::remove_file(path);
-        let _ = std::fs::remove_file(socket);
+    if let Some((registry, pid)) = REGISTERED.get() {
+        if *pid == std::process::id() {
+            registry.unregister(*pid);
+        }
     }
 }

@@ -39,7 +39,13 @@ pub fn find_map(binary: &Path, build_id: &str) -> Option<PathBuf> {
         }
         map.is_file().then_some(map)
     };
-    if let Some(rec) = BuildRecord::load(&registry::root(), build_id) {
+    // Only a map where ipbp-ld writes maps (`…/maps/<output>/<build-id>.json`) is read: the record
+    // names it, and a record must not make us read anything else.
+    let in_layout = |map: &Path| {
+        map.file_name().is_some_and(|n| n.to_string_lossy() == format!("{build_id}.json"))
+            && map.parent().and_then(Path::parent).and_then(Path::file_name).is_some_and(|n| n == "maps")
+    };
+    if let Some(rec) = BuildRecord::load(&registry::root(), build_id).filter(|r| in_layout(&r.map)) {
         if let Some(map) = ready(rec.map) {
             return Some(map);
         }

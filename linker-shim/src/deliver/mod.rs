@@ -1,34 +1,51 @@
 //! Stage 6 — deliver: talking to a running program (its socket), and choosing where in its
 //! address space a patch will live.
+//!
+//! The socket is reached through the checked registry ([`Registry::connect`]: `<pid>.sock`, a
+//! socket of this user served by that very process), never by a path read from a file. Every
+//! exchange has a deadline in total, so a program that trickles its answer cannot stall a build.
 
 pub mod address;
 
 use crate::error::{Context, Result};
 use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, MAX_MESSAGE};
+use ipbp::registry::Registry;
 use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long a program may take to answer. Applying a patch takes milliseconds; a program that
+/// How long a program may take to say who it is. Answering takes microseconds; a program that
 /// does not answer in this time is reported, and the build goes on.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a program may take to apply a patch (checks, `dlopen`, install: milliseconds).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn exchange(socket: &Path, request: &Request, hello: bool) -> Result<Reply> {
-    let mut stream =
-        UnixStream::connect(socket).with_context(|| format!("cannot connect to {}", socket.display()))?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT)).context("socket timeout")?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT)).context("socket timeout")?;
+fn exchange(
+    registry: &Registry,
+    pid: u32,
+    request: &Request,
+    hello: bool,
+    timeout: Duration,
+) -> Result<Reply> {
+    let deadline = Instant::now() + timeout;
+    let mut stream = registry.connect(pid).context("cannot reach the program")?;
+    stream.set_write_timeout(Some(timeout)).context("socket timeout")?;
     stream.write_all(request.encode().as_bytes()).context("cannot send to the program")?;
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
     loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            crate::bail!("the program did not answer within {} s", timeout.as_secs());
+        }
+        stream.set_read_timeout(Some(left)).context("socket timeout")?;
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                crate::bail!("the program did not answer within {} s", REPLY_TIMEOUT.as_secs())
+                continue
             }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e).context("cannot read the program's answer"),
         };
         if n == 0 {
@@ -43,9 +60,9 @@ fn exchange(socket: &Path, request: &Request, hello: bool) -> Result<Reply> {
     Reply::parse(&text, hello).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
 }
 
-/// Asks a program for its state.
-pub fn hello(socket: &Path) -> Result<Hello> {
-    match exchange(socket, &Request::Hello, true)? {
+/// Asks program `pid` for its state.
+pub fn hello(registry: &Registry, pid: u32) -> Result<Hello> {
+    match exchange(registry, pid, &Request::Hello, true, HELLO_TIMEOUT)? {
         Reply::Hello(h) => Ok(h),
         Reply::Error(e) => crate::bail!("{e}"),
         Reply::Applied { .. } => crate::bail!("unexpected answer to hello"),
@@ -53,8 +70,8 @@ pub fn hello(socket: &Path) -> Result<Hello> {
 }
 
 /// Sends a patch; returns the new generation and the program's load and install times.
-pub fn apply(socket: &Path, apply: Apply) -> Result<Applied> {
-    match exchange(socket, &Request::Apply(apply), false)? {
+pub fn apply(registry: &Registry, pid: u32, apply: Apply) -> Result<Applied> {
+    match exchange(registry, pid, &Request::Apply(apply), false, REPLY_TIMEOUT)? {
         Reply::Applied(applied) => Ok(applied),
         Reply::Error(e) => crate::bail!("{e}"),
         Reply::Hello(_) => crate::bail!("unexpected answer to apply"),

@@ -19,14 +19,20 @@ use crate::plan::{self, Install, TlsInfo};
 use crate::status::{Status, Tone};
 use crate::timing::Clock;
 use crate::{deliver, diff};
-use ipbp::protocol::{Apply, LedgerEntry};
-use ipbp::registry::{self, BuildRecord, Registration};
+use ipbp::protocol::{Apply, Hello, LedgerEntry};
+use ipbp::registry::{self, OpenError, Registration, Registry};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 /// Builds and delivers a patch to every live process of the program being linked.
 /// `called` is when rustc started the shim: status lines say how long after it each process ran
 /// its new code.
+///
+/// A process is this program's when this target directory recorded the build it runs
+/// (`maps/<output>/<build-id>.inputs`): the same build linked in two target directories is patched
+/// by builds in either. The processes are reached in parallel (lock, `hello`) with a short
+/// timeout, so one that does not answer costs a build seconds once, not per process; one that is
+/// stopped (a debugger, SIGSTOP) is reported at once. Patches are then built one after the other.
 pub fn for_running_processes(
     called: Instant,
     output: &Path,
@@ -34,22 +40,57 @@ pub fn for_running_processes(
     dir: &IpbpDir,
     status: &mut Status,
 ) {
-    let root = registry::root();
+    collect_patches_of_dead_processes(dir);
+    let registry = match Registry::existing() {
+        Ok(r) => r,
+        Err(OpenError::Missing) => return,
+        Err(e) => {
+            status.warn_once("registry", &format!("{e}; running programs are not patched"));
+            return;
+        }
+    };
     let program = program_name(output);
+    let name = output_name(output);
     let mut live = Vec::new();
-    for reg in registry::list(&root) {
+    for reg in registry.list() {
         if !reg.is_alive() {
-            registry::remove_stale(&root, &reg);
+            registry.remove_stale(reg.pid);
             continue;
         }
-        match BuildRecord::load(&root, &reg.build_id) {
-            Some(build) if build.output == output => live.push((reg, build)),
-            _ => {}
+        let base = Base { map_dir: dir.map_dir(&name), inputs: dir.inputs_path(&name, &reg.build_id) };
+        if base.inputs.is_file() {
+            live.push((reg, base));
+            continue;
+        }
+        let Some(build) = registry.build(&reg.build_id) else { continue };
+        if build.output == output {
+            live.push((reg, base)); // ours, but its inputs are gone: patching says so
+        } else if output_name(&build.output) == name {
+            let owner = IpbpDir::for_output(&build.output);
+            let owner = owner.root.parent().unwrap_or(&owner.root);
+            status.line(
+                "Note",
+                Tone::Warn,
+                &format!(
+                    "{program} (pid {}) runs a build of {}; builds there patch it",
+                    reg.pid,
+                    owner.display()
+                ),
+            );
         }
     }
-    collect_patches_of_dead_processes(dir);
-    for (reg, build) in live {
-        let notes = match patch_process(called, &reg, &build, inputs, dir, &program) {
+    let reached: Vec<Result<Reached>> = std::thread::scope(|s| {
+        let registry = &registry;
+        let handles: Vec<_> = live.iter().map(|(reg, _)| s.spawn(move || reach(registry, reg))).collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(crate::err!("internal error while reaching it"))))
+            .collect()
+    });
+    for ((reg, base), reached) in live.iter().zip(reached) {
+        let outcome =
+            reached.and_then(|r| patch_process(called, reg, base, r, inputs, dir, &program, &registry));
+        let notes = match outcome {
             Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
                 let total = called.elapsed().as_secs_f64() * 1000.0;
@@ -72,6 +113,14 @@ pub fn for_running_processes(
                     &format!("{program} (pid {}): no code changes reach it", reg.pid),
                 );
                 notes
+            }
+            Ok(Outcome::Stopped) => {
+                status.line(
+                    "Skipped",
+                    Tone::Bad,
+                    &format!("{program} (pid {}): stopped (in a debugger?); it keeps its code", reg.pid),
+                );
+                Vec::new()
             }
             Ok(Outcome::Skipped { reasons, notes }) => {
                 let (first, more) = (&reasons[0], reasons.len() - 1);
@@ -108,10 +157,39 @@ pub fn for_running_processes(
     }
 }
 
+/// Where this target directory keeps the build a process runs: derived from the target directory
+/// and the build id, never taken from a record.
+struct Base {
+    map_dir: PathBuf,
+    inputs: PathBuf,
+}
+
+/// A process that answered: locked for this build, with what it said.
+#[allow(clippy::large_enum_variant)] // one per running process, short-lived
+enum Reached {
+    Answered { _lock: std::fs::File, hello: Hello },
+    Stopped,
+}
+
+/// Locks process `reg.pid` against other builds and asks who it is — or notes that it is stopped
+/// and cannot answer.
+fn reach(registry: &Registry, reg: &Registration) -> Result<Reached> {
+    if registry::is_stopped(reg.pid) {
+        return Ok(Reached::Stopped);
+    }
+    let lock = registry.lock(reg.pid).context("cannot lock the process for patching")?;
+    match deliver::hello(registry, reg.pid) {
+        Ok(hello) => Ok(Reached::Answered { _lock: lock, hello }),
+        Err(_) if registry::is_stopped(reg.pid) => Ok(Reached::Stopped),
+        Err(e) => Err(e),
+    }
+}
+
 enum Outcome {
     Patched { summary: String, load_us: u64, install_us: u64, deferred: bool, notes: Vec<String> },
     Unchanged { notes: Vec<String> },
     Skipped { reasons: Vec<String>, notes: Vec<String> },
+    Stopped,
 }
 
 /// `app-1f2e3d4c5b6a7980` → `app`.
@@ -125,25 +203,26 @@ fn program_name(output: &Path) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn patch_process(
     called: Instant,
     reg: &Registration,
-    build: &BuildRecord,
+    base_build: &Base,
+    reached: Reached,
     inputs: &[Input],
     dir: &IpbpDir,
     program: &str,
+    registry: &Registry,
 ) -> Result<Outcome> {
-    let root = registry::root();
-    let _lock = lock(&registry::lock_path(&root, reg.pid))?;
+    let Reached::Answered { _lock, hello } = reached else { return Ok(Outcome::Stopped) };
     let t0 = Instant::now();
     let mut clock = Clock::new();
-    let hello = deliver::hello(&reg.socket).context("cannot reach the program")?;
     clock.step("hello");
     if hello.build_id != reg.build_id {
         crate::bail!("the program reports build {}, its registration says {}", hello.build_id, reg.build_id);
     }
-    let base_inputs = read_inputs_list(&build.inputs)
-        .with_context(|| format!("the inputs of its build {} are gone (collected?)", build.build_id))?;
+    let base_inputs = read_inputs_list(&base_build.inputs)
+        .with_context(|| format!("the inputs of its build {} are gone (collected?)", reg.build_id))?;
     if let Some(lib) = units::toolchain_changed(&base_inputs, inputs) {
         return Ok(Outcome::Skipped {
             reasons: vec![format!("the Rust toolchain changed since it started ({} differs)", lib.display())],
@@ -153,16 +232,14 @@ fn patch_process(
     let arena = Arena::default();
     let ws = Workspace::new();
     let exe = PathBuf::from(format!("/proc/{}/exe", reg.pid));
-    let index_data = match base_index_file(build) {
+    let index_data = match base_index_file(&base_build.map_dir, &reg.build_id) {
         Some(path) => arena.map(&path)?,
         // A build recorded by an older ipbp-ld, or whose index was lost: build it now, and keep it
         // for the next patch of this process.
         None => {
             let bytes = crate::index::build::build(&arena, Some(&exe), &base_inputs, &ws, true)?;
-            if let Some(dir) = build.inputs.parent() {
-                let path = crate::index::path_for(dir, &build.build_id);
-                let _ = crate::map::store::write_atomically(&path, |out| out.write_all(&bytes));
-            }
+            let path = crate::index::path_for(&base_build.map_dir, &reg.build_id);
+            let _ = crate::map::store::write_atomically(&path, |out| out.write_all(&bytes));
             arena.keep(bytes)
         }
     };
@@ -227,6 +304,7 @@ fn patch_process(
 
     let generation = hello.generation + 1;
     let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    let mut patch_bytes = Vec::new();
     let (file, range, chunk_addr) = if nothing_new {
         (None, None, Vec::new())
     } else {
@@ -237,7 +315,8 @@ fn patch_process(
         let emitted = emit::write(&plan, &layout, at, TlsLayout { block_tp_offset })?;
         let path = patch_dir.join(format!("patch-{generation}.so"));
         fs_err::create_dir_all(&patch_dir).context("cannot create the patch directory")?;
-        fs_err::write(&path, &emitted.bytes).context("cannot write the patch")?;
+        write_read_only(&path, &emitted.bytes).context("cannot write the patch")?;
+        patch_bytes = emitted.bytes;
         (Some(path), Some((at, emitted.span)), emitted.chunk_addr)
     };
     let t_emit = t0.elapsed();
@@ -262,6 +341,7 @@ fn patch_process(
         build_id: reg.build_id.clone(),
         load_bias: hello.load_bias,
         generation: hello.generation,
+        hash: file.is_some().then(|| xxhash_rust::xxh3::xxh3_128(&patch_bytes)),
         file: file.clone(),
         range,
         slots,
@@ -274,7 +354,7 @@ fn patch_process(
         added: plan.report.added.clone(),
         not_redirected: plan.report.not_redirected.iter().map(|(f, _)| f.clone()).collect(),
     };
-    let applied = deliver::apply(&reg.socket, request.clone())?;
+    let applied = deliver::apply(registry, reg.pid, request.clone())?;
     let (new_generation, load_us, install_us) = (applied.generation, applied.load_us, applied.install_us);
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
@@ -337,27 +417,27 @@ fn tls_facts(
 }
 
 /// The base build's link index, once the detached writer of that build is done with it.
-fn base_index_file(build: &BuildRecord) -> Option<PathBuf> {
-    let dir = build.inputs.parent()?;
-    crate::map::record::wait_for_writer(dir);
-    let path = crate::index::path_for(dir, &build.build_id);
+fn base_index_file(map_dir: &Path, build_id: &str) -> Option<PathBuf> {
+    crate::map::record::wait_for_writer(map_dir);
+    let path = crate::index::path_for(map_dir, build_id);
     path.is_file().then_some(path)
 }
 
-/// Serialises patch building for one process across concurrent links.
-fn lock(path: &Path) -> Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
+/// Writes a patch file, mode 0400: the process loads a sealed copy of it, and nobody should edit
+/// the file in the belief that it changes running code. A file of an earlier, refused attempt at
+/// the same generation is replaced.
+fn write_read_only(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
         .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock on a descriptor we own.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("cannot lock the process for patching");
-    }
-    Ok(file)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+    file.write_all(bytes)
 }
 
 /// Patches of processes that are gone are no longer needed.

@@ -122,6 +122,13 @@ pub struct Running {
 
 impl Running {
     pub fn start(program: &Path, home: &Path, env: &[(&str, &str)]) -> Running {
+        let running = Running::spawn(program, home, env);
+        running.wait_until_registered();
+        running
+    }
+
+    /// Starts the program without waiting for it to register (it may not).
+    pub fn spawn(program: &Path, home: &Path, env: &[(&str, &str)]) -> Running {
         let mut cmd = super::Cmd::new(program, &[] as &[&str]).env("IPBP_HOME", home);
         for (k, v) in env {
             cmd = cmd.env(k, v);
@@ -145,9 +152,7 @@ impl Running {
                 }
             });
         }
-        let running = Running { pid: child.id(), child, output, home: home.to_path_buf() };
-        running.wait_until_registered();
-        running
+        Running { pid: child.id(), child, output, home: home.to_path_buf() }
     }
 
     /// Waits for the program's registration (written by `ipbp::init`), so a build right after

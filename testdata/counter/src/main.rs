@@ -102,6 +102,17 @@ fn pairs_forever() {
 
 fn main() {
     ipbp::init();
+    if std::env::var_os("COUNTER_FORK_EXIT").is_some() {
+        // A child forked after `ipbp::init` that exits (running exit handlers) must leave the
+        // parent's registration alone.
+        unsafe extern "C" {
+            fn fork() -> i32;
+        }
+        // SAFETY: only ipbp's listener thread exists yet; the child only calls `exit`.
+        if unsafe { fork() } == 0 {
+            std::process::exit(0);
+        }
+    }
     std::panic::set_hook(Box::new(|info| {
         let bt = std::backtrace::Backtrace::force_capture();
         let mut out = std::io::stdout().lock();
