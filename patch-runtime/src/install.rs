@@ -105,6 +105,11 @@ pub fn at_safe_point() {
     }
 }
 
+/// Whether a detour is written at `entry` now.
+pub fn is_detoured(entry: u64) -> bool {
+    with_installer(|i| i.detours.current().iter().any(|&(from, _)| from == entry))
+}
+
 /// Slot → value and entry → target pairs.
 pub type Pairs = Vec<(u64, u64)>;
 

@@ -157,7 +157,8 @@ fn detour_entry(from: u64) -> Result<(), String> {
         return Err(format!("detour from {from:#x}: not the entry of a function of this program"));
     };
     let len = JUMP_LEN as u64;
-    if size < len {
+    // An entry detoured already holds the jump: it was checked when first written.
+    if size < len && !crate::install::is_detoured(from) {
         let (end, pad) = (from + size, (len - size) as usize);
         // SAFETY: `from` is a function of the executable's symbol table, mapped executable; its
         // padding up to the next 16-byte boundary is in the same mapping.
