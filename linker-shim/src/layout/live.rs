@@ -123,6 +123,15 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
                 // Made by a frame that never returned: kept in its locals or moved on from there.
                 add(format!("`{maker}`'s locals"));
             }
+            // An `async fn`'s futures are handed to executors (tasks, boxes, join sets) where no
+            // type of the program's own frames shows them: any may be in flight. A
+            // `#[ipbp::hot]` async fn's body is the exception — its futures are boxed behind the
+            // slot, and futures in flight keep their old code.
+            let is_async =
+                change.name.contains("::{async_fn_env#") || change.name.contains("::{async_block_env#");
+            if is_async && !maker.contains("::__ipbp_body") {
+                add(format!("futures of `{maker}` in flight (tasks, boxed futures)"));
+            }
         }
         for f in &old.functions {
             let holds = |set: &HashSet<&str>| {

@@ -49,3 +49,26 @@ fn same_layout_edits_of_async_fns_are_live_in_futures_in_flight() {
         l.starts_with("request ") && l.contains("reply=response") && l.contains("hot=warm")
     });
 }
+
+/// An edit that changes what an `async fn` keeps across an `.await` changes its state machine's
+/// layout: the future in flight since startup would be resumed by code reading another layout. The
+/// patch is refused, naming the state machine, and the program runs on untouched.
+#[test]
+fn an_async_fn_whose_state_machine_changed_is_refused_by_name() {
+    let (project, app) = running();
+    project.edit(
+        MAIN,
+        "        tokio::time::sleep(Duration::from_millis(40)).await;\n    }\n}",
+        "        let kept = n * 2;\n        tokio::time::sleep(Duration::from_millis(40)).await;\n        assert!(kept == n * 2);\n    }\n}",
+    );
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped asyncapp"), "{run}");
+    assert!(line.contains("asyncapp::ticker"), "the refusal does not name the async fn: {run}");
+    let mark = app.mark();
+    let tick = app
+        .wait_for(mark, "ticks after the refusal", |l| l.starts_with("ticker ") && l.ends_with("msg=steady"));
+    app.wait_for(mark, "the next tick", |l| {
+        l.starts_with("ticker ") && number(l, "n") == number(&tick, "n") + 1
+    });
+}
