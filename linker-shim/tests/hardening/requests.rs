@@ -88,6 +88,26 @@ fn hostile_requests_are_refused_and_the_program_runs_on() {
         ),
         ("a redirect from data", format!("{head}redirect {ticks_static:#x} {tick:#x}\nend\n"), "redirect"),
         (
+            "a detour written over a static",
+            format!("{head}detour {ticks_static:#x} {tick:#x}\nend\n"),
+            "not the entry of a function of this program",
+        ),
+        (
+            "a detour in the middle of a function",
+            format!("{head}detour {:#x} {tick:#x}\nend\n", tick + 7),
+            "not the entry of a function of this program",
+        ),
+        (
+            "a detour to the program's own code",
+            format!("{head}detour {tick:#x} {:#x}\nend\n", tick + 16),
+            "not the entry of a function of a patch",
+        ),
+        (
+            "overlapping detours",
+            format!("{head}detour {tick:#x} {tick:#x}\ndetour {:#x} {tick:#x}\nend\n", tick + 2),
+            "overlap",
+        ),
+        (
             "a range near u64::MAX",
             format!(
                 "{head}file {}\nrange 0xfffffffffffff000 0x2000\nhash {evil_hash:032x}\nend\n",
@@ -263,6 +283,8 @@ fn generated_requests_get_ok_or_error_and_never_harm_the_program() {
         "hash",
         "slot",
         "redirect",
+        "detour",
+        "changed",
         "data",
         "tls",
         "summary",
@@ -278,10 +300,11 @@ fn generated_requests_get_ok_or_error_and_never_harm_the_program() {
             h.build_id
         );
         let mut lines: Vec<String> = base.lines().map(str::to_string).collect();
-        match rng.below(6) {
+        match rng.below(7) {
             0 => lines = vec!["ipbp-patch 1".into(), "op hello".into()],
             1 => lines.push(format!("slot {slot:#x} {tick:#x}")),
             2 => lines.push(format!("redirect {greet:#x} {:#x}", tick + 16)),
+            6 => lines.push(format!("detour {greet:#x} {tick:#x}")),
             3 => lines.extend([
                 format!("file {}", evil.display()),
                 "range 0x0 0x100000".into(),
