@@ -142,7 +142,13 @@ pub fn targets(req: &Apply, new: Option<&FunctionTable>) -> Result<(), String> {
     }
     for &(from, to) in &req.detours {
         detour_entry(from)?;
-        if !is_patch_entry(to) {
+        // An image entry leads to a patch. A function of an earlier patch leads to its newest
+        // version, or back to the image's original when an edit was reverted — to an entry this
+        // request does not redirect itself, so no jump can lead to another.
+        let back_to_image = symbols::is_patch_function(from)
+            && symbols::is_image_function(to)
+            && !req.detours.iter().any(|&(f, _)| f == to);
+        if !is_patch_entry(to) && !back_to_image {
             return Err(format!("detour to {to:#x}: not the entry of a function of a patch"));
         }
     }
@@ -150,10 +156,10 @@ pub fn targets(req: &Apply, new: Option<&FunctionTable>) -> Result<(), String> {
 }
 
 /// A detour is written over the first [`JUMP_LEN`] bytes at `from`: it must be a function entry of
-/// the executable, and those bytes must be the function's own — or, for a shorter function, the
-/// `int3` padding after it (which nothing executes).
+/// the executable or of a loaded patch, and those bytes must be the function's own — or, for a
+/// shorter function, the `int3` padding after it (which nothing executes).
 fn detour_entry(from: u64) -> Result<(), String> {
-    let Some(size) = symbols::is_image_function(from).then(|| symbols::function_size(from)).flatten() else {
+    let Some(size) = symbols::function_size(from) else {
         return Err(format!("detour from {from:#x}: not the entry of a function of this program"));
     };
     let len = JUMP_LEN as u64;

@@ -6,6 +6,7 @@
 //! exchange has a deadline in total, so a program that trickles its answer cannot stall a build.
 
 pub mod address;
+pub mod chain;
 
 use crate::error::{Context, Result};
 use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, MAX_MESSAGE};

@@ -21,6 +21,7 @@ use crate::timing::Clock;
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, Hello, LedgerEntry};
 use ipbp::registry::{self, OpenError, Registration, Registry};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -263,6 +264,7 @@ fn patch_process(
 
     let mut notes = std::mem::take(&mut layouts.notes);
     let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
+    let mode = plan::Mode::from_env();
     // Refused type-layout changes come after the plan's reasons, which name what the user edited
     // (a hot function's signature), and replace its reasons about the statics they name; a plan
     // that fails reports them alone.
@@ -273,7 +275,7 @@ fn patch_process(
             base: &image,
             hello: &hello,
             tls: TlsInfo { reserve },
-            mode: plan::Mode::from_env(),
+            mode,
             layouts: &layouts.layouts,
             link_inputs: inputs,
             arena: &arena,
@@ -329,6 +331,21 @@ fn patch_process(
             Install::Slot(at) => slots.push((at, chunk_addr[chunk])),
             Install::Redirect(key) => redirects.push((key, chunk_addr[chunk])),
             Install::Detour(entry) => detours.push((entry, chunk_addr[chunk])),
+        }
+    }
+    if mode == plan::Mode::InPlace && !hello.patches.is_empty() {
+        let newest: HashMap<&str, u64> = plan
+            .chunks
+            .iter()
+            .zip(&chunk_addr)
+            .flat_map(|(c, &at)| c.symbols.iter().filter(|s| s.3).map(move |s| (s.0.as_str(), at + s.1)))
+            .collect();
+        let chain = deliver::chain::earlier_patches(&patch_dir, &hello.patches, &newest, &image);
+        detours.extend(chain.detours);
+        for f in chain.unfit {
+            notes.push(format!(
+                "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
+            ));
         }
     }
     let data: Vec<LedgerEntry> = plan

@@ -207,3 +207,37 @@ fn safe_points_decide_when_and_the_callback_learns_what() {
         app.dump()
     );
 }
+
+/// A function a patch *added* is reached later through a pointer that patch's code stored once;
+/// the next patch changes it, and the stored pointer leads to the newest version too (the earlier
+/// patch's copy is redirected). Reverting everything restores the original code.
+#[test]
+fn a_function_a_patch_added_follows_later_patches() {
+    let (project, app) = running(&[]);
+    project.edit(
+        MAIN,
+        "    format!(\"plain{}\", n % 2)\n}",
+        "    CALLBACK.get_or_init(|| later);\n    format!(\"plain{}\", n % 2)\n}\n\nfn later(n: u64) -> String {\n    format!(\"first{}\", n % 2)\n}",
+    );
+    let mark = app.mark();
+    build_and_expect_patched(&project, &app);
+    app.wait_for(mark, "the registered callback", |l| {
+        l.starts_with("line ") && fields(l)["cb"].starts_with("first")
+    });
+
+    project.edit(MAIN, r#"format!("first{}", n % 2)"#, r#"format!("second{}", n % 2)"#);
+    let mark = app.mark();
+    build_and_expect_patched(&project, &app);
+    app.wait_for(mark, "the stored pointer reaching the newest version", |l| {
+        l.starts_with("line ") && fields(l)["cb"].starts_with("second")
+    });
+    let manifest = project.manifest(app.pid, 2);
+    assert!(
+        manifest["installs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|i| i["kind"] == "detour" && i["function"] == "inplace::later"),
+        "the first patch's `later` was not redirected: {manifest:#}"
+    );
+}

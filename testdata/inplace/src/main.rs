@@ -4,8 +4,8 @@
 //! field, boxed closures held by a library crate, a method of that library crate.
 //!
 //! `main` prints one line per tick:
-//! `line n=<n> step=<..> shapes=<..> field=<..> closures=<..> lib=<..> risky=<..> hooked=<n> global=<n>
-//! local=<n> fp_same=<bool>`.
+//! `line n=<n> step=<..> shapes=<..> field=<..> closures=<..> lib=<..> risky=<..> hooked=<n> cb=<..>
+//! global=<n> local=<n> fp_same=<bool>`.
 //! `global` counts in a `static`, `local` in a `thread_local!`: both must keep counting across
 //! patches. With `INPLACE_STRESS=1` more threads run:
 //! - `spin`: calls `tiny` as fast as it can and reports how many results were neither the old
@@ -24,6 +24,8 @@ use std::time::Duration;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
 static HOOKED: AtomicU64 = AtomicU64::new(0);
+/// A callback patched code may register once (`cb=` prints what it returns).
+static CALLBACK: std::sync::OnceLock<fn(u64) -> String> = std::sync::OnceLock::new();
 
 /// Empty: one `ret`, shorter than the jump a detour writes (the padding after it takes the rest).
 #[inline(never)]
@@ -166,7 +168,7 @@ fn main() {
         hook();
         let risky = std::panic::catch_unwind(|| risky(n)).map_or("caught".to_string(), |v| v.to_string());
         println!(
-            "line n={n} step={} shapes={} field={}:{} closures={} lib={} risky={risky} hooked={} global={global} local={local} fp_same={}",
+            "line n={n} step={} shapes={} field={}:{} closures={} lib={} risky={risky} hooked={} cb={} global={global} local={local} fp_same={}",
             step(n),
             areas.join(","),
             handler.name,
@@ -174,6 +176,7 @@ fn main() {
             registry.run_all(n),
             registry.describe(),
             HOOKED.load(Ordering::SeqCst),
+            CALLBACK.get().map_or("none".to_string(), |f| f(n)),
             fp_check(step_at_start),
         );
         std::thread::sleep(Duration::from_millis(period));
