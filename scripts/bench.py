@@ -44,7 +44,7 @@ RESULTS = os.path.join(ROOT, "scripts", "out", "bench.json")
 COUNTER_EDIT = ("src/main.rs", 'let msg = "hello";', 'let msg = "{v}";')
 WEB_EDIT = ("src/handlers.rs", 'format!("Hello, {name}!")', 'format!("{v}, {name}!")')
 HUNDRED_EDIT = ("src/hundred.rs", "pub const HUNDRED_SCALE: u64 = 3;", "pub const HUNDRED_SCALE: u64 = {v};")
-HOTCALL_EDIT = ("src/main.rs", "fn bump_hot(x: u64) -> u64 {\n    x.wrapping_mul(3)", "fn bump_hot(x: u64) -> u64 {\n    x.wrapping_mul({v})")
+HOTCALL_EDIT = ("src/main.rs", "const SCALE: u64 = 3;", "const SCALE: u64 = {v};")
 
 
 def creation_ms(m):
@@ -295,7 +295,8 @@ def hotcall_rounds(args, results, hotcall):
                 f = dict(kv.split("=") for kv in line.split()[1:])
                 if int(f["value"]) != value:
                     sys.exit(f"bench: hotcall runs the wrong version: {line}")
-                out[kind].append({"hot_ns": float(f["hot_ns"]), "direct_ns": float(f["direct_ns"])})
+                out[kind].append({"hot_ns": float(f["hot_ns"]), "direct_ns": float(f["direct_ns"]),
+                                  "plain_ns": float(f["plain_ns"])})
         measure("unpatched", 4)
         Patcher(hotcall, proc, HOTCALL_EDIT, ("5", "5")).once(0)
         measure("patched", 6)
