@@ -76,7 +76,7 @@ pub struct BuildRecord {
     pub build_id: String,
     /// The path the linker wrote (`target/debug/deps/app-<hash>`).
     pub output: PathBuf,
-    /// The recorded symbol map.
+    /// Where the symbol map is (written when first asked for: `ipbp-ld map`).
     pub map: PathBuf,
     /// The list of kept link inputs (see ipbp-ld's `map::store`).
     pub inputs: PathBuf,
@@ -166,14 +166,15 @@ pub fn list(root: &Path) -> Vec<Registration> {
     regs
 }
 
-/// Drops build records whose map no longer exists (collected, or its target directory cleaned).
+/// Drops build records whose input list no longer exists (collected, or its target directory
+/// cleaned; the map itself is written on demand).
 /// Returns how many were dropped.
 pub fn collect_builds(root: &Path) -> usize {
     let Ok(dir) = std::fs::read_dir(root.join("builds")) else { return 0 };
     let mut dropped = 0;
     for entry in dir.flatten() {
         let gone = match std::fs::read_to_string(entry.path()) {
-            Ok(text) => BuildRecord::parse(&text).is_none_or(|b| !b.map.exists()),
+            Ok(text) => BuildRecord::parse(&text).is_none_or(|b| !b.inputs.exists()),
             Err(_) => false,
         };
         if gone && std::fs::remove_file(entry.path()).is_ok() {

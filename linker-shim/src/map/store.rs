@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! <target>/ipbp/
-//!   maps/<output-name>/<build-id>.json    the symbol map of one link
-//!   maps/<output-name>/<build-id>.inputs  its link inputs, one per line (for patch diffs and GC)
-//!   maps/<output-name>/latest.json        symlink to the newest map of that output
+//!   maps/<output-name>/<build-id>.inputs  the output and its link inputs, one per line (for patch
+//!                                         diffs, GC and maps)
+//!   maps/<output-name>/<build-id>.index   the link index (programs linking the runtime)
+//!   maps/<output-name>/<build-id>.json    the symbol map, written when first asked for
+//!   maps/<output-name>/latest.json        symlink to the newest map written of that output
+//!   maps/<output-name>/.lock              held while a build of that output is being recorded
 //!   store/<fingerprint>.<ext>             kept link inputs, content-addressed (hardlinks)
+//!   store/.lock                           shared by links keeping inputs, exclusive for a sweep
+//!   store/.sweep                          a sweep was put off while links were keeping inputs
 //!   fingerprints.tsv                      content-hash cache keyed by inode, size and mtime
 //!   patches/<pid>-<start>/                patches built for one running process
 //!   ipbp.log                              every status line the shim printed
@@ -51,6 +56,14 @@ impl IpbpDir {
         self.root.join("store")
     }
 
+    pub fn store_lock(&self) -> PathBuf {
+        self.store().join(".lock")
+    }
+
+    pub fn sweep_wanted(&self) -> PathBuf {
+        self.store().join(".sweep")
+    }
+
     pub fn fingerprints(&self) -> PathBuf {
         self.root.join("fingerprints.tsv")
     }
@@ -61,6 +74,27 @@ impl IpbpDir {
 
     pub fn log(&self) -> PathBuf {
         self.root.join("ipbp.log")
+    }
+}
+
+/// A link's share of `store/.lock`, held from before it keeps its first input until its input list
+/// is written: the collector only deletes unlisted store entries while no link holds a share, so
+/// an entry just kept (or found already there) is never swept before its list names it.
+pub struct StoreLease {
+    _file: Option<std::fs::File>,
+}
+
+impl StoreLease {
+    /// Takes a share (waiting for a sweep in progress). Without one — the store cannot be created,
+    /// which keeping inputs reports — the link goes on.
+    pub fn take(dir: &IpbpDir) -> StoreLease {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::create_dir_all(dir.store()).ok().and_then(|()| {
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.store_lock()).ok()
+        });
+        // SAFETY: flock on a descriptor we own.
+        let file = file.filter(|f| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } == 0);
+        StoreLease { _file: file }
     }
 }
 
