@@ -100,7 +100,8 @@ pub struct EditedBuild {
     pub plain: Run,
     pub shim: Run,
     pub edited: Run,
-    /// Copies of `target/debug/fullapp` after each build.
+    /// Copies of `target/debug/fullapp` after each build, in the target directory (where
+    /// `ipbp-ld map` finds the builds of a program that is not in the registry).
     pub plain_bin: PathBuf,
     pub v1_bin: PathBuf,
     pub v2_bin: PathBuf,
@@ -116,7 +117,7 @@ pub fn edited_build() -> &'static EditedBuild {
         let project = Project::copy_of("fullapp");
         let bin = project.target("edit").join("debug/fullapp");
         let keep = |run: &Run, name: &str| {
-            let copy = project.root().join(name);
+            let copy = project.target("edit").join(name);
             if run.success() {
                 copy_file(&bin, &copy);
             }
