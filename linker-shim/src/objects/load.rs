@@ -40,6 +40,24 @@ impl Arena {
         // SAFETY: the mapping lives as long as `self` and does not move when its `Mmap` handle does.
         Ok(unsafe { &*bytes })
     }
+
+    /// Lets the kernel drop the resident pages of `bytes`, part of a file this arena mapped, after
+    /// a pass over all of it (hashing): the next read of them faults them in again from the page
+    /// cache. Keeps a process that hashes every workspace unit from holding all of them resident
+    /// at once.
+    pub fn release(&self, bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside a private read-only file mapping this arena owns
+            // (`bytes` came from `map`); MADV_DONTNEED on such a mapping only discards the
+            // process's copies of pages, and a later access reads the same file content again, so
+            // every slice borrowed from it stays valid and keeps its bytes (inputs are never
+            // modified in place, see `map`).
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
+    }
 }
 
 /// Parsed objects that must stay put while more are added (archive members pulled during
