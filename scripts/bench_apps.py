@@ -375,6 +375,7 @@ class RebuildWorkspace:
         r = measured(["cargo", "test", "--no-run", "--workspace"], self.src, self.env(config))
         exes = [l.split("(", 1)[1].rstrip(")") for l in r["stderr"].splitlines() if "Executable " in l and "(" in l]
         paths = [e if os.path.isabs(e) else os.path.join(self.src, e) for e in exes]
+        paths.append(os.path.join(self.target(config), "debug", "app"))  # the program, for its tests
         r["executables"] = len(paths)
         r["relinked"] = sum(1 for p in paths if os.path.exists(p) and os.path.getmtime(p) >= start - 1)
         return r

@@ -7,16 +7,17 @@ executables, as `cargo test` does after an edit in a library crate everything de
 OUT_DIR gets a cargo workspace of six crates:
 
 - `shared`, the library the benchmark touches, which every other crate depends on;
-- `alpha`, `beta`, `gamma`: libraries using `shared`, serde and serde_json, with N generated
-  functions each (default 300), unit tests and two integration-test files;
-- `app`: a program that links the ipbp runtime (`ipbp::init()`, a `#[ipbp::hot]` function) and
-  calls into all the libraries, with unit tests;
-- `tool`: a second program that does not use ipbp (no patch can ever follow it).
+- `alpha`, `beta`, `gamma`: libraries using `shared`, serde, serde_json and anyhow, with N
+  generated functions each (default 600), unit tests and two integration-test files;
+- `app`: a program (clap for its arguments) that links the ipbp runtime (`ipbp::init()`, a
+  `#[ipbp::hot]` function) and calls into all the libraries, with unit tests and an integration
+  test that runs it (so cargo builds the program itself too);
+- `tool`: a second program (clap) that does not use ipbp: no patch can ever follow it.
 
 The libraries depend on `ipbp` too, for their own hot functions, as a workspace using ipbp would.
-`cargo test --no-run --workspace` links 14 executables, 11 of them linking the runtime (one
-program, ten test harnesses) and 3 not (`tool`, its tests, `shared`'s tests); touching
-`shared/src/lib.rs` relinks all of them.
+`cargo test --no-run --workspace` links 14 executables: 11 link the runtime (the program `app`
+and ten test harnesses), 3 do not (`tool`'s and `shared`'s tests, `tool` is not built by it);
+touching `shared/src/lib.rs` relinks all of them.
 """
 
 import argparse
@@ -26,6 +27,13 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBS = ["alpha", "beta", "gamma"]
+# Dependencies from crates.io (their versions come from the local registry cache when offline).
+REGISTRY = {
+    "serde": '{ version = "1", features = ["derive"] }',
+    "serde_json": '"1"',
+    "anyhow": '"1"',
+    "clap": '{ version = "4", features = ["derive"] }',
+}
 
 
 def write(path, text):
@@ -40,9 +48,8 @@ def toml(name, deps, lib=True):
     for d in deps:
         if d == "ipbp":
             lines.append(f"ipbp = {{ path = {json.dumps(os.path.join(ROOT, 'patch-runtime'))} }}")
-        elif d in ("serde", "serde_json"):
-            features = ', features = ["derive"]' if d == "serde" else ""
-            lines.append(f'{d} = {{ version = "1"{features} }}')
+        elif d in REGISTRY:
+            lines.append(f"{d} = {REGISTRY[d]}")
         else:
             lines.append(f'{d} = {{ path = "../{d}" }}')
     return "\n".join(lines) + "\n"
@@ -103,6 +110,9 @@ def library(name, n):
         out.append(f"    s = s.wrapping_add({name}_{i}(x));")
     out += ["    s", "}\n"]
     out.append(f"pub fn parse(text: &str) -> Option<Item> {{\n    serde_json::from_str(text).ok()\n}}\n")
+    out.append("pub fn load(text: &str) -> anyhow::Result<Item> {\n"
+               "    let item: Item = serde_json::from_str(text)?;\n"
+               "    anyhow::ensure!(item.weight >= 0.0, \"negative weight in {text}\");\n    Ok(item)\n}\n")
     out.append("#[cfg(test)]\nmod tests {\n    use super::*;\n")
     for t in range(4):
         out.append(f"    #[test]\n    fn t{t}() {{\n        assert_eq!({name}_{t}({t}), {name}_{t}({t}));\n    }}\n")
@@ -129,10 +139,17 @@ fn step(n: u64) -> u64 {{
     total
 }}
 
+#[derive(clap::Parser)]
+struct Args {{
+    /// How far to step.
+    #[arg(long, default_value_t = 1)]
+    n: u64,
+}}
+
 fn main() {{
     ipbp::init();
-    let n: u64 = std::env::args().count() as u64;
-    println!("{{}}", step(n));
+    let args: Args = clap::Parser::parse();
+    println!("{{}}", step(args.n));
 }}
 
 #[cfg(test)]
@@ -148,9 +165,14 @@ mod tests {{
 def tool():
     return """//! A program of the workspace that does not use ipbp.
 
+#[derive(clap::Parser)]
+struct Args {
+    words: Vec<String>,
+}
+
 fn main() {
-    let words: Vec<String> = std::env::args().skip(1).collect();
-    let refs: Vec<&str> = words.iter().map(String::as_str).collect();
+    let args: Args = clap::Parser::parse();
+    let refs: Vec<&str> = args.words.iter().map(String::as_str).collect();
     println!("{:?} {}", shared::tally(&refs), shared::mix(refs.len() as u64, 1));
 }
 
@@ -164,27 +186,31 @@ mod tests {
 """
 
 
-def generate(out, functions=300):
+def generate(out, functions=600):
     members = ["shared"] + LIBS + ["app", "tool"]
     write(os.path.join(out, "Cargo.toml"),
           "[workspace]\nresolver = \"2\"\nmembers = [" + ", ".join(f'"{m}"' for m in members) + "]\n")
     write(os.path.join(out, "shared", "Cargo.toml"), toml("shared", []))
     write(os.path.join(out, "shared", "src", "lib.rs"), shared())
     for lib in LIBS:
-        write(os.path.join(out, lib, "Cargo.toml"), toml(lib, ["shared", "ipbp", "serde", "serde_json"]))
+        write(os.path.join(out, lib, "Cargo.toml"), toml(lib, ["shared", "ipbp", "serde", "serde_json", "anyhow"]))
         write(os.path.join(out, lib, "src", "lib.rs"), library(lib, functions))
         for k in range(2):
             write(os.path.join(out, lib, "tests", f"it{k}.rs"), integration(lib, k))
-    write(os.path.join(out, "app", "Cargo.toml"), toml("app", ["shared", "ipbp"] + LIBS))
+    write(os.path.join(out, "app", "Cargo.toml"), toml("app", ["shared", "ipbp", "clap"] + LIBS))
     write(os.path.join(out, "app", "src", "main.rs"), app())
-    write(os.path.join(out, "tool", "Cargo.toml"), toml("tool", ["shared"]))
+    # An integration test of a program makes cargo build the program itself for the tests.
+    write(os.path.join(out, "app", "tests", "cli.rs"),
+          "#[test]\nfn runs() {\n    let out = std::process::Command::new(env!(\"CARGO_BIN_EXE_app\"))"
+          ".output().unwrap();\n    assert!(out.status.success());\n}\n")
+    write(os.path.join(out, "tool", "Cargo.toml"), toml("tool", ["shared", "clap"]))
     write(os.path.join(out, "tool", "src", "main.rs"), tool())
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("out")
-    ap.add_argument("--functions", type=int, default=300)
+    ap.add_argument("--functions", type=int, default=600)
     a = ap.parse_args()
     generate(a.out, a.functions)
     print(a.out, file=sys.stderr)
