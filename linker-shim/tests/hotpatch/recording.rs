@@ -1,7 +1,7 @@
 //! What ipbp-ld keeps of a build of the counter app, and that it stays bounded: the inputs of a
 //! program that links the runtime are fingerprinted and kept, executables that can never register
-//! get no index, a test harness gets its index only when a patch needs it, and rebuilding keeps the
-//! store the same size.
+//! get no index and no registry note, a test harness gets no index after its link, and rebuilding
+//! keeps the store the same size.
 
 use super::support::live::CONFIG;
 use super::support::{arg, fingerprint, load_map, read_bytes, Linker, Project};
@@ -140,7 +140,7 @@ fn inputs_of_a_program_linking_the_runtime_are_fingerprinted_and_kept() {
             .flatten()
             .filter(|s| s.file_type().is_ok_and(|t| t.is_dir()))
             .max_by_key(|s| s.metadata().and_then(|m| m.modified()).ok());
-        for session in newest {
+        if let Some(session) = newest {
             for file in std::fs::read_dir(session.path()).into_iter().flatten().flatten() {
                 let name = file.file_name().to_string_lossy().into_owned();
                 let Some(cgu) = name.strip_suffix(".o") else { continue };
@@ -160,10 +160,11 @@ fn inputs_of_a_program_linking_the_runtime_are_fingerprinted_and_kept() {
 }
 
 /// `cargo test --no-run --workspace` links `words`' unit tests, which do not link the runtime, and
-/// counter's, which do (a test harness). Neither gets a link index after the link; only the one
-/// that could register is in the registry and has its inputs kept.
+/// counter's, which do (a test harness). Neither gets a link index after the link (a patch of a
+/// running test harness builds it, as for a build whose index was lost); only the one that could
+/// register is in the registry and has its inputs kept.
 #[test]
-fn an_executable_without_the_runtime_gets_no_index_and_a_test_harness_gets_its_own_on_demand() {
+fn executables_without_the_runtime_are_not_registered_and_test_harnesses_get_no_index_after_the_link() {
     let project = super::support::live::scenario("counter");
     let run = project.cargo(Linker::Shim, CONFIG, &["test", "--no-run", "--workspace"]).run();
     run.assert_success();
