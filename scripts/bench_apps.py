@@ -100,7 +100,7 @@ class App:
         return t0, t1, p.stderr
 
     def wait_for_recording(self):
-        """Waits until ipbp-ld's detached writers (link index and JSON map, written after the link
+        """Waits until ipbp-ld's detached writers (link index and collection, after the link
         returns) are done, so they do not compete with the next measurement: they hold each map
         directory's lock while writing."""
         for lock in glob.glob(os.path.join(self.dir, "target", "ipbp", "maps", "*", ".lock")):

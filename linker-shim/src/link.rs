@@ -53,6 +53,11 @@ pub fn run(args: Vec<OsString>) -> ! {
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let output = cwd.join(output);
     let role = Role::of(&cmd);
+    // Outside a cargo target directory the list of inputs would be left beside the output for
+    // nothing: no patch can follow this build.
+    if role == Role::NoRuntime && crate::map::store::cargo_target_of(&output).is_none() {
+        pass_through(&real, &cmd.forward)
+    }
 
     let mut child = match real.spawn(&cmd.forward) {
         Ok(child) => child,

@@ -16,8 +16,9 @@
 //!   ipbp.log                              every status line the shim printed
 //! ```
 //!
-//! `<target>` is the nearest ancestor of the output holding cargo's `CACHEDIR.TAG`; outputs outside a
-//! cargo target directory use `<output dir>/.ipbp/`.
+//! `<target>` is the nearest ancestor of the output holding cargo's `CACHEDIR.TAG`; programs linking
+//! the runtime outside a cargo target directory use `<output dir>/.ipbp/` (other outputs there are
+//! not recorded at all).
 
 use std::path::{Path, PathBuf};
 
@@ -29,8 +30,7 @@ pub struct IpbpDir {
 impl IpbpDir {
     pub fn for_output(output: &Path) -> IpbpDir {
         let dir = output.parent().unwrap_or(Path::new("."));
-        let target = dir.ancestors().take(6).find(|d| d.join("CACHEDIR.TAG").is_file());
-        match target {
+        match cargo_target_of(output) {
             Some(t) => IpbpDir { root: t.join("ipbp") },
             None => IpbpDir { root: dir.join(".ipbp") },
         }
@@ -75,6 +75,12 @@ impl IpbpDir {
     pub fn log(&self) -> PathBuf {
         self.root.join("ipbp.log")
     }
+}
+
+/// The cargo target directory holding `output`: its nearest ancestor with cargo's `CACHEDIR.TAG`.
+pub fn cargo_target_of(output: &Path) -> Option<&Path> {
+    let dir = output.parent()?;
+    dir.ancestors().take(6).find(|d| d.join("CACHEDIR.TAG").is_file())
 }
 
 /// A link's share of `store/.lock`, held from before it keeps its first input until its input list
