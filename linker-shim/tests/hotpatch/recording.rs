@@ -194,3 +194,41 @@ fn executables_without_the_runtime_are_not_registered_and_test_harnesses_get_no_
     seen.sort();
     assert_eq!(seen.len(), 2, "expected words' and counter's test executables, recorded: {seen:?}: {run}");
 }
+
+/// A doctest of a crate linking the runtime (here a stand-in crate named `ipbp`, whose doctests
+/// link its rlib) is linked by rustdoc into a temporary directory it deletes after running it:
+/// ipbp-ld records nothing of it, there or in the registry.
+#[test]
+fn doctests_of_a_crate_linking_the_runtime_leave_nothing_behind() {
+    let lib = "/// ```\n/// assert_eq!(ipbp::answer(), 42);\n/// ```\npub fn answer() -> u32 {\n    42\n}\n";
+    let project = Project::with_files(
+        "doctest",
+        &[
+            (
+                "Cargo.toml",
+                "[package]\nname = \"ipbp\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+            ),
+            ("Cargo.lock", "version = 4\n\n[[package]]\nname = \"ipbp\"\nversion = \"0.1.0\"\n"),
+            ("src/lib.rs", lib),
+        ],
+    );
+    let tmp = project.root().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let (script, log) = super::support::logging_linker(project.root());
+    let run = project
+        .cargo(Linker::Shim, "doc", &["test", "--doc"])
+        .env("TMPDIR", &tmp)
+        .env("IPBP_LINKER", &script)
+        .run();
+    run.assert_success();
+    assert!(run.stdout.contains("1 passed"), "the doctest did not run: {run}");
+    let links = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        links.lines().any(|l| l.ends_with("/rust_out")),
+        "the doctest was not linked through ipbp-ld: {links}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left behind in TMPDIR after the doctest: {left:?}");
+    let registered = std::fs::read_dir(project.home.join("builds")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(registered, 0, "the doctest was noted in the registry");
+}
