@@ -234,6 +234,7 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>, sweep
     if removed > 0 && std::fs::symlink_metadata(&latest).is_ok() && !latest.exists() {
         let _ = std::fs::remove_file(&latest);
     }
+    freed_kept_inputs |= drop_outputs_gone(dir, output_name, in_use);
     let put_off = dir.sweep_wanted();
     if sweep || freed_kept_inputs || put_off.exists() {
         match lock_store_for_sweep(dir) {
@@ -248,6 +249,57 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>, sweep
         }
     }
     Ok(removed)
+}
+
+/// Drops every build of the other outputs whose executable is gone (`cargo clean -p`, a deleted
+/// example): no process can start from it again, so nothing of it is needed unless a process
+/// still runs it. Outputs that are being recorded (their lock is held) are left alone. Returns
+/// whether anything dropped had kept inputs.
+fn drop_outputs_gone(dir: &IpbpDir, current: &str, in_use: &HashSet<String>) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut freed = false;
+    for out in std::fs::read_dir(dir.root.join("maps")).into_iter().flatten().flatten() {
+        let name = out.file_name().to_string_lossy().into_owned();
+        if name == current {
+            continue;
+        }
+        let lists: Vec<PathBuf> = std::fs::read_dir(out.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "inputs"))
+            .collect();
+        let recorded_output = lists.first().and_then(|l| read_recorded_output(l));
+        if recorded_output.is_none_or(|o| o.exists()) {
+            continue;
+        }
+        let Ok(lock) = std::fs::File::open(out.path().join(".lock")) else { continue };
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            continue;
+        }
+        for list in &lists {
+            let id = list.file_stem().unwrap_or_default().to_string_lossy().into_owned();
+            if in_use.contains(&id) {
+                continue;
+            }
+            freed |= read_inputs_list(list).map_or(true, |l| l.iter().any(|i| i.stored.is_some()));
+            let _ = std::fs::remove_file(list.with_extension("json"));
+            let _ = std::fs::remove_file(crate::index::path_for(&out.path(), &id));
+            let _ = std::fs::remove_file(list);
+        }
+        let _ = std::fs::remove_file(out.path().join("latest.json"));
+    }
+    freed
+}
+
+/// The `# output` line of an input list (its first line), without reading the rest.
+fn read_recorded_output(list: &Path) -> Option<PathBuf> {
+    use std::io::BufRead;
+    let mut first = String::new();
+    std::io::BufReader::new(std::fs::File::open(list).ok()?).read_line(&mut first).ok()?;
+    first.trim_end_matches('\n').strip_prefix(OUTPUT_LINE).map(PathBuf::from)
 }
 
 /// `store/.lock` held exclusively, if no link holds it (see [`crate::map::store::StoreLease`]).

@@ -193,6 +193,33 @@ fn executables_without_the_runtime_are_not_registered_and_test_harnesses_get_no_
     }
     seen.sort();
     assert_eq!(seen.len(), 2, "expected words' and counter's test executables, recorded: {seen:?}: {run}");
+
+    // An executable that is gone (`cargo clean -p`, say) cannot be started again: the next
+    // collection drops its builds, and the store what only they kept.
+    let harness = seen.iter().find(|n| n.starts_with("counter-")).unwrap();
+    std::fs::remove_file(project.target(CONFIG).join("debug/deps").join(harness)).unwrap();
+    project.touch("src/main.rs");
+    project.build();
+    map_of(&project, &project.program("counter"));
+    let left: Vec<_> = std::fs::read_dir(maps.join(harness))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "the builds of the deleted {harness} were kept: {left:?}");
+    let kept = std::fs::read_dir(project.target(CONFIG).join("ipbp/store")).unwrap().flatten();
+    let lists: String = std::fs::read_dir(&maps)
+        .unwrap()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "inputs"))
+        .map(|f| std::fs::read_to_string(f.path()).unwrap())
+        .collect();
+    for entry in kept {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(name.starts_with('.') || lists.contains(&name), "{name} is kept for no build");
+    }
 }
 
 /// A doctest of a crate linking the runtime (here a stand-in crate named `ipbp`, whose doctests
