@@ -6,7 +6,8 @@
     scripts/bench.py --rounds 3      fewer rounds per figure (default 7)
     scripts/bench.py --only P3,P5    some figures (P1 and P2 need the web link capture of P1)
     scripts/bench.py --only P1b      the whole-workspace rebuild alone (its own section of
-                                     BENCHMARKS.md; ~10 min with 7 rounds on 2 cores)
+                                     BENCHMARKS.md; ~3 min with 7 rounds on 2 cores, more the
+                                     first time)
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
