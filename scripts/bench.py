@@ -5,6 +5,9 @@
                                      the apps' dependencies, web's 125 crates twice among them)
     scripts/bench.py --rounds 3      fewer rounds per figure (default 7)
     scripts/bench.py --only P3,P5    some figures (P1 and P2 need the web link capture of P1)
+    scripts/bench.py --only P1b      the whole-workspace rebuild alone (its own section of
+                                     BENCHMARKS.md; ~3 min with 7 rounds on 2 cores, more the
+                                     first time)
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
@@ -31,10 +34,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_apps import (  # noqa: E402
-    HOME, ROOT, App, Patcher, Process, app_env, generate_scaled, http_get, log, run, settle, step,
-    write_wrappers,
+    HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, http_get, log, run, settle,
+    step, write_wrappers,
 )
-from bench_report import BENCHMARKS_MD, machine, report_md, summarize, write_benchmarks_md  # noqa: E402
+from bench_report import (  # noqa: E402
+    BENCHMARKS_MD, machine, p1b_md, report_md, summarize, write_benchmarks_md,
+)
 
 RESULTS = os.path.join(ROOT, "scripts", "out", "bench.json")
 
@@ -106,6 +111,33 @@ def p1(args, results):
         "map_symbols": rep["link"].get("map_symbols"),
         "output_mb": rep["link"]["output_bytes"] / 1e6,
     }
+
+
+def p1b(args, results):
+    """A whole incremental rebuild through ipbp-ld vs the plain linker: touch the library every
+    crate of the generated workspace depends on, `cargo test --no-run --workspace`, counted until
+    ipbp-ld's detached writers have exited. The two configurations alternate which goes first."""
+    step("P1b: incremental workspace rebuild relinking every executable, ipbp-ld vs plain")
+    ws = RebuildWorkspace()
+    ws.prepare()
+    settle()
+    rounds = []
+    for n in range(args.rounds):
+        ws.touch()
+        order = ("plain", "ipbp-ld") if n % 2 == 0 else ("ipbp-ld", "plain")
+        r = {config: ws.rebuild(config) for config in order}
+        for config in order:
+            if r[config]["exit"] != 0:
+                sys.exit(f"bench: P1b rebuild ({config}) failed:\n{r[config]['stderr']}")
+        r["ipbp_bytes"], r["ipbp_own_bytes"] = ws.ipbp_size()
+        p, i = r["plain"], r["ipbp-ld"]
+        log(f"  round {n + 1}: {i['relinked']}/{i['executables']} relinked; wall {p['wall']:.2f} s plain, "
+            f"{i['wall']:.2f} s ipbp-ld ({i['wall'] / p['wall']:.3f}); CPU {p['cpu']:.2f} s, {i['cpu']:.2f} s "
+            f"({i['cpu'] / p['cpu']:.3f}); target/ipbp {r['ipbp_bytes'] / 1e6:.1f} MB")
+        for config in order:
+            r[config].pop("stderr", None)
+        rounds.append(r)
+    results["P1b"] = rounds
 
 
 def relink_command():
@@ -308,7 +340,7 @@ def hotcall_rounds(args, results, hotcall):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
-    ap.add_argument("--only", default="P1,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated figures (P9 comes with P6)")
+    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -348,6 +380,8 @@ def main():
         log(f"  built in {t1 - t0:.1f} s")
     settle()
 
+    if "P1B" in only:
+        p1b(args, results)
     if "P1" in only or "P2" in only:
         p1(args, results)
     if needed & {"web"}:
@@ -364,10 +398,16 @@ def main():
     results["seconds"] = time.time() - started
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
-    section = report_md(results, fig, args)
-    print("\n" + section)
+    sections = {}
+    if only - {"P1B"}:
+        sections["bench"] = report_md(results, fig, args)
+    if "P1b" in results:
+        sections["bench:p1b"] = p1b_md(results, args)
+    for section in sections.values():
+        print("\n" + section)
     if not args.no_write:
-        write_benchmarks_md(section)
+        for name, section in sections.items():
+            write_benchmarks_md(section, name)
         log(f"\nwrote {BENCHMARKS_MD} (raw results: {RESULTS}); {results['seconds'] / 60:.1f} min")
 
 

@@ -100,7 +100,7 @@ class App:
         return t0, t1, p.stderr
 
     def wait_for_recording(self):
-        """Waits until ipbp-ld's detached writers (link index and JSON map, written after the link
+        """Waits until ipbp-ld's detached writers (link index and collection, after the link
         returns) are done, so they do not compete with the next measurement: they hold each map
         directory's lock while writing."""
         for lock in glob.glob(os.path.join(self.dir, "target", "ipbp", "maps", "*", ".lock")):
@@ -321,3 +321,127 @@ def generate_scaled(dst):
     run([sys.executable, os.path.join(ROOT, "scripts", "gen_scaled.py"), tmp])
     copy_tree(tmp, dst)
     shutil.rmtree(tmp)
+
+
+# P1b: a whole incremental workspace rebuild
+
+
+class RebuildWorkspace:
+    """The generated workspace of P1b (scripts/gen_workspace.py) under scripts/out/bench/p1b, with
+    one target directory per linker: `cargo test --no-run --workspace` after touching the library
+    every crate depends on relinks all of its executables."""
+
+    TOUCHED = os.path.join("shared", "src", "lib.rs")
+
+    def __init__(self):
+        self.dir = os.path.join(OUT, "p1b")
+        self.src = os.path.join(self.dir, "src")
+
+    def target(self, config):
+        return os.path.join(self.dir, f"target-{config}")
+
+    def prepare(self):
+        """Fresh sources (target directories are kept: dependencies build once), and one build per
+        linker so every round starts from the same state."""
+        if os.path.isdir(self.src):
+            shutil.rmtree(self.src)
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        import gen_workspace  # noqa: E402
+        gen_workspace.generate(self.src)
+        run(["cargo", "generate-lockfile", "--offline"], cwd=self.src, check=False)
+        for config in ("plain", "ipbp-ld"):
+            r = self.rebuild(config)
+            if r["exit"] != 0:
+                sys.exit(f"bench: the first `cargo test --no-run` of {self.src} ({config}) failed:\n{r['stderr']}")
+
+    def env(self, config):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("IPBP_", "CARGO_TARGET_", "RUSTC_WRAPPER", "CARGO_BUILD_"))}
+        env["CARGO_TARGET_DIR"] = self.target(config)
+        env["CARGO_TERM_COLOR"] = "never"
+        if config == "ipbp-ld":
+            env["CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER"] = SHIM
+            env["IPBP_HOME"] = HOME
+        return env
+
+    def touch(self):
+        os.utime(os.path.join(self.src, self.TOUCHED))
+
+    def rebuild(self, config):
+        """`cargo test --no-run --workspace`, measured until every process it started has exited
+        (ipbp-ld's detached writers included): wall and CPU seconds, the largest resident set of
+        any one process and of any detached one, and how many executables were (re)linked."""
+        start = time.time()
+        r = measured(["cargo", "test", "--no-run", "--workspace"], self.src, self.env(config))
+        exes = [l.split("(", 1)[1].rstrip(")") for l in r["stderr"].splitlines() if "Executable " in l and "(" in l]
+        paths = [e if os.path.isabs(e) else os.path.join(self.src, e) for e in exes]
+        paths.append(os.path.join(self.target(config), "debug", "app"))  # the program, for its tests
+        r["executables"] = len(paths)
+        r["relinked"] = sum(1 for p in paths if os.path.exists(p) and os.path.getmtime(p) >= start - 1)
+        return r
+
+    def ipbp_size(self):
+        """`target/ipbp` of the ipbp-ld configuration: bytes of its files (each inode once), and
+        the disk only it holds (files with no other link: the target directory does not share
+        them)."""
+        seen, apparent, own = set(), 0, 0
+        for d, _, files in os.walk(os.path.join(self.target("ipbp-ld"), "ipbp")):
+            for f in files:
+                try:
+                    st = os.lstat(os.path.join(d, f))
+                except FileNotFoundError:
+                    continue
+                if st.st_ino in seen:
+                    continue
+                seen.add(st.st_ino)
+                apparent += st.st_size
+                if st.st_nlink == 1:
+                    own += st.st_blocks * 512
+        return apparent, own
+
+
+def measured(cmd, cwd, env):
+    """Runs `cmd` under a subreaper (this file run with --reap): processes it leaves behind are
+    waited for and counted too. Returns {wall, cpu, maxrss_mb, detached_maxrss_mb, detached,
+    exit, stderr}."""
+    p = subprocess.run([sys.executable, os.path.abspath(__file__), "--reap", *cmd], cwd=cwd, env=env,
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if p.returncode != 0:
+        sys.exit(f"bench: the measuring helper failed: {p.stderr}")
+    r = json.loads(p.stdout.splitlines()[-1])
+    r["stderr"] = p.stderr
+    return r
+
+
+def reap_main(cmd):
+    """The helper behind `measured`: becomes a child subreaper (orphans of the command, such as
+    ipbp-ld's detached writers, become its children), runs the command, waits for every process,
+    and sums their resource use (wait4 reports each child with the descendants it waited for)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    PR_SET_CHILD_SUBREAPER = 36
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        sys.exit("bench: prctl(PR_SET_CHILD_SUBREAPER) failed")
+    t0 = time.monotonic()
+    child = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    cpu, maxrss, detached_maxrss, detached, exit_code, cargo_done = 0.0, 0, 0, 0, None, None
+    while True:
+        try:
+            pid, status, ru = os.wait4(-1, 0)
+        except ChildProcessError:
+            break
+        cpu += ru.ru_utime + ru.ru_stime
+        maxrss = max(maxrss, ru.ru_maxrss)
+        if pid == child.pid:
+            exit_code = os.waitstatus_to_exitcode(status)
+            cargo_done = time.monotonic() - t0
+        else:
+            detached += 1
+            detached_maxrss = max(detached_maxrss, ru.ru_maxrss)
+    wall = time.monotonic() - t0
+    print(json.dumps({"wall": wall, "cargo_wall": cargo_done, "cpu": cpu, "maxrss_mb": maxrss / 1024,
+                      "detached_maxrss_mb": detached_maxrss / 1024, "detached": detached, "exit": exit_code}))
+
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] == "--reap":
+    reap_main(sys.argv[2:])

@@ -142,8 +142,8 @@ def main():
     }
     envs = {v: dict(base_env) for v in VARIANTS}
     envs["disabled"]["IPBP_DISABLE"] = "1"
-    # ipbp-ld writes the link index and the JSON map from a detached child after the link returns;
-    # inline, the link waits for them: the whole of ipbp-ld's work, on the clock.
+    # ipbp-ld writes the link index from a detached child after the link returns (the JSON map on
+    # demand); inline, the link waits for both: the whole of ipbp-ld's work, on the clock.
     envs["inline"]["IPBP_MAP_INLINE"] = "1"
     objects = object_inputs(ld_args, cwd)
 

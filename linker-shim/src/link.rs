@@ -1,19 +1,22 @@
 //! Linker mode: what `ipbp-ld` does when rustc calls it.
 //!
-//! 1. Read the command line ([`capture::args`]); anything that is not an executable is handed to
-//!    the real linker with `exec` — zero overhead, exact pass-through.
-//! 2. Start the real linker. While it runs, fingerprint and keep the inputs ([`capture::inputs`])
-//!    and build a patch for every running process of this program ([`crate::patch`]).
-//! 3. When the link succeeded, record the symbol map ([`crate::map`]).
+//! 1. Read the command line ([`capture::args`]); anything that is not an executable (and build
+//!    scripts, rustdoc's doctests) is handed to the real linker with `exec` — zero overhead, exact
+//!    pass-through.
+//! 2. Start the real linker. While it runs, if the executable links the `ipbp` runtime (its
+//!    [`Role`]), fingerprint and keep the inputs ([`capture::inputs`]) and build a patch for every
+//!    running process of this program ([`crate::patch`]).
+//! 3. When the link succeeded, record the build ([`crate::map`]).
 //! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
 //!    change the result of the link.
 
 use crate::capture::args::{LinkCommand, OutputKind};
 use crate::capture::forward::{exit_like, RealLinker};
 use crate::capture::inputs;
+use crate::capture::role::{is_rustdoc_temp, Role};
 use crate::error::Context;
 use crate::map::record;
-use crate::map::store::{output_name, IpbpDir};
+use crate::map::store::{output_name, IpbpDir, StoreLease};
 use crate::status::Status;
 use ipbp::registry::{self, BuildRecord, Registry};
 use std::collections::HashSet;
@@ -40,11 +43,21 @@ pub fn run(args: Vec<OsString>) -> ! {
     }
     let disabled = std::env::var_os(DISABLE_ENV).is_some_and(|v| !v.is_empty() && v != "0");
     let output = match (cmd.kind, &cmd.output) {
-        (OutputKind::Executable, Some(output)) if !disabled && !is_build_script(output) => output.clone(),
+        (OutputKind::Executable, Some(output))
+            if !disabled && !is_build_script(output) && !is_rustdoc_temp(output) =>
+        {
+            output.clone()
+        }
         _ => pass_through(&real, &cmd.forward),
     };
     let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
     let output = cwd.join(output);
+    let role = Role::of(&cmd);
+    // Outside a cargo target directory the list of inputs would be left beside the output for
+    // nothing: no patch can follow this build.
+    if role == Role::NoRuntime && crate::map::store::cargo_target_of(&output).is_none() {
+        pass_through(&real, &cmd.forward)
+    }
 
     let mut child = match real.spawn(&cmd.forward) {
         Ok(child) => child,
@@ -57,11 +70,15 @@ pub fn run(args: Vec<OsString>) -> ! {
     let dir = IpbpDir::for_output(&output);
     let mut status = Status::new(Some(dir.log()));
     let mut inputs = inputs::resolve(&cmd, &cwd);
-    if let Err(e) = inputs::fingerprint_and_store(&mut inputs, &dir) {
-        status.warn(&format!("{e} (a later patch of this build may be refused)"));
-    }
-    guarded(&mut status, "patching running processes", |status| {
-        crate::patch::for_running_processes(called, &output, &inputs, &dir, status)
+    let lease = role.keeps_inputs().then(|| {
+        let lease = StoreLease::take(&dir);
+        if let Err(e) = inputs::fingerprint_and_store(&mut inputs, &dir) {
+            status.warn(&format!("{e} (a later patch of this build may be refused)"));
+        }
+        guarded(&mut status, "patching running processes", |status| {
+            crate::patch::for_running_processes(called, &output, &inputs, &dir, status)
+        });
+        lease
     });
 
     let exit = match child.wait() {
@@ -72,8 +89,8 @@ pub fn run(args: Vec<OsString>) -> ! {
         }
     };
     if exit.success() {
-        guarded(&mut status, "recording the symbol map", |status| {
-            record_build(&output, inputs, &dir, status)
+        guarded(&mut status, "recording the build", |status| {
+            record_build(&output, role, inputs, lease, &dir, status)
         });
     }
     exit_like(exit)
@@ -107,11 +124,20 @@ fn pass_through(real: &RealLinker, args: &[OsString]) -> ! {
     std::process::exit(1)
 }
 
-/// Records the build. What a later patch needs (build id, kept inputs, the registry's note) is
-/// written before the link returns; the JSON symbol map, which only people and tools read, is
-/// written by a detached child so the link does not wait for it (`IPBP_MAP_INLINE=1` writes it
-/// inline). Each step that fails is one warning; later steps still run.
-fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &IpbpDir, status: &mut Status) {
+/// Records the build. The input list is written before the link returns, and for a program
+/// linking the runtime the registry's note too (what `ipbp::init()` looks for); the link index —
+/// for [`Role::Program`] only — and collection of old builds are done by a detached child, so the
+/// build does not wait for them. The JSON symbol map is written when first asked for (`ipbp-ld
+/// map`), or before returning with `IPBP_MAP_INLINE=1`. Each step that fails is one warning;
+/// later steps still run.
+fn record_build(
+    output: &Path,
+    role: Role,
+    inputs: Vec<crate::map::schema::Input>,
+    lease: Option<StoreLease>,
+    dir: &IpbpDir,
+    status: &mut Status,
+) {
     let pending = match record::begin(output, &inputs, dir) {
         Ok(p) => p,
         Err(e) => {
@@ -119,8 +145,25 @@ fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &Ipb
             return;
         }
     };
-    let root = registry::root();
+    // The list names every kept input: a sweep may run (and the child must not inherit the share).
+    drop(lease);
     let name = output_name(output);
+    let inline = std::env::var_os("IPBP_MAP_INLINE").is_some_and(|v| !v.is_empty() && v != "0");
+    if inline {
+        if let Err(e) = record::write_map_now(&pending, output, inputs.clone(), dir) {
+            status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
+        }
+    }
+    if !role.keeps_inputs() {
+        // No process of it can register: nothing for the registry, no index, nothing kept.
+        let sweep = pending.replaced_kept_inputs;
+        drop(pending);
+        if let Err(e) = record::collect(dir, &name, &HashSet::new(), sweep) {
+            status.warn(&format!("cannot collect old maps of {name}: {e}"));
+        }
+        return;
+    }
+    let root = registry::root();
     let build = BuildRecord {
         build_id: pending.build_id.clone(),
         output: output.to_path_buf(),
@@ -137,53 +180,54 @@ fn record_build(output: &Path, inputs: Vec<crate::map::schema::Input>, dir: &Ipb
             ),
         );
     }
-    let inline = std::env::var_os("IPBP_MAP_INLINE").is_some_and(|v| !v.is_empty() && v != "0");
     match if inline { Fork::Failed } else { detach() } {
         Fork::Parent => {} // the child finishes; `pending`'s lock stays held through its copy
-        Fork::Failed => finish_recording(pending, output, inputs, dir, &name, status),
+        Fork::Failed => finish_recording(pending, role, output, &inputs, dir, &name, status),
         Fork::Child => {
             // Nobody is listening any more: problems go to ipbp.log only.
             let mut quiet = Status::log_only(dir.log());
-            finish_recording(pending, output, inputs, dir, &name, &mut quiet);
+            finish_recording(pending, role, output, &inputs, dir, &name, &mut quiet);
             // SAFETY: ends the detached child without running exit handlers meant for the shim.
             unsafe { libc::_exit(0) }
         }
     }
 }
 
+/// The work after the link returns, holding the output's map lock (in `pending`) throughout.
 fn finish_recording(
     pending: record::Pending,
+    role: Role,
     output: &Path,
-    inputs: Vec<crate::map::schema::Input>,
+    inputs: &[crate::map::schema::Input],
     dir: &IpbpDir,
     name: &str,
     status: &mut Status,
 ) {
-    // The link index first: a patch of this build needs it; the JSON map is for people.
-    let index = crate::index::path_for(&dir.map_dir(name), &pending.build_id);
-    let arena = crate::objects::load::Arena::default();
-    let workspace = crate::diff::units::Workspace::new();
-    let written =
-        crate::index::build::build(&arena, Some(output), &inputs, &workspace, true).and_then(|bytes| {
-            crate::map::store::write_atomically(&index, |out| out.write_all(&bytes))
-                .with_context(|| format!("cannot write {}", index.display()))
-        });
-    if let Err(e) = written {
-        status.warn(&format!(
-            "no link index written for {} ({e}); patching it will be slower",
-            output.display()
-        ));
-    }
-    if let Err(e) = record::finish(pending, output, inputs, dir) {
-        status.warn(&format!("no symbol map recorded for {}: {e}", output.display()));
+    // A test harness's index is built by the first patch of a running copy, if one ever comes.
+    if role == Role::Program {
+        let index = crate::index::path_for(&dir.map_dir(name), &pending.build_id);
+        let arena = crate::objects::load::Arena::default();
+        let workspace = crate::diff::units::Workspace::new();
+        let written =
+            crate::index::build::build(&arena, Some(output), inputs, &workspace, true).and_then(|bytes| {
+                crate::map::store::write_atomically(&index, |out| out.write_all(&bytes))
+                    .with_context(|| format!("cannot write {}", index.display()))
+            });
+        if let Err(e) = written {
+            status.warn(&format!(
+                "no link index written for {} ({e}); patching it will be slower",
+                output.display()
+            ));
+        }
     }
     let root = registry::root();
     let in_use: HashSet<String> =
         registry::list(&root).into_iter().filter(|r| r.is_alive()).map(|r| r.build_id).collect();
-    if let Err(e) = record::collect(dir, name, &in_use) {
+    if let Err(e) = record::collect(dir, name, &in_use, pending.replaced_kept_inputs) {
         status.warn(&format!("cannot collect old maps of {name}: {e}"));
     }
     registry::collect_builds(&root);
+    drop(pending);
 }
 
 enum Fork {

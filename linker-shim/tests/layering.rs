@@ -33,10 +33,16 @@ fn module_of(path: &Path, src: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
+/// The `crate::<module>` paths of the code (comments, doc links included, are not imports).
 fn imports(text: &str) -> BTreeSet<String> {
+    let code: String = text
+        .lines()
+        .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
+        .collect::<Vec<_>>()
+        .join("\n");
     let mut out = BTreeSet::new();
-    for (i, _) in text.match_indices("crate::") {
-        let rest = &text[i + "crate::".len()..];
+    for (i, _) in code.match_indices("crate::") {
+        let rest = &code[i + "crate::".len()..];
         let name: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
         if !name.is_empty() {
             out.insert(name);

@@ -374,8 +374,10 @@ impl Registry {
             if check_build_id(&name).is_err() {
                 continue;
             }
+            // A record whose input list is gone (collected, or its target directory cleaned; the
+            // map itself is written on demand) can never serve a patch.
             let gone = match read_file_at(&builds, &name) {
-                Ok(text) => BuildRecord::parse(&text).is_none_or(|b| !b.map.exists()),
+                Ok(text) => BuildRecord::parse(&text).is_none_or(|b| !b.inputs.exists()),
                 Err(_) => false,
             };
             // SAFETY: unlinkat relative to the builds directory, of a name we checked is a build id.
@@ -549,7 +551,7 @@ pub struct BuildRecord {
     pub build_id: String,
     /// The path the linker wrote (`target/debug/deps/app-<hash>`).
     pub output: PathBuf,
-    /// The recorded symbol map.
+    /// Where the symbol map is (written when first asked for: `ipbp-ld map`).
     pub map: PathBuf,
     /// The list of kept link inputs (see ipbp-ld's `map::store`).
     pub inputs: PathBuf,

@@ -248,7 +248,10 @@ fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf
     let dest = store.join(format!("{key}{ext}"));
     match std::fs::hard_link(path, &dest) {
         Ok(()) => return Ok(dest),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(dest),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            share_blocks(path, &dest, store, key);
+            return Ok(dest);
+        }
         Err(_) => {}
     }
     // Another filesystem (or no hard links): copy, and publish the copy whole.
@@ -257,4 +260,21 @@ fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf
     std::fs::copy(path, &tmp)?;
     std::fs::rename(&tmp, &dest)?;
     Ok(dest)
+}
+
+/// An entry with this content exists but is another file: the input was written again with the
+/// same bytes (cargo rebuilt an rlib, identical). The entry is replaced by a link to the input, so
+/// the store shares the target directory's blocks instead of holding a second copy of them once
+/// the old file is gone. Best effort: the old entry is as good for a patch.
+fn share_blocks(path: &Path, entry: &Path, store: &Path, key: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(input), Ok(kept)) = (std::fs::metadata(path), std::fs::metadata(entry)) else { return };
+    if (input.dev(), input.ino()) == (kept.dev(), kept.ino()) || input.dev() != kept.dev() {
+        return;
+    }
+    let tmp = store.join(format!(".{key}.{}.link", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    if std::fs::hard_link(path, &tmp).is_ok() && std::fs::rename(&tmp, entry).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
 }

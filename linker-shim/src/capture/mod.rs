@@ -4,3 +4,4 @@
 pub mod args;
 pub mod forward;
 pub mod inputs;
+pub mod role;

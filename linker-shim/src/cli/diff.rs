@@ -162,10 +162,10 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
     use crate::index::{build::build, LinkIndex};
     let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::map::schema::Input>, Error> {
         if m.inputs.is_empty() {
-            let found = super::map::find_map(path, &m.build_id).ok_or_else(|| {
+            let found = super::map::find_inputs(path, &m.build_id).ok_or_else(|| {
                 crate::err!("no recorded link inputs for {} (not linked through ipbp-ld?)", path.display())
             })?;
-            Ok(crate::map::record::load_map(&found)?.inputs)
+            Ok(crate::map::record::read_inputs_list(&found)?)
         } else {
             Ok(m.inputs.clone())
         }

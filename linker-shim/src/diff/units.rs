@@ -162,7 +162,10 @@ impl<'a> Maker<'a> {
         for member in archive_members(path, self.arena.map(file)?)? {
             let name = member.origin.member.clone();
             let key = unit_key(path, name.as_deref());
-            units.push(self.unit(key.into(), xxhash_rust::xxh3::xxh3_128(member.data), name.map(Cow::Owned)));
+            let hash = xxhash_rust::xxh3::xxh3_128(member.data);
+            // Most of a member is never read again (debug info): hashing need not keep it resident.
+            self.arena.release(member.data);
+            units.push(self.unit(key.into(), hash, name.map(Cow::Owned)));
         }
         Ok(())
     }

@@ -5,8 +5,9 @@
 //! everything it does not carry to the base image. Reading the base executable's symbol table and
 //! every workspace object's symbol table on each patch would cost time proportional to the
 //! program; the index answers the same questions with binary searches. It is written once per
-//! build, after the link, by the same detached child that writes the JSON map (see
-//! [`crate::map::record`]), and built in memory when a build has none.
+//! build of a program linking the runtime, after the link, by a detached child (see
+//! [`crate::link`]); a build without one (a test harness, an older build) has it built by its
+//! first patch, which keeps it for the next.
 //!
 //! It holds, sorted by a 64-bit hash of the name:
 //! - the executable's symbols (address, size, kind, local), and the names it imports from shared

@@ -2,17 +2,23 @@
 //!
 //! ```text
 //! <target>/ipbp/
-//!   maps/<output-name>/<build-id>.json    the symbol map of one link
-//!   maps/<output-name>/<build-id>.inputs  its link inputs, one per line (for patch diffs and GC)
-//!   maps/<output-name>/latest.json        symlink to the newest map of that output
+//!   maps/<output-name>/<build-id>.inputs  the output and its link inputs, one per line (for patch
+//!                                         diffs, GC and maps)
+//!   maps/<output-name>/<build-id>.index   the link index (programs linking the runtime)
+//!   maps/<output-name>/<build-id>.json    the symbol map, written when first asked for
+//!   maps/<output-name>/latest.json        symlink to the newest map written of that output
+//!   maps/<output-name>/.lock              held while a build of that output is being recorded
 //!   store/<fingerprint>.<ext>             kept link inputs, content-addressed (hardlinks)
+//!   store/.lock                           shared by links keeping inputs, exclusive for a sweep
+//!   store/.sweep                          a sweep was put off while links were keeping inputs
 //!   fingerprints.tsv                      content-hash cache keyed by inode, size and mtime
 //!   patches/<pid>-<start>/                patches built for one running process
 //!   ipbp.log                              every status line the shim printed
 //! ```
 //!
-//! `<target>` is the nearest ancestor of the output holding cargo's `CACHEDIR.TAG`; outputs outside a
-//! cargo target directory use `<output dir>/.ipbp/`.
+//! `<target>` is the nearest ancestor of the output holding cargo's `CACHEDIR.TAG`; programs linking
+//! the runtime outside a cargo target directory use `<output dir>/.ipbp/` (other outputs there are
+//! not recorded at all).
 
 use std::path::{Path, PathBuf};
 
@@ -24,8 +30,7 @@ pub struct IpbpDir {
 impl IpbpDir {
     pub fn for_output(output: &Path) -> IpbpDir {
         let dir = output.parent().unwrap_or(Path::new("."));
-        let target = dir.ancestors().take(6).find(|d| d.join("CACHEDIR.TAG").is_file());
-        match target {
+        match cargo_target_of(output) {
             Some(t) => IpbpDir { root: t.join("ipbp") },
             None => IpbpDir { root: dir.join(".ipbp") },
         }
@@ -51,6 +56,14 @@ impl IpbpDir {
         self.root.join("store")
     }
 
+    pub fn store_lock(&self) -> PathBuf {
+        self.store().join(".lock")
+    }
+
+    pub fn sweep_wanted(&self) -> PathBuf {
+        self.store().join(".sweep")
+    }
+
     pub fn fingerprints(&self) -> PathBuf {
         self.root.join("fingerprints.tsv")
     }
@@ -61,6 +74,33 @@ impl IpbpDir {
 
     pub fn log(&self) -> PathBuf {
         self.root.join("ipbp.log")
+    }
+}
+
+/// The cargo target directory holding `output`: its nearest ancestor with cargo's `CACHEDIR.TAG`.
+pub fn cargo_target_of(output: &Path) -> Option<&Path> {
+    let dir = output.parent()?;
+    dir.ancestors().take(6).find(|d| d.join("CACHEDIR.TAG").is_file())
+}
+
+/// A link's share of `store/.lock`, held from before it keeps its first input until its input list
+/// is written: the collector only deletes unlisted store entries while no link holds a share, so
+/// an entry just kept (or found already there) is never swept before its list names it.
+pub struct StoreLease {
+    _file: Option<std::fs::File>,
+}
+
+impl StoreLease {
+    /// Takes a share (waiting for a sweep in progress). Without one — the store cannot be created,
+    /// which keeping inputs reports — the link goes on.
+    pub fn take(dir: &IpbpDir) -> StoreLease {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::create_dir_all(dir.store()).ok().and_then(|()| {
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.store_lock()).ok()
+        });
+        // SAFETY: flock on a descriptor we own.
+        let file = file.filter(|f| unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_SH) } == 0);
+        StoreLease { _file: file }
     }
 }
 

@@ -10,10 +10,14 @@ use std::path::Path;
 
 /// Keeps the memory maps that loaded objects borrow from. Append-only: a map is never dropped or
 /// moved before the arena, so slices of it can be handed out while more files are mapped (the
-/// plan stage pulls archive members as it discovers it needs them).
+/// plan stage pulls archive members as it discovers it needs them). Each file is mapped once:
+/// every unit of an archive reads its member through the same map, so a page is resident (and
+/// counted) once however many members share it.
 #[derive(Default)]
 pub struct Arena {
     maps: std::cell::RefCell<Vec<memmap2::Mmap>>,
+    /// Path → index in `maps` of the file's map.
+    mapped: std::cell::RefCell<std::collections::HashMap<std::path::PathBuf, usize>>,
 }
 
 impl Arena {
@@ -28,17 +32,42 @@ impl Arena {
         unsafe { &*slice }
     }
 
-    /// Maps a file for the lifetime of the arena.
+    /// Maps a file for the lifetime of the arena (once: a second call returns the same bytes).
     pub fn map(&self, path: &Path) -> Result<&[u8]> {
+        if let Some(&i) = self.mapped.borrow().get(path) {
+            let bytes: *const [u8] = &self.maps.borrow()[i][..];
+            // SAFETY: as below; the map was pushed by an earlier call and lives as long as `self`.
+            return Ok(unsafe { &*bytes });
+        }
         let file = fs_err::File::open(path).context("cannot open link input")?;
         // SAFETY: read-only map; inputs are not modified while a patch is built (rustc writes new
         // files and deletes the old ones only after the link).
         let map = unsafe { memmap2::Mmap::map(file.file()) }
             .with_context(|| format!("cannot map {}", path.display()))?;
         let bytes: *const [u8] = &map[..];
-        self.maps.borrow_mut().push(map);
+        let mut maps = self.maps.borrow_mut();
+        maps.push(map);
+        self.mapped.borrow_mut().insert(path.to_path_buf(), maps.len() - 1);
         // SAFETY: the mapping lives as long as `self` and does not move when its `Mmap` handle does.
         Ok(unsafe { &*bytes })
+    }
+
+    /// Lets the kernel drop the resident pages of `bytes`, part of a file this arena mapped, after
+    /// a pass over all of it (hashing): the next read of them faults them in again from the page
+    /// cache. Keeps a process that hashes every workspace unit from holding all of them resident
+    /// at once.
+    pub fn release(&self, bytes: &[u8]) {
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside a private read-only file mapping this arena owns
+            // (`bytes` came from `map`); MADV_DONTNEED on such a mapping only discards the
+            // process's copies of pages, and a later access reads the same file content again, so
+            // every slice borrowed from it stays valid and keeps its bytes (inputs are never
+            // modified in place, see `map`).
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
     }
 }
 

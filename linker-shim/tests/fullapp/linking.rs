@@ -171,6 +171,15 @@ fn every_kind_of_link_goes_through_ipbp_ld_and_executables_are_recorded() {
         links.iter().any(|(s, o)| !s && file_name(o) == "rust_out"),
         "the doctest (rustdoc's rust_out) was not linked through ipbp-ld: {all}"
     );
+    // ... and left nothing behind: rustdoc's temporary directory is gone, no `ipbp/` was made in
+    // it (before or after rustdoc removed it), no build of it is in the registry.
+    let tmp = super::temp_dir_of(&build.project);
+    let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().flatten().map(|e| e.path()).collect();
+    assert!(left.is_empty(), "left behind in TMPDIR after the doctests: {left:?}");
+    for record in std::fs::read_dir(build.project.home.join("builds")).into_iter().flatten().flatten() {
+        let text = std::fs::read_to_string(record.path()).unwrap_or_default();
+        assert!(!text.contains("rustdoctest"), "a doctest was registered: {text}");
+    }
 
     // Every executable in the target dir has a map (tests included), found by `ipbp-ld map`
     // (which waits for a map still being written after the link). Build scripts, which run

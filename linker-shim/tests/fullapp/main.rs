@@ -44,6 +44,11 @@ impl DebugBuild {
     }
 }
 
+/// The TMPDIR of a debug build's `cargo test`.
+pub fn temp_dir_of(project: &Project) -> PathBuf {
+    project.root().join("tmp")
+}
+
 fn config_name(linker: Linker) -> &'static str {
     match linker {
         Linker::Plain => "plain",
@@ -65,7 +70,10 @@ fn debug_build(linker: Linker) -> DebugBuild {
         }
     };
     let build = cargo(&["build", "--locked"]).run();
-    let test = cargo(&["test", "--locked", "--no-fail-fast"]).run();
+    // rustdoc links each doctest in a temporary directory of its own under TMPDIR, and deletes it.
+    let tmp = temp_dir_of(&project);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let test = cargo(&["test", "--locked", "--no-fail-fast"]).env("TMPDIR", &tmp).run();
     let link_log = logging.map(|(_, log)| log);
     DebugBuild { project, linker, build, test, link_log }
 }
@@ -92,7 +100,8 @@ pub struct EditedBuild {
     pub plain: Run,
     pub shim: Run,
     pub edited: Run,
-    /// Copies of `target/debug/fullapp` after each build.
+    /// Copies of `target/debug/fullapp` after each build, in the target directory (where
+    /// `ipbp-ld map` finds the builds of a program that is not in the registry).
     pub plain_bin: PathBuf,
     pub v1_bin: PathBuf,
     pub v2_bin: PathBuf,
@@ -108,7 +117,7 @@ pub fn edited_build() -> &'static EditedBuild {
         let project = Project::copy_of("fullapp");
         let bin = project.target("edit").join("debug/fullapp");
         let keep = |run: &Run, name: &str| {
-            let copy = project.root().join(name);
+            let copy = project.target("edit").join(name);
             if run.success() {
                 copy_file(&bin, &copy);
             }

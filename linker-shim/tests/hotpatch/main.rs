@@ -10,6 +10,7 @@
 mod support;
 
 mod edits;
+mod recording;
 
 use support::live::{scenario, status_for, status_lines, Running, Tick};
 use support::Project;
