@@ -35,11 +35,8 @@ fn module_of(path: &Path, src: &Path) -> String {
 
 /// The `crate::<module>` paths of the code (comments, doc links included, are not imports).
 fn imports(text: &str) -> BTreeSet<String> {
-    let code: String = text
-        .lines()
-        .map(|l| l.split_once("//").map_or(l, |(code, _)| code))
-        .collect::<Vec<_>>()
-        .join("\n");
+    let code: String =
+        text.lines().map(|l| l.split_once("//").map_or(l, |(code, _)| code)).collect::<Vec<_>>().join("\n");
     let mut out = BTreeSet::new();
     for (i, _) in code.match_indices("crate::") {
         let rest = &code[i + "crate::".len()..];

@@ -334,14 +334,23 @@ fn patch_process(
         }
     }
     if mode == plan::Mode::InPlace && !hello.patches.is_empty() {
-        let newest: HashMap<&str, u64> = plan
-            .chunks
-            .iter()
-            .zip(&chunk_addr)
-            .flat_map(|(c, &at)| c.symbols.iter().filter(|s| s.3).map(move |s| (s.0.as_str(), at + s.1)))
-            .collect();
+        // A function of an earlier patch is known there by the name of its build: the current
+        // name, or the one the image has when the diff paired the two by path.
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for (c, &at) in plan.chunks.iter().zip(&chunk_addr) {
+            for (name, offset, _, _) in c.symbols.iter().filter(|s| s.3) {
+                newest.insert(name.as_str(), at + offset);
+                if let Some(change) = d.changed.get(name) {
+                    newest.insert(change.base_name.as_str(), at + offset);
+                }
+            }
+        }
         let chain = deliver::chain::earlier_patches(&patch_dir, &hello.patches, &newest, &image);
-        detours.extend(chain.detours);
+        // An image entry this patch redirects itself is no place to go back to: go where it goes.
+        let redirected: HashMap<u64, u64> = detours.iter().copied().collect();
+        detours.extend(
+            chain.detours.into_iter().map(|(at, to)| (at, redirected.get(&to).copied().unwrap_or(to))),
+        );
         for f in chain.unfit {
             notes.push(format!(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
