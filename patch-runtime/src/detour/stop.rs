@@ -261,6 +261,16 @@ pub fn with_threads_parked(
     LONGEST_PAUSE_NS.store(0, Ordering::Relaxed);
     REQUESTED.store(epoch, Ordering::Release);
 
+    // Parked threads are released however this function is left — a panic of ours included: a
+    // thread left parked would hang the program.
+    struct ReleaseOnDrop(u32);
+    impl Drop for ReleaseOnDrop {
+        fn drop(&mut self) {
+            RELEASED.store(self.0, Ordering::Release);
+            futex_wake(&RELEASED);
+        }
+    }
+    let release = ReleaseOnDrop(epoch);
     let started = Instant::now();
     let result = (|| {
         loop {
@@ -299,11 +309,13 @@ pub fn with_threads_parked(
         Ok(())
     })();
 
-    RELEASED.store(epoch, Ordering::Release);
-    futex_wake(&RELEASED);
+    drop(release);
     // Wait (briefly) for the parked threads to leave, so the pause they saw can be reported.
     let leaving = Instant::now();
-    while leaving.elapsed() < Duration::from_millis(20) && LONGEST_PAUSE_NS.load(Ordering::Relaxed) == 0 {
+    while !signalled.is_empty()
+        && leaving.elapsed() < Duration::from_millis(20)
+        && LONGEST_PAUSE_NS.load(Ordering::Relaxed) == 0
+    {
         std::thread::yield_now();
     }
     result.map(|()| StopStats {
