@@ -425,19 +425,30 @@ fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<UnixS
             &tv as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::timeval>() as libc::socklen_t,
         );
-        if libc::connect(
-            fd.as_raw_fd(),
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        ) != 0
-        {
+        // A signal (another thread's, or ipbp's own parking of threads) interrupts a blocked
+        // connect with EINTR: try again until the timeout has passed.
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let rc = libc::connect(
+                fd.as_raw_fd(),
+                &addr as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            );
+            if rc == 0 {
+                break;
+            }
             let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::EAGAIN | libc::EINPROGRESS) => {
-                    io::Error::new(io::ErrorKind::TimedOut, "the program does not accept connections")
+            match e.raw_os_error() {
+                Some(libc::EISCONN) => break,
+                Some(libc::EINTR) if std::time::Instant::now() < deadline => continue,
+                Some(libc::EAGAIN | libc::EINPROGRESS | libc::EINTR | libc::EALREADY) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the program does not accept connections",
+                    ))
                 }
-                _ => e,
-            });
+                _ => return Err(e),
+            }
         }
     }
     Ok(UnixStream::from(fd))
