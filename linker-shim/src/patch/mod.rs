@@ -357,16 +357,10 @@ fn patch_process(
             ));
         }
     }
-    // One entry, one jump: an object given twice defines a function twice.
+    // One entry, one jump. A mangled name defined in two changed objects (a local instance two
+    // codegen units each have, an object given twice) is the same code twice: either copy will do.
     detours.sort_unstable();
-    detours.dedup();
-    if let Some(w) = detours.windows(2).find(|w| w[0].0 == w[1].0) {
-        let name = image_function_at(&image, w[0].0).unwrap_or_else(|| format!("{:#x}", w[0].0));
-        return Ok(Outcome::Skipped {
-            reasons: vec![format!("`{name}` is defined twice in this build's inputs (an object given twice?)")],
-            notes,
-        });
-    }
+    detours.dedup_by_key(|d| d.0);
     let data: Vec<LedgerEntry> = plan
         .new_data
         .iter()
@@ -414,13 +408,6 @@ fn patch_process(
     let _ =
         manifest::write(&patch_dir, program, reg, new_generation, &plan, &request, &chunk_addr, &d, &timings);
     Ok(Outcome::Patched { summary, load_us, install_us, deferred: applied.deferred, notes })
-}
-
-/// The function of the running image whose entry is `at` (absolute), for messages.
-fn image_function_at(image: &BaseImage<'_>, at: u64) -> Option<String> {
-    let addrs = std::collections::HashSet::from([at.checked_sub(image.load_bias)?]);
-    let names = image.functions_at(&addrs);
-    names.values().flatten().next().map(|n| crate::map::read::demangle(n))
 }
 
 fn summarize(report: &plan::Report, revert_only: bool) -> String {
