@@ -271,6 +271,7 @@ fn patch_process(
     let plan = match plan::plan(
         &plan::Inputs {
             current: &current,
+            base_build: &base,
             diff: &d,
             base: &image,
             hello: &hello,

@@ -129,21 +129,6 @@ impl<'a> BaseImage<'a> {
             .collect()
     }
 
-    /// Function names defined at each of `addrs` (unbiased), in one pass over the symbol table:
-    /// an optimising build merges identical functions into one body with several names.
-    pub fn functions_at(&self, addrs: &std::collections::HashSet<u64>) -> HashMap<u64, Vec<&'a str>> {
-        let mut out: HashMap<u64, Vec<&'a str>> = HashMap::new();
-        if addrs.is_empty() {
-            return out;
-        }
-        for (name, s) in self.index.all_symbols() {
-            if s.kind == BaseKind::Function && addrs.contains(&s.addr) {
-                out.entry(s.addr).or_default().push(name);
-            }
-        }
-        out
-    }
-
     /// Thread-pointer offset of the executable's TLS block as glibc lays it out.
     pub fn tls_tp_offset(&self) -> Option<i64> {
         self.tls.map(|(vaddr, memsz, align)| crate::map::read::tls_tp_offset(vaddr, memsz, align))

@@ -162,6 +162,9 @@ pub struct TlsInfo {
 /// Everything the plan stage reads.
 pub struct Inputs<'p, 'a> {
     pub current: &'p Build<'a>,
+    /// The running build's workspace units (its changed ones are read: which functions the
+    /// optimiser merged there).
+    pub base_build: &'p Build<'a>,
     pub diff: &'p Diff,
     pub base: &'p BaseImage<'a>,
     pub hello: &'p Hello,
@@ -1001,7 +1004,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 (id, mangled, base_name, entries)
             })
             .collect();
-        refuse_shared_entries(base, &mut planned);
+        refuse_shared_entries(&merged_functions(self.input.base_build, &diff.changed_units_base), &mut planned);
         for (id, mangled, _, entries) in planned {
             match entries {
                 Ok(entries) => {
@@ -1078,25 +1081,45 @@ type PlannedDetour<'n> = (ChunkId, &'n str, &'n str, Result<Vec<u64>, String>);
 /// An entry that several functions share (the optimiser merged identical bodies) can only be
 /// redirected if every name there is redirected to the same new code: otherwise callers of a
 /// function that did not change would run another function's new code.
-fn refuse_shared_entries(base: &BaseImage<'_>, planned: &mut [PlannedDetour]) {
-    let addrs: HashSet<u64> =
-        planned.iter().filter_map(|(.., e)| e.as_ref().ok()).flatten().copied().collect();
-    let names = base.functions_at(&addrs);
-    let target: HashMap<&str, ChunkId> =
-        planned.iter().map(|&(id, _, base_name, _)| (base_name, id)).collect();
+fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [PlannedDetour]) {
+    let target: HashMap<&str, ChunkId> = planned.iter().map(|&(id, _, base_name, _)| (base_name, id)).collect();
     for (id, _, base_name, entries) in planned.iter_mut() {
-        let Ok(list) = entries else { continue };
-        let other = list
-            .iter()
-            .flat_map(|a| names.get(a).into_iter().flatten())
-            .find(|&&n| n != *base_name && target.get(n) != Some(id));
-        if let Some(other) = other {
+        if entries.is_err() {
+            continue;
+        }
+        let others = merged.get(*base_name).into_iter().flatten();
+        if let Some(other) = others.copied().find(|&n| target.get(n) != Some(id)) {
             *entries = Err(format!(
                 "its code is shared with `{}`, which the optimiser merged with it",
                 crate::map::read::demangle(other)
             ));
         }
     }
+}
+
+/// Function names the optimiser gave one body in the running build (LLVM merges identical
+/// functions of one codegen unit into aliases): name → the other names of its body. Only the
+/// changed units are read — a merged pair lives in one unit, and a changed function's unit changed.
+fn merged_functions<'a>(base: &Build<'a>, changed_units: &[usize]) -> HashMap<&'a str, Vec<&'a str>> {
+    let mut out: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
+    for &u in changed_units {
+        let Ok(obj) = base.units[u].object() else { continue };
+        for sec in obj.sections.iter().filter(|s| s.kind == SectionKind::Text) {
+            let mut at: HashMap<u64, Vec<&'a str>> = HashMap::new();
+            for &i in &sec.symbols {
+                let sym = &obj.symbols[i];
+                if sym.kind == SymbolKind::Function && sym.is_named() {
+                    at.entry(sym.value).or_default().push(sym.name);
+                }
+            }
+            for names in at.into_values().filter(|n| n.len() > 1) {
+                for &n in &names {
+                    out.entry(n).or_default().extend(names.iter().copied().filter(|&m| m != n));
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The entries (unbiased) of every copy of function `mangled` in the running image (a local symbol
