@@ -16,7 +16,6 @@ const MUTATIONS: usize = 160;
 
 /// The counter's link as rustc asked for it, with every input a mutation may change.
 struct Captured {
-    project: Project,
     /// The linker's working directory.
     cwd: PathBuf,
     /// rustc's ld-style arguments to ipbp-ld.
@@ -30,9 +29,9 @@ struct Captured {
 
 /// Links the counter once with a real linker that records rustc's command (the parent ipbp-ld's
 /// argv), the `cc` command and a copy of every object (rustc deletes its objects after the link).
-fn capture() -> Captured {
+/// The build notes itself in the registry `home`.
+fn capture(project: &Project, home: &Path) -> Captured {
     use std::os::unix::fs::PermissionsExt;
-    let project = scenario("counter");
     let dir = project.root().join("capture");
     std::fs::create_dir_all(dir.join("objects")).unwrap();
     let script = project.root().join("capture-cc");
@@ -55,7 +54,11 @@ fn capture() -> Captured {
     std::fs::write(&script, text).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     project.touch("src/main.rs");
-    let run = project.cargo(Linker::Shim, CONFIG, &["build"]).env("IPBP_LINKER", &script).run();
+    let run = project
+        .cargo(Linker::Shim, CONFIG, &["build"])
+        .env("IPBP_LINKER", &script)
+        .env("IPBP_HOME", home)
+        .run();
     assert!(run.success(), "the capturing build failed: {run}");
 
     let split = |name: &str| -> Vec<String> {
@@ -90,7 +93,7 @@ fn capture() -> Captured {
     }
     assert!(targets.iter().any(|t| t.ends_with("symbols.o")), "no symbols.o among {targets:?}");
     assert!(targets.iter().any(|t| t.to_string_lossy().contains("libipbp-")), "no ipbp rlib: {targets:?}");
-    Captured { project, cwd, ld, cc, targets, deps }
+    Captured { cwd, ld, cc, targets, deps }
 }
 
 /// Replaces every argument equal to `from` (an input path) by `to`.
@@ -196,6 +199,7 @@ fn damage_elf(rng: &mut Rng, elf: &mut [u8], part: usize) -> String {
             Some(s) => format!("strings {} at {}", s.0, scribble(rng, elf, s.2..s.2 + s.3, n)),
             None => format!("bytes at {}", scribble(rng, elf, 0..elf.len(), n)),
         },
+        8 => format!("ELF identification at {}", scribble(rng, elf, 0..16.min(elf.len()), n)),
         _ => format!("bytes at {}", scribble(rng, elf, 0..elf.len(), n)),
     }
 }
@@ -223,19 +227,29 @@ struct Mutation {
     what: String,
 }
 
-/// Makes mutation `seed` of the captured link, writing damaged files into `dir`.
-fn mutate(c: &Captured, seed: u64, dir: &Path) -> Mutation {
+/// What a patch built from damaged objects may meet without the running program's code being
+/// damaged too: objects dropped, truncated, replaced by garbage, with broken identification or
+/// debug info (the layout guard reads it). Bytes of code, symbols or relocations that the real
+/// linker would take as they are would make the plain build just as wrong.
+const PATCH_SAFE_OPS: [usize; 6] = [0, 2, 3, 8, 8, 12];
+
+/// Makes mutation `seed` of the captured link, writing damaged files into `dir`; `ops` are the
+/// kinds of damage to choose from (all when empty), applied to objects only when `objects_only`.
+fn mutate(c: &Captured, seed: u64, dir: &Path, ops: &[usize], objects_only: bool) -> Mutation {
     let mut rng = Rng(seed | 1);
+    let objects: Vec<PathBuf> =
+        c.targets.iter().filter(|t| t.extension().is_some_and(|e| e == "o")).cloned().collect();
+    let targets = if objects_only { &objects } else { &c.targets };
     let (mut ld, mut cc) = (c.ld.clone(), c.cc.clone());
     // `symbols.o` gets extra weight: rustc makes it for the link alone.
     let target = if rng.below(5) == 0 {
         c.targets.iter().find(|t| t.ends_with("symbols.o")).unwrap()
     } else {
-        rng.pick(&c.targets)
+        rng.pick(targets)
     };
     let name = target.file_name().unwrap().to_string_lossy().into_owned();
     let original = target.display().to_string();
-    let op = rng.below(12);
+    let op = if ops.is_empty() { rng.below(12) } else { *rng.pick(ops) };
     let what = match op {
         // Inputs dropped or given twice.
         0 | 1 => {
@@ -270,7 +284,8 @@ fn mutate(c: &Captured, seed: u64, dir: &Path) -> Mutation {
                     format!("replaced by {len} bytes of garbage")
                 }
                 _ => {
-                    let part = op - 4; // 0..=7: header, section table, symbols, relocations, debug, strings, bytes
+                    // header, section table, symbols, relocations, debug, strings, bytes, ident
+                    let part = op - 4;
                     if name.ends_with(".rlib") {
                         let members = elf_members(&bytes);
                         if members.is_empty() {
@@ -353,23 +368,24 @@ fn mutated_link_inputs_link_through_ipbp_ld_as_with_the_plain_linker() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x2545_f491_4f6c_dd1d_u64);
-    let c = capture();
-    let scratch = c.project.root().join("mutations");
+    let project = scenario("counter");
+    let c = capture(&project, &project.home);
+    let scratch = project.root().join("mutations");
     let outcomes: Vec<(usize, usize, usize)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
             .map(|w| {
-                let (c, scratch) = (&c, &scratch);
+                let (c, scratch, home) = (&c, &scratch, &project.home);
                 s.spawn(move || {
                     let (mut linked, mut failed, mut warned) = (0, 0, 0);
                     let shim_out = c.deps.join(format!("counter-fuzz{w}"));
                     for i in (w..MUTATIONS).step_by(2) {
                         let dir = scratch.join(i.to_string());
                         std::fs::create_dir_all(&dir).unwrap();
-                        let m = mutate(c, seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15), &dir);
+                        let m = mutate(c, seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15), &dir, &[], false);
                         let plain_out = dir.join("plain");
-                        let plain = link(Path::new("cc"), &with_output(&m.cc, &plain_out), &c.cwd, &c.project.home);
+                        let plain = link(Path::new("cc"), &with_output(&m.cc, &plain_out), &c.cwd, home);
                         let _ = std::fs::remove_file(&shim_out);
-                        let through = link(&shim(), &with_output(&m.ld, &shim_out), &c.cwd, &c.project.home);
+                        let through = link(&shim(), &with_output(&m.ld, &shim_out), &c.cwd, home);
                         let context = format!("mutation {i} (IPBP_FUZZ_SEED={seed}): {}", m.what);
                         let text = |o: &std::process::Output, out: &Path| {
                             let t = String::from_utf8_lossy(&o.stderr).replace(&out.display().to_string(), "<output>");
@@ -414,4 +430,68 @@ fn mutated_link_inputs_link_through_ipbp_ld_as_with_the_plain_linker() {
         linked > 0 && failed > 0,
         "the mutations exercised one outcome only: {linked} linked, {failed} failed"
     );
+}
+
+/// A running counter and a rebuild after an edit whose objects are damaged before ipbp-ld sees
+/// them: every link reports the process `Patched`, `Skipped` (with a reason) or `Unchanged`, never
+/// panics, and the program keeps ticking with its old or its edited message; a genuine build
+/// patches it afterwards.
+#[test]
+fn damaged_objects_of_a_rebuild_never_harm_the_running_program() {
+    const PATCHES: usize = 24;
+    let seed = std::env::var("IPBP_FUZZ_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x2545_f491_4f6c_dd1d_u64);
+    let (project, app) = super::running_counter(&[]);
+    let mark = app.mark();
+    // The rebuild's link, captured by a build that notes itself in another registry, so it does
+    // not patch the program itself.
+    project.edit(super::MAIN, "let msg = \"hello\";", "let msg = \"mutant\";");
+    let c = capture(&project, &project.root().join("capture-home"));
+    let output = c.ld[c.ld.iter().position(|a| a == "-o").unwrap() + 1].clone();
+    let scratch = project.root().join("patch-mutations");
+    let mut verbs = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..PATCHES {
+        let dir = scratch.join(i.to_string());
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = mutate(
+            &c,
+            seed ^ (i as u64 + 7).wrapping_mul(0xbf58_476d_1ce4_e5b9),
+            &dir,
+            &PATCH_SAFE_OPS,
+            true,
+        );
+        let through = link(&shim(), &with_output(&m.ld, Path::new(&output)), &c.cwd, &project.home);
+        let stderr = String::from_utf8_lossy(&through.stderr).into_owned();
+        let context = format!("mutation {i} (IPBP_FUZZ_SEED={seed}): {}\n{stderr}", m.what);
+        assert!(!stderr.contains("panicked") && !stderr.contains("internal error"), "{context}");
+        assert!(!matches!(through.status.code(), Some(124 | 137)), "{context}: ipbp-ld hung");
+        assert!(shim_warnings(&stderr).len() <= 1, "{context}: more than one warning");
+        let pid = format!("counter (pid {})", app.pid);
+        let lines: Vec<&str> = stderr.lines().map(str::trim_start).filter(|l| l.contains(&pid)).collect();
+        assert_eq!(lines.len(), 1, "{context}: not one status line for the process");
+        let (verb, rest) = lines[0].split_once(' ').unwrap();
+        assert!(["Patched", "Skipped", "Unchanged"].contains(&verb), "{context}: unexpected status");
+        let reason = rest.strip_prefix(&format!("{pid}: ")).unwrap_or("");
+        assert!(!reason.trim().is_empty(), "{context}: a status without a reason");
+        *verbs.entry(verb.to_string()).or_default() += 1;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    eprintln!("damaged rebuilds: {verbs:?}");
+    assert!(verbs.len() > 1, "the damage exercised one outcome only: {verbs:?}");
+
+    // Still ticking, with the message of a build it was given (the edit, when a patch carried
+    // it), and nothing else printed: no panic, no message of ipbp's.
+    let after = app.mark();
+    for t in app.wait_for_ticks(after, &super::THREADS, "a tick after the damaged rebuilds", |_| true) {
+        assert!(["hello", "mutant"].contains(&t.get("msg")), "the program's output changed: {}", app.dump());
+    }
+    let others: Vec<String> = app.lines_since(mark).into_iter().filter(|l| !l.starts_with("tick ")).collect();
+    assert!(others.is_empty(), "the program printed something else: {others:?}");
+
+    let after = app.mark();
+    project.edit(super::MAIN, "let msg = \"mutant\";", "let msg = \"healed\";");
+    super::build_and_expect_patched(&project, &app);
+    app.wait_for_ticks(after, &super::THREADS, "the genuine edit", |t| t.get("msg") == "healed");
 }
