@@ -103,17 +103,28 @@ fn replace_arg(args: &mut [String], from: &str, to: &Path) {
     }
 }
 
-/// Sections of a 64-bit little-endian ELF relocatable: (name, type — 2 symbols, 3 strings,
-/// 4 relocations —, offset, size, entry size),
-/// read with bounds checks (the bytes may be damaged already).
-fn sections(elf: &[u8]) -> Vec<(String, u32, usize, usize, usize)> {
-    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes(b.try_into().unwrap()) as usize);
-    let u32_at = |o: usize| elf.get(o..o + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
-    let u64_at = |o: usize| elf.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
+/// A section of an ELF relocatable, as its header says.
+#[derive(Clone)]
+struct Section {
+    name: String,
+    /// `sh_type`: 2 symbols, 3 strings, 4 relocations.
+    ty: u32,
+    off: usize,
+    size: usize,
+    entry: usize,
+}
+
+/// Sections of a 64-bit little-endian ELF relocatable, read with bounds checks.
+fn sections(elf: &[u8]) -> Vec<Section> {
+    let u16_at =
+        |o: usize| elf.get(o..o.checked_add(2)?).map(|b| u16::from_le_bytes(b.try_into().unwrap()) as usize);
+    let u32_at = |o: usize| elf.get(o..o.checked_add(4)?).map(|b| u32::from_le_bytes(b.try_into().unwrap()));
+    let u64_at =
+        |o: usize| elf.get(o..o.checked_add(8)?).map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize);
     let (Some(shoff), Some(shnum), Some(shstrndx)) = (u64_at(0x28), u16_at(0x3c), u16_at(0x3e)) else {
         return Vec::new();
     };
-    let header = |i: usize| shoff.checked_add(i.checked_mul(64)?);
+    let header = |i: usize| shoff.checked_add(i.checked_mul(64)?).filter(|&h| h < elf.len());
     let strtab = header(shstrndx).and_then(|h| u64_at(h + 0x18)).unwrap_or(0);
     let mut out = Vec::new();
     for i in 0..shnum.min(10_000) {
@@ -129,7 +140,7 @@ fn sections(elf: &[u8]) -> Vec<(String, u32, usize, usize, usize)> {
             .map(|s| String::from_utf8_lossy(&s[..s.iter().position(|&b| b == 0).unwrap_or(0)]).into_owned())
             .unwrap_or_default();
         if off.checked_add(size).is_some_and(|end| end <= elf.len()) {
-            out.push((name, ty, off, size, ent));
+            out.push(Section { name, ty, off, size, entry: ent });
         }
     }
     out
@@ -154,18 +165,19 @@ fn scribble(rng: &mut Rng, bytes: &mut [u8], range: std::ops::Range<usize>, n: u
     at.join(",")
 }
 
-/// Damages one part of an ELF relocatable (`elf` is the object or an rlib member); falls back to
-/// random bytes when the object has no such part.
+/// Damages one part of an ELF relocatable (`elf` is the object or an rlib member) — `part` 0 the
+/// ELF header, 1 a section header, 2 a symbol, 3 a relocation, 4 debug info, 5 a string table,
+/// 6 any bytes, 8 the identification bytes — falling back to random bytes when it has no such part.
 fn damage_elf(rng: &mut Rng, elf: &mut [u8], part: usize) -> String {
     let secs = sections(elf);
-    let pick = |rng: &mut Rng, want: &dyn Fn(&(String, u32, usize, usize, usize)) -> bool| {
-        let found: Vec<_> = secs.iter().filter(|s| want(s) && s.3 > 0).collect();
+    let pick = |rng: &mut Rng, want: &dyn Fn(&Section) -> bool| {
+        let found: Vec<_> = secs.iter().filter(|s| want(s) && s.size > 0).collect();
         (!found.is_empty()).then(|| found[rng.below(found.len())].clone())
     };
-    let entry = |rng: &mut Rng, s: &(String, u32, usize, usize, usize)| {
-        let size = s.4.max(1);
-        let start = s.2 + rng.below(s.3 / size) * size;
-        start..(start + size).min(s.2 + s.3)
+    let entry = |rng: &mut Rng, s: &Section| {
+        let size = s.entry.max(1);
+        let start = s.off + rng.below(s.size / size) * size;
+        start..(start + size).min(s.off + s.size)
     };
     let n = 1 + rng.below(4);
     match part {
@@ -177,26 +189,27 @@ fn damage_elf(rng: &mut Rng, elf: &mut [u8], part: usize) -> String {
             let end = (start + 64).min(elf.len());
             format!("section header at {}", scribble(rng, elf, start..end, n))
         }
-        2 => match pick(rng, &|s| s.1 == 2) {
+        2 => match pick(rng, &|s| s.ty == 2) {
             Some(s) => {
                 let r = entry(rng, &s);
                 format!("symbol entry at {}", scribble(rng, elf, r, n))
             }
             None => format!("bytes at {}", scribble(rng, elf, 0..elf.len(), n)),
         },
-        3 => match pick(rng, &|s| s.1 == 4) {
+        3 => match pick(rng, &|s| s.ty == 4) {
             Some(s) => {
                 let r = entry(rng, &s);
-                format!("relocation in {} at {}", s.0, scribble(rng, elf, r, n))
+                format!("relocation in {} at {}", s.name, scribble(rng, elf, r, n))
             }
             None => format!("bytes at {}", scribble(rng, elf, 0..elf.len(), n)),
         },
-        4 => match pick(rng, &|s| s.0.starts_with(".debug_")) {
-            Some(s) => format!("{} at {}", s.0, scribble(rng, elf, s.2..s.2 + s.3, n * 4)),
-            None => format!("bytes at {}", scribble(rng, elf, 0..elf.len(), n)),
+        4 => match pick(rng, &|s| s.name.starts_with(".debug_")) {
+            Some(s) => format!("{} at {}", s.name, scribble(rng, elf, s.off..s.off + s.size, n * 4)),
+            // `symbols.o` has no debug info: its identification instead (damage of no meaning).
+            None => damage_elf(rng, elf, 8),
         },
-        5 => match pick(rng, &|s| s.1 == 3) {
-            Some(s) => format!("strings {} at {}", s.0, scribble(rng, elf, s.2..s.2 + s.3, n)),
+        5 => match pick(rng, &|s| s.ty == 3) {
+            Some(s) => format!("strings {} at {}", s.name, scribble(rng, elf, s.off..s.off + s.size, n)),
             None => format!("bytes at {}", scribble(rng, elf, 0..elf.len(), n)),
         },
         8 => format!("ELF identification at {}", scribble(rng, elf, 0..16.min(elf.len()), n)),
@@ -233,10 +246,19 @@ struct Mutation {
 /// linker would take as they are would make the plain build just as wrong.
 const PATCH_SAFE_OPS: [usize; 6] = [0, 2, 3, 8, 8, 12];
 
+/// The generator's seed for mutation `i` of a run with `seed` (splitmix64: every run seed gives
+/// every mutation its own stream).
+fn seed_for(seed: u64, i: usize) -> u64 {
+    let mut z = seed.wrapping_add((i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) | 1
+}
+
 /// Makes mutation `seed` of the captured link, writing damaged files into `dir`; `ops` are the
 /// kinds of damage to choose from (all when empty), applied to objects only when `objects_only`.
 fn mutate(c: &Captured, seed: u64, dir: &Path, ops: &[usize], objects_only: bool) -> Mutation {
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng(seed);
     let objects: Vec<PathBuf> =
         c.targets.iter().filter(|t| t.extension().is_some_and(|e| e == "o")).cloned().collect();
     let targets = if objects_only { &objects } else { &c.targets };
@@ -341,19 +363,25 @@ fn link(program: &Path, args: &[String], cwd: &Path, home: &Path) -> std::proces
 /// driver's verdict), without ipbp-ld's own lines. lld reports from several threads, so the
 /// order of its errors, which references it lists under each (`>>>` lines) and, past its error
 /// limit, which errors it names at all vary between two runs of one link; when it crashes, its
-/// stack trace holds addresses that differ with every run (ASLR).
+/// stack trace holds addresses that differ with every run (ASLR) and its dump names the driver's
+/// temporary files.
 fn headlines(stderr: &str) -> Vec<String> {
     if stderr.contains("too many errors emitted") {
         return vec!["too many errors emitted".into()];
+    }
+    // A crashed linker: what other threads reported before the crash varies; the verdict does not.
+    if let Some(crash) = stderr.lines().find(|l| l.contains("terminated with signal")) {
+        return vec![crash.to_string()];
     }
     let mut lines: Vec<String> = stderr
         .lines()
         .filter(|l| !l.starts_with("warning: ipbp-ld:"))
         .filter(|l| {
             let t = l.trim_start();
-            !t.is_empty()
-                && !t.starts_with(">>>")
-                && !(t.starts_with('#') && t[1..].starts_with(|c: char| c.is_ascii_digit()))
+            let frame = t.starts_with('#') && t[1..].starts_with(|c: char| c.is_ascii_digit());
+            // `0.\tProgram arguments: ...` of a crash dump names the driver's temporary files.
+            let dump = t.split_once(".\t").is_some_and(|(n, _)| n.bytes().all(|b| b.is_ascii_digit()));
+            !t.is_empty() && !t.starts_with(">>>") && !frame && !dump
         })
         .map(str::to_string)
         .collect();
@@ -381,7 +409,7 @@ fn mutated_link_inputs_link_through_ipbp_ld_as_with_the_plain_linker() {
                     for i in (w..MUTATIONS).step_by(2) {
                         let dir = scratch.join(i.to_string());
                         std::fs::create_dir_all(&dir).unwrap();
-                        let m = mutate(c, seed ^ (i as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15), &dir, &[], false);
+                        let m = mutate(c, seed_for(seed, i), &dir, &[], false);
                         let plain_out = dir.join("plain");
                         let plain = link(Path::new("cc"), &with_output(&m.cc, &plain_out), &c.cwd, home);
                         let _ = std::fs::remove_file(&shim_out);
@@ -455,13 +483,7 @@ fn damaged_objects_of_a_rebuild_never_harm_the_running_program() {
     for i in 0..PATCHES {
         let dir = scratch.join(i.to_string());
         std::fs::create_dir_all(&dir).unwrap();
-        let m = mutate(
-            &c,
-            seed ^ (i as u64 + 7).wrapping_mul(0xbf58_476d_1ce4_e5b9),
-            &dir,
-            &PATCH_SAFE_OPS,
-            true,
-        );
+        let m = mutate(&c, seed_for(seed ^ 0x5bd1_e995, i), &dir, &PATCH_SAFE_OPS, true);
         let through = link(&shim(), &with_output(&m.ld, Path::new(&output)), &c.cwd, &project.home);
         let stderr = String::from_utf8_lossy(&through.stderr).into_owned();
         let context = format!("mutation {i} (IPBP_FUZZ_SEED={seed}): {}\n{stderr}", m.what);
