@@ -412,43 +412,44 @@ fn connect_within(path: &Path, timeout: std::time::Duration) -> io::Result<UnixS
     }
     // SAFETY: as above.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let tv = libc::timeval {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-    };
-    // SAFETY: setsockopt with a `timeval` of the given size; connect with a filled sockaddr_un.
-    unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDTIMEO,
-            &tv as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-        // A signal (another thread's, or ipbp's own parking of threads) interrupts a blocked
-        // connect with EINTR: try again until the timeout has passed.
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            let rc = libc::connect(
+    let deadline = std::time::Instant::now() + timeout;
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "the program does not accept connections");
+    loop {
+        // A zero SO_SNDTIMEO would mean no limit at all.
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(timed_out());
+        }
+        let tv = libc::timeval {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_usec: left.subsec_micros().max(1) as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt with a `timeval` of the given size; connect with a filled sockaddr_un.
+        let connected = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            libc::connect(
                 fd.as_raw_fd(),
                 &addr as *const _ as *const libc::sockaddr,
                 std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            );
-            if rc == 0 {
-                break;
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EISCONN) => break,
-                Some(libc::EINTR) if std::time::Instant::now() < deadline => continue,
-                Some(libc::EAGAIN | libc::EINPROGRESS | libc::EINTR | libc::EALREADY) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the program does not accept connections",
-                    ))
-                }
-                _ => return Err(e),
-            }
+            ) == 0
+        };
+        if connected {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            // A signal handler ran while waiting for room in the backlog (the runtime's own stop
+            // signals do, while another thread installs detours): nothing was connected, so
+            // connecting again, for the time left, is the same connect.
+            Some(libc::EINTR) => continue,
+            Some(libc::EAGAIN | libc::EINPROGRESS) => return Err(timed_out()),
+            _ => return Err(e),
         }
     }
     Ok(UnixStream::from(fd))

@@ -1004,7 +1004,10 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 (id, mangled, base_name, entries)
             })
             .collect();
-        refuse_shared_entries(&merged_functions(self.input.base_build, &diff.changed_units_base), &mut planned);
+        refuse_shared_entries(
+            &merged_functions(self.input.base_build, &diff.changed_units_base),
+            &mut planned,
+        );
         for (id, mangled, _, entries) in planned {
             match entries {
                 Ok(entries) => {
@@ -1082,7 +1085,8 @@ type PlannedDetour<'n> = (ChunkId, &'n str, &'n str, Result<Vec<u64>, String>);
 /// redirected if every name there is redirected to the same new code: otherwise callers of a
 /// function that did not change would run another function's new code.
 fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [PlannedDetour]) {
-    let target: HashMap<&str, ChunkId> = planned.iter().map(|&(id, _, base_name, _)| (base_name, id)).collect();
+    let target: HashMap<&str, ChunkId> =
+        planned.iter().map(|&(id, _, base_name, _)| (base_name, id)).collect();
     for (id, _, base_name, entries) in planned.iter_mut() {
         if entries.is_err() {
             continue;

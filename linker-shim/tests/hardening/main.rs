@@ -5,12 +5,16 @@
 //! - `registry`: registry directories of another user, planted records, symlinked locks and sockets.
 //! - `requests`: every hostile request kind, slow and surplus clients, and a seeded generator of
 //!   mutated requests.
+//! - `inputs`: captured link inputs of the counter, mutated (bytes of headers, section tables,
+//!   symbols, relocations, debug info; truncated, dropped, duplicated, garbage): each link through
+//!   ipbp-ld ends as the plain link does.
 //! - `processes`: a tampered patch file, a forked child that exits, a stopped process, two target
 //!   directories of one program.
 
 #[path = "../support/mod.rs"]
 mod support;
 
+mod inputs;
 mod processes;
 mod registry;
 mod requests;
@@ -104,5 +108,25 @@ impl Addresses {
     fn section(&self, name: &str) -> u64 {
         let file = object::File::parse(&*self.data).unwrap();
         file.section_by_name(name).unwrap_or_else(|| panic!("no section {name}")).address()
+    }
+}
+
+/// A small xorshift generator: the same seed gives the same requests.
+pub(crate) struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
     }
 }

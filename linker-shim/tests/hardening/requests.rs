@@ -224,26 +224,6 @@ fn hostile_requests_are_refused_and_the_program_runs_on() {
     app.wait_for_ticks(mark, &THREADS, "the edit", |t| t.get("msg") == "still");
 }
 
-/// A small xorshift generator: the same seed gives the same requests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
-
 /// Thousands of generated and mutated requests against a live program: every answer is `ok` or
 /// `error`, the program never crashes, its output stays what it was, and a real patch still
 /// applies afterwards.
