@@ -144,8 +144,6 @@ pub struct Layout {
     /// Import index → offset of its call stub.
     pub stubs: Vec<u64>,
     pub eh_record_offset: Vec<u64>,
-    pub eh_frame_size: u64,
-    pub fde_count: u64,
     /// Read-only, code, writable.
     pub segments: [Segment; 3],
     /// End of the file's loadable part.
@@ -156,10 +154,10 @@ pub struct Layout {
     /// Import index → name offset in `.dynstr`; `soname` offset.
     pub import_name: Vec<u32>,
     pub soname: u32,
-    pub dynamic_entries: u64,
 }
 
-fn cell_for(kind: RelocationType, target: Target) -> Option<Cell> {
+/// The cell a relocation of `kind` to `target` goes through, if it needs one.
+pub fn cell_of(kind: RelocationType, target: Target) -> Option<Cell> {
     Some(match kind {
         R_X86_64_GOTPCREL | R_X86_64_GOTPCRELX | R_X86_64_REX_GOTPCRELX | R_X86_64_GOTPCREL64 => {
             Cell::Address(target)
@@ -177,10 +175,6 @@ fn cell_for(kind: RelocationType, target: Target) -> Option<Cell> {
     })
 }
 
-pub fn cell_of(kind: RelocationType, target: Target) -> Option<Cell> {
-    cell_for(kind, target)
-}
-
 pub fn compute(plan: &Plan, soname: &str) -> Layout {
     let mut cells: HashMap<Cell, u64> = HashMap::new();
     let mut cell_order = Vec::new();
@@ -191,7 +185,7 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         .chain(plan.eh_records.iter().flat_map(|r| r.relocs.iter()));
     // Every import has a cell: its call stub jumps through it, and the loader fills it.
     let import_cells = (0..plan.imports.len()).map(|i| Cell::Address(Target::Import(i)));
-    let wanted = import_cells.chain(relocs.filter_map(|r| cell_for(r.kind, r.target)));
+    let wanted = import_cells.chain(relocs.filter_map(|r| cell_of(r.kind, r.target)));
     let mut got_size = 0u64;
     for cell in wanted {
         if let std::collections::hash_map::Entry::Vacant(e) = cells.entry(cell) {
@@ -311,15 +305,12 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         cell_order,
         stubs,
         eh_record_offset,
-        eh_frame_size: eh + 4,
-        fde_count,
         segments,
         file_end: file,
         span: mem.next_multiple_of(PAGE),
         dynstr,
         import_name,
         soname: soname_off,
-        dynamic_entries,
     }
 }
 

@@ -13,12 +13,12 @@
 //! What cannot be patched safely becomes a [`Refusal`] naming the symbol and the reason.
 
 pub mod base;
-pub mod entry;
+mod entry;
 pub mod graph;
 mod imports;
 mod pull;
 mod tls;
-pub mod unwind;
+mod unwind;
 mod worklist;
 
 use crate::diff::units::Build;
