@@ -35,13 +35,13 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// `format!`-style shorthand for [`Error::msg`].
+/// `format!`-style shorthand for `Error::msg`.
 #[macro_export]
 macro_rules! err {
     ($($arg:tt)*) => { $crate::error::Error::msg(format!($($arg)*)) };
 }
 
-/// Returns early with an [`Error`].
+/// Returns early with an `Error`.
 #[macro_export]
 macro_rules! bail {
     ($($arg:tt)*) => { return Err($crate::err!($($arg)*)) };

@@ -4,14 +4,14 @@
 //! but packed densely in the file (a segment's address and file offset agree modulo the page
 //! size, which is all `mmap` needs).
 
+use super::records::{DYN_SIZE, EHDR_SIZE, PHDR_SIZE, RELA_SIZE, SYM_SIZE};
 use crate::objects::SectionKind;
 use crate::plan::{Plan, Target};
 use object::elf::*;
 use std::collections::HashMap;
 
 pub const PAGE: u64 = 4096;
-pub const EHDR_SIZE: u64 = 64;
-pub const PHDR_SIZE: u64 = 56;
+/// Three `PT_LOAD`, `PT_DYNAMIC`, `PT_GNU_EH_FRAME` (or `PT_NULL`), `PT_GNU_STACK`.
 pub const PHDR_COUNT: u64 = 6;
 /// `jmp *cell(%rip)`: how calls reach an imported function.
 pub const STUB_SIZE: u64 = 8;
@@ -110,6 +110,28 @@ impl Out {
     }
 }
 
+/// One loadable segment: where it is in memory (relative to the base) and in the file. Empty
+/// (all zero) when the patch has nothing for it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Segment {
+    pub mem: u64,
+    pub mem_size: u64,
+    pub file: u64,
+    pub file_size: u64,
+}
+
+impl Segment {
+    /// The end of the segment in memory.
+    pub fn mem_end(&self) -> u64 {
+        self.mem + self.mem_size
+    }
+
+    /// The file offset of memory offset `mem` (which the caller found in this segment).
+    pub fn file_of(&self, mem: u64) -> u64 {
+        self.file + (mem - self.mem)
+    }
+}
+
 /// Offsets are relative to the patch's base address (and equal file offsets within a segment
 /// minus the segment's `delta`).
 pub struct Layout {
@@ -122,10 +144,8 @@ pub struct Layout {
     /// Import index → offset of its call stub.
     pub stubs: Vec<u64>,
     pub eh_record_offset: Vec<u64>,
-    pub eh_frame_size: u64,
-    pub fde_count: u64,
-    /// Per segment: memory offset, memory size, file offset, file size.
-    pub segments: [(u64, u64, u64, u64); 3],
+    /// Read-only, code, writable.
+    pub segments: [Segment; 3],
     /// End of the file's loadable part.
     pub file_end: u64,
     /// Memory span from the base address.
@@ -134,10 +154,10 @@ pub struct Layout {
     /// Import index → name offset in `.dynstr`; `soname` offset.
     pub import_name: Vec<u32>,
     pub soname: u32,
-    pub dynamic_entries: u64,
 }
 
-fn cell_for(kind: RelocationType, target: Target) -> Option<Cell> {
+/// The cell a relocation of `kind` to `target` goes through, if it needs one.
+pub fn cell_of(kind: RelocationType, target: Target) -> Option<Cell> {
     Some(match kind {
         R_X86_64_GOTPCREL | R_X86_64_GOTPCRELX | R_X86_64_REX_GOTPCRELX | R_X86_64_GOTPCREL64 => {
             Cell::Address(target)
@@ -155,10 +175,6 @@ fn cell_for(kind: RelocationType, target: Target) -> Option<Cell> {
     })
 }
 
-pub fn cell_of(kind: RelocationType, target: Target) -> Option<Cell> {
-    cell_for(kind, target)
-}
-
 pub fn compute(plan: &Plan, soname: &str) -> Layout {
     let mut cells: HashMap<Cell, u64> = HashMap::new();
     let mut cell_order = Vec::new();
@@ -169,7 +185,7 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         .chain(plan.eh_records.iter().flat_map(|r| r.relocs.iter()));
     // Every import has a cell: its call stub jumps through it, and the loader fills it.
     let import_cells = (0..plan.imports.len()).map(|i| Cell::Address(Target::Import(i)));
-    let wanted = import_cells.chain(relocs.filter_map(|r| cell_for(r.kind, r.target)));
+    let wanted = import_cells.chain(relocs.filter_map(|r| cell_of(r.kind, r.target)));
     let mut got_size = 0u64;
     for cell in wanted {
         if let std::collections::hash_map::Entry::Vacant(e) = cells.entry(cell) {
@@ -197,11 +213,11 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
     let dynamic_entries = 8 + if has_imports { 3 } else { 0 };
 
     let mut sizes: HashMap<Out, (u64, u64)> = HashMap::new(); // size, align
-    sizes.insert(Out::DynSym, (nsyms * 24, 8));
+    sizes.insert(Out::DynSym, (nsyms * SYM_SIZE, 8));
     sizes.insert(Out::DynStr, (dynstr.len() as u64, 1));
     sizes.insert(Out::Hash, ((2 + 1 + nsyms) * 4, 8));
-    sizes.insert(Out::RelaDyn, (count_dynamic_relocs(plan) * 24, 8));
-    sizes.insert(Out::Dynamic, (dynamic_entries * 16, 8));
+    sizes.insert(Out::RelaDyn, (count_dynamic_relocs(plan) * RELA_SIZE, 8));
+    sizes.insert(Out::Dynamic, (dynamic_entries * DYN_SIZE, 8));
     sizes.insert(Out::Got, (got_size, 16));
 
     // Chunks within their output sections.
@@ -265,10 +281,10 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         b.2 = mem;
         b.3 = file;
     }
-    let mut segments = [(0u64, 0u64, 0u64, 0u64); 3];
+    let mut segments = [Segment::default(); 3];
     for (i, b) in bounds.iter().enumerate() {
         if let Some((m0, f0, m1, f1)) = *b {
-            segments[i] = (m0, m1 - m0, f0, f1 - f0);
+            segments[i] = Segment { mem: m0, mem_size: m1 - m0, file: f0, file_size: f1 - f0 };
         }
     }
 
@@ -289,15 +305,12 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         cell_order,
         stubs,
         eh_record_offset,
-        eh_frame_size: eh + 4,
-        fde_count,
         segments,
         file_end: file,
         span: mem.next_multiple_of(PAGE),
         dynstr,
         import_name,
         soname: soname_off,
-        dynamic_entries,
     }
 }
 

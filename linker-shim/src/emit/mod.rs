@@ -12,13 +12,15 @@
 //! in any shared library: the runtime presents the loaded patch as a library with load bias =
 //! base (see `describe_as_library` in the ipbp crate), which is what backtrace symbolizers need.
 
-pub mod layout;
+mod layout;
+mod records;
 
 use crate::error::Result;
 use crate::plan::{Plan, PlannedReloc, Target};
 use crate::{bail, err};
-use layout::{Cell, Layout, Out, EHDR_SIZE, PHDR_COUNT, PHDR_SIZE, STUB_SIZE};
+use layout::{Cell, Layout, Out, PHDR_COUNT, STUB_SIZE};
 use object::elf::*;
+use records::{Le, Section, EHDR_SIZE, RELA_SIZE};
 
 /// How TLS offsets become thread-pointer offsets in this process.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +31,6 @@ pub struct TlsLayout {
 
 pub struct Emitted {
     pub bytes: Vec<u8>,
-    pub base: u64,
     /// Memory span from `base`.
     pub span: u64,
     /// Absolute address of every chunk.
@@ -60,11 +61,11 @@ pub fn write(plan: &Plan, lay: &Layout, base: u64, tls: TlsLayout) -> Result<Emi
     bytes.extend_from_slice(&tail.data);
     let shoff_real = bytes.len().next_multiple_of(8);
     bytes.resize(shoff_real, 0);
-    let shnum = section_headers.len() / 64;
-    bytes.extend_from_slice(&section_headers);
+    let shnum = section_headers.len();
+    bytes.extend_from_slice(records::table(&section_headers));
     write_headers(&mut bytes, lay, base, shoff_real as u64, shnum as u16, shstrndx);
     let chunk_addr = lay.chunk_offset.iter().map(|o| base + o).collect();
-    Ok(Emitted { bytes, base, span: lay.span, chunk_addr })
+    Ok(Emitted { bytes, span: lay.span, chunk_addr })
 }
 
 struct Writer<'p, 'a> {
@@ -73,16 +74,16 @@ struct Writer<'p, 'a> {
     base: u64,
     tls: TlsLayout,
     out: Vec<u8>,
-    /// (place, type, dynsym index, addend)
-    dynrel: Vec<(u64, u32, u32, i64)>,
+    /// `.rela.dyn`: what the loader fills in (import cells, pointers to imports in data).
+    dynrel: Vec<Rela64<Le>>,
 }
 
 impl Writer<'_, '_> {
     /// File offset of memory offset `mem`.
     fn file_of(&self, mem: u64) -> usize {
-        for (m, msz, f, _) in self.lay.segments {
-            if mem >= m && mem < m + msz.max(1) {
-                return (f + (mem - m)) as usize;
+        for seg in &self.lay.segments {
+            if mem >= seg.mem && mem < seg.mem + seg.mem_size.max(1) {
+                return seg.file_of(mem) as usize;
             }
         }
         panic!("offset {mem:#x} is in no segment")
@@ -133,7 +134,7 @@ impl Writer<'_, '_> {
             let at = self.lay.cells[&cell];
             match cell {
                 Cell::Address(Target::Import(i)) => {
-                    self.dynrel.push((self.base + at, R_X86_64_GLOB_DAT.0, i as u32 + 1, 0));
+                    self.dynrel.push(records::rela(self.base + at, R_X86_64_GLOB_DAT, i as u32 + 1, 0));
                 }
                 Cell::Address(t) => {
                     let v = self.target_value(t)?;
@@ -177,7 +178,7 @@ impl Writer<'_, '_> {
             R_X86_64_NONE => return Ok(()),
             R_X86_64_64 => {
                 if let Target::Import(i) = r.target {
-                    self.dynrel.push((p, R_X86_64_64.0, i as u32 + 1, a));
+                    self.dynrel.push(records::rela(p, R_X86_64_64, i as u32 + 1, a));
                     return Ok(());
                 }
                 (self.target_value(r.target)? as i128 + a as i128, 8, Range::Any)
@@ -270,14 +271,11 @@ impl Writer<'_, '_> {
     fn dynamic_tables(&mut self) {
         let lay = self.lay;
         let sec = |o: Out| lay.sections.get(&o).copied().unwrap_or((0, 0));
-        let mut dynsym = vec![0u8; 24];
-        for &name in &lay.import_name {
-            let mut s = [0u8; 24];
-            s[0..4].copy_from_slice(&name.to_le_bytes());
-            s[4] = (STB_GLOBAL.0 << 4) | STT_NOTYPE.0;
-            dynsym.extend_from_slice(&s);
-        }
-        self.put(sec(Out::DynSym).0, &dynsym);
+        let null = records::symbol(0, STB_LOCAL, STT_NOTYPE, 0, 0, 0);
+        let imports =
+            lay.import_name.iter().map(|&name| records::symbol(name, STB_GLOBAL, STT_NOTYPE, 0, 0, 0));
+        let dynsym: Vec<Sym64<Le>> = std::iter::once(null).chain(imports).collect();
+        self.put(sec(Out::DynSym).0, records::table(&dynsym));
         self.put(sec(Out::DynStr).0, &lay.dynstr.clone());
         // A one-bucket SysV hash table: enough for the loader, which looks nothing up in a patch.
         let nsyms = lay.import_name.len() as u32 + 1;
@@ -287,27 +285,22 @@ impl Writer<'_, '_> {
         }
         self.put(sec(Out::Hash).0, &hash);
         let b = self.base;
-        let mut entries: Vec<(i64, u64)> = vec![
-            (DT_HASH.0, b + sec(Out::Hash).0),
-            (DT_STRTAB.0, b + sec(Out::DynStr).0),
-            (DT_SYMTAB.0, b + sec(Out::DynSym).0),
-            (DT_STRSZ.0, lay.dynstr.len() as u64),
-            (DT_SYMENT.0, 24),
-            (DT_SONAME.0, lay.soname as u64),
+        let mut entries = vec![
+            records::dynamic(DT_HASH, b + sec(Out::Hash).0),
+            records::dynamic(DT_STRTAB, b + sec(Out::DynStr).0),
+            records::dynamic(DT_SYMTAB, b + sec(Out::DynSym).0),
+            records::dynamic(DT_STRSZ, lay.dynstr.len() as u64),
+            records::dynamic(DT_SYMENT, records::SYM_SIZE),
+            records::dynamic(DT_SONAME, lay.soname as u64),
         ];
         if !lay.import_name.is_empty() {
-            entries.push((DT_RELA.0, b + sec(Out::RelaDyn).0));
-            entries.push((DT_RELASZ.0, sec(Out::RelaDyn).1));
-            entries.push((DT_RELAENT.0, 24));
+            entries.push(records::dynamic(DT_RELA, b + sec(Out::RelaDyn).0));
+            entries.push(records::dynamic(DT_RELASZ, sec(Out::RelaDyn).1));
+            entries.push(records::dynamic(DT_RELAENT, RELA_SIZE));
         }
-        entries.push((DT_FLAGS_1.0, DF_1_NODELETE.0));
-        let mut d = Vec::new();
-        for (tag, val) in entries {
-            d.extend_from_slice(&tag.to_le_bytes());
-            d.extend_from_slice(&val.to_le_bytes());
-        }
-        d.extend_from_slice(&[0u8; 16]); // DT_NULL
-        self.put(sec(Out::Dynamic).0, &d);
+        entries.push(records::dynamic(DT_FLAGS_1, DF_1_NODELETE.0));
+        entries.push(records::dynamic(DT_NULL, 0));
+        self.put(sec(Out::Dynamic).0, records::table(&entries));
     }
 }
 
@@ -318,16 +311,13 @@ enum Range {
     Unsigned,
 }
 
-fn write_rela_dyn(bytes: &mut [u8], lay: &Layout, dynrel: &[(u64, u32, u32, i64)]) {
+/// `.rela.dyn`, once every entry is known (layout counted them).
+fn write_rela_dyn(bytes: &mut [u8], lay: &Layout, dynrel: &[Rela64<Le>]) {
     let Some(&(at, size)) = lay.sections.get(&Out::RelaDyn) else { return };
-    let file = lay.segments.iter().find(|s| at >= s.0 && at < s.0 + s.1).map_or(at, |s| s.2 + (at - s.0));
-    let mut pos = file as usize;
-    for &(place, kind, sym, addend) in dynrel.iter().take((size / 24) as usize) {
-        bytes[pos..pos + 8].copy_from_slice(&place.to_le_bytes());
-        bytes[pos + 8..pos + 16].copy_from_slice(&(((sym as u64) << 32) | kind as u64).to_le_bytes());
-        bytes[pos + 16..pos + 24].copy_from_slice(&addend.to_le_bytes());
-        pos += 24;
-    }
+    let file = lay.segments.iter().find(|s| at >= s.mem && at < s.mem_end()).map_or(at, |s| s.file_of(at));
+    let table = records::table(&dynrel[..dynrel.len().min((size / RELA_SIZE) as usize)]);
+    let pos = file as usize;
+    bytes[pos..pos + table.len()].copy_from_slice(table);
 }
 
 /// The relocation's name, for messages.
@@ -373,23 +363,19 @@ fn non_alloc_sections(plan: &Plan, lay: &Layout) -> Tail {
             as u16
     };
     let mut strtab = vec![0u8];
-    let mut symtab = vec![0u8; 24];
+    let mut symtab = vec![records::symbol(0, STB_LOCAL, STT_NOTYPE, 0, 0, 0)];
     for (i, c) in plan.chunks.iter().enumerate() {
         let shndx = index_of(lay.chunk_out[i]);
         for (name, off, size, func) in &c.symbols {
             let name_off = strtab.len() as u32;
             strtab.extend_from_slice(name.as_bytes());
             strtab.push(0);
-            let mut s = [0u8; 24];
-            s[0..4].copy_from_slice(&name_off.to_le_bytes());
-            s[4] = (STB_LOCAL.0 << 4) | if *func { STT_FUNC.0 } else { STT_OBJECT.0 };
-            s[6..8].copy_from_slice(&shndx.to_le_bytes());
-            s[8..16].copy_from_slice(&(lay.chunk_offset[i] + off).to_le_bytes());
-            s[16..24].copy_from_slice(&size.to_le_bytes());
-            symtab.extend_from_slice(&s);
+            let ty = if *func { STT_FUNC } else { STT_OBJECT };
+            symtab.push(records::symbol(name_off, STB_LOCAL, ty, shndx, lay.chunk_offset[i] + off, *size));
         }
     }
-    let local_count = (symtab.len() / 24) as u32;
+    let local_count = symtab.len() as u32;
+    let symtab = records::table(&symtab);
     let mut shstrtab = vec![0u8];
     let mut names = Vec::new();
     for out in Out::ALL.iter().filter(|o| lay.sections.contains_key(o)) {
@@ -404,7 +390,7 @@ fn non_alloc_sections(plan: &Plan, lay: &Layout) -> Tail {
     }
     let mut data = Vec::new();
     let symtab_at = (0u64, symtab.len() as u64);
-    data.extend_from_slice(&symtab);
+    data.extend_from_slice(symtab);
     let strtab_at = (data.len() as u64, strtab.len() as u64);
     data.extend_from_slice(&strtab);
     let shstrtab_at = (data.len() as u64, shstrtab.len() as u64);
@@ -413,160 +399,296 @@ fn non_alloc_sections(plan: &Plan, lay: &Layout) -> Tail {
 }
 
 impl Tail {
-    /// Section headers; the non-alloc sections start at file offset `tail_at`.
-    fn section_headers(&self, lay: &Layout, tail_at: u64) -> (Vec<u8>, u16) {
+    /// Section headers; the non-alloc sections start at file offset `tail_at`. Also the index of
+    /// `.shstrtab`.
+    fn section_headers(&self, lay: &Layout, tail_at: u64) -> (Vec<SectionHeader64<Le>>, u16) {
         let present: Vec<Out> = Out::ALL.iter().copied().filter(|o| lay.sections.contains_key(o)).collect();
         let index = |o: Out| present.iter().position(|&p| p == o).map_or(0, |i| i as u32 + 1);
-        let mut sh = vec![0u8; 64];
+        let mut sh = vec![Section::null().header()];
         for (i, &out) in present.iter().enumerate() {
             let (mem, size) = lay.sections[&out];
-            let file =
-                lay.segments.iter().find(|s| mem >= s.0 && mem <= s.0 + s.1).map_or(0, |s| s.2 + (mem - s.0));
-            let (ty, flags, link, info, entsize, align) = match out {
-                Out::DynSym => (SHT_DYNSYM, SHF_ALLOC.0, index(Out::DynStr), 1, 24, 8),
-                Out::DynStr => (SHT_STRTAB, SHF_ALLOC.0, 0, 0, 0, 1),
-                Out::Hash => (SHT_HASH, SHF_ALLOC.0, index(Out::DynSym), 0, 4, 8),
-                Out::RelaDyn => (SHT_RELA, SHF_ALLOC.0, index(Out::DynSym), 0, 24, 8),
-                Out::Rodata | Out::ExceptTable | Out::EhFrameHdr => (SHT_PROGBITS, SHF_ALLOC.0, 0, 0, 0, 8),
-                Out::EhFrame => (SHT_X86_64_UNWIND, SHF_ALLOC.0, 0, 0, 0, 8),
-                Out::Text => (SHT_PROGBITS, SHF_ALLOC.0 | SHF_EXECINSTR.0, 0, 0, 0, 16),
-                Out::Dynamic => (SHT_DYNAMIC, SHF_ALLOC.0 | SHF_WRITE.0, index(Out::DynStr), 0, 16, 8),
-                Out::Got | Out::Data => (SHT_PROGBITS, SHF_ALLOC.0 | SHF_WRITE.0, 0, 0, 0, 16),
-                Out::Bss => (SHT_NOBITS, SHF_ALLOC.0 | SHF_WRITE.0, 0, 0, 0, 16),
+            let file = lay
+                .segments
+                .iter()
+                .find(|s| mem >= s.mem && mem <= s.mem_end())
+                .map_or(0, |s| s.file_of(mem));
+            let (ty, flags, link, info, entsize, addralign) = match out {
+                Out::DynSym => (SHT_DYNSYM, SHF_ALLOC, index(Out::DynStr), 1, records::SYM_SIZE, 8),
+                Out::DynStr => (SHT_STRTAB, SHF_ALLOC, 0, 0, 0, 1),
+                Out::Hash => (SHT_HASH, SHF_ALLOC, index(Out::DynSym), 0, 4, 8),
+                Out::RelaDyn => (SHT_RELA, SHF_ALLOC, index(Out::DynSym), 0, RELA_SIZE, 8),
+                Out::Rodata | Out::ExceptTable | Out::EhFrameHdr => (SHT_PROGBITS, SHF_ALLOC, 0, 0, 0, 8),
+                Out::EhFrame => (SHT_X86_64_UNWIND, SHF_ALLOC, 0, 0, 0, 8),
+                Out::Text => (SHT_PROGBITS, SHF_ALLOC | SHF_EXECINSTR, 0, 0, 0, 16),
+                Out::Dynamic => {
+                    (SHT_DYNAMIC, SHF_ALLOC | SHF_WRITE, index(Out::DynStr), 0, records::DYN_SIZE, 8)
+                }
+                Out::Got | Out::Data => (SHT_PROGBITS, SHF_ALLOC | SHF_WRITE, 0, 0, 0, 16),
+                Out::Bss => (SHT_NOBITS, SHF_ALLOC | SHF_WRITE, 0, 0, 0, 16),
             };
-            sh.extend_from_slice(&shdr(
-                self.names[i],
-                ty.0,
-                flags,
-                mem,
-                file,
-                size,
-                link,
-                info,
-                align,
-                entsize,
-            ));
+            let name = self.names[i];
+            sh.push(
+                Section { name, ty, flags, addr: mem, offset: file, size, link, info, addralign, entsize }
+                    .header(),
+            );
         }
         let n = present.len();
         let strtab_index = n as u32 + 2;
-        sh.extend_from_slice(&shdr(
-            self.names[n],
-            SHT_SYMTAB.0,
-            0,
-            0,
-            tail_at + self.symtab.0,
-            self.symtab.1,
-            strtab_index,
-            self.local_count,
-            8,
-            24,
-        ));
-        sh.extend_from_slice(&shdr(
-            self.names[n + 1],
-            SHT_STRTAB.0,
-            0,
-            0,
-            tail_at + self.strtab.0,
-            self.strtab.1,
-            0,
-            0,
-            1,
-            0,
-        ));
-        sh.extend_from_slice(&shdr(
-            self.names[n + 2],
-            SHT_STRTAB.0,
-            0,
-            0,
-            tail_at + self.shstrtab.0,
-            self.shstrtab.1,
-            0,
-            0,
-            1,
-            0,
-        ));
+        let tables = [
+            (self.symtab, SHT_SYMTAB, strtab_index, self.local_count, 8, records::SYM_SIZE),
+            (self.strtab, SHT_STRTAB, 0, 0, 1, 0),
+            (self.shstrtab, SHT_STRTAB, 0, 0, 1, 0),
+        ];
+        for (i, ((at, size), ty, link, info, addralign, entsize)) in tables.into_iter().enumerate() {
+            let (name, flags, offset) = (self.names[n + i], SectionFlags(0), tail_at + at);
+            sh.push(
+                Section { name, ty, flags, addr: 0, offset, size, link, info, addralign, entsize }.header(),
+            );
+        }
         (sh, n as u16 + 3)
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn shdr(
-    name: u32,
-    ty: u32,
-    flags: u64,
-    addr: u64,
-    offset: u64,
-    size: u64,
-    link: u32,
-    info: u32,
-    align: u64,
-    entsize: u64,
-) -> [u8; 64] {
-    let mut h = [0u8; 64];
-    h[0..4].copy_from_slice(&name.to_le_bytes());
-    h[4..8].copy_from_slice(&ty.to_le_bytes());
-    h[8..16].copy_from_slice(&flags.to_le_bytes());
-    h[16..24].copy_from_slice(&addr.to_le_bytes());
-    h[24..32].copy_from_slice(&offset.to_le_bytes());
-    h[32..40].copy_from_slice(&size.to_le_bytes());
-    h[40..44].copy_from_slice(&link.to_le_bytes());
-    h[44..48].copy_from_slice(&info.to_le_bytes());
-    h[48..56].copy_from_slice(&align.to_le_bytes());
-    h[56..64].copy_from_slice(&entsize.to_le_bytes());
-    h
-}
-
 /// ELF header and program headers.
 fn write_headers(bytes: &mut [u8], lay: &Layout, base: u64, shoff: u64, shnum: u16, shstrndx: u16) {
-    let mut e = [0u8; EHDR_SIZE as usize];
-    e[..4].copy_from_slice(b"\x7fELF");
-    e[4] = ELFCLASS64.0;
-    e[5] = ELFDATA2LSB.0;
-    e[6] = EV_CURRENT.0;
-    e[16..18].copy_from_slice(&ET_DYN.0.to_le_bytes());
-    e[18..20].copy_from_slice(&EM_X86_64.0.to_le_bytes());
-    e[20..24].copy_from_slice(&u32::from(EV_CURRENT.0).to_le_bytes());
-    e[32..40].copy_from_slice(&EHDR_SIZE.to_le_bytes());
-    e[40..48].copy_from_slice(&shoff.to_le_bytes());
-    e[52..54].copy_from_slice(&(EHDR_SIZE as u16).to_le_bytes());
-    e[54..56].copy_from_slice(&(PHDR_SIZE as u16).to_le_bytes());
-    e[56..58].copy_from_slice(&(PHDR_COUNT as u16).to_le_bytes());
-    e[58..60].copy_from_slice(&64u16.to_le_bytes());
-    e[60..62].copy_from_slice(&shnum.to_le_bytes());
-    e[62..64].copy_from_slice(&shstrndx.to_le_bytes());
-    bytes[..EHDR_SIZE as usize].copy_from_slice(&e);
+    let header = records::file_header(PHDR_COUNT as u16, shoff, shnum, shstrndx);
+    bytes[..EHDR_SIZE as usize].copy_from_slice(records::bytes(&header));
 
-    let flags = [PF_R.0, PF_R.0 | PF_X.0, PF_R.0 | PF_W.0];
+    let null = || records::program_header(PT_NULL, ProgramFlags(0), 0, 0, 0, 0, 0);
+    let flags = [PF_R, PF_R | PF_X, PF_R | PF_W];
     let mut ph = Vec::new();
-    for (i, &(mem, msz, file, fsz)) in lay.segments.iter().enumerate() {
-        if msz == 0 {
-            ph.push(phdr(PT_NULL.0, 0, 0, 0, 0, 0, 0));
+    for (seg, flags) in lay.segments.iter().zip(flags) {
+        if seg.mem_size == 0 {
+            ph.push(null());
         } else {
-            ph.push(phdr(PT_LOAD.0, flags[i], file, base + mem, fsz, msz, layout::PAGE));
+            let (offset, vaddr) = (seg.file, base + seg.mem);
+            ph.push(records::program_header(
+                PT_LOAD,
+                flags,
+                offset,
+                vaddr,
+                seg.file_size,
+                seg.mem_size,
+                layout::PAGE,
+            ));
         }
     }
     let (dmem, dsize) = lay.sections[&Out::Dynamic];
-    let dfile = lay.segments[2].2 + (dmem - lay.segments[2].0);
-    ph.push(phdr(PT_DYNAMIC.0, PF_R.0 | PF_W.0, dfile, base + dmem, dsize, dsize, 8));
+    let dfile = lay.segments[2].file_of(dmem);
+    ph.push(records::program_header(PT_DYNAMIC, PF_R | PF_W, dfile, base + dmem, dsize, dsize, 8));
+    // The read-only segment starts the file at offset 0: its memory and file offsets agree.
     match lay.sections.get(&Out::EhFrameHdr) {
-        Some(&(hmem, hsize)) => ph.push(phdr(PT_GNU_EH_FRAME.0, PF_R.0, hmem, base + hmem, hsize, hsize, 4)),
-        None => ph.push(phdr(PT_NULL.0, 0, 0, 0, 0, 0, 0)),
+        Some(&(hmem, hsize)) => {
+            ph.push(records::program_header(PT_GNU_EH_FRAME, PF_R, hmem, base + hmem, hsize, hsize, 4))
+        }
+        None => ph.push(null()),
     }
-    ph.push(phdr(PT_GNU_STACK.0, PF_R.0 | PF_W.0, 0, 0, 0, 0, 16));
+    ph.push(records::program_header(PT_GNU_STACK, PF_R | PF_W, 0, 0, 0, 0, 16));
+    debug_assert_eq!(ph.len() as u64, PHDR_COUNT);
+    let table = records::table(&ph);
     let at = EHDR_SIZE as usize;
-    let flat: Vec<u8> = ph.concat();
-    bytes[at..at + flat.len()].copy_from_slice(&flat);
+    bytes[at..at + table.len()].copy_from_slice(table);
 }
 
-fn phdr(ty: u32, flags: u32, offset: u64, vaddr: u64, filesz: u64, memsz: u64, align: u64) -> Vec<u8> {
-    let mut p = Vec::with_capacity(PHDR_SIZE as usize);
-    p.extend_from_slice(&ty.to_le_bytes());
-    p.extend_from_slice(&flags.to_le_bytes());
-    p.extend_from_slice(&offset.to_le_bytes());
-    p.extend_from_slice(&vaddr.to_le_bytes());
-    p.extend_from_slice(&vaddr.to_le_bytes());
-    p.extend_from_slice(&filesz.to_le_bytes());
-    p.extend_from_slice(&memsz.to_le_bytes());
-    p.extend_from_slice(&align.to_le_bytes());
-    p
+#[cfg(test)]
+mod tests {
+    //! Emits a small synthetic plan and reads the library back with `object`'s ELF reader.
+
+    use super::*;
+    use crate::objects::SectionKind;
+    use crate::plan::{Chunk, Report};
+    use object::read::elf::{ElfFile64, FileHeader as _, ProgramHeader as _, SectionHeader as _, Sym as _};
+    use object::LittleEndian as LE;
+    use std::borrow::Cow;
+
+    const BASE: u64 = 0x5555_0000_0000;
+
+    fn reloc(offset: u64, kind: RelocationType, target: Target, addend: i64, symbol: &str) -> PlannedReloc {
+        PlannedReloc { offset, kind, target, addend, symbol: symbol.to_string() }
+    }
+
+    fn chunk(
+        name: &str,
+        kind: SectionKind,
+        data: Vec<u8>,
+        size: u64,
+        relocs: Vec<PlannedReloc>,
+    ) -> Chunk<'static> {
+        let func = kind == SectionKind::Text;
+        Chunk {
+            name: name.to_string(),
+            kind,
+            align: if func { 16 } else { 8 },
+            size,
+            data: Cow::Owned(data),
+            relocs,
+            symbols: vec![(name.to_string(), 0, size, func)],
+        }
+    }
+
+    /// `f` calls the import `write` and reads `COUNTER`; `TABLE` points at `f` and at `write`;
+    /// `ZEROED` is zero-filled.
+    fn plan() -> Plan<'static> {
+        let code = vec![0xe8, 0, 0, 0, 0, 0x48, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+        let f = chunk(
+            "f",
+            SectionKind::Text,
+            code,
+            13,
+            vec![
+                reloc(1, R_X86_64_PLT32, Target::Import(0), -4, "write"),
+                reloc(8, R_X86_64_PC32, Target::Chunk(1, 0), -4, "COUNTER"),
+            ],
+        );
+        let counter = chunk("COUNTER", SectionKind::Data, vec![7, 0, 0, 0, 0, 0, 0, 0], 8, vec![]);
+        let table = chunk(
+            "TABLE",
+            SectionKind::Data,
+            vec![0; 16],
+            16,
+            vec![
+                reloc(0, R_X86_64_64, Target::Chunk(0, 0), 0, "f"),
+                reloc(8, R_X86_64_64, Target::Import(0), 0, "write"),
+            ],
+        );
+        let zeroed = chunk("ZEROED", SectionKind::Bss, vec![], 32, vec![]);
+        Plan {
+            steps: vec![],
+            stats: vec![],
+            chunks: vec![f, counter, table, zeroed],
+            eh_records: vec![],
+            imports: vec!["write".to_string()],
+            installs: vec![],
+            new_data: vec![],
+            new_tls: vec![],
+            report: Report::default(),
+            refusals: vec![],
+        }
+    }
+
+    #[test]
+    fn a_synthetic_plan_reads_back_as_the_library_it_describes() {
+        let plan = plan();
+        let lay = layout(&plan, "libpatch.so");
+        let out = write(&plan, &lay, BASE, TlsLayout { block_tp_offset: -64 }).unwrap();
+        assert_eq!(out.span % layout::PAGE, 0);
+        assert_eq!(out.chunk_addr, lay.chunk_offset.iter().map(|o| BASE + o).collect::<Vec<_>>());
+        let data = out.bytes.as_slice();
+        let elf = ElfFile64::<LE>::parse(data).expect("the patch parses as ELF");
+        let e = LE;
+        let header = elf.elf_header();
+        assert_eq!(header.e_type(e), ET_DYN);
+        assert_eq!(header.e_machine(e), EM_X86_64);
+        assert_eq!(header.e_phoff(e), EHDR_SIZE);
+        assert_eq!(u64::from(header.e_phnum(e)), PHDR_COUNT);
+
+        // Program headers: three loads (R, RX, RW) at absolute addresses, each at the same page
+        // offset in the file as in memory; the dynamic section; no executable stack.
+        let ph = elf.elf_program_headers();
+        let types: Vec<_> = ph.iter().map(|p| p.p_type(e)).collect();
+        assert_eq!(types, [PT_LOAD, PT_LOAD, PT_LOAD, PT_DYNAMIC, PT_NULL, PT_GNU_STACK]);
+        let flags: Vec<_> = ph[..3].iter().map(|p| p.p_flags(e)).collect();
+        assert_eq!(flags, [PF_R, PF_R | PF_X, PF_R | PF_W]);
+        for (p, seg) in ph[..3].iter().zip(&lay.segments) {
+            assert_eq!(p.p_vaddr(e), BASE + seg.mem);
+            assert_eq!(p.p_offset(e), seg.file);
+            assert_eq!(p.p_memsz(e), seg.mem_size);
+            assert_eq!(p.p_vaddr(e) % layout::PAGE, p.p_offset(e) % layout::PAGE);
+        }
+        assert_eq!(ph[0].p_offset(e), 0, "the first load maps the headers");
+        assert!(ph[2].p_memsz(e) > ph[2].p_filesz(e), ".bss takes memory, not file");
+        assert_eq!(ph[5].p_flags(e), PF_R | PF_W);
+
+        // Section headers: base-relative addresses, in file order, then the non-loaded tables.
+        let sections = elf.elf_section_table();
+        let names: Vec<&str> = sections
+            .iter()
+            .skip(1)
+            .map(|s| std::str::from_utf8(sections.section_name(e, s).unwrap()).unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ".dynsym",
+                ".dynstr",
+                ".hash",
+                ".rela.dyn",
+                ".text",
+                ".dynamic",
+                ".got",
+                ".data",
+                ".bss",
+                ".symtab",
+                ".strtab",
+                ".shstrtab"
+            ]
+        );
+        for (i, name) in names.iter().enumerate().take(9) {
+            let out = Out::ALL.into_iter().find(|o| o.name() == *name).unwrap();
+            assert_eq!(
+                sections.section(object::SectionIndex(i + 1)).unwrap().sh_addr(e),
+                lay.sections[&out].0
+            );
+        }
+
+        // `.dynsym`, `.rela.dyn` and `.dynamic`.
+        let dynsyms = sections.symbols(e, data, SHT_DYNSYM).unwrap();
+        assert_eq!(dynsyms.len(), 2);
+        let write_sym = dynsyms.symbol(object::SymbolIndex(1)).unwrap();
+        assert_eq!(dynsyms.symbol_name(e, write_sym).unwrap(), b"write");
+        assert_eq!((write_sym.st_bind(), write_sym.st_type()), (STB_GLOBAL, STT_NOTYPE));
+        let rela_dyn = sections.iter().find(|s| s.sh_type(e) == SHT_RELA).unwrap();
+        let (relas, _) = rela_dyn.rela(e, data).unwrap().unwrap();
+        let relas: Vec<_> = relas
+            .iter()
+            .map(|r| (r.r_offset.get(e), r.r_type(e, false), r.r_sym(e, false), r.r_addend.get(e)))
+            .collect();
+        let cell = BASE + lay.cells[&Cell::Address(Target::Import(0))];
+        assert_eq!(relas, [(cell, R_X86_64_GLOB_DAT, 1, 0), (out.chunk_addr[2] + 8, R_X86_64_64, 1, 0)]);
+        let (dynamic, _) = sections.dynamic(e, data).unwrap().unwrap();
+        let tag = |t: DynamicTag| dynamic.iter().find(|d| d.d_tag.get(e) == t).map(|d| d.d_val.get(e));
+        assert_eq!(tag(DT_FLAGS_1), Some(DF_1_NODELETE.0));
+        assert_eq!(tag(DT_SYMTAB), Some(BASE + lay.sections[&Out::DynSym].0));
+        assert_eq!(tag(DT_RELA), Some(BASE + lay.sections[&Out::RelaDyn].0));
+        assert_eq!(tag(DT_RELASZ), Some(2 * RELA_SIZE));
+        assert_eq!(tag(DT_SONAME), Some(u64::from(lay.soname)));
+        assert_eq!(dynamic.last().map(|d| d.d_tag.get(e)), Some(DT_NULL));
+        // HASH STRTAB SYMTAB STRSZ SYMENT SONAME, RELA RELASZ RELAENT, FLAGS_1, NULL.
+        assert_eq!(dynamic.len(), 11);
+
+        // `.symtab` names the chunks at base-relative addresses.
+        let symtab = sections.symbols(e, data, SHT_SYMTAB).unwrap();
+        let syms: Vec<(String, u64, SymbolType)> = symtab
+            .iter()
+            .skip(1)
+            .map(|s| {
+                let name = String::from_utf8(symtab.symbol_name(e, s).unwrap().to_vec()).unwrap();
+                (name, s.st_value(e), s.st_type())
+            })
+            .collect();
+        let at = |i: usize| lay.chunk_offset[i];
+        assert_eq!(
+            syms,
+            [
+                ("f".to_string(), at(0), STT_FUNC),
+                ("COUNTER".to_string(), at(1), STT_OBJECT),
+                ("TABLE".to_string(), at(2), STT_OBJECT),
+                ("ZEROED".to_string(), at(3), STT_OBJECT),
+            ]
+        );
+
+        // Relocations applied: `f` calls the stub, which jumps through the import's cell; it reads
+        // `COUNTER`; `TABLE` holds `f`'s address.
+        let file =
+            |mem: u64| lay.segments.iter().find(|s| mem >= s.mem && mem < s.mem_end()).unwrap().file_of(mem);
+        let word = |mem: u64| i32::from_le_bytes(data[file(mem) as usize..][..4].try_into().unwrap()) as i64;
+        let f = at(0);
+        assert_eq!(f as i64 + 5 + word(f + 1), lay.stubs[0] as i64);
+        assert_eq!(f as i64 + 12 + word(f + 8), at(1) as i64);
+        assert_eq!(&data[file(lay.stubs[0]) as usize..][..2], [0xff, 0x25]);
+        assert_eq!(lay.stubs[0] as i64 + 6 + word(lay.stubs[0] + 2), (cell - BASE) as i64);
+        let table = file(at(2)) as usize;
+        assert_eq!(u64::from_le_bytes(data[table..table + 8].try_into().unwrap()), out.chunk_addr[0]);
+        assert_eq!(&data[table + 8..table + 16], [0; 8], "the loader fills the import's pointer");
+    }
 }

@@ -147,7 +147,7 @@ pub fn archive_member_at<'a>(path: &Path, data: &'a [u8], offset: u64) -> Result
 pub fn parse<'a>(unit: &Unit<'a>) -> Result<Object<'a>> {
     parse_inner(unit.data)
         .with_context(|| format!("cannot read object {}", unit.origin))
-        .map(|(sections, symbols)| Object { origin: unit.origin.clone(), sections, symbols })
+        .map(|(sections, symbols)| Object { sections, symbols })
 }
 
 type Parsed<'a> = (Vec<Section<'a>>, Vec<Symbol<'a>>);

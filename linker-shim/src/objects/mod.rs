@@ -30,7 +30,6 @@ impl fmt::Display for Origin {
 }
 
 pub struct Object<'a> {
-    pub origin: Origin,
     pub sections: Vec<Section<'a>>,
     pub symbols: Vec<Symbol<'a>>,
 }
@@ -54,10 +53,6 @@ pub enum SectionKind {
 }
 
 impl SectionKind {
-    pub fn is_code(self) -> bool {
-        self == SectionKind::Text
-    }
-
     /// Holds state a running program may have changed (statics, thread-locals).
     pub fn is_writable_state(self) -> bool {
         matches!(self, SectionKind::Data | SectionKind::Bss | SectionKind::Tdata | SectionKind::Tbss)

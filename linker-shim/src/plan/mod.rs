@@ -13,20 +13,29 @@
 //! What cannot be patched safely becomes a [`Refusal`] naming the symbol and the reason.
 
 pub mod base;
-pub mod entry;
+mod entry;
 pub mod graph;
-pub mod unwind;
+mod imports;
+mod pull;
+mod tls;
+mod unwind;
+mod worklist;
 
 use crate::diff::units::Build;
 use crate::diff::{DefKind, Diff};
-use crate::map::schema::{Input, InputKind};
-use crate::objects::load::{archive_index, archive_member_at, parse, Arena, ObjectArena};
+use crate::map::schema::Input;
+use crate::objects::load::{Arena, ObjectArena};
 use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
 use base::{BaseImage, BaseKind};
 use graph::{Dispatch, HotPoints, Index, Loc};
+use imports::Imports;
 use ipbp::protocol::Hello;
 use object::elf;
+use pull::Archives;
 use std::collections::{HashMap, HashSet};
+use tls::TlsReserve;
+use unwind::UnwindRecords;
+use worklist::Worklist;
 
 pub type ChunkId = usize;
 
@@ -349,36 +358,25 @@ enum Obj {
 /// A chunk's source: object, section, and for merge pieces the byte range.
 type ChunkKey = (Obj, SecIdx, Option<(u64, u64)>);
 
+/// Resolves the relocations of everything the patch carries, including what they lead to.
+///
+/// Its state is in independent parts, each keeping its own invariants: the chunks and what is left
+/// to resolve ([`Worklist`]), archive members pulled in ([`Archives`]), unwind records
+/// ([`UnwindRecords`]), dynamic imports ([`Imports`]), new thread-locals ([`TlsReserve`]).
 struct Planner<'p, 'g, 'a> {
     input: &'p Inputs<'p, 'a>,
     index: &'g Index<'g, 'a>,
     hot: &'g HotPoints,
     copy: &'g HashSet<Loc>,
-    pulled: &'p ObjectArena<'a>,
-    /// Global symbol → (archive input index, member offset), built on first pull.
-    archive_symbols: Option<HashMap<&'a [u8], (usize, u64)>>,
-    /// Archive input index → mapped bytes.
-    archive_data: HashMap<usize, &'a [u8]>,
-    pulled_members: HashMap<(usize, u64), usize>,
-    chunks: Vec<Chunk<'a>>,
-    /// Where each chunk comes from; `None` for chunks ipbp-ld makes (private slots).
-    sources: Vec<Option<ChunkKey>>,
-    included: HashMap<ChunkKey, ChunkId>,
-    queue: Vec<ChunkId>,
-    eh_records: Vec<EhRecord<'a>>,
-    cies: HashMap<(Obj, usize), usize>,
-    fde_maps: HashMap<Obj, HashMap<SecIdx, unwind::FdeInfo>>,
-    imports: Vec<String>,
-    import_ids: HashMap<String, usize>,
+    work: Worklist<'a>,
+    archives: Archives<'p, 'a>,
+    unwind: UnwindRecords<'a>,
+    imports: Imports,
+    tls: TlsReserve<'p>,
     /// Private null slots for patched copies of method-form hot functions: slot node → chunk.
     private_slots: HashMap<Loc, ChunkId>,
-    new_tls: Vec<ipbp::protocol::LedgerEntry>,
-    new_tls_by_name: HashMap<String, u64>,
-    tls_cursor: u64,
+    /// What cannot be patched safely, each (symbol, reason) once.
     refusals: Vec<Refusal>,
-    notes: Vec<String>,
-    pulled_names: Vec<String>,
-    no_unwind: Vec<String>,
 }
 
 impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
@@ -389,33 +387,18 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         copy: &'g HashSet<Loc>,
         pulled: &'p ObjectArena<'a>,
     ) -> Self {
-        let tls_cursor = input.hello.tls.iter().map(|e| e.addr + e.size).max().unwrap_or(0);
         Planner {
             input,
             index,
             hot,
             copy,
-            pulled,
-            archive_symbols: None,
-            archive_data: HashMap::new(),
-            pulled_members: HashMap::new(),
-            chunks: Vec::new(),
-            sources: Vec::new(),
-            included: HashMap::new(),
-            queue: Vec::new(),
-            eh_records: Vec::new(),
-            cies: HashMap::new(),
-            fde_maps: HashMap::new(),
-            imports: Vec::new(),
-            import_ids: HashMap::new(),
+            work: Worklist::default(),
+            archives: Archives::new(input.link_inputs, input.arena, pulled),
+            unwind: UnwindRecords::default(),
+            imports: Imports::default(),
+            tls: TlsReserve::new(input.tls.reserve, &input.hello.tls),
             private_slots: HashMap::new(),
-            new_tls: Vec::new(),
-            new_tls_by_name: HashMap::new(),
-            tls_cursor,
             refusals: Vec::new(),
-            notes: Vec::new(),
-            pulled_names: Vec::new(),
-            no_unwind: Vec::new(),
         }
     }
 
@@ -424,7 +407,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             Obj::Unit(u) => {
                 self.input.current.units[u].object().expect("a unit the link index lists can be read")
             }
-            Obj::Pulled(i) => self.pulled.get(i),
+            Obj::Pulled(i) => self.archives.object(i),
         }
     }
 
@@ -444,7 +427,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// Adds a section (or merge piece) to the patch, once.
     fn include(&mut self, obj: Obj, sec: SecIdx, piece: Option<(u64, u64)>) -> ChunkId {
         let key = (obj, sec, piece);
-        if let Some(&id) = self.included.get(&key) {
+        if let Some(id) = self.work.find(&key) {
             return id;
         }
         let o = self.object(obj);
@@ -459,19 +442,18 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             .map(|sym| (sym.name.to_string(), sym.value - start, sym.size, sym.kind == SymbolKind::Function))
             .collect();
         let name = o.primary_symbol(sec).map_or_else(|| s.name.to_string(), |p| p.name.to_string());
-        let id = self.chunks.len();
-        self.chunks.push(Chunk {
-            name,
-            kind: s.kind,
-            align: if piece.is_some() { s.merge.map_or(1, |m| m.entsize.max(1)) } else { s.align },
-            size: end - start,
-            data: std::borrow::Cow::Borrowed(data),
-            relocs: Vec::new(),
-            symbols,
-        });
-        self.sources.push(Some(key));
-        self.included.insert(key, id);
-        self.queue.push(id);
+        let id = self.work.include(
+            key,
+            Chunk {
+                name,
+                kind: s.kind,
+                align: if piece.is_some() { s.merge.map_or(1, |m| m.entsize.max(1)) } else { s.align },
+                size: end - start,
+                data: std::borrow::Cow::Borrowed(data),
+                relocs: Vec::new(),
+                symbols,
+            },
+        );
         if s.kind == SectionKind::Text {
             self.include_unwind(obj, sec, id);
         }
@@ -479,10 +461,10 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 
     fn run(&mut self) {
-        while let Some(id) = self.queue.pop() {
-            let Some((obj, sec, piece)) = self.sources[id] else { continue };
+        while let Some((id, (obj, sec, piece))) = self.work.next() {
             let (start, end) = piece.unwrap_or((0, u64::MAX));
-            self.chunks[id].relocs = self.plan_relocs(obj, sec, start, end, Some(id));
+            let relocs = self.plan_relocs(obj, sec, start, end, Some(id));
+            self.work.set_relocs(id, relocs);
         }
     }
 
@@ -519,19 +501,16 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     /// The FDE of a carried function, and its CIE (once per object and CIE).
     fn include_unwind(&mut self, obj: Obj, sec: SecIdx, chunk: ChunkId) {
-        if !self.fde_maps.contains_key(&obj) {
-            let map = unwind::fdes_by_function(self.object(obj));
-            self.fde_maps.insert(obj, map);
-        }
-        let Some(info) = self.fde_maps[&obj].get(&sec).copied() else {
-            self.no_unwind.push(self.chunks[chunk].name.clone());
+        let Some(info) = self.unwind.fde_of(obj, self.object(obj), sec) else {
+            let name = self.work.chunk(chunk).map(|c| c.name.clone()).unwrap_or_default();
+            self.unwind.no_unwind(name);
             return;
         };
-        let cie = match self.cies.get(&(obj, info.cie.start)) {
-            Some(&c) => c,
+        let cie = match self.unwind.cie(obj, info.cie) {
+            Some(c) => c,
             None => {
                 let c = self.eh_record(obj, info.eh_frame, info.cie, None);
-                self.cies.insert((obj, info.cie.start), c);
+                self.unwind.cie_added(obj, info.cie, c);
                 c
             }
         };
@@ -542,8 +521,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let (start, end) = (rec.start as u64, (rec.start + rec.len) as u64);
         let planned = self.plan_relocs(obj, eh, start, end, None);
         let data = &self.object(obj).sections[eh].data[rec.start..rec.start + rec.len];
-        self.eh_records.push(EhRecord { data, relocs: planned, cie });
-        self.eh_records.len() - 1
+        self.unwind.push(EhRecord { data, relocs: planned, cie })
     }
 
     /// Where the target of relocation `r` of `obj`, made from chunk `from`, lives for the patch.
@@ -600,7 +578,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// function's references to its own slot or key (not to those of hot functions inlined
     /// into it).
     fn dispatch_special(&mut self, target: Loc, from: Option<ChunkId>) -> Option<Target> {
-        let (Obj::Unit(u), from_sec, _) = self.sources[from?]? else { return None };
+        let (Obj::Unit(u), from_sec, _) = self.work.source(from?)? else { return None };
         match self.hot.roots.get(&(u, from_sec))? {
             Dispatch::Slot { slot } if *slot == target => {
                 let slot = *slot;
@@ -612,8 +590,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                     self.index.section(slot).data.get(8..16).map(<[u8]>::to_vec).unwrap_or(vec![0; 8]);
                 let mut data = vec![0u8; 8];
                 data.extend_from_slice(&signature);
-                let id = self.chunks.len();
-                self.chunks.push(Chunk {
+                let id = self.work.add_made(Chunk {
                     name: format!("{}.private", self.index.name(slot).unwrap_or("slot")),
                     kind: SectionKind::Data,
                     align: 8,
@@ -622,7 +599,6 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                     relocs: Vec::new(),
                     symbols: Vec::new(),
                 });
-                self.sources.push(None);
                 self.private_slots.insert(slot, id);
                 Some(Target::Chunk(id, 0))
             }
@@ -652,7 +628,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if self.input.mode != Mode::InPlace {
             return None;
         }
-        let from_code = self.chunks.get(from?)?.kind == SectionKind::Text;
+        let from_code = self.work.chunk(from?)?.kind == SectionKind::Text;
         let at_start = |bias: i64| (symbol_value as i64).checked_add(r.addend) == Some(bias);
         let takes_address = match r.kind {
             elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX => true,
@@ -712,18 +688,19 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
         // The running executable takes it from a shared library: so will the patch.
         let imported = self.input.base.imports(name);
-        if let Some((obj, sec, value)) = (!imported).then(|| self.pull(name)).flatten() {
-            return self.named_defined(obj, sec, name, value);
+        if !imported {
+            match self.archives.pull(name) {
+                Ok(Some((member, sec, value))) => {
+                    return self.named_defined(Obj::Pulled(member), sec, name, value)
+                }
+                Ok(None) => {}
+                Err(reason) => self.refuse(name, reason),
+            }
         }
         if weak {
             return Target::Zero;
         }
-        let next = self.imports.len();
-        let id = *self.import_ids.entry(name.to_string()).or_insert(next);
-        if id == next {
-            self.imports.push(name.to_string());
-        }
-        Target::Import(id)
+        Target::Import(self.imports.id(name))
     }
 
     /// A definition the patch does not copy, in a unit this build did not change, which the running
@@ -814,18 +791,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             );
             return Target::Zero;
         }
-        let Some((reserve_off, reserve_size)) = self.input.tls.reserve else {
-            self.refuse(
-                name,
-                "a new thread-local needs ipbp's TLS reserve, which this program does not have".into(),
-            );
+        if let Err(no_room) = self.tls.check() {
+            self.refuse(name, no_room.to_string());
             return Target::Zero;
-        };
-        if let Some(e) = self.input.hello.tls.iter().find(|e| e.name == name) {
-            return Target::Tls(reserve_off + e.addr);
         }
-        if let Some(&off) = self.new_tls_by_name.get(name) {
-            return Target::Tls(reserve_off + off);
+        if let Some(at) = self.tls.placed(name) {
+            return Target::Tls(at);
         }
         let def = def.or_else(|| {
             let &(u, sec) = self.index.definitions(name).first()?;
@@ -848,100 +819,13 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             );
             return Target::Zero;
         }
-        let at = self.tls_cursor.next_multiple_of(align.max(1));
-        if at + size > reserve_size {
-            self.refuse(
-                name,
-                format!("ipbp's TLS reserve ({reserve_size} bytes) is full; restart the program"),
-            );
-            return Target::Zero;
-        }
-        self.tls_cursor = at + size;
-        self.new_tls_by_name.insert(name.to_string(), at);
-        self.new_tls.push(ipbp::protocol::LedgerEntry { addr: at, size, name: name.to_string() });
-        Target::Tls(reserve_off + at + value)
-    }
-
-    /// Finds `name` in an archive outside the workspace (std, dependencies) and loads that member.
-    /// The archive of the crate the symbol names is searched first; the index of every archive
-    /// is built only if that fails.
-    fn pull(&mut self, name: &str) -> Option<(Obj, SecIdx, u64)> {
-        if let Some(found) = self.pull_from_named_crate(name) {
-            return self.load_member(name, found);
-        }
-        if self.archive_symbols.is_none() {
-            let mut index = HashMap::new();
-            for (i, input) in self.input.link_inputs.iter().enumerate() {
-                if !matches!(input.kind, InputKind::Archive | InputKind::SysrootArchive) {
-                    continue;
-                }
-                let Ok(data) = self.input.arena.map(&input.path) else { continue };
-                self.archive_data.insert(i, data);
-                for (sym, offset) in archive_index(data).unwrap_or_default() {
-                    index.entry(sym).or_insert((i, offset));
-                }
-            }
-            self.archive_symbols = Some(index);
-        }
-        let &found = self.archive_symbols.as_ref()?.get(name.as_bytes())?;
-        self.load_member(name, found)
-    }
-
-    /// `core::fmt::…` is most likely in `libcore-<hash>.rlib`: look there with one pass over that
-    /// archive's symbol table.
-    fn pull_from_named_crate(&mut self, name: &str) -> Option<(usize, u64)> {
-        let path = crate::map::read::demangle(name);
-        let krate =
-            path.split("::").next().filter(|c| c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))?;
-        let prefix = format!("lib{krate}-");
-        for (i, input) in self.input.link_inputs.iter().enumerate() {
-            let file = input.path.file_name().map(|f| f.to_string_lossy()).unwrap_or_default();
-            if !matches!(input.kind, InputKind::Archive | InputKind::SysrootArchive)
-                || !file.starts_with(&prefix)
-            {
-                continue;
-            }
-            let data = match self.archive_data.get(&i) {
-                Some(d) => *d,
-                None => {
-                    let d = self.input.arena.map(&input.path).ok()?;
-                    self.archive_data.insert(i, d);
-                    d
-                }
-            };
-            if let Some((_, offset)) =
-                archive_index(data).unwrap_or_default().into_iter().find(|(s, _)| *s == name.as_bytes())
-            {
-                return Some((i, offset));
+        match self.tls.place(name, align, size) {
+            Ok(at) => Target::Tls(at + value),
+            Err(no_room) => {
+                self.refuse(name, no_room.to_string());
+                Target::Zero
             }
         }
-        None
-    }
-
-    /// Parses the member of archive `archive` at `offset` (once) and finds `name` in it.
-    fn load_member(&mut self, name: &str, (archive, offset): (usize, u64)) -> Option<(Obj, SecIdx, u64)> {
-        let idx = match self.pulled_members.get(&(archive, offset)) {
-            Some(&i) => i,
-            None => {
-                let path = &self.input.link_inputs[archive].path;
-                let member = archive_member_at(path, self.archive_data[&archive], offset).ok()?;
-                let object = match parse(&member) {
-                    Ok(o) => o,
-                    Err(e) => {
-                        self.refuse(name, format!("cannot read {}: {e}", member.origin));
-                        return None;
-                    }
-                };
-                let i = self.pulled.alloc(object);
-                self.pulled_members.insert((archive, offset), i);
-                i
-            }
-        };
-        let o = self.pulled.get(idx);
-        let s = o.symbols.iter().find(|s| s.name == name && !s.local && s.section().is_some())?;
-        let (sec, value) = (s.section()?, s.value);
-        self.pulled_names.push(crate::map::read::demangle(name));
-        Some((Obj::Pulled(idx), sec, value))
     }
 
     fn finish(self, hot: &HotPoints, copy: &HashSet<Loc>, changed: &HashSet<Loc>) -> Plan<'a> {
@@ -953,7 +837,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let (diff, layouts) = (self.input.diff, self.input.layouts);
         let refusals = self.refusals;
         let mut report = Report::default();
-        for (&(obj, sec, piece), &id) in &self.included {
+        for (&(obj, sec, piece), &id) in self.work.included() {
             let Obj::Unit(u) = obj else { continue };
             let node = (u, sec);
             if piece.is_some() {
@@ -1027,7 +911,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             }
         }
         let mut new_data = Vec::new();
-        for (id, chunk) in self.chunks.iter().enumerate() {
+        for (id, chunk) in self.work.chunks().iter().enumerate() {
             for (name, _, _, _) in &chunk.symbols {
                 let known = base.contains(name) || self.input.hello.data.iter().any(|e| &e.name == name);
                 if !known {
@@ -1038,12 +922,14 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
             }
         }
-        for t in &self.new_tls {
+        let new_tls = self.tls.into_entries();
+        for t in &new_tls {
             report.added.push(crate::map::read::demangle(&t.name));
         }
-        report.pulled = self.pulled_names;
-        report.imports = self.imports.iter().map(|i| crate::map::read::demangle(i)).collect();
-        report.notes = self.notes;
+        report.pulled = self.archives.into_names();
+        let imports = self.imports.into_names();
+        report.imports = imports.iter().map(|i| crate::map::read::demangle(i)).collect();
+        let (eh_records, no_unwind) = self.unwind.finish();
         report.not_redirected.sort();
         report.not_redirected.dedup();
         for (f, why) in &report.not_redirected {
@@ -1051,7 +937,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 "`{f}` changed but its entry cannot be redirected ({why}); code that did not change keeps calling its old version"
             ));
         }
-        for f in &self.no_unwind {
+        for f in &no_unwind {
             report.notes.push(format!(
                 "`{}` has no unwind info; a panic inside it aborts",
                 crate::map::read::demangle(f)
@@ -1065,12 +951,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         Plan {
             steps: Vec::new(),
             stats: Vec::new(),
-            chunks: self.chunks,
-            eh_records: self.eh_records,
-            imports: self.imports,
+            chunks: self.work.into_chunks(),
+            eh_records,
+            imports,
             installs,
             new_data,
-            new_tls: self.new_tls,
+            new_tls,
             report,
             refusals,
         }
