@@ -13,7 +13,7 @@
 //! What cannot be patched safely becomes a [`Refusal`] naming the symbol and the reason.
 
 pub mod base;
-mod entry;
+pub(crate) mod entry;
 pub mod graph;
 mod imports;
 mod pull;
