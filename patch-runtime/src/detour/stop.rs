@@ -56,8 +56,12 @@ static ARRIVED: AtomicU32 = AtomicU32::new(0);
 /// Arrival records, written by handlers before `ARRIVED` is incremented.
 static RECORDS: [Record; MAX_THREADS] = [const { Record::new() }; MAX_THREADS];
 static NEXT_RECORD: AtomicUsize = AtomicUsize::new(0);
-/// Longest time (ns) any thread spent parked in the latest stop.
+/// Longest time (ns) any thread was held parked in the latest stop: from its arrival to the
+/// release (not to when the scheduler next runs it — on a machine with more busy threads than
+/// cores that wait happens with or without a patch).
 static LONGEST_PAUSE_NS: AtomicU64 = AtomicU64::new(0);
+/// When the threads of the current stop were released (CLOCK_MONOTONIC, ns).
+static RELEASED_AT_NS: AtomicU64 = AtomicU64::new(0);
 
 struct Record {
     epoch: AtomicU32,
@@ -137,7 +141,8 @@ extern "C" fn on_stop_signal(_sig: i32, _info: *mut libc::siginfo_t, ctx: *mut l
         futex_wait(&RELEASED, RELEASED.load(Ordering::Relaxed), None);
     }
     arch::serialize_core();
-    LONGEST_PAUSE_NS.fetch_max(now_ns().saturating_sub(parked_at), Ordering::Relaxed);
+    let held = RELEASED_AT_NS.load(Ordering::Acquire).saturating_sub(parked_at);
+    LONGEST_PAUSE_NS.fetch_max(held.max(1), Ordering::Relaxed);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -266,6 +271,7 @@ pub fn with_threads_parked(
     struct ReleaseOnDrop(u32);
     impl Drop for ReleaseOnDrop {
         fn drop(&mut self) {
+            RELEASED_AT_NS.store(now_ns(), Ordering::Release);
             RELEASED.store(self.0, Ordering::Release);
             futex_wake(&RELEASED);
         }
