@@ -56,18 +56,13 @@ static ARRIVED: AtomicU32 = AtomicU32::new(0);
 /// Arrival records, written by handlers before `ARRIVED` is incremented.
 static RECORDS: [Record; MAX_THREADS] = [const { Record::new() }; MAX_THREADS];
 static NEXT_RECORD: AtomicUsize = AtomicUsize::new(0);
-/// Longest time (ns) any thread was held parked in the latest stop: from its arrival to the
-/// release (not to when the scheduler next runs it — on a machine with more busy threads than
-/// cores that wait happens with or without a patch).
-static LONGEST_PAUSE_NS: AtomicU64 = AtomicU64::new(0);
-/// When the threads of the current stop were released (CLOCK_MONOTONIC, ns).
-static RELEASED_AT_NS: AtomicU64 = AtomicU64::new(0);
-
 struct Record {
     epoch: AtomicU32,
     tid: AtomicU32,
     pc: AtomicU64,
     sp: AtomicU64,
+    /// When the thread arrived (CLOCK_MONOTONIC, ns).
+    parked_at: AtomicU64,
 }
 
 impl Record {
@@ -77,6 +72,7 @@ impl Record {
             tid: AtomicU32::new(0),
             pc: AtomicU64::new(0),
             sp: AtomicU64::new(0),
+            parked_at: AtomicU64::new(0),
         }
     }
 }
@@ -133,6 +129,7 @@ extern "C" fn on_stop_signal(_sig: i32, _info: *mut libc::siginfo_t, ctx: *mut l
         r.tid.store(unsafe { libc::gettid() } as u32, Ordering::Relaxed);
         r.pc.store(pc, Ordering::Relaxed);
         r.sp.store(sp, Ordering::Relaxed);
+        r.parked_at.store(parked_at, Ordering::Relaxed);
         r.epoch.store(epoch, Ordering::Release);
     }
     ARRIVED.fetch_add(1, Ordering::Release);
@@ -141,8 +138,6 @@ extern "C" fn on_stop_signal(_sig: i32, _info: *mut libc::siginfo_t, ctx: *mut l
         futex_wait(&RELEASED, RELEASED.load(Ordering::Relaxed), None);
     }
     arch::serialize_core();
-    let held = RELEASED_AT_NS.load(Ordering::Acquire).saturating_sub(parked_at);
-    LONGEST_PAUSE_NS.fetch_max(held.max(1), Ordering::Relaxed);
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = errno };
 }
@@ -263,7 +258,6 @@ pub fn with_threads_parked(
     let epoch = REQUESTED.load(Ordering::Relaxed).wrapping_add(1);
     ARRIVED.store(0, Ordering::Relaxed);
     NEXT_RECORD.store(0, Ordering::Relaxed);
-    LONGEST_PAUSE_NS.store(0, Ordering::Relaxed);
     REQUESTED.store(epoch, Ordering::Release);
 
     // Parked threads are released however this function is left — a panic of ours included: a
@@ -271,7 +265,6 @@ pub fn with_threads_parked(
     struct ReleaseOnDrop(u32);
     impl Drop for ReleaseOnDrop {
         fn drop(&mut self) {
-            RELEASED_AT_NS.store(now_ns(), Ordering::Release);
             RELEASED.store(self.0, Ordering::Release);
             futex_wake(&RELEASED);
         }
@@ -315,17 +308,18 @@ pub fn with_threads_parked(
         Ok(())
     })();
 
+    // The longest any thread was held: from the first arrival to the release (not to when the
+    // scheduler next runs it — with more busy threads than cores that wait happens patch or not).
+    let n = NEXT_RECORD.load(Ordering::Acquire).min(MAX_THREADS);
+    let first = RECORDS[..n]
+        .iter()
+        .filter(|r| r.epoch.load(Ordering::Acquire) == epoch)
+        .map(|r| r.parked_at.load(Ordering::Relaxed))
+        .min();
+    let released_at = now_ns();
     drop(release);
-    // Wait (briefly) for the parked threads to leave, so the pause they saw can be reported.
-    let leaving = Instant::now();
-    while !signalled.is_empty()
-        && leaving.elapsed() < Duration::from_millis(20)
-        && LONGEST_PAUSE_NS.load(Ordering::Relaxed) == 0
-    {
-        std::thread::yield_now();
-    }
     result.map(|()| StopStats {
-        longest_pause: Duration::from_nanos(LONGEST_PAUSE_NS.load(Ordering::Relaxed)),
+        longest_pause: Duration::from_nanos(first.map_or(0, |t| released_at.saturating_sub(t))),
         threads: signalled.len(),
     })
 }
