@@ -151,8 +151,15 @@ impl FingerprintCache {
     pub fn fingerprint(&mut self, path: &Path) -> std::io::Result<String> {
         let meta = std::fs::metadata(path)?;
         let stamp = FileStamp::of(&meta);
-        if let Some((cached, fp, _)) = self.entries.get(&(stamp.dev, stamp.ino)) {
+        if let Some((cached, fp, known_as)) = self.entries.get_mut(&(stamp.dev, stamp.ino)) {
             if *cached == stamp {
+                // The same file under another name (rustc links a reused object of an incremental
+                // session under a new name each build): the entry follows the name, or `save`
+                // would drop it as gone and the next link would hash the file again.
+                if known_as != path {
+                    *known_as = path.to_path_buf();
+                    self.dirty = true;
+                }
                 return Ok(fp.clone());
             }
         }
@@ -265,16 +272,93 @@ fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf
 /// An entry with this content exists but is another file: the input was written again with the
 /// same bytes (cargo rebuilt an rlib, identical). The entry is replaced by a link to the input, so
 /// the store shares the target directory's blocks instead of holding a second copy of them once
-/// the old file is gone. Best effort: the old entry is as good for a patch.
+/// the old file is gone. Only an entry the store alone holds (one link) is replaced: while the old
+/// file is still linked elsewhere, replacing frees nothing, and inputs with equal bytes (the empty
+/// `libdl.a`, `librt.a`, ...) would take the entry from each other at every link. Best effort: the
+/// old entry is as good for a patch.
 fn share_blocks(path: &Path, entry: &Path, store: &Path, key: &str) {
     use std::os::unix::fs::MetadataExt;
     let (Ok(input), Ok(kept)) = (std::fs::metadata(path), std::fs::metadata(entry)) else { return };
-    if (input.dev(), input.ino()) == (kept.dev(), kept.ino()) || input.dev() != kept.dev() {
+    if (input.dev(), input.ino()) == (kept.dev(), kept.ino()) || input.dev() != kept.dev() || kept.nlink() > 1
+    {
         return;
     }
     let tmp = store.join(format!(".{key}.{}.link", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     if std::fs::hard_link(path, &tmp).is_ok() && std::fs::rename(&tmp, entry).is_err() {
         let _ = std::fs::remove_file(&tmp);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ipbp-inputs-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Rewrites `path` in place with `bytes` (same length) and puts its mtime back: the file has
+    /// the stamp the cache knows and other content, so a fingerprint of the old content proves the
+    /// file was not read.
+    fn change_behind_the_stamp(path: &Path, bytes: &[u8]) {
+        let mtime = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, bytes).unwrap();
+        std::fs::File::options().write(true).open(path).unwrap().set_modified(mtime).unwrap();
+    }
+
+    /// rustc links an object an incremental session reused under a new name each build (same
+    /// inode); a cache that kept the first name dropped the entry at the next save, and every other
+    /// link hashed all those objects again.
+    #[test]
+    fn an_unchanged_file_linked_under_a_new_name_each_build_is_never_read_again() {
+        let tmp = scratch("renamed");
+        let dir = IpbpDir { root: tmp.join("ipbp") };
+        let session = |n: u32| tmp.join(format!("app.cgu.s{n}.rcgu.o"));
+        std::fs::write(session(1), b"object one").unwrap();
+        let mut cache = FingerprintCache::load(&dir);
+        let first = cache.fingerprint(&session(1)).unwrap();
+        cache.save().unwrap();
+        for n in 2..=4 {
+            std::fs::hard_link(session(n - 1), session(n)).unwrap();
+            std::fs::remove_file(session(n - 1)).unwrap();
+            // A changed object beside it: this link hashes something, so it saves the cache.
+            let changed = tmp.join(format!("changed.s{n}.rcgu.o"));
+            std::fs::write(&changed, format!("changed {n}")).unwrap();
+            change_behind_the_stamp(&session(n), b"OBJECT ONE");
+            let mut cache = FingerprintCache::load(&dir);
+            assert_eq!(cache.fingerprint(&session(n)).unwrap(), first, "link {n} read the unchanged object");
+            assert_ne!(cache.fingerprint(&changed).unwrap(), first);
+            cache.save().unwrap();
+        }
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// An input written again with the same bytes takes the store entry over once the old file is
+    /// gone (the store then holds no blocks of its own), not while the old file is still linked.
+    #[test]
+    fn a_store_entry_becomes_a_link_to_an_equal_input_only_when_the_store_alone_holds_it() {
+        let tmp = scratch("share");
+        let store = tmp.join("store");
+        std::fs::create_dir_all(&store).unwrap();
+        let (old, new) = (tmp.join("old/libx.rlib"), tmp.join("new/libx.rlib"));
+        for p in [&old, &new] {
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"same bytes").unwrap();
+        }
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let fp = fingerprint_file(&old).unwrap();
+        let entry = keep(&old, &fp, &store).unwrap();
+        assert_eq!(ino(&entry), ino(&old));
+        assert_eq!(keep(&new, &fp, &store).unwrap(), entry);
+        assert_eq!(ino(&entry), ino(&old), "an entry still linked elsewhere was replaced");
+        std::fs::remove_file(&old).unwrap();
+        assert_eq!(keep(&new, &fp, &store).unwrap(), entry);
+        assert_eq!(ino(&entry), ino(&new), "the store kept blocks of its own");
+        let _ = std::fs::remove_dir_all(&tmp);
     }
 }
