@@ -126,11 +126,13 @@ impl State {
         if let Some(summary) = log {
             let how = match outcome {
                 Outcome::Installed(stop) => format!(
-                    "install {install_us} us; {} entries rewritten, {} threads parked for at most {} us, {} retries",
+                    "install {install_us} us; {} entries rewritten, {} threads parked for at most {} us, {} retries; preparing {} us, gathering the threads {} us",
                     stop.written,
                     stop.threads,
                     stop.longest_pause.as_micros(),
-                    stop.retries
+                    stop.retries,
+                    stop.preparing.as_micros(),
+                    stop.gathering.as_micros()
                 ),
                 Outcome::Deferred => "installed at the next safe point".into(),
             };

@@ -47,6 +47,10 @@ pub struct Installed {
     pub threads: usize,
     /// Stops that were released without writing because a thread was inside the bytes.
     pub retries: usize,
+    /// Reading the mappings and the original bytes, before the first stop.
+    pub preparing: Duration,
+    /// From the first signal of the last stop to every thread parked.
+    pub gathering: Duration,
 }
 
 /// One entry's new bytes.
@@ -97,6 +101,7 @@ impl Detours {
         }
         writes.sort_unstable_by_key(|w| w.at);
 
+        let prep_started = std::time::Instant::now();
         let mappings = maps::read()?;
         let pages = pages_to_unprotect(&writes, &mappings)?;
         // Record what each entry held before it is first rewritten (code is only written here,
@@ -114,6 +119,7 @@ impl Detours {
         // Addresses strictly inside rewritten bytes: no thread may be there, or return there.
         let inside: Vec<(u64, u64)> = writes.iter().map(|w| (w.at + 1, w.at + JUMP_LEN as u64)).collect();
 
+        let preparing = prep_started.elapsed();
         let mut retries = 0;
         let stats = loop {
             let mut hit: Option<Hazard> = None;
@@ -168,6 +174,8 @@ impl Detours {
             longest_pause: stats.longest_pause,
             threads: stats.threads,
             retries,
+            preparing,
+            gathering: stats.gathering,
         })
     }
 }

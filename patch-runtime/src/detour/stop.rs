@@ -235,6 +235,8 @@ pub struct StopStats {
     /// Longest time any thread spent parked.
     pub longest_pause: Duration,
     pub threads: usize,
+    /// From the first signal to the last thread parked.
+    pub gathering: Duration,
 }
 
 /// Parks every other thread, calls `inspect` with where each one stopped and, if it says so,
@@ -271,6 +273,7 @@ pub fn with_threads_parked(
     }
     let release = ReleaseOnDrop(epoch);
     let started = Instant::now();
+    let mut gathered = Duration::ZERO;
     let result = (|| {
         loop {
             let listed = tasks.read()?;
@@ -291,6 +294,7 @@ pub fn with_threads_parked(
             }
             wait_for_arrivals(&signalled, epoch, pid, started)?;
         }
+        gathered = started.elapsed();
         parked.clear();
         let n = NEXT_RECORD.load(Ordering::Acquire).min(MAX_THREADS);
         for r in &RECORDS[..n] {
@@ -321,6 +325,7 @@ pub fn with_threads_parked(
     result.map(|()| StopStats {
         longest_pause: Duration::from_nanos(first.map_or(0, |t| released_at.saturating_sub(t))),
         threads: signalled.len(),
+        gathering: gathered,
     })
 }
 
