@@ -141,6 +141,11 @@ fn with_mapped<T>(fd: &OwnedFd, f: impl FnOnce(&[u8]) -> Result<T, String>) -> R
 const R_GLOB_DAT: u32 = 6;
 #[cfg(target_arch = "aarch64")]
 const R_GLOB_DAT: u32 = 1025;
+/// An absolute pointer to an import in the patch's data (ipbp-ld emits one per such pointer).
+#[cfg(target_arch = "x86_64")]
+const R_ABS64: u32 = 1;
+#[cfg(target_arch = "aarch64")]
+const R_ABS64: u32 = 257;
 
 /// Dynamic tags ipbp-ld's patches use, plus harmless ones. Anything else (`DT_NEEDED`, which would
 /// load and initialise another library; initialisers; filters and auditors; other relocation
@@ -169,7 +174,8 @@ const ADDRESS_TAGS: &[u64] = &[4, 5, 6, 7, 0x6ffffef5];
 /// A patch library must be a 64-bit shared object for this machine, every segment inside
 /// `[start, start + len)` and backed by the file, no interpreter, no TLS segment, no dynamic tag
 /// outside [`ALLOWED_TAGS`] (so no `DT_NEEDED`, no initialisers), and its only dynamic relocations
-/// `GLOB_DAT` into its own range: loading it maps it, binds imports, and runs nothing.
+/// `GLOB_DAT` and absolute pointers (`R_X86_64_64`) into its own range: loading it maps it, binds
+/// imports, and runs nothing.
 pub fn check(bytes: &[u8], start: u64, len: u64) -> Result<(), &'static str> {
     let end = start.checked_add(len).ok_or("its range overflows")?;
     let inside = |at: u64, size: u64| at >= start && at.checked_add(size).is_some_and(|e| e <= end);
@@ -230,8 +236,8 @@ pub fn check(bytes: &[u8], start: u64, len: u64) -> Result<(), &'static str> {
         for r in table.chunks_exact(24) {
             let offset = u64::from_le_bytes(r[0..8].try_into().unwrap_or_default());
             let kind = u32::from_le_bytes(r[8..12].try_into().unwrap_or_default());
-            if kind != R_GLOB_DAT || !inside(offset, 8) {
-                return Err("a dynamic relocation other than GLOB_DAT into the patch");
+            if !matches!(kind, R_GLOB_DAT | R_ABS64) || !inside(offset, 8) {
+                return Err("a dynamic relocation other than GLOB_DAT or ABS64 into the patch");
             }
         }
     }

@@ -99,9 +99,15 @@ impl Out {
         }
     }
 
-    fn of_chunk(kind: SectionKind) -> Out {
-        match kind {
+    /// Where a chunk goes. Constant data holding an absolute pointer to an import goes with the
+    /// writable data: the loader writes that pointer when it binds the import (read-only pages
+    /// would fault, and nothing of the patch may run to make them writable again).
+    fn of_chunk(c: &crate::plan::Chunk<'_>) -> Out {
+        let loader_writes =
+            c.relocs.iter().any(|r| matches!(r.target, Target::Import(_)) && r.kind == R_X86_64_64);
+        match c.kind {
             SectionKind::Text => Out::Text,
+            _ if loader_writes => Out::Data,
             SectionKind::ExceptTable => Out::ExceptTable,
             SectionKind::Data => Out::Data,
             SectionKind::Bss => Out::Bss,
@@ -226,7 +232,7 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
     let mut fill: HashMap<Out, (u64, u64)> = HashMap::new();
     fill.insert(Out::Text, (plan.imports.len() as u64 * STUB_SIZE, 16));
     for (i, c) in plan.chunks.iter().enumerate() {
-        let out = Out::of_chunk(c.kind);
+        let out = Out::of_chunk(c);
         let (size, align) = fill.entry(out).or_insert((0, 1));
         let at = size.next_multiple_of(c.align.max(1));
         chunk_offset[i] = at;

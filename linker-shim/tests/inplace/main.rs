@@ -241,3 +241,21 @@ fn a_function_a_patch_added_follows_later_patches() {
         "the first patch's `later` was not redirected: {manifest:#}"
     );
 }
+
+/// New code whose data points at a function of a shared library (a `static` holding libc's
+/// `getpid`): the patch carries an absolute dynamic relocation for it, which the program's checks
+/// of the sealed patch must accept, and the loader binds.
+#[test]
+fn a_new_static_pointing_into_libc_is_bound_by_the_loader() {
+    let (project, app) = running(&[]);
+    project.edit(
+        MAIN,
+        "fn step(n: u64) -> String {\n    format!(\"plain{}\", n % 2)\n}",
+        "extern \"C\" {\n    #[link_name = \"getpid\"]\n    fn c_getpid() -> i32;\n}\n\nstatic GETPID: unsafe extern \"C\" fn() -> i32 = c_getpid;\n\nfn step(n: u64) -> String {\n    format!(\"pid{}-{}\", unsafe { std::hint::black_box(GETPID)() } as u32 == std::process::id(), n % 2)\n}",
+    );
+    let mark = app.mark();
+    build_and_expect_patched(&project, &app);
+    app.wait_for(mark, "the pid read through the static", |l| {
+        l.starts_with("line ") && fields(l)["step"].starts_with("pidtrue")
+    });
+}
