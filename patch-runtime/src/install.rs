@@ -107,7 +107,7 @@ pub fn at_safe_point() {
 
 /// Whether a detour is written at `entry` now.
 pub fn is_detoured(entry: u64) -> bool {
-    with_installer(|i| i.detours.current().iter().any(|&(from, _)| from == entry))
+    with_installer(|i| i.detours.is_written(entry))
 }
 
 /// Slot → value and entry → target pairs.

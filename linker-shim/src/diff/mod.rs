@@ -76,6 +76,14 @@ pub struct Diff {
     pub compared: usize,
 }
 
+impl Diff {
+    /// The running build's name for `name`: the same, unless the diff paired it with another
+    /// symbol hash or ThinLTO suffix of the same path.
+    pub fn base_name<'n>(&'n self, name: &'n str) -> &'n str {
+        self.changed.get(name).map_or(name, |c| c.base_name.as_str())
+    }
+}
+
 /// Where a definition lives: unit index in its build, section index in the unit.
 type DefAt = (usize, usize);
 

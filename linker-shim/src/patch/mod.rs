@@ -341,9 +341,7 @@ fn patch_process(
         for (c, &at) in plan.chunks.iter().zip(&chunk_addr) {
             for (name, offset, _, _) in c.symbols.iter().filter(|s| s.3) {
                 newest.insert(name.as_str(), at + offset);
-                if let Some(change) = d.changed.get(name) {
-                    newest.insert(change.base_name.as_str(), at + offset);
-                }
+                newest.insert(d.base_name(name), at + offset);
             }
         }
         let chain = deliver::chain::earlier_patches(&patch_dir, &hello.patches, &newest, &image);

@@ -411,12 +411,6 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
     }
 
-    /// The running image's name for `name`: the same, unless the diff paired it with another
-    /// symbol hash or ThinLTO suffix of the same path.
-    fn base_name<'n>(&'n self, name: &'n str) -> &'n str {
-        self.input.diff.changed.get(name).map_or(name, |c| c.base_name.as_str())
-    }
-
     fn refuse(&mut self, symbol: &str, reason: String) {
         let symbol = crate::map::read::demangle(symbol);
         if !self.refusals.iter().any(|r| r.symbol == symbol && r.reason == reason) {
@@ -643,7 +637,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if is_hot_async_part(&crate::map::read::demangle(name)) {
             return None; // switched through its slot, never detoured
         }
-        let (entry, _) = self.input.base.lookup(self.base_name(name))?;
+        let (entry, _) = self.input.base.lookup(self.input.diff.base_name(name))?;
         (entry.kind == BaseKind::Function).then_some(Target::Absolute(entry.addr + self.input.base.load_bias))
     }
 
@@ -877,7 +871,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let mut planned: Vec<PlannedDetour> = detours
             .into_iter()
             .map(|(id, mangled)| {
-                let base_name = diff.changed.get(mangled).map_or(mangled, |c| c.base_name.as_str());
+                let base_name = diff.base_name(mangled);
                 // Callers built against the old function pass what it took: its entry may only
                 // lead to new code that takes the same (the DWARF of both builds says).
                 let entries =

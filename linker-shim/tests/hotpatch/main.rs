@@ -31,10 +31,7 @@ fn running_counter() -> (Project, Running) {
 /// Builds after an edit; the build must succeed and report `Patched` for the process.
 #[track_caller]
 fn build_and_expect_patched(project: &Project, app: &Running) -> String {
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched counter"), "expected the process to be patched: {run}");
-    line
+    project.build_and_expect_patched(app, "counter")
 }
 
 /// Each thread's latest `local` counter and the highest `global` seen so far.

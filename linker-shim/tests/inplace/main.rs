@@ -36,10 +36,7 @@ fn running(env: &[(&str, &str)]) -> (Project, Running) {
 
 #[track_caller]
 fn build_and_expect_patched(project: &Project, app: &Running) -> String {
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched inplace"), "expected the process to be patched: {run}");
-    line
+    project.build_and_expect_patched(app, "inplace")
 }
 
 /// Every shape of indirect call an application keeps from startup, plus a plain call from

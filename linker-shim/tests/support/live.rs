@@ -77,6 +77,18 @@ impl Project {
         run
     }
 
+    /// Builds after an edit; the build must succeed and report `Patched <program>` for `app`.
+    #[track_caller]
+    pub fn build_and_expect_patched(&self, app: &Running, program: &str) -> String {
+        let run = self.build();
+        let line = status_for(&run, app.pid);
+        assert!(
+            line.starts_with(&format!("Patched {program} ")),
+            "expected the process to be patched: {run}"
+        );
+        line
+    }
+
     /// Replaces `from` by `to` in a source file; the text must be there.
     #[track_caller]
     pub fn edit(&self, path: &str, from: &str, to: &str) {

@@ -61,6 +61,11 @@ struct Write {
 }
 
 impl Detours {
+    /// Whether a jump is written at `entry` now.
+    pub fn is_written(&self, entry: u64) -> bool {
+        self.current.contains_key(&entry)
+    }
+
     /// `(entry, target)` of every detour in place.
     pub fn current(&self) -> Vec<(u64, u64)> {
         self.current.iter().map(|(&a, &b)| (a, b)).collect()
