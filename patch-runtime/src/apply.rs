@@ -125,15 +125,7 @@ impl State {
         };
         if let Some(summary) = log {
             let how = match outcome {
-                Outcome::Installed(stop) => format!(
-                    "install {install_us} us; {} entries rewritten, {} threads parked for at most {} us, {} retries; preparing {} us, gathering the threads {} us",
-                    stop.written,
-                    stop.threads,
-                    stop.longest_pause.as_micros(),
-                    stop.retries,
-                    stop.preparing.as_micros(),
-                    stop.gathering.as_micros()
-                ),
+                Outcome::Installed(stop) => describe_install(install_us, &stop),
                 Outcome::Deferred => "installed at the next safe point".into(),
             };
             eprintln!(
@@ -144,6 +136,33 @@ impl State {
         }
         Ok(Reply::Applied(Applied { generation: self.generation, load_us, install_us, pause_us, deferred }))
     }
+}
+
+/// `IPBP_LOG`'s account of an install: how the bytes were written and who waited how long.
+fn describe_install(install_us: u64, i: &crate::detour::Installed) -> String {
+    use crate::detour::Method;
+    let rounds = if i.threads == 0 {
+        "no thread interrupted".to_string()
+    } else {
+        format!(
+            "{} threads {} for at most {} us, {} retries, gathering the threads {} us",
+            i.threads,
+            if i.method == Method::Parked { "parked" } else { "checked" },
+            i.longest_pause.as_micros(),
+            i.retries,
+            i.gathering.as_micros()
+        )
+    };
+    let how = match i.method {
+        Method::None => "nothing to write".to_string(),
+        Method::Breakpoint => format!("breakpoint first, {} calls sent on meanwhile", i.traps),
+        Method::Parked => format!("every thread parked ({})", i.fallback.unwrap_or("fallback")),
+    };
+    format!(
+        "install {install_us} us; {} entries rewritten, {how}; {rounds}; preparing {} us",
+        i.written,
+        i.preparing.as_micros()
+    )
 }
 
 /// Loads the sealed, checked copy of patch `file` at `start`, for good, and adds its functions to

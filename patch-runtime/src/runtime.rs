@@ -54,6 +54,7 @@ fn register(image: crate::image::Image, registry: Registry) -> std::io::Result<(
         return Err(e);
     }
     let _ = REGISTERED.set((registry, pid));
+    crate::detour::prepare();
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(unregister) };
     crate::listener::spawn(listener, State::new(image))

@@ -4,20 +4,33 @@
 //! (which ipbp-ld places within ±2 GiB). Every caller — a direct call, a vtable, a `fn` pointer
 //! stored at startup, a closure held by a framework — reaches the new code, and functions never
 //! patched cost nothing. [`Detours::install`] takes the *whole* desired set: an entry it no longer
-//! names gets its original bytes back (a revert), and all changes of one install become visible
-//! to every thread at once, while every other thread is parked ([`stop`]).
+//! names gets its original bytes back (a revert).
 //!
-//! What the bytes may be rewritten under is checked twice: ipbp-ld only plans a detour for a
-//! function at least as long as the jump, whose first bytes hold no call (a return address there
-//! would land inside the jump) and are no branch target inside the function; and here, with every
-//! thread parked, no program counter and no word of any thread's stack (return addresses, a
-//! signal frame's saved program counter) may point strictly inside the bytes being rewritten —
-//! else the threads are released and the install is retried a little later.
+//! How bytes other threads may be running are rewritten:
+//! - [`poke`], the usual way: the kernel's `text_poke_bp` sequence — a breakpoint first
+//!   ([`trap`] sends a thread that meets it on), one check round ([`check`]) in which each
+//!   thread makes sure it is not between two instructions of the bytes to change, the rest of the
+//!   bytes, then the first byte, with every core serialised between steps ([`sync`]). No thread
+//!   is held; each is interrupted once, briefly.
+//! - [`park`], the fallback when breakpoints cannot be relied on: every other thread waits in a
+//!   signal handler while all entries are written.
+//!
+//! Both rest on what ipbp-ld checked when it planned the detour: the function is at least as long
+//! as the jump, its first bytes hold no call (a return address there would land inside the jump)
+//! and are no branch target inside the function. At run time no program counter and no word of
+//! any thread's stack (return addresses, a signal frame's saved program counter) may point
+//! strictly inside the bytes being rewritten ([`hazard`]) — else the install waits and retries.
 
 #[cfg_attr(target_arch = "x86_64", path = "x86_64.rs")]
 mod arch;
+mod check;
+mod hazard;
 mod maps;
-pub mod stop;
+mod park;
+mod poke;
+pub mod signal;
+mod sync;
+mod trap;
 
 use maps::Mapping;
 use std::collections::BTreeMap;
@@ -25,8 +38,24 @@ use std::time::Duration;
 
 pub use arch::JUMP_LEN;
 
-/// How often an install is retried while a thread is inside the bytes to rewrite.
-const ATTEMPTS: usize = 200;
+/// Tests that write code or run rounds take turns: rounds are one at a time per process, and a
+/// thread parked by one test would look, to another, like a thread blocking signals.
+#[cfg(test)]
+static TEST_TURNS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[cfg(test)]
+fn test_turn() -> std::sync::MutexGuard<'static, ()> {
+    TEST_TURNS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often a parked install is retried while a thread is inside the bytes to rewrite.
+const PARK_ATTEMPTS: usize = 200;
+
+/// Prepares in-place patching when the runtime starts, while the program has few threads:
+/// registering for core serialisation waits for an RCU grace period once threads exist.
+pub fn prepare() {
+    sync::register();
+}
 
 /// The detours installed in this process.
 #[derive(Default)]
@@ -37,20 +66,38 @@ pub struct Detours {
     current: BTreeMap<u64, u64>,
 }
 
+/// How the bytes were written.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    /// Nothing to write.
+    #[default]
+    None,
+    /// Breakpoint first, nobody held ([`poke`]).
+    Breakpoint,
+    /// Every other thread parked ([`park`]).
+    Parked,
+}
+
 /// What an install did.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Installed {
+    pub method: Method,
     /// Entries written (jumps placed or originals restored).
     pub written: usize,
-    /// Longest time any other thread was parked.
+    /// Longest time any other thread was held: in the round's handler, or parked.
     pub longest_pause: Duration,
+    /// Threads the round reached (none when no round was needed).
     pub threads: usize,
-    /// Stops that were released without writing because a thread was inside the bytes.
+    /// Rounds repeated because a thread was inside the bytes.
     pub retries: usize,
-    /// Reading the mappings and the original bytes, before the first stop.
+    /// Reading the mappings and the original bytes, before anything is written.
     pub preparing: Duration,
-    /// From the first signal of the last stop to every thread parked.
+    /// From the first signal of the last round to every thread's answer.
     pub gathering: Duration,
+    /// Calls that met a breakpoint and were sent on during the install.
+    pub traps: u64,
+    /// Why the breakpoint sequence was not used, when it was not.
+    pub fallback: Option<&'static str>,
 }
 
 /// One entry's new bytes.
@@ -58,6 +105,13 @@ pub struct Installed {
 struct Write {
     at: u64,
     bytes: [u8; JUMP_LEN],
+}
+
+/// Which way to write.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Prefer {
+    Breakpoint,
+    Park,
 }
 
 impl Detours {
@@ -74,7 +128,19 @@ impl Detours {
     /// Makes the installed detours exactly `desired` (entry → target). The caller has checked that
     /// every entry is a function entry of this process's code at least `JUMP_LEN` bytes long and
     /// every target code of this process.
+    ///
+    /// `IPBP_INSTALL=park` in the program's environment makes every install park the threads
+    /// (the fallback), e.g. to compare the two ways or to rule the breakpoint sequence out.
     pub fn install(&mut self, desired: &[(u64, u64)]) -> Result<Installed, String> {
+        static PREFER: std::sync::OnceLock<Prefer> = std::sync::OnceLock::new();
+        let prefer = *PREFER.get_or_init(|| match std::env::var("IPBP_INSTALL").as_deref() {
+            Ok("park") => Prefer::Park,
+            _ => Prefer::Breakpoint,
+        });
+        self.install_preferring(desired, prefer)
+    }
+
+    fn install_preferring(&mut self, desired: &[(u64, u64)], prefer: Prefer) -> Result<Installed, String> {
         let wanted: BTreeMap<u64, u64> = desired.iter().copied().collect();
         if wanted.len() != desired.len() {
             return Err("a detour entry is listed twice".into());
@@ -109,29 +175,93 @@ impl Detours {
         let prep_started = std::time::Instant::now();
         let mappings = maps::read()?;
         let pages = pages_to_unprotect(&writes, &mappings)?;
-        // Record what each entry held before it is first rewritten (code is only written here,
-        // under the caller's lock, so reading it while other threads run is a plain read).
-        let mut first_seen = Vec::new();
-        for w in &writes {
-            if !self.originals.contains_key(&w.at) {
-                let mut original = [0u8; JUMP_LEN];
+        // What each entry holds now (code is only written here, under the caller's lock, so
+        // reading it while other threads run is a plain read).
+        let olds: Vec<[u8; JUMP_LEN]> = writes
+            .iter()
+            .map(|w| {
+                let mut old = [0u8; JUMP_LEN];
                 // SAFETY: `w.at..+JUMP_LEN` lies in a readable executable mapping (checked by
                 // `pages_to_unprotect`).
-                unsafe { std::ptr::copy_nonoverlapping(w.at as *const u8, original.as_mut_ptr(), JUMP_LEN) };
-                first_seen.push((w.at, original));
+                unsafe { std::ptr::copy_nonoverlapping(w.at as *const u8, old.as_mut_ptr(), JUMP_LEN) };
+                old
+            })
+            .collect();
+        let fallback = match prefer {
+            Prefer::Park => Some("IPBP_INSTALL=park"),
+            Prefer::Breakpoint => poke::usable().err().map(|why| {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| eprintln!("ipbp: in-place installs park every thread: {why}"));
+                "breakpoints cannot be used"
+            }),
+        };
+        let preparing = prep_started.elapsed();
+
+        let mut installed = if fallback.is_some() {
+            self.write_parked(&writes, &pages, &mappings)?
+        } else {
+            let pokes: Vec<poke::Poke> = writes
+                .iter()
+                .zip(&olds)
+                .map(|(w, old)| {
+                    let now = self.current.get(&w.at).copied();
+                    let next = wanted.get(&w.at).copied();
+                    poke::Poke {
+                        write: *w,
+                        old: *old,
+                        // An entry always has a jump on one side: the new one, or (for a revert)
+                        // the one it holds now.
+                        goto: next.or(now).expect("a write places or removes a jump"),
+                        old_has_boundaries: now.is_none(),
+                    }
+                })
+                .collect();
+            // SAFETY: the pages are made writable around the sequence; entries were checked by
+            // ipbp-ld and the caller (see `install`), and installs are serialised by its lock.
+            let poked = with_pages_writable(&pages, || unsafe { poke::write_all(&pokes, &mappings) })
+                .map_err(Unwritable::describe)??;
+            Installed {
+                method: Method::Breakpoint,
+                longest_pause: poked.round.map_or(Duration::ZERO, |r| r.longest_pause),
+                threads: poked.round.map_or(0, |r| r.threads),
+                gathering: poked.round.map_or(Duration::ZERO, |r| r.gathering),
+                retries: poked.retries,
+                traps: poked.traps,
+                ..Installed::default()
+            }
+        };
+        for (w, old) in writes.iter().zip(&olds) {
+            if !self.current.contains_key(&w.at) {
+                self.originals.entry(w.at).or_insert(*old);
             }
         }
+        self.current = wanted;
+        installed.written = writes.len();
+        installed.preparing = preparing;
+        installed.fallback = fallback;
+        Ok(installed)
+    }
+
+    /// The fallback: every other thread parked while all entries are written.
+    fn write_parked(
+        &self,
+        writes: &[Write],
+        pages: &[(u64, i32)],
+        mappings: &[Mapping],
+    ) -> Result<Installed, String> {
         // Addresses strictly inside rewritten bytes: no thread may be there, or return there.
         let inside: Vec<(u64, u64)> = writes.iter().map(|w| (w.at + 1, w.at + JUMP_LEN as u64)).collect();
-
-        let preparing = prep_started.elapsed();
+        let mut mappings = std::borrow::Cow::Borrowed(mappings);
         let mut retries = 0;
-        let stats = loop {
-            let mut hit: Option<Hazard> = None;
-            let mut write_error: Option<(u64, i32)> = None;
-            let outcome = stop::with_threads_parked(
+        loop {
+            let mut hit: Option<hazard::Hazard> = None;
+            let mut write_error: Option<Unwritable> = None;
+            let outcome = park::with_threads_parked(
                 &mut |parked| {
-                    hit = find_hazard(parked, &inside, &mappings);
+                    // SAFETY: every thread in `parked` is parked; its stack does not change.
+                    hit = parked
+                        .iter()
+                        .find_map(|p| unsafe { hazard::of(p.tid, p.pc, p.sp, &inside, &mappings) });
                     if hit.is_some() {
                         Err(String::new())
                     } else {
@@ -142,107 +272,47 @@ impl Detours {
                     // SAFETY: every other thread is parked outside the rewritten bytes (checked
                     // above), the pages are executable mappings of this process, and the
                     // original protections are restored before anyone runs again.
-                    write_error = unsafe { write_all(&writes, &pages) };
-                    if write_error.is_some() {
-                        Err(String::new())
-                    } else {
-                        Ok(())
-                    }
+                    let written = with_pages_writable(pages, || {
+                        for w in writes {
+                            unsafe {
+                                std::ptr::copy_nonoverlapping(w.bytes.as_ptr(), w.at as *mut u8, JUMP_LEN)
+                            };
+                        }
+                    });
+                    written.map_err(|e| {
+                        write_error = Some(e);
+                        String::new() // empty: allocates nothing
+                    })
                 },
             );
             match outcome {
-                Ok(stats) => break stats,
-                Err(_) if hit.is_some() && retries + 1 < ATTEMPTS => {
+                Ok(stats) => {
+                    return Ok(Installed {
+                        method: Method::Parked,
+                        longest_pause: stats.longest_pause,
+                        threads: stats.threads,
+                        retries,
+                        gathering: stats.gathering,
+                        ..Installed::default()
+                    })
+                }
+                Err(_) if hit.is_some() && retries + 1 < PARK_ATTEMPTS => {
+                    if matches!(hit, Some(hazard::Hazard::UnknownStack { .. })) {
+                        mappings = std::borrow::Cow::Owned(maps::read()?); // a new thread's stack
+                    }
                     retries += 1;
                     std::thread::sleep(Duration::from_micros(500));
                 }
                 Err(e) => {
-                    if let Some((page, errno)) = write_error {
-                        return Err(format!(
-                            "cannot make code page {page:#x} writable: {}",
-                            std::io::Error::from_raw_os_error(errno)
-                        ));
-                    }
-                    return Err(match hit {
-                        Some(h) => h.describe(ATTEMPTS),
-                        None => e,
-                    });
+                    return Err(match (write_error, hit) {
+                        (Some(w), _) => w.describe(),
+                        (None, Some(h)) => h.describe(PARK_ATTEMPTS),
+                        (None, None) => e,
+                    })
                 }
             }
-        };
-        for (at, original) in first_seen {
-            self.originals.insert(at, original);
-        }
-        self.current = wanted;
-        Ok(Installed {
-            written: writes.len(),
-            longest_pause: stats.longest_pause,
-            threads: stats.threads,
-            retries,
-            preparing,
-            gathering: stats.gathering,
-        })
-    }
-}
-
-/// A thread found where bytes are about to change.
-#[derive(Clone, Copy)]
-enum Hazard {
-    /// Its program counter is inside rewritten bytes.
-    Running { tid: i32, pc: u64 },
-    /// A word of its stack points inside rewritten bytes (a return address, a saved context).
-    Returning { tid: i32, addr: u64 },
-    /// Its stack is in no mapping read before the stop (created since).
-    UnknownStack { tid: i32 },
-}
-
-impl Hazard {
-    fn describe(self, attempts: usize) -> String {
-        match self {
-            Hazard::Running { tid, pc } => format!(
-                "thread {} kept executing the first bytes of a changed function (at {pc:#x}) in {attempts} attempts",
-                stop::thread_name(tid)
-            ),
-            Hazard::Returning { tid, addr } => format!(
-                "thread {} holds a return address inside the first bytes of a changed function ({addr:#x}); \
-                 the function cannot be redirected while that frame is live",
-                stop::thread_name(tid)
-            ),
-            Hazard::UnknownStack { tid } => {
-                format!("the stack of thread {} could not be located", stop::thread_name(tid))
-            }
         }
     }
-}
-
-/// Runs while every other thread is parked: must not allocate.
-fn find_hazard(parked: &[stop::Parked], inside: &[(u64, u64)], mappings: &[Mapping]) -> Option<Hazard> {
-    let is_inside = |addr: u64| {
-        let i = inside.partition_point(|&(start, _)| start <= addr);
-        i > 0 && addr < inside[i - 1].1
-    };
-    for p in parked {
-        if is_inside(p.pc) {
-            return Some(Hazard::Running { tid: p.tid, pc: p.pc });
-        }
-        let Some(stack) = maps::containing(mappings, p.sp) else {
-            return Some(Hazard::UnknownStack { tid: p.tid });
-        };
-        if !stack.readable {
-            return Some(Hazard::UnknownStack { tid: p.tid });
-        }
-        // SAFETY: `[sp, stack.end)` is mapped readable memory of a parked thread's stack, which
-        // does not change while it is parked; words are read with volatile loads.
-        let mut at = p.sp & !7;
-        while at + 8 <= stack.end {
-            let word = unsafe { std::ptr::read_volatile(at as *const u64) };
-            if is_inside(word) {
-                return Some(Hazard::Returning { tid: p.tid, addr: word });
-            }
-            at += 8;
-        }
-    }
-    None
 }
 
 /// Pages holding bytes to rewrite, with the protection to restore afterwards.
@@ -267,15 +337,23 @@ fn pages_to_unprotect(writes: &[Write], mappings: &[Mapping]) -> Result<Vec<(u64
     Ok(pages)
 }
 
-/// Writes every entry; `Some((page, errno))` if a page could not be made writable (then nothing
-/// was written and every protection is as before). Does not allocate.
-///
-/// # Safety
-/// Every other thread must be parked outside the rewritten bytes; `pages` must cover `writes`.
-unsafe fn write_all(writes: &[Write], pages: &[(u64, i32)]) -> Option<(u64, i32)> {
+/// A code page that could not be made writable, and the `errno`.
+#[derive(Debug, Clone, Copy)]
+struct Unwritable(u64, i32);
+
+impl Unwritable {
+    fn describe(self) -> String {
+        format!("cannot make code page {:#x} writable: {}", self.0, std::io::Error::from_raw_os_error(self.1))
+    }
+}
+
+/// Runs `write` with `pages` writable (and still executable: the patching thread, or a parked
+/// one, may run code on them), then gives each page its own protection back. If a page cannot
+/// be made writable nothing is written and every protection is as before. Allocates nothing
+/// (the parked install runs it while threads are parked).
+fn with_pages_writable<T>(pages: &[(u64, i32)], write: impl FnOnce() -> T) -> Result<T, Unwritable> {
     let size = page_size() as usize;
     for (i, &(p, _)) in pages.iter().enumerate() {
-        // The patching thread itself may be running code on these pages: keep them executable.
         // SAFETY: `p` is a page of an executable mapping of this process.
         if unsafe { libc::mprotect(p as *mut _, size, libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) }
             != 0
@@ -286,18 +364,15 @@ unsafe fn write_all(writes: &[Write], pages: &[(u64, i32)]) -> Option<(u64, i32)
                 // SAFETY: restores the protection read from /proc/self/maps.
                 unsafe { libc::mprotect(q as *mut _, size, prot) };
             }
-            return Some((p, errno));
+            return Err(Unwritable(p, errno));
         }
     }
-    for w in writes {
-        // SAFETY: the page is writable now and no other thread runs (see the caller).
-        unsafe { std::ptr::copy_nonoverlapping(w.bytes.as_ptr(), w.at as *mut u8, JUMP_LEN) };
-    }
+    let result = write();
     for &(p, prot) in pages {
         // SAFETY: as above; back to the mapping's own protection.
         unsafe { libc::mprotect(p as *mut _, size, prot) };
     }
-    None
+    Ok(result)
 }
 
 fn page_size() -> u64 {
@@ -311,58 +386,103 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::Arc;
 
+    // Each test rewrites its own functions: tests run in parallel in one process. The bodies
+    // differ (no folding) and are long enough to hold a jump.
     #[inline(never)]
-    extern "C" fn old_answer(x: u64) -> u64 {
-        // Long enough to hold a jump, and not folded with `new_answer`.
+    extern "C" fn answer_a(x: u64) -> u64 {
         std::hint::black_box(x).wrapping_mul(3).wrapping_add(1)
     }
-
     #[inline(never)]
-    extern "C" fn new_answer(x: u64) -> u64 {
+    extern "C" fn answer_a1(x: u64) -> u64 {
         std::hint::black_box(x).wrapping_mul(5).wrapping_add(2)
     }
+    #[inline(never)]
+    extern "C" fn answer_a2(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(7).wrapping_add(3)
+    }
+    #[inline(never)]
+    extern "C" fn answer_b(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(11).wrapping_add(4)
+    }
+    #[inline(never)]
+    extern "C" fn answer_b1(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(13).wrapping_add(5)
+    }
+    #[inline(never)]
+    extern "C" fn answer_b2(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(17).wrapping_add(6)
+    }
 
-    /// A thread calls a function through a pointer in a tight loop while its entry is redirected
-    /// and restored again and again: every result is the old or the new function's, never garbage.
-    #[test]
-    fn a_function_called_in_a_tight_loop_is_redirected_and_restored() {
-        let f: extern "C" fn(u64) -> u64 = std::hint::black_box(old_answer);
+    type Answer = extern "C" fn(u64) -> u64;
+
+    /// Busy threads call `versions[0]` through a pointer in a tight loop while its entry is
+    /// redirected to the other versions, retargeted and restored again and again: every result
+    /// is one of the versions', never garbage, and the calling thread sees each install at once.
+    fn redirect_under_load(prefer: Prefer, versions: [Answer; 3]) -> Vec<Installed> {
+        let _turn = test_turn();
+        let f: Answer = std::hint::black_box(versions[0]);
         let stop = Arc::new(AtomicBool::new(false));
-        let (olds, news) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-        let worker = {
-            let (stop, olds, news) = (stop.clone(), olds.clone(), news.clone());
-            std::thread::spawn(move || {
-                let mut x = 1u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let r = f(x);
-                    if r == x.wrapping_mul(3).wrapping_add(1) {
-                        olds.fetch_add(1, Ordering::Relaxed);
-                    } else if r == x.wrapping_mul(5).wrapping_add(2) {
-                        news.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        panic!("f({x}) = {r}: neither version");
+        let seen = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
+        let started = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (stop, seen, started) = (stop.clone(), seen.clone(), started.clone());
+                std::thread::spawn(move || {
+                    started.fetch_add(1, Ordering::Relaxed);
+                    let mut x = 1u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let r = f(x);
+                        let which = [3, 5, 7, 11, 13, 17]
+                            .iter()
+                            .zip([1, 2, 3, 4, 5, 6])
+                            .position(|(m, a)| r == x.wrapping_mul(*m).wrapping_add(a))
+                            .unwrap_or_else(|| panic!("f({x}) = {r}: no version's result"));
+                        seen[which % 3].fetch_add(1, Ordering::Relaxed);
+                        x = x.wrapping_add(1);
                     }
-                    x = x.wrapping_add(1);
-                }
+                })
             })
-        };
+            .collect();
+        // Every worker runs (a thread being created blocks every signal for a moment).
+        while started.load(Ordering::Relaxed) < 4 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut detours = Detours::default();
-        let from = old_answer as *const () as u64;
-        let to = new_answer as *const () as u64;
-        for round in 0..10 {
-            let desired = if round % 2 == 0 { vec![(from, to)] } else { vec![] };
-            detours.install(&desired).unwrap();
-            assert_eq!(old_answer(7), if round % 2 == 0 { 37 } else { 22 });
-            std::thread::sleep(Duration::from_millis(5));
+        let entry = versions[0] as *const () as u64;
+        let mut installs = Vec::new();
+        for step in [1, 2, 0, 2, 1, 0, 1, 0, 2, 0] {
+            let desired = if step == 0 { vec![] } else { vec![(entry, versions[step] as *const () as u64)] };
+            installs.push(detours.install_preferring(&desired, prefer).unwrap());
+            assert_eq!(f(7), versions[step](7), "step {step}");
+            std::thread::sleep(Duration::from_millis(3));
         }
         stop.store(true, Ordering::Relaxed);
-        worker.join().expect("the worker saw a wrong result");
-        assert!(olds.load(Ordering::Relaxed) > 0 && news.load(Ordering::Relaxed) > 0);
+        for w in workers {
+            w.join().expect("a worker saw a wrong result");
+        }
+        assert!(seen.iter().all(|n| n.load(Ordering::Relaxed) > 0), "every version ran: {seen:?}");
         assert!(detours.current().is_empty());
         // The code page is back to its own protection: executable, not writable.
         let maps = maps::read().unwrap();
-        let page = maps::containing(&maps, from).unwrap();
+        let page = maps::containing(&maps, entry).unwrap();
         assert!(page.executable && !page.writable, "{page:?}");
+        installs
+    }
+
+    #[test]
+    fn breakpoint_installs_redirect_retarget_and_restore_a_busy_function() {
+        let installs = redirect_under_load(Prefer::Breakpoint, [answer_a, answer_a1, answer_a2]);
+        assert!(installs.iter().all(|i| i.method == Method::Breakpoint), "{installs:?}");
+        // A check round only when an original prologue is replaced; jumps are rewritten without.
+        assert!(installs[0].threads >= 4, "{:?}", installs[0]);
+        assert_eq!(installs[1].threads, 0, "a jump retargeted without a round: {:?}", installs[1]);
+        assert_eq!(installs[2].threads, 0, "restored without a round: {:?}", installs[2]);
+    }
+
+    #[test]
+    fn parked_installs_redirect_retarget_and_restore_a_busy_function() {
+        let installs = redirect_under_load(Prefer::Park, [answer_b, answer_b1, answer_b2]);
+        assert!(installs.iter().all(|i| i.method == Method::Parked && i.threads >= 4), "{installs:?}");
     }
 
     #[test]

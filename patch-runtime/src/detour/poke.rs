@@ -1,0 +1,170 @@
+//! The usual install: the kernel's `text_poke_bp` sequence, which rewrites entries while every
+//! thread keeps running. No thread is held; each is interrupted once, for microseconds.
+//!
+//! For each entry being rewritten (old bytes → new bytes, [`arch::JUMP_LEN`] long):
+//!
+//! 1. The first byte becomes a breakpoint, and every core is serialised ([`sync`]). From then on
+//!    a thread that reaches the entry traps, and [`trap`] sends it where a jump there goes.
+//! 2. If the old bytes hold more than one instruction (an original prologue, not a jump of
+//!    ours), a thread may have stopped between two of them, or hold a return address or a saved
+//!    context pointing there. A check round ([`check`]) interrupts every other thread once; each
+//!    answers whether it is inside. One inside moves on in a few instructions: the round is
+//!    retried a little later (a thread still inside after [`ATTEMPTS`] rounds fails the install,
+//!    and the breakpoints are taken back). A thread that answered clear cannot get back in: the
+//!    first byte traps.
+//! 3. The rest of the bytes are written — no thread executes them — and every core is
+//!    serialised, so none has the old rest in flight.
+//! 4. The first byte becomes the new first byte, and every core is serialised again. A thread
+//!    sees the breakpoint (and is sent on) or the whole new instruction, never a torn one.
+//!
+//! Threads that trap in the window pay a signal delivery per call (a few microseconds) — the
+//! same cost the kernel's sequence puts on a CPU that meets its `int3`.
+//!
+//! **When this is not used** (then [`super::park`] is): a debugger traces the process (it would
+//! stop at each breakpoint), the program handles SIGTRAP itself, a thread blocks SIGTRAP (a
+//! blocked breakpoint trap kills the process), or the kernel cannot serialise cores on request. A thread that starts blocking SIGTRAP during the window and then calls a
+//! patched function would be killed; no known runtime or library does that around application
+//! code (blocking synchronous signals is undefined behaviour under POSIX).
+
+use super::check::{self, NotClear};
+use super::hazard::Hazard;
+use super::maps::{self, Mapping};
+use super::{arch, signal, sync, trap, Write};
+use std::time::Duration;
+
+/// How often a check round is repeated while a thread is inside the bytes to rewrite.
+pub const ATTEMPTS: usize = 200;
+
+/// Whether this process can use the sequence now; `Err` says why not.
+pub fn usable() -> Result<(), String> {
+    if signal::traced() {
+        return Err("a debugger traces the process".into());
+    }
+    trap::install_handler()?;
+    if !sync::register() {
+        return Err("the kernel cannot serialise this process's cores (membarrier SYNC_CORE)".into());
+    }
+    // A new thread starts with every signal blocked until glibc has set it up, and may wait a
+    // while for a core to get there: only a block that lasts counts. (A thread blocking the
+    // round signal is no danger: the round times out and the breakpoints are taken back.)
+    let deadline = std::time::Instant::now() + Duration::from_millis(50);
+    loop {
+        let Some((tid, sig)) = signal::thread_blocking(&[libc::SIGTRAP])? else { return Ok(()) };
+        if std::time::Instant::now() >= deadline {
+            return Err(format!("thread {} blocks signal {sig}", signal::thread_name(tid)));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// What one sequence measured.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Poked {
+    /// Check rounds that were not clear and were repeated.
+    pub retries: usize,
+    /// The last (clear) round, if one was needed.
+    pub round: Option<check::CheckStats>,
+    /// Threads sent on by the trap handler during the install.
+    pub traps: u64,
+}
+
+/// One entry being rewritten.
+pub struct Poke {
+    pub write: Write,
+    /// What the entry holds now.
+    pub old: [u8; arch::JUMP_LEN],
+    /// Where a thread that traps at the entry goes: the target of the jump it holds now or will
+    /// hold (an entry always has a jump on one side).
+    pub goto: u64,
+    /// The old bytes may hold an instruction boundary strictly inside them.
+    pub old_has_boundaries: bool,
+}
+
+/// Runs the sequence over `pokes` (sorted by entry); `mappings` were read before (for the check
+/// round's stack scan). On `Err` every entry holds its old bytes again.
+///
+/// # Safety
+/// Each entry must be the start of a function of this process's code, at least
+/// `arch::JUMP_LEN` bytes long, with no branch target inside those bytes (ipbp-ld checks), and
+/// its page writable; no other install runs; [`usable`] said yes.
+pub unsafe fn write_all(pokes: &[Poke], mappings: &[Mapping]) -> Result<Poked, String> {
+    let table: Vec<(u64, u64)> = pokes.iter().map(|p| (p.write.at, p.goto)).collect();
+    let traps_before = trap::hits();
+    let published = trap::publish(&table);
+
+    // 1. Breakpoints.
+    for p in pokes {
+        // SAFETY: the caller's contract; one byte, so every fetch sees the old or the new one.
+        unsafe { std::ptr::write_volatile(p.write.at as *mut u8, arch::BREAKPOINT) };
+    }
+    let mut poked = Poked::default();
+    let step2 = (|| {
+        if !sync::all_cores() {
+            return Err("the kernel did not serialise this process's cores (membarrier)".to_string());
+        }
+        // 2. Nobody between two instructions of old bytes.
+        let inside: Vec<(u64, u64)> = pokes
+            .iter()
+            .filter(|p| p.old_has_boundaries)
+            .map(|p| (p.write.at + 1, p.write.at + arch::JUMP_LEN as u64))
+            .collect();
+        if !inside.is_empty() {
+            let mut mappings = std::borrow::Cow::Borrowed(mappings);
+            loop {
+                match check::every_thread(&inside, &mappings) {
+                    Ok(stats) => {
+                        poked.round = Some(stats);
+                        break;
+                    }
+                    Err(NotClear::Hazard(h)) if poked.retries + 1 < ATTEMPTS => {
+                        if matches!(h, Hazard::UnknownStack { .. }) {
+                            mappings = std::borrow::Cow::Owned(maps::read()?); // a new thread's stack
+                        }
+                        poked.retries += 1;
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(NotClear::Hazard(h)) => return Err(h.describe(ATTEMPTS)),
+                    Err(NotClear::Failed(e)) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = step2 {
+        // Take the breakpoints back: the rest of the bytes was not touched.
+        for p in pokes {
+            // SAFETY: as in step 1.
+            unsafe { std::ptr::write_volatile(p.write.at as *mut u8, p.old[0]) };
+        }
+        let _ = sync::all_cores();
+        drop(published);
+        return Err(e);
+    }
+    // Once registered, membarrier cannot fail (it returns EINVAL only for an unregistered
+    // process or an unknown command), so steps 3 and 4 do not check it: stopping between them
+    // would leave breakpoints without a table.
+
+    // 3. The rest of each entry; no thread executes these bytes (step 2), nor fetches them
+    //    through the first byte, which traps.
+    for p in pokes {
+        // SAFETY: the caller's contract.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                p.write.bytes[1..].as_ptr(),
+                (p.write.at + 1) as *mut u8,
+                arch::JUMP_LEN - 1,
+            )
+        };
+    }
+    let _ = sync::all_cores();
+    // 4. The first byte.
+    for p in pokes {
+        // SAFETY: as in step 1.
+        unsafe { std::ptr::write_volatile(p.write.at as *mut u8, p.write.bytes[0]) };
+    }
+    let _ = sync::all_cores();
+    arch::serialize_core();
+    drop(published);
+    poked.traps = trap::hits() - traps_before;
+    Ok(poked)
+}

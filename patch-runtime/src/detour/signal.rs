@@ -1,0 +1,538 @@
+//! The signal in-place patching sends to every other thread of the process ([`stop_signal`],
+//! SIGRTMIN+7), and the *rounds* built on it: the patching thread signals each thread listed in
+//! `/proc/self/task` and waits until every one has answered from its handler.
+//!
+//! A round is one of two [`Kind`]s:
+//! - **park** ([`super::park`]): the handler records where the thread was interrupted and waits on
+//!   a futex until the round is over; meanwhile no other thread runs user code.
+//! - **check** ([`super::check`]): the handler checks its own thread against the bytes about to
+//!   change ([`super::hazard`]), records the answer and returns at once.
+//!
+//! **What a round guarantees.** A thread can only be created by a running thread, so once every
+//! listed thread has answered and a second listing finds no new one, every thread of the process
+//! has run the handler since the round began. Each handler runs a serialising instruction
+//! ([`arch::serialize_core`]) before it answers: code written before the round began is what
+//! that thread fetches from then on (Intel SDM vol. 3, 8.1.3, cross-modifying code).
+//!
+//! **Why the handler is safe to run anywhere.** A thread blocked in a system call (`read`,
+//! `sleep`, a contended lock's futex) runs the handler as soon as the signal interrupts the call;
+//! `SA_RESTART` (or the caller's own `EINTR` loop) resumes it afterwards. A thread running user
+//! code is interrupted at an instruction boundary, and the handler sees that instruction's
+//! address. The handler only uses atomics, raw system calls and the vDSO clock, and saves
+//! `errno`. A signal that arrives after its round is over finds `RELEASED == REQUESTED` and
+//! returns at once.
+//!
+//! A thread that cannot answer (the signal blocked, stopped by a debugger, stuck in an
+//! uninterruptible wait) fails the round after [`ARRIVAL_TIMEOUT`], naming the thread.
+
+use super::arch;
+use super::hazard::{self, Hazard, Inside};
+use super::maps::Mapping;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::MutexGuard;
+use std::time::{Duration, Instant};
+
+/// How long to wait for every thread to answer before giving up.
+pub const ARRIVAL_TIMEOUT: Duration = Duration::from_millis(500);
+/// Threads that can answer one round (answer records are preallocated).
+const MAX_THREADS: usize = 4096;
+
+/// What a handler does in a round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Park = 0,
+    Check = 1,
+}
+
+/// The round's kind; written before `REQUESTED`, read after it.
+static KIND: AtomicU32 = AtomicU32::new(0);
+/// The round being requested; a handler takes part only while `RELEASED != REQUESTED`.
+static REQUESTED: AtomicU32 = AtomicU32::new(0);
+static RELEASED: AtomicU32 = AtomicU32::new(0);
+/// Answers in the current round (futex word the patching thread waits on).
+static ARRIVED: AtomicU32 = AtomicU32::new(0);
+/// Answer records, written by handlers before `ARRIVED` is incremented.
+static RECORDS: [Record; MAX_THREADS] = [const { Record::new() }; MAX_THREADS];
+static NEXT_RECORD: AtomicUsize = AtomicUsize::new(0);
+
+/// What a check round compares against. Published before the round is requested and withdrawn
+/// after it is released; `SPEC_READERS` counts handlers using it, so it is not freed under them.
+pub struct Spec<'a> {
+    pub inside: &'a Inside,
+    pub mappings: &'a [Mapping],
+}
+static SPEC: AtomicPtr<Spec<'static>> = AtomicPtr::new(std::ptr::null_mut());
+static SPEC_READERS: AtomicUsize = AtomicUsize::new(0);
+
+struct Record {
+    epoch: AtomicU32,
+    tid: AtomicU32,
+    pc: AtomicU64,
+    sp: AtomicU64,
+    /// When the handler started and when it answered (CLOCK_MONOTONIC, ns).
+    arrived_at: AtomicU64,
+    answered_at: AtomicU64,
+    /// A check round's finding ([`Hazard::encode`]; kind 0 is none).
+    hazard_kind: AtomicU32,
+    hazard_addr: AtomicU64,
+}
+
+impl Record {
+    const fn new() -> Self {
+        Record {
+            epoch: AtomicU32::new(0),
+            tid: AtomicU32::new(0),
+            pc: AtomicU64::new(0),
+            sp: AtomicU64::new(0),
+            arrived_at: AtomicU64::new(0),
+            answered_at: AtomicU64::new(0),
+            hazard_kind: AtomicU32::new(0),
+            hazard_addr: AtomicU64::new(0),
+        }
+    }
+}
+
+/// One thread's answer to a round.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub tid: i32,
+    pub pc: u64,
+    pub sp: u64,
+    pub arrived_at: u64,
+    pub answered_at: u64,
+    pub hazard: Option<Hazard>,
+}
+
+/// The signal used: a real-time signal applications rarely use.
+pub fn stop_signal() -> i32 {
+    libc::SIGRTMIN() + 7
+}
+
+/// Installs the handler once. Fails if the application already handles the signal itself.
+fn install_handler() -> Result<(), String> {
+    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    DONE.get_or_init(|| {
+        let sig = stop_signal();
+        // SAFETY: plain sigaction calls on zeroed, then filled, structures.
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+                return Err(format!("cannot read the handler of signal {sig}"));
+            }
+            if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+                return Err(format!(
+                    "the program handles signal {sig} (SIGRTMIN+7) itself, which in-place patching needs"
+                ));
+            }
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+            // Nothing else runs on a parked thread: every signal waits until it is released —
+            // but synchronous ones (a fault, a breakpoint), which the kernel delivers even when
+            // blocked, by killing the process. Leaving SIGTRAP open also keeps a thread inside
+            // this handler from looking like one that blocks it ([`super::poke::usable`]).
+            libc::sigfillset(&mut act.sa_mask);
+            for s in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+                libc::sigdelset(&mut act.sa_mask, s);
+            }
+            if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+                return Err(format!("cannot install the handler of signal {sig}"));
+            }
+        }
+        Ok(())
+    })
+    .clone()
+}
+
+extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
+    // Only async-signal-safe work: atomics, raw system calls, the vDSO clock.
+    // SAFETY: errno is thread-local; saved and restored around the system calls.
+    let errno = unsafe { *libc::__errno_location() };
+    let epoch = REQUESTED.load(Ordering::Acquire);
+    if RELEASED.load(Ordering::Acquire) != epoch {
+        answer(epoch, ctx);
+        arch::scrub_stack();
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+}
+
+#[inline(never)]
+fn answer(epoch: u32, ctx: *mut libc::c_void) {
+    let kind = KIND.load(Ordering::Acquire);
+    // SAFETY: the kernel passes the interrupted context to an SA_SIGINFO handler.
+    let (pc, sp) = unsafe { arch::interrupted_pc_sp(ctx) };
+    let arrived_at = now_ns();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // From here on this thread fetches every byte of code written before the round began.
+    arch::serialize_core();
+    let (hazard_kind, hazard_addr) =
+        if kind == Kind::Check as u32 { check_self(tid, pc, sp) } else { (0, 0) };
+    let i = NEXT_RECORD.fetch_add(1, Ordering::Relaxed);
+    if let Some(r) = RECORDS.get(i) {
+        r.tid.store(tid as u32, Ordering::Relaxed);
+        r.pc.store(pc, Ordering::Relaxed);
+        r.sp.store(sp, Ordering::Relaxed);
+        r.arrived_at.store(arrived_at, Ordering::Relaxed);
+        r.answered_at.store(now_ns(), Ordering::Relaxed);
+        r.hazard_kind.store(hazard_kind, Ordering::Relaxed);
+        r.hazard_addr.store(hazard_addr, Ordering::Relaxed);
+        r.epoch.store(epoch, Ordering::Release);
+    }
+    ARRIVED.fetch_add(1, Ordering::Release);
+    futex_wake(&ARRIVED);
+    if kind == Kind::Park as u32 {
+        while RELEASED.load(Ordering::Acquire) != epoch {
+            futex_wait(&RELEASED, RELEASED.load(Ordering::Relaxed), None);
+        }
+        // Code written while this thread was parked is what it runs next.
+        arch::serialize_core();
+    }
+}
+
+/// A check round's handler: this thread, against the published spec.
+fn check_self(tid: i32, pc: u64, sp: u64) -> (u32, u64) {
+    // SeqCst pairs with `SpecGuard::drop`: either this load sees the spec withdrawn, or the
+    // withdrawing thread sees this reader and waits for it.
+    SPEC_READERS.fetch_add(1, Ordering::SeqCst);
+    let spec = SPEC.load(Ordering::SeqCst);
+    let found = if spec.is_null() {
+        Some(Hazard::UnknownStack { tid }) // a stale round: counts as not clear
+    } else {
+        // SAFETY: the spec stays alive while `SPEC_READERS` counts us; this thread is the one
+        // whose stack is scanned, and it is running this handler, so the stack above `sp` is
+        // still.
+        let spec = unsafe { &*spec };
+        unsafe { hazard::of(tid, pc, sp, spec.inside, spec.mappings) }
+    };
+    SPEC_READERS.fetch_sub(1, Ordering::SeqCst);
+    found.map_or((0, 0), Hazard::encode)
+}
+
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime is async-signal-safe and writes `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
+    let ts = timeout.map(|t| libc::timespec { tv_sec: t.as_secs() as _, tv_nsec: t.subsec_nanos() as _ });
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), |t| t as *const libc::timespec);
+    // SAFETY: FUTEX_WAIT on a valid aligned u32; returns at once if the value differs.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+            expected,
+            ts_ptr,
+        );
+    }
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a valid aligned u32.
+    unsafe {
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, i32::MAX);
+    }
+}
+
+/// The other threads of this process, read with `getdents64` into preallocated memory.
+struct TaskList {
+    dir: std::fs::File,
+    buf: Vec<u8>,
+    tids: Vec<i32>,
+}
+
+impl TaskList {
+    fn open() -> Result<Self, String> {
+        let dir = std::fs::File::open("/proc/self/task").map_err(|e| format!("cannot list threads: {e}"))?;
+        Ok(TaskList { dir, buf: vec![0; 64 << 10], tids: Vec::with_capacity(MAX_THREADS) })
+    }
+
+    /// Re-reads the list; allocates nothing once opened (capacity is fixed).
+    fn read(&mut self) -> Result<&[i32], String> {
+        use std::os::fd::AsRawFd;
+        let fd = self.dir.as_raw_fd();
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        self.tids.clear();
+        // SAFETY: rewinding a directory descriptor we own.
+        unsafe { libc::lseek(fd, 0, libc::SEEK_SET) };
+        loop {
+            // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
+            let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, self.buf.as_mut_ptr(), self.buf.len()) };
+            if n < 0 {
+                return Err("cannot list threads (getdents64 failed)".into());
+            }
+            if n == 0 {
+                break;
+            }
+            let mut off = 0usize;
+            while off + 19 < n as usize {
+                // struct linux_dirent64 { u64 ino; i64 off; u16 reclen; u8 type; char name[]; }
+                let reclen = u16::from_ne_bytes([self.buf[off + 16], self.buf[off + 17]]) as usize;
+                let name = &self.buf[off + 19..off + reclen];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                if let Some(tid) = parse_tid(name) {
+                    if tid != me {
+                        if self.tids.len() == MAX_THREADS {
+                            return Err(format!("more than {MAX_THREADS} threads"));
+                        }
+                        self.tids.push(tid);
+                    }
+                }
+                off += reclen.max(1);
+            }
+        }
+        Ok(&self.tids)
+    }
+}
+
+fn parse_tid(name: &[u8]) -> Option<i32> {
+    if name.is_empty() || !name.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    name.iter().try_fold(0i32, |n, &d| n.checked_mul(10)?.checked_add((d - b'0') as i32))
+}
+
+/// One round in progress. Dropping it ends the round — parked threads are released however the
+/// caller leaves, a panic included: a thread left parked would hang the program.
+pub struct Round {
+    epoch: u32,
+    tasks: TaskList,
+    signalled: Vec<i32>,
+    pid: i32,
+    _spec: SpecGuard,
+    _one_at_a_time: MutexGuard<'static, ()>,
+}
+
+/// Withdraws a check round's spec, after the round is released, once no handler reads it.
+struct SpecGuard(bool);
+
+impl Drop for SpecGuard {
+    fn drop(&mut self) {
+        if self.0 {
+            SPEC.store(std::ptr::null_mut(), Ordering::SeqCst);
+            while SPEC_READERS.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Round {
+    /// Begins a round of `kind`; a check round compares against `spec`, which must outlive it.
+    ///
+    /// # Safety
+    /// For a check round, `spec` must stay alive until the `Round` is dropped.
+    pub unsafe fn begin(kind: Kind, spec: Option<&Spec<'_>>) -> Result<Round, String> {
+        install_handler()?;
+        // One round at a time per process (the epoch words are global).
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        let tasks = TaskList::open()?;
+        let spec_guard = SpecGuard(spec.is_some());
+        if let Some(spec) = spec {
+            // The lifetime is erased; the caller keeps `spec` alive and `SpecGuard` withdraws it
+            // (after `Round::drop` released the round) before `begin`'s caller can drop it.
+            SPEC.store(spec as *const Spec<'_> as *mut Spec<'static>, Ordering::SeqCst);
+        }
+        let epoch = REQUESTED.load(Ordering::Relaxed).wrapping_add(1);
+        ARRIVED.store(0, Ordering::Relaxed);
+        NEXT_RECORD.store(0, Ordering::Relaxed);
+        KIND.store(kind as u32, Ordering::Relaxed);
+        REQUESTED.store(epoch, Ordering::Release);
+        Ok(Round {
+            epoch,
+            tasks,
+            signalled: Vec::with_capacity(MAX_THREADS),
+            // SAFETY: getpid has no preconditions.
+            pid: unsafe { libc::getpid() },
+            _spec: spec_guard,
+            _one_at_a_time: one,
+        })
+    }
+
+    /// Signals every other thread and waits until each has answered or exited; allocates
+    /// nothing. Returns how long that took.
+    pub fn gather(&mut self) -> Result<Duration, String> {
+        let started = Instant::now();
+        let sig = stop_signal();
+        loop {
+            let listed = self.tasks.read()?;
+            let mut new = 0;
+            for &tid in listed {
+                if self.signalled.contains(&tid) {
+                    continue;
+                }
+                // SAFETY: tgkill to a thread of our own process.
+                if unsafe { libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) } == 0 {
+                    self.signalled.push(tid);
+                    new += 1;
+                }
+                // ESRCH: it exited since it was listed.
+            }
+            if new == 0 && self.answered_all() {
+                return Ok(started.elapsed());
+            }
+            self.wait_for_answers(started)?;
+        }
+    }
+
+    /// Threads signalled so far.
+    pub fn threads(&self) -> usize {
+        self.signalled.len()
+    }
+
+    /// The answers of this round, into `out` (which must have capacity: no allocation).
+    pub fn answers(&self, out: &mut Vec<Answer>) {
+        out.clear();
+        let n = NEXT_RECORD.load(Ordering::Acquire).min(MAX_THREADS);
+        for r in &RECORDS[..n] {
+            if r.epoch.load(Ordering::Acquire) == self.epoch {
+                let tid = r.tid.load(Ordering::Relaxed) as i32;
+                out.push(Answer {
+                    tid,
+                    pc: r.pc.load(Ordering::Relaxed),
+                    sp: r.sp.load(Ordering::Relaxed),
+                    arrived_at: r.arrived_at.load(Ordering::Relaxed),
+                    answered_at: r.answered_at.load(Ordering::Relaxed),
+                    hazard: Hazard::decode(
+                        tid,
+                        r.hazard_kind.load(Ordering::Relaxed),
+                        r.hazard_addr.load(Ordering::Relaxed),
+                    ),
+                });
+            }
+        }
+    }
+
+    fn has_answered(&self, tid: i32) -> bool {
+        let n = NEXT_RECORD.load(Ordering::Acquire).min(MAX_THREADS);
+        RECORDS[..n].iter().any(|r| {
+            r.epoch.load(Ordering::Acquire) == self.epoch && r.tid.load(Ordering::Relaxed) as i32 == tid
+        })
+    }
+
+    /// Whether every signalled thread that still exists has answered.
+    fn answered_all(&self) -> bool {
+        self.signalled.iter().all(|&tid| self.has_answered(tid) || !thread_exists(self.pid, tid))
+    }
+
+    fn wait_for_answers(&self, started: Instant) -> Result<(), String> {
+        loop {
+            let seen = ARRIVED.load(Ordering::Acquire);
+            if self.answered_all() {
+                return Ok(());
+            }
+            if started.elapsed() > ARRIVAL_TIMEOUT {
+                let missing = self
+                    .signalled
+                    .iter()
+                    .copied()
+                    .find(|&tid| thread_exists(self.pid, tid) && !self.has_answered(tid));
+                return Err(match missing {
+                    Some(tid) => format!(
+                        "thread {tid} did not answer signal {} within {} ms (it blocks the signal or is stopped in a debugger)",
+                        stop_signal(),
+                        ARRIVAL_TIMEOUT.as_millis(),
+                    ),
+                    None => "threads did not answer in time".into(),
+                });
+            }
+            futex_wait(&ARRIVED, seen, Some(Duration::from_millis(1)));
+        }
+    }
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        RELEASED.store(self.epoch, Ordering::Release);
+        futex_wake(&RELEASED);
+    }
+}
+
+fn thread_exists(pid: i32, tid: i32) -> bool {
+    // SAFETY: signal 0 only checks that the thread exists.
+    unsafe { libc::syscall(libc::SYS_tgkill, pid, tid, 0) == 0 }
+}
+
+/// Names of the process's threads, for messages (allocates: call only while nothing is parked).
+pub fn thread_name(tid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| tid.to_string())
+}
+
+/// A thread that blocks one of `signals` now, from each thread's `SigBlk` in `/proc`; or `Err`
+/// if the threads cannot be read. Allocates: call before any round.
+pub fn thread_blocking(signals: &[i32]) -> Result<Option<(i32, i32)>, String> {
+    let dir = std::fs::read_dir("/proc/self/task").map_err(|e| format!("cannot list threads: {e}"))?;
+    for entry in dir.flatten() {
+        let Some(tid) = parse_tid(entry.file_name().as_encoded_bytes()) else { continue };
+        let Ok(status) = std::fs::read_to_string(entry.path().join("status")) else { continue }; // exited
+        let blocked = status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigBlk:"))
+            .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            .ok_or_else(|| format!("no SigBlk in /proc/self/task/{tid}/status"))?;
+        if let Some(&sig) = signals.iter().find(|&&s| (1..=64).contains(&s) && blocked & (1 << (s - 1)) != 0)
+        {
+            return Ok(Some((tid, sig)));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether a debugger traces this process (it would see, and stop at, every breakpoint trap).
+pub fn traced() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("TracerPid:")).map(|p| p.trim() != "0"))
+        .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tids_parse() {
+        assert_eq!(parse_tid(b"1234"), Some(1234));
+        assert_eq!(parse_tid(b"."), None);
+        assert_eq!(parse_tid(b""), None);
+        assert_eq!(parse_tid(b"99999999999"), None);
+    }
+
+    #[test]
+    fn a_thread_blocking_a_signal_is_found() {
+        let _turn = super::super::test_turn();
+        let sig = libc::SIGUSR2;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            // SAFETY: blocking one signal in this thread only.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            }
+            tx.send(unsafe { libc::gettid() }).unwrap();
+            done_rx.recv().unwrap();
+        });
+        let tid = rx.recv().unwrap();
+        // Another test's thread may block every signal for a moment (inside a handler).
+        let found = (0..100).any(|_| {
+            let b = thread_blocking(&[sig]).unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+            b == Some((tid, sig))
+        });
+        assert!(found, "thread {tid} blocks signal {sig}, unseen");
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
+}
