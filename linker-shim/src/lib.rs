@@ -21,6 +21,7 @@ pub(crate) mod objects;
 pub(crate) mod patch;
 pub(crate) mod plan;
 pub(crate) mod status;
+pub(crate) mod store;
 pub(crate) mod timing;
 
 use std::ffi::OsString;

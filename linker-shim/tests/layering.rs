@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 /// Leaves: used by every stage, using no stage.
-const LEAVES: &[&str] = &["error", "objects", "status", "timing"];
+const LEAVES: &[&str] = &["error", "objects", "status", "store", "timing"];
 
 /// Stages in pipeline order, then the driver and the entry points.
 const ORDER: &[&str] =
@@ -17,12 +17,6 @@ const ORDER: &[&str] =
 
 /// `(from, to)` imports that go backwards today, each with what removes it.
 const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
-    ("capture", "map", "the input list and the target-dir store layout become leaves"),
-    (
-        "map",
-        "index",
-        "the index path moves to the store layout; the detached writer is started by the driver",
-    ),
     ("index", "diff", "the workspace-units model moves beside `objects`"),
     ("index", "plan", "building the link index moves above plan; hot-point marks move to a leaf"),
 ];

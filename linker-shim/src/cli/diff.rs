@@ -160,7 +160,7 @@ fn print_summary(args: &Args, d: &SymbolDiff) {
 fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, Error> {
     use crate::diff::units::{Build, Workspace};
     use crate::index::{build::build, LinkIndex};
-    let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::map::schema::Input>, Error> {
+    let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::store::inputs::Input>, Error> {
         if m.inputs.is_empty() {
             let found = super::map::find_inputs(path, &m.build_id).ok_or_else(|| {
                 crate::err!("no recorded link inputs for {} (not linked through ipbp-ld?)", path.display())

@@ -8,7 +8,7 @@
 
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
-use crate::map::schema::{Input, InputKind};
+use crate::store::inputs::{Input, InputKind};
 use crate::objects::load::{archive_members, parse, Arena, Unit};
 use crate::objects::{Object, Origin};
 use std::borrow::Cow;
@@ -342,7 +342,7 @@ impl Workspace {
     }
 
     fn classify(&self, rlib: &Path) -> bool {
-        if crate::capture::inputs::is_sysroot(rlib) || rlib.extension().is_none_or(|e| e != "rlib") {
+        if crate::store::inputs::is_sysroot(rlib) || rlib.extension().is_none_or(|e| e != "rlib") {
             return false;
         }
         // deps/libfoo-1a2b.rlib  ->  deps/foo-1a2b.d

@@ -3,7 +3,7 @@
 use super::{Symbol, Writer, UNIT_HOT};
 use crate::diff::units::{Build, Workspace};
 use crate::error::{Context, Result};
-use crate::map::schema::Input;
+use crate::store::inputs::Input;
 use crate::objects::load::Arena;
 use crate::plan::base::BaseKind;
 use crate::plan::graph::{unit_facts, Index, CALL_MARK, KEY_MARK, SLOT_MARK};

@@ -22,7 +22,6 @@
 pub mod build;
 
 use crate::plan::base::BaseKind;
-use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"IPBPIDX1";
 const TABLES: usize = 7;
@@ -345,11 +344,6 @@ impl LinkIndex<'_> {
             (w(0), (w(1), w(2)), (w(3), w(4)))
         })
     }
-}
-
-/// `maps/<output>/<build-id>.index` beside the build's map.
-pub fn path_for(map_dir: &Path, build_id: &str) -> std::path::PathBuf {
-    map_dir.join(format!("{build_id}.index"))
 }
 
 #[cfg(test)]

@@ -4,4 +4,3 @@
 pub mod read;
 pub mod record;
 pub mod schema;
-pub mod store;

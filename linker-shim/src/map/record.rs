@@ -1,8 +1,9 @@
 //! Writing the map of a freshly linked executable, and collecting old ones.
 
 use super::read::{map_from_bytes, Mapped};
-use super::schema::{Input, InputKind, SymbolMap};
-use super::store::{output_name, replace_symlink, write_atomically, IpbpDir};
+use super::schema::SymbolMap;
+use crate::store::inputs::{Input, InputKind};
+use crate::store::{output_name, replace_symlink, write_atomically, IpbpDir};
 use crate::error::{Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -227,7 +228,7 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>, sweep
         freed_kept_inputs |= read_inputs_list(&list).map_or(true, |l| l.iter().any(|i| i.stored.is_some()));
         let _ = std::fs::remove_file(dir.map_path(output_name, id));
         let _ = std::fs::remove_file(&list);
-        let _ = std::fs::remove_file(crate::index::path_for(&map_dir, id));
+        let _ = std::fs::remove_file(dir.index_path(output_name, id));
         removed += 1;
     }
     let latest = dir.latest(output_name);
@@ -286,7 +287,7 @@ fn drop_outputs_gone(dir: &IpbpDir, current: &str, in_use: &HashSet<String>) -> 
             }
             freed |= read_inputs_list(list).map_or(true, |l| l.iter().any(|i| i.stored.is_some()));
             let _ = std::fs::remove_file(list.with_extension("json"));
-            let _ = std::fs::remove_file(crate::index::path_for(&out.path(), &id));
+            let _ = std::fs::remove_file(dir.index_path(&name, &id));
             let _ = std::fs::remove_file(list);
         }
         let _ = std::fs::remove_file(out.path().join("latest.json"));
@@ -302,7 +303,7 @@ fn read_recorded_output(list: &Path) -> Option<PathBuf> {
     first.trim_end_matches('\n').strip_prefix(OUTPUT_LINE).map(PathBuf::from)
 }
 
-/// `store/.lock` held exclusively, if no link holds it (see [`crate::map::store::StoreLease`]).
+/// `store/.lock` held exclusively, if no link holds it (see [`crate::store::StoreLease`]).
 fn lock_store_for_sweep(dir: &IpbpDir) -> Option<std::fs::File> {
     use std::os::fd::AsRawFd;
     let file =

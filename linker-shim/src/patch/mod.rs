@@ -11,8 +11,8 @@ use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
 use crate::map::record::read_inputs_list;
-use crate::map::schema::Input;
-use crate::map::store::{output_name, IpbpDir};
+use crate::store::inputs::Input;
+use crate::store::{output_name, IpbpDir};
 use crate::objects::load::Arena;
 use crate::plan::base::BaseImage;
 use crate::plan::{self, Install, TlsInfo};
@@ -239,8 +239,8 @@ fn patch_process(
         // for the next patch of this process.
         None => {
             let bytes = crate::index::build::build(&arena, Some(&exe), &base_inputs, &ws, true)?;
-            let path = crate::index::path_for(&base_build.map_dir, &reg.build_id);
-            let _ = crate::map::store::write_atomically(&path, |out| out.write_all(&bytes));
+            let path = crate::store::index_path_in(&base_build.map_dir, &reg.build_id);
+            let _ = crate::store::write_atomically(&path, |out| out.write_all(&bytes));
             arena.keep(bytes)
         }
     };
@@ -448,7 +448,7 @@ fn tls_facts(
 /// The base build's link index, once the detached writer of that build is done with it.
 fn base_index_file(map_dir: &Path, build_id: &str) -> Option<PathBuf> {
     crate::map::record::wait_for_writer(map_dir);
-    let path = crate::index::path_for(map_dir, build_id);
+    let path = crate::store::index_path_in(map_dir, build_id);
     path.is_file().then_some(path)
 }
 

@@ -23,7 +23,7 @@ mod worklist;
 
 use crate::diff::units::Build;
 use crate::diff::{DefKind, Diff};
-use crate::map::schema::Input;
+use crate::store::inputs::Input;
 use crate::objects::load::{Arena, ObjectArena};
 use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
 use base::{BaseImage, BaseKind};

@@ -6,7 +6,7 @@
 //! objects keep their index in the arena for the whole plan), and the index of every archive's
 //! symbols is built only when the archive the symbol's crate names does not have it.
 
-use crate::map::schema::{Input, InputKind};
+use crate::store::inputs::{Input, InputKind};
 use crate::objects::load::{archive_index, archive_member_at, parse, Arena, ObjectArena};
 use crate::objects::{Object, SecIdx};
 use std::collections::HashMap;
