@@ -5,7 +5,7 @@
 //!    pass-through.
 //! 2. Start the real linker. While it runs, if the executable links the `ipbp` runtime (its
 //!    [`Role`]), fingerprint and keep the inputs ([`capture::inputs`]) and build a patch for every
-//!    running process of this program ([`crate::patch`]).
+//!    running process of this program ([`crate::hotpatch`]).
 //! 3. When the link succeeded, record the build ([`crate::map`]).
 //! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
 //!    change the result of the link.
@@ -76,7 +76,7 @@ pub fn run(args: Vec<OsString>) -> ! {
             status.warn(&format!("{e} (a later patch of this build may be refused)"));
         }
         guarded(&mut status, "patching running processes", |status| {
-            crate::patch::for_running_processes(called, &output, &inputs, &dir, status)
+            crate::hotpatch::for_running_processes(called, &output, &inputs, &dir, status)
         });
         lease
     });

@@ -13,7 +13,7 @@ const LEAVES: &[&str] = &["error", "objects", "status", "store", "timing"];
 
 /// Stages in pipeline order, then the driver and the entry points.
 const ORDER: &[&str] =
-    &["capture", "map", "index", "diff", "layout", "plan", "emit", "deliver", "patch", "link", "cli"];
+    &["capture", "map", "index", "diff", "layout", "plan", "emit", "deliver", "hotpatch", "link", "cli"];
 
 /// `(from, to)` imports that go backwards today, each with what removes it.
 const KNOWN_BACK_EDGES: &[(&str, &str, &str)] = &[
