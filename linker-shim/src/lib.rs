@@ -18,6 +18,7 @@ pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod link;
 pub mod map;
+pub(crate) mod marks;
 pub(crate) mod objects;
 pub(crate) mod plan;
 pub(crate) mod status;

@@ -209,7 +209,7 @@ fn finish_recording(
         let arena = crate::objects::load::Arena::default();
         let workspace = crate::diff::units::Workspace::new();
         let written =
-            crate::index::build::build(&arena, Some(output), inputs, &workspace, true).and_then(|bytes| {
+            crate::hotpatch::link_index::build(&arena, Some(output), inputs, &workspace, true).and_then(|bytes| {
                 crate::store::write_atomically(&index, |out| out.write_all(&bytes))
                     .with_context(|| format!("cannot write {}", index.display()))
             });

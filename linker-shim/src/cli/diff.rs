@@ -159,7 +159,8 @@ fn print_summary(args: &Args, d: &SymbolDiff) {
 /// (`!`) and what the layout guard would refuse.
 fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, Error> {
     use crate::diff::units::{Build, Workspace};
-    use crate::index::{build::build, LinkIndex};
+    use crate::hotpatch::link_index::build;
+    use crate::index::LinkIndex;
     let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::store::inputs::Input>, Error> {
         if m.inputs.is_empty() {
             let found = super::map::find_inputs(path, &m.build_id).ok_or_else(|| {

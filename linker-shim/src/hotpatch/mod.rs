@@ -4,6 +4,7 @@
 //! Runs while the real linker writes the full build (the next `cargo run` needs it) and never
 //! waits for it. Whatever goes wrong here is reported and leaves the link alone.
 
+pub(crate) mod link_index;
 mod manifest;
 
 use crate::diff::units::{self, Build, Workspace};
@@ -238,7 +239,7 @@ fn patch_process(
         // A build recorded by an older ipbp-ld, or whose index was lost: build it now, and keep it
         // for the next patch of this process.
         None => {
-            let bytes = crate::index::build::build(&arena, Some(&exe), &base_inputs, &ws, true)?;
+            let bytes = link_index::build(&arena, Some(&exe), &base_inputs, &ws, true)?;
             let path = crate::store::index_path_in(&base_build.map_dir, &reg.build_id);
             let _ = crate::store::write_atomically(&path, |out| out.write_all(&bytes));
             arena.keep(bytes)

@@ -18,10 +18,10 @@
 //! - who refers to each workspace section (unit and section of the referrer), so a patch can walk
 //!   from the changed code up to the hot points that reach it;
 //! - the hot-point facts of each unit (see [`crate::plan::graph::Fact`]).
+//!
+//! This module is the format only and imports no stage; [`crate::hotpatch::link_index`] builds
+//! an index from a build's units and the planner's graph.
 
-pub mod build;
-
-use crate::plan::base::BaseKind;
 
 const MAGIC: &[u8; 8] = b"IPBPIDX1";
 const TABLES: usize = 7;
@@ -42,6 +42,18 @@ const UNIT_SIZE: usize = 48;
 const GLOBAL_SIZE: usize = 24;
 const REF_SIZE: usize = 16;
 const FACT_SIZE: usize = 20;
+
+/// What a symbol of the executable is, as the index records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseKind {
+    Function,
+    Data,
+    Tls,
+}
+
+/// The name the index records the runtime's TLS reserve under (besides its own), so a patch finds
+/// it without a scan.
+pub const TLS_RESERVE: &str = "ipbp.tls.reserve";
 
 /// A unit mentions `#[ipbp::hot]` slots, dispatch keys or `ipbp::call` instances.
 pub const UNIT_HOT: u32 = 1;

@@ -15,19 +15,12 @@
 
 use crate::diff::units::Build;
 use crate::index::LinkIndex;
+use crate::marks::{CALL_MARK, KEY_MARK, KEY_SUFFIX, SLOT_MARK, SLOT_SUFFIX};
 use crate::objects::{Object, SecIdx, Section, SectionKind, SymbolKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// A section of a workspace unit: (unit index in the build, section index).
 pub type Loc = (usize, SecIdx);
-
-/// The mangled-name fragment of every `#[ipbp::hot]` slot (`…::__IPBP_SLOT`, length-prefixed in
-/// both legacy and v0 mangling).
-pub const SLOT_MARK: &str = "11__IPBP_SLOT";
-/// The key functions `#[ipbp::hot]` nests in generic hot functions (`…::__ipbp_key::<…>`).
-pub const KEY_MARK: &str = "10__ipbp_key";
-/// `ipbp::call::<F, R>` instances.
-pub const CALL_MARK: &str = "_ZN4ipbp4call17h";
 
 /// Where a build defines what, and who refers to what. Units read here (all of them without a
 /// base index; only the changed ones with one) are parsed; for the others the base build's link
@@ -83,7 +76,7 @@ impl<'b, 'a> Index<'b, 'a> {
                 if !s.is_named() {
                     continue;
                 }
-                hot |= crate::index::build::is_hot_name(s.name);
+                hot |= crate::marks::is_hot_name(s.name);
                 let Some(sec) = s.section() else { continue };
                 if !obj.sections[sec].kind.is_alloc() {
                     continue;
@@ -354,7 +347,7 @@ fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
 fn declares(function: &str, mark: &str) -> bool {
     let path = |name: &str| format!("{:#}", rustc_demangle::demangle(name));
     let mark = path(mark);
-    let owner = mark.strip_suffix("::__IPBP_SLOT").or_else(|| mark.strip_suffix("::__ipbp_key"));
+    let owner = mark.strip_suffix(SLOT_SUFFIX).or_else(|| mark.strip_suffix(KEY_SUFFIX));
     owner == Some(path(function).as_str())
 }
 

@@ -26,7 +26,8 @@ use crate::diff::{DefKind, Diff};
 use crate::store::inputs::Input;
 use crate::objects::load::{Arena, ObjectArena};
 use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
-use base::{BaseImage, BaseKind};
+use crate::index::BaseKind;
+use base::BaseImage;
 use graph::{Dispatch, HotPoints, Index, Loc};
 use imports::Imports;
 use ipbp::protocol::Hello;
@@ -200,8 +201,8 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         let pretty = crate::map::read::demangle(&change.name);
         match change.kind {
             DefKind::Function | DefKind::Constant => changed_nodes.extend(nodes.iter().copied()),
-            DefKind::Data | DefKind::Tls if change.name.contains("11__IPBP_SLOT") => {
-                let owner = pretty.trim_end_matches("::__IPBP_SLOT");
+            DefKind::Data | DefKind::Tls if change.name.contains(crate::marks::SLOT_MARK) => {
+                let owner = pretty.trim_end_matches(crate::marks::SLOT_SUFFIX);
                 refusals.push(Refusal {
                     symbol: owner.to_string(),
                     reason: format!("the signature of hot function `{owner}` changed; callers built against the old one cannot call the new one (restart to use it)"),
