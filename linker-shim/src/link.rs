@@ -16,8 +16,8 @@ use crate::capture::inputs;
 use crate::capture::role::{is_rustdoc_temp, Role};
 use crate::error::Context;
 use crate::map::record;
-use crate::store::{output_name, IpbpDir, StoreLease};
 use crate::status::Status;
+use crate::store::{output_name, IpbpDir, StoreLease};
 use ipbp::registry::{self, BuildRecord, Registry};
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -207,9 +207,9 @@ fn finish_recording(
     if role == Role::Program {
         let index = dir.index_path(name, &pending.build_id);
         let arena = crate::objects::load::Arena::default();
-        let workspace = crate::diff::units::Workspace::new();
-        let written =
-            crate::hotpatch::link_index::build(&arena, Some(output), inputs, &workspace, true).and_then(|bytes| {
+        let workspace = crate::objects::units::Workspace::new();
+        let written = crate::hotpatch::link_index::build(&arena, Some(output), inputs, &workspace, true)
+            .and_then(|bytes| {
                 crate::store::write_atomically(&index, |out| out.write_all(&bytes))
                     .with_context(|| format!("cannot write {}", index.display()))
             });

@@ -10,13 +10,12 @@
 
 pub mod names;
 pub mod semantic;
-pub mod units;
 
 use crate::error::Result;
+use crate::objects::units::Build;
 use crate::objects::{Object, SectionKind};
 use semantic::Semantics;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use units::Build;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

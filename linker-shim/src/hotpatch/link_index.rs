@@ -3,11 +3,11 @@
 //! format (`crate::index`) imports no stage; run by the link's detached writer ([`crate::link`])
 //! and, for a build without an index, by its first patch.
 
-use crate::diff::units::{Build, Workspace};
 use crate::error::{Context, Result};
 use crate::index::{BaseKind, Symbol, Writer, TLS_RESERVE, UNIT_HOT};
 use crate::marks::{is_hot_name, TLS_RESERVE_MARK};
 use crate::objects::load::Arena;
+use crate::objects::units::{Build, Workspace};
 use crate::plan::graph::{unit_facts, Index};
 use crate::store::inputs::Input;
 use object::elf;

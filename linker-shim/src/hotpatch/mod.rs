@@ -7,17 +7,17 @@
 pub(crate) mod link_index;
 mod manifest;
 
-use crate::diff::units::{self, Build, Workspace};
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
 use crate::map::record::read_inputs_list;
-use crate::store::inputs::Input;
-use crate::store::{output_name, IpbpDir};
 use crate::objects::load::Arena;
+use crate::objects::units::{self, Build, Workspace};
 use crate::plan::base::BaseImage;
 use crate::plan::{self, Install, TlsInfo};
 use crate::status::{Status, Tone};
+use crate::store::inputs::Input;
+use crate::store::{output_name, IpbpDir};
 use crate::timing::Clock;
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, Hello, LedgerEntry};

@@ -22,7 +22,6 @@
 //! This module is the format only and imports no stage; [`crate::hotpatch::link_index`] builds
 //! an index from a build's units and the planner's graph.
 
-
 const MAGIC: &[u8; 8] = b"IPBPIDX1";
 const TABLES: usize = 7;
 const HEADER: usize = 16 + TABLES * 16;
@@ -74,7 +73,7 @@ pub struct Symbol {
 /// A workspace unit of the build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit<'i> {
-    /// The pairing key (see [`crate::diff::units::unit_key`]).
+    /// The pairing key (see [`crate::objects::units::unit_key`]).
     pub key: &'i str,
     /// The archive member name, or empty for an object file.
     pub member: &'i str,

@@ -2,9 +2,9 @@
 
 use super::read::{map_from_bytes, Mapped};
 use super::schema::SymbolMap;
+use crate::error::{Context, Result};
 use crate::store::inputs::{Input, InputKind};
 use crate::store::{output_name, replace_symlink, write_atomically, IpbpDir};
-use crate::error::{Context, Result};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 

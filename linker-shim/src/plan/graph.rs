@@ -13,9 +13,9 @@
 //! what is read from the base build's link index for the units that did not change, and computed
 //! here only for the units that did.
 
-use crate::diff::units::Build;
 use crate::index::LinkIndex;
 use crate::marks::{CALL_MARK, KEY_MARK, KEY_SUFFIX, SLOT_MARK, SLOT_SUFFIX};
+use crate::objects::units::Build;
 use crate::objects::{Object, SecIdx, Section, SectionKind, SymbolKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 

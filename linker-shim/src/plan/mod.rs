@@ -21,12 +21,12 @@ mod tls;
 mod unwind;
 mod worklist;
 
-use crate::diff::units::Build;
 use crate::diff::{DefKind, Diff};
-use crate::store::inputs::Input;
-use crate::objects::load::{Arena, ObjectArena};
-use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
 use crate::index::BaseKind;
+use crate::objects::load::{Arena, ObjectArena};
+use crate::objects::units::Build;
+use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
+use crate::store::inputs::Input;
 use base::BaseImage;
 use graph::{Dispatch, HotPoints, Index, Loc};
 use imports::Imports;

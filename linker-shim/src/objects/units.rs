@@ -5,12 +5,15 @@
 //! does not change between two builds of one program (when it does, the build is refused — see
 //! [`toolchain_changed`]), and only generic code instantiated in the workspace can call workspace
 //! code, which lands in workspace objects.
+//!
+//! A leaf beside the object model: diff, layout and plan read units, and so does building the
+//! link index (whose format, [`crate::index`], lists them).
 
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
-use crate::store::inputs::{Input, InputKind};
 use crate::objects::load::{archive_members, parse, Arena, Unit};
 use crate::objects::{Object, Origin};
+use crate::store::inputs::{is_sysroot, Input, InputKind};
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -342,7 +345,7 @@ impl Workspace {
     }
 
     fn classify(&self, rlib: &Path) -> bool {
-        if crate::store::inputs::is_sysroot(rlib) || rlib.extension().is_none_or(|e| e != "rlib") {
+        if is_sysroot(rlib) || rlib.extension().is_none_or(|e| e != "rlib") {
             return false;
         }
         // deps/libfoo-1a2b.rlib  ->  deps/foo-1a2b.d
