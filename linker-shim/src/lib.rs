@@ -4,10 +4,10 @@
 //! the `ipbp` runtime crate). `hotpatch` drives diff → deliver for each running process; `link`
 //! drives it all when rustc calls us as its linker; `cli` is the inspection tool.
 //!
-//! Modules are `pub(crate)` unless the tests or the binary use them (`map::schema` for the maps
-//! tests read; `capture` until its unused items are removed).
+//! Modules are `pub(crate)` unless the tests or the binary use them: only `map::schema`, for the
+//! maps the tests read.
 
-pub mod capture;
+pub(crate) mod capture;
 pub(crate) mod cli;
 pub(crate) mod deliver;
 pub(crate) mod diff;

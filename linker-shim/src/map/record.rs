@@ -15,8 +15,6 @@ pub const KEEP_PER_OUTPUT: usize = 3;
 pub struct Recorded {
     pub map_path: PathBuf,
     pub build_id: String,
-    pub symbols: usize,
-    pub bytes: u64,
 }
 
 /// The part of recording done before the link returns: the build id and the list of inputs
@@ -143,8 +141,7 @@ pub fn record(binary: &Path, output: &Path, inputs: Vec<Input>, dir: &IpbpDir) -
     .with_context(|| format!("cannot write the symbol map {}", map_path.display()))?;
     replace_symlink(&format!("{}.json", map.build_id), &dir.latest(&name))
         .with_context(|| format!("cannot update {}", dir.latest(&name).display()))?;
-    let bytes = std::fs::metadata(&map_path).map(|m| m.len()).unwrap_or(0);
-    Ok(Recorded { map_path, build_id: map.build_id, symbols: map.symbols.len(), bytes })
+    Ok(Recorded { map_path, build_id: map.build_id })
 }
 
 /// The compact list of a build's inputs: a `# output <path>` line, then `kind \t fingerprint \t
