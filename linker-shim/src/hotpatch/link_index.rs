@@ -31,13 +31,13 @@ pub fn build(
     }
     let units = Build::all(arena, inputs, workspace, stored)?;
     let graph = Index::new(&units, None)?;
-    for (u, unit) in units.units.iter().enumerate() {
+    for (u, unit) in units.enumerate() {
         let obj = unit.object()?;
         let hot = obj.symbols.iter().any(|s| is_hot_name(s.name));
         let member = unit.member().unwrap_or("");
         let flags = if hot { UNIT_HOT } else { 0 };
         let number = w.unit(&unit.key, member, unit.input, unit.hash, flags);
-        debug_assert_eq!(number as usize, u);
+        debug_assert_eq!(number, u.0);
         for s in &obj.symbols {
             if let (Some(sec), true, false) = (s.section(), s.is_named(), s.local) {
                 if obj.sections[sec].kind.is_alloc() {
@@ -48,12 +48,12 @@ pub fn build(
         if hot {
             for fact in unit_facts(&graph, u) {
                 let (kind, a, b) = fact.encode();
-                w.fact(kind, (a.0 as u32, a.1 as u32), (b.0 as u32, b.1 as u32));
+                w.fact(kind, (a.0 .0, a.1 as u32), (b.0 .0, b.1 as u32));
             }
         }
     }
     for ((tu, ts), (fu, fs)) in graph.reference_pairs() {
-        w.reference((tu as u32, ts as u32), (fu as u32, fs as u32));
+        w.reference((tu.0, ts as u32), (fu.0, fs as u32));
     }
     Ok(w.finish())
 }

@@ -24,7 +24,7 @@ mod worklist;
 use crate::diff::{DefKind, Diff};
 use crate::index::BaseKind;
 use crate::objects::load::{Arena, ObjectArena};
-use crate::objects::units::Build;
+use crate::objects::units::{Build, UnitId};
 use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
 use crate::store::inputs::Input;
 use base::BaseImage;
@@ -392,7 +392,7 @@ fn sorted(set: &HashSet<Loc>) -> Vec<Loc> {
 /// pulled in during planning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Obj {
-    Unit(usize),
+    Unit(UnitId),
     Pulled(usize),
 }
 
@@ -1025,7 +1025,7 @@ fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [Plann
 /// Function names the optimiser gave one body in the running build (LLVM merges identical
 /// functions of one codegen unit into aliases): name → the other names of its body. Only the
 /// changed units are read — a merged pair lives in one unit, and a changed function's unit changed.
-fn merged_functions<'a>(base: &Build<'a>, changed_units: &[usize]) -> HashMap<&'a str, Vec<&'a str>> {
+fn merged_functions<'a>(base: &Build<'a>, changed_units: &[UnitId]) -> HashMap<&'a str, Vec<&'a str>> {
     let mut out: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
     for &u in changed_units {
         let Ok(obj) = base.units[u].object() else { continue };
