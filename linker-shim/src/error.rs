@@ -15,10 +15,6 @@ impl Error {
     pub fn msg(message: impl Into<String>) -> Self {
         Error { message: message.into(), source: None }
     }
-
-    pub fn message(&self) -> &str {
-        &self.message
-    }
 }
 
 impl fmt::Display for Error {

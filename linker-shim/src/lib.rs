@@ -1,26 +1,28 @@
 //! `ipbp-ld`: the linker half of ipbp.
 //!
-//! The pipeline, one module each: `capture` → `map` → diff → plan → emit → deliver (see
-//! `patch`) → apply (in the `ipbp` runtime crate). `link` drives it when rustc calls us as its
-//! linker; `cli` is the inspection tool.
+//! The pipeline, one module each: `capture` → `map` → diff → plan → emit → deliver → apply (in
+//! the `ipbp` runtime crate). `hotpatch` drives diff → deliver for each running process; `link`
+//! drives it all when rustc calls us as its linker; `cli` is the inspection tool.
 //!
-//! Modules are `pub(crate)` unless the tests or the binary use them (`map::schema` for the maps
-//! tests read; `capture` until its unused items are removed).
+//! Modules are `pub(crate)` unless the tests or the binary use them: only `map::schema`, for the
+//! maps the tests read.
 
-pub mod capture;
+pub(crate) mod capture;
 pub(crate) mod cli;
 pub(crate) mod deliver;
 pub(crate) mod diff;
 pub(crate) mod emit;
 pub(crate) mod error;
+pub(crate) mod hotpatch;
 pub(crate) mod index;
 pub(crate) mod layout;
 pub(crate) mod link;
 pub mod map;
+pub(crate) mod marks;
 pub(crate) mod objects;
-pub(crate) mod patch;
 pub(crate) mod plan;
 pub(crate) mod status;
+pub(crate) mod store;
 pub(crate) mod timing;
 
 use std::ffi::OsString;

@@ -5,7 +5,7 @@
 //!    pass-through.
 //! 2. Start the real linker. While it runs, if the executable links the `ipbp` runtime (its
 //!    [`Role`]), fingerprint and keep the inputs ([`capture::inputs`]) and build a patch for every
-//!    running process of this program ([`crate::patch`]).
+//!    running process of this program ([`crate::hotpatch`]).
 //! 3. When the link succeeded, record the build ([`crate::map`]).
 //! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
 //!    change the result of the link.
@@ -16,8 +16,8 @@ use crate::capture::inputs;
 use crate::capture::role::{is_rustdoc_temp, Role};
 use crate::error::Context;
 use crate::map::record;
-use crate::map::store::{output_name, IpbpDir, StoreLease};
 use crate::status::Status;
+use crate::store::{output_name, IpbpDir, StoreLease};
 use ipbp::registry::{self, BuildRecord, Registry};
 use std::collections::HashSet;
 use std::ffi::OsString;
@@ -55,7 +55,7 @@ pub fn run(args: Vec<OsString>) -> ! {
     let role = Role::of(&cmd);
     // Outside a cargo target directory the list of inputs would be left beside the output for
     // nothing: no patch can follow this build.
-    if role == Role::NoRuntime && crate::map::store::cargo_target_of(&output).is_none() {
+    if role == Role::NoRuntime && crate::store::cargo_target_of(&output).is_none() {
         pass_through(&real, &cmd.forward)
     }
 
@@ -76,7 +76,7 @@ pub fn run(args: Vec<OsString>) -> ! {
             status.warn(&format!("{e} (a later patch of this build may be refused)"));
         }
         guarded(&mut status, "patching running processes", |status| {
-            crate::patch::for_running_processes(called, &output, &inputs, &dir, status)
+            crate::hotpatch::for_running_processes(called, &output, &inputs, &dir, status)
         });
         lease
     });
@@ -133,7 +133,7 @@ fn pass_through(real: &RealLinker, args: &[OsString]) -> ! {
 fn record_build(
     output: &Path,
     role: Role,
-    inputs: Vec<crate::map::schema::Input>,
+    inputs: Vec<crate::store::inputs::Input>,
     lease: Option<StoreLease>,
     dir: &IpbpDir,
     status: &mut Status,
@@ -198,19 +198,19 @@ fn finish_recording(
     pending: record::Pending,
     role: Role,
     output: &Path,
-    inputs: &[crate::map::schema::Input],
+    inputs: &[crate::store::inputs::Input],
     dir: &IpbpDir,
     name: &str,
     status: &mut Status,
 ) {
     // A test harness's index is built by the first patch of a running copy, if one ever comes.
     if role == Role::Program {
-        let index = crate::index::path_for(&dir.map_dir(name), &pending.build_id);
+        let index = dir.index_path(name, &pending.build_id);
         let arena = crate::objects::load::Arena::default();
-        let workspace = crate::diff::units::Workspace::new();
-        let written =
-            crate::index::build::build(&arena, Some(output), inputs, &workspace, true).and_then(|bytes| {
-                crate::map::store::write_atomically(&index, |out| out.write_all(&bytes))
+        let workspace = crate::objects::units::Workspace::new();
+        let written = crate::hotpatch::link_index::build(&arena, Some(output), inputs, &workspace, true)
+            .and_then(|bytes| {
+                crate::store::write_atomically(&index, |out| out.write_all(&bytes))
                     .with_context(|| format!("cannot write {}", index.display()))
             });
         if let Err(e) = written {

@@ -224,11 +224,6 @@ impl LinkCommand {
         self.forward = vec![at];
         Ok(())
     }
-
-    /// The output path made absolute against the linker's working directory.
-    pub fn output_abs(&self, cwd: &Path) -> Option<PathBuf> {
-        self.output.as_ref().map(|o| cwd.join(o))
-    }
 }
 
 /// GNU ld options whose value is the next argument.

@@ -7,8 +7,8 @@
 //! its `*.rcgu.o` after the link, so a hardlink keeps exactly the content that was linked.
 
 use super::args::{InputArg, LinkCommand};
-use crate::map::schema::{Input, InputKind};
-use crate::map::store::{write_atomically, IpbpDir};
+use crate::store::inputs::{is_sysroot, Input, InputKind};
+use crate::store::{write_atomically, IpbpDir};
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -93,11 +93,6 @@ fn archive_kind(path: &Path) -> InputKind {
     } else {
         InputKind::Archive
     }
-}
-
-/// The Rust toolchain's own libraries: immutable for the life of a toolchain.
-pub fn is_sysroot(path: &Path) -> bool {
-    path.to_string_lossy().contains("/lib/rustlib/")
 }
 
 /// A fingerprint cache entry: identity of the file version and its content hash.

@@ -1,7 +1,7 @@
 //! Stage 1 — capture: understanding the link rustc asked for, forwarding it unchanged, and
 //! keeping what a later patch will need (input fingerprints and copies).
 
-pub mod args;
-pub mod forward;
-pub mod inputs;
-pub mod role;
+pub(crate) mod args;
+pub(crate) mod forward;
+pub(crate) mod inputs;
+pub(crate) mod role;

@@ -158,9 +158,10 @@ fn print_summary(args: &Args, d: &SymbolDiff) {
 /// `--code`: the stage-3 diff between two recorded builds, with the types whose layout changed
 /// (`!`) and what the layout guard would refuse.
 fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, Error> {
-    use crate::diff::units::{Build, Workspace};
-    use crate::index::{build::build, LinkIndex};
-    let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::map::schema::Input>, Error> {
+    use crate::hotpatch::link_index::build;
+    use crate::index::LinkIndex;
+    use crate::objects::units::{Build, Workspace};
+    let inputs = |m: &SymbolMap, path: &std::path::Path| -> Result<Vec<crate::store::inputs::Input>, Error> {
         if m.inputs.is_empty() {
             let found = super::map::find_inputs(path, &m.build_id).ok_or_else(|| {
                 crate::err!("no recorded link inputs for {} (not linked through ipbp-ld?)", path.display())

@@ -2,7 +2,7 @@
 
 use super::Outcome;
 use crate::error::Error;
-use crate::map::store::IpbpDir;
+use crate::store::IpbpDir;
 use ipbp::registry::{self, BuildRecord};
 use std::path::{Path, PathBuf};
 

@@ -9,7 +9,8 @@
 //! directory this target directory keeps for the process, and only those the process reports
 //! loaded at the address they were linked for are used.
 
-use crate::plan::base::{BaseImage, BaseKind};
+use crate::index::BaseKind;
+use crate::plan::base::BaseImage;
 use crate::plan::entry;
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Endianness, Object, ObjectSymbol, SymbolKind};

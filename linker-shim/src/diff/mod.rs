@@ -10,13 +10,12 @@
 
 pub mod names;
 pub mod semantic;
-pub mod units;
 
 use crate::error::Result;
+use crate::objects::units::{Build, UnitId};
 use crate::objects::{Object, SectionKind};
 use semantic::Semantics;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use units::Build;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -64,8 +63,8 @@ pub struct Diff {
     pub units_total: usize,
     pub units_changed: usize,
     /// The units that differ, by index in each build: only they can describe a changed type.
-    pub changed_units_base: Vec<usize>,
-    pub changed_units_current: Vec<usize>,
+    pub changed_units_base: Vec<UnitId>,
+    pub changed_units_current: Vec<UnitId>,
     /// Base names of the definitions of those units that compared equal ([`names::canonical`]: as
     /// debug info names them).
     pub unchanged: HashSet<String>,
@@ -85,11 +84,11 @@ impl Diff {
 }
 
 /// Where a definition lives: unit index in its build, section index in the unit.
-type DefAt = (usize, usize);
+type DefAt = (UnitId, usize);
 
 /// Named definitions of the given units: name → every section defining it. ThinLTO's promoted
 /// constants (`anon.*`) are not definitions: references to them are compared by content.
-fn definitions<'a>(build: &Build<'a>, which: &[usize]) -> Result<HashMap<&'a str, Vec<DefAt>>> {
+fn definitions<'a>(build: &Build<'a>, which: &[UnitId]) -> Result<HashMap<&'a str, Vec<DefAt>>> {
     let mut defs: HashMap<&'a str, Vec<DefAt>> = HashMap::new();
     for &u in which {
         let obj = build.units[u].object()?;
@@ -161,17 +160,15 @@ fn pair<'a>(
 /// Compares `current` against `base`. `defined_now` answers whether a name is defined
 /// anywhere in the current build (removals only count when it is not).
 pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str) -> bool) -> Result<Diff> {
-    let changed_cur: Vec<usize> = (0..current.units.len())
-        .filter(|&i| {
-            let u = &current.units[i];
-            base.get(&u.key).is_none_or(|b| b.hash != u.hash)
-        })
+    let changed_cur: Vec<UnitId> = current
+        .enumerate()
+        .filter(|(_, u)| base.get(&u.key).is_none_or(|b| b.hash != u.hash))
+        .map(|(i, _)| i)
         .collect();
-    let changed_base: Vec<usize> = (0..base.units.len())
-        .filter(|&i| {
-            let u = &base.units[i];
-            current.get(&u.key).is_none_or(|c| c.hash != u.hash)
-        })
+    let changed_base: Vec<UnitId> = base
+        .enumerate()
+        .filter(|(_, u)| current.get(&u.key).is_none_or(|c| c.hash != u.hash))
+        .map(|(i, _)| i)
         .collect();
     let mut out = Diff {
         units_total: current.units.len(),
@@ -204,14 +201,14 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
         let (cur_places, base_places) = (&cur_defs[name], &base_defs[base_name]);
         out.compared += 1;
         let (cu, cs) = cur_places[0];
-        let new_hash = cur_sem.section_hash(cu, cs);
+        let new_hash = cur_sem.section_hash(cu.index(), cs);
         let base_hashes: HashSet<u128> =
-            base_places.iter().map(|&(u, s)| base_sem.section_hash(u, s)).collect();
+            base_places.iter().map(|&(u, s)| base_sem.section_hash(u.index(), s)).collect();
         if base_hashes.contains(&new_hash) {
             out.unchanged.insert(names::canonical(base_name).to_string());
             continue;
         }
-        let Some(kind) = DefKind::of(cur_sem.object(cu).sections[cs].kind) else { continue };
+        let Some(kind) = DefKind::of(cur_sem.object(cu.index()).sections[cs].kind) else { continue };
         let (bu, bs) = base_places[0];
         let change = Change {
             name: name.to_string(),
@@ -236,8 +233,8 @@ fn parsed<'b, 'a>(build: &'b Build<'a>) -> Vec<Option<&'b Object<'a>>> {
     build.units.iter().map(|u| u.parsed()).collect()
 }
 
-fn symbol_size(sem: &Semantics, unit: usize, sec: usize, name: &str) -> u64 {
-    let obj = sem.object(unit);
+fn symbol_size(sem: &Semantics, unit: UnitId, sec: usize, name: &str) -> u64 {
+    let obj = sem.object(unit.index());
     let section = &obj.sections[sec];
     section.symbols.iter().map(|&s| &obj.symbols[s]).find(|s| s.name == name).map_or(section.size, |s| s.size)
 }

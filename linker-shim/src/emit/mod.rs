@@ -496,7 +496,7 @@ mod tests {
 
     use super::*;
     use crate::objects::SectionKind;
-    use crate::plan::{Chunk, Report};
+    use crate::plan::{Chunk, ChunkId, Report};
     use object::read::elf::{ElfFile64, FileHeader as _, ProgramHeader as _, SectionHeader as _, Sym as _};
     use object::LittleEndian as LE;
     use std::borrow::Cow;
@@ -537,7 +537,7 @@ mod tests {
             13,
             vec![
                 reloc(1, R_X86_64_PLT32, Target::Import(0), -4, "write"),
-                reloc(8, R_X86_64_PC32, Target::Chunk(1, 0), -4, "COUNTER"),
+                reloc(8, R_X86_64_PC32, Target::Chunk(ChunkId(1), 0), -4, "COUNTER"),
             ],
         );
         let counter = chunk("COUNTER", SectionKind::Data, vec![7, 0, 0, 0, 0, 0, 0, 0], 8, vec![]);
@@ -547,7 +547,7 @@ mod tests {
             vec![0; 16],
             16,
             vec![
-                reloc(0, R_X86_64_64, Target::Chunk(0, 0), 0, "f"),
+                reloc(0, R_X86_64_64, Target::Chunk(ChunkId(0), 0), 0, "f"),
                 reloc(8, R_X86_64_64, Target::Import(0), 0, "write"),
             ],
         );

@@ -18,11 +18,9 @@
 //! - who refers to each workspace section (unit and section of the referrer), so a patch can walk
 //!   from the changed code up to the hot points that reach it;
 //! - the hot-point facts of each unit (see [`crate::plan::graph::Fact`]).
-
-pub mod build;
-
-use crate::plan::base::BaseKind;
-use std::path::Path;
+//!
+//! This module is the format only and imports no stage; [`crate::hotpatch::link_index`] builds
+//! an index from a build's units and the planner's graph.
 
 const MAGIC: &[u8; 8] = b"IPBPIDX1";
 const TABLES: usize = 7;
@@ -44,6 +42,18 @@ const GLOBAL_SIZE: usize = 24;
 const REF_SIZE: usize = 16;
 const FACT_SIZE: usize = 20;
 
+/// What a symbol of the executable is, as the index records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseKind {
+    Function,
+    Data,
+    Tls,
+}
+
+/// The name the index records the runtime's TLS reserve under (besides its own), so a patch finds
+/// it without a scan.
+pub const TLS_RESERVE: &str = "ipbp.tls.reserve";
+
 /// A unit mentions `#[ipbp::hot]` slots, dispatch keys or `ipbp::call` instances.
 pub const UNIT_HOT: u32 = 1;
 
@@ -63,7 +73,7 @@ pub struct Symbol {
 /// A workspace unit of the build.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Unit<'i> {
-    /// The pairing key (see [`crate::diff::units::unit_key`]).
+    /// The pairing key (see [`crate::objects::units::unit_key`]).
     pub key: &'i str,
     /// The archive member name, or empty for an object file.
     pub member: &'i str,
@@ -345,11 +355,6 @@ impl LinkIndex<'_> {
             (w(0), (w(1), w(2)), (w(3), w(4)))
         })
     }
-}
-
-/// `maps/<output>/<build-id>.index` beside the build's map.
-pub fn path_for(map_dir: &Path, build_id: &str) -> std::path::PathBuf {
-    map_dir.join(format!("{build_id}.index"))
 }
 
 #[cfg(test)]

@@ -16,9 +16,9 @@ pub mod dwarf;
 pub mod live;
 pub mod model;
 
-use crate::diff::units::Build;
 use crate::diff::Diff;
 use crate::error::{Context, Result};
+use crate::objects::units::Build;
 use compare::TypeChange;
 use model::Model;
 use std::collections::HashSet;

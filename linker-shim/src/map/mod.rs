@@ -1,7 +1,6 @@
 //! Stage 2 — map: what a linked executable contains (segments, TLS, sections, every symbol), written
 //! as JSON next to the build, plus the kept inputs a later patch diff compares against.
 
-pub mod read;
-pub mod record;
+pub(crate) mod read;
+pub(crate) mod record;
 pub mod schema;
-pub mod store;

@@ -1,9 +1,10 @@
 //! Writing the map of a freshly linked executable, and collecting old ones.
 
 use super::read::{map_from_bytes, Mapped};
-use super::schema::{Input, InputKind, SymbolMap};
-use super::store::{output_name, replace_symlink, write_atomically, IpbpDir};
+use super::schema::SymbolMap;
 use crate::error::{Context, Result};
+use crate::store::inputs::{Input, InputKind};
+use crate::store::{output_name, replace_symlink, write_atomically, IpbpDir};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -14,8 +15,6 @@ pub const KEEP_PER_OUTPUT: usize = 3;
 pub struct Recorded {
     pub map_path: PathBuf,
     pub build_id: String,
-    pub symbols: usize,
-    pub bytes: u64,
 }
 
 /// The part of recording done before the link returns: the build id and the list of inputs
@@ -142,8 +141,7 @@ pub fn record(binary: &Path, output: &Path, inputs: Vec<Input>, dir: &IpbpDir) -
     .with_context(|| format!("cannot write the symbol map {}", map_path.display()))?;
     replace_symlink(&format!("{}.json", map.build_id), &dir.latest(&name))
         .with_context(|| format!("cannot update {}", dir.latest(&name).display()))?;
-    let bytes = std::fs::metadata(&map_path).map(|m| m.len()).unwrap_or(0);
-    Ok(Recorded { map_path, build_id: map.build_id, symbols: map.symbols.len(), bytes })
+    Ok(Recorded { map_path, build_id: map.build_id })
 }
 
 /// The compact list of a build's inputs: a `# output <path>` line, then `kind \t fingerprint \t
@@ -227,7 +225,7 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>, sweep
         freed_kept_inputs |= read_inputs_list(&list).map_or(true, |l| l.iter().any(|i| i.stored.is_some()));
         let _ = std::fs::remove_file(dir.map_path(output_name, id));
         let _ = std::fs::remove_file(&list);
-        let _ = std::fs::remove_file(crate::index::path_for(&map_dir, id));
+        let _ = std::fs::remove_file(dir.index_path(output_name, id));
         removed += 1;
     }
     let latest = dir.latest(output_name);
@@ -286,7 +284,7 @@ fn drop_outputs_gone(dir: &IpbpDir, current: &str, in_use: &HashSet<String>) -> 
             }
             freed |= read_inputs_list(list).map_or(true, |l| l.iter().any(|i| i.stored.is_some()));
             let _ = std::fs::remove_file(list.with_extension("json"));
-            let _ = std::fs::remove_file(crate::index::path_for(&out.path(), &id));
+            let _ = std::fs::remove_file(dir.index_path(&name, &id));
             let _ = std::fs::remove_file(list);
         }
         let _ = std::fs::remove_file(out.path().join("latest.json"));
@@ -302,7 +300,7 @@ fn read_recorded_output(list: &Path) -> Option<PathBuf> {
     first.trim_end_matches('\n').strip_prefix(OUTPUT_LINE).map(PathBuf::from)
 }
 
-/// `store/.lock` held exclusively, if no link holds it (see [`crate::map::store::StoreLease`]).
+/// `store/.lock` held exclusively, if no link holds it (see [`crate::store::StoreLease`]).
 fn lock_store_for_sweep(dir: &IpbpDir) -> Option<std::fs::File> {
     use std::os::fd::AsRawFd;
     let file =

@@ -7,6 +7,8 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+pub use crate::store::inputs::{Input, InputKind};
+
 /// Bumped whenever a field changes meaning or disappears.
 pub const SCHEMA_VERSION: u32 = 1;
 
@@ -125,32 +127,4 @@ impl Binding {
             Binding::Weak => "weak",
         }
     }
-}
-
-/// One link input and what was kept of it for later patch diffs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Input {
-    /// As named on the command line (absolute for `-l` libraries that were found).
-    pub path: PathBuf,
-    pub kind: InputKind,
-    /// `xxh3:<32 hex>` of the content; `None` for libraries that were not found on disk.
-    pub fingerprint: Option<String>,
-    /// Where a copy of this exact content is kept (under `<target>/ipbp/store/`), when the original
-    /// may change or disappear (rustc deletes its `*.rcgu.o` right after the link).
-    pub stored: Option<PathBuf>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum InputKind {
-    /// A relocatable object (`*.rcgu.o`, `symbols.o`, C objects).
-    Object,
-    /// An rlib or a static library outside the Rust sysroot.
-    Archive,
-    /// An rlib of the Rust toolchain's sysroot (immutable, not copied).
-    SysrootArchive,
-    /// A shared library (named directly or found for `-l`).
-    Shared,
-    /// `-lname` that could not be found in the search path (system default dirs).
-    Library,
 }

@@ -4,6 +4,7 @@
 //! Only what diff and plan need is modelled; the rest of ELF stays in the bytes.
 
 pub mod load;
+pub mod units;
 
 use object::elf;
 use std::fmt;

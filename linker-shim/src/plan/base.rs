@@ -4,7 +4,7 @@
 //! replaced the file.
 
 use crate::error::{Context, Result};
-use crate::index::LinkIndex;
+use crate::index::{BaseKind, LinkIndex};
 use crate::objects::load::Arena;
 use object::elf;
 use object::read::elf::{ElfFile64, ProgramHeader};
@@ -14,13 +14,6 @@ use std::collections::HashMap;
 use std::path::Path;
 
 pub type BaseSymbol = crate::index::Symbol;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BaseKind {
-    Function,
-    Data,
-    Tls,
-}
 
 pub struct BaseImage<'a> {
     pub build_id: String,
@@ -136,7 +129,7 @@ impl<'a> BaseImage<'a> {
 
     /// ipbp's TLS reserve in the image.
     pub fn tls_reserve(&self) -> Option<BaseSymbol> {
-        self.index.symbols(crate::index::build::TLS_RESERVE).next()
+        self.index.symbols(crate::index::TLS_RESERVE).next()
     }
 }
 

@@ -13,21 +13,14 @@
 //! what is read from the base build's link index for the units that did not change, and computed
 //! here only for the units that did.
 
-use crate::diff::units::Build;
 use crate::index::LinkIndex;
+use crate::marks::{CALL_MARK, KEY_MARK, KEY_SUFFIX, SLOT_MARK, SLOT_SUFFIX};
+use crate::objects::units::{Build, UnitId};
 use crate::objects::{Object, SecIdx, Section, SectionKind, SymbolKind};
 use std::collections::{HashMap, HashSet, VecDeque};
 
 /// A section of a workspace unit: (unit index in the build, section index).
-pub type Loc = (usize, SecIdx);
-
-/// The mangled-name fragment of every `#[ipbp::hot]` slot (`…::__IPBP_SLOT`, length-prefixed in
-/// both legacy and v0 mangling).
-pub const SLOT_MARK: &str = "11__IPBP_SLOT";
-/// The key functions `#[ipbp::hot]` nests in generic hot functions (`…::__ipbp_key::<…>`).
-pub const KEY_MARK: &str = "10__ipbp_key";
-/// `ipbp::call::<F, R>` instances.
-pub const CALL_MARK: &str = "_ZN4ipbp4call17h";
+pub type Loc = (UnitId, SecIdx);
 
 /// Where a build defines what, and who refers to what. Units read here (all of them without a
 /// base index; only the changed ones with one) are parsed; for the others the base build's link
@@ -40,13 +33,13 @@ pub struct Index<'b, 'a> {
     globals: HashMap<&'a str, Loc>,
     /// The base build's index, and for each of its units the same unit in this build if its
     /// content did not change.
-    base: Option<(&'b LinkIndex<'b>, Vec<Option<usize>>)>,
+    base: Option<(&'b LinkIndex<'b>, Vec<Option<UnitId>>)>,
     /// For each unit of this build, its number in the base index if it did not change.
     base_number: Vec<Option<u32>>,
     /// Units read here.
-    read: Vec<usize>,
+    read: Vec<UnitId>,
     /// Units that mention hot slots, dispatch keys or `ipbp::call` instances.
-    hot_units: Vec<usize>,
+    hot_units: Vec<UnitId>,
     /// Who refers to what, among the units read here: target → referrers.
     referrers: HashMap<Loc, Vec<Loc>>,
 }
@@ -72,7 +65,7 @@ impl<'b, 'a> Index<'b, 'a> {
         let mut by_name: HashMap<&'a str, Vec<Loc>> = HashMap::new();
         let mut globals = HashMap::new();
         let mut read = Vec::new();
-        for (u, unit) in build.units.iter().enumerate() {
+        for (u, unit) in build.enumerate() {
             if base_number[u].is_some() {
                 continue;
             }
@@ -83,7 +76,7 @@ impl<'b, 'a> Index<'b, 'a> {
                 if !s.is_named() {
                     continue;
                 }
-                hot |= crate::index::build::is_hot_name(s.name);
+                hot |= crate::marks::is_hot_name(s.name);
                 let Some(sec) = s.section() else { continue };
                 if !obj.sections[sec].kind.is_alloc() {
                     continue;
@@ -123,7 +116,7 @@ impl<'b, 'a> Index<'b, 'a> {
         Ok(index)
     }
 
-    pub fn object(&self, u: usize) -> &'b Object<'a> {
+    pub fn object(&self, u: UnitId) -> &'b Object<'a> {
         // Units are read on first use; every unit the link index or the build lists is readable
         // while a patch is built (current units are the link's inputs, base units kept copies).
         self.build.units[u].object().expect("a unit the link index lists can be read")
@@ -144,11 +137,11 @@ impl<'b, 'a> Index<'b, 'a> {
 
     /// Whether unit `u` is the same in the base build (its facts and referrers come from the base
     /// index, and the running image holds its code as linked).
-    pub fn unchanged(&self, u: usize) -> bool {
+    pub fn unchanged(&self, u: UnitId) -> bool {
         self.base_number[u].is_some()
     }
 
-    pub fn units_read(&self) -> &[usize] {
+    pub fn units_read(&self) -> &[UnitId] {
         &self.read
     }
 
@@ -172,7 +165,7 @@ impl<'b, 'a> Index<'b, 'a> {
     }
 
     /// The workspace section a symbol of unit `u` stands for, if the workspace defines it.
-    pub fn resolve_symbol(&self, u: usize, sym: usize) -> Option<Loc> {
+    pub fn resolve_symbol(&self, u: UnitId, sym: usize) -> Option<Loc> {
         let obj = self.object(u);
         let s = &obj.symbols[sym];
         match s.section() {
@@ -295,7 +288,7 @@ impl Fact {
 }
 
 /// The hot-point facts of unit `u`.
-pub fn unit_facts(index: &Index, u: usize) -> Vec<Fact> {
+pub fn unit_facts(index: &Index, u: UnitId) -> Vec<Fact> {
     let mut facts = Vec::new();
     for s in 0..index.object(u).sections.len() {
         section_facts(index, (u, s), &mut facts);
@@ -354,7 +347,7 @@ fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
 fn declares(function: &str, mark: &str) -> bool {
     let path = |name: &str| format!("{:#}", rustc_demangle::demangle(name));
     let mark = path(mark);
-    let owner = mark.strip_suffix("::__IPBP_SLOT").or_else(|| mark.strip_suffix("::__ipbp_key"));
+    let owner = mark.strip_suffix(SLOT_SUFFIX).or_else(|| mark.strip_suffix(KEY_SUFFIX));
     owner == Some(path(function).as_str())
 }
 
@@ -370,7 +363,7 @@ pub struct HotPoints {
 /// read from their objects.
 pub fn hot_points(index: &Index) -> HotPoints {
     let mut facts = Vec::new();
-    let mut units: HashSet<usize> =
+    let mut units: HashSet<UnitId> =
         index.hot_units.iter().copied().filter(|u| index.read.contains(u)).collect();
     let mut sections: HashSet<Loc> = HashSet::new();
     if let Some((base, _)) = &index.base {

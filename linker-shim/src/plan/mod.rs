@@ -21,12 +21,13 @@ mod tls;
 mod unwind;
 mod worklist;
 
-use crate::diff::units::Build;
 use crate::diff::{DefKind, Diff};
-use crate::map::schema::Input;
+use crate::index::BaseKind;
 use crate::objects::load::{Arena, ObjectArena};
+use crate::objects::units::{Build, UnitId};
 use crate::objects::{Object, SecIdx, SectionKind, SymbolKind};
-use base::{BaseImage, BaseKind};
+use crate::store::inputs::Input;
+use base::BaseImage;
 use graph::{Dispatch, HotPoints, Index, Loc};
 use imports::Imports;
 use ipbp::protocol::Hello;
@@ -37,7 +38,47 @@ use tls::TlsReserve;
 use unwind::UnwindRecords;
 use worklist::Worklist;
 
-pub type ChunkId = usize;
+/// A chunk of the plan: its position in [`Plan::chunks`], and in every per-chunk list emit makes
+/// from it (offsets, addresses). Crosses from plan to emit and to the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub u32);
+
+impl ChunkId {
+    /// The id of the chunk at `position` of the plan's list.
+    pub fn at(position: usize) -> ChunkId {
+        ChunkId(u32::try_from(position).expect("fewer than 2^32 chunks"))
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl<T> std::ops::Index<ChunkId> for [T] {
+    type Output = T;
+    fn index(&self, id: ChunkId) -> &T {
+        &self[id.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<ChunkId> for [T] {
+    fn index_mut(&mut self, id: ChunkId) -> &mut T {
+        &mut self[id.index()]
+    }
+}
+
+impl<T> std::ops::Index<ChunkId> for Vec<T> {
+    type Output = T;
+    fn index(&self, id: ChunkId) -> &T {
+        &self[id.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<ChunkId> for Vec<T> {
+    fn index_mut(&mut self, id: ChunkId) -> &mut T {
+        &mut self[id.index()]
+    }
+}
 
 /// A section (or a piece of a merge section) the patch carries.
 pub struct Chunk<'a> {
@@ -200,8 +241,8 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         let pretty = crate::map::read::demangle(&change.name);
         match change.kind {
             DefKind::Function | DefKind::Constant => changed_nodes.extend(nodes.iter().copied()),
-            DefKind::Data | DefKind::Tls if change.name.contains("11__IPBP_SLOT") => {
-                let owner = pretty.trim_end_matches("::__IPBP_SLOT");
+            DefKind::Data | DefKind::Tls if change.name.contains(crate::marks::SLOT_MARK) => {
+                let owner = pretty.trim_end_matches(crate::marks::SLOT_SUFFIX);
                 refusals.push(Refusal {
                     symbol: owner.to_string(),
                     reason: format!("the signature of hot function `{owner}` changed; callers built against the old one cannot call the new one (restart to use it)"),
@@ -351,7 +392,7 @@ fn sorted(set: &HashSet<Loc>) -> Vec<Loc> {
 /// pulled in during planning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Obj {
-    Unit(usize),
+    Unit(UnitId),
     Pulled(usize),
 }
 
@@ -911,7 +952,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 if !known {
                     report.added.push(crate::map::read::demangle(name));
                     if chunk.kind.is_writable_state() {
-                        new_data.push((name.clone(), id));
+                        new_data.push((name.clone(), ChunkId::at(id)));
                     }
                 }
             }
@@ -984,7 +1025,7 @@ fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [Plann
 /// Function names the optimiser gave one body in the running build (LLVM merges identical
 /// functions of one codegen unit into aliases): name → the other names of its body. Only the
 /// changed units are read — a merged pair lives in one unit, and a changed function's unit changed.
-fn merged_functions<'a>(base: &Build<'a>, changed_units: &[usize]) -> HashMap<&'a str, Vec<&'a str>> {
+fn merged_functions<'a>(base: &Build<'a>, changed_units: &[UnitId]) -> HashMap<&'a str, Vec<&'a str>> {
     let mut out: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
     for &u in changed_units {
         let Ok(obj) = base.units[u].object() else { continue };

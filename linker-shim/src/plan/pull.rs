@@ -6,9 +6,9 @@
 //! objects keep their index in the arena for the whole plan), and the index of every archive's
 //! symbols is built only when the archive the symbol's crate names does not have it.
 
-use crate::map::schema::{Input, InputKind};
 use crate::objects::load::{archive_index, archive_member_at, parse, Arena, ObjectArena};
 use crate::objects::{Object, SecIdx};
+use crate::store::inputs::{Input, InputKind};
 use std::collections::HashMap;
 
 /// A definition found in a pulled member: the member's index in the arena, section, value.

@@ -27,7 +27,7 @@ impl<'a> Worklist<'a> {
     /// Includes the section (or piece) `key` as `chunk`, to be resolved.
     pub fn include(&mut self, key: ChunkKey, chunk: Chunk<'a>) -> ChunkId {
         debug_assert!(!self.included.contains_key(&key), "{key:?} included twice");
-        let id = self.chunks.len();
+        let id = ChunkId::at(self.chunks.len());
         self.chunks.push(chunk);
         self.sources.push(Some(key));
         self.included.insert(key, id);
@@ -37,7 +37,7 @@ impl<'a> Worklist<'a> {
 
     /// Adds a chunk ipbp-ld made (no source, no relocations).
     pub fn add_made(&mut self, chunk: Chunk<'a>) -> ChunkId {
-        let id = self.chunks.len();
+        let id = ChunkId::at(self.chunks.len());
         self.chunks.push(chunk);
         self.sources.push(None);
         id
@@ -58,11 +58,11 @@ impl<'a> Worklist<'a> {
     }
 
     pub fn source(&self, id: ChunkId) -> Option<ChunkKey> {
-        self.sources.get(id).copied().flatten()
+        self.sources.get(id.index()).copied().flatten()
     }
 
     pub fn chunk(&self, id: ChunkId) -> Option<&Chunk<'a>> {
-        self.chunks.get(id)
+        self.chunks.get(id.index())
     }
 
     pub fn chunks(&self) -> &[Chunk<'a>] {

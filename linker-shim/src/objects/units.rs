@@ -5,12 +5,15 @@
 //! does not change between two builds of one program (when it does, the build is refused — see
 //! [`toolchain_changed`]), and only generic code instantiated in the workspace can call workspace
 //! code, which lands in workspace objects.
+//!
+//! A leaf beside the object model: diff, layout and plan read units, and so does building the
+//! link index (whose format, [`crate::index`], lists them).
 
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
-use crate::map::schema::{Input, InputKind};
 use crate::objects::load::{archive_members, parse, Arena, Unit};
 use crate::objects::{Object, Origin};
+use crate::store::inputs::{is_sysroot, Input, InputKind};
 use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::HashMap;
@@ -98,6 +101,48 @@ impl<'a> WorkUnit<'a> {
     }
 }
 
+/// A workspace unit of one build: its position in [`Build::units`] (link order). Crosses from the
+/// units model to diff, layout, the planner's graph and the link index builder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UnitId(pub u32);
+
+impl UnitId {
+    /// The id of the unit at `position` of a build's list.
+    pub fn at(position: usize) -> UnitId {
+        UnitId(u32::try_from(position).expect("fewer than 2^32 units"))
+    }
+
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
+
+impl<T> std::ops::Index<UnitId> for [T] {
+    type Output = T;
+    fn index(&self, id: UnitId) -> &T {
+        &self[id.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<UnitId> for [T] {
+    fn index_mut(&mut self, id: UnitId) -> &mut T {
+        &mut self[id.index()]
+    }
+}
+
+impl<T> std::ops::Index<UnitId> for Vec<T> {
+    type Output = T;
+    fn index(&self, id: UnitId) -> &T {
+        &self[id.index()]
+    }
+}
+
+impl<T> std::ops::IndexMut<UnitId> for Vec<T> {
+    fn index_mut(&mut self, id: UnitId) -> &mut T {
+        &mut self[id.index()]
+    }
+}
+
 /// The workspace units of one build, in link order.
 pub struct Build<'a> {
     pub units: Vec<WorkUnit<'a>>,
@@ -176,8 +221,13 @@ impl<'a> Build<'a> {
         self.by_key.get(key).map(|&i| &self.units[i])
     }
 
-    pub fn position(&self, key: &str) -> Option<usize> {
-        self.by_key.get(key).copied()
+    pub fn position(&self, key: &str) -> Option<UnitId> {
+        self.by_key.get(key).map(|&i| UnitId::at(i))
+    }
+
+    /// Every unit with its id, in link order.
+    pub fn enumerate(&self) -> impl Iterator<Item = (UnitId, &WorkUnit<'a>)> {
+        self.units.iter().enumerate().map(|(i, u)| (UnitId::at(i), u))
     }
 
     fn new(units: Vec<WorkUnit<'a>>) -> Self {
@@ -342,7 +392,7 @@ impl Workspace {
     }
 
     fn classify(&self, rlib: &Path) -> bool {
-        if crate::capture::inputs::is_sysroot(rlib) || rlib.extension().is_none_or(|e| e != "rlib") {
+        if is_sysroot(rlib) || rlib.extension().is_none_or(|e| e != "rlib") {
             return false;
         }
         // deps/libfoo-1a2b.rlib  ->  deps/foo-1a2b.d

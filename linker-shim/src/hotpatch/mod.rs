@@ -4,19 +4,21 @@
 //! Runs while the real linker writes the full build (the next `cargo run` needs it) and never
 //! waits for it. Whatever goes wrong here is reported and leaves the link alone.
 
+pub(crate) mod link_index;
 mod manifest;
 
-use crate::diff::units::{self, Build, Workspace};
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
+use crate::layout::Verdict;
 use crate::map::record::read_inputs_list;
-use crate::map::schema::Input;
-use crate::map::store::{output_name, IpbpDir};
 use crate::objects::load::Arena;
+use crate::objects::units::{self, Build, Workspace};
 use crate::plan::base::BaseImage;
 use crate::plan::{self, Install, TlsInfo};
 use crate::status::{Status, Tone};
+use crate::store::inputs::Input;
+use crate::store::{output_name, IpbpDir};
 use crate::timing::Clock;
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, Hello, LedgerEntry};
@@ -204,6 +206,8 @@ fn program_name(output: &Path) -> String {
     }
 }
 
+/// One running process, through the stages: each step below returns its stage's result, and a
+/// step that decides the outcome (nothing to do, refused) ends the patch there.
 #[allow(clippy::too_many_arguments)]
 fn patch_process(
     called: Instant,
@@ -222,108 +226,255 @@ fn patch_process(
     if hello.build_id != reg.build_id {
         crate::bail!("the program reports build {}, its registration says {}", hello.build_id, reg.build_id);
     }
-    let base_inputs = read_inputs_list(&base_build.inputs)
-        .with_context(|| format!("the inputs of its build {} are gone (collected?)", reg.build_id))?;
-    if let Some(lib) = units::toolchain_changed(&base_inputs, inputs) {
-        return Ok(Outcome::Skipped {
-            reasons: vec![format!("the Rust toolchain changed since it started ({} differs)", lib.display())],
-            notes: vec![],
-        });
-    }
     let arena = Arena::default();
-    let ws = Workspace::new();
-    let exe = PathBuf::from(format!("/proc/{}/exe", reg.pid));
-    let index_data = match base_index_file(&base_build.map_dir, &reg.build_id) {
-        Some(path) => arena.map(&path)?,
-        // A build recorded by an older ipbp-ld, or whose index was lost: build it now, and keep it
-        // for the next patch of this process.
-        None => {
-            let bytes = crate::index::build::build(&arena, Some(&exe), &base_inputs, &ws, true)?;
-            let path = crate::index::path_for(&base_build.map_dir, &reg.build_id);
-            let _ = crate::map::store::write_atomically(&path, |out| out.write_all(&bytes));
-            arena.keep(bytes)
-        }
+    let loaded = match load(&arena, reg, &hello, base_build, inputs, &mut clock)? {
+        Step::Next(loaded) => loaded,
+        Step::Done(outcome) => return Ok(outcome),
     };
-    let base_index =
-        LinkIndex::parse(index_data).map_err(|e| crate::err!("the base build's link index: {e}"))?;
-    let base = Build::from_index(&arena, &base_index, &base_inputs, true)?;
-    let current = Build::current(&arena, inputs, &base_inputs, &base_index, &ws)?;
-    clock.step("load units");
-    let image = BaseImage::read(&arena, &exe, hello.load_bias, base_index)?;
-    clock.step("base image");
-    if image.build_id != reg.build_id {
-        crate::bail!("its executable has build id {}, not {}", image.build_id, reg.build_id);
-    }
-    let index = plan::graph::Index::new(&current, Some(&base_index))?;
+    let index = plan::graph::Index::new(&loaded.current, Some(&loaded.base_index))?;
     clock.step("index");
-    let d = diff::diff(&base, &current, &|n| index.defines(n))?;
+    let d = diff::diff(&loaded.base, &loaded.current, &|n| index.defines(n))?;
     clock.step("diff");
-    let mut layouts = crate::layout::guard(&base, &current, &d)?;
+    let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d)?;
     clock.step("layouts");
     let t_diff = t0.elapsed();
 
     let mut notes = std::mem::take(&mut layouts.notes);
-    let (reserve, block_tp_offset) = tls_facts(&image, &hello, &mut notes);
+    let tls = tls_facts(&loaded.image, &hello, &mut notes);
     let mode = plan::Mode::from_env();
-    // Refused type-layout changes come after the plan's reasons, which name what the user edited
-    // (a hot function's signature), and replace its reasons about the statics they name; a plan
-    // that fails reports them alone.
-    let plan = match plan::plan(
-        &plan::Inputs {
-            current: &current,
-            base_build: &base,
-            diff: &d,
-            base: &image,
-            hello: &hello,
-            tls: TlsInfo { reserve },
-            mode,
-            layouts: &layouts.layouts,
-            link_inputs: inputs,
-            arena: &arena,
-        },
-        &index,
-    ) {
-        Ok(plan) => plan,
-        Err(_) if !layouts.refusals.is_empty() => {
-            return Ok(Outcome::Skipped { reasons: layouts.refusals, notes });
-        }
-        Err(e) => return Err(e),
+    let plan_inputs = plan::Inputs {
+        current: &loaded.current,
+        base_build: &loaded.base,
+        diff: &d,
+        base: &loaded.image,
+        hello: &hello,
+        tls: TlsInfo { reserve: tls.reserve },
+        mode,
+        layouts: &layouts.layouts,
+        link_inputs: inputs,
+        arena: &arena,
+    };
+    let plan = match make_plan(&plan_inputs, &index, &layouts, &mut notes)? {
+        Step::Next(plan) => plan,
+        Step::Done(outcome) => return Ok(outcome),
     };
     let t_plan = t0.elapsed();
     clock.absorb(&plan.steps);
+    if let Some(outcome) = verdict(&plan, &layouts, &hello, &mut notes) {
+        return Ok(outcome);
+    }
+
+    let generation = hello.generation + 1;
+    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    let emitted =
+        emit_patch(&plan, reg, &loaded.image, program, generation, &patch_dir, tls.block_tp_offset)?;
+    let t_emit = t0.elapsed();
+
+    let installs =
+        installs(&plan, &emitted.chunk_addr, mode, &hello, &patch_dir, &d, &loaded.image, &mut notes);
+    let summary = summarize(&plan.report, plan.chunks.is_empty());
+    let request = request(reg, &hello, &plan, &emitted, installs, &summary);
+    let applied = deliver::apply(registry, reg.pid, request.clone())?;
+    let t_deliver = t0.elapsed();
+    clock.step("emit and deliver");
+    let timings = manifest::Timings::new(
+        called,
+        manifest::Milestones { started: t0, diff: t_diff, plan: t_plan, emit: t_emit, deliver: t_deliver },
+        &clock,
+        &applied,
+    );
+    let _ = manifest::write(
+        &patch_dir,
+        program,
+        reg,
+        applied.generation,
+        &plan,
+        &request,
+        &emitted.chunk_addr,
+        &d,
+        &timings,
+    );
+    Ok(Outcome::Patched {
+        summary,
+        load_us: applied.load_us,
+        install_us: applied.install_us,
+        deferred: applied.deferred,
+        notes,
+    })
+}
+
+/// A step of [`patch_process`] either hands its result on or settles the outcome.
+enum Step<T> {
+    Next(T),
+    Done(Outcome),
+}
+
+/// The two builds' workspace units and the running image, read through the base build's link
+/// index.
+struct Loaded<'a> {
+    base_index: LinkIndex<'a>,
+    base: Build<'a>,
+    current: Build<'a>,
+    image: BaseImage<'a>,
+}
+
+/// Reads what the diff compares: the base build's input list and link index (built now if it
+/// has none), the units of both builds, and the executable the process runs. A process started
+/// from another toolchain's build is not patched.
+fn load<'a>(
+    arena: &'a Arena,
+    reg: &Registration,
+    hello: &Hello,
+    base_build: &Base,
+    inputs: &[Input],
+    clock: &mut Clock,
+) -> Result<Step<Loaded<'a>>> {
+    let base_inputs = read_inputs_list(&base_build.inputs)
+        .with_context(|| format!("the inputs of its build {} are gone (collected?)", reg.build_id))?;
+    if let Some(lib) = units::toolchain_changed(&base_inputs, inputs) {
+        return Ok(Step::Done(Outcome::Skipped {
+            reasons: vec![format!("the Rust toolchain changed since it started ({} differs)", lib.display())],
+            notes: vec![],
+        }));
+    }
+    let ws = Workspace::new();
+    let exe = PathBuf::from(format!("/proc/{}/exe", reg.pid));
+    let base_index = base_index(arena, base_build, &reg.build_id, &exe, &base_inputs, &ws)?;
+    let base = Build::from_index(arena, &base_index, &base_inputs, true)?;
+    let current = Build::current(arena, inputs, &base_inputs, &base_index, &ws)?;
+    clock.step("load units");
+    let image = BaseImage::read(arena, &exe, hello.load_bias, base_index)?;
+    clock.step("base image");
+    if image.build_id != reg.build_id {
+        crate::bail!("its executable has build id {}, not {}", image.build_id, reg.build_id);
+    }
+    Ok(Step::Next(Loaded { base_index, base, current, image }))
+}
+
+/// The base build's link index: its file once the detached writer of that build is done with
+/// it, or — for a build recorded by an older ipbp-ld, or whose index was lost — built now and
+/// kept for the next patch of this process.
+fn base_index<'a>(
+    arena: &'a Arena,
+    base_build: &Base,
+    build_id: &str,
+    exe: &Path,
+    base_inputs: &[Input],
+    ws: &Workspace,
+) -> Result<LinkIndex<'a>> {
+    crate::map::record::wait_for_writer(&base_build.map_dir);
+    let path = crate::store::index_path_in(&base_build.map_dir, build_id);
+    let data = if path.is_file() {
+        arena.map(&path)?
+    } else {
+        let bytes = link_index::build(arena, Some(exe), base_inputs, ws, true)?;
+        let _ = crate::store::write_atomically(&path, |out| out.write_all(&bytes));
+        arena.keep(bytes)
+    };
+    LinkIndex::parse(data).map_err(|e| crate::err!("the base build's link index: {e}"))
+}
+
+/// Plans the patch. Refused type-layout changes come after the plan's reasons, which name what
+/// the user edited (a hot function's signature), and replace its reasons about the statics they
+/// name; a plan that fails reports them alone.
+fn make_plan<'a>(
+    inputs: &plan::Inputs<'_, 'a>,
+    index: &plan::graph::Index<'_, 'a>,
+    layouts: &Verdict,
+    notes: &mut Vec<String>,
+) -> Result<Step<plan::Plan<'a>>> {
+    match plan::plan(inputs, index) {
+        Ok(plan) => Ok(Step::Next(plan)),
+        Err(_) if !layouts.refusals.is_empty() => Ok(Step::Done(Outcome::Skipped {
+            reasons: layouts.refusals.clone(),
+            notes: std::mem::take(notes),
+        })),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether a plan ends the patch: refused (by the plan or the layout guard), or nothing to send.
+/// Adds the plan's notes unless the guard refused (a note that a static's initial value changed
+/// would contradict the refusal).
+fn verdict(plan: &plan::Plan, layouts: &Verdict, hello: &Hello, notes: &mut Vec<String>) -> Option<Outcome> {
     if layouts.refusals.is_empty() {
-        // (Otherwise a note that a static's initial value changed would contradict the refusal.)
         notes.extend(plan.report.notes.iter().cloned());
     }
     if !plan.refusals.is_empty() || !layouts.refusals.is_empty() {
         let plan_reasons = plan.refusals.iter().filter(|r| !layouts.explains(&r.symbol));
         let reasons = plan_reasons.map(|r| r.reason.clone()).chain(layouts.refusals.clone()).collect();
-        return Ok(Outcome::Skipped { reasons, notes });
+        return Some(Outcome::Skipped { reasons, notes: std::mem::take(notes) });
     }
     let nothing_new = plan.chunks.is_empty();
     if nothing_new && hello.slots.is_empty() && hello.redirects.is_empty() && hello.detours.is_empty() {
-        return Ok(Outcome::Unchanged { notes });
+        return Some(Outcome::Unchanged { notes: std::mem::take(notes) });
     }
+    None
+}
 
-    let generation = hello.generation + 1;
-    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
-    let mut patch_bytes = Vec::new();
-    let (file, range, chunk_addr) = if nothing_new {
-        (None, None, Vec::new())
-    } else {
-        let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
-        let layout = emit::layout(&plan, &soname);
-        let maps = deliver::address::mappings(reg.pid)?;
-        let at = deliver::address::choose(&maps, image.span, layout.span)?;
-        let emitted = emit::write(&plan, &layout, at, TlsLayout { block_tp_offset })?;
-        let path = patch_dir.join(format!("patch-{generation}.so"));
-        fs_err::create_dir_all(&patch_dir).context("cannot create the patch directory")?;
-        write_read_only(&path, &emitted.bytes).context("cannot write the patch")?;
-        patch_bytes = emitted.bytes;
-        (Some(path), Some((at, emitted.span)), emitted.chunk_addr)
-    };
-    let t_emit = t0.elapsed();
+/// The patch file of one generation, placed in the process's address space.
+struct Emitted {
+    /// `None` for a patch that only reverts (no new code).
+    file: Option<PathBuf>,
+    /// Start and memory span.
+    range: Option<(u64, u64)>,
+    /// xxh3-128 of the file.
+    hash: Option<u128>,
+    /// Absolute address of every chunk of the plan.
+    chunk_addr: Vec<u64>,
+}
 
+/// Lays the patch out, picks its address in the process, writes it (read-only) under
+/// `patch_dir`. A plan without chunks (back to the base code) writes nothing.
+fn emit_patch(
+    plan: &plan::Plan,
+    reg: &Registration,
+    image: &BaseImage<'_>,
+    program: &str,
+    generation: u64,
+    patch_dir: &Path,
+    block_tp_offset: i64,
+) -> Result<Emitted> {
+    if plan.chunks.is_empty() {
+        return Ok(Emitted { file: None, range: None, hash: None, chunk_addr: Vec::new() });
+    }
+    let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
+    let layout = emit::layout(plan, &soname);
+    let maps = deliver::address::mappings(reg.pid)?;
+    let at = deliver::address::choose(&maps, image.span, layout.span)?;
+    let emitted = emit::write(plan, &layout, at, TlsLayout { block_tp_offset })?;
+    let path = patch_dir.join(format!("patch-{generation}.so"));
+    fs_err::create_dir_all(patch_dir).context("cannot create the patch directory")?;
+    write_read_only(&path, &emitted.bytes).context("cannot write the patch")?;
+    Ok(Emitted {
+        file: Some(path),
+        range: Some((at, emitted.span)),
+        hash: Some(xxhash_rust::xxh3::xxh3_128(&emitted.bytes)),
+        chunk_addr: emitted.chunk_addr,
+    })
+}
+
+/// Where the process switches to the patch: `(at, to)` pairs per kind, and the new statics.
+struct Installs {
+    slots: Vec<(u64, u64)>,
+    redirects: Vec<(u64, u64)>,
+    detours: Vec<(u64, u64)>,
+    data: Vec<LedgerEntry>,
+}
+
+/// Maps the plan's installs to the emitted chunks' addresses; in place, also sends the functions
+/// of earlier patches on to their newest version (notes for those that cannot be).
+#[allow(clippy::too_many_arguments)]
+fn installs(
+    plan: &plan::Plan,
+    chunk_addr: &[u64],
+    mode: plan::Mode,
+    hello: &Hello,
+    patch_dir: &Path,
+    d: &diff::Diff,
+    image: &BaseImage<'_>,
+    notes: &mut Vec<String>,
+) -> Installs {
     let mut slots = Vec::new();
     let mut redirects = Vec::new();
     let mut detours = Vec::new();
@@ -338,13 +489,13 @@ fn patch_process(
         // A function of an earlier patch is known there by the name of its build: the current
         // name, or the one the image has when the diff paired the two by path.
         let mut newest: HashMap<&str, u64> = HashMap::new();
-        for (c, &at) in plan.chunks.iter().zip(&chunk_addr) {
+        for (c, &at) in plan.chunks.iter().zip(chunk_addr) {
             for (name, offset, _, _) in c.symbols.iter().filter(|s| s.3) {
                 newest.insert(name.as_str(), at + offset);
                 newest.insert(d.base_name(name), at + offset);
             }
         }
-        let chain = deliver::chain::earlier_patches(&patch_dir, &hello.patches, &newest, &image);
+        let chain = deliver::chain::earlier_patches(patch_dir, &hello.patches, &newest, image);
         // An image entry this patch redirects itself is no place to go back to: go where it goes.
         let redirected: HashMap<u64, u64> = detours.iter().copied().collect();
         detours.extend(
@@ -360,53 +511,41 @@ fn patch_process(
     // codegen units each have, an object given twice) is the same code twice: either copy will do.
     detours.sort_unstable();
     detours.dedup_by_key(|d| d.0);
-    let data: Vec<LedgerEntry> = plan
+    let data = plan
         .new_data
         .iter()
         .map(|(name, c)| LedgerEntry { addr: chunk_addr[*c], size: plan.chunks[*c].size, name: name.clone() })
         .collect();
-    let summary = summarize(&plan.report, nothing_new);
-    let request = Apply {
+    Installs { slots, redirects, detours, data }
+}
+
+/// The request that asks the process to load and install the patch.
+fn request(
+    reg: &Registration,
+    hello: &Hello,
+    plan: &plan::Plan,
+    emitted: &Emitted,
+    installs: Installs,
+    summary: &str,
+) -> Apply {
+    let Installs { slots, redirects, detours, data } = installs;
+    Apply {
         build_id: reg.build_id.clone(),
         load_bias: hello.load_bias,
         generation: hello.generation,
-        hash: file.is_some().then(|| xxhash_rust::xxh3::xxh3_128(&patch_bytes)),
-        file: file.clone(),
-        range,
+        hash: emitted.hash,
+        file: emitted.file.clone(),
+        range: emitted.range,
         slots,
         redirects,
         detours,
         data,
         tls: plan.new_tls.clone(),
-        summary: summary.clone(),
+        summary: summary.to_string(),
         changed: plan.report.changed.clone(),
         added: plan.report.added.clone(),
         not_redirected: plan.report.not_redirected.iter().map(|(f, _)| f.clone()).collect(),
-    };
-    let applied = deliver::apply(registry, reg.pid, request.clone())?;
-    let (new_generation, load_us, install_us) = (applied.generation, applied.load_us, applied.install_us);
-    let t_deliver = t0.elapsed();
-    clock.step("emit and deliver");
-    let since_called = |t: Instant| (t - called).as_secs_f64() * 1e3;
-    let called_unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64() - called.elapsed().as_secs_f64());
-    let timings = manifest::Timings {
-        called_unix,
-        started_ms: since_called(t0),
-        applied_ms: since_called(t0 + t_deliver),
-        steps: clock.steps.iter().map(|&(n, ms)| (n.to_string(), (ms * 100.0).round() / 100.0)).collect(),
-        diff_ms: t_diff.as_secs_f64() * 1e3,
-        plan_ms: (t_plan - t_diff).as_secs_f64() * 1e3,
-        emit_ms: (t_emit - t_plan).as_secs_f64() * 1e3,
-        deliver_ms: (t_deliver - t_emit).as_secs_f64() * 1e3,
-        load_us,
-        install_us,
-        pause_us: applied.pause_us,
-    };
-    let _ =
-        manifest::write(&patch_dir, program, reg, new_generation, &plan, &request, &chunk_addr, &d, &timings);
-    Ok(Outcome::Patched { summary, load_us, install_us, deferred: applied.deferred, notes })
+    }
 }
 
 fn summarize(report: &plan::Report, revert_only: bool) -> String {
@@ -426,30 +565,26 @@ fn summarize(report: &plan::Report, revert_only: bool) -> String {
     parts.join(", ")
 }
 
-/// Where ipbp's TLS reserve is, and where the executable's TLS block sits relative to the thread
-/// pointer — as the program measured it, checked against glibc's formula.
-fn tls_facts(
-    image: &BaseImage<'_>,
-    hello: &ipbp::protocol::Hello,
-    notes: &mut Vec<String>,
-) -> (Option<(u64, u64)>, i64) {
+/// Where ipbp's TLS reserve is (offset in the executable's TLS block, size), and where that
+/// block sits relative to the thread pointer.
+struct TlsFacts {
+    reserve: Option<(u64, u64)>,
+    block_tp_offset: i64,
+}
+
+/// The TLS facts as the program measured them, checked against glibc's formula.
+fn tls_facts(image: &BaseImage<'_>, hello: &Hello, notes: &mut Vec<String>) -> TlsFacts {
     let formula = image.tls_tp_offset().unwrap_or(0);
-    let Some(reserve) = image.tls_reserve() else { return (None, formula) };
-    let Some((tpoff, size)) = hello.tls_reserve else { return (None, formula) };
+    let unreserved = TlsFacts { reserve: None, block_tp_offset: formula };
+    let Some(reserve) = image.tls_reserve() else { return unreserved };
+    let Some((tpoff, size)) = hello.tls_reserve else { return unreserved };
     let measured = tpoff - reserve.addr as i64;
     if measured != formula {
         notes.push(format!(
             "the TLS block sits at tp{measured:+#x}, not at tp{formula:+#x} as computed from the executable; using the measured value"
         ));
     }
-    (Some((reserve.addr, size)), measured)
-}
-
-/// The base build's link index, once the detached writer of that build is done with it.
-fn base_index_file(map_dir: &Path, build_id: &str) -> Option<PathBuf> {
-    crate::map::record::wait_for_writer(map_dir);
-    let path = crate::index::path_for(map_dir, build_id);
-    path.is_file().then_some(path)
+    TlsFacts { reserve: Some((reserve.addr, size)), block_tp_offset: measured }
 }
 
 /// Writes a patch file, mode 0400: the process loads a sealed copy of it, and nobody should edit

@@ -1,4 +1,5 @@
-//! Where ipbp keeps what it records, under the build's target directory:
+//! Where ipbp keeps what it records, under the build's target directory — a leaf that capture,
+//! map and the drivers share, so that none of them reaches into another for a path:
 //!
 //! ```text
 //! <target>/ipbp/
@@ -19,6 +20,8 @@
 //! `<target>` is the nearest ancestor of the output holding cargo's `CACHEDIR.TAG`; programs linking
 //! the runtime outside a cargo target directory use `<output dir>/.ipbp/` (other outputs there are
 //! not recorded at all).
+
+pub mod inputs;
 
 use std::path::{Path, PathBuf};
 
@@ -48,6 +51,10 @@ impl IpbpDir {
         self.map_dir(output_name).join(format!("{build_id}.inputs"))
     }
 
+    pub fn index_path(&self, output_name: &str, build_id: &str) -> PathBuf {
+        index_path_in(&self.map_dir(output_name), build_id)
+    }
+
     pub fn latest(&self, output_name: &str) -> PathBuf {
         self.map_dir(output_name).join("latest.json")
     }
@@ -75,6 +82,11 @@ impl IpbpDir {
     pub fn log(&self) -> PathBuf {
         self.root.join("ipbp.log")
     }
+}
+
+/// `maps/<output>/<build-id>.index`: the link index beside the build's input list.
+pub fn index_path_in(map_dir: &Path, build_id: &str) -> PathBuf {
+    map_dir.join(format!("{build_id}.index"))
 }
 
 /// The cargo target directory holding `output`: its nearest ancestor with cargo's `CACHEDIR.TAG`.

@@ -1,12 +1,15 @@
-//! Building a link index from a linked executable and its kept inputs.
+//! Building a link index from a linked executable and its kept inputs: the units model, the
+//! planner's reference graph and hot-point facts, written in the index format. Above plan, so the
+//! format (`crate::index`) imports no stage; run by the link's detached writer ([`crate::link`])
+//! and, for a build without an index, by its first patch.
 
-use super::{Symbol, Writer, UNIT_HOT};
-use crate::diff::units::{Build, Workspace};
 use crate::error::{Context, Result};
-use crate::map::schema::Input;
+use crate::index::{BaseKind, Symbol, Writer, TLS_RESERVE, UNIT_HOT};
+use crate::marks::{is_hot_name, TLS_RESERVE_MARK};
 use crate::objects::load::Arena;
-use crate::plan::base::BaseKind;
-use crate::plan::graph::{unit_facts, Index, CALL_MARK, KEY_MARK, SLOT_MARK};
+use crate::objects::units::{Build, Workspace};
+use crate::plan::graph::{unit_facts, Index};
+use crate::store::inputs::Input;
 use object::elf;
 use object::read::elf::{ElfFile64, Sym};
 use object::Endianness;
@@ -28,13 +31,13 @@ pub fn build(
     }
     let units = Build::all(arena, inputs, workspace, stored)?;
     let graph = Index::new(&units, None)?;
-    for (u, unit) in units.units.iter().enumerate() {
+    for (u, unit) in units.enumerate() {
         let obj = unit.object()?;
         let hot = obj.symbols.iter().any(|s| is_hot_name(s.name));
         let member = unit.member().unwrap_or("");
         let flags = if hot { UNIT_HOT } else { 0 };
         let number = w.unit(&unit.key, member, unit.input, unit.hash, flags);
-        debug_assert_eq!(number as usize, u);
+        debug_assert_eq!(number, u.0);
         for s in &obj.symbols {
             if let (Some(sec), true, false) = (s.section(), s.is_named(), s.local) {
                 if obj.sections[sec].kind.is_alloc() {
@@ -45,24 +48,14 @@ pub fn build(
         if hot {
             for fact in unit_facts(&graph, u) {
                 let (kind, a, b) = fact.encode();
-                w.fact(kind, (a.0 as u32, a.1 as u32), (b.0 as u32, b.1 as u32));
+                w.fact(kind, (a.0 .0, a.1 as u32), (b.0 .0, b.1 as u32));
             }
         }
     }
     for ((tu, ts), (fu, fs)) in graph.reference_pairs() {
-        w.reference((tu as u32, ts as u32), (fu as u32, fs as u32));
+        w.reference((tu.0, ts as u32), (fu.0, fs as u32));
     }
     Ok(w.finish())
-}
-
-/// The mangled-name fragment of the runtime's TLS reserve (`ipbp::tls::RESERVE`).
-const TLS_RESERVE_MARK: &str = "4ipbp3tls7RESERVE";
-/// The name the index records the TLS reserve under, so a patch finds it without a scan.
-pub const TLS_RESERVE: &str = "ipbp.tls.reserve";
-
-/// A symbol that marks a unit as holding hot points (see [`crate::plan::graph`]).
-pub fn is_hot_name(name: &str) -> bool {
-    name.contains(SLOT_MARK) || name.contains(KEY_MARK) || name.starts_with(CALL_MARK)
 }
 
 fn executable_symbols(arena: &Arena, exe: &Path, w: &mut Writer) -> Result<()> {

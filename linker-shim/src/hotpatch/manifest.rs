@@ -3,10 +3,12 @@
 
 use crate::diff::Diff;
 use crate::plan::{Plan, Report};
-use ipbp::protocol::{Apply, LedgerEntry};
+use crate::timing::Clock;
+use ipbp::protocol::{Applied, Apply, LedgerEntry};
 use ipbp::registry::Registration;
 use serde::Serialize;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 #[derive(Serialize)]
 pub struct Timings {
@@ -28,6 +30,39 @@ pub struct Timings {
     pub install_us: u64,
     /// The longest time any thread of the program was parked while detours were written.
     pub pause_us: u64,
+}
+
+/// When the work on one process's patch began, and how long after that each stage was done.
+pub struct Milestones {
+    pub started: Instant,
+    pub diff: Duration,
+    pub plan: Duration,
+    pub emit: Duration,
+    pub deliver: Duration,
+}
+
+impl Timings {
+    /// `called` is when rustc started the shim; `clock` holds the named steps, `applied` what
+    /// the process measured.
+    pub fn new(called: Instant, m: Milestones, clock: &Clock, applied: &Applied) -> Timings {
+        let since_called = |t: Instant| (t - called).as_secs_f64() * 1e3;
+        let called_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64() - called.elapsed().as_secs_f64());
+        Timings {
+            called_unix,
+            started_ms: since_called(m.started),
+            applied_ms: since_called(m.started + m.deliver),
+            steps: clock.steps.iter().map(|&(n, ms)| (n.to_string(), (ms * 100.0).round() / 100.0)).collect(),
+            diff_ms: m.diff.as_secs_f64() * 1e3,
+            plan_ms: (m.plan - m.diff).as_secs_f64() * 1e3,
+            emit_ms: (m.emit - m.plan).as_secs_f64() * 1e3,
+            deliver_ms: (m.deliver - m.emit).as_secs_f64() * 1e3,
+            load_us: applied.load_us,
+            install_us: applied.install_us,
+            pause_us: applied.pause_us,
+        }
+    }
 }
 
 #[derive(Serialize)]
