@@ -20,6 +20,8 @@ pub mod registry;
 
 mod apply;
 mod detour;
+#[doc(hidden)]
+pub mod marks;
 
 /// How many bytes at a function's entry an in-place patch overwrites (ipbp-ld checks that they
 /// hold no call and no branch target).

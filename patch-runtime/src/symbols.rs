@@ -102,7 +102,8 @@ fn read_image() -> Result<ImageCode, String> {
 
 /// `…11__IPBP_SLOT…`: the static `#[ipbp::hot]` declares (legacy mangling).
 fn is_slot_name(name: &[u8]) -> bool {
-    name.windows(13).any(|w| w == b"11__IPBP_SLOT")
+    let mark = crate::marks::SLOT_MARK.as_bytes();
+    name.windows(mark.len()).any(|w| w == mark)
 }
 
 /// Reads the executable's symbol table now, if not done yet.
