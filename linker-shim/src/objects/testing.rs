@@ -18,8 +18,6 @@ const LE: LittleEndian = LittleEndian;
 pub enum Kind {
     Text,
     ReadOnly,
-    /// `SHF_MERGE | SHF_STRINGS`, one-byte characters.
-    Strings,
     Data,
     Bss,
     Tdata,
@@ -28,14 +26,12 @@ pub enum Kind {
 
 impl Kind {
     fn flags(self) -> u64 {
-        let f = match self {
+        match self {
             Kind::Text => SHF_ALLOC.0 | SHF_EXECINSTR.0,
             Kind::ReadOnly => SHF_ALLOC.0,
-            Kind::Strings => SHF_ALLOC.0 | SHF_MERGE.0 | SHF_STRINGS.0,
             Kind::Data | Kind::Bss => SHF_ALLOC.0 | SHF_WRITE.0,
             Kind::Tdata | Kind::Tbss => SHF_ALLOC.0 | SHF_WRITE.0 | SHF_TLS.0,
-        };
-        u64::from(f)
+        }
     }
 
     fn nobits(self) -> bool {
@@ -137,18 +133,6 @@ impl ElfObject {
         self.symbol(Sym { name: name.into(), section: Some(section), value: 0, size, ty, bind: STB_LOCAL })
     }
 
-    /// A local label without a type at `value` in `section` (`.Lanon.<hash>.<n>` pieces).
-    pub fn label(&mut self, name: &str, section: usize, value: u64, size: u64) -> usize {
-        self.symbol(Sym {
-            name: name.into(),
-            section: Some(section),
-            value,
-            size,
-            ty: STT_NOTYPE,
-            bind: STB_LOCAL,
-        })
-    }
-
     /// A symbol this object refers to without defining it.
     pub fn undefined(&mut self, name: &str) -> usize {
         self.symbol(Sym {
@@ -157,6 +141,18 @@ impl ElfObject {
             value: 0,
             size: 0,
             ty: STT_NOTYPE,
+            bind: STB_GLOBAL,
+        })
+    }
+
+    /// A thread-local this object refers to without defining it.
+    pub fn undefined_tls(&mut self, name: &str) -> usize {
+        self.symbol(Sym {
+            name: name.into(),
+            section: None,
+            value: 0,
+            size: 0,
+            ty: STT_TLS,
             bind: STB_GLOBAL,
         })
     }
@@ -254,18 +250,7 @@ impl ElfObject {
         for s in &self.sections {
             let offset = put(&mut file, &s.data, s.align);
             let ty = if s.kind.nobits() { SHT_NOBITS } else { SHT_PROGBITS };
-            let entsize = if s.kind == Kind::Strings { 1 } else { 0 };
-            headers.push(header(
-                name_of(&s.name),
-                ty,
-                s.kind.flags(),
-                offset,
-                s.size,
-                0,
-                0,
-                s.align,
-                entsize,
-            ));
+            headers.push(header(name_of(&s.name), ty, s.kind.flags(), offset, s.size, 0, 0, s.align, 0));
         }
         for &i in &with_relocs {
             let s = &self.sections[i];
@@ -282,7 +267,7 @@ impl ElfObject {
             let size = (relas.len() * size_of::<Rela64<LittleEndian>>()) as u64;
             let name = name_of(&format!(".rela{}", s.name));
             let (link, info) = (symtab_index as u32, i as u32 + 1);
-            headers.push(header(name, SHT_RELA, u64::from(SHF_INFO_LINK.0), offset, size, link, info, 8, 24));
+            headers.push(header(name, SHT_RELA, SHF_INFO_LINK.0, offset, size, link, info, 8, 24));
         }
         let offset = put(&mut file, bytes_of_slice(&syms), 8);
         let size = (syms.len() * size_of::<Sym64<LittleEndian>>()) as u64;

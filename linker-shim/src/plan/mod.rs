@@ -21,6 +21,9 @@ mod tls;
 mod unwind;
 mod worklist;
 
+#[cfg(test)]
+mod tests;
+
 use crate::diff::units::Build;
 use crate::diff::{DefKind, Diff};
 use crate::map::schema::Input;
