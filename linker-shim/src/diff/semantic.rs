@@ -179,3 +179,174 @@ pub fn field_size(kind: object::elf::RelocationType) -> usize {
         _ => 4,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Each test writes two versions of a small object, as rustc would emit them, and compares
+    //! the semantic hash of the function `f` in both — the decisions of ARCHITECTURE.md's diff
+    //! section, one test each.
+
+    use super::*;
+    use crate::objects::testing::{ElfObject, Kind};
+    use object::elf::{R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32};
+
+    /// `call <rel32>; lea <rel32>(%rip), %rax; ret`: relocations at 1 and 8.
+    const CODE: [u8; 13] = [0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x05, 0, 0, 0, 0, 0xc3];
+
+    /// An object whose function `f` runs `code`; `refs` adds what it refers to.
+    fn unit(code: &[u8], refs: impl FnOnce(&mut ElfObject, usize)) -> Vec<u8> {
+        let mut o = ElfObject::new();
+        let text = o.section(".text.f", Kind::Text, code, 16);
+        o.global("f", text);
+        refs(&mut o, text);
+        o.bytes()
+    }
+
+    /// `f` calls `callee`.
+    fn calls(callee: &str) -> Vec<u8> {
+        unit(&CODE, |o, text| {
+            let s = o.undefined(callee);
+            o.reloc(text, 1, R_X86_64_PLT32, s, -4);
+        })
+    }
+
+    /// The semantic hash of `f`, with `renames` as the diff's pairing would set them.
+    fn hash_renamed(bytes: &[u8], renames: &[(&'static str, &'static str)]) -> u128 {
+        let obj = ElfObject::parse(bytes);
+        let f = obj.sections.iter().position(|s| s.name == ".text.f").unwrap();
+        let mut sem = Semantics::new(vec![Some(&obj)]).renamed(renames.iter().copied().collect());
+        sem.section_hash(0, f)
+    }
+
+    fn hash(bytes: &[u8]) -> u128 {
+        hash_renamed(bytes, &[])
+    }
+
+    #[test]
+    fn the_same_code_and_targets_hash_equal_and_another_instruction_byte_does_not() {
+        assert_eq!(hash(&calls("g")), hash(&calls("g")));
+        let mut edited = CODE;
+        edited[12] = 0x90; // `ret` -> `nop`
+        let edited = unit(&edited, |o, text| {
+            let s = o.undefined("g");
+            o.reloc(text, 1, R_X86_64_PLT32, s, -4);
+        });
+        assert_ne!(hash(&calls("g")), hash(&edited));
+    }
+
+    #[test]
+    fn bytes_under_a_relocation_are_not_compared() {
+        // The assembler leaves the displacement of a relocated field as it likes; the linker
+        // overwrites it.
+        let mut garbage = CODE;
+        garbage[1..5].copy_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        let other = unit(&garbage, |o, text| {
+            let s = o.undefined("g");
+            o.reloc(text, 1, R_X86_64_PLT32, s, -4);
+        });
+        assert_eq!(hash(&calls("g")), hash(&other));
+    }
+
+    #[test]
+    fn another_relocation_target_or_addend_is_a_change() {
+        assert_ne!(hash(&calls("g")), hash(&calls("h")));
+        let other_addend = unit(&CODE, |o, text| {
+            let s = o.undefined("g");
+            o.reloc(text, 1, R_X86_64_PLT32, s, 4);
+        });
+        assert_ne!(hash(&calls("g")), hash(&other_addend));
+    }
+
+    #[test]
+    fn thinlto_suffixes_are_not_a_change() {
+        let a = calls("_ZN3app6helper17h0123456789abcdefE.llvm.4687289052701356509");
+        let b = calls("_ZN3app6helper17h0123456789abcdefE.llvm.1111111111111111111");
+        assert_eq!(hash(&a), hash(&b));
+        assert_eq!(hash(&a), hash(&calls("_ZN3app6helper17h0123456789abcdefE")));
+        assert_ne!(hash(&a), hash(&calls("_ZN3app6other17h0123456789abcdefE.llvm.4687289052701356509")));
+    }
+
+    #[test]
+    fn a_callee_renamed_by_its_symbol_hash_counts_as_its_counterpart_once_the_diff_paired_them() {
+        const OLD: &str = "_ZN3app6helper17h1111111111111111E";
+        const NEW: &str = "_ZN3app6helper17h2222222222222222E";
+        let (base, current) = (calls(OLD), calls(NEW));
+        assert_ne!(hash(&base), hash(&current), "by name alone the references differ");
+        assert_eq!(names::path(OLD), names::path(NEW), "the diff pairs them by path");
+        // The base side compares references to the old name as references to the new one.
+        assert_eq!(hash_renamed(&base, &[(OLD, NEW)]), hash(&current));
+        // Only the paired name is renamed.
+        assert_ne!(hash_renamed(&calls("_ZN3app5other17h1111111111111111E"), &[(OLD, NEW)]), hash(&current));
+    }
+
+    /// `f` loads the address of `.Lanon.<hash>.<n>` — anonymous constant data `bytes`, in a
+    /// section of that name, referred to through the section symbol.
+    fn refers_to_local_anon(n: u32, bytes: &[u8]) -> Vec<u8> {
+        unit(&CODE, |o, text| {
+            let g = o.undefined("g");
+            o.reloc(text, 1, R_X86_64_PLT32, g, -4);
+            let data = o.section(&format!(".rodata..Lanon.fad58de7366495db.{n}"), Kind::ReadOnly, bytes, 1);
+            let s = o.section_symbol(data);
+            o.reloc(text, 8, R_X86_64_PC32, s, -4);
+        })
+    }
+
+    /// `f` loads the address of ThinLTO's promoted constant `anon.<hash>.<n>.llvm.<hash>`.
+    fn refers_to_promoted_anon(name: &str, bytes: &[u8]) -> Vec<u8> {
+        unit(&CODE, |o, text| {
+            let g = o.undefined("g");
+            o.reloc(text, 1, R_X86_64_PLT32, g, -4);
+            let data = o.section(&format!(".rodata.{name}"), Kind::ReadOnly, bytes, 1);
+            let s = o.global(name, data);
+            o.reloc(text, 8, R_X86_64_PC32, s, -4);
+        })
+    }
+
+    #[test]
+    fn anonymous_constants_are_compared_by_content_not_by_their_numbered_names() {
+        assert_eq!(hash(&refers_to_local_anon(1, b"hello")), hash(&refers_to_local_anon(7, b"hello")));
+        assert_ne!(hash(&refers_to_local_anon(1, b"hello")), hash(&refers_to_local_anon(1, b"hellp")));
+
+        let a = refers_to_promoted_anon(
+            "anon.ebafb60624fd0317f0e5ca3f8fe5763b.3.llvm.4687289052701356509",
+            b"table",
+        );
+        let b = refers_to_promoted_anon("anon.0d7a3b2f9c6e41aa8b5d3c2e1f0a9b8c.29.llvm.1234", b"table");
+        let c = refers_to_promoted_anon(
+            "anon.ebafb60624fd0317f0e5ca3f8fe5763b.3.llvm.4687289052701356509",
+            b"tablE",
+        );
+        assert_eq!(hash(&a), hash(&b));
+        assert_ne!(hash(&a), hash(&c));
+    }
+
+    /// `f` loads the address of a `core::panic::Location` for `file`, `line`, `col`: an unnamed
+    /// 24-byte section holding a pointer to the file name (its only relocation), the name's length,
+    /// line and column; the name is anonymous data too.
+    fn panics_at(file: &str, line: u32, col: u32) -> Vec<u8> {
+        unit(&CODE, |o, text| {
+            let g = o.undefined("_ZN4core9panicking5panic17h0000000000000000E");
+            o.reloc(text, 1, R_X86_64_PLT32, g, -4);
+            let name = o.section(".rodata..Lanon.fad58de7366495db.0", Kind::ReadOnly, file.as_bytes(), 1);
+            let mut loc = vec![0u8; 8];
+            loc.extend_from_slice(&(file.len() as u64).to_le_bytes());
+            loc.extend_from_slice(&line.to_le_bytes());
+            loc.extend_from_slice(&col.to_le_bytes());
+            let location = o.section(".data.rel.ro..Lanon.fad58de7366495db.1", Kind::Data, &loc, 8);
+            let name_sym = o.section_symbol(name);
+            o.reloc(location, 0, R_X86_64_64, name_sym, 0);
+            let loc_sym = o.section_symbol(location);
+            o.reloc(text, 8, R_X86_64_PC32, loc_sym, -4);
+        })
+    }
+
+    #[test]
+    fn a_panic_location_is_compared_by_its_file_alone() {
+        let base = hash(&panics_at("src/main.rs", 10, 5));
+        assert_eq!(base, hash(&panics_at("src/main.rs", 12, 9)), "lines moved by an edit above");
+        assert_ne!(base, hash(&panics_at("src/lib.rs", 10, 5)), "another file");
+        // Data of the same shape that is not a location (the string names no `.rs` file) is
+        // compared by content, line and column included.
+        assert_ne!(hash(&panics_at("src/main.txt", 10, 5)), hash(&panics_at("src/main.txt", 12, 5)));
+    }
+}

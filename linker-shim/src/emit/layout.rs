@@ -332,3 +332,189 @@ fn count_dynamic_relocs(plan: &Plan) -> u64 {
         .count() as u64;
     cells + pointers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Chunk, EhRecord, PlannedReloc, Report};
+    use std::borrow::Cow;
+
+    fn reloc(offset: u64, kind: RelocationType, target: Target) -> PlannedReloc {
+        PlannedReloc { offset, kind, target, addend: 0, symbol: format!("{target:?}") }
+    }
+
+    fn chunk(
+        name: &str,
+        kind: SectionKind,
+        align: u64,
+        size: u64,
+        relocs: Vec<PlannedReloc>,
+    ) -> Chunk<'static> {
+        let data = if matches!(kind, SectionKind::Bss) { vec![] } else { vec![0xab; size as usize] };
+        Chunk { name: name.into(), kind, align, size, data: Cow::Owned(data), relocs, symbols: vec![] }
+    }
+
+    const CIE: [u8; 20] = [0; 20];
+    const FDE: [u8; 24] = [0; 24];
+
+    /// Two functions (one reaching a static through the GOT, one using thread-locals each way),
+    /// constants, a vtable-like constant pointing at an import, statics, `.bss`, two imports and
+    /// the unwind records of one function.
+    fn plan() -> Plan<'static> {
+        let tls = vec![
+            reloc(3, R_X86_64_GOTTPOFF, Target::Tls(0x40)),
+            reloc(10, R_X86_64_TLSGD, Target::Tls(0x48)),
+            reloc(20, R_X86_64_TLSLD, Target::Tls(0)),
+            reloc(30, R_X86_64_TPOFF32, Target::Tls(0x50)),
+        ];
+        let got = vec![
+            reloc(3, R_X86_64_REX_GOTPCRELX, Target::Absolute(0x5555_0000_1000)),
+            reloc(9, R_X86_64_GOTPCREL, Target::Absolute(0x5555_0000_1000)),
+            reloc(15, R_X86_64_PLT32, Target::Import(1)),
+        ];
+        Plan {
+            steps: vec![],
+            stats: vec![],
+            chunks: vec![
+                chunk("f", SectionKind::Text, 16, 37, got),
+                chunk("CONST", SectionKind::ReadOnly, 32, 5, vec![]),
+                chunk("g", SectionKind::Text, 64, 40, tls),
+                chunk(
+                    "VTABLE",
+                    SectionKind::ReadOnlyAfterReloc,
+                    8,
+                    16,
+                    vec![reloc(8, R_X86_64_64, Target::Import(0))],
+                ),
+                chunk("STATE", SectionKind::Data, 8, 12, vec![]),
+                chunk("ZEROED", SectionKind::Bss, 64, 100, vec![]),
+                chunk("LANDING", SectionKind::ExceptTable, 4, 6, vec![]),
+                chunk("MORE_ZEROED", SectionKind::Bss, 8, 8, vec![]),
+            ],
+            eh_records: vec![
+                EhRecord { data: &CIE, relocs: vec![], cie: None },
+                EhRecord { data: &FDE, relocs: vec![], cie: Some(0) },
+            ],
+            imports: vec!["write".into(), "malloc".into()],
+            installs: vec![],
+            new_data: vec![],
+            new_tls: vec![],
+            report: Report::default(),
+            refusals: vec![],
+        }
+    }
+
+    fn within(inner: (u64, u64), outer: (u64, u64)) -> bool {
+        inner.0 >= outer.0 && inner.0 + inner.1 <= outer.0 + outer.1
+    }
+
+    #[test]
+    fn three_segments_on_fresh_pages_packed_in_the_file() {
+        let lay = compute(&plan(), "libpatch.so");
+        let [ro, code, rw] = lay.segments;
+        assert_eq!((ro.mem, ro.file), (0, 0), "the read-only segment maps the headers");
+        assert!(ro.mem_size >= EHDR_SIZE + PHDR_SIZE * PHDR_COUNT);
+        for (prev, seg) in [(ro, code), (code, rw)] {
+            assert!(seg.mem_size > 0);
+            assert!(
+                seg.mem >= prev.mem_end().next_multiple_of(PAGE),
+                "a fresh page: {prev:x?} then {seg:x?}"
+            );
+            assert_eq!(seg.mem % PAGE, seg.file % PAGE, "mmap needs address ≡ offset (mod page)");
+            assert_eq!(seg.file, prev.file + prev.file_size, "packed in the file");
+            assert!(seg.mem - prev.mem_end() < 2 * PAGE, "no more than the page rule asks");
+        }
+        assert_eq!(ro.mem_size, ro.file_size);
+        assert_eq!(code.mem_size, code.file_size);
+        let bss = lay.sections[&Out::Bss];
+        assert_eq!(rw.mem_size - rw.file_size, bss.1, "`.bss` takes memory, not file");
+        assert_eq!(lay.file_end, rw.file + rw.file_size);
+        assert_eq!(lay.span, rw.mem_end().next_multiple_of(PAGE));
+    }
+
+    #[test]
+    fn output_sections_lie_in_their_segment_aligned_in_file_order() {
+        let plan = plan();
+        let lay = compute(&plan, "libpatch.so");
+        let mut last_end = 0;
+        for out in Out::ALL {
+            let Some(&(at, size)) = lay.sections.get(&out) else { continue };
+            let seg = lay.segments[out.segment()];
+            assert!(within((at, size), (seg.mem, seg.mem_size)), "{out:?} at {at:#x}+{size:#x} in {seg:x?}");
+            assert!(at >= last_end, "{out:?} overlaps the section before it");
+            last_end = at + size;
+        }
+        let align = |out: Out| lay.sections[&out].0;
+        assert_eq!(align(Out::Got) % 16, 0);
+        assert_eq!(align(Out::Dynamic) % 8, 0);
+        assert_eq!(align(Out::Text) % 64, 0, "as its most aligned chunk");
+        assert_eq!(align(Out::Rodata) % 32, 0);
+        assert_eq!(align(Out::Bss) % 64, 0);
+        assert_eq!(
+            lay.sections[&Out::RelaDyn].1,
+            3 * RELA_SIZE,
+            "a cell per import, one pointer to an import"
+        );
+        assert_eq!(
+            lay.sections[&Out::EhFrame].1,
+            (CIE.len() + FDE.len() + 4) as u64,
+            "records and a terminator"
+        );
+        assert_eq!(lay.sections[&Out::EhFrameHdr].1, 12 + 8, "one FDE");
+        assert_eq!(lay.eh_record_offset, [0, CIE.len() as u64]);
+    }
+
+    #[test]
+    fn chunks_go_to_their_section_aligned_without_overlap() {
+        let plan = plan();
+        let lay = compute(&plan, "libpatch.so");
+        let outs: Vec<Out> = lay.chunk_out.clone();
+        assert_eq!(
+            outs,
+            [Out::Text, Out::Rodata, Out::Text, Out::Data, Out::Data, Out::Bss, Out::ExceptTable, Out::Bss],
+            "a constant holding a pointer to an import is writable: the loader fills it"
+        );
+        let mut placed: Vec<(u64, u64)> = Vec::new();
+        for (i, c) in plan.chunks.iter().enumerate() {
+            let at = lay.chunk_offset[i];
+            assert_eq!(at % c.align, 0, "{} aligned", c.name);
+            assert!(within((at, c.size), lay.sections[&lay.chunk_out[i]]), "{} inside its section", c.name);
+            assert!(placed.iter().all(|&(a, s)| at >= a + s || at + c.size <= a), "{} overlaps", c.name);
+            placed.push((at, c.size));
+        }
+        // Import stubs open `.text`, before every function.
+        let text = lay.sections[&Out::Text].0;
+        assert_eq!(lay.stubs, [text, text + STUB_SIZE]);
+        assert!(lay.chunk_offset[0] >= text + 2 * STUB_SIZE);
+    }
+
+    #[test]
+    fn each_indirect_reference_gets_one_cell_in_the_got() {
+        let lay = compute(&plan(), "libpatch.so");
+        let expected = [
+            Cell::Address(Target::Import(0)),
+            Cell::Address(Target::Import(1)),
+            Cell::Address(Target::Absolute(0x5555_0000_1000)),
+            Cell::TlsIndex(0x48),
+            Cell::TlsModule,
+            Cell::TpOff(0x40),
+        ];
+        let mut order = lay.cell_order.clone();
+        assert_eq!(&order[..2], &expected[..2], "imports' cells first, in import order");
+        order.sort_by_key(|c| format!("{c:?}"));
+        let mut want = expected.to_vec();
+        want.sort_by_key(|c| format!("{c:?}"));
+        assert_eq!(order, want, "two references to one address share a cell; TPOFF32 needs none");
+        let got = lay.sections[&Out::Got];
+        let mut cells: Vec<(u64, u64)> = lay.cell_order.iter().map(|c| (lay.cells[c], c.size())).collect();
+        cells.sort_unstable();
+        for w in cells.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "cells overlap: {cells:x?}");
+        }
+        for &(at, size) in &cells {
+            assert_eq!(at % 8, 0);
+            assert!(within((at, size), got));
+        }
+        assert_eq!(cells.iter().map(|c| c.1).sum::<u64>(), got.1, "the GOT is exactly its cells");
+    }
+}

@@ -691,4 +691,36 @@ mod tests {
         assert_eq!(u64::from_le_bytes(data[table..table + 8].try_into().unwrap()), out.chunk_addr[0]);
         assert_eq!(&data[table + 8..table + 16], [0; 8], "the loader fills the import's pointer");
     }
+
+    /// A function with one 32-bit PC-relative reference to `target` in the running image.
+    fn reaching(target: u64) -> Plan<'static> {
+        let code = vec![0xe8, 0, 0, 0, 0, 0xc3];
+        let reference =
+            reloc(1, R_X86_64_PLT32, Target::Absolute(target), -4, "_ZN3app6helper17h0123456789abcdefE");
+        Plan {
+            chunks: vec![chunk("f", SectionKind::Text, code, 6, vec![reference])],
+            imports: vec![],
+            ..plan()
+        }
+    }
+
+    #[test]
+    fn references_reach_within_2_gib_of_the_base_and_fail_naming_their_target_beyond() {
+        let tls = TlsLayout { block_tp_offset: -64 };
+        for target in [BASE + 0x7000_0000, BASE - 0x7000_0000] {
+            let plan = reaching(target);
+            let lay = layout(&plan, "libpatch.so");
+            let out = write(&plan, &lay, BASE, tls).expect("within reach");
+            let at = lay.segments[1].file_of(lay.chunk_offset[0]) as usize;
+            let rel = i32::from_le_bytes(out.bytes[at + 1..at + 5].try_into().unwrap());
+            assert_eq!(out.chunk_addr[0] as i64 + 5 + i64::from(rel), target as i64);
+        }
+        for target in [BASE + 0x8010_0000, BASE - 0x8010_0000] {
+            let plan = reaching(target);
+            let lay = layout(&plan, "libpatch.so");
+            let Err(e) = write(&plan, &lay, BASE, tls) else { panic!("{target:#x} cannot be reached") };
+            let e = e.to_string();
+            assert!(e.contains("`app::helper`") && e.contains("does not reach"), "{e}");
+        }
+    }
 }

@@ -4,6 +4,8 @@
 //! Only what diff and plan need is modelled; the rest of ELF stays in the bytes.
 
 pub mod load;
+#[cfg(test)]
+pub mod testing;
 pub mod units;
 
 use object::elf;

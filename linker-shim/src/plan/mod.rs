@@ -21,6 +21,9 @@ mod tls;
 mod unwind;
 mod worklist;
 
+#[cfg(test)]
+mod tests;
+
 use crate::diff::{DefKind, Diff};
 use crate::index::BaseKind;
 use crate::objects::load::{Arena, ObjectArena};
