@@ -278,36 +278,52 @@ BUSY_THREADS = 8
 
 
 def hundred_rounds(args, results, scaled):
-    """P6 and P8: the 100-function patch in the scaled program."""
-    step("P6: applying a 100-function patch (scaled) while 8 threads call those functions")
-    env = {"COUNTER_PERIOD_MS": "1000", "COUNTER_HUNDRED": "1", "COUNTER_BUSY": str(BUSY_THREADS)}
-    proc = Process(scaled.program(), scaled.dir, app_env(env))
-    rows = []
-    try:
-        proc.wait_for(lambda l: l.startswith("hundred="))
-        proc.wait_registered()
-        patcher = Patcher(scaled, proc, HUNDRED_EDIT, ("4", "5"))
+    """P6, P8 and P9: the 100-function patch in the scaled program, with 8 threads calling those
+    functions. Each round starts the program, patches it (the first detour of each entry: the
+    breakpoint sequence needs its check round) and patches it again (each jump retargeted: no
+    round), once with the usual install and once with every thread parked (`IPBP_INSTALL=park`),
+    side by side."""
+    step("P6/P9: applying a 100-function patch (scaled) while 8 threads call those functions")
+    k = 0
+    for method in ("breakpoint", "park"):
+        env = {"COUNTER_PERIOD_MS": "1000", "COUNTER_HUNDRED": "1", "COUNTER_BUSY": str(BUSY_THREADS)}
+        if method == "park":
+            env["IPBP_INSTALL"] = "park"
+        rows = {"first": [], "again": []}
         for r in range(args.rounds):
-            mark = proc.mark()
-            p = patcher.once(r)
-            scale = int(p["variant"])
-            want = sum(7 * scale + i for i in range(100))
-            proc.wait_for(lambda l: l == f"hundred={want}", since=mark)
-            m = p["manifest"]
-            changed = len(m["report"]["changed"])
-            if changed < 100:
-                sys.exit(f"bench: the 100-function edit changed only {changed} functions: {p['status']}")
-            rows.append({"apply_ms": apply_ms(m), "load_us": m["timings"]["load_us"],
-                         "install_us": m["timings"]["install_us"], "changed": changed,
-                         "pause_us": m["timings"].get("pause_us", 0),
-                         "detours": sum(1 for i in m["installs"] if i["kind"] == "detour"),
-                         "file_size": m["file_size"], "chunk_bytes": chunk_bytes(m), "status": p["status"],
-                         "creation_ms": creation_ms(m), "applied_ms": m["timings"]["applied_ms"]})
-            log(f"  round {r + 1}/{args.rounds}: {changed} functions, load {rows[-1]['load_us']} us + "
-                f"install {rows[-1]['install_us']} us, longest pause {rows[-1]['pause_us']} us")
-    finally:
-        proc.stop()
-    results["hundred"] = rows
+            proc = Process(scaled.program(), scaled.dir, app_env(env))
+            try:
+                proc.wait_for(lambda l: l.startswith("hundred="))
+                proc.wait_registered()
+                # Three values in turn: the second patch of a round never goes back to the code the
+                # process started with (which would be a revert, not 100 changed functions).
+                patcher = Patcher(scaled, proc, HUNDRED_EDIT, ("4", "5", "6"))
+                for when in ("first", "again"):
+                    mark = proc.mark()
+                    p = patcher.once(k)
+                    k += 1
+                    scale = int(p["variant"])
+                    want = sum(7 * scale + i for i in range(100))
+                    proc.wait_for(lambda l: l == f"hundred={want}", since=mark)
+                    m = p["manifest"]
+                    changed = len(m["report"]["changed"])
+                    if changed < 100:
+                        sys.exit(f"bench: the 100-function edit changed only {changed} functions: {p['status']}")
+                    rows[when].append({
+                        "apply_ms": apply_ms(m), "load_us": m["timings"]["load_us"],
+                        "install_us": m["timings"]["install_us"], "changed": changed,
+                        "pause_us": m["timings"].get("pause_us", 0),
+                        "detours": sum(1 for i in m["installs"] if i["kind"] == "detour"),
+                        "file_size": m["file_size"], "chunk_bytes": chunk_bytes(m), "status": p["status"],
+                        "creation_ms": creation_ms(m), "applied_ms": m["timings"]["applied_ms"]})
+                    x = rows[when][-1]
+                    log(f"  {method} round {r + 1}/{args.rounds} ({when}): {changed} functions, load "
+                        f"{x['load_us']} us + install {x['install_us']} us, longest pause {x['pause_us']} us")
+            finally:
+                proc.stop()
+        key = "hundred" if method == "breakpoint" else "hundred_park"
+        results[key] = rows["first"]
+        results[key + "_again"] = rows["again"]
 
 
 def hotcall_rounds(args, results, hotcall):

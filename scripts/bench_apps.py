@@ -291,7 +291,7 @@ class Patcher:
         self.generation = 0
 
     def once(self, round_no):
-        variant = self.variants[round_no % 2]
+        variant = self.variants[round_no % len(self.variants)]
         self.app.edit(self.edit, variant)
         t0, t1, stderr = self.app.build()
         self.app.wait_for_recording()

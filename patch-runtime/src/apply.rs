@@ -144,11 +144,17 @@ fn describe_install(install_us: u64, i: &crate::detour::Installed) -> String {
     let rounds = if i.threads == 0 {
         "no thread interrupted".to_string()
     } else {
+        let held = match i.method {
+            Method::Parked => format!("parked for at most {} us", i.longest_pause.as_micros()),
+            _ => format!(
+                "checked, at most {} us of CPU in the handler ({} us by the wall clock)",
+                i.longest_pause.as_micros(),
+                i.longest_wall.as_micros()
+            ),
+        };
         format!(
-            "{} threads {} for at most {} us, {} retries, gathering the threads {} us",
+            "{} threads {held}, {} retries, gathering the threads {} us",
             i.threads,
-            if i.method == Method::Parked { "parked" } else { "checked" },
-            i.longest_pause.as_micros(),
             i.retries,
             i.gathering.as_micros()
         )

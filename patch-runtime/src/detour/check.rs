@@ -16,8 +16,12 @@ use std::time::Duration;
 #[derive(Debug, Clone, Copy)]
 pub struct CheckStats {
     pub threads: usize,
-    /// The longest any thread spent in the handler.
+    /// The most CPU time any thread spent in the handler: how long the round kept it from its
+    /// own code.
     pub longest_pause: Duration,
+    /// The longest any thread was in the handler by the wall clock, including time the scheduler
+    /// gave to other threads (it would have, handler or not).
+    pub longest_wall: Duration,
     /// From the first signal to the last answer.
     pub gathering: Duration,
 }
@@ -44,8 +48,14 @@ pub fn every_thread(inside: &Inside, mappings: &[Mapping]) -> Result<CheckStats,
     if let Some(h) = answers.iter().find_map(|a| a.hazard) {
         return Err(NotClear::Hazard(h));
     }
-    let longest = answers.iter().map(|a| a.answered_at.saturating_sub(a.arrived_at)).max().unwrap_or(0);
-    Ok(CheckStats { threads, longest_pause: Duration::from_nanos(longest), gathering })
+    let wall = answers.iter().map(|a| a.answered_at.saturating_sub(a.arrived_at)).max().unwrap_or(0);
+    let cpu = answers.iter().map(|a| a.cpu_ns).max().unwrap_or(0);
+    Ok(CheckStats {
+        threads,
+        longest_pause: Duration::from_nanos(cpu),
+        longest_wall: Duration::from_nanos(wall),
+        gathering,
+    })
 }
 
 #[cfg(test)]

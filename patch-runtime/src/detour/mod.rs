@@ -84,8 +84,12 @@ pub struct Installed {
     pub method: Method,
     /// Entries written (jumps placed or originals restored).
     pub written: usize,
-    /// Longest time any other thread was held: in the round's handler, or parked.
+    /// Longest time the install kept any other thread from its own code: the CPU time it spent
+    /// in the check round's handler, or (parked) from its arrival to the release.
     pub longest_pause: Duration,
+    /// For the breakpoint way: the longest wall-clock time a thread was in the round's handler,
+    /// which includes waiting for a core behind other busy threads.
+    pub longest_wall: Duration,
     /// Threads the round reached (none when no round was needed).
     pub threads: usize,
     /// Rounds repeated because a thread was inside the bytes.
@@ -223,6 +227,7 @@ impl Detours {
             Installed {
                 method: Method::Breakpoint,
                 longest_pause: poked.round.map_or(Duration::ZERO, |r| r.longest_pause),
+                longest_wall: poked.round.map_or(Duration::ZERO, |r| r.longest_wall),
                 threads: poked.round.map_or(0, |r| r.threads),
                 gathering: poked.round.map_or(Duration::ZERO, |r| r.gathering),
                 retries: poked.retries,

@@ -72,6 +72,9 @@ struct Record {
     /// When the handler started and when it answered (CLOCK_MONOTONIC, ns).
     arrived_at: AtomicU64,
     answered_at: AtomicU64,
+    /// CPU time the thread spent in the handler until it answered (ns): without the time the
+    /// scheduler gave other threads meanwhile.
+    cpu_ns: AtomicU64,
     /// A check round's finding ([`Hazard::encode`]; kind 0 is none).
     hazard_kind: AtomicU32,
     hazard_addr: AtomicU64,
@@ -86,6 +89,7 @@ impl Record {
             sp: AtomicU64::new(0),
             arrived_at: AtomicU64::new(0),
             answered_at: AtomicU64::new(0),
+            cpu_ns: AtomicU64::new(0),
             hazard_kind: AtomicU32::new(0),
             hazard_addr: AtomicU64::new(0),
         }
@@ -100,6 +104,7 @@ pub struct Answer {
     pub sp: u64,
     pub arrived_at: u64,
     pub answered_at: u64,
+    pub cpu_ns: u64,
     pub hazard: Option<Hazard>,
 }
 
@@ -163,6 +168,7 @@ fn answer(epoch: u32, ctx: *mut libc::c_void) {
     // SAFETY: the kernel passes the interrupted context to an SA_SIGINFO handler.
     let (pc, sp) = unsafe { arch::interrupted_pc_sp(ctx) };
     let arrived_at = now_ns();
+    let cpu_at = thread_cpu_ns();
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     // From here on this thread fetches every byte of code written before the round began.
@@ -176,6 +182,7 @@ fn answer(epoch: u32, ctx: *mut libc::c_void) {
         r.sp.store(sp, Ordering::Relaxed);
         r.arrived_at.store(arrived_at, Ordering::Relaxed);
         r.answered_at.store(now_ns(), Ordering::Relaxed);
+        r.cpu_ns.store(thread_cpu_ns().saturating_sub(cpu_at), Ordering::Relaxed);
         r.hazard_kind.store(hazard_kind, Ordering::Relaxed);
         r.hazard_addr.store(hazard_addr, Ordering::Relaxed);
         r.epoch.store(epoch, Ordering::Release);
@@ -214,6 +221,14 @@ pub fn now_ns() -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime is async-signal-safe and writes `ts`.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// CPU time this thread has used (ns).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime is async-signal-safe and writes `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
@@ -400,6 +415,7 @@ impl Round {
                     sp: r.sp.load(Ordering::Relaxed),
                     arrived_at: r.arrived_at.load(Ordering::Relaxed),
                     answered_at: r.answered_at.load(Ordering::Relaxed),
+                    cpu_ns: r.cpu_ns.load(Ordering::Relaxed),
                     hazard: Hazard::decode(
                         tid,
                         r.hazard_kind.load(Ordering::Relaxed),
