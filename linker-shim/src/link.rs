@@ -28,6 +28,8 @@ pub const DISABLE_ENV: &str = "IPBP_DISABLE";
 
 pub fn run(args: Vec<OsString>) -> ! {
     let called = std::time::Instant::now();
+    // The steps before any patch work, for the manifest of each patch this link makes.
+    let mut before = crate::timing::Clock::since(called);
     let real = RealLinker::from_env();
     let mut cmd = match LinkCommand::parse(args.clone()) {
         Ok(cmd) => cmd,
@@ -59,6 +61,7 @@ pub fn run(args: Vec<OsString>) -> ! {
         pass_through(&real, &cmd.forward)
     }
 
+    before.step("read arguments");
     let mut child = match real.spawn(&cmd.forward) {
         Ok(child) => child,
         Err(e) => {
@@ -69,14 +72,17 @@ pub fn run(args: Vec<OsString>) -> ! {
 
     let dir = IpbpDir::for_output(&output);
     let mut status = Status::new(Some(dir.log()));
+    before.step("start the linker");
     let mut inputs = inputs::resolve(&cmd, &cwd);
+    before.step("list inputs");
     let lease = role.keeps_inputs().then(|| {
         let lease = StoreLease::take(&dir);
         if let Err(e) = inputs::fingerprint_and_store(&mut inputs, &dir) {
             status.warn(&format!("{e} (a later patch of this build may be refused)"));
         }
+        before.step("keep inputs");
         guarded(&mut status, "patching running processes", |status| {
-            crate::hotpatch::for_running_processes(called, &output, &inputs, &dir, status)
+            crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
         });
         lease
     });

@@ -10,7 +10,12 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Self {
-        Clock { last: Instant::now(), steps: Vec::new() }
+        Clock::since(Instant::now())
+    }
+
+    /// A clock whose first step began at `start`.
+    pub fn since(start: Instant) -> Self {
+        Clock { last: start, steps: Vec::new() }
     }
 
     /// Takes over steps timed elsewhere (the next step starts now).

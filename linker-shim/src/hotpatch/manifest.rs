@@ -19,6 +19,10 @@ pub struct Timings {
     /// linker is running by then), and when the process reported the patch applied.
     pub started_ms: f64,
     pub applied_ms: f64,
+    /// Milliseconds per step before work on this process began (reading the arguments, starting
+    /// the real linker, keeping the inputs, the registry, `hello`), in order: `started_ms` in
+    /// detail. The first patch of a link has them all; the process's own work is in `steps`.
+    pub before_steps: Vec<(String, f64)>,
     /// Milliseconds per step, in order.
     pub steps: Vec<(String, f64)>,
     pub diff_ms: f64,
@@ -44,7 +48,16 @@ pub struct Milestones {
 impl Timings {
     /// `called` is when rustc started the shim; `clock` holds the named steps, `applied` what
     /// the process measured.
-    pub fn new(called: Instant, m: Milestones, clock: &Clock, applied: &Applied) -> Timings {
+    pub fn new(
+        called: Instant,
+        m: Milestones,
+        before: &[(&'static str, f64)],
+        clock: &Clock,
+        applied: &Applied,
+    ) -> Timings {
+        let rounded = |steps: &[(&'static str, f64)]| {
+            steps.iter().map(|&(n, ms)| (n.to_string(), (ms * 100.0).round() / 100.0)).collect()
+        };
         let since_called = |t: Instant| (t - called).as_secs_f64() * 1e3;
         let called_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -53,7 +66,8 @@ impl Timings {
             called_unix,
             started_ms: since_called(m.started),
             applied_ms: since_called(m.started + m.deliver),
-            steps: clock.steps.iter().map(|&(n, ms)| (n.to_string(), (ms * 100.0).round() / 100.0)).collect(),
+            before_steps: rounded(before),
+            steps: rounded(&clock.steps),
             diff_ms: m.diff.as_secs_f64() * 1e3,
             plan_ms: (m.plan - m.diff).as_secs_f64() * 1e3,
             emit_ms: (m.emit - m.plan).as_secs_f64() * 1e3,

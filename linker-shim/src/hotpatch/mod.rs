@@ -38,12 +38,14 @@ use std::time::Instant;
 /// stopped (a debugger, SIGSTOP) is reported at once. Patches are then built one after the other.
 pub fn for_running_processes(
     called: Instant,
+    before: &mut Clock,
     output: &Path,
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
 ) {
     collect_patches_of_dead_processes(dir);
+    before.step("old patches");
     let registry = match Registry::existing() {
         Ok(r) => r,
         Err(OpenError::Missing) => return,
@@ -82,6 +84,7 @@ pub fn for_running_processes(
             );
         }
     }
+    before.step("registry");
     let reached: Vec<Result<Reached>> = std::thread::scope(|s| {
         let registry = &registry;
         let handles: Vec<_> = live.iter().map(|(reg, _)| s.spawn(move || reach(registry, reg))).collect();
@@ -90,9 +93,10 @@ pub fn for_running_processes(
             .map(|h| h.join().unwrap_or_else(|_| Err(crate::err!("internal error while reaching it"))))
             .collect()
     });
+    before.step("hello");
     for ((reg, base), reached) in live.iter().zip(reached) {
-        let outcome =
-            reached.and_then(|r| patch_process(called, reg, base, r, inputs, dir, &program, &registry));
+        let outcome = reached
+            .and_then(|r| patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry));
         let notes = match outcome {
             Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
@@ -211,6 +215,7 @@ fn program_name(output: &Path) -> String {
 #[allow(clippy::too_many_arguments)]
 fn patch_process(
     called: Instant,
+    before: &[(&'static str, f64)],
     reg: &Registration,
     base_build: &Base,
     reached: Reached,
@@ -280,6 +285,7 @@ fn patch_process(
     let timings = manifest::Timings::new(
         called,
         manifest::Milestones { started: t0, diff: t_diff, plan: t_plan, emit: t_emit, deliver: t_deliver },
+        before,
         &clock,
         &applied,
     );
