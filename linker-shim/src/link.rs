@@ -77,13 +77,15 @@ pub fn run(args: Vec<OsString>) -> ! {
     before.step("list inputs");
     let lease = role.keeps_inputs().then(|| {
         let lease = StoreLease::take(&dir);
-        if let Err(e) = inputs::fingerprint_and_store(&mut inputs, &dir) {
-            status.warn(&format!("{e} (a later patch of this build may be refused)"));
-        }
-        before.step("keep inputs");
+        let fingerprinted = inputs::fingerprint(&mut inputs, &dir);
+        before.step("fingerprint inputs");
         guarded(&mut status, "patching running processes", |status| {
             crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
         });
+        // Only a later patch, against this build, reads the copies: kept after this one.
+        if let Err(e) = inputs::keep_copies(&mut inputs, fingerprinted, &dir) {
+            status.warn(&format!("{e} (a later patch of this build may be refused)"));
+        }
         lease
     });
 

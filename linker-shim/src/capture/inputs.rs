@@ -119,6 +119,8 @@ impl FileStamp {
 pub struct FingerprintCache {
     path: PathBuf,
     entries: HashMap<(u64, u64), (FileStamp, String, PathBuf)>,
+    /// Files looked at by this link: their stamps are current, `save` need not check them again.
+    seen: std::collections::HashSet<(u64, u64)>,
     dirty: bool,
 }
 
@@ -139,13 +141,15 @@ impl FingerprintCache {
                 }
             }
         }
-        FingerprintCache { path, entries, dirty: false }
+        FingerprintCache { path, entries, seen: Default::default(), dirty: false }
     }
 
-    /// The content fingerprint of `path`, read from the cache when the file is unchanged.
-    pub fn fingerprint(&mut self, path: &Path) -> std::io::Result<String> {
+    /// The content fingerprint of `path`, read from the cache when the file is unchanged, and the
+    /// file's metadata (one `stat`, which `keep` reuses).
+    pub fn fingerprint(&mut self, path: &Path) -> std::io::Result<(String, std::fs::Metadata)> {
         let meta = std::fs::metadata(path)?;
         let stamp = FileStamp::of(&meta);
+        self.seen.insert((stamp.dev, stamp.ino));
         if let Some((cached, fp, known_as)) = self.entries.get_mut(&(stamp.dev, stamp.ino)) {
             if *cached == stamp {
                 // The same file under another name (rustc links a reused object of an incremental
@@ -155,13 +159,13 @@ impl FingerprintCache {
                     *known_as = path.to_path_buf();
                     self.dirty = true;
                 }
-                return Ok(fp.clone());
+                return Ok((fp.clone(), meta));
             }
         }
         let fp = fingerprint_file(path)?;
         self.entries.insert((stamp.dev, stamp.ino), (stamp, fp.clone(), path.to_path_buf()));
         self.dirty = true;
-        Ok(fp)
+        Ok((fp, meta))
     }
 
     /// Writes the cache back if anything new was hashed, without entries for files that are gone
@@ -172,9 +176,10 @@ impl FingerprintCache {
             return Ok(());
         }
         write_atomically(&self.path, |out| {
-            for (stamp, fp, path) in self.entries.values() {
-                let current = std::fs::metadata(path).map(|m| FileStamp::of(&m));
-                if current.is_ok_and(|c| c == *stamp) {
+            for (key, (stamp, fp, path)) in &self.entries {
+                // A file this link looked at was just `stat`ed; only the others are checked.
+                let current = || std::fs::metadata(path).map(|m| FileStamp::of(&m));
+                if self.seen.contains(key) || current().is_ok_and(|c| c == *stamp) {
                     let (d, i, s, m) = (stamp.dev, stamp.ino, stamp.size, stamp.mtime_ns);
                     writeln!(out, "{d}\t{i}\t{s}\t{m}\t{fp}\t{}", path.display())?;
                 }
@@ -198,43 +203,67 @@ pub fn fingerprint_file(path: &Path) -> std::io::Result<String> {
     Ok(format!("xxh3:{hash:032x}"))
 }
 
-/// Fingerprints every input and keeps a copy of those that can change under us.
-/// Returns the first problem met (the caller turns it into one warning); inputs already handled
-/// keep their fingerprints.
-pub fn fingerprint_and_store(inputs: &mut [Input], dir: &IpbpDir) -> Result<(), String> {
+/// Inputs fingerprinted, waiting to be kept ([`keep_copies`]): what a patch needs now, and what
+/// only a later patch needs, after it.
+pub struct Fingerprinted {
+    cache: FingerprintCache,
+    /// Per input, the metadata read while fingerprinting (`None`: not fingerprinted).
+    metas: Vec<Option<std::fs::Metadata>>,
+    first_error: Option<String>,
+}
+
+/// Fingerprints every input (a patch of a running process diffs by them). Keeping copies is left
+/// to [`keep_copies`], which the caller runs once patches are delivered: only a later patch,
+/// against this build, reads the copies.
+pub fn fingerprint(inputs: &mut [Input], dir: &IpbpDir) -> Fingerprinted {
     let mut cache = FingerprintCache::load(dir);
-    let store = dir.store();
     let mut first_error = None;
-    let mut store_ready = false;
+    let mut metas = Vec::with_capacity(inputs.len());
     for input in inputs.iter_mut() {
-        if input.kind == InputKind::Library {
-            continue;
-        }
-        let fp = match cache.fingerprint(&input.path) {
-            Ok(fp) => fp,
-            Err(e) => {
-                first_error
-                    .get_or_insert_with(|| format!("cannot read link input {}: {e}", input.path.display()));
-                continue;
-            }
-        };
-        if matches!(input.kind, InputKind::Object | InputKind::Archive) {
-            if !store_ready {
-                if let Err(e) = fs_err::create_dir_all(&store) {
-                    first_error.get_or_insert_with(|| e.to_string());
+        let mut meta = None;
+        if input.kind != InputKind::Library {
+            match cache.fingerprint(&input.path) {
+                Ok((fp, m)) => {
+                    input.fingerprint = Some(fp);
+                    meta = Some(m);
                 }
-                store_ready = true;
-            }
-            match keep(&input.path, &fp, &store) {
-                Ok(kept) => input.stored = Some(kept),
                 Err(e) => {
                     first_error.get_or_insert_with(|| {
-                        format!("cannot keep a copy of {}: {e}", input.path.display())
+                        format!("cannot read link input {}: {e}", input.path.display())
                     });
                 }
             }
         }
-        input.fingerprint = Some(fp);
+        metas.push(meta);
+    }
+    Fingerprinted { cache, metas, first_error }
+}
+
+/// Keeps a copy of every fingerprinted input that can change under us (objects and archives) and
+/// saves the fingerprint cache. Returns the first problem met, fingerprinting's included (the
+/// caller turns it into one warning); inputs already handled keep their copies.
+pub fn keep_copies(inputs: &mut [Input], fingerprinted: Fingerprinted, dir: &IpbpDir) -> Result<(), String> {
+    let Fingerprinted { cache, metas, mut first_error } = fingerprinted;
+    let store = dir.store();
+    let mut store_ready = false;
+    for (input, meta) in inputs.iter_mut().zip(&metas) {
+        let (Some(fp), Some(meta)) = (&input.fingerprint, meta) else { continue };
+        if !matches!(input.kind, InputKind::Object | InputKind::Archive) {
+            continue;
+        }
+        if !store_ready {
+            if let Err(e) = fs_err::create_dir_all(&store) {
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+            store_ready = true;
+        }
+        match keep(&input.path, meta, fp, &store) {
+            Ok(kept) => input.stored = Some(kept),
+            Err(e) => {
+                first_error
+                    .get_or_insert_with(|| format!("cannot keep a copy of {}: {e}", input.path.display()));
+            }
+        }
     }
     if let Err(e) = cache.save() {
         first_error.get_or_insert_with(|| format!("cannot write {}: {e}", dir.fingerprints().display()));
@@ -242,18 +271,26 @@ pub fn fingerprint_and_store(inputs: &mut [Input], dir: &IpbpDir) -> Result<(), 
     first_error.map_or(Ok(()), Err)
 }
 
-/// Hardlinks (or, across filesystems, copies) `path` into the store under its fingerprint. One
-/// `link` call in the common case: an existing entry has the same content by construction.
-fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf> {
+/// Hardlinks (or, across filesystems, copies) `path` into the store under its fingerprint. In the
+/// common case — the entry is this very file, kept by an earlier link — one `stat` of the entry,
+/// against the input's metadata `meta` the caller already has. An existing entry has the same
+/// content by construction.
+fn keep(path: &Path, meta: &std::fs::Metadata, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf> {
     let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
     let key = fingerprint.trim_start_matches("xxh3:");
     let dest = store.join(format!("{key}{ext}"));
-    match std::fs::hard_link(path, &dest) {
-        Ok(()) => return Ok(dest),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            share_blocks(path, &dest, store, key);
+    match std::fs::symlink_metadata(&dest) {
+        Ok(kept) => {
+            share_blocks(path, meta, &dest, &kept, store, key);
             return Ok(dest);
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    match std::fs::hard_link(path, &dest) {
+        // AlreadyExists: another link kept it meanwhile; same content.
+        Ok(()) => return Ok(dest),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(dest),
         Err(_) => {}
     }
     // Another filesystem (or no hard links): copy, and publish the copy whole.
@@ -264,16 +301,22 @@ fn keep(path: &Path, fingerprint: &str, store: &Path) -> std::io::Result<PathBuf
     Ok(dest)
 }
 
-/// An entry with this content exists but is another file: the input was written again with the
-/// same bytes (cargo rebuilt an rlib, identical). The entry is replaced by a link to the input, so
-/// the store shares the target directory's blocks instead of holding a second copy of them once
-/// the old file is gone. Only an entry the store alone holds (one link) is replaced: while the old
-/// file is still linked elsewhere, replacing frees nothing, and inputs with equal bytes (the empty
-/// `libdl.a`, `librt.a`, ...) would take the entry from each other at every link. Best effort: the
-/// old entry is as good for a patch.
-fn share_blocks(path: &Path, entry: &Path, store: &Path, key: &str) {
+/// An entry with this content exists: nothing to do when it is the input itself. Otherwise the
+/// input was written again with the same bytes (cargo rebuilt an rlib, identical), and the entry
+/// is replaced by a link to the input, so the store shares the target directory's blocks instead
+/// of holding a second copy of them once the old file is gone. Only an entry the store alone holds
+/// (one link) is replaced: while the old file is still linked elsewhere, replacing frees nothing,
+/// and inputs with equal bytes (the empty `libdl.a`, `librt.a`, ...) would take the entry from each
+/// other at every link. Best effort: the old entry is as good for a patch.
+fn share_blocks(
+    path: &Path,
+    input: &std::fs::Metadata,
+    entry: &Path,
+    kept: &std::fs::Metadata,
+    store: &Path,
+    key: &str,
+) {
     use std::os::unix::fs::MetadataExt;
-    let (Ok(input), Ok(kept)) = (std::fs::metadata(path), std::fs::metadata(entry)) else { return };
     if (input.dev(), input.ino()) == (kept.dev(), kept.ino()) || input.dev() != kept.dev() || kept.nlink() > 1
     {
         return;
@@ -316,7 +359,7 @@ mod tests {
         let session = |n: u32| tmp.join(format!("app.cgu.s{n}.rcgu.o"));
         std::fs::write(session(1), b"object one").unwrap();
         let mut cache = FingerprintCache::load(&dir);
-        let first = cache.fingerprint(&session(1)).unwrap();
+        let first = cache.fingerprint(&session(1)).unwrap().0;
         cache.save().unwrap();
         for n in 2..=4 {
             std::fs::hard_link(session(n - 1), session(n)).unwrap();
@@ -326,8 +369,12 @@ mod tests {
             std::fs::write(&changed, format!("changed {n}")).unwrap();
             change_behind_the_stamp(&session(n), b"OBJECT ONE");
             let mut cache = FingerprintCache::load(&dir);
-            assert_eq!(cache.fingerprint(&session(n)).unwrap(), first, "link {n} read the unchanged object");
-            assert_ne!(cache.fingerprint(&changed).unwrap(), first);
+            assert_eq!(
+                cache.fingerprint(&session(n)).unwrap().0,
+                first,
+                "link {n} read the unchanged object"
+            );
+            assert_ne!(cache.fingerprint(&changed).unwrap().0, first);
             cache.save().unwrap();
         }
         let _ = std::fs::remove_dir_all(&tmp);
@@ -347,12 +394,15 @@ mod tests {
         }
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         let fp = fingerprint_file(&old).unwrap();
-        let entry = keep(&old, &fp, &store).unwrap();
+        let keep = |p: &Path| keep(p, &std::fs::metadata(p).unwrap(), &fp, &store).unwrap();
+        let entry = keep(&old);
         assert_eq!(ino(&entry), ino(&old));
-        assert_eq!(keep(&new, &fp, &store).unwrap(), entry);
+        assert_eq!(keep(&old), entry, "kept again: nothing changes");
+        assert_eq!(ino(&entry), ino(&old));
+        assert_eq!(keep(&new), entry);
         assert_eq!(ino(&entry), ino(&old), "an entry still linked elsewhere was replaced");
         std::fs::remove_file(&old).unwrap();
-        assert_eq!(keep(&new, &fp, &store).unwrap(), entry);
+        assert_eq!(keep(&new), entry);
         assert_eq!(ino(&entry), ino(&new), "the store kept blocks of its own");
         let _ = std::fs::remove_dir_all(&tmp);
     }

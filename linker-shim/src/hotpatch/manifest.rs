@@ -20,7 +20,7 @@ pub struct Timings {
     pub started_ms: f64,
     pub applied_ms: f64,
     /// Milliseconds per step before work on this process began (reading the arguments, starting
-    /// the real linker, keeping the inputs, the registry, `hello`), in order: `started_ms` in
+    /// the real linker, fingerprinting the inputs, the registry, `hello`), in order: `started_ms` in
     /// detail. The first patch of a link has them all; the process's own work is in `steps`.
     pub before_steps: Vec<(String, f64)>,
     /// Milliseconds per step, in order.

@@ -44,8 +44,19 @@ pub fn for_running_processes(
     dir: &IpbpDir,
     status: &mut Status,
 ) {
+    patch_each(called, before, output, inputs, dir, status);
+    // After the patches, which the developer waits for.
     collect_patches_of_dead_processes(dir);
-    before.step("old patches");
+}
+
+fn patch_each(
+    called: Instant,
+    before: &mut Clock,
+    output: &Path,
+    inputs: &[Input],
+    dir: &IpbpDir,
+    status: &mut Status,
+) {
     let registry = match Registry::existing() {
         Ok(r) => r,
         Err(OpenError::Missing) => return,
@@ -95,8 +106,9 @@ pub fn for_running_processes(
     });
     before.step("hello");
     for ((reg, base), reached) in live.iter().zip(reached) {
-        let outcome = reached
-            .and_then(|r| patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry));
+        let outcome = reached.and_then(|r| {
+            patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry)
+        });
         let notes = match outcome {
             Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
