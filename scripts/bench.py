@@ -312,13 +312,14 @@ def hundred_rounds(args, results, scaled):
                     rows[when].append({
                         "apply_ms": apply_ms(m), "load_us": m["timings"]["load_us"],
                         "install_us": m["timings"]["install_us"], "changed": changed,
-                        "pause_us": m["timings"].get("pause_us", 0),
+                        "pause_us": m["timings"].get("pause_us", 0), "live_us": m["timings"].get("live_us", 0),
                         "detours": sum(1 for i in m["installs"] if i["kind"] == "detour"),
                         "file_size": m["file_size"], "chunk_bytes": chunk_bytes(m), "status": p["status"],
                         "creation_ms": creation_ms(m), "applied_ms": m["timings"]["applied_ms"]})
                     x = rows[when][-1]
                     log(f"  {method} round {r + 1}/{args.rounds} ({when}): {changed} functions, load "
-                        f"{x['load_us']} us + install {x['install_us']} us, longest pause {x['pause_us']} us")
+                        f"{x['load_us']} us + install {x['install_us']} us (new code in effect after {x['live_us']} us), "
+                        f"longest pause {x['pause_us']} us")
             finally:
                 proc.stop()
         key = "hundred" if method == "breakpoint" else "hundred_park"

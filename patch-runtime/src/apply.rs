@@ -119,9 +119,11 @@ impl State {
         self.tls.extend(req.tls);
         self.generation += 1;
         crate::runtime::set_generation(self.generation);
-        let (pause_us, deferred) = match &outcome {
-            Outcome::Installed(stop) => (stop.longest_pause.as_micros() as u64, false),
-            Outcome::Deferred => (0, true),
+        let (pause_us, live_us, deferred) = match &outcome {
+            Outcome::Installed(stop) => {
+                (stop.longest_pause.as_micros() as u64, stop.live.as_micros() as u64, false)
+            }
+            Outcome::Deferred => (0, 0, true),
         };
         if let Some(summary) = log {
             let how = match outcome {
@@ -134,7 +136,14 @@ impl State {
                 if summary.is_empty() { "no changes" } else { &summary },
             );
         }
-        Ok(Reply::Applied(Applied { generation: self.generation, load_us, install_us, pause_us, deferred }))
+        Ok(Reply::Applied(Applied {
+            generation: self.generation,
+            load_us,
+            install_us,
+            live_us,
+            pause_us,
+            deferred,
+        }))
     }
 }
 
@@ -165,7 +174,8 @@ fn describe_install(install_us: u64, i: &crate::detour::Installed) -> String {
         Method::Parked => format!("every thread parked ({})", i.fallback.unwrap_or("fallback")),
     };
     format!(
-        "install {install_us} us; {} entries rewritten, {how}; {rounds}; preparing {} us",
+        "install {install_us} us, new code in effect after {} us; {} entries rewritten, {how}; {rounds}; preparing {} us",
+        i.live.as_micros(),
         i.written,
         i.preparing.as_micros()
     )

@@ -114,8 +114,12 @@ pub struct Applied {
     pub load_us: u64,
     /// Storing slots and the redirect table, and writing detours (threads parked included).
     pub install_us: u64,
-    /// The longest time any other thread of the program was parked while detours were written
-    /// (0 when none were).
+    /// From the start of the install until every call of a changed function runs new code: the
+    /// breakpoints placed (the rest of the install makes that path a plain jump), or the threads
+    /// released. 0 when no detour was written.
+    pub live_us: u64,
+    /// The longest time the install kept any other thread of the program from its own code
+    /// (0 when no thread was interrupted).
     pub pause_us: u64,
     /// Loaded, and switched when the application reaches its next safe point.
     pub deferred: bool,
@@ -248,6 +252,7 @@ impl Reply {
                 line(&mut s, "generation", a.generation);
                 line(&mut s, "load-us", a.load_us);
                 line(&mut s, "install-us", a.install_us);
+                line(&mut s, "live-us", a.live_us);
                 line(&mut s, "pause-us", a.pause_us);
                 if a.deferred {
                     line(&mut s, "deferred", 1);
@@ -292,6 +297,7 @@ impl Reply {
                 generation: num("generation")?,
                 load_us: num("load-us")?,
                 install_us: num("install-us")?,
+                live_us: num("live-us").unwrap_or(0),
                 pause_us: num("pause-us").unwrap_or(0),
                 deferred: f.get("deferred") == Some("1"),
             }));
@@ -374,6 +380,7 @@ mod tests {
             generation: 2,
             load_us: 900,
             install_us: 3,
+            live_us: 2,
             pause_us: 40,
             deferred: true,
         });

@@ -32,7 +32,9 @@ pub struct Timings {
     /// In the process: checks and loading the library; storing into slots and the table.
     pub load_us: u64,
     pub install_us: u64,
-    /// The longest time any thread of the program was parked while detours were written.
+    /// From the start of the install until every call of a changed function runs new code.
+    pub live_us: u64,
+    /// The longest time the install kept any other thread of the program from its own code.
     pub pause_us: u64,
 }
 
@@ -74,6 +76,7 @@ impl Timings {
             deliver_ms: (m.deliver - m.emit).as_secs_f64() * 1e3,
             load_us: applied.load_us,
             install_us: applied.install_us,
+            live_us: applied.live_us,
             pause_us: applied.pause_us,
         }
     }

@@ -96,6 +96,10 @@ pub struct Installed {
     pub retries: usize,
     /// Reading the mappings and the original bytes, before anything is written.
     pub preparing: Duration,
+    /// From the start until every call of a changed function runs new code: the breakpoints are
+    /// placed and every core serialised (later steps only make that path a plain jump), or the
+    /// parked threads released.
+    pub live: Duration,
     /// From the first signal of the last round to every thread's answer.
     pub gathering: Duration,
     /// Calls that met a breakpoint and were sent on during the install.
@@ -176,7 +180,8 @@ impl Detours {
         }
         writes.sort_unstable_by_key(|w| w.at);
 
-        let prep_started = std::time::Instant::now();
+        let started = std::time::Instant::now();
+        let prep_started = started;
         let mappings = maps::read()?;
         let pages = pages_to_unprotect(&writes, &mappings)?;
         // What each entry holds now (code is only written here, under the caller's lock, so
@@ -224,6 +229,7 @@ impl Detours {
             // ipbp-ld and the caller (see `install`), and installs are serialised by its lock.
             let poked = with_pages_writable(&pages, || unsafe { poke::write_all(&pokes, &mappings) })
                 .map_err(Unwritable::describe)??;
+            let live = poked.live_at.duration_since(started);
             Installed {
                 method: Method::Breakpoint,
                 longest_pause: poked.round.map_or(Duration::ZERO, |r| r.longest_pause),
@@ -232,9 +238,13 @@ impl Detours {
                 gathering: poked.round.map_or(Duration::ZERO, |r| r.gathering),
                 retries: poked.retries,
                 traps: poked.traps,
+                live,
                 ..Installed::default()
             }
         };
+        if installed.method == Method::Parked {
+            installed.live = started.elapsed();
+        }
         for (w, old) in writes.iter().zip(&olds) {
             if !self.current.contains_key(&w.at) {
                 self.originals.entry(w.at).or_insert(*old);

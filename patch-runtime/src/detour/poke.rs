@@ -58,7 +58,7 @@ pub fn usable() -> Result<(), String> {
 }
 
 /// What one sequence measured.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct Poked {
     /// Check rounds that were not clear and were repeated.
     pub retries: usize,
@@ -66,6 +66,9 @@ pub struct Poked {
     pub round: Option<check::CheckStats>,
     /// Threads sent on by the trap handler during the install.
     pub traps: u64,
+    /// When the breakpoints were placed and every core serialised: from then on every call of a
+    /// changed entry runs the new code.
+    pub live_at: std::time::Instant,
 }
 
 /// One entry being rewritten.
@@ -97,11 +100,12 @@ pub unsafe fn write_all(pokes: &[Poke], mappings: &[Mapping]) -> Result<Poked, S
         // SAFETY: the caller's contract; one byte, so every fetch sees the old or the new one.
         unsafe { std::ptr::write_volatile(p.write.at as *mut u8, arch::BREAKPOINT) };
     }
-    let mut poked = Poked::default();
+    let mut poked = Poked { retries: 0, round: None, traps: 0, live_at: std::time::Instant::now() };
     let step2 = (|| {
         if !sync::all_cores() {
             return Err("the kernel did not serialise this process's cores (membarrier)".to_string());
         }
+        poked.live_at = std::time::Instant::now();
         // 2. Nobody between two instructions of old bytes.
         let inside: Vec<(u64, u64)> = pokes
             .iter()
