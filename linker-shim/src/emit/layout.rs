@@ -91,11 +91,11 @@ impl Out {
         }
     }
 
-    pub fn segment(self) -> usize {
+    pub fn segment(self) -> SegmentKind {
         match self {
-            Out::Text => 1,
-            Out::Dynamic | Out::Got | Out::Data | Out::Bss => 2,
-            _ => 0,
+            Out::Text => SegmentKind::Code,
+            Out::Dynamic | Out::Got | Out::Data | Out::Bss => SegmentKind::Writable,
+            _ => SegmentKind::ReadOnly,
         }
     }
 
@@ -114,6 +114,17 @@ impl Out {
             _ => Out::Rodata,
         }
     }
+}
+
+/// The patch's three loadable segments, in file and memory order (the index into
+/// [`Layout::segments`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentKind {
+    /// Headers, dynamic symbols and strings, constants, unwind tables.
+    ReadOnly = 0,
+    Code = 1,
+    /// `.dynamic`, the GOT, statics and `.bss`.
+    Writable = 2,
 }
 
 /// One loadable segment: where it is in memory (relative to the base) and in the file. Empty
@@ -150,7 +161,7 @@ pub struct Layout {
     /// Import index → offset of its call stub.
     pub stubs: Vec<u64>,
     pub eh_record_offset: Vec<u64>,
-    /// Read-only, code, writable.
+    /// Indexed by [`SegmentKind`]: read-only, code, writable.
     pub segments: [Segment; 3],
     /// End of the file's loadable part.
     pub file_end: u64,
@@ -160,6 +171,12 @@ pub struct Layout {
     /// Import index → name offset in `.dynstr`; `soname` offset.
     pub import_name: Vec<u32>,
     pub soname: u32,
+}
+
+impl Layout {
+    pub fn segment(&self, kind: SegmentKind) -> Segment {
+        self.segments[kind as usize]
+    }
 }
 
 /// The cell a relocation of `kind` to `target` goes through, if it needs one.
@@ -263,14 +280,14 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
     let mut bounds: [Option<(u64, u64, u64, u64)>; 3] = [None; 3]; // mem start, file start, mem end, file end
     let mut file = EHDR_SIZE + PHDR_SIZE * PHDR_COUNT;
     let mut mem = file;
-    bounds[0] = Some((0, 0, mem, file));
+    bounds[SegmentKind::ReadOnly as usize] = Some((0, 0, mem, file));
     for out in Out::ALL {
         let Some(&(size, align)) = sizes.get(&out) else { continue };
         let always = matches!(out, Out::Dynamic | Out::DynSym | Out::DynStr | Out::Hash);
         if size == 0 && !always {
             continue;
         }
-        let seg = out.segment();
+        let seg = out.segment() as usize;
         if bounds[seg].is_none() {
             mem = mem.next_multiple_of(PAGE) + file % PAGE;
             bounds[seg] = Some((mem, file, mem, file));
@@ -439,7 +456,7 @@ mod tests {
         let mut last_end = 0;
         for out in Out::ALL {
             let Some(&(at, size)) = lay.sections.get(&out) else { continue };
-            let seg = lay.segments[out.segment()];
+            let seg = lay.segment(out.segment());
             assert!(within((at, size), (seg.mem, seg.mem_size)), "{out:?} at {at:#x}+{size:#x} in {seg:x?}");
             assert!(at >= last_end, "{out:?} overlaps the section before it");
             last_end = at + size;

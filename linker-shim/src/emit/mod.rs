@@ -18,7 +18,7 @@ mod records;
 use crate::error::Result;
 use crate::plan::{Plan, PlannedReloc, Target};
 use crate::{bail, err};
-use layout::{Cell, Layout, Out, PHDR_COUNT, STUB_SIZE};
+use layout::{Cell, Layout, Out, SegmentKind, PHDR_COUNT, STUB_SIZE};
 use object::elf::*;
 use records::{Le, Section, EHDR_SIZE, RELA_SIZE};
 
@@ -474,7 +474,7 @@ fn write_headers(bytes: &mut [u8], lay: &Layout, base: u64, shoff: u64, shnum: u
         }
     }
     let (dmem, dsize) = lay.sections[&Out::Dynamic];
-    let dfile = lay.segments[2].file_of(dmem);
+    let dfile = lay.segment(SegmentKind::Writable).file_of(dmem);
     ph.push(records::program_header(PT_DYNAMIC, PF_R | PF_W, dfile, base + dmem, dsize, dsize, 8));
     // The read-only segment starts the file at offset 0: its memory and file offsets agree.
     match lay.sections.get(&Out::EhFrameHdr) {
@@ -711,7 +711,7 @@ mod tests {
             let plan = reaching(target);
             let lay = layout(&plan, "libpatch.so");
             let out = write(&plan, &lay, BASE, tls).expect("within reach");
-            let at = lay.segments[1].file_of(lay.chunk_offset[0]) as usize;
+            let at = lay.segment(SegmentKind::Code).file_of(lay.chunk_offset[0]) as usize;
             let rel = i32::from_le_bytes(out.bytes[at + 1..at + 5].try_into().unwrap());
             assert_eq!(out.chunk_addr[0] as i64 + 5 + i64::from(rel), target as i64);
         }
