@@ -95,8 +95,9 @@ pub fn for_running_processes(
     });
     before.step("hello");
     for ((reg, base), reached) in live.iter().zip(reached) {
-        let outcome = reached
-            .and_then(|r| patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry));
+        let outcome = reached.and_then(|r| {
+            patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry)
+        });
         let notes = match outcome {
             Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
                 let applied = (load_us + install_us) as f64 / 1000.0;
@@ -377,7 +378,7 @@ fn base_index<'a>(
         let _ = crate::store::write_atomically(&path, |out| out.write_all(&bytes));
         arena.keep(bytes)
     };
-    LinkIndex::parse(data).map_err(|e| crate::err!("the base build's link index: {e}"))
+    LinkIndex::parse(data).context("the base build's link index")
 }
 
 /// Plans the patch. Refused type-layout changes come after the plan's reasons, which name what

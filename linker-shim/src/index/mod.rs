@@ -216,12 +216,12 @@ pub struct LinkIndex<'i> {
 
 impl<'i> LinkIndex<'i> {
     /// Checks the header and every table's bounds; the rest is read on demand.
-    pub fn parse(data: &'i [u8]) -> Result<Self, String> {
+    pub fn parse(data: &'i [u8]) -> crate::error::Result<Self> {
         if data.len() < HEADER || &data[..8] != MAGIC {
-            return Err("not an ipbp link index".into());
+            crate::bail!("not an ipbp link index");
         }
         if u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize != TABLES {
-            return Err("a link index of another version".into());
+            crate::bail!("a link index of another version");
         }
         let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize;
         let mut tables = [(0, 0); TABLES];
@@ -229,7 +229,7 @@ impl<'i> LinkIndex<'i> {
         for (i, t) in tables.iter_mut().enumerate() {
             let (at, len) = (word(16 + i * 16), word(24 + i * 16));
             if at.checked_add(len).is_none_or(|end| end > data.len()) || len % sizes[i] != 0 {
-                return Err(format!("link index table {i} is out of bounds"));
+                crate::bail!("link index table {i} is out of bounds");
             }
             *t = (at, len);
         }

@@ -36,7 +36,7 @@ pub struct WorkUnit<'a> {
     pub input: u32,
     source: Rc<Source>,
     arena: &'a Arena,
-    object: OnceCell<Result<Object<'a>, String>>,
+    object: OnceCell<Result<Object<'a>>>,
 }
 
 /// Where the units of one input come from.
@@ -64,10 +64,8 @@ impl<'a> WorkUnit<'a> {
 
     /// The parsed object (mapped and parsed on first use).
     pub fn object(&self) -> Result<&Object<'a>> {
-        self.object
-            .get_or_init(|| self.read().map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|e| crate::err!("{e}"))
+        // A unit that cannot be read says so to every caller (the cached error is not `Clone`).
+        self.object.get_or_init(|| self.read()).as_ref().map_err(|e| crate::err!("{e}"))
     }
 
     fn read(&self) -> Result<Object<'a>> {
