@@ -376,7 +376,7 @@ fn base_index<'a>(
     } else {
         let bytes = link_index::build(arena, Some(exe), base_inputs, ws, true)?;
         let _ = crate::store::write_atomically(&path, |out| out.write_all(&bytes));
-        arena.keep(bytes)
+        arena.keep(bytes)?
     };
     LinkIndex::parse(data).context("the base build's link index")
 }

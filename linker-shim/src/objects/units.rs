@@ -107,7 +107,7 @@ pub struct UnitId(pub u32);
 impl UnitId {
     /// The id of the unit at `position` of a build's list.
     pub fn at(position: usize) -> UnitId {
-        UnitId(u32::try_from(position).expect("fewer than 2^32 units"))
+        UnitId(u32::try_from(position).expect("fewer than 2^32 units: each is a file or archive member"))
     }
 
     pub fn index(self) -> usize {
@@ -251,7 +251,11 @@ impl<'a> Build<'a> {
                 maker = Some(Maker::new(arena, u.input as usize, input, stored)?);
             }
             let member = (!u.member.is_empty()).then_some(Cow::Borrowed(u.member));
-            units.push(maker.as_ref().expect("made above").unit(Cow::Borrowed(u.key), u.hash, member));
+            units.push(maker.as_ref().expect("set just above for this input").unit(
+                Cow::Borrowed(u.key),
+                u.hash,
+                member,
+            ));
         }
         Ok(Build::new(units))
     }

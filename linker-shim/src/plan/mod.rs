@@ -50,7 +50,7 @@ pub struct ChunkId(pub u32);
 impl ChunkId {
     /// The id of the chunk at `position` of the plan's list.
     pub fn at(position: usize) -> ChunkId {
-        ChunkId(u32::try_from(position).expect("fewer than 2^32 chunks"))
+        ChunkId(u32::try_from(position).expect("fewer than 2^32 chunks: each is a section or piece of one"))
     }
 
     pub fn index(self) -> usize {
