@@ -449,9 +449,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     fn object(&self, o: Obj) -> &'p Object<'a> {
         match o {
-            Obj::Unit(u) => {
-                self.input.current.units[u].object().expect("a unit the link index lists can be read")
-            }
+            // The index's build: see `Index::object` for why this read does not fail.
+            Obj::Unit(u) => graph::unread_unit(self.input.current.units[u].object()),
             Obj::Pulled(i) => self.archives.object(i),
         }
     }
