@@ -174,11 +174,10 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
     let (old_inputs, new_inputs) = (inputs(old, &args.old)?, inputs(new, &args.new)?);
     let arena = crate::objects::load::Arena::default();
     let ws = Workspace::new();
-    let old_index = arena.keep(build(&arena, None, &old_inputs, &ws, true)?);
-    let new_index = arena.keep(build(&arena, None, &new_inputs, &ws, true)?);
-    let parse = |bytes| LinkIndex::parse(bytes).map_err(|e| crate::err!("{e}"));
-    let base = Build::from_index(&arena, &parse(old_index)?, &old_inputs, true)?;
-    let current = Build::from_index(&arena, &parse(new_index)?, &new_inputs, true)?;
+    let old_index = arena.keep(build(&arena, None, &old_inputs, &ws, true)?)?;
+    let new_index = arena.keep(build(&arena, None, &new_inputs, &ws, true)?)?;
+    let base = Build::from_index(&arena, &LinkIndex::parse(old_index)?, &old_inputs, true)?;
+    let current = Build::from_index(&arena, &LinkIndex::parse(new_index)?, &new_inputs, true)?;
     if let Some(name) = &args.explain {
         for line in crate::diff::explain(&base, &current, name)? {
             println!("{line}");

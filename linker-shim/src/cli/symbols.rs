@@ -24,17 +24,18 @@ pub struct Args {
     json: bool,
 }
 
-fn parse_kind(s: &str) -> Result<SymbolKind, String> {
-    SymbolKind::parse(s).ok_or_else(|| format!("unknown kind `{s}` (function, object, tls, section, other)"))
+fn parse_kind(s: &str) -> Result<SymbolKind, Error> {
+    SymbolKind::parse(s)
+        .ok_or_else(|| crate::err!("unknown kind `{s}` (function, object, tls, section, other)"))
 }
 
-fn parse_addr(s: &str) -> Result<u64, String> {
+fn parse_addr(s: &str) -> Result<u64, Error> {
     let hex = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X"));
     match hex {
         Some(h) => u64::from_str_radix(h, 16),
         None => s.parse(),
     }
-    .map_err(|_| format!("`{s}` is not an address (use 0x... or decimal)"))
+    .map_err(|_| crate::err!("`{s}` is not an address (use 0x... or decimal)"))
 }
 
 pub fn run(args: Args) -> Result<Outcome, Error> {

@@ -57,8 +57,10 @@ impl<'o, 'a> Semantics<'o, 'a> {
         self.renames.get(name).copied().unwrap_or(name)
     }
 
+    /// Object `obj`, which the caller read (with its error handled) before asking: the diff reads
+    /// every unit it compares, and a section's anonymous targets are in its own unit.
     pub fn object(&self, obj: usize) -> &'o Object<'a> {
-        self.objects[obj].expect("semantics asked about a unit that was not parsed")
+        self.objects[obj].expect("semantics asked about a unit the diff did not read first")
     }
 
     /// What relocation `r` of object `obj` refers to.

@@ -300,7 +300,7 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         if out != Out::Bss {
             file += size;
         }
-        let b = bounds[seg].as_mut().expect("segment opened above");
+        let b = bounds[seg].as_mut().expect("opened above when it was None");
         b.2 = mem;
         b.3 = file;
     }

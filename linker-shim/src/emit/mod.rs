@@ -22,6 +22,9 @@ use layout::{Cell, Layout, Out, SegmentKind, PHDR_COUNT, STUB_SIZE};
 use object::elf::*;
 use records::{Le, Section, EHDR_SIZE, RELA_SIZE};
 
+/// `layout::cell_of` gives every GOT-relative relocation a cell, and the layout made one for each.
+const GOT_CELL: &str = "layout gives every GOT-relative relocation a cell";
+
 /// How TLS offsets become thread-pointer offsets in this process.
 #[derive(Debug, Clone, Copy)]
 pub struct TlsLayout {
@@ -190,9 +193,11 @@ impl Writer<'_, '_> {
             R_X86_64_32 => (self.target_value(r.target)? as i128 + a as i128, 4, Range::Unsigned),
             R_X86_64_32S => (self.target_value(r.target)? as i128 + a as i128, 4, Range::Signed),
             R_X86_64_GOTPCREL | R_X86_64_GOTPCRELX | R_X86_64_REX_GOTPCRELX => {
-                (cell(self).unwrap() as i128 + a as i128 - p as i128, 4, Range::Signed)
+                (cell(self).expect(GOT_CELL) as i128 + a as i128 - p as i128, 4, Range::Signed)
             }
-            R_X86_64_GOTPCREL64 => (cell(self).unwrap() as i128 + a as i128 - p as i128, 8, Range::Any),
+            R_X86_64_GOTPCREL64 => {
+                (cell(self).expect(GOT_CELL) as i128 + a as i128 - p as i128, 8, Range::Any)
+            }
             R_X86_64_TPOFF32 => (self.tp_offset(tls_off()?) as i128 + a as i128, 4, Range::Signed),
             R_X86_64_TPOFF64 => (self.tp_offset(tls_off()?) as i128 + a as i128, 8, Range::Any),
             R_X86_64_DTPOFF32 => (tls_off()? as i128 + a as i128, 4, Range::Signed),

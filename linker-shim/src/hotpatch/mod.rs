@@ -387,9 +387,9 @@ fn base_index<'a>(
     } else {
         let bytes = link_index::build(arena, Some(exe), base_inputs, ws, true)?;
         let _ = crate::store::write_atomically(&path, |out| out.write_all(&bytes));
-        arena.keep(bytes)
+        arena.keep(bytes)?
     };
-    LinkIndex::parse(data).map_err(|e| crate::err!("the base build's link index: {e}"))
+    LinkIndex::parse(data).context("the base build's link index")
 }
 
 /// Plans the patch. Refused type-layout changes come after the plan's reasons, which name what

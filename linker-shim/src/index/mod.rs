@@ -216,20 +216,23 @@ pub struct LinkIndex<'i> {
 
 impl<'i> LinkIndex<'i> {
     /// Checks the header and every table's bounds; the rest is read on demand.
-    pub fn parse(data: &'i [u8]) -> Result<Self, String> {
+    pub fn parse(data: &'i [u8]) -> crate::error::Result<Self> {
         if data.len() < HEADER || &data[..8] != MAGIC {
-            return Err("not an ipbp link index".into());
+            crate::bail!("not an ipbp link index");
         }
-        if u32::from_le_bytes(data[12..16].try_into().unwrap()) as usize != TABLES {
-            return Err("a link index of another version".into());
+        if u32::from_le_bytes(data[12..16].try_into().expect("a slice of exactly 4 bytes")) as usize != TABLES
+        {
+            crate::bail!("a link index of another version");
         }
-        let word = |at: usize| u64::from_le_bytes(data[at..at + 8].try_into().unwrap()) as usize;
+        let word = |at: usize| {
+            u64::from_le_bytes(data[at..at + 8].try_into().expect("a slice of exactly 8 bytes")) as usize
+        };
         let mut tables = [(0, 0); TABLES];
         let sizes = [1, SYMBOL_SIZE, IMPORT_SIZE, UNIT_SIZE, GLOBAL_SIZE, REF_SIZE, FACT_SIZE];
         for (i, t) in tables.iter_mut().enumerate() {
             let (at, len) = (word(16 + i * 16), word(24 + i * 16));
             if at.checked_add(len).is_none_or(|end| end > data.len()) || len % sizes[i] != 0 {
-                return Err(format!("link index table {i} is out of bounds"));
+                crate::bail!("link index table {i} is out of bounds");
             }
             *t = (at, len);
         }
@@ -243,7 +246,7 @@ impl<'i> LinkIndex<'i> {
 
     fn string(&self, at: u32, len: u32) -> &'i str {
         let s = self.table(STRINGS);
-        s.get(at as usize..(at + len) as usize).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("")
+        s.get(at as usize..at as usize + len as usize).and_then(|b| std::str::from_utf8(b).ok()).unwrap_or("")
     }
 
     /// Records of `table` (each `size` bytes, sorted by a leading u64 hash) with this name.
@@ -252,7 +255,7 @@ impl<'i> LinkIndex<'i> {
         let count = t.len() / size;
         let hash = name_hash(name);
         let rec = move |i: usize| &t[i * size..(i + 1) * size];
-        let h = |r: &[u8]| u64::from_le_bytes(r[..8].try_into().unwrap());
+        let h = |r: &[u8]| u64::from_le_bytes(r[..8].try_into().expect("a slice of exactly 8 bytes"));
         let start = {
             let (mut lo, mut hi) = (0, count);
             while lo < hi {
@@ -267,8 +270,8 @@ impl<'i> LinkIndex<'i> {
         };
         let name = name.to_string();
         (start..count).map(rec).take_while(move |r| h(r) == hash).filter(move |r| {
-            let at = u32::from_le_bytes(r[8..12].try_into().unwrap());
-            let len = u32::from_le_bytes(r[12..16].try_into().unwrap());
+            let at = u32::from_le_bytes(r[8..12].try_into().expect("a slice of exactly 4 bytes"));
+            let len = u32::from_le_bytes(r[12..16].try_into().expect("a slice of exactly 4 bytes"));
             self.string(at, len) == name
         })
     }
@@ -281,7 +284,8 @@ impl<'i> LinkIndex<'i> {
     /// Every symbol of the executable, with its name (for the rare questions not asked by name).
     pub fn all_symbols(&self) -> impl Iterator<Item = (&'i str, Symbol)> + '_ {
         self.table(SYMBOLS).chunks_exact(SYMBOL_SIZE).map(|r| {
-            let w = |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().unwrap());
+            let w =
+                |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().expect("a slice of exactly 4 bytes"));
             (self.string(w(8), w(12)), decode_symbol(r))
         })
     }
@@ -292,12 +296,13 @@ impl<'i> LinkIndex<'i> {
 
     pub fn units(&self) -> impl Iterator<Item = Unit<'i>> + '_ {
         self.table(UNITS).chunks_exact(UNIT_SIZE).map(|r| {
-            let w = |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().unwrap());
+            let w =
+                |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().expect("a slice of exactly 4 bytes"));
             Unit {
                 key: self.string(w(0), w(4)),
                 member: self.string(w(8), w(12)),
                 input: w(16),
-                hash: u128::from_le_bytes(r[20..36].try_into().unwrap()),
+                hash: u128::from_le_bytes(r[20..36].try_into().expect("a slice of exactly 16 bytes")),
                 flags: w(36),
             }
         })
@@ -306,14 +311,15 @@ impl<'i> LinkIndex<'i> {
     /// The unit (its number in [`LinkIndex::units`]) and section defining global `name`.
     pub fn global(&self, name: &str) -> Option<(u32, u32)> {
         self.find(GLOBALS, GLOBAL_SIZE, name).next().map(|r| {
-            let w = |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().unwrap());
+            let w =
+                |a: usize| u32::from_le_bytes(r[a..a + 4].try_into().expect("a slice of exactly 4 bytes"));
             (w(16), w(20))
         })
     }
 }
 
 fn decode_symbol(r: &[u8]) -> Symbol {
-    let u = |a: usize| u64::from_le_bytes(r[a..a + 8].try_into().unwrap());
+    let u = |a: usize| u64::from_le_bytes(r[a..a + 8].try_into().expect("a slice of exactly 8 bytes"));
     Symbol {
         addr: u(16),
         size: u(24),
@@ -331,8 +337,9 @@ impl LinkIndex<'_> {
     pub fn referrers(&self, unit: u32, section: u32) -> impl Iterator<Item = (u32, u32)> + '_ {
         let t = self.table(REFS);
         let count = t.len() / REF_SIZE;
-        let word =
-            move |i: usize, k: usize| u32::from_le_bytes(t[i * REF_SIZE + k * 4..][..4].try_into().unwrap());
+        let word = move |i: usize, k: usize| {
+            u32::from_le_bytes(t[i * REF_SIZE + k * 4..][..4].try_into().expect("a slice of exactly 4 bytes"))
+        };
         let key = (unit, section);
         let (mut lo, mut hi) = (0, count);
         while lo < hi {
@@ -351,7 +358,9 @@ impl LinkIndex<'_> {
     /// Every hot-point fact: kind and two (unit, section) locations.
     pub fn facts(&self) -> impl Iterator<Item = (u32, (u32, u32), (u32, u32))> + '_ {
         self.table(FACTS).chunks_exact(FACT_SIZE).map(|r| {
-            let w = |k: usize| u32::from_le_bytes(r[k * 4..k * 4 + 4].try_into().unwrap());
+            let w = |k: usize| {
+                u32::from_le_bytes(r[k * 4..k * 4 + 4].try_into().expect("a slice of exactly 4 bytes"))
+            };
             (w(0), (w(1), w(2)), (w(3), w(4)))
         })
     }

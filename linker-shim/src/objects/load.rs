@@ -22,14 +22,16 @@ pub struct Arena {
 
 impl Arena {
     /// Keeps bytes made in memory (an index built on the fly) for the lifetime of the arena.
-    pub fn keep(&self, bytes: Vec<u8>) -> &[u8] {
-        let mut map = memmap2::MmapMut::map_anon(bytes.len().max(1)).expect("anonymous memory");
-        map[..bytes.len()].copy_from_slice(&bytes);
-        let map = map.make_read_only().expect("anonymous memory");
+    pub fn keep(&self, bytes: Vec<u8>) -> Result<&[u8]> {
+        let size = bytes.len();
+        let mut map = memmap2::MmapMut::map_anon(size.max(1))
+            .with_context(|| format!("cannot allocate {size} bytes for a link index"))?;
+        map[..size].copy_from_slice(&bytes);
+        let map = map.make_read_only().context("cannot seal a link index in memory")?;
         let slice: *const [u8] = &map[..bytes.len()];
         self.maps.borrow_mut().push(map);
         // SAFETY: as for `map`: the mapping lives, unmoved, as long as the arena.
-        unsafe { &*slice }
+        Ok(unsafe { &*slice })
     }
 
     /// Maps a file for the lifetime of the arena (once: a second call returns the same bytes).

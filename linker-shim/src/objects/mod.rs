@@ -227,7 +227,7 @@ impl<'a> Object<'a> {
     /// constants.
     fn piece_end(&self, sec: SecIdx, start: u64) -> u64 {
         let section = &self.sections[sec];
-        let merge = section.merge.expect("a merge section");
+        let merge = section.merge.expect("only merge_piece asks, for a merge section");
         let step = merge.entsize.max(1);
         if merge.strings {
             let data = &section.data[start as usize..];

@@ -36,7 +36,7 @@ pub struct WorkUnit<'a> {
     pub input: u32,
     source: Rc<Source>,
     arena: &'a Arena,
-    object: OnceCell<Result<Object<'a>, String>>,
+    object: OnceCell<Result<Object<'a>>>,
 }
 
 /// Where the units of one input come from.
@@ -64,10 +64,8 @@ impl<'a> WorkUnit<'a> {
 
     /// The parsed object (mapped and parsed on first use).
     pub fn object(&self) -> Result<&Object<'a>> {
-        self.object
-            .get_or_init(|| self.read().map_err(|e| e.to_string()))
-            .as_ref()
-            .map_err(|e| crate::err!("{e}"))
+        // A unit that cannot be read says so to every caller (the cached error is not `Clone`).
+        self.object.get_or_init(|| self.read()).as_ref().map_err(|e| crate::err!("{e}"))
     }
 
     fn read(&self) -> Result<Object<'a>> {
@@ -109,7 +107,7 @@ pub struct UnitId(pub u32);
 impl UnitId {
     /// The id of the unit at `position` of a build's list.
     pub fn at(position: usize) -> UnitId {
-        UnitId(u32::try_from(position).expect("fewer than 2^32 units"))
+        UnitId(u32::try_from(position).expect("fewer than 2^32 units: each is a file or archive member"))
     }
 
     pub fn index(self) -> usize {
@@ -253,7 +251,11 @@ impl<'a> Build<'a> {
                 maker = Some(Maker::new(arena, u.input as usize, input, stored)?);
             }
             let member = (!u.member.is_empty()).then_some(Cow::Borrowed(u.member));
-            units.push(maker.as_ref().expect("made above").unit(Cow::Borrowed(u.key), u.hash, member));
+            units.push(maker.as_ref().expect("set just above for this input").unit(
+                Cow::Borrowed(u.key),
+                u.hash,
+                member,
+            ));
         }
         Ok(Build::new(units))
     }

@@ -116,10 +116,13 @@ impl<'b, 'a> Index<'b, 'a> {
         Ok(index)
     }
 
+    /// Unit `u`'s object. The units read in [`Index::new`] were parsed there, their errors
+    /// returned; the others are read on first use. Those are unchanged units of the build being
+    /// linked: the link's own inputs (not kept copies), which rustc keeps until the link ends, with
+    /// the bytes the base build's index was made from. Only a file removed or rewritten during
+    /// the link fails here; the message names it.
     pub fn object(&self, u: UnitId) -> &'b Object<'a> {
-        // Units are read on first use; every unit the link index or the build lists is readable
-        // while a patch is built (current units are the link's inputs, base units kept copies).
-        self.build.units[u].object().expect("a unit the link index lists can be read")
+        unread_unit(self.build.units[u].object())
     }
 
     pub fn section(&self, at: Loc) -> &'b Section<'a> {
@@ -232,6 +235,11 @@ impl<'b, 'a> Index<'b, 'a> {
         let (_, same) = self.base.as_ref()?;
         same.get(unit as usize).copied().flatten().map(|u| (u, section as SecIdx))
     }
+}
+
+/// The object of a unit read after [`Index::new`] (see [`Index::object`]).
+pub(super) fn unread_unit<T>(object: crate::error::Result<T>) -> T {
+    object.unwrap_or_else(|e| panic!("{e} (an input removed or rewritten while it was being linked)"))
 }
 
 /// A section that takes part in the graph: loaded, and not unwind tables.

@@ -25,6 +25,7 @@ mod worklist;
 mod tests;
 
 use crate::diff::{DefKind, Diff};
+use crate::error::Context;
 use crate::index::BaseKind;
 use crate::objects::load::{Arena, ObjectArena};
 use crate::objects::units::{Build, UnitId};
@@ -49,7 +50,7 @@ pub struct ChunkId(pub u32);
 impl ChunkId {
     /// The id of the chunk at `position` of the plan's list.
     pub fn at(position: usize) -> ChunkId {
-        ChunkId(u32::try_from(position).expect("fewer than 2^32 chunks"))
+        ChunkId(u32::try_from(position).expect("fewer than 2^32 chunks: each is a section or piece of one"))
     }
 
     pub fn index(self) -> usize {
@@ -448,9 +449,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
     fn object(&self, o: Obj) -> &'p Object<'a> {
         match o {
-            Obj::Unit(u) => {
-                self.input.current.units[u].object().expect("a unit the link index lists can be read")
-            }
+            // The index's build: see `Index::object` for why this read does not fail.
+            Obj::Unit(u) => graph::unread_unit(self.input.current.units[u].object()),
             Obj::Pulled(i) => self.archives.object(i),
         }
     }
@@ -732,7 +732,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                     return self.named_defined(Obj::Pulled(member), sec, name, value)
                 }
                 Ok(None) => {}
-                Err(reason) => self.refuse(name, reason),
+                Err(reason) => self.refuse(name, reason.to_string()),
             }
         }
         if weak {
@@ -920,7 +920,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 // lead to new code that takes the same (the DWARF of both builds says).
                 let entries =
                     match crate::layout::signature_change(layouts, &crate::map::read::demangle(base_name)) {
-                        Some(reason) => Err(format!("{reason}; changed callers call the new version")),
+                        Some(reason) => Err(crate::err!("{reason}; changed callers call the new version")),
                         None => detour_entries(base, base_name),
                     };
                 (id, mangled, base_name, entries)
@@ -944,7 +944,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                     if let Some(i) = report.changed.iter().position(|c| *c == symbol) {
                         report.changed.remove(i);
                     }
-                    report.not_redirected.push((symbol, reason));
+                    report.not_redirected.push((symbol, reason.to_string()));
                 }
             }
         }
@@ -1003,7 +1003,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
 
 /// A changed function's chunk, its mangled name now and in the image, and its entries in the image
 /// (or why none).
-type PlannedDetour<'n> = (ChunkId, &'n str, &'n str, Result<Vec<u64>, String>);
+type PlannedDetour<'n> = (ChunkId, &'n str, &'n str, crate::error::Result<Vec<u64>>);
 
 /// An entry that several functions share (the optimiser merged identical bodies) can only be
 /// redirected if every name there is redirected to the same new code: otherwise callers of a
@@ -1017,7 +1017,7 @@ fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [Plann
         }
         let others = merged.get(*base_name).into_iter().flatten();
         if let Some(other) = others.copied().find(|&n| target.get(n) != Some(id)) {
-            *entries = Err(format!(
+            *entries = Err(crate::err!(
                 "its code is shared with `{}`, which the optimiser merged with it",
                 crate::map::read::demangle(other)
             ));
@@ -1053,12 +1053,12 @@ fn merged_functions<'a>(base: &Build<'a>, changed_units: &[UnitId]) -> HashMap<&
 /// The entries (unbiased) of every copy of function `mangled` in the running image (a local symbol
 /// can be defined in several codegen units, all the same code), each checked to hold a jump.
 /// None when the image does not have it (a new function).
-fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> Result<Vec<u64>, String> {
+fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> crate::error::Result<Vec<u64>> {
     let mut out = Vec::new();
     for s in base.all(mangled).into_iter().filter(|s| s.kind == BaseKind::Function) {
-        let code = base.code(s.addr, s.size).ok_or("its code is not in the image's executable segments")?;
+        let code = base.code(s.addr, s.size).context("its code is not in the image's executable segments")?;
         let after = base.code(s.addr + s.size, entry::JUMP_LEN).unwrap_or(&[]);
-        entry::check(code, after).map_err(|e| e.to_string())?;
+        entry::check(code, after).map_err(|e| crate::err!("{e}"))?;
         out.push(s.addr);
     }
     out.sort_unstable();

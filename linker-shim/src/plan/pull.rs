@@ -6,6 +6,7 @@
 //! objects keep their index in the arena for the whole plan), and the index of every archive's
 //! symbols is built only when the archive the symbol's crate names does not have it.
 
+use crate::error::{Context, Result};
 use crate::objects::load::{archive_index, archive_member_at, parse, Arena, ObjectArena};
 use crate::objects::{Object, SecIdx};
 use crate::store::inputs::{Input, InputKind};
@@ -51,7 +52,7 @@ impl<'p, 'a> Archives<'p, 'a> {
     /// Finds `name` in an archive outside the workspace and loads that member. The archive of the
     /// crate the symbol names is searched first; the index of every archive is built only if that
     /// fails. `Err` when the member holding it cannot be read (naming the member).
-    pub fn pull(&mut self, name: &str) -> Result<Option<Found>, String> {
+    pub fn pull(&mut self, name: &str) -> Result<Option<Found>> {
         if let Some(found) = self.in_named_crate(name) {
             return self.load_member(name, found);
         }
@@ -107,7 +108,7 @@ impl<'p, 'a> Archives<'p, 'a> {
     }
 
     /// Parses the member of archive `archive` at `offset` (once) and finds `name` in it.
-    fn load_member(&mut self, name: &str, (archive, offset): (usize, u64)) -> Result<Option<Found>, String> {
+    fn load_member(&mut self, name: &str, (archive, offset): (usize, u64)) -> Result<Option<Found>> {
         let idx = match self.loaded.get(&(archive, offset)) {
             Some(&i) => i,
             None => {
@@ -115,7 +116,7 @@ impl<'p, 'a> Archives<'p, 'a> {
                 let Ok(member) = archive_member_at(path, self.data[&archive], offset) else {
                     return Ok(None);
                 };
-                let object = parse(&member).map_err(|e| format!("cannot read {}: {e}", member.origin))?;
+                let object = parse(&member).with_context(|| format!("cannot read {}", member.origin))?;
                 let i = self.members.alloc(object);
                 self.loaded.insert((archive, offset), i);
                 i

@@ -135,18 +135,18 @@ fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
         stored: None,
     };
     let inputs = vec![input(&app), input(&dir.join("lib.o"))];
-    let base_units = LinkIndex::parse(arena.keep(base_index())).unwrap();
-    let current_index = LinkIndex::parse(arena.keep(current_index())).unwrap();
+    let base_units = LinkIndex::parse(arena.keep(base_index()).unwrap()).unwrap();
+    let current_index = LinkIndex::parse(arena.keep(current_index()).unwrap()).unwrap();
     let current = Build::from_index(arena, &current_index, &inputs, false).unwrap();
     let base_build = Build::from_index(
         arena,
-        &LinkIndex::parse(arena.keep(Writer::default().finish())).unwrap(),
+        &LinkIndex::parse(arena.keep(Writer::default().finish()).unwrap()).unwrap(),
         &[],
         false,
     )
     .unwrap();
     let diff = Diff { changed: [change("f"), change("h")].into_iter().collect(), ..Default::default() };
-    let image_index = LinkIndex::parse(arena.keep(base_index())).unwrap();
+    let image_index = LinkIndex::parse(arena.keep(base_index()).unwrap()).unwrap();
     let base = BaseImage::read(arena, Path::new("/proc/self/exe"), BIAS, image_index).unwrap();
     let hello = Hello {
         data: vec![LedgerEntry { addr: 0x7000_0000, size: 8, name: "ADDED_BEFORE".into() }],

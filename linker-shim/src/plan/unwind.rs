@@ -35,11 +35,15 @@ pub fn fdes_by_function(obj: &Object) -> HashMap<SecIdx, FdeInfo> {
         let data = sec.data;
         let mut pos = 0usize;
         while pos + 8 <= data.len() {
-            let len = u32::from_le_bytes(data[pos..pos + 4].try_into().unwrap()) as usize;
+            // In bounds: `pos + 8 <= data.len()`.
+            let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("a slice of exactly 4 bytes"))
+                as usize;
             if len == 0 || len == 0xffff_ffff || pos + 4 + len > data.len() {
                 break; // terminator, 64-bit DWARF (never emitted here) or garbage
             }
-            let id = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().unwrap()) as usize;
+            let id =
+                u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("a slice of exactly 4 bytes"))
+                    as usize;
             if id != 0 {
                 let cie_start = (pos + 4).checked_sub(id);
                 let pc_begin = (pos + 8) as u64;

@@ -145,3 +145,32 @@ fn builds_in_a_second_target_dir_patch_the_process_too() {
     );
     assert!(status_lines(&run).contains(&expected), "expected {expected:?}: {run}");
 }
+
+/// The kept copies of the running build's objects are removed from the store between the link
+/// and the next build (by hand, or by a tool that cleans the target directory): the rebuild links
+/// as usual, the patch is refused naming the kept file it cannot read and the object it stood for,
+/// and the program runs on unharmed.
+#[test]
+fn a_kept_object_removed_from_the_store_refuses_the_patch_naming_the_file() {
+    let (project, app) = running_counter(&[]);
+    let global_before = app.ticks_since(0).iter().map(|t| t.global).max().unwrap_or(0);
+    let store = project.target(CONFIG).join("ipbp/store");
+    let mut removed = 0;
+    for entry in std::fs::read_dir(&store).unwrap().flatten() {
+        if entry.path().extension().is_some_and(|e| e == "o") {
+            std::fs::remove_file(entry.path()).unwrap();
+            removed += 1;
+        }
+    }
+    assert!(removed > 0, "no kept objects in {}", store.display());
+    let mark = app.mark();
+    project.edit(MAIN, "let msg = \"hello\";", "let msg = \"unkept\";");
+    let run = project.build(); // asserts that the link succeeded
+    let line = status_for(&run, app.pid);
+    let prefix = format!("Skipped counter (pid {}): cannot read link input {}/", app.pid, store.display());
+    assert!(line.starts_with(&prefix), "expected the patch refused naming the kept file: {run}");
+    assert!(line.contains("(kept for ") && line.contains(".rcgu.o)"), "the object is not named: {line}");
+    assert!(line.ends_with("; it keeps running its current code"), "{line}");
+    assert!(project.program("counter").exists(), "the rebuild left no program: {run}");
+    assert_unharmed(&app, mark, "hello", global_before);
+}
