@@ -81,7 +81,8 @@ def summarize(results):
             side = (f"; side by side with every thread parked (IPBP_INSTALL=park): longest pause {ms(park, 'pause_us')} ms "
                     f"(max {max(h['pause_us'] for h in park) / 1000:.2f}), install {ms(park, 'install_us')} ms")
         if again and park_again:
-            side += (f"; the same entries retargeted (no check round): pause {ms(again, 'pause_us')} ms, install "
+            side += (f"; the program's second patch (100 jumps retargeted, the first patch's 100 copies given their "
+                     f"first jump): pause {ms(again, 'pause_us')} ms, install "
                      f"{ms(again, 'install_us')} ms (parked: pause {ms(park_again, 'pause_us')} ms, install "
                      f"{ms(park_again, 'install_us')} ms)")
         fig["P9"] = (max(pauses) / 1000, f"{median(pauses) / 1000:.2f} ms (max {max(pauses) / 1000:.2f})", "≤ 1 ms",
