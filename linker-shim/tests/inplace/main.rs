@@ -83,12 +83,18 @@ fn code_reached_through_pointers_made_at_startup_runs_its_new_version() {
 /// A thread calls a tiny function in a tight loop while it is patched 20 times in a row; another
 /// sits inside a patched function (sleeping) and a third has a patched recursive function on its
 /// stack 64 times. None crashes or computes a wrong value, and each sees the newest code on its
-/// next call.
+/// next call. Two copies run side by side, patched by the same builds: one installs breakpoint
+/// first (the default), the other with every thread parked (`IPBP_INSTALL=park`, the fallback).
 #[test]
 fn busy_blocked_and_recursing_threads_survive_twenty_patches() {
-    let (project, app) = running(&[("INPLACE_STRESS", "1")]);
-    app.wait_for(0, "the spinning thread", |l| l.starts_with("spin "));
-    app.wait_for(0, "the recursing thread", |l| l.starts_with("rec "));
+    let (project, poked) = running(&[("INPLACE_STRESS", "1"), ("IPBP_LOG", "1")]);
+    let parked =
+        project.start("inplace", &[("INPLACE_STRESS", "1"), ("IPBP_LOG", "1"), ("IPBP_INSTALL", "park")]);
+    let apps = [&poked, &parked];
+    for app in apps {
+        app.wait_for(0, "the spinning thread", |l| l.starts_with("spin "));
+        app.wait_for(0, "the recursing thread", |l| l.starts_with("rec "));
+    }
     let mut current = "x + 1000".to_string();
     for k in 1..=20 {
         let next = format!("x + {}", 1000 + k);
@@ -97,24 +103,38 @@ fn busy_blocked_and_recursing_threads_survive_twenty_patches() {
             project.edit(MAIN, "format!(\"old{round}\")", "format!(\"new{round}\")");
             project.edit(MAIN, "        return 7;", "        return 1007;");
         }
-        let mark = app.mark();
-        build_and_expect_patched(&project, &app);
-        app.wait_for(mark, &format!("tiny's version {k}"), |l| {
-            l.starts_with("spin ") && number(l, "last") == 1000 + k
-        });
+        let marks = apps.map(|app| app.mark());
+        let run = project.build();
+        for (app, mark) in apps.into_iter().zip(marks) {
+            let line = status_for(&run, app.pid);
+            assert!(line.starts_with("Patched inplace "), "patch {k} of pid {}: {run}", app.pid);
+            app.wait_for(mark, &format!("tiny's version {k}"), |l| {
+                l.starts_with("spin ") && number(l, "last") == 1000 + k
+            });
+        }
         current = next;
     }
-    let mark = app.mark();
-    let spin = app.wait_for(mark, "a spin report", |l| l.starts_with("spin "));
-    assert_eq!(number(&spin, "bad"), 0, "a call of tiny returned garbage: {}", app.dump());
-    assert!(number(&spin, "calls") > 10_000_000, "{spin}");
-    app.wait_for(0, "the slow thread's new code", |l| l.starts_with("slow new"));
-    app.wait_for(0, "the recursion's new code", |l| l == "rec depth=1071");
-    let lines = app.lines_since(0);
-    for l in lines.iter().filter(|l| l.starts_with("rec ")) {
-        assert!(l == "rec depth=71" || l == "rec depth=1071", "recursion computed {l}: {}", app.dump());
+    for (app, how) in [(&poked, "breakpoint first"), (&parked, "every thread parked (IPBP_INSTALL=park)")] {
+        let mark = app.mark();
+        let spin = app.wait_for(mark, "a spin report", |l| l.starts_with("spin "));
+        assert_eq!(number(&spin, "bad"), 0, "a call of tiny returned garbage: {}", app.dump());
+        assert!(number(&spin, "calls") > 10_000_000, "{spin}");
+        app.wait_for(0, "the slow thread's new code", |l| l.starts_with("slow new"));
+        app.wait_for(0, "the recursion's new code", |l| l == "rec depth=1071");
+        let lines = app.lines_since(0);
+        for l in lines.iter().filter(|l| l.starts_with("rec ")) {
+            assert!(l == "rec depth=71" || l == "rec depth=1071", "recursion computed {l}: {}", app.dump());
+        }
+        assert!(!lines.iter().any(|l| l.starts_with("panic")), "{}", app.dump());
+        let installs = lines.iter().filter(|l| l.contains("[ipbp] patch ")).count();
+        let written_so = lines.iter().filter(|l| l.contains("[ipbp] patch ") && l.contains(how)).count();
+        assert!(
+            installs >= 20 && written_so == installs,
+            "every install of pid {} {how}: {}",
+            app.pid,
+            app.dump()
+        );
     }
-    assert!(!lines.iter().any(|l| l.starts_with("panic")), "{}", app.dump());
 }
 
 /// A panic raised in patched code unwinds through it, is caught by the old `main`, and the
