@@ -405,6 +405,108 @@ mod tests {
         );
     }
 
+    /// An index with every table non-empty and values that fill each field's high bytes.
+    fn sample() -> Vec<u8> {
+        let mut w = Writer::default();
+        w.symbol(
+            "main",
+            Symbol { addr: 0x5555_0000_1000, size: 0x40, kind: BaseKind::Function, local: false },
+        );
+        w.symbol(
+            "DATA",
+            Symbol { addr: 0x0102_0304_0506_0708, size: 0x1122, kind: BaseKind::Data, local: true },
+        );
+        w.symbol(TLS_RESERVE, Symbol { addr: 0x20, size: 0x8000, kind: BaseKind::Tls, local: false });
+        w.import("memcpy");
+        w.import("pthread_create");
+        let a = w.unit(
+            "app.app.1a2b-cgu.0.rcgu.o",
+            "",
+            0x0a0b_0c0d,
+            0x0011_2233_4455_6677_8899_aabb_ccdd_eeff,
+            UNIT_HOT,
+        );
+        let b = w.unit("dep.cgu.rcgu.o", "libdep.rlib(dep.cgu.rcgu.o)", 2, u128::MAX - 1, 0);
+        w.global("app::run", a, 0x0102_0304);
+        w.global("dep::helper", b, 9);
+        w.reference((b, 9), (a, 0x7f00_0001));
+        w.reference((a, 3), (b, 4));
+        w.reference((a, 3), (a, 1));
+        w.reference((a, 3), (b, 4));
+        w.fact(1, (a, 3), (b, 9));
+        w.fact(0xdead_beef, (b, 0xffff_ffff), (a, 0));
+        w.finish()
+    }
+
+    /// `sample()` as written by the byte-offset encoder (before the record structs), so the format
+    /// stays byte-identical and indexes written by earlier builds still read.
+    const SAMPLE_FIXTURE: &str = concat!(
+        "495042504944583101000000070000008000000000000000810000000000000001010000000000007800000000000000",
+        "7901000000000000200000000000000099010000000000006000000000000000f9010000000000003000000000000000",
+        "29020000000000003000000000000000590200000000000028000000000000006d61696e44415441697062702e746c73",
+        "2e726573657276656d656d637079707468726561645f6372656174656170702e6170702e316132622d6367752e302e72",
+        "6367752e6f6465702e6367752e726367752e6f6c69626465702e726c6962286465702e6367752e726367752e6f296170",
+        "703a3a72756e6465703a3a68656c706572e55ef57acb89de490000000004000000001000005555000040000000000000",
+        "00000000000000000062426f3313f7e18808000000100000002000000000000000008000000000000002000000000000",
+        "00e9f01b03ef74b0f20400000004000000080706050403020122110000000000000101000000000000e26edf42c0a5b9",
+        "071800000006000000fd5f647d41cab41d1e0000000e0000002c0000001900000045000000000000000d0c0b0affeedd",
+        "ccbbaa99887766554433221100010000000000000000000000450000000e000000530000001b00000002000000feffff",
+        "ffffffffffffffffffffffffff00000000000000000000000078e08bfb0eb1f73b760000000b00000001000000090000",
+        "00adba9c76fc28f4e66e0000000800000000000000040302010000000003000000000000000100000000000000030000",
+        "0001000000040000000100000009000000000000000100007f0100000000000000030000000100000009000000efbead",
+        "de01000000ffffffff0000000000000000",
+    );
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn the_format_is_byte_identical_to_the_fixture() {
+        assert_eq!(sample(), unhex(SAMPLE_FIXTURE));
+    }
+
+    #[test]
+    fn the_fixture_reads_back() {
+        let bytes = unhex(SAMPLE_FIXTURE);
+        let ix = LinkIndex::parse(&bytes).unwrap();
+        assert_eq!(
+            ix.symbols("DATA").collect::<Vec<_>>(),
+            vec![Symbol { addr: 0x0102_0304_0506_0708, size: 0x1122, kind: BaseKind::Data, local: true }]
+        );
+        assert_eq!(ix.symbols(TLS_RESERVE).next().unwrap().kind, BaseKind::Tls);
+        assert_eq!(ix.all_symbols().count(), 3);
+        assert!(ix.all_symbols().any(|(n, s)| n == "main" && s.addr == 0x5555_0000_1000 && s.size == 0x40));
+        assert!(ix.imports("pthread_create") && ix.imports("memcpy") && !ix.imports("main"));
+        assert_eq!(
+            ix.units().collect::<Vec<_>>(),
+            vec![
+                Unit {
+                    key: "app.app.1a2b-cgu.0.rcgu.o",
+                    member: "",
+                    input: 0x0a0b_0c0d,
+                    hash: 0x0011_2233_4455_6677_8899_aabb_ccdd_eeff,
+                    flags: UNIT_HOT
+                },
+                Unit {
+                    key: "dep.cgu.rcgu.o",
+                    member: "libdep.rlib(dep.cgu.rcgu.o)",
+                    input: 2,
+                    hash: u128::MAX - 1,
+                    flags: 0
+                },
+            ]
+        );
+        assert_eq!(ix.global("app::run"), Some((0, 0x0102_0304)));
+        assert_eq!(ix.global("dep::helper"), Some((1, 9)));
+        assert_eq!(ix.referrers(0, 3).collect::<Vec<_>>(), vec![(0, 1), (1, 4)]);
+        assert_eq!(ix.referrers(1, 9).collect::<Vec<_>>(), vec![(0, 0x7f00_0001)]);
+        assert_eq!(
+            ix.facts().collect::<Vec<_>>(),
+            vec![(1, (0, 3), (1, 9)), (0xdead_beef, (1, 0xffff_ffff), (0, 0))]
+        );
+    }
+
     #[test]
     fn damaged_indexes_are_refused() {
         assert!(LinkIndex::parse(b"garbage").is_err());
