@@ -665,4 +665,64 @@ mod tests {
             assert_eq!(align, 1);
         }
     }
+
+    #[test]
+    fn an_index_reads_at_any_address() {
+        let bytes = unhex(SAMPLE_FIXTURE);
+        let mut buffer = vec![0u8; bytes.len() + 8];
+        for shift in 0..8 {
+            buffer[shift..shift + bytes.len()].copy_from_slice(&bytes);
+            let ix = LinkIndex::parse(&buffer[shift..shift + bytes.len()]).unwrap();
+            assert_eq!(ix.global("dep::helper"), Some((1, 9)));
+            assert_eq!(ix.units().count(), 2);
+        }
+    }
+
+    #[test]
+    fn damaged_headers_and_tables_are_refused() {
+        let good = unhex(SAMPLE_FIXTURE);
+        // Cut short anywhere: the last table ends the file, so every cut loses part of one.
+        for len in 0..good.len() {
+            assert!(LinkIndex::parse(&good[..len]).is_err(), "cut at {len}");
+        }
+        let patched = |at: usize, value: u64| {
+            let mut bytes = good.clone();
+            bytes[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            LinkIndex::parse(&bytes).is_err()
+        };
+        let mut magic = good.clone();
+        magic[0] ^= 1;
+        assert!(LinkIndex::parse(&magic).is_err());
+        let mut count = good.clone();
+        count[12] = 8;
+        assert!(LinkIndex::parse(&count).is_err());
+        for table in 0..TABLES {
+            let (offset, size) = (16 + table * 16, 24 + table * 16);
+            assert!(patched(offset, u64::MAX), "table {table}: offset overflows");
+            assert!(patched(size, u64::MAX), "table {table}: size overflows");
+            assert!(patched(offset, good.len() as u64), "table {table}: starts at the end");
+            if table != STRINGS {
+                // A size that is not a whole number of records.
+                let size_now = u64::from_le_bytes(good[size..size + 8].try_into().unwrap());
+                assert!(patched(size, size_now - 1), "table {table}: a partial record");
+            }
+        }
+    }
+
+    #[test]
+    fn any_byte_changed_reads_without_panicking() {
+        let good = unhex(SAMPLE_FIXTURE);
+        for at in 0..good.len() {
+            for value in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut bytes = good.clone();
+                bytes[at] = value;
+                let Ok(ix) = LinkIndex::parse(&bytes) else { continue };
+                for name in ["main", "DATA", TLS_RESERVE, "memcpy", "app::run", "dep::helper"] {
+                    let _ = (ix.symbols(name).count(), ix.imports(name), ix.global(name));
+                }
+                let _ = (ix.all_symbols().count(), ix.units().count(), ix.facts().count());
+                let _ = (ix.referrers(0, 3).count(), ix.referrers(1, 9).count());
+            }
+        }
+    }
 }
