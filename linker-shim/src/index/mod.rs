@@ -413,7 +413,7 @@ impl<'i> LinkIndex<'i> {
             let (at, len) = (usize::try_from(offset.get(LE)).ok()?, usize::try_from(size.get(LE)).ok()?);
             data.get(at..at.checked_add(len)?)
         };
-        fn records<'i, T: Pod>(i: usize, bytes: Option<&'i [u8]>) -> crate::error::Result<&'i [T]> {
+        fn records<T: Pod>(i: usize, bytes: Option<&[u8]>) -> crate::error::Result<&[T]> {
             match bytes.map(slice_from_all_bytes) {
                 Some(Ok(records)) => Ok(records),
                 _ => crate::bail!("link index table {i} is out of bounds"),
