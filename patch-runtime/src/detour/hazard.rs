@@ -59,6 +59,12 @@ impl Hazard {
 pub type Inside = [(u64, u64)];
 
 fn is_inside(inside: &Inside, addr: u64) -> bool {
+    // Most words of a stack are no code address at all: one comparison with the whole span
+    // rejects them before the binary search.
+    let (Some(first), Some(last)) = (inside.first(), inside.last()) else { return false };
+    if addr < first.0 || addr >= last.1 {
+        return false;
+    }
     let i = inside.partition_point(|&(start, _)| start <= addr);
     i > 0 && addr < inside[i - 1].1
 }
