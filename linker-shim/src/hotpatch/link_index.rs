@@ -46,7 +46,7 @@ pub fn build(
             }
         }
         if hot {
-            for fact in unit_facts(&graph, u) {
+            for fact in unit_facts(&graph, u)? {
                 let (kind, a, b) = fact.encode();
                 w.fact(kind, (a.0 .0, a.1 as u32), (b.0 .0, b.1 as u32));
             }

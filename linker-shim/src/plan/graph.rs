@@ -104,9 +104,9 @@ impl<'b, 'a> Index<'b, 'a> {
         };
         let mut referrers: HashMap<Loc, Vec<Loc>> = HashMap::new();
         for &u in &index.read {
-            for (s, sec) in index.object(u).sections.iter().enumerate() {
+            for (s, sec) in index.object(u)?.sections.iter().enumerate() {
                 if is_node(sec.kind) {
-                    for t in index.references((u, s)) {
+                    for t in index.references((u, s))? {
                         referrers.entry(t).or_default().push((u, s));
                     }
                 }
@@ -120,22 +120,22 @@ impl<'b, 'a> Index<'b, 'a> {
     /// returned; the others are read on first use. Those are unchanged units of the build being
     /// linked: the link's own inputs (not kept copies), which rustc keeps until the link ends, with
     /// the bytes the base build's index was made from. Only a file removed or rewritten during
-    /// the link fails here; the message names it.
-    pub fn object(&self, u: UnitId) -> &'b Object<'a> {
-        unread_unit(self.build.units[u].object())
+    /// the link fails here; the error names it, and ends the patch (not the link).
+    pub fn object(&self, u: UnitId) -> crate::error::Result<&'b Object<'a>> {
+        linked_unit(self.build, u)
     }
 
-    pub fn section(&self, at: Loc) -> &'b Section<'a> {
-        &self.object(at.0).sections[at.1]
+    pub fn section(&self, at: Loc) -> crate::error::Result<&'b Section<'a>> {
+        Ok(&self.object(at.0)?.sections[at.1])
     }
 
-    pub fn kind(&self, at: Loc) -> SectionKind {
-        self.section(at).kind
+    pub fn kind(&self, at: Loc) -> crate::error::Result<SectionKind> {
+        Ok(self.section(at)?.kind)
     }
 
     /// The name a section is known by (its first named symbol), if any.
-    pub fn name(&self, at: Loc) -> Option<&'a str> {
-        self.object(at.0).primary_symbol(at.1).map(|s| s.name)
+    pub fn name(&self, at: Loc) -> crate::error::Result<Option<&'a str>> {
+        Ok(self.object(at.0)?.primary_symbol(at.1).map(|s| s.name))
     }
 
     /// Whether unit `u` is the same in the base build (its facts and referrers come from the base
@@ -168,45 +168,48 @@ impl<'b, 'a> Index<'b, 'a> {
     }
 
     /// The workspace section a symbol of unit `u` stands for, if the workspace defines it.
-    pub fn resolve_symbol(&self, u: UnitId, sym: usize) -> Option<Loc> {
-        let obj = self.object(u);
+    pub fn resolve_symbol(&self, u: UnitId, sym: usize) -> crate::error::Result<Option<Loc>> {
+        let obj = self.object(u)?;
         let s = &obj.symbols[sym];
-        match s.section() {
+        Ok(match s.section() {
             Some(sec) => obj.sections[sec].kind.is_alloc().then_some((u, sec)),
             None if s.kind != SymbolKind::Section && !s.name.is_empty() => {
                 self.globals.get(s.name).copied().or_else(|| self.base_global(s.name))
             }
             None => None,
-        }
+        })
     }
 
     /// The sections a section refers to (decoding its relocations). Only targets in the same
     /// unit are checked for being graph nodes: a global found in another unit (or through the
     /// base index, which records only globals of loaded sections) always is one, and looking
     /// would mean reading that unit.
-    pub fn references(&self, at: Loc) -> Vec<Loc> {
-        let mut out: Vec<Loc> = self
-            .section(at)
-            .relocs()
-            .iter()
-            .filter_map(|r| self.resolve_symbol(at.0, r.symbol))
-            .filter(|&t| t.0 != at.0 || is_node(self.kind(t)))
-            .collect();
+    pub fn references(&self, at: Loc) -> crate::error::Result<Vec<Loc>> {
+        let mut out: Vec<Loc> = Vec::new();
+        for r in self.section(at)?.relocs() {
+            let Some(t) = self.resolve_symbol(at.0, r.symbol)? else { continue };
+            if t.0 != at.0 || is_node(self.kind(t)?) {
+                out.push(t);
+            }
+        }
         out.sort_unstable();
         out.dedup();
-        out
+        Ok(out)
     }
 
     /// The sections that refer to `at`: from the units read here, and from the unchanged units
     /// per the base index.
-    pub fn referrers(&self, at: Loc) -> Vec<Loc> {
+    pub fn referrers(&self, at: Loc) -> crate::error::Result<Vec<Loc>> {
         let mut out = self.referrers.get(&at).cloned().unwrap_or_default();
         if let Some((base, same)) = &self.base {
             // Where `at` was in the base build: the same place if its unit did not change; for a
             // global of a changed unit, wherever the base defined that name.
             let in_base = match self.base_number[at.0] {
                 Some(n) => Some((n, at.1 as u32)),
-                None => self.name(at).filter(|_| self.is_global(at)).and_then(|n| base.global(n)),
+                None => match self.name(at)? {
+                    Some(n) if self.is_global(at)? => base.global(n),
+                    _ => None,
+                },
             };
             if let Some((n, s)) = in_base {
                 for (ru, rs) in base.referrers(n, s) {
@@ -218,7 +221,7 @@ impl<'b, 'a> Index<'b, 'a> {
         }
         out.sort_unstable();
         out.dedup();
-        out
+        Ok(out)
     }
 
     /// Every (target, referrer) pair among the units read here.
@@ -226,8 +229,8 @@ impl<'b, 'a> Index<'b, 'a> {
         self.referrers.iter().flat_map(|(&t, froms)| froms.iter().map(move |&f| (t, f)))
     }
 
-    fn is_global(&self, at: Loc) -> bool {
-        self.object(at.0).primary_symbol(at.1).is_some_and(|s| !s.local)
+    fn is_global(&self, at: Loc) -> crate::error::Result<bool> {
+        Ok(self.object(at.0)?.primary_symbol(at.1).is_some_and(|s| !s.local))
     }
 
     /// Maps a location of the base index to this build, if its unit did not change.
@@ -237,9 +240,12 @@ impl<'b, 'a> Index<'b, 'a> {
     }
 }
 
-/// The object of a unit read after [`Index::new`] (see [`Index::object`]).
-pub(super) fn unread_unit<T>(object: crate::error::Result<T>) -> T {
-    object.unwrap_or_else(|e| panic!("{e} (an input removed or rewritten while it was being linked)"))
+/// The object of unit `u` of `build`, the build being linked, read after [`Index::new`] (see
+/// [`Index::object`]): an error names the file, removed or rewritten during the link.
+pub(super) fn linked_unit<'b, 'a>(build: &'b Build<'a>, u: UnitId) -> crate::error::Result<&'b Object<'a>> {
+    build.units[u]
+        .object()
+        .map_err(|e| crate::err!("{e} (an input removed or rewritten while it was being linked)"))
 }
 
 /// A section that takes part in the graph: loaded, and not unwind tables.
@@ -296,40 +302,40 @@ impl Fact {
 }
 
 /// The hot-point facts of unit `u`.
-pub fn unit_facts(index: &Index, u: UnitId) -> Vec<Fact> {
+pub fn unit_facts(index: &Index, u: UnitId) -> crate::error::Result<Vec<Fact>> {
     let mut facts = Vec::new();
-    for s in 0..index.object(u).sections.len() {
-        section_facts(index, (u, s), &mut facts);
+    for s in 0..index.object(u)?.sections.len() {
+        section_facts(index, (u, s), &mut facts)?;
     }
     facts.sort_unstable_by_key(|f| f.encode());
     facts.dedup();
-    facts
+    Ok(facts)
 }
 
 /// The hot-point facts a section states. Marks are recognised by the name a relocation uses;
 /// only section symbols (always of the same unit) are looked up, so no other unit is read.
-fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
-    let obj = index.object(at.0);
+fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) -> crate::error::Result<()> {
+    let obj = index.object(at.0)?;
     let sec = &obj.sections[at.1];
     let target_name = |sym: usize, target: Loc| {
         let s = &obj.symbols[sym];
         if s.kind == SymbolKind::Section {
             index.name(target)
         } else {
-            Some(s.name)
+            Ok(Some(s.name))
         }
     };
     match sec.kind {
         SectionKind::Text => {
-            if index.name(at).is_some_and(|n| n.starts_with(CALL_MARK)) {
+            if index.name(at)?.is_some_and(|n| n.starts_with(CALL_MARK)) {
                 facts.push(Fact::Call(at));
-                return;
+                return Ok(());
             }
             for r in sec.relocs() {
-                let Some(target) = index.resolve_symbol(at.0, r.symbol) else { continue };
-                let Some(name) = target_name(r.symbol, target) else { continue };
+                let Some(target) = index.resolve_symbol(at.0, r.symbol)? else { continue };
+                let Some(name) = target_name(r.symbol, target)? else { continue };
                 let hot = name.contains(KEY_MARK) || name.contains(SLOT_MARK);
-                if !hot || !index.name(at).is_some_and(|f| declares(f, name)) {
+                if !hot || !index.name(at)?.is_some_and(|f| declares(f, name)) {
                     continue;
                 }
                 facts.push(if name.contains(KEY_MARK) {
@@ -339,15 +345,16 @@ fn section_facts(index: &Index, at: Loc, facts: &mut Vec<Fact>) {
                 });
             }
         }
-        SectionKind::Data | SectionKind::Bss if index.name(at).is_some_and(|n| n.contains(SLOT_MARK)) => {
+        SectionKind::Data | SectionKind::Bss if index.name(at)?.is_some_and(|n| n.contains(SLOT_MARK)) => {
             if let Some(r) = sec.relocs().iter().find(|r| r.offset == 0) {
-                if let Some(entry) = index.resolve_symbol(at.0, r.symbol) {
+                if let Some(entry) = index.resolve_symbol(at.0, r.symbol)? {
                     facts.push(Fact::SlotEntry { slot: at, entry });
                 }
             }
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// Whether `function` is the hot function that declares slot or key `mark` (both mangled). In an
@@ -369,7 +376,7 @@ pub struct HotPoints {
 
 /// The hot points of the build: facts of unchanged units from the base index, facts of the others
 /// read from their objects.
-pub fn hot_points(index: &Index) -> HotPoints {
+pub fn hot_points(index: &Index) -> crate::error::Result<HotPoints> {
     let mut facts = Vec::new();
     let mut units: HashSet<UnitId> =
         index.hot_units.iter().copied().filter(|u| index.read.contains(u)).collect();
@@ -390,14 +397,14 @@ pub fn hot_points(index: &Index) -> HotPoints {
         units.extend(index.hot_units.iter().copied());
     }
     for &u in &units {
-        facts.extend(unit_facts(index, u));
+        facts.extend(unit_facts(index, u)?);
     }
     for at in sections.into_iter().filter(|at| !units.contains(&at.0)) {
-        section_facts(index, at, &mut facts);
+        section_facts(index, at, &mut facts)?;
     }
     facts.sort_unstable_by_key(|f| f.encode());
     facts.dedup();
-    combine(facts)
+    Ok(combine(facts))
 }
 
 /// From facts to dispatch: an entry slot's function is its root; a slot read by exactly one
@@ -451,19 +458,24 @@ pub struct Affected {
 
 /// Walks up from `changed` through referrers (functions and constants; not through writable
 /// statics, not above a hot point), then keeps what lies below the hot points it met.
-pub fn affected(index: &Index, changed: &HashSet<Loc>, hot: &HotPoints) -> Affected {
+pub fn affected(index: &Index, changed: &HashSet<Loc>, hot: &HotPoints) -> crate::error::Result<Affected> {
     let copyable = |k: SectionKind| {
         matches!(k, SectionKind::Text | SectionKind::ReadOnly | SectionKind::ReadOnlyAfterReloc)
     };
     let mut below: HashMap<Loc, Vec<Loc>> = HashMap::new();
-    let mut seen: HashSet<Loc> = changed.iter().copied().filter(|&c| copyable(index.kind(c))).collect();
+    let mut seen: HashSet<Loc> = HashSet::new();
+    for &c in changed {
+        if copyable(index.kind(c)?) {
+            seen.insert(c);
+        }
+    }
     let mut queue: VecDeque<Loc> = seen.iter().copied().collect();
     while let Some(v) = queue.pop_front() {
         if hot.roots.contains_key(&v) {
             continue; // callers of a hot function reach the new version through its slot
         }
-        for u in index.referrers(v) {
-            if !copyable(index.kind(u)) {
+        for u in index.referrers(v)? {
+            if !copyable(index.kind(u)?) {
                 continue;
             }
             below.entry(u).or_default().push(v);
@@ -481,11 +493,12 @@ pub fn affected(index: &Index, changed: &HashSet<Loc>, hot: &HotPoints) -> Affec
             }
         }
     }
-    let mut unreached: Vec<Loc> = changed
-        .iter()
-        .copied()
-        .filter(|c| !copy.contains(c) && index.kind(*c) == SectionKind::Text)
-        .collect();
+    let mut unreached: Vec<Loc> = Vec::new();
+    for &c in changed {
+        if !copy.contains(&c) && index.kind(c)? == SectionKind::Text {
+            unreached.push(c);
+        }
+    }
     unreached.sort_unstable();
-    Affected { copy, unreached, visited: seen.len() }
+    Ok(Affected { copy, unreached, visited: seen.len() })
 }

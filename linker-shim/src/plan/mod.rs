@@ -234,7 +234,7 @@ pub struct Inputs<'p, 'a> {
 
 pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::Result<Plan<'a>> {
     let mut clock = crate::timing::Clock::new();
-    let hot = graph::hot_points(index);
+    let hot = graph::hot_points(index)?;
     clock.step("hot points");
     let mut changed_nodes = HashSet::new();
     let mut refusals = Vec::new();
@@ -268,13 +268,11 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     }
     let (copy, visited) = match input.mode {
         Mode::HotPoints => {
-            let affected = graph::affected(index, &changed_nodes, &hot);
-            let mut unreached: Vec<String> = affected
-                .unreached
-                .iter()
-                .filter_map(|&n| index.name(n))
-                .map(crate::map::read::demangle)
-                .collect();
+            let affected = graph::affected(index, &changed_nodes, &hot)?;
+            let mut unreached: Vec<String> = Vec::new();
+            for &n in &affected.unreached {
+                unreached.extend(index.name(n)?.map(crate::map::read::demangle));
+            }
             unreached.sort();
             unreached.dedup();
             if !unreached.is_empty() {
@@ -288,8 +286,8 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             let mut copy = HashSet::new();
             let mut running = Vec::new();
             for &n in &changed_nodes {
-                let name = index.name(n).map(crate::map::read::demangle);
-                if index.kind(n) == SectionKind::Text && name.as_deref().is_some_and(is_main) {
+                let name = index.name(n)?.map(crate::map::read::demangle);
+                if index.kind(n)? == SectionKind::Text && name.as_deref().is_some_and(is_main) {
                     running.extend(name.clone());
                 } else {
                     copy.insert(n);
@@ -297,8 +295,8 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
                 // A hot `async fn`'s futures are boxed behind its entry function: the new entry
                 // goes into the slot, so new futures run new code and futures in flight finish
                 // in the old code they were made for, whatever their layout.
-                if let Some(entry) = name.as_deref().and_then(|f| hot_async_entry(index, &hot, f)) {
-                    copy.insert(entry);
+                if let Some(f) = name.as_deref() {
+                    copy.extend(hot_async_entry(index, &hot, f)?);
                 }
             }
             running.sort();
@@ -321,7 +319,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     ];
     for &n in &hot.shared {
         if copy.contains(&n) {
-            let f = index.name(n).map(crate::map::read::demangle).unwrap_or_default();
+            let f = index.name(n)?.map(crate::map::read::demangle).unwrap_or_default();
             notes.push(format!(
                 "hot function `{f}` is one of several instances of a generic impl sharing one slot; mark it #[ipbp::hot(generic)] to patch it"
             ));
@@ -332,15 +330,15 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     let mut planner = Planner::new(input, index, &hot, &copy, &pulled);
     for &n in sorted(&copy).iter() {
         // In place, changed constants are copied only when new code refers to them.
-        if input.mode == Mode::InPlace && index.kind(n) != SectionKind::Text {
+        if input.mode == Mode::InPlace && index.kind(n)? != SectionKind::Text {
             continue;
         }
         let (u, s) = n;
-        planner.include(Obj::Unit(u), s, None);
+        planner.include(Obj::Unit(u), s, None)?;
     }
-    planner.run();
+    planner.run()?;
     clock.step("resolve");
-    let mut plan = planner.finish(&hot, &copy, &changed_nodes);
+    let mut plan = planner.finish(&hot, &copy, &changed_nodes)?;
     plan.steps = clock.steps;
     plan.stats = stats;
     plan.refusals.splice(0..0, refusals);
@@ -350,14 +348,17 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
 
 /// The entry function of the hot `async fn` whose body `function` belongs to (`f::__ipbp_body`
 /// and the closures in it belong to the one whose slot holds `f::__ipbp_entry`).
-fn hot_async_entry(index: &Index, hot: &HotPoints, function: &str) -> Option<Loc> {
-    let (owner, _) = function.split_once("::__ipbp_body")?;
+fn hot_async_entry(index: &Index, hot: &HotPoints, function: &str) -> crate::error::Result<Option<Loc>> {
+    let Some((owner, _)) = function.split_once("::__ipbp_body") else { return Ok(None) };
     let entry = format!("{owner}::__ipbp_entry");
-    hot.roots.iter().find_map(|(&at, d)| {
-        (matches!(d, Dispatch::Entry { .. })
-            && index.name(at).is_some_and(|n| crate::map::read::demangle(n) == entry))
-        .then_some(at)
-    })
+    for (&at, d) in &hot.roots {
+        if matches!(d, Dispatch::Entry { .. })
+            && index.name(at)?.is_some_and(|n| crate::map::read::demangle(n) == entry)
+        {
+            return Ok(Some(at));
+        }
+    }
+    Ok(None)
 }
 
 /// Functions a hot `async fn` expands to, which are switched through its slot, not detoured.
@@ -447,11 +448,11 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         }
     }
 
-    fn object(&self, o: Obj) -> &'p Object<'a> {
+    fn object(&self, o: Obj) -> crate::error::Result<&'p Object<'a>> {
         match o {
-            // The index's build: see `Index::object` for why this read does not fail.
-            Obj::Unit(u) => graph::unread_unit(self.input.current.units[u].object()),
-            Obj::Pulled(i) => self.archives.object(i),
+            // The index's build: see `Index::object` for when this read fails.
+            Obj::Unit(u) => graph::linked_unit(self.input.current, u),
+            Obj::Pulled(i) => Ok(self.archives.object(i)),
         }
     }
 
@@ -463,12 +464,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 
     /// Adds a section (or merge piece) to the patch, once.
-    fn include(&mut self, obj: Obj, sec: SecIdx, piece: Option<(u64, u64)>) -> ChunkId {
+    fn include(&mut self, obj: Obj, sec: SecIdx, piece: Option<(u64, u64)>) -> crate::error::Result<ChunkId> {
         let key = (obj, sec, piece);
         if let Some(id) = self.work.find(&key) {
-            return id;
+            return Ok(id);
         }
-        let o = self.object(obj);
+        let o = self.object(obj)?;
         let s = &o.sections[sec];
         let (start, end) = piece.unwrap_or((0, s.size));
         let data: &'a [u8] = if s.data.is_empty() { &[] } else { &s.data[start as usize..end as usize] };
@@ -493,17 +494,18 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             },
         );
         if s.kind == SectionKind::Text {
-            self.include_unwind(obj, sec, id);
+            self.include_unwind(obj, sec, id)?;
         }
-        id
+        Ok(id)
     }
 
-    fn run(&mut self) {
+    fn run(&mut self) -> crate::error::Result<()> {
         while let Some((id, (obj, sec, piece))) = self.work.next() {
             let (start, end) = piece.unwrap_or((0, u64::MAX));
-            let relocs = self.plan_relocs(obj, sec, start, end, Some(id));
+            let relocs = self.plan_relocs(obj, sec, start, end, Some(id))?;
             self.work.set_relocs(id, relocs);
         }
+        Ok(())
     }
 
     /// The relocations of `sec` in `[start, end)`, resolved, with offsets from `start`. `from`
@@ -515,8 +517,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         start: u64,
         end: u64,
         from: Option<ChunkId>,
-    ) -> Vec<PlannedReloc> {
-        let relocs: Vec<_> = self.object(obj).sections[sec]
+    ) -> crate::error::Result<Vec<PlannedReloc>> {
+        let relocs: Vec<_> = self.object(obj)?.sections[sec]
             .relocs()
             .iter()
             .filter(|r| r.offset >= start && r.offset < end)
@@ -524,8 +526,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             .collect();
         let mut planned = Vec::with_capacity(relocs.len());
         for r in relocs {
-            let target = self.resolve(obj, &r, from);
-            let symbol = self.object(obj).symbols[r.symbol].name.to_string();
+            let target = self.resolve(obj, &r, from)?;
+            let symbol = self.object(obj)?.symbols[r.symbol].name.to_string();
             planned.push(PlannedReloc {
                 offset: r.offset - start,
                 kind: r.kind,
@@ -534,102 +536,122 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 symbol,
             });
         }
-        planned
+        Ok(planned)
     }
 
     /// The FDE of a carried function, and its CIE (once per object and CIE).
-    fn include_unwind(&mut self, obj: Obj, sec: SecIdx, chunk: ChunkId) {
-        let Some(info) = self.unwind.fde_of(obj, self.object(obj), sec) else {
+    fn include_unwind(&mut self, obj: Obj, sec: SecIdx, chunk: ChunkId) -> crate::error::Result<()> {
+        let Some(info) = self.unwind.fde_of(obj, self.object(obj)?, sec) else {
             let name = self.work.chunk(chunk).map(|c| c.name.clone()).unwrap_or_default();
             self.unwind.no_unwind(name);
-            return;
+            return Ok(());
         };
         let cie = match self.unwind.cie(obj, info.cie) {
             Some(c) => c,
             None => {
-                let c = self.eh_record(obj, info.eh_frame, info.cie, None);
+                let c = self.eh_record(obj, info.eh_frame, info.cie, None)?;
                 self.unwind.cie_added(obj, info.cie, c);
                 c
             }
         };
-        self.eh_record(obj, info.eh_frame, info.fde, Some(cie));
+        self.eh_record(obj, info.eh_frame, info.fde, Some(cie))?;
+        Ok(())
     }
 
-    fn eh_record(&mut self, obj: Obj, eh: SecIdx, rec: unwind::Record, cie: Option<usize>) -> usize {
+    fn eh_record(
+        &mut self,
+        obj: Obj,
+        eh: SecIdx,
+        rec: unwind::Record,
+        cie: Option<usize>,
+    ) -> crate::error::Result<usize> {
         let (start, end) = (rec.start as u64, (rec.start + rec.len) as u64);
-        let planned = self.plan_relocs(obj, eh, start, end, None);
-        let data = &self.object(obj).sections[eh].data[rec.start..rec.start + rec.len];
-        self.unwind.push(EhRecord { data, relocs: planned, cie })
+        let planned = self.plan_relocs(obj, eh, start, end, None)?;
+        let data = &self.object(obj)?.sections[eh].data[rec.start..rec.start + rec.len];
+        Ok(self.unwind.push(EhRecord { data, relocs: planned, cie }))
     }
 
     /// Where the target of relocation `r` of `obj`, made from chunk `from`, lives for the patch.
     /// (The relocation's addend is applied on top by emit.)
-    fn resolve(&mut self, obj: Obj, r: &crate::objects::Reloc, from: Option<ChunkId>) -> Target {
-        let o = self.object(obj);
+    fn resolve(
+        &mut self,
+        obj: Obj,
+        r: &crate::objects::Reloc,
+        from: Option<ChunkId>,
+    ) -> crate::error::Result<Target> {
+        let o = self.object(obj)?;
         let s = &o.symbols[r.symbol];
         let (name, def, kind, value, weak) = (s.name, s.def, s.kind, s.value, s.weak);
         let target = match obj {
-            Obj::Unit(u) => self.index.resolve_symbol(u, r.symbol),
+            Obj::Unit(u) => self.index.resolve_symbol(u, r.symbol)?,
             _ => None,
         };
-        if let Some(t) = target.and_then(|at| self.dispatch_special(at, from)) {
-            return t;
+        if let Some(at) = target {
+            if let Some(t) = self.dispatch_special(at, from)? {
+                return Ok(t);
+            }
+            if let Some(t) = self.address_of_changed_function(at, r, value, from)? {
+                return Ok(t);
+            }
         }
-        if let Some(t) = target.and_then(|at| self.address_of_changed_function(at, r, value, from)) {
-            return t;
-        }
-        match def {
+        Ok(match def {
             crate::objects::Definition::Section(sec) => {
                 if !s.is_named() {
                     if let Some((sec, start, end)) = o.merge_piece(r) {
-                        let id = self.include(obj, sec, Some((start, end)));
+                        let id = self.include(obj, sec, Some((start, end)))?;
                         // May wrap "below" the piece: the addend brings it back (value + addend = start).
-                        return Target::Chunk(id, value.wrapping_sub(start));
+                        return Ok(Target::Chunk(id, value.wrapping_sub(start)));
                     }
                     if let Some(p) = o.primary_symbol(sec) {
                         let (pname, pvalue) = (p.name, p.value);
-                        return self
-                            .named_defined(obj, sec, pname, pvalue)
-                            .offset(value as i64 - pvalue as i64);
+                        return Ok(self
+                            .named_defined(obj, sec, pname, pvalue)?
+                            .offset(value as i64 - pvalue as i64));
                     }
                     if o.sections[sec].kind.is_tls() {
                         self.refuse(name, "a thread-local without a name cannot be placed".into());
-                        return Target::Zero;
+                        return Ok(Target::Zero);
                     }
-                    let id = self.include(obj, sec, None);
-                    return Target::Chunk(id, value);
+                    let id = self.include(obj, sec, None)?;
+                    return Ok(Target::Chunk(id, value));
                 }
-                self.named_defined(obj, sec, name, value)
+                self.named_defined(obj, sec, name, value)?
             }
             crate::objects::Definition::Undefined => {
-                self.named_elsewhere(name, kind == SymbolKind::Tls, weak)
+                self.named_elsewhere(name, kind == SymbolKind::Tls, weak)?
             }
             crate::objects::Definition::Absolute => Target::Absolute(value),
             crate::objects::Definition::Common => {
                 self.refuse(name, "common symbols are not supported".into());
                 Target::Zero
             }
-        }
+        })
     }
 
     /// References that hot-point dispatch treats specially when made from a patched copy: a hot
     /// function's references to its own slot or key (not to those of hot functions inlined
     /// into it).
-    fn dispatch_special(&mut self, target: Loc, from: Option<ChunkId>) -> Option<Target> {
-        let (Obj::Unit(u), from_sec, _) = self.work.source(from?)? else { return None };
-        match self.hot.roots.get(&(u, from_sec))? {
+    fn dispatch_special(
+        &mut self,
+        target: Loc,
+        from: Option<ChunkId>,
+    ) -> crate::error::Result<Option<Target>> {
+        let Some(from) = from else { return Ok(None) };
+        let Some((Obj::Unit(u), from_sec, _)) = self.work.source(from) else { return Ok(None) };
+        let Some(dispatch) = self.hot.roots.get(&(u, from_sec)) else { return Ok(None) };
+        Ok(match dispatch {
             Dispatch::Slot { slot } if *slot == target => {
                 let slot = *slot;
                 if let Some(&c) = self.private_slots.get(&slot) {
-                    return Some(Target::Chunk(c, 0));
+                    return Ok(Some(Target::Chunk(c, 0)));
                 }
                 // A patched copy of a hot method reads its own null slot and so runs its body.
                 let signature =
-                    self.index.section(slot).data.get(8..16).map(<[u8]>::to_vec).unwrap_or(vec![0; 8]);
+                    self.index.section(slot)?.data.get(8..16).map(<[u8]>::to_vec).unwrap_or(vec![0; 8]);
                 let mut data = vec![0u8; 8];
                 data.extend_from_slice(&signature);
                 let id = self.work.add_made(Chunk {
-                    name: format!("{}.private", self.index.name(slot).unwrap_or("slot")),
+                    name: format!("{}.private", self.index.name(slot)?.unwrap_or("slot")),
                     kind: SectionKind::Data,
                     align: 8,
                     size: 16,
@@ -643,9 +665,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             // A patched copy of a generic hot function must not find itself in the redirect table:
             // its key becomes its own address, which no table entry uses (keys are addresses in
             // the running image), and which a PC-relative reference can reach.
-            Dispatch::Key { key } if *key == target => Some(Target::Chunk(from?, 0)),
+            Dispatch::Key { key } if *key == target => Some(Target::Chunk(from, 0)),
             _ => None,
-        }
+        })
     }
 
     /// In place, new code that takes the *address* of a changed function (a `fn` pointer, a
@@ -662,11 +684,12 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         r: &crate::objects::Reloc,
         symbol_value: u64,
         from: Option<ChunkId>,
-    ) -> Option<Target> {
+    ) -> crate::error::Result<Option<Target>> {
         if self.input.mode != Mode::InPlace {
-            return None;
+            return Ok(None);
         }
-        let from_code = self.work.chunk(from?)?.kind == SectionKind::Text;
+        let Some(from) = from.and_then(|from| self.work.chunk(from)) else { return Ok(None) };
+        let from_code = from.kind == SectionKind::Text;
         let at_start = |bias: i64| (symbol_value as i64).checked_add(r.addend) == Some(bias);
         let takes_address = match r.kind {
             elf::R_X86_64_GOTPCREL | elf::R_X86_64_GOTPCRELX | elf::R_X86_64_REX_GOTPCRELX => true,
@@ -674,43 +697,53 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             elf::R_X86_64_PC32 => from_code && at_start(-4),
             _ => false,
         };
-        if !takes_address || !self.copy.contains(&at) || self.index.kind(at) != SectionKind::Text {
-            return None;
+        if !takes_address || !self.copy.contains(&at) || self.index.kind(at)? != SectionKind::Text {
+            return Ok(None);
         }
-        let name = self.index.name(at)?;
+        let Some(name) = self.index.name(at)? else { return Ok(None) };
         if is_hot_async_part(&crate::map::read::demangle(name)) {
-            return None; // switched through its slot, never detoured
+            return Ok(None); // switched through its slot, never detoured
         }
-        let (entry, _) = self.input.base.lookup(self.input.diff.base_name(name))?;
-        (entry.kind == BaseKind::Function).then_some(Target::Absolute(entry.addr + self.input.base.load_bias))
+        let Some((entry, _)) = self.input.base.lookup(self.input.diff.base_name(name)) else {
+            return Ok(None);
+        };
+        Ok((entry.kind == BaseKind::Function)
+            .then_some(Target::Absolute(entry.addr + self.input.base.load_bias)))
     }
 
     /// A named symbol defined in section `sec` of `obj`.
-    fn named_defined(&mut self, obj: Obj, sec: SecIdx, name: &'a str, value: u64) -> Target {
+    fn named_defined(
+        &mut self,
+        obj: Obj,
+        sec: SecIdx,
+        name: &'a str,
+        value: u64,
+    ) -> crate::error::Result<Target> {
         if let Obj::Unit(u) = obj {
             if self.copy.contains(&(u, sec)) {
-                let id = self.include(obj, sec, None);
-                return Target::Chunk(id, value);
+                let id = self.include(obj, sec, None)?;
+                return Ok(Target::Chunk(id, value));
             }
         }
-        let kind = self.object(obj).sections[sec].kind;
+        let section = &self.object(obj)?.sections[sec];
+        let (kind, size) = (section.kind, section.size);
         if kind.is_tls() {
             return self.tls_target(name, Some((obj, sec, value)));
         }
-        if let Some(t) = self.bound(name, kind, self.object(obj).sections[sec].size) {
-            return t;
+        if let Some(t) = self.bound(name, kind, size) {
+            return Ok(t);
         }
-        let id = self.include(obj, sec, None);
-        Target::Chunk(id, value)
+        let id = self.include(obj, sec, None)?;
+        Ok(Target::Chunk(id, value))
     }
 
     /// A named symbol the referencing object does not define.
-    fn named_elsewhere(&mut self, name: &'a str, tls: bool, weak: bool) -> Target {
+    fn named_elsewhere(&mut self, name: &'a str, tls: bool, weak: bool) -> crate::error::Result<Target> {
         if let Some(&(u, sec)) = self.index.definitions(name).first() {
             if let Some(t) = self.unchanged_in_image(name, (u, sec)) {
-                return t;
+                return Ok(t);
             }
-            let o = self.object(Obj::Unit(u));
+            let o = self.object(Obj::Unit(u))?;
             if let Some(s) =
                 o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name && !s.local)
             {
@@ -722,7 +755,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             return self.tls_target(name, None);
         }
         if let Some(t) = self.bound(name, SectionKind::Text, 0) {
-            return t;
+            return Ok(t);
         }
         // The running executable takes it from a shared library: so will the patch.
         let imported = self.input.base.imports(name);
@@ -736,9 +769,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             }
         }
         if weak {
-            return Target::Zero;
+            return Ok(Target::Zero);
         }
-        Target::Import(self.imports.id(name))
+        Ok(Target::Import(self.imports.id(name)))
     }
 
     /// A definition the patch does not copy, in a unit this build did not change, which the running
@@ -815,9 +848,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     }
 
     /// A thread-local: the image's, one an earlier patch placed in the reserve, or a new one.
-    fn tls_target(&mut self, name: &str, def: Option<(Obj, SecIdx, u64)>) -> Target {
+    fn tls_target(&mut self, name: &str, def: Option<(Obj, SecIdx, u64)>) -> crate::error::Result<Target> {
         if let Some(s) = self.input.base.all(name).into_iter().find(|s| s.kind == BaseKind::Tls) {
-            return Target::Tls(s.addr);
+            return Ok(Target::Tls(s.addr));
         }
         if self.input.base.same_path_state(name).iter().any(|(_, s)| s.kind == BaseKind::Tls) {
             let path = base::state_path(name);
@@ -827,26 +860,24 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                     "the type of thread-local `{path}` changed; the values every thread holds cannot be kept"
                 ),
             );
-            return Target::Zero;
+            return Ok(Target::Zero);
         }
         if let Err(no_room) = self.tls.check() {
             self.refuse(name, no_room.to_string());
-            return Target::Zero;
+            return Ok(Target::Zero);
         }
         if let Some(at) = self.tls.placed(name) {
-            return Target::Tls(at);
+            return Ok(Target::Tls(at));
         }
-        let def = def.or_else(|| {
-            let &(u, sec) = self.index.definitions(name).first()?;
-            let o = self.object(Obj::Unit(u));
-            let s = o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name)?;
-            Some((Obj::Unit(u), sec, s.value))
-        });
+        let def = match def {
+            Some(def) => Some(def),
+            None => self.tls_definition(name)?,
+        };
         let Some((obj, sec, value)) = def else {
             self.refuse(name, "thread-local not found in any link input".into());
-            return Target::Zero;
+            return Ok(Target::Zero);
         };
-        let section = &self.object(obj).sections[sec];
+        let section = &self.object(obj)?.sections[sec];
         let (align, size) = (section.align, section.size);
         if section.data.iter().any(|&b| b != 0) {
             self.refuse(
@@ -855,18 +886,31 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                  initialise it lazily (thread_local! without `const`)"
                     .into(),
             );
-            return Target::Zero;
+            return Ok(Target::Zero);
         }
-        match self.tls.place(name, align, size) {
+        Ok(match self.tls.place(name, align, size) {
             Ok(at) => Target::Tls(at + value),
             Err(no_room) => {
                 self.refuse(name, no_room.to_string());
                 Target::Zero
             }
-        }
+        })
     }
 
-    fn finish(self, hot: &HotPoints, copy: &HashSet<Loc>, changed: &HashSet<Loc>) -> Plan<'a> {
+    /// Where the workspace defines thread-local `name` (its first definition), if it does.
+    fn tls_definition(&self, name: &str) -> crate::error::Result<Option<(Obj, SecIdx, u64)>> {
+        let Some(&(u, sec)) = self.index.definitions(name).first() else { return Ok(None) };
+        let o = self.object(Obj::Unit(u))?;
+        let s = o.sections[sec].symbols.iter().map(|&i| &o.symbols[i]).find(|s| s.name == name);
+        Ok(s.map(|s| (Obj::Unit(u), sec, s.value)))
+    }
+
+    fn finish(
+        self,
+        hot: &HotPoints,
+        copy: &HashSet<Loc>,
+        changed: &HashSet<Loc>,
+    ) -> crate::error::Result<Plan<'a>> {
         let index = self.index;
         let base = self.input.base;
         let bias = base.load_bias;
@@ -881,7 +925,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             if piece.is_some() {
                 continue;
             }
-            let name = index.name(node).map(crate::map::read::demangle);
+            let mangled = index.name(node)?;
+            let name = mangled.map(crate::map::read::demangle);
             if changed.contains(&node) {
                 report.changed.extend(name.clone());
             } else if copy.contains(&node) {
@@ -889,8 +934,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             }
             if self.input.mode == Mode::InPlace {
                 let hot_async = name.as_deref().is_some_and(is_hot_async_part);
-                if changed.contains(&node) && index.kind(node) == SectionKind::Text && !hot_async {
-                    if let Some(mangled) = index.name(node) {
+                if changed.contains(&node) && index.kind(node)? == SectionKind::Text && !hot_async {
+                    if let Some(mangled) = mangled {
                         detours.push((id, mangled));
                     }
                 }
@@ -899,13 +944,15 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
             }
             if let Some(dispatch) = hot.roots.get(&node) {
-                let original = |n: Loc| index.name(n).and_then(|s| base.lookup(s)).map(|(s, _)| s);
+                let original = |n: Loc| -> crate::error::Result<_> {
+                    Ok(index.name(n)?.and_then(|s| base.lookup(s)).map(|(s, _)| s))
+                };
                 let install = match *dispatch {
                     Dispatch::Slot { slot } | Dispatch::Entry { slot } => {
-                        original(slot).map(|s| Install::Slot(s.addr + bias))
+                        original(slot)?.map(|s| Install::Slot(s.addr + bias))
                     }
-                    Dispatch::Key { key } => original(key).map(|s| Install::Redirect(s.addr + bias)),
-                    Dispatch::Call => original(node).map(|s| Install::Redirect(s.addr + bias)),
+                    Dispatch::Key { key } => original(key)?.map(|s| Install::Redirect(s.addr + bias)),
+                    Dispatch::Call => original(node)?.map(|s| Install::Redirect(s.addr + bias)),
                 };
                 if let Some(install) = install {
                     installs.push((id, install));
@@ -986,7 +1033,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             list.dedup();
         }
         installs.sort_by_key(|&(id, i)| (i, id));
-        Plan {
+        Ok(Plan {
             steps: Vec::new(),
             stats: Vec::new(),
             chunks: self.work.into_chunks(),
@@ -997,7 +1044,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             new_tls,
             report,
             refusals,
-        }
+        })
     }
 }
 

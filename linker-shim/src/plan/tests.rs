@@ -49,9 +49,9 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
     (".rodata..Lanon.fad58de7366495db.3", R_X86_64_PC32), // anonymous data
 ];
 
-/// The current build's changed unit: `f` (refers to everything in [`REFS`], then takes `h`'s
+/// The current build's changed unit: `f` (refers to everything in `refs`, then takes `h`'s
 /// address with a `lea`), `h`, `g` and the data they use.
-fn changed_unit() -> Vec<u8> {
+fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut o = ElfObject::new();
     let f = o.section(".text.f", Kind::Text, &[0x90; 96], 16);
     let h = o.section(".text.h", Kind::Text, &[0xc3], 16);
@@ -73,7 +73,7 @@ fn changed_unit() -> Vec<u8> {
     defined.insert("NEW_TLS_INIT", o.global("NEW_TLS_INIT", new_tls_init));
     let anon = o.section(".rodata..Lanon.fad58de7366495db.3", Kind::ReadOnly, b"hello", 1);
     defined.insert(".rodata..Lanon.fad58de7366495db.3", o.section_symbol(anon));
-    for (i, &(name, kind)) in REFS.iter().enumerate() {
+    for (i, &(name, kind)) in refs.iter().enumerate() {
         let sym = match defined.get(name) {
             Some(&s) => s,
             None if name == "maybe" => o.weak_undefined(name),
@@ -82,12 +82,14 @@ fn changed_unit() -> Vec<u8> {
         };
         o.reloc(f, 1 + 5 * i as u64, kind, sym, -4);
     }
-    o.reloc(f, 1 + 5 * REFS.len() as u64, R_X86_64_PC32, h_sym, -4); // lea h(%rip): h's address
+    o.reloc(f, 1 + 5 * refs.len() as u64, R_X86_64_PC32, h_sym, -4); // lea h(%rip): h's address
     o.bytes()
 }
 
 /// The running image and the base build: `f`, `h`, `g` and `lib_fn` (defined by the unchanged
-/// unit `lib.o`), the statics, a thread-local, libc's `write`; units `app.o` and `lib.o`.
+/// unit `lib.o`), the statics, a thread-local, libc's `write`; units `app.o` and `lib.o`. `lib.o`
+/// also defines `lib_inlined`, which the image does not have (inlined into every caller): only
+/// reading `lib.o` can tell what it is.
 fn base_index() -> Vec<u8> {
     let mut w = Writer::default();
     w.symbol("f", function(IMAGE));
@@ -101,6 +103,7 @@ fn base_index() -> Vec<u8> {
     w.unit("app.o", "", 0, 1, 0);
     let lib = w.unit("lib.o", "", 1, 2, 0);
     w.global("lib_fn", lib, 1);
+    w.global("lib_inlined", lib, 2);
     w.finish()
 }
 
@@ -125,9 +128,18 @@ fn change(name: &str) -> (String, Change) {
 
 /// Plans the patch of `f` and `h`, in place; `lib.o` does not exist on disk (reading it fails).
 fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
+    let (plan, read) = plan_refs(dir, REFS);
+    (plan.unwrap(), read)
+}
+
+/// [`plan_in_place`] with `f` referring to `refs`: the plan, and the units the index read.
+fn plan_refs(
+    dir: &Path,
+    refs: &[(&str, object::elf::RelocationType)],
+) -> (crate::error::Result<Plan<'static>>, Vec<UnitId>) {
     let arena: &'static Arena = Box::leak(Box::default());
     let app = dir.join("app.o");
-    std::fs::write(&app, changed_unit()).unwrap();
+    std::fs::write(&app, changed_unit(refs)).unwrap();
     let input = |path: &Path| Input {
         path: path.to_path_buf(),
         kind: InputKind::Object,
@@ -167,7 +179,7 @@ fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
     };
     let index = Index::new(&current, Some(&base_units)).unwrap();
     let read = index.units_read().to_vec();
-    (plan(&plan_inputs, &index).unwrap(), read)
+    (plan(&plan_inputs, &index), read)
 }
 
 #[test]
@@ -236,4 +248,21 @@ fn what_cannot_be_bound_safely_is_refused_by_name_and_what_nothing_defines_is_le
     let nowhere = f.relocs.iter().find(|r| r.symbol == "nowhere").unwrap();
     assert_eq!(nowhere.target, Target::Import(plan.imports.iter().position(|i| i == "nowhere").unwrap()));
     assert_eq!(plan.report.imports, ["write", "nowhere"], "in order of first use");
+}
+
+/// A unit of the build being linked is read only when the planner needs it; if it is gone by then
+/// (removed during the link, say by a concurrent `cargo clean`), the patch ends with an error
+/// naming the file, not a panic, and the driver skips that process.
+#[test]
+fn a_unit_removed_during_the_link_fails_the_plan_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // `lib_inlined` is defined by the unchanged `lib.o` and absent from the image: resolving it
+    // means reading `lib.o`, which does not exist.
+    let (plan, units_read) = plan_refs(dir.path(), &[("lib_inlined", R_X86_64_PLT32)]);
+    assert_eq!(units_read, [UnitId(0)], "the index itself did not need `lib.o`");
+    let Err(e) = plan else { panic!("planning with `lib.o` missing succeeded") };
+    let message = e.to_string();
+    let lib = dir.path().join("lib.o");
+    assert!(message.contains(&lib.display().to_string()), "names the file: {message}");
+    assert!(message.contains("removed or rewritten while it was being linked"), "{message}");
 }
