@@ -47,9 +47,10 @@ pub unsafe fn set_pc(ctx: *mut libc::c_void, pc: u64) {
 /// work used, which held the interrupted program counter. Without this a later frame that does
 /// not write all of its slots would leave that address above the thread's stack pointer, where
 /// the stack scan of a check round ([`super::hazard`]) would take it for a saved context.
+/// 4 KiB covers the handlers' frames many times over and stays small beside any thread's stack.
 #[inline(never)]
 pub fn scrub_stack() {
-    let mut zeros = [0u64; 1024];
+    let mut zeros = [0u64; 512];
     std::hint::black_box(&mut zeros);
 }
 
