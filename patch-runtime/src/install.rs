@@ -81,7 +81,8 @@ pub enum Outcome {
 }
 
 /// Installs `desired` now, or keeps it for the next safe point when the application asked for
-/// safe points. An error leaves everything as it was.
+/// safe points. An error leaves everything as it was (though calls made while a breakpoint install
+/// was being attempted may have run the new code: it is loaded and whole).
 pub fn now_or_at_safe_point(desired: Desired, info: PatchInfo) -> Result<Outcome, String> {
     if SAFE_POINTS.load(Ordering::Acquire) {
         with_installer(|i| i.pending = Some((desired, info)));

@@ -40,7 +40,7 @@ pub fn every_thread(inside: &Inside, mappings: &[Mapping]) -> Result<CheckStats,
     let spec = Spec { inside, mappings };
     // SAFETY: `spec` outlives `round`, which is dropped before this function returns.
     let mut round = unsafe { Round::begin(Kind::Check, Some(&spec)) }.map_err(NotClear::Failed)?;
-    let gathering = round.gather().map_err(NotClear::Failed)?;
+    let gathering = round.gather().map_err(|e| NotClear::Failed(e.describe()))?;
     let mut answers: Vec<Answer> = Vec::with_capacity(round.threads());
     round.answers(&mut answers);
     let threads = round.threads();

@@ -312,9 +312,9 @@ impl Detours {
                     })
                 }
                 Err(_) if hit.is_some() && retries + 1 < PARK_ATTEMPTS => {
-                    if matches!(hit, Some(hazard::Hazard::UnknownStack { .. })) {
-                        mappings = std::borrow::Cow::Owned(maps::read()?); // a new thread's stack
-                    }
+                    // The mappings again before the next stop: a new thread's stack, or a mapping
+                    // that changed since (the scan reads each stack to its mapping's end).
+                    mappings = std::borrow::Cow::Owned(maps::read()?);
                     retries += 1;
                     std::thread::sleep(Duration::from_micros(500));
                 }

@@ -39,11 +39,13 @@ pub fn with_threads_parked(
     let mut parked: Vec<Answer> = Vec::with_capacity(4096);
     // SAFETY: a park round has no spec.
     let mut round = unsafe { Round::begin(Kind::Park, None)? };
+    // Nothing here may allocate while threads are parked, errors included: a round's error is
+    // turned into a message only after the release.
     let result = (|| {
-        let gathering = round.gather()?;
+        let gathering = round.gather().map_err(Err)?;
         round.answers(&mut parked);
-        inspect(&parked)?;
-        write()?;
+        inspect(&parked).map_err(Ok)?;
+        write().map_err(Ok)?;
         arch::serialize_core();
         Ok(gathering)
     })();
@@ -53,6 +55,7 @@ pub fn with_threads_parked(
     let released_at = signal::now_ns();
     let threads = round.threads();
     drop(round);
+    let result = result.map_err(|e: Result<String, signal::RoundError>| e.unwrap_or_else(|r| r.describe()));
     result.map(|gathering| StopStats {
         longest_pause: Duration::from_nanos(first.map_or(0, |t| released_at.saturating_sub(t))),
         threads,

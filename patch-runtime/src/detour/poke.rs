@@ -27,7 +27,6 @@
 //! code (blocking synchronous signals is undefined behaviour under POSIX).
 
 use super::check::{self, NotClear};
-use super::hazard::Hazard;
 use super::maps::{self, Mapping};
 use super::{arch, signal, sync, trap, Write};
 use std::time::Duration;
@@ -95,58 +94,46 @@ pub unsafe fn write_all(pokes: &[Poke], mappings: &[Mapping]) -> Result<Poked, S
     let traps_before = trap::hits();
     let published = trap::publish(&table);
 
-    // 1. Breakpoints.
+    // 1. Breakpoints. From here until step 4 every entry holds a breakpoint, and the table must
+    //    stay published while one does: `Breakpoints` takes them back, however this function is
+    //    left before step 4 (an error, or a panic), before `published` is dropped.
+    let mut breakpoints = Breakpoints { pokes, tails_written: false, armed: true };
     for p in pokes {
         // SAFETY: the caller's contract; one byte, so every fetch sees the old or the new one.
         unsafe { std::ptr::write_volatile(p.write.at as *mut u8, arch::BREAKPOINT) };
     }
     let mut poked = Poked { retries: 0, round: None, traps: 0, live_at: std::time::Instant::now() };
-    let step2 = (|| {
-        if !sync::all_cores() {
-            return Err("the kernel did not serialise this process's cores (membarrier)".to_string());
-        }
-        poked.live_at = std::time::Instant::now();
-        // 2. Nobody between two instructions of old bytes.
-        let inside: Vec<(u64, u64)> = pokes
-            .iter()
-            .filter(|p| p.old_has_boundaries)
-            .map(|p| (p.write.at + 1, p.write.at + arch::JUMP_LEN as u64))
-            .collect();
-        if !inside.is_empty() {
-            let mut mappings = std::borrow::Cow::Borrowed(mappings);
-            loop {
-                match check::every_thread(&inside, &mappings) {
-                    Ok(stats) => {
-                        poked.round = Some(stats);
-                        break;
-                    }
-                    Err(NotClear::Hazard(h)) if poked.retries + 1 < ATTEMPTS => {
-                        if matches!(h, Hazard::UnknownStack { .. }) {
-                            mappings = std::borrow::Cow::Owned(maps::read()?); // a new thread's stack
-                        }
-                        poked.retries += 1;
-                        std::thread::sleep(Duration::from_micros(200));
-                    }
-                    Err(NotClear::Hazard(h)) => return Err(h.describe(ATTEMPTS)),
-                    Err(NotClear::Failed(e)) => return Err(e),
+    if !sync::all_cores() {
+        return Err("the kernel did not serialise this process's cores (membarrier)".to_string());
+    }
+    poked.live_at = std::time::Instant::now();
+
+    // 2. Nobody between two instructions of old bytes.
+    let inside: Vec<(u64, u64)> = pokes
+        .iter()
+        .filter(|p| p.old_has_boundaries)
+        .map(|p| (p.write.at + 1, p.write.at + arch::JUMP_LEN as u64))
+        .collect();
+    if !inside.is_empty() {
+        let mut mappings = std::borrow::Cow::Borrowed(mappings);
+        loop {
+            match check::every_thread(&inside, &mappings) {
+                Ok(stats) => {
+                    poked.round = Some(stats);
+                    break;
                 }
+                Err(NotClear::Hazard(_)) if poked.retries + 1 < ATTEMPTS => {
+                    // The mappings again before the next round: a new thread's stack, or a
+                    // mapping that changed since (the scan reads each stack to its mapping's end).
+                    mappings = std::borrow::Cow::Owned(maps::read()?);
+                    poked.retries += 1;
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(NotClear::Hazard(h)) => return Err(h.describe(ATTEMPTS)),
+                Err(NotClear::Failed(e)) => return Err(e),
             }
         }
-        Ok(())
-    })();
-    if let Err(e) = step2 {
-        // Take the breakpoints back: the rest of the bytes was not touched.
-        for p in pokes {
-            // SAFETY: as in step 1.
-            unsafe { std::ptr::write_volatile(p.write.at as *mut u8, p.old[0]) };
-        }
-        let _ = sync::all_cores();
-        drop(published);
-        return Err(e);
     }
-    // Once registered, membarrier cannot fail (it returns EINVAL only for an unregistered
-    // process or an unknown command), so steps 3 and 4 do not check it: stopping between them
-    // would leave breakpoints without a table.
 
     // 3. The rest of each entry; no thread executes these bytes (step 2), nor fetches them
     //    through the first byte, which traps.
@@ -160,15 +147,64 @@ pub unsafe fn write_all(pokes: &[Poke], mappings: &[Mapping]) -> Result<Poked, S
             )
         };
     }
-    let _ = sync::all_cores();
+    breakpoints.tails_written = true;
+    serialise_every_core(mappings);
     // 4. The first byte.
     for p in pokes {
         // SAFETY: as in step 1.
         unsafe { std::ptr::write_volatile(p.write.at as *mut u8, p.write.bytes[0]) };
     }
-    let _ = sync::all_cores();
+    breakpoints.disarm();
+    serialise_every_core(mappings);
     arch::serialize_core();
     drop(published);
     poked.traps = trap::hits() - traps_before;
     Ok(poked)
+}
+
+/// Between steps 3 and 4 there is no way back (the rest of the bytes is new), so a failed
+/// `membarrier` (ENOMEM, with the kernel's cpumasks off the stack) is retried, and then replaced
+/// by a round in which every thread serialises its own core.
+fn serialise_every_core(mappings: &[Mapping]) {
+    for _ in 0..100 {
+        if sync::all_cores() {
+            return;
+        }
+        std::thread::yield_now();
+    }
+    // Each handler of a round runs `cpuid`; no range to check.
+    let _ = check::every_thread(&[], mappings);
+}
+
+/// The entries' first bytes while they hold breakpoints. Dropped armed (an error or a panic
+/// before step 4), it ends the breakpoints before the table is withdrawn: before step 3 by
+/// putting each entry's old first byte back (its other bytes are untouched), after it by writing
+/// the new first byte (the other bytes are new); then it serialises every core.
+struct Breakpoints<'a> {
+    pokes: &'a [Poke],
+    tails_written: bool,
+    armed: bool,
+}
+
+impl Breakpoints<'_> {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Breakpoints<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if self.tails_written {
+            let _ = sync::all_cores(); // as between steps 3 and 4
+        }
+        for p in self.pokes {
+            let first = if self.tails_written { p.write.bytes[0] } else { p.old[0] };
+            // SAFETY: as in step 1 of `write_all`: one byte of an entry the caller vouched for.
+            unsafe { std::ptr::write_volatile(p.write.at as *mut u8, first) };
+        }
+        let _ = sync::all_cores();
+    }
 }

@@ -15,8 +15,11 @@
 //! that thread fetches from then on (Intel SDM vol. 3, 8.1.3, cross-modifying code).
 //!
 //! **Why the handler is safe to run anywhere.** A thread blocked in a system call (`read`,
-//! `sleep`, a contended lock's futex) runs the handler as soon as the signal interrupts the call;
-//! `SA_RESTART` (or the caller's own `EINTR` loop) resumes it afterwards. A thread running user
+//! `sleep`, a contended lock's futex) runs the handler as soon as the signal interrupts the call.
+//! `SA_RESTART` resumes most calls afterwards; those the kernel never restarts (`epoll_wait`,
+//! `poll`, `nanosleep`, calls with a timeout, see signal(7)) return `EINTR`, which Rust's std
+//! (`thread::sleep`, locks, `read_exact`) and tokio retry, but which C code without an `EINTR`
+//! loop sees as a spurious wakeup once per install. A thread running user
 //! code is interrupted at an instruction boundary, and the handler sees that instruction's
 //! address. The handler only uses atomics, raw system calls and the vDSO clock, and saves
 //! `errno`. A signal that arrives after its round is over finds `RELEASED == REQUESTED` and
@@ -92,6 +95,44 @@ impl Record {
             cpu_ns: AtomicU64::new(0),
             hazard_kind: AtomicU32::new(0),
             hazard_addr: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Why a round failed. Built while threads may be parked, so it holds no heap data; turned
+/// into a message ([`RoundError::describe`]) once the round is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundError {
+    /// `getdents64` on `/proc/self/task` failed.
+    ListThreads,
+    /// More threads than answer records.
+    TooManyThreads,
+    /// A thread could not be sent the signal (`errno`), other than because it exited.
+    Signal { tid: i32, errno: i32 },
+    /// A thread did not answer in time (it blocks the signal, or is stopped).
+    NoAnswer { tid: i32 },
+    /// The listed threads kept changing until the deadline.
+    Timeout,
+}
+
+impl RoundError {
+    /// The message (allocates: call once the round is over).
+    pub fn describe(self) -> String {
+        match self {
+            RoundError::ListThreads => "cannot list threads (getdents64 failed)".into(),
+            RoundError::TooManyThreads => format!("more than {MAX_THREADS} threads"),
+            RoundError::Signal { tid, errno } => format!(
+                "cannot signal thread {}: {}",
+                thread_name(tid),
+                std::io::Error::from_raw_os_error(errno)
+            ),
+            RoundError::NoAnswer { tid } => format!(
+                "thread {} did not answer signal {} within {} ms (it blocks the signal or is stopped in a debugger)",
+                thread_name(tid),
+                stop_signal(),
+                ARRIVAL_TIMEOUT.as_millis(),
+            ),
+            RoundError::Timeout => "threads did not answer in time".into(),
         }
     }
 }
@@ -190,8 +231,10 @@ fn answer(epoch: u32, ctx: *mut libc::c_void) {
     ARRIVED.fetch_add(1, Ordering::Release);
     futex_wake(&ARRIVED);
     if kind == Kind::Park as u32 {
-        while RELEASED.load(Ordering::Acquire) != epoch {
-            futex_wait(&RELEASED, RELEASED.load(Ordering::Relaxed), None);
+        // Only while this round is the one requested: a handler that ran late, after its round
+        // was over and a newer one began, must not wait for a release that already happened.
+        while RELEASED.load(Ordering::Acquire) != epoch && REQUESTED.load(Ordering::Acquire) == epoch {
+            futex_wait(&RELEASED, RELEASED.load(Ordering::Relaxed), Some(Duration::from_millis(50)));
         }
         // Code written while this thread was parked is what it runs next.
         arch::serialize_core();
@@ -204,8 +247,10 @@ fn check_self(tid: i32, pc: u64, sp: u64) -> (u32, u64) {
     // withdrawing thread sees this reader and waits for it.
     SPEC_READERS.fetch_add(1, Ordering::SeqCst);
     let spec = SPEC.load(Ordering::SeqCst);
-    let found = if spec.is_null() {
-        Some(Hazard::UnknownStack { tid }) // a stale round: counts as not clear
+    let found = if spec.is_null() || on_alternate_stack() {
+        // A stale round, or a thread interrupted on an alternate signal stack (the frames below
+        // it, on its own stack, are not scanned): counts as not clear, and the round is retried.
+        Some(Hazard::UnknownStack { tid })
     } else {
         // SAFETY: the spec stays alive while `SPEC_READERS` counts us; this thread is the one
         // whose stack is scanned, and it is running this handler, so the stack above `sp` is
@@ -215,6 +260,13 @@ fn check_self(tid: i32, pc: u64, sp: u64) -> (u32, u64) {
     };
     SPEC_READERS.fetch_sub(1, Ordering::SeqCst);
     found.map_or((0, 0), Hazard::encode)
+}
+
+/// Whether this thread runs on its alternate signal stack (`sigaltstack`: async-signal-safe).
+fn on_alternate_stack() -> bool {
+    // SAFETY: querying only; `ss` is written by the kernel.
+    let mut ss: libc::stack_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::sigaltstack(std::ptr::null(), &mut ss) == 0 && ss.ss_flags & libc::SS_ONSTACK != 0 }
 }
 
 pub fn now_ns() -> u64 {
@@ -268,7 +320,7 @@ impl TaskList {
     }
 
     /// Re-reads the list; allocates nothing once opened (capacity is fixed).
-    fn read(&mut self) -> Result<&[i32], String> {
+    fn read(&mut self) -> Result<&[i32], RoundError> {
         use std::os::fd::AsRawFd;
         let fd = self.dir.as_raw_fd();
         // SAFETY: gettid has no preconditions.
@@ -280,7 +332,7 @@ impl TaskList {
             // SAFETY: getdents64 writes at most `buf.len()` bytes into `buf`.
             let n = unsafe { libc::syscall(libc::SYS_getdents64, fd, self.buf.as_mut_ptr(), self.buf.len()) };
             if n < 0 {
-                return Err("cannot list threads (getdents64 failed)".into());
+                return Err(RoundError::ListThreads);
             }
             if n == 0 {
                 break;
@@ -294,7 +346,7 @@ impl TaskList {
                 if let Some(tid) = parse_tid(name) {
                     if tid != me {
                         if self.tids.len() == MAX_THREADS {
-                            return Err(format!("more than {MAX_THREADS} threads"));
+                            return Err(RoundError::TooManyThreads);
                         }
                         self.tids.push(tid);
                     }
@@ -372,13 +424,13 @@ impl Round {
     }
 
     /// Signals every other thread and waits until each has answered or exited; allocates
-    /// nothing. Returns how long that took.
-    pub fn gather(&mut self) -> Result<Duration, String> {
+    /// nothing (errors too: threads may be parked). Returns how long that took.
+    pub fn gather(&mut self) -> Result<Duration, RoundError> {
         let started = Instant::now();
         let sig = stop_signal();
         loop {
             let listed = self.tasks.read()?;
-            let mut new = 0;
+            let mut unsent = 0;
             for &tid in listed {
                 if self.signalled.contains(&tid) {
                     continue;
@@ -386,11 +438,19 @@ impl Round {
                 // SAFETY: tgkill to a thread of our own process.
                 if unsafe { libc::syscall(libc::SYS_tgkill, self.pid, tid, sig) } == 0 {
                     self.signalled.push(tid);
-                    new += 1;
+                    unsent += 1; // new this pass: list again once it answered
+                    continue;
                 }
-                // ESRCH: it exited since it was listed.
+                // SAFETY: errno is thread-local.
+                match unsafe { *libc::__errno_location() } {
+                    libc::ESRCH => {} // it exited since it was listed
+                    // The real-time signal queue is full (a per-user limit): try again below,
+                    // until the deadline. Never count such a thread as answered.
+                    libc::EAGAIN if started.elapsed() < ARRIVAL_TIMEOUT => unsent += 1,
+                    errno => return Err(RoundError::Signal { tid, errno }),
+                }
             }
-            if new == 0 && self.answered_all() {
+            if unsent == 0 && self.answered_all() {
                 return Ok(started.elapsed());
             }
             self.wait_for_answers(started)?;
@@ -438,7 +498,7 @@ impl Round {
         self.signalled.iter().all(|&tid| self.has_answered(tid) || !thread_exists(self.pid, tid))
     }
 
-    fn wait_for_answers(&self, started: Instant) -> Result<(), String> {
+    fn wait_for_answers(&self, started: Instant) -> Result<(), RoundError> {
         loop {
             let seen = ARRIVED.load(Ordering::Acquire);
             if self.answered_all() {
@@ -450,14 +510,7 @@ impl Round {
                     .iter()
                     .copied()
                     .find(|&tid| thread_exists(self.pid, tid) && !self.has_answered(tid));
-                return Err(match missing {
-                    Some(tid) => format!(
-                        "thread {tid} did not answer signal {} within {} ms (it blocks the signal or is stopped in a debugger)",
-                        stop_signal(),
-                        ARRIVAL_TIMEOUT.as_millis(),
-                    ),
-                    None => "threads did not answer in time".into(),
-                });
+                return Err(missing.map_or(RoundError::Timeout, |tid| RoundError::NoAnswer { tid }));
             }
             futex_wait(&ARRIVED, seen, Some(Duration::from_millis(1)));
         }

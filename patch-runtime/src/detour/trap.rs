@@ -23,6 +23,10 @@ struct Table {
 
 static TABLE: AtomicPtr<Table> = AtomicPtr::new(std::ptr::null_mut());
 static READERS: AtomicUsize = AtomicUsize::new(0);
+/// Bumped whenever a table is published or withdrawn: a handler that found no table and then a
+/// breakpoint still in place knows, by a changed generation, that an install came and went in
+/// between (the breakpoint is a newer install's) and looks again.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// Traps taken at published entries, since the process started.
 static HITS: AtomicU64 = AtomicU64::new(0);
 
@@ -31,7 +35,9 @@ pub fn hits() -> u64 {
     HITS.load(Ordering::Relaxed)
 }
 
-/// Installs the SIGTRAP handler once. Fails if the program handles SIGTRAP itself.
+/// Installs the SIGTRAP handler once, and checks before every install that it is still the one
+/// in place: a program (a crash reporter, say) may install its own later, or reset it. Fails if
+/// the program handles SIGTRAP itself.
 pub fn install_handler() -> Result<(), String> {
     static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
@@ -50,17 +56,30 @@ pub fn install_handler() -> Result<(), String> {
             // so it never traps itself), and a thread that blocks SIGTRAP is always the
             // program's doing — which `poke::usable` looks for.
             act.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
-            // The round signal waits until this handler is done: a check round then never sees
-            // a trapped context, whose saved program counter lies inside an entry's bytes.
-            libc::sigemptyset(&mut act.sa_mask);
-            libc::sigaddset(&mut act.sa_mask, super::signal::stop_signal());
+            // Every asynchronous signal waits until this handler is done: a check round then never
+            // sees a trapped context (its saved program counter lies inside an entry's bytes), and
+            // no application handler can run — or `siglongjmp` out — while `READERS` counts us.
+            // Synchronous signals stay open (blocked, the kernel would kill for them).
+            libc::sigfillset(&mut act.sa_mask);
+            for s in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+                libc::sigdelset(&mut act.sa_mask, s);
+            }
             if libc::sigaction(libc::SIGTRAP, &act, std::ptr::null_mut()) != 0 {
                 return Err("cannot install the SIGTRAP handler".into());
             }
         }
         Ok(())
     })
-    .clone()
+    .clone()?;
+    // SAFETY: reading the current disposition only.
+    let mut current: libc::sigaction = unsafe { std::mem::zeroed() };
+    if unsafe { libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut current) } != 0 {
+        return Err("cannot read the SIGTRAP handler".into());
+    }
+    if current.sa_sigaction != on_trap as *const () as libc::sighandler_t {
+        return Err("the program replaced ipbp's SIGTRAP handler".into());
+    }
+    Ok(())
 }
 
 /// Publishes `entries` (entry → where to go, sorted by entry) until the guard is dropped.
@@ -71,6 +90,7 @@ pub fn publish(entries: &[(u64, u64)]) -> Published<'_> {
     // SeqCst: ordered before the breakpoint bytes the caller writes next (a thread that traps on
     // one of them finds the table; the trap is a serialising event).
     TABLE.store(table, Ordering::SeqCst);
+    GENERATION.fetch_add(1, Ordering::SeqCst);
     Published { table, _entries: std::marker::PhantomData }
 }
 
@@ -83,6 +103,7 @@ pub struct Published<'a> {
 impl Drop for Published<'_> {
     fn drop(&mut self) {
         TABLE.store(std::ptr::null_mut(), Ordering::SeqCst);
+        GENERATION.fetch_add(1, Ordering::SeqCst);
         // SeqCst pairs with the handler's: either it saw the table withdrawn, or we see it here.
         while READERS.load(Ordering::SeqCst) != 0 {
             std::thread::yield_now();
@@ -123,19 +144,27 @@ fn handle(info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
     let (is_breakpoint, pc) = unsafe { (arch::is_breakpoint_trap(&*info), arch::interrupted_pc_sp(ctx).0) };
     if is_breakpoint {
         let site = arch::breakpoint_site(pc);
-        if let Some(to) = lookup(site) {
-            HITS.fetch_add(1, Ordering::Relaxed);
-            // SAFETY: `ctx` is the interrupted context; execution resumes at `to`, as the jump
-            // being written there would have sent it.
-            unsafe { arch::set_pc(ctx, to) };
-            return;
-        }
-        // SAFETY: the thread just executed the breakpoint at `site`, so the byte is mapped.
-        if unsafe { std::ptr::read_volatile(site as *const u8) } != arch::BREAKPOINT {
-            // Rewritten after the trap was taken: run what is there now.
-            // SAFETY: as above.
-            unsafe { arch::set_pc(ctx, site) };
-            return;
+        loop {
+            let generation = GENERATION.load(Ordering::SeqCst);
+            if let Some(to) = lookup(site) {
+                HITS.fetch_add(1, Ordering::Relaxed);
+                // SAFETY: `ctx` is the interrupted context; execution resumes at `to`, as the jump
+                // being written there would have sent it.
+                unsafe { arch::set_pc(ctx, to) };
+                return;
+            }
+            // SAFETY: the thread just executed the breakpoint at `site`, so the byte is mapped.
+            if unsafe { std::ptr::read_volatile(site as *const u8) } != arch::BREAKPOINT {
+                // Rewritten after the trap was taken: run what is there now.
+                // SAFETY: as above.
+                unsafe { arch::set_pc(ctx, site) };
+                return;
+            }
+            // A breakpoint and no table: ours only if an install published a table since we
+            // looked (then look again); with the generation unchanged, it is not ours.
+            if GENERATION.load(Ordering::SeqCst) == generation {
+                break;
+            }
         }
     }
     // Not ours: the default action, as without this handler. A breakpoint is executed again
@@ -163,6 +192,26 @@ mod tests {
     #[inline(never)]
     extern "C" fn eleven() -> u64 {
         std::hint::black_box(11)
+    }
+
+    /// A program that installs its own SIGTRAP handler after ours (a crash reporter, say) makes
+    /// the next install park the threads instead: the check runs before every install.
+    #[test]
+    fn a_replaced_handler_is_noticed() {
+        let _turn = super::super::test_turn();
+        install_handler().unwrap();
+        // SAFETY: swapping SIGTRAP's disposition and putting ours back; no other test traps now.
+        unsafe {
+            let mut ours: libc::sigaction = std::mem::zeroed();
+            libc::sigaction(libc::SIGTRAP, std::ptr::null(), &mut ours);
+            let mut other: libc::sigaction = std::mem::zeroed();
+            other.sa_sigaction = libc::SIG_IGN;
+            libc::sigaction(libc::SIGTRAP, &other, std::ptr::null_mut());
+            let refused = install_handler();
+            libc::sigaction(libc::SIGTRAP, &ours, std::ptr::null_mut());
+            assert!(refused.unwrap_err().contains("replaced"));
+        }
+        install_handler().unwrap();
     }
 
     /// A call that meets a published breakpoint runs the table's target; once the table is
