@@ -21,10 +21,12 @@
 //! same cost the kernel's sequence puts on a CPU that meets its `int3`.
 //!
 //! **When this is not used** (then [`super::park`] is): a debugger traces the process (it would
-//! stop at each breakpoint), the program handles SIGTRAP itself, a thread blocks SIGTRAP (a
-//! blocked breakpoint trap kills the process), or the kernel cannot serialise cores on request. A thread that starts blocking SIGTRAP during the window and then calls a
-//! patched function would be killed; no known runtime or library does that around application
-//! code (blocking synchronous signals is undefined behaviour under POSIX).
+//! stop at each breakpoint), the program handles SIGTRAP itself (checked before every install),
+//! a thread blocks SIGTRAP (a blocked breakpoint trap kills the process), or the kernel cannot
+//! serialise cores on request. A thread that starts blocking SIGTRAP during the window and then
+//! calls a patched function would be killed: blocking a synchronous signal is undefined under
+//! POSIX, but an application signal handler registered with a full `sa_mask` that calls program
+//! functions does it while it runs (ARCHITECTURE.md, *Limits*).
 
 use super::check::{self, NotClear};
 use super::maps::{self, Mapping};
