@@ -494,6 +494,60 @@ mod tests {
         assert_eq!(installs[2].threads, 0, "restored without a round: {:?}", installs[2]);
     }
 
+    #[inline(never)]
+    extern "C" fn answer_c(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(19).wrapping_add(7)
+    }
+    #[inline(never)]
+    extern "C" fn answer_c1(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(23).wrapping_add(8)
+    }
+
+    /// A thread forks again and again while entries are rewritten breakpoint first: no child
+    /// starts with a breakpoint at an entry (nothing in the child would ever finish that install).
+    #[test]
+    fn a_fork_waits_until_no_breakpoint_is_left() {
+        let _turn = test_turn();
+        let entry = answer_c as *const () as u64;
+        let stop = Arc::new(AtomicBool::new(false));
+        let forker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut children, mut trapped) = (0, 0);
+                while !stop.load(Ordering::Relaxed) {
+                    // SAFETY: the child only reads a byte of code and exits.
+                    match unsafe { libc::fork() } {
+                        0 => unsafe {
+                            let first = std::ptr::read_volatile(entry as *const u8);
+                            libc::_exit(i32::from(first == arch::BREAKPOINT));
+                        },
+                        pid if pid > 0 => {
+                            let mut status = 0;
+                            // SAFETY: waiting for our own child.
+                            unsafe { libc::waitpid(pid, &mut status, 0) };
+                            children += 1;
+                            trapped += i32::from(libc::WEXITSTATUS(status) != 0);
+                        }
+                        _ => panic!("fork failed"),
+                    }
+                }
+                (children, trapped)
+            })
+        };
+        let mut detours = Detours::default();
+        let installs: Vec<Installed> = (0..20)
+            .map(|i| {
+                let desired = if i % 2 == 0 { vec![(entry, answer_c1 as *const () as u64)] } else { vec![] };
+                detours.install_preferring(&desired, Prefer::Breakpoint).unwrap()
+            })
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        let (children, trapped) = forker.join().unwrap();
+        assert!(installs.iter().all(|i| i.method == Method::Breakpoint), "{installs:?}");
+        assert!(children > 0);
+        assert_eq!(trapped, 0, "{trapped} of {children} children started with a breakpoint at the entry");
+    }
+
     #[test]
     fn parked_installs_redirect_retarget_and_restore_a_busy_function() {
         let installs = redirect_under_load(Prefer::Park, [answer_b, answer_b1, answer_b2]);

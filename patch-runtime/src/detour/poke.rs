@@ -94,6 +94,8 @@ pub struct Poke {
 pub unsafe fn write_all(pokes: &[Poke], mappings: &[Mapping]) -> Result<Poked, String> {
     let table: Vec<(u64, u64)> = pokes.iter().map(|p| (p.write.at, p.goto)).collect();
     let traps_before = trap::hits();
+    // Declared first, dropped last: a `fork()` waits until no breakpoint is left.
+    let _no_fork = NoFork::hold();
     let published = trap::publish(&table);
 
     // 1. Breakpoints. From here until step 4 every entry holds a breakpoint, and the table must
@@ -162,6 +164,41 @@ pub unsafe fn write_all(pokes: &[Poke], mappings: &[Mapping]) -> Result<Poked, S
     drop(published);
     poked.traps = trap::hits() - traps_before;
     Ok(poked)
+}
+
+/// Held while entries hold breakpoints: `fork()` waits for it (a `pthread_atfork` handler), so a
+/// child never starts with breakpoints and a half-written entry that no install of its own would
+/// ever finish. glibc runs the prepare handlers before it takes its own locks (malloc's, stdio's),
+/// so the patching thread, which allocates meanwhile, cannot wait on the forking one; and a
+/// thread waiting here still answers a check round (the signal interrupts the wait).
+struct NoFork;
+
+static NO_FORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// The guard `prepare_fork` took, released by the parent and the child after the fork.
+static mut FORK_GUARD: Option<std::sync::MutexGuard<'static, ()>> = None;
+
+impl NoFork {
+    fn hold() -> std::sync::MutexGuard<'static, ()> {
+        static REGISTERED: std::sync::Once = std::sync::Once::new();
+        REGISTERED.call_once(|| {
+            // SAFETY: registering plain extern "C" functions.
+            unsafe { libc::pthread_atfork(Some(prepare_fork), Some(after_fork), Some(after_fork)) };
+        });
+        NO_FORK.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+extern "C" fn prepare_fork() {
+    let guard = NO_FORK.lock().unwrap_or_else(|p| p.into_inner());
+    // SAFETY: only the forking thread runs between prepare and the parent/child handlers, and
+    // forks are serialised by the lock itself.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = Some(guard) };
+}
+
+extern "C" fn after_fork() {
+    // SAFETY: as in `prepare_fork`; in the child the forking thread is the only thread and owns
+    // the (copied) lock.
+    unsafe { *std::ptr::addr_of_mut!(FORK_GUARD) = None };
 }
 
 /// Between steps 3 and 4 there is no way back (the rest of the bytes is new), so a failed
