@@ -181,7 +181,6 @@ impl Detours {
         writes.sort_unstable_by_key(|w| w.at);
 
         let started = std::time::Instant::now();
-        let prep_started = started;
         let mappings = maps::read()?;
         let pages = pages_to_unprotect(&writes, &mappings)?;
         // What each entry holds now (code is only written here, under the caller's lock, so
@@ -204,10 +203,12 @@ impl Detours {
                 "breakpoints cannot be used"
             }),
         };
-        let preparing = prep_started.elapsed();
+        let preparing = started.elapsed();
 
         let mut installed = if fallback.is_some() {
-            self.write_parked(&writes, &pages, &mappings)?
+            // Parked, the new code takes effect when the threads are released: at the end.
+            let parked = self.write_parked(&writes, &pages, &mappings)?;
+            Installed { live: started.elapsed(), ..parked }
         } else {
             let pokes: Vec<poke::Poke> = writes
                 .iter()
@@ -242,9 +243,6 @@ impl Detours {
                 ..Installed::default()
             }
         };
-        if installed.method == Method::Parked {
-            installed.live = started.elapsed();
-        }
         for (w, old) in writes.iter().zip(&olds) {
             if !self.current.contains_key(&w.at) {
                 self.originals.entry(w.at).or_insert(*old);

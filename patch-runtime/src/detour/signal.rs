@@ -177,10 +177,7 @@ fn install_handler() -> Result<(), String> {
             // but synchronous ones (a fault, a breakpoint), which the kernel delivers even when
             // blocked, by killing the process. Leaving SIGTRAP open also keeps a thread inside
             // this handler from looking like one that blocks it ([`super::poke::usable`]).
-            libc::sigfillset(&mut act.sa_mask);
-            for s in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
-                libc::sigdelset(&mut act.sa_mask, s);
-            }
+            act.sa_mask = all_but_synchronous();
             if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
                 return Err(format!("cannot install the handler of signal {sig}"));
             }
@@ -188,6 +185,20 @@ fn install_handler() -> Result<(), String> {
         Ok(())
     })
     .clone()
+}
+
+/// Every signal but the synchronous ones (a fault, a breakpoint), which the kernel delivers even
+/// when blocked — by killing the process: the mask ipbp's handlers run with.
+pub fn all_but_synchronous() -> libc::sigset_t {
+    // SAFETY: filling a zeroed set, then taking signals out of it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for s in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
+            libc::sigdelset(&mut set, s);
+        }
+        set
+    }
 }
 
 extern "C" fn on_signal(_sig: i32, _info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {

@@ -60,10 +60,7 @@ pub fn install_handler() -> Result<(), String> {
             // sees a trapped context (its saved program counter lies inside an entry's bytes), and
             // no application handler can run — or `siglongjmp` out — while `READERS` counts us.
             // Synchronous signals stay open (blocked, the kernel would kill for them).
-            libc::sigfillset(&mut act.sa_mask);
-            for s in [libc::SIGTRAP, libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE] {
-                libc::sigdelset(&mut act.sa_mask, s);
-            }
+            act.sa_mask = super::signal::all_but_synchronous();
             if libc::sigaction(libc::SIGTRAP, &act, std::ptr::null_mut()) != 0 {
                 return Err("cannot install the SIGTRAP handler".into());
             }
