@@ -11,6 +11,55 @@ pub mod units;
 use object::elf;
 use std::fmt;
 
+/// Declares an id that is a position in one list and crosses modules (a build's units, a plan's
+/// chunks): a `u32` newtype that indexes slices and `Vec`s directly. `$why` says why a list never
+/// holds 2^32 of them.
+macro_rules! position_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $why:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u32);
+
+        impl $name {
+            #[doc = concat!("The id of the ", $what, " at `position` of its list.")]
+            pub fn at(position: usize) -> $name {
+                $name(u32::try_from(position).expect(concat!("fewer than 2^32 ", $what, "s: ", $why)))
+            }
+
+            pub fn index(self) -> usize {
+                self.0 as usize
+            }
+        }
+
+        impl<T> std::ops::Index<$name> for [T] {
+            type Output = T;
+            fn index(&self, id: $name) -> &T {
+                &self[id.index()]
+            }
+        }
+
+        impl<T> std::ops::IndexMut<$name> for [T] {
+            fn index_mut(&mut self, id: $name) -> &mut T {
+                &mut self[id.index()]
+            }
+        }
+
+        impl<T> std::ops::Index<$name> for Vec<T> {
+            type Output = T;
+            fn index(&self, id: $name) -> &T {
+                &self[id.index()]
+            }
+        }
+
+        impl<T> std::ops::IndexMut<$name> for Vec<T> {
+            fn index_mut(&mut self, id: $name) -> &mut T {
+                &mut self[id.index()]
+            }
+        }
+    };
+}
+pub(crate) use position_id;
+
 pub type SecIdx = usize;
 pub type SymIdx = usize;
 

@@ -99,47 +99,13 @@ impl<'a> WorkUnit<'a> {
     }
 }
 
-/// A workspace unit of one build: its position in [`Build::units`] (link order). Crosses from the
-/// units model to diff, layout, the planner's graph and the link index builder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct UnitId(pub u32);
-
-impl UnitId {
-    /// The id of the unit at `position` of a build's list.
-    pub fn at(position: usize) -> UnitId {
-        UnitId(u32::try_from(position).expect("fewer than 2^32 units: each is a file or archive member"))
-    }
-
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl<T> std::ops::Index<UnitId> for [T] {
-    type Output = T;
-    fn index(&self, id: UnitId) -> &T {
-        &self[id.index()]
-    }
-}
-
-impl<T> std::ops::IndexMut<UnitId> for [T] {
-    fn index_mut(&mut self, id: UnitId) -> &mut T {
-        &mut self[id.index()]
-    }
-}
-
-impl<T> std::ops::Index<UnitId> for Vec<T> {
-    type Output = T;
-    fn index(&self, id: UnitId) -> &T {
-        &self[id.index()]
-    }
-}
-
-impl<T> std::ops::IndexMut<UnitId> for Vec<T> {
-    fn index_mut(&mut self, id: UnitId) -> &mut T {
-        &mut self[id.index()]
-    }
-}
+crate::objects::position_id!(
+    /// A workspace unit of one build: its position in [`Build::units`] (link order). Crosses from
+    /// the units model to diff, layout, the planner's graph and the link index builder.
+    UnitId,
+    "unit",
+    "each is a file or archive member"
+);
 
 /// The workspace units of one build, in link order.
 pub struct Build<'a> {

@@ -42,47 +42,13 @@ use tls::TlsReserve;
 use unwind::UnwindRecords;
 use worklist::Worklist;
 
-/// A chunk of the plan: its position in [`Plan::chunks`], and in every per-chunk list emit makes
-/// from it (offsets, addresses). Crosses from plan to emit and to the driver.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ChunkId(pub u32);
-
-impl ChunkId {
-    /// The id of the chunk at `position` of the plan's list.
-    pub fn at(position: usize) -> ChunkId {
-        ChunkId(u32::try_from(position).expect("fewer than 2^32 chunks: each is a section or piece of one"))
-    }
-
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-
-impl<T> std::ops::Index<ChunkId> for [T] {
-    type Output = T;
-    fn index(&self, id: ChunkId) -> &T {
-        &self[id.index()]
-    }
-}
-
-impl<T> std::ops::IndexMut<ChunkId> for [T] {
-    fn index_mut(&mut self, id: ChunkId) -> &mut T {
-        &mut self[id.index()]
-    }
-}
-
-impl<T> std::ops::Index<ChunkId> for Vec<T> {
-    type Output = T;
-    fn index(&self, id: ChunkId) -> &T {
-        &self[id.index()]
-    }
-}
-
-impl<T> std::ops::IndexMut<ChunkId> for Vec<T> {
-    fn index_mut(&mut self, id: ChunkId) -> &mut T {
-        &mut self[id.index()]
-    }
-}
+crate::objects::position_id!(
+    /// A chunk of the plan: its position in [`Plan::chunks`], and in every per-chunk list emit
+    /// makes from it (offsets, addresses). Crosses from plan to emit and to the driver.
+    ChunkId,
+    "chunk",
+    "each is a section or piece of one"
+);
 
 /// A section (or a piece of a merge section) the patch carries.
 pub struct Chunk<'a> {
