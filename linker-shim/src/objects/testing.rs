@@ -123,50 +123,36 @@ impl ElfObject {
     /// A global definition at the start of `section` covering all of it, typed by the section's
     /// kind (function, object, thread-local).
     pub fn global(&mut self, name: &str, section: usize) -> usize {
-        let (size, ty) = (self.sections[section - 1].size, self.sections[section - 1].kind.symbol_type());
-        self.symbol(Sym { name: name.into(), section: Some(section), value: 0, size, ty, bind: STB_GLOBAL })
+        self.definition(name, section, STB_GLOBAL)
     }
 
     /// A local definition at the start of `section` covering all of it.
     pub fn local(&mut self, name: &str, section: usize) -> usize {
+        self.definition(name, section, STB_LOCAL)
+    }
+
+    fn definition(&mut self, name: &str, section: usize, bind: SymbolBind) -> usize {
         let (size, ty) = (self.sections[section - 1].size, self.sections[section - 1].kind.symbol_type());
-        self.symbol(Sym { name: name.into(), section: Some(section), value: 0, size, ty, bind: STB_LOCAL })
+        self.symbol(Sym { name: name.into(), section: Some(section), value: 0, size, ty, bind })
     }
 
     /// A symbol this object refers to without defining it.
     pub fn undefined(&mut self, name: &str) -> usize {
-        self.symbol(Sym {
-            name: name.into(),
-            section: None,
-            value: 0,
-            size: 0,
-            ty: STT_NOTYPE,
-            bind: STB_GLOBAL,
-        })
+        self.reference(name, STT_NOTYPE, STB_GLOBAL)
     }
 
     /// A thread-local this object refers to without defining it.
     pub fn undefined_tls(&mut self, name: &str) -> usize {
-        self.symbol(Sym {
-            name: name.into(),
-            section: None,
-            value: 0,
-            size: 0,
-            ty: STT_TLS,
-            bind: STB_GLOBAL,
-        })
+        self.reference(name, STT_TLS, STB_GLOBAL)
     }
 
     /// A weak reference: resolves to 0 when nothing defines it.
     pub fn weak_undefined(&mut self, name: &str) -> usize {
-        self.symbol(Sym {
-            name: name.into(),
-            section: None,
-            value: 0,
-            size: 0,
-            ty: STT_NOTYPE,
-            bind: STB_WEAK,
-        })
+        self.reference(name, STT_NOTYPE, STB_WEAK)
+    }
+
+    fn reference(&mut self, name: &str, ty: SymbolType, bind: SymbolBind) -> usize {
+        self.symbol(Sym { name: name.into(), section: None, value: 0, size: 0, ty, bind })
     }
 
     /// A relocation of `kind` at `offset` in `section` against `symbol`.
