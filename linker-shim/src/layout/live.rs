@@ -192,18 +192,6 @@ mod tests {
         }
     }
 
-    fn pointer(to: &str) -> TypeRec {
-        TypeRec {
-            kind: Kind::Other,
-            size: Some(8),
-            align: Some(8),
-            fields: vec![],
-            tag: None,
-            variants: vec![],
-            edges: vec![(to.into(), false)],
-        }
-    }
-
     fn function(path: &str, params: &[&str], locals: &[&str], main: bool) -> FnRec {
         FnRec {
             linkage: format!("{path}#sym"),
@@ -219,7 +207,7 @@ mod tests {
     fn layouts(old_extra: impl FnOnce(&mut Model)) -> Layouts {
         let mut old = Model::default();
         old.types.insert("app::A".into(), strukt(8, &[("x", 0, "u64")]));
-        old.types.insert("&app::A".into(), pointer("app::A"));
+        old.types.insert("&app::A".into(), TypeRec::pointer_to("app::A"));
         old.types.insert("app::Holder".into(), strukt(8, &[("a", 0, "app::A")]));
         old.types.insert("alloc::vec::Vec<app::A>".into(), strukt(24, &[("len", 16, "usize")]));
         old_extra(&mut old);

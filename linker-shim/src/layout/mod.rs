@@ -151,18 +151,7 @@ mod tests {
                 variants: vec![],
             },
         );
-        m.types.insert(
-            "&mut app::Point".into(),
-            TypeRec {
-                kind: Kind::Other,
-                size: Some(8),
-                align: Some(8),
-                fields: vec![],
-                tag: None,
-                variants: vec![],
-                edges: vec![("app::Point".into(), false)],
-            },
-        );
+        m.types.insert("&mut app::Point".into(), TypeRec::pointer_to("app::Point"));
         m.functions.push(FnRec {
             linkage: "_ZN3app4step17h0E".into(),
             path: "app::step".into(),

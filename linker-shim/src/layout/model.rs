@@ -50,6 +50,22 @@ pub struct TypeRec {
     pub edges: Vec<(String, bool)>,
 }
 
+#[cfg(test)]
+impl TypeRec {
+    /// A pointer to `to` (for tests that build a model by hand).
+    pub fn pointer_to(to: &str) -> TypeRec {
+        TypeRec {
+            kind: Kind::Other,
+            size: Some(8),
+            align: Some(8),
+            fields: vec![],
+            tag: None,
+            variants: vec![],
+            edges: vec![(to.into(), false)],
+        }
+    }
+}
+
 /// A static or thread-local.
 #[derive(Debug, Clone)]
 pub struct StaticRec {
