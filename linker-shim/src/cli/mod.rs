@@ -6,6 +6,7 @@
 mod diff;
 mod map;
 mod symbols;
+pub mod watch;
 
 use crate::error::Error;
 use crate::map::read::read_elf;
@@ -16,7 +17,8 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// The words that make `ipbp-ld` a command-line tool instead of a linker.
-pub const SUBCOMMANDS: &[&str] = &["symbols", "map", "diff", "help", "--help", "-h", "--version", "-V"];
+pub const SUBCOMMANDS: &[&str] =
+    &["symbols", "map", "diff", "watch", "help", "--help", "-h", "--version", "-V"];
 
 /// ipbp's linker: put `linker = "ipbp-ld"` in .cargo/config.toml and build as usual.
 ///
@@ -38,6 +40,8 @@ enum Command {
     Map(map::Args),
     /// Compare the symbols of two binaries or maps.
     Diff(diff::Args),
+    /// Run the program and rebuild it on every save: each save goes live in the running process.
+    Watch(watch::Args),
 }
 
 pub enum Outcome {
@@ -51,6 +55,10 @@ pub fn run(args: Vec<OsString>) -> ! {
         Command::Symbols(a) => symbols::run(a),
         Command::Map(a) => map::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Watch(a) => match watch::run(a) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(Outcome::Found) => std::process::exit(0),
