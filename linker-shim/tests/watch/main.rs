@@ -245,3 +245,40 @@ fn saves_go_live_in_one_process_and_leave_cargos_target_dir() {
         project.cargo(Linker::Shim, CONFIG, &["test"]).env(LINKER_VAR, shim().canonicalize().unwrap()).run();
     run.assert_success();
 }
+
+/// With the linker named in the project's `.cargo/config.toml` (as README tells users to do),
+/// watch leaves cargo's configuration alone; Ctrl-C (SIGINT) ends the session and the program.
+#[test]
+fn config_lines_and_ctrl_c() {
+    let project = scenario("counter");
+    let shim_path = shim().canonicalize().unwrap();
+    project.write(
+        ".cargo/config.toml",
+        &format!("[target.x86_64-unknown-linux-gnu]\nlinker = {:?}\n", shim_path.display().to_string()),
+    );
+    project.touch(MAIN);
+    let watch = Watch::start(&project, &[]);
+    let pid = started_pid(&watch);
+    watch.wait_for(0, "the first build", |l| {
+        l.starts_with("Watching ") && l.contains("cargo's configured linker")
+    });
+    watch.wait_for_msg(0, "hello");
+    let mark = watch.mark();
+    project.write(MAIN, &replace(&project, MAIN, "let msg = \"hello\";", "let msg = \"configured\";"));
+    let line =
+        watch.wait_for(mark, "a progress line", |l| l.starts_with("Rebuilt ") || l.starts_with("Failed "));
+    assert!(line.starts_with("Rebuilt src/main.rs → rustc directly: counter "), "{line}\n{}", watch.dump());
+    watch.wait_for_msg(mark, "configured");
+
+    let mut watch = watch;
+    // SAFETY: signals our own child, not yet reaped.
+    unsafe { libc::kill(watch.child.id() as i32, libc::SIGINT) };
+    let status = watch.child.wait().unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "watch exits with 128 + SIGINT");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the program outlived watch");
+
+    // The same cargo configuration finds nothing to do.
+    let run = project.cargo(Linker::Plain, CONFIG, &["build", "-v"]).run();
+    run.assert_success();
+    assert!(!run.stderr.contains("Compiling"), "cargo build after watch rebuilt something: {run}");
+}

@@ -3,7 +3,7 @@
 //! ([`super::record`]). Cargo prints to our terminal as usual (its `Patched` lines included); its
 //! JSON messages tell which executables it built.
 
-use super::record::RECORD_ENV;
+use super::record::{INNER_WRAPPER_ENV, RECORD_ENV};
 use super::runner::{wait_build, Interrupted, Program};
 use super::workspace::{Workspace, LINKER_ENV};
 use crate::error::{Context, Error};
@@ -39,6 +39,9 @@ impl Cargo {
         let mut cmd = Command::new(&self.program);
         cmd.arg("build").arg("--message-format=json-render-diagnostics").args(&self.args);
         cmd.current_dir(&ws.root).env("RUSTC_WRAPPER", &self.shim).env(RECORD_ENV, ws.record_dir());
+        if let Some(inner) = std::env::var_os("RUSTC_WRAPPER").filter(|w| !w.is_empty()) {
+            cmd.env(INNER_WRAPPER_ENV, inner);
+        }
         if self.set_linker {
             cmd.env(LINKER_ENV, &self.shim);
         }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 
 /// Set by `watch` for its cargo builds: the directory rustc commands are recorded into.
 pub const RECORD_ENV: &str = "IPBP_WATCH_RECORD";
+/// The user's `RUSTC_WRAPPER`, which ours runs in turn.
+pub const INNER_WRAPPER_ENV: &str = "IPBP_WATCH_INNER_WRAPPER";
 
 /// Variables a recorded command must not take along when it is run again: cargo's jobserver
 /// (its descriptors are gone by then) and the recording switch itself.
@@ -29,17 +31,20 @@ pub struct Record {
     pub env: Vec<(String, String)>,
 }
 
-/// The recording directory when this process is cargo's `RUSTC_WRAPPER` (its first argument is
-/// rustc); `None` for every other use of ipbp-ld, the linker included.
+/// The recording directory when this process is cargo's `RUSTC_WRAPPER` (run with rustc, or a
+/// workspace wrapper, as its first argument); `None` for every other use of ipbp-ld, the linker
+/// included (rustc never passes [`RECORD_ENV`] on: [`wrap_rustc`] removes it).
 pub fn wrapper_dir(args: &[OsString]) -> Option<PathBuf> {
-    let dir = std::env::var_os(RECORD_ENV)?;
-    let first = Path::new(args.first()?);
-    let name = first.file_name()?.to_string_lossy();
-    (name.starts_with("rustc") || name.starts_with("clippy-driver")).then(|| PathBuf::from(dir))
+    let dir = std::env::var_os(RECORD_ENV).filter(|d| !d.is_empty())?;
+    (!args.is_empty()).then(|| PathBuf::from(dir))
 }
 
 /// Records the command, then becomes rustc (never returns).
-pub fn wrap_rustc(dir: &Path, args: Vec<OsString>) -> ! {
+pub fn wrap_rustc(dir: &Path, mut args: Vec<OsString>) -> ! {
+    // The user's own RUSTC_WRAPPER (sccache, …), which watch's cargo builds put here.
+    if let Some(inner) = std::env::var_os(INNER_WRAPPER_ENV).filter(|w| !w.is_empty()) {
+        args.insert(0, inner);
+    }
     if let Some(record) = Record::of_this_process(&args) {
         // Best effort: a command that is not recorded only means a slower path later.
         let _ = record.write(dir);

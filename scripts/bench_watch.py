@@ -1,0 +1,211 @@
+#!/usr/bin/env python3
+"""Figure P10 (issue 18): save → new output under `ipbp-ld watch`, side by side with `cargo build`
+typed right after the save, on counter and web. Standard library only.
+
+    scripts/bench_watch.py               5 rounds each; rewrites its section of BENCHMARKS.md
+    scripts/bench_watch.py --rounds 3 --no-write
+
+Each round, back to back on the same copy of the app (scripts/out/bench/watch-<app>, linked through
+the release ipbp-ld by its .cargo/config.toml):
+  watch   `ipbp-ld watch` starts the program; the edit is written (as an editor saves in place) and
+          the clock stops at the program's first output from the new code (counter: a tick line
+          with the new message; web: an HTTP answer with the new greeting, polled every 2 ms);
+  cargo   the program is started on its own; the edit is written and `cargo build` runs at once;
+          the clock stops the same way.
+The ratio is the median of per-round ratios. cargo-watch is not measured (see BENCHMARKS.md).
+"""
+
+import argparse
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_apps import (  # noqa: E402
+    HOME, ROOT, SHIM, App, Process, app_env, http_get, log, median, run, settle, step,
+)
+
+EDITS = {
+    "counter": ("src/main.rs", 'let msg = "hello";', 'let msg = "{v}";'),
+    "web": ("src/handlers.rs", 'format!("Hello, {name}!")', 'format!("{v}, {name}!")'),
+}
+
+
+class Watch(Process):
+    """`ipbp-ld watch` with its output (the program's and its own) collected line by line."""
+
+    def __init__(self, cwd, env):
+        self.lines = []
+        self.cond = threading.Condition()
+        self.proc = subprocess.Popen([SHIM, "watch"], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        self.pid = self.proc.pid
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait()
+
+
+def env_for(kind):
+    env = app_env({"COUNTER_PERIOD_MS": "5", "PORT": "0"} if kind == "counter" else {"PORT": "0"})
+    for k in list(env):
+        if k.startswith("CARGO_TARGET_") or k == "RUSTC_WRAPPER":
+            del env[k]
+    return env
+
+
+def ready(proc, kind):
+    """Waits for the program to serve; returns the web port (None for counter)."""
+    if kind == "counter":
+        proc.wait_for(lambda l: l.startswith("tick "))
+        return None
+    _, line = proc.wait_for(lambda l: l.startswith("listening on"))
+    return int(line.rsplit(":", 1)[1])
+
+
+def registered(pid):
+    for _ in range(400):
+        if os.path.exists(os.path.join(HOME, f"{pid}.process")):
+            return
+        time.sleep(0.025)
+    sys.exit(f"bench: pid {pid} never registered")
+
+
+def new_output(proc, kind, port, variant, since):
+    """When the program first showed `variant`."""
+    if kind == "counter":
+        t, _ = proc.wait_for(lambda l: f"msg={variant} " in l, since=since)
+        return t
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if http_get(port, "/hello").startswith(variant + ","):
+                return time.time()
+        except OSError:
+            pass
+        time.sleep(0.002)
+    sys.exit(f"bench: web never answered with {variant!r}")
+
+
+def round_watch(app, kind, variant):
+    w = Watch(app.dir, env_for(kind))
+    try:
+        _, line = w.wait_for(lambda l: l.strip().startswith("Running `"))
+        pid = int(re.search(r"\(pid (\d+)\)", line).group(1))
+        w.wait_for(lambda l: l.strip().startswith("Built "))
+        port = ready(w, kind)
+        registered(pid)
+        time.sleep(0.3)
+        mark = w.mark()
+        t0 = time.time()
+        app.edit(EDITS[kind], variant)
+        t1 = new_output(w, kind, port, variant, mark)
+        _, progress = w.wait_for(lambda l: l.strip().startswith(("Rebuilt ", "Failed ")), since=mark)
+        _, patched = w.wait_for(lambda l: l.strip().startswith(("Patched ", "Skipped ", "Unchanged ")), since=mark)
+    finally:
+        w.stop()
+    if "rustc directly" not in progress:
+        sys.exit(f"bench: the save did not take the direct path: {progress.strip()}")
+    rustc = sum(float(s) for s in re.findall(r" (\d+\.\d+)s", progress.split(":", 1)[1].split(";")[0]))
+    after = re.search(r"(\d+) ms after rustc called ipbp-ld", patched)
+    return {"total_ms": (t1 - t0) * 1e3, "rustc_ms": rustc * 1e3,
+            "ipbp_ms": float(after.group(1)) if after else None, "progress": progress.strip()}
+
+
+def round_cargo(app, kind, variant):
+    p = Process(app.program(), app.dir, env_for(kind))
+    try:
+        port = ready(p, kind)
+        registered(p.pid)
+        time.sleep(0.3)
+        mark = p.mark()
+        t0 = time.time()
+        app.edit(EDITS[kind], variant)
+        build = subprocess.run(["cargo", "build"], cwd=app.dir, env=env_for(kind), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+        t_built = time.time()
+        if build.returncode != 0:
+            sys.exit(f"bench: cargo build failed:\n{build.stderr}")
+        t1 = new_output(p, kind, port, variant, mark)
+    finally:
+        p.stop()
+    after = re.search(r"(\d+) ms after rustc called ipbp-ld", build.stderr)
+    return {"total_ms": (t1 - t0) * 1e3, "cargo_ms": (t_built - t0) * 1e3,
+            "ipbp_ms": float(after.group(1)) if after else None}
+
+
+def measure(rounds):
+    results = {}
+    for kind in ("counter", "web"):
+        app = App(f"watch-{kind}", os.path.join(ROOT, "testdata", kind), kind)
+        step(f"{kind}: save → new output, ipbp-ld watch and cargo build side by side")
+        app.prepare()
+        t = time.time()
+        run(["cargo", "build"], cwd=app.dir, env=env_for(kind))
+        log(f"  built in {time.time() - t:.1f} s")
+        settle()
+        # One watch session first, so that cargo builds under watch have recorded the rustc commands.
+        round_watch(app, kind, "warm")
+        rows = []
+        for r in range(rounds):
+            first, second = (round_watch, round_cargo) if r % 2 == 0 else (round_cargo, round_watch)
+            a = first(app, kind, f"w{r}" if first is round_watch else f"c{r}")
+            b = second(app, kind, f"w{r}" if second is round_watch else f"c{r}")
+            w, c = (a, b) if first is round_watch else (b, a)
+            rows.append({"watch": w, "cargo": c, "ratio": w["total_ms"] / c["total_ms"]})
+            log(f"  round {r + 1}/{rounds}: watch {w['total_ms']:.0f} ms (rustc {w['rustc_ms']:.0f}), "
+                f"cargo build {c['total_ms']:.0f} ms: {rows[-1]['ratio']:.2f}")
+        results[kind] = rows
+    return results
+
+
+def section(results, rounds):
+    out = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} by `scripts/bench_watch.py --rounds {rounds}`; "
+           f"load average {os.getloadavg()[0]:.2f} at the end.", "",
+           "| app | save → new output: watch | `cargo build` typed right after the save | watch ÷ cargo build | aim |",
+           "|---|---:|---:|---:|---|"]
+    for kind, rows in results.items():
+        ratio = median([r["ratio"] for r in rows])
+        aim = "≤ 0.85" if kind == "web" else "report"
+        out.append(f"| {kind} | {median([r['watch']['total_ms'] for r in rows]):.0f} ms | "
+                   f"{median([r['cargo']['total_ms'] for r in rows]):.0f} ms | **{ratio:.2f}** | {aim} |")
+    out += ["", "Where the time goes (medians, ms):", "",
+            "| app | watch: rustc run directly (incl. ipbp-ld) | of which ipbp-ld, rustc's call → applied | watch: the rest (save seen, output) "
+            "| cargo build (wall) | of which ipbp-ld, rustc's call → applied | cargo: after the build, to new output |",
+            "|---|---:|---:|---:|---:|---:|---:|"]
+    for kind, rows in results.items():
+        w = [r["watch"] for r in rows]
+        c = [r["cargo"] for r in rows]
+        ip = [x["ipbp_ms"] for x in w if x["ipbp_ms"] is not None]
+        cp = [x["ipbp_ms"] for x in c if x["ipbp_ms"] is not None]
+        out.append(f"| {kind} | {median([x['rustc_ms'] for x in w]):.0f} | {median(ip):.0f} | "
+                   f"{median([x['total_ms'] - x['rustc_ms'] for x in w]):.0f} | {median([x['cargo_ms'] for x in c]):.0f} | "
+                   f"{median(cp):.0f} | {median([x['total_ms'] - x['cargo_ms'] for x in c]):.0f} |")
+    return "\n".join(out)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    step("building ipbp-ld (release)")
+    run(["cargo", "build", "--release", "-q", "-p", "ipbp-ld"], cwd=ROOT)
+    os.makedirs(HOME, mode=0o700, exist_ok=True)
+    results = measure(args.rounds)
+    text = section(results, args.rounds)
+    print("\n" + text)
+    if not args.no_write:
+        from bench_report import write_benchmarks_md
+        write_benchmarks_md(text, "bench:watch")
+
+
+if __name__ == "__main__":
+    main()
