@@ -115,8 +115,10 @@ def round_watch(app, kind, variant):
         sys.exit(f"bench: the save did not take the direct path: {progress.strip()}")
     rustc = sum(float(s) for s in re.findall(r" (\d+\.\d+)s", progress.split(":", 1)[1].split(";")[0]))
     after = re.search(r"(\d+) ms after rustc called ipbp-ld", patched)
+    applied = re.search(r"applied in ([\d.]+) ms", patched)
     return {"total_ms": (t1 - t0) * 1e3, "rustc_ms": rustc * 1e3,
-            "ipbp_ms": float(after.group(1)) if after else None, "progress": progress.strip()}
+            "ipbp_ms": float(after.group(1)) if after else None,
+            "apply_ms": float(applied.group(1)) if applied else None, "progress": progress.strip()}
 
 
 def round_cargo(app, kind, variant):
@@ -177,15 +179,17 @@ def section(results, rounds):
         out.append(f"| {kind} | {median([r['watch']['total_ms'] for r in rows]):.0f} ms | "
                    f"{median([r['cargo']['total_ms'] for r in rows]):.0f} ms | **{ratio:.2f}** | {aim} |")
     out += ["", "Where the time goes (medians, ms):", "",
-            "| app | watch: rustc run directly (incl. ipbp-ld) | of which ipbp-ld, rustc's call → applied | watch: the rest (save seen, output) "
+            "| app | watch: rustc run directly (incl. ipbp-ld) | of which ipbp-ld, rustc's call → applied | of which apply "
+            "| watch: the rest (save seen, fingerprints, output) "
             "| cargo build (wall) | of which ipbp-ld, rustc's call → applied | cargo: after the build, to new output |",
-            "|---|---:|---:|---:|---:|---:|---:|"]
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for kind, rows in results.items():
         w = [r["watch"] for r in rows]
         c = [r["cargo"] for r in rows]
         ip = [x["ipbp_ms"] for x in w if x["ipbp_ms"] is not None]
         cp = [x["ipbp_ms"] for x in c if x["ipbp_ms"] is not None]
-        out.append(f"| {kind} | {median([x['rustc_ms'] for x in w]):.0f} | {median(ip):.0f} | "
+        ap = [x["apply_ms"] for x in w if x["apply_ms"] is not None]
+        out.append(f"| {kind} | {median([x['rustc_ms'] for x in w]):.0f} | {median(ip):.0f} | {median(ap):.1f} | "
                    f"{median([x['total_ms'] - x['rustc_ms'] for x in w]):.0f} | {median([x['cargo_ms'] for x in c]):.0f} | "
                    f"{median(cp):.0f} | {median([x['total_ms'] - x['cargo_ms'] for x in c]):.0f} |")
     return "\n".join(out)

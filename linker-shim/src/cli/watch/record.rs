@@ -197,3 +197,35 @@ impl Record {
         cmd
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(args: &str) -> Record {
+        Record {
+            argv: args.split(' ').map(str::to_string).collect(),
+            cwd: PathBuf::from("/ws"),
+            env: vec![("CARGO_PKG_NAME".into(), "counter".into())],
+        }
+    }
+
+    #[test]
+    fn reads_what_cargo_passed() {
+        let bin = record(
+            "rustc --crate-name counter --edition=2021 src/main.rs --crate-type bin -C metadata=0d48 \
+             -C extra-filename=-ec66 --out-dir /t/debug/deps -C linker=/x/ipbp-ld \
+             --extern ipbp=/t/debug/deps/libipbp-8634.rlib --extern words=/t/debug/deps/libwords-5ce9.rlib",
+        );
+        assert_eq!(bin.crate_name(), Some("counter"));
+        assert_eq!(bin.stem(), "counter-ec66");
+        assert_eq!(bin.extern_stems(), ["ipbp-8634", "words-5ce9"]);
+        assert_eq!(bin.main_output(), Some(PathBuf::from("/t/debug/deps/counter-ec66")));
+        assert_eq!(bin.dep_info(), Some(PathBuf::from("/t/debug/deps/counter-ec66.d")));
+        let lib = record(
+            "rustc --crate-name words words/src/lib.rs --crate-type lib -C extra-filename=-5ce9 --out-dir x",
+        );
+        assert_eq!(lib.main_output(), Some(PathBuf::from("/ws/x/libwords-5ce9.rlib")));
+        assert_eq!(lib.env_var("CARGO_PKG_NAME"), Some("counter"));
+    }
+}

@@ -245,6 +245,9 @@ impl Session {
     fn learn(&mut self) -> Result<(), Error> {
         let Some(exe) = &self.exe else { return Ok(()) };
         let units = Units::load(&self.ws, exe);
+        if self.units.is_none() && units.unusable.is_none() && !units.links_runtime() {
+            say("Note", "the program does not depend on the `ipbp` crate: builds go on, but the running program keeps its code (see README: `ipbp::init()`)");
+        }
         self.build_script_inputs = build_script_inputs(&units);
         let mut dirs: BTreeSet<PathBuf> = self.ws.member_dirs.iter().cloned().collect();
         dirs.insert(self.ws.root.clone());

@@ -44,6 +44,13 @@ impl Units {
         units
     }
 
+    /// Whether the program links the `ipbp` runtime (without it, nothing can be patched).
+    pub fn links_runtime(&self) -> bool {
+        self.order
+            .last()
+            .is_some_and(|root| self.records[root].extern_stems().iter().any(|s| s.starts_with("ipbp-")))
+    }
+
     fn root_of(&self, exe: &Path) -> Option<String> {
         let meta = std::fs::metadata(exe).ok()?;
         self.records
@@ -99,7 +106,7 @@ impl Units {
                 return Err(format!("{name} changed"));
             }
             let Some(stems) = self.sources.get(path) else {
-                return Err(format!("{} is new to cargo", path.display()));
+                return Err(format!("{} is not a file the program's crates were built from", path.display()));
             };
             if !path.exists() {
                 return Err(format!("{} was removed", path.display()));
