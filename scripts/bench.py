@@ -9,6 +9,8 @@
                                      BENCHMARKS.md; ~3 min with 7 rounds on 2 cores, more the
                                      first time)
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
+    scripts/bench.py --only P10      save → new output under `ipbp-ld watch` vs `cargo build`
+                                     (scripts/bench_watch.py; its own section of BENCHMARKS.md)
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
 crates), `scaled` (counter plus 5000 generated functions in the binary and three workspace crates,
@@ -357,7 +359,7 @@ def hotcall_rounds(args, results, hotcall):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
-    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated figures (P9 comes with P6)")
+    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10", help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -410,14 +412,21 @@ def main():
     if "P5" in only:
         hotcall_rounds(args, results, apps["hotcall"])
 
+    if "P10" in only:
+        import bench_watch
+        results["watch"] = bench_watch.measure(args.rounds)
+
     fig = summarize(results)
     results["figures"] = {k: {"value": v[0], "text": v[1], "target": v[2], "detail": v[3]} for k, v in fig.items()}
     results["seconds"] = time.time() - started
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B"}:
+    if only - {"P1B", "P10"}:
         sections["bench"] = report_md(results, fig, args)
+    if "watch" in results:
+        import bench_watch
+        sections["bench:watch"] = bench_watch.section(results["watch"], args.rounds)
     if "P1b" in results:
         sections["bench:p1b"] = p1b_md(results, args)
     for section in sections.values():

@@ -94,7 +94,7 @@ def new_output(proc, kind, port, variant, since):
     sys.exit(f"bench: web never answered with {variant!r}")
 
 
-def round_watch(app, kind, variant):
+def round_watch(app, kind, variant, warm=False):
     w = Watch(app.dir, env_for(kind))
     try:
         _, line = w.wait_for(lambda l: l.strip().startswith("Running `"))
@@ -111,6 +111,8 @@ def round_watch(app, kind, variant):
         _, patched = w.wait_for(lambda l: l.strip().startswith(("Patched ", "Skipped ", "Unchanged ")), since=mark)
     finally:
         w.stop()
+    if warm:
+        return None
     if "rustc directly" not in progress:
         sys.exit(f"bench: the save did not take the direct path: {progress.strip()}")
     rustc = sum(float(s) for s in re.findall(r" (\d+\.\d+)s", progress.split(":", 1)[1].split(";")[0]))
@@ -154,7 +156,7 @@ def measure(rounds):
         log(f"  built in {time.time() - t:.1f} s")
         settle()
         # One watch session first, so that cargo builds under watch have recorded the rustc commands.
-        round_watch(app, kind, "warm")
+        round_watch(app, kind, "warm", warm=True)
         rows = []
         for r in range(rounds):
             first, second = (round_watch, round_cargo) if r % 2 == 0 else (round_cargo, round_watch)

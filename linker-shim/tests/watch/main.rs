@@ -256,19 +256,50 @@ fn config_lines_and_ctrl_c() {
         ".cargo/config.toml",
         &format!("[target.x86_64-unknown-linux-gnu]\nlinker = {:?}\n", shim_path.display().to_string()),
     );
-    project.touch(MAIN);
+    // Everything is compiled before the session: watch has recorded no rustc command yet, so
+    // each crate's first edit goes through cargo (which records it), the next one goes direct.
+    project.cargo(Linker::Plain, CONFIG, &["build"]).run().assert_success();
     let watch = Watch::start(&project, &[]);
     let pid = started_pid(&watch);
     watch.wait_for(0, "the first build", |l| {
         l.starts_with("Watching ") && l.contains("cargo's configured linker")
     });
     watch.wait_for_msg(0, "hello");
-    let mark = watch.mark();
-    project.write(MAIN, &replace(&project, MAIN, "let msg = \"hello\";", "let msg = \"configured\";"));
-    let line =
-        watch.wait_for(mark, "a progress line", |l| l.starts_with("Rebuilt ") || l.starts_with("Failed "));
-    assert!(line.starts_with("Rebuilt src/main.rs → rustc directly: counter "), "{line}\n{}", watch.dump());
-    watch.wait_for_msg(mark, "configured");
+    for (i, (from, to)) in [("hello", "configured"), ("configured", "direct")].into_iter().enumerate() {
+        let mark = watch.mark();
+        project.write(
+            MAIN,
+            &replace(&project, MAIN, &format!("let msg = \"{from}\";"), &format!("let msg = \"{to}\";")),
+        );
+        let line = watch
+            .wait_for(mark, "a progress line", |l| l.starts_with("Rebuilt ") || l.starts_with("Failed "));
+        let expected = if i == 0 {
+            "Rebuilt src/main.rs → cargo (no recorded rustc command for "
+        } else {
+            "Rebuilt src/main.rs → rustc directly: counter "
+        };
+        assert!(line.starts_with(expected), "{line}\n{}", watch.dump());
+        watch.wait_for_msg(mark, to);
+    }
+
+    // The library was compiled before this session: its first edit goes through cargo (which
+    // records it), the next one goes direct.
+    for (i, (from, to)) in [("{w}!", "{w}+"), ("{w}+", "{w}=")].into_iter().enumerate() {
+        let mark = watch.mark();
+        project.write(LIB, &replace(&project, LIB, from, to));
+        let line = watch
+            .wait_for(mark, "a progress line", |l| l.starts_with("Rebuilt ") || l.starts_with("Failed "));
+        let expected = if i == 0 {
+            "Rebuilt words/src/lib.rs → cargo (words-"
+        } else {
+            "Rebuilt words/src/lib.rs → rustc directly: words "
+        };
+        assert!(line.starts_with(expected), "{line}\n{}", watch.dump());
+        let shown = to.replace("{w}", "hi");
+        watch.wait_for(mark, "the library's edit", |l| {
+            Tick::parse(l).is_some_and(|t| t.get("greet").contains(&format!("{shown}#")))
+        });
+    }
 
     let mut watch = watch;
     // SAFETY: signals our own child, not yet reaped.

@@ -18,13 +18,22 @@ pub struct Units {
     pub sources: HashMap<PathBuf, Vec<String>>,
     /// Why the direct path cannot be used at all (a crate without a recorded command).
     pub unusable: Option<String>,
+    /// Workspace crates the program uses that cargo compiled before any watch session (no
+    /// recorded command): their files are known from their dep-info; an edit goes to cargo once.
+    pub unrecorded: BTreeSet<String>,
 }
 
 impl Units {
     /// The units of executable `exe` (cargo's copy of it: found by inode among the records).
     pub fn load(ws: &Workspace, exe: &Path) -> Units {
         let records = Record::load_all(&ws.record_dir());
-        let mut units = Units { records, order: Vec::new(), sources: HashMap::new(), unusable: None };
+        let mut units = Units {
+            records,
+            order: Vec::new(),
+            sources: HashMap::new(),
+            unusable: None,
+            unrecorded: BTreeSet::new(),
+        };
         let Some(root) = units.root_of(exe) else {
             units.unusable = Some(format!("no recorded rustc command for {}", exe.display()));
             return units;
@@ -70,6 +79,7 @@ impl Units {
             return;
         }
         let Some(rec) = self.records.get(stem) else { return };
+        let out_dir = rec.out_dir();
         for dep in rec.extern_stems() {
             match self.records.get(&dep) {
                 Some(d)
@@ -80,8 +90,15 @@ impl Units {
                 Some(_) => {}
                 None => {
                     let krate = dep.rsplit_once('-').map_or(dep.as_str(), |(c, _)| c);
-                    if ws.member_libs.contains(krate) {
-                        self.unusable.get_or_insert(format!("no recorded rustc command for {dep}"));
+                    let dep_info = out_dir.as_ref().map(|d| d.join(format!("{dep}.d")));
+                    if let (true, Some(files)) = (
+                        ws.member_libs.contains(krate),
+                        dep_info.and_then(|d| dep_info_sources(&d, &ws.root)),
+                    ) {
+                        for file in files {
+                            self.sources.entry(file).or_default().push(dep.clone());
+                        }
+                        self.unrecorded.insert(dep);
                     }
                 }
             }
@@ -112,6 +129,9 @@ impl Units {
                 return Err(format!("{} was removed", path.display()));
             }
             for stem in stems {
+                if self.unrecorded.contains(stem) {
+                    return Err(format!("{stem} was compiled before watch recorded cargo's commands"));
+                }
                 let rec = &self.records[stem];
                 if let Some(why) = needs_cargo(rec, path) {
                     return Err(why);
