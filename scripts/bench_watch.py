@@ -16,6 +16,7 @@ The ratio is the median of per-round ratios. cargo-watch is not measured (see BE
 """
 
 import argparse
+import glob
 import os
 import re
 import signal
@@ -27,8 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_apps import (  # noqa: E402
-    BIN, HOME, ROOT, SHIM, App, Process, app_env, http_get, last_times, log, median, run, settle, step,
-    write_wrappers,
+    HOME, ROOT, SHIM, App, Process, app_env, http_get, log, median, run, settle, step,
 )
 
 EDITS = {
@@ -135,12 +135,7 @@ def round_cargo(app, kind, variant):
         mark = p.mark()
         t0 = time.time()
         app.edit(EDITS[kind], variant)
-        if os.path.exists(app.rustc_log):
-            os.remove(app.rustc_log)
-        # Timestamps around the app's rustc (RUSTC_WRAPPER is not part of cargo's fingerprints).
-        env = dict(env_for(kind), RUSTC_WRAPPER=os.path.join(BIN, "timed-rustc"), BENCH_RUSTC_LOG=app.rustc_log,
-                   BENCH_CRATE=kind)
-        build = subprocess.Popen(["cargo", "build"], cwd=app.dir, env=env, stdout=subprocess.DEVNULL,
+        build = subprocess.Popen(["cargo", "build"], cwd=app.dir, env=env_for(kind), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.PIPE, text=True)
         done = {}
 
@@ -157,14 +152,20 @@ def round_cargo(app, kind, variant):
     finally:
         p.stop()
     after = re.search(r"(\d+) ms after rustc called ipbp-ld", done["stderr"])
-    rustc = last_times(app.rustc_log)
+    started = rustc_started(app, kind)
     return {"total_ms": (t1 - t0) * 1e3, "cargo_ms": (done["t"] - t0) * 1e3,
             "ipbp_ms": float(after.group(1)) if after else None,
-            "before_rustc_ms": (rustc[0] - t0) * 1e3 if rustc else None}
+            "before_rustc_ms": (started - t0) * 1e3 if started and started > t0 else None}
+
+
+def rustc_started(app, kind):
+    """When cargo started the app's rustc: cargo writes `invoked.timestamp` in the unit's
+    fingerprint directory just before (no wrapper, which would add its own start-up to the path)."""
+    stamps = glob.glob(os.path.join(app.dir, "target", "debug", ".fingerprint", f"{kind}-*", "invoked.timestamp"))
+    return max((os.stat(s).st_mtime for s in stamps), default=None)
 
 
 def measure(rounds, apps=("counter", "web")):
-    write_wrappers()
     results = {}
     for kind in apps:
         app = App(f"watch-{kind}", os.path.join(ROOT, "testdata", kind), kind)
