@@ -159,6 +159,7 @@ mod tests {
             ret: Some("u64".into()),
             locals: vec![],
             main: false,
+            generics: vec![],
         });
         m
     }

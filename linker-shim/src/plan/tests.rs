@@ -34,6 +34,7 @@ fn data(addr: u64, size: u64) -> Symbol {
 const REFS: &[(&str, object::elf::RelocationType)] = &[
     ("h", R_X86_64_PLT32),              // a call to another changed function
     ("g", R_X86_64_PLT32),              // a call to an unchanged function of the same unit
+    ("k", R_X86_64_PLT32),              // an unchanged function that calls `h`, not redirected
     ("lib_fn", R_X86_64_PLT32),         // an unchanged unit's function
     ("COUNTER", R_X86_64_PC32),         // a static of the image
     ("WIDE", R_X86_64_PC32),            // a static whose size changed
@@ -50,7 +51,7 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
 ];
 
 /// The current build's changed unit: `f` (refers to everything in `refs`, then takes `h`'s
-/// address with a `lea`), `h`, `g` and the data they use.
+/// address with a `lea`), `h`, `g`, `k` (calls `h`) and the data they use.
 fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut o = ElfObject::new();
     let f = o.section(".text.f", Kind::Text, &[0x90; 96], 16);
@@ -61,6 +62,9 @@ fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut defined = HashMap::new();
     defined.insert("h", h_sym);
     defined.insert("g", o.global("g", g));
+    let k = o.section(".text.k", Kind::Text, &[0xe8, 0, 0, 0, 0, 0xc3], 16);
+    defined.insert("k", o.global("k", k));
+    o.reloc(k, 1, R_X86_64_PLT32, h_sym, -4);
     let counter = o.section(".data.COUNTER", Kind::Data, &[0; 8], 8);
     defined.insert("COUNTER", o.global("COUNTER", counter));
     let wide = o.section(".data.WIDE", Kind::Data, &[0; 16], 8);
@@ -95,6 +99,7 @@ fn base_index() -> Vec<u8> {
     w.symbol("f", function(IMAGE));
     w.symbol("h", function(IMAGE + 0x100));
     w.symbol("g", function(IMAGE + 0x200));
+    w.symbol("k", function(IMAGE + 0x400));
     w.symbol("lib_fn", function(IMAGE + 0x300));
     w.symbol("COUNTER", data(IMAGE + 0x10_000, 8));
     w.symbol("WIDE", data(IMAGE + 0x10_100, 8));
@@ -197,12 +202,17 @@ fn each_reference_of_a_changed_function_resolves_as_the_table_says() {
     };
     let h = chunk("h").expect("the other changed function is carried");
     assert_eq!(target("h"), Target::Chunk(h, 0), "a call to a changed function goes to its new copy");
+    // `h`'s entry in the image cannot be checked here (its address is not in this test binary's
+    // code), so `h` is not redirected: its image entry keeps the old code, and new code must reach
+    // the new copy also when it takes the address (for a redirected function that is the image's
+    // entry, which the detour leads on: `inplace`'s `fp_same=true`), and through the unchanged `k`.
+    assert!(plan.report.not_redirected.iter().any(|(n, _)| n == "h"), "{:?}", plan.report.not_redirected);
     let lea = f.relocs.last().unwrap();
-    assert_eq!(
-        (lea.symbol.as_str(), lea.target),
-        ("h", Target::Absolute(BIAS + IMAGE + 0x100)),
-        "taking a changed function's address gives its entry in the image, which the detour leads on"
-    );
+    assert_eq!((lea.symbol.as_str(), lea.target), ("h", Target::Chunk(h, 0)), "the address of `h`");
+    let k = chunk("k").expect("`k`, unchanged, leads to `h`: carried");
+    assert_eq!(target("k"), Target::Chunk(k, 0));
+    assert_eq!(plan.chunks[k].relocs[0].target, Target::Chunk(h, 0), "the copy of `k` calls the new `h`");
+    assert_eq!(plan.report.carried, ["k"]);
     assert_eq!(target("g"), Target::Absolute(BIAS + IMAGE + 0x200), "unchanged: the running image's");
     assert_eq!(target("lib_fn"), Target::Absolute(BIAS + IMAGE + 0x300), "an unchanged unit's: the image's");
     assert_eq!(target("COUNTER"), Target::Absolute(BIAS + IMAGE + 0x10_000), "a static keeps its state");
@@ -216,7 +226,7 @@ fn each_reference_of_a_changed_function_resolves_as_the_table_says() {
     let anon = chunk(".rodata..Lanon.fad58de7366495db.3").expect("anonymous data is part of the patch");
     assert_eq!(target(".rodata..Lanon.fad58de7366495db.3"), Target::Chunk(anon, 0));
     assert_eq!(plan.chunks[anon].data.as_ref(), b"hello");
-    assert!(chunk("g").is_none(), "nothing unchanged is carried in place");
+    assert!(chunk("g").is_none(), "nothing unchanged is carried in place unless it leads to `h`");
 
     assert_eq!(plan.new_data, [("NEW_STATIC".to_string(), new_static)]);
     let new_tls: Vec<(&str, u64, u64)> =
