@@ -370,6 +370,16 @@ fn unreached_note(functions: &[String]) -> String {
     )
 }
 
+/// Functions not redirected that get a note each; the others share one.
+const NOTED: usize = 3;
+
+/// Whether a function's path is the standard library's (its generic instances over the program's
+/// types included).
+fn is_std_path(path: &str) -> bool {
+    let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
+    matches!(first, "core" | "alloc" | "std" | "hashbrown")
+}
+
 /// Up to three names in backquotes, and how many more.
 fn shown_list(names: &[String]) -> String {
     const SHOWN: usize = 3;
@@ -1021,9 +1031,21 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let (eh_records, no_unwind) = self.unwind.finish();
         report.not_redirected.sort();
         report.not_redirected.dedup();
-        for (f, why) in &report.not_redirected {
+        // One note each for the first few, the program's own first; an edit of a type renames and
+        // changes dozens of the standard library's instances over it: one line for the rest.
+        let mut listed: Vec<&(String, String)> = report.not_redirected.iter().collect();
+        listed.sort_by_key(|(f, _)| (is_std_path(f), f.as_str()));
+        for (f, why) in listed.iter().take(NOTED) {
             report.notes.push(format!(
                 "`{f}` changed but its entry cannot be redirected ({why}); code that did not change keeps calling its old version"
+            ));
+        }
+        if listed.len() > NOTED {
+            let rest: Vec<String> = listed[NOTED..].iter().map(|(f, _)| f.clone()).collect();
+            report.notes.push(format!(
+                "{} more changed functions cannot be redirected either ({}; the manifest gives each one's reason); code that did not change keeps calling their old versions",
+                rest.len(),
+                shown_list(&rest)
             ));
         }
         if !chained.is_empty() {

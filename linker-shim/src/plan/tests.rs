@@ -13,7 +13,7 @@ use crate::index::{LinkIndex, Symbol, Writer};
 use crate::map::schema::InputKind;
 use crate::objects::testing::{ElfObject, Kind};
 use ipbp::protocol::LedgerEntry;
-use object::elf::{R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_TPOFF32};
+use object::elf::{R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_TPOFF32};
 use std::path::Path;
 
 const BIAS: u64 = 0x5555_0000_0000;
@@ -51,7 +51,8 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
 ];
 
 /// The current build's changed unit: `f` (refers to everything in `refs`, then takes `h`'s
-/// address with a `lea`), `h`, `g`, `k` (calls `h`) and the data they use.
+/// address with a `lea`), `h`, `g`, `k` (calls `h`), `HOOK` (a static holding `h`'s address) and
+/// the data they use.
 fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut o = ElfObject::new();
     let f = o.section(".text.f", Kind::Text, &[0x90; 96], 16);
@@ -65,6 +66,9 @@ fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let k = o.section(".text.k", Kind::Text, &[0xe8, 0, 0, 0, 0, 0xc3], 16);
     defined.insert("k", o.global("k", k));
     o.reloc(k, 1, R_X86_64_PLT32, h_sym, -4);
+    let hook = o.section(".data.HOOK", Kind::Data, &[0; 8], 8);
+    defined.insert("HOOK", o.global("HOOK", hook));
+    o.reloc(hook, 0, R_X86_64_64, h_sym, 0);
     let counter = o.section(".data.COUNTER", Kind::Data, &[0; 8], 8);
     defined.insert("COUNTER", o.global("COUNTER", counter));
     let wide = o.section(".data.WIDE", Kind::Data, &[0; 16], 8);
@@ -103,6 +107,7 @@ fn base_index() -> Vec<u8> {
     w.symbol("lib_fn", function(IMAGE + 0x300));
     w.symbol("COUNTER", data(IMAGE + 0x10_000, 8));
     w.symbol("WIDE", data(IMAGE + 0x10_100, 8));
+    w.symbol("HOOK", data(IMAGE + 0x10_200, 8));
     w.symbol("IMAGE_TLS", Symbol { addr: 0x40, size: 8, kind: BaseKind::Tls, local: false });
     w.import("write");
     w.unit("app.o", "", 0, 1, 0);
@@ -133,7 +138,7 @@ fn change(name: &str) -> (String, Change) {
 
 /// Plans the patch of `f` and `h`, in place; `lib.o` does not exist on disk (reading it fails).
 fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
-    let (plan, read) = plan_refs(dir, REFS);
+    let (plan, read) = plan_refs(dir, REFS, crate::layout::Layouts::default());
     (plan.unwrap(), read)
 }
 
@@ -141,6 +146,7 @@ fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
 fn plan_refs(
     dir: &Path,
     refs: &[(&str, object::elf::RelocationType)],
+    layouts: crate::layout::Layouts,
 ) -> (crate::error::Result<Plan<'static>>, Vec<UnitId>) {
     let arena: &'static Arena = Box::leak(Box::default());
     let app = dir.join("app.o");
@@ -169,7 +175,6 @@ fn plan_refs(
         data: vec![LedgerEntry { addr: 0x7000_0000, size: 8, name: "ADDED_BEFORE".into() }],
         ..Default::default()
     };
-    let layouts = crate::layout::Layouts::default();
     let plan_inputs = Inputs {
         current: &current,
         base_build: &base_build,
@@ -268,11 +273,54 @@ fn a_unit_removed_during_the_link_fails_the_plan_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     // `lib_inlined` is defined by the unchanged `lib.o` and absent from the image: resolving it
     // means reading `lib.o`, which does not exist.
-    let (plan, units_read) = plan_refs(dir.path(), &[("lib_inlined", R_X86_64_PLT32)]);
+    let (plan, units_read) =
+        plan_refs(dir.path(), &[("lib_inlined", R_X86_64_PLT32)], crate::layout::Layouts::default());
     assert_eq!(units_read, [UnitId(0)], "the index itself did not need `lib.o`");
     let Err(e) = plan else { panic!("planning with `lib.o` missing succeeded") };
     let message = e.to_string();
     let lib = dir.path().join("lib.o");
     assert!(message.contains(&lib.display().to_string()), "names the file: {message}");
     assert!(message.contains("removed or rewritten while it was being linked"), "{message}");
+}
+
+/// New code reading a writable static that holds the address of a function not redirected for a
+/// layout change (its signature changed) would call the old code with values of the new shape
+/// through the pointer the process holds: refused, naming the static, the function and the change.
+/// Without a layout change (`h` is not redirected only because its entry cannot be checked here),
+/// the same static is read as it is.
+#[test]
+fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refused() {
+    use crate::layout::model::{FnRec, Model};
+    let h = |param: &str| {
+        let mut m = Model::default();
+        m.functions.push(FnRec {
+            linkage: "h".into(),
+            path: "h".into(),
+            params: vec![param.into()],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![],
+        });
+        m
+    };
+    let layouts = crate::layout::Layouts { old: h("u8"), new: h("u16"), ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, _) = plan_refs(dir.path(), &[("HOOK", R_X86_64_PC32)], layouts);
+    let plan = plan.unwrap();
+    let reason = plan.refusals.iter().find(|r| r.symbol == "HOOK").map(|r| r.reason.as_str());
+    assert!(
+        reason.is_some_and(|r| r
+            .starts_with("new code reads static `HOOK`, which points to code leading to the old `h`")
+            && r.contains("the signature of `h` changed (fn(u8) -> fn(u16))")),
+        "{:?}",
+        plan.refusals
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, _) = plan_refs(dir.path(), &[("HOOK", R_X86_64_PC32)], crate::layout::Layouts::default());
+    let plan = plan.unwrap();
+    assert!(plan.refusals.is_empty(), "{:?}", plan.refusals);
+    let f = plan.chunks.iter().find(|c| c.name == "f").unwrap();
+    assert_eq!(f.relocs[0].target, Target::Absolute(BIAS + IMAGE + 0x10_200), "the running static");
 }
