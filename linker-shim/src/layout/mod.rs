@@ -106,9 +106,19 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
 /// changed in it; `None` when the function is new, gone, or receives and returns what it did.
 ///
 /// For in-place patching: call it for each changed function whose old entry stays reachable.
-pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
-    let old = layouts.old.functions_at(fn_path).next()?;
-    let new = layouts.new.functions_at(fn_path).next()?;
+///
+/// `linkage`, the function's mangled names in the running build and in the new one, picks the
+/// instance with that name on each side: instances of one generic function share a path
+/// (`alloc::vec::Vec<T,A>::extend_trusted`), and comparing one instance's signature with
+/// another's finds a change that is not there. By path when a name is not described.
+pub fn signature_change(layouts: &Layouts, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
+    fn pick<'m>(model: &'m Model, fn_path: &'m str, name: Option<&str>) -> Option<&'m model::FnRec> {
+        let name = name.map(crate::diff::names::canonical);
+        name.and_then(|n| model.functions.iter().find(|f| f.linkage == n))
+            .or_else(|| model.functions_at(fn_path).next())
+    }
+    let old = pick(&layouts.old, fn_path, linkage.map(|l| l.0))?;
+    let new = pick(&layouts.new, fn_path, linkage.map(|l| l.1))?;
     let sig = |f: &model::FnRec| {
         let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
         format!("fn({}){ret}", f.params.join(", "))
@@ -173,22 +183,45 @@ mod tests {
     fn signature_changes_name_the_type_and_field() {
         let same =
             layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
-        assert_eq!(signature_change(&same, "app::step"), None);
-        assert_eq!(signature_change(&same, "app::other"), None);
+        assert_eq!(signature_change(&same, "app::step", None), None);
+        assert_eq!(signature_change(&same, "app::other", None), None);
 
         let grown = layouts(
             model(&[("x", 0)], &["&mut app::Point"]),
             model(&[("x", 0), ("y", 4)], &["&mut app::Point"]),
         );
         assert_eq!(
-            signature_change(&grown, "app::step").as_deref(),
+            signature_change(&grown, "app::step", None).as_deref(),
             Some("`app::step` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")
         );
 
         let retyped = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["u8"]));
         assert_eq!(
-            signature_change(&retyped, "app::step").as_deref(),
+            signature_change(&retyped, "app::step", None).as_deref(),
             Some("the signature of `app::step` changed (fn(&mut app::Point) -> u64 -> fn(u8) -> u64)")
         );
+    }
+
+    #[test]
+    fn instances_sharing_a_path_are_told_apart_by_their_names() {
+        // Two instances of `app::step` (a generic function): `<u8>` first on one side, second on
+        // the other. By path they seem to change signature; by name each kept its own.
+        let instance = |linkage: &str, param: &str| FnRec {
+            linkage: linkage.into(),
+            path: "app::step".into(),
+            params: vec![param.into()],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![param.into()],
+        };
+        let mut old = Model::default();
+        old.functions.extend([instance("step_u8", "u8"), instance("step_u16", "u16")]);
+        let mut new = Model::default();
+        new.functions.extend([instance("step_u16.llvm.42", "u16"), instance("step_u8", "u8")]);
+        let l = layouts(old, new);
+        assert!(signature_change(&l, "app::step", None).is_some(), "by path: the first of each side");
+        assert_eq!(signature_change(&l, "app::step", Some(("step_u16", "step_u16.llvm.42"))), None);
+        assert_eq!(signature_change(&l, "app::step", Some(("step_u8", "step_u8"))), None);
     }
 }

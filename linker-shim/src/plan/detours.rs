@@ -45,8 +45,9 @@ pub(super) fn decide<'p, 'a: 'p>(
         let base_name = input.diff.base_name(mangled);
         // Callers built against the old function pass what it took: its entry may only lead to
         // new code that takes the same (the DWARF of both builds says).
+        let path = crate::map::read::demangle(base_name);
         let (entries, layout) =
-            match crate::layout::signature_change(input.layouts, &crate::map::read::demangle(base_name)) {
+            match crate::layout::signature_change(input.layouts, &path, Some((base_name, mangled))) {
                 Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
                 None => (detour_entries(input.base, base_name), false),
             };
