@@ -373,11 +373,14 @@ fn unreached_note(functions: &[String]) -> String {
 /// Functions not redirected that get a note each; the others share one.
 const NOTED: usize = 3;
 
-/// Whether a function's path is the standard library's (its generic instances over the program's
-/// types included).
-fn is_std_path(path: &str) -> bool {
-    let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
-    matches!(first, "core" | "alloc" | "std" | "hashbrown")
+/// Whether a function is the program's (or a library's) own code, not an instance of the standard
+/// library's generic code: `app::f`, `<app::Mode as core::fmt::Debug>::fmt`; not
+/// `alloc::vec::Vec<T,A>::extend_trusted` nor `<(U,T) as core::fmt::Debug>::fmt`.
+fn is_own_path(path: &str) -> bool {
+    let path = path.strip_prefix('<').unwrap_or(path);
+    let first = path.split("::").next().unwrap_or("");
+    let crate_name = !first.is_empty() && first.chars().all(|c| c.is_alphanumeric() || c == '_');
+    crate_name && !matches!(first, "core" | "alloc" | "std" | "hashbrown")
 }
 
 /// Up to three names in backquotes, and how many more.
@@ -1034,7 +1037,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         // One note each for the first few, the program's own first; an edit of a type renames and
         // changes dozens of the standard library's instances over it: one line for the rest.
         let mut listed: Vec<&(String, String)> = report.not_redirected.iter().collect();
-        listed.sort_by_key(|(f, _)| (is_std_path(f), f.as_str()));
+        listed.sort_by_key(|(f, _)| (!is_own_path(f), f.contains(" as "), f.as_str()));
         for (f, why) in listed.iter().take(NOTED) {
             report.notes.push(format!(
                 "`{f}` changed but its entry cannot be redirected ({why}); code that did not change keeps calling its old version"

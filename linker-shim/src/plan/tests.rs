@@ -324,3 +324,17 @@ fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refuse
     let f = plan.chunks.iter().find(|c| c.name == "f").unwrap();
     assert_eq!(f.relocs[0].target, Target::Absolute(BIAS + IMAGE + 0x10_200), "the running static");
 }
+
+#[test]
+fn the_programs_own_functions_are_told_from_instances_of_std() {
+    for own in ["app::f", "<app::Mode as core::fmt::Debug>::fmt", "lib::g::{{closure}}"] {
+        assert!(is_own_path(own), "{own}");
+    }
+    for std in [
+        "alloc::vec::Vec<T,A>::extend_trusted",
+        "<(U,T) as core::fmt::Debug>::fmt",
+        "<&T as core::fmt::Debug>::fmt",
+    ] {
+        assert!(!is_own_path(std), "{std}");
+    }
+}
