@@ -35,6 +35,7 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
     ("h", R_X86_64_PLT32),              // a call to another changed function
     ("g", R_X86_64_PLT32),              // a call to an unchanged function of the same unit
     ("k", R_X86_64_PLT32),              // an unchanged function that calls `h`, not redirected
+    ("TABLE", R_X86_64_PC32),           // unchanged constant data holding `h`'s address
     ("lib_fn", R_X86_64_PLT32),         // an unchanged unit's function
     ("COUNTER", R_X86_64_PC32),         // a static of the image
     ("WIDE", R_X86_64_PC32),            // a static whose size changed
@@ -51,8 +52,8 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
 ];
 
 /// The current build's changed unit: `f` (refers to everything in `refs`, then takes `h`'s
-/// address with a `lea`), `h`, `g`, `k` (calls `h`), `HOOK` (a static holding `h`'s address) and
-/// the data they use.
+/// address with a `lea`), `h`, `g`, `k` (calls `h`), `HOOK` (a static holding `h`'s address),
+/// `TABLE` (a constant table holding it: a vtable) and the data they use.
 fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut o = ElfObject::new();
     let f = o.section(".text.f", Kind::Text, &[0x90; 96], 16);
@@ -69,6 +70,9 @@ fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let hook = o.section(".data.HOOK", Kind::Data, &[0; 8], 8);
     defined.insert("HOOK", o.global("HOOK", hook));
     o.reloc(hook, 0, R_X86_64_64, h_sym, 0);
+    let table = o.section(".data.rel.ro.TABLE", Kind::Data, &[0; 8], 8);
+    defined.insert("TABLE", o.global("TABLE", table));
+    o.reloc(table, 0, R_X86_64_64, h_sym, 0);
     let counter = o.section(".data.COUNTER", Kind::Data, &[0; 8], 8);
     defined.insert("COUNTER", o.global("COUNTER", counter));
     let wide = o.section(".data.WIDE", Kind::Data, &[0; 16], 8);
@@ -108,6 +112,7 @@ fn base_index() -> Vec<u8> {
     w.symbol("COUNTER", data(IMAGE + 0x10_000, 8));
     w.symbol("WIDE", data(IMAGE + 0x10_100, 8));
     w.symbol("HOOK", data(IMAGE + 0x10_200, 8));
+    w.symbol("TABLE", data(IMAGE + 0x10_300, 8));
     w.symbol("IMAGE_TLS", Symbol { addr: 0x40, size: 8, kind: BaseKind::Tls, local: false });
     w.import("write");
     w.unit("app.o", "", 0, 1, 0);
@@ -217,7 +222,10 @@ fn each_reference_of_a_changed_function_resolves_as_the_table_says() {
     let k = chunk("k").expect("`k`, unchanged, leads to `h`: carried");
     assert_eq!(target("k"), Target::Chunk(k, 0));
     assert_eq!(plan.chunks[k].relocs[0].target, Target::Chunk(h, 0), "the copy of `k` calls the new `h`");
-    assert_eq!(plan.report.carried, ["k"]);
+    let table = chunk("TABLE").expect("`TABLE`, unchanged, holds `h`: carried");
+    assert_eq!(target("TABLE"), Target::Chunk(table, 0));
+    assert_eq!(plan.chunks[table].relocs[0].target, Target::Chunk(h, 0), "the copy holds the new `h`");
+    assert_eq!(plan.report.carried, ["TABLE", "k"]);
     assert_eq!(target("g"), Target::Absolute(BIAS + IMAGE + 0x200), "unchanged: the running image's");
     assert_eq!(target("lib_fn"), Target::Absolute(BIAS + IMAGE + 0x300), "an unchanged unit's: the image's");
     assert_eq!(target("COUNTER"), Target::Absolute(BIAS + IMAGE + 0x10_000), "a static keeps its state");
