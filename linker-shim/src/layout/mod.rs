@@ -111,31 +111,52 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
 /// instance with that name on each side: instances of one generic function share a path
 /// (`alloc::vec::Vec<T,A>::extend_trusted`), and comparing one instance's signature with
 /// another's finds a change that is not there. By path when a name is not described.
+#[cfg(test)]
 pub fn signature_change(layouts: &Layouts, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
-    fn pick<'m>(model: &'m Model, fn_path: &'m str, name: Option<&str>) -> Option<&'m model::FnRec> {
-        let name = name.map(crate::diff::names::canonical);
-        name.and_then(|n| model.functions.iter().find(|f| f.linkage == n))
-            .or_else(|| model.functions_at(fn_path).next())
+    Signatures::new(layouts).change(fn_path, linkage)
+}
+
+/// [`signature_change`] for every changed function of a patch: the types holding or pointing at
+/// each changed type are found once (each search follows every type of the changed units).
+pub struct Signatures<'l> {
+    layouts: &'l Layouts,
+    /// For each of `layouts.changes`, in order: the types whose values hold or point at it.
+    holders: Vec<HashSet<&'l str>>,
+}
+
+impl<'l> Signatures<'l> {
+    pub fn new(layouts: &'l Layouts) -> Self {
+        let reach = live::Reach::new(&layouts.old);
+        let holders = layouts.changes.iter().map(|c| reach.holders(&c.name, false)).collect();
+        Signatures { layouts, holders }
     }
-    let old = pick(&layouts.old, fn_path, linkage.map(|l| l.0))?;
-    let new = pick(&layouts.new, fn_path, linkage.map(|l| l.1))?;
-    let sig = |f: &model::FnRec| {
-        let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
-        format!("fn({}){ret}", f.params.join(", "))
-    };
-    if old.params != new.params || old.ret != new.ret {
-        return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
-    }
-    let reach = live::Reach::new(&layouts.old);
-    for ty in old.params.iter().chain(old.ret.iter()) {
-        for change in &layouts.changes {
-            if reach.holders(&change.name, false).contains(ty.as_str()) {
-                let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
-                return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+
+    /// See [`signature_change`].
+    pub fn change(&self, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
+        fn pick<'m>(model: &'m Model, fn_path: &'m str, name: Option<&str>) -> Option<&'m model::FnRec> {
+            let name = name.map(crate::diff::names::canonical);
+            name.and_then(|n| model.functions.iter().find(|f| f.linkage == n))
+                .or_else(|| model.functions_at(fn_path).next())
+        }
+        let old = pick(&self.layouts.old, fn_path, linkage.map(|l| l.0))?;
+        let new = pick(&self.layouts.new, fn_path, linkage.map(|l| l.1))?;
+        let sig = |f: &model::FnRec| {
+            let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
+            format!("fn({}){ret}", f.params.join(", "))
+        };
+        if old.params != new.params || old.ret != new.ret {
+            return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
+        }
+        for ty in old.params.iter().chain(old.ret.iter()) {
+            for (change, holders) in self.layouts.changes.iter().zip(&self.holders) {
+                if holders.contains(ty.as_str()) {
+                    let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
+                    return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+                }
             }
         }
+        None
     }
-    None
 }
 
 #[cfg(test)]

@@ -34,6 +34,7 @@ pub(super) fn decide<'p, 'a: 'p>(
     changed: &HashSet<Loc>,
 ) -> crate::error::Result<Vec<Detour<'p>>> {
     let mut planned = Vec::new();
+    let signatures = crate::layout::Signatures::new(input.layouts);
     for at in sorted(copy) {
         if !changed.contains(&at) || index.kind(at)? != SectionKind::Text {
             continue;
@@ -46,11 +47,10 @@ pub(super) fn decide<'p, 'a: 'p>(
         // Callers built against the old function pass what it took: its entry may only lead to
         // new code that takes the same (the DWARF of both builds says).
         let path = crate::map::read::demangle(base_name);
-        let (entries, layout) =
-            match crate::layout::signature_change(input.layouts, &path, Some((base_name, mangled))) {
-                Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
-                None => (detour_entries(input.base, base_name), false),
-            };
+        let (entries, layout) = match signatures.change(&path, Some((base_name, mangled))) {
+            Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
+            None => (detour_entries(input.base, base_name), false),
+        };
         planned.push(Detour { at, mangled, base_name, entries, layout });
     }
     refuse_shared_entries(&merged_functions(input.base_build, &input.diff.changed_units_base), &mut planned);

@@ -283,6 +283,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         Mode::InPlace => detours::decide(input, index, &copy, &changed_nodes)?,
         Mode::HotPoints => Vec::new(),
     };
+    clock.step("redirects");
     let stale: HashMap<Loc, Option<String>> = detours
         .iter()
         .filter_map(|d| {
