@@ -6,7 +6,8 @@
 //! 2. Start the real linker. While it runs, if the executable links the `ipbp` runtime (its
 //!    [`Role`]), fingerprint and keep the inputs ([`capture::inputs`]) and build a patch for every
 //!    running process of this program ([`crate::hotpatch`]).
-//! 3. When the link succeeded, record the build ([`crate::map`]).
+//! 3. When the link succeeded, record the build ([`crate::map`]), then restart the processes the
+//!    build could not be patched into ([`crate::hotpatch::restart`]).
 //! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
 //!    change the result of the link.
 
@@ -75,12 +76,14 @@ pub fn run(args: Vec<OsString>) -> ! {
     before.step("start the linker");
     let mut inputs = inputs::resolve(&cmd, &cwd);
     before.step("list inputs");
+    let mut pending = Vec::new();
     let lease = role.keeps_inputs().then(|| {
         let lease = StoreLease::take(&dir);
         let fingerprinted = inputs::fingerprint(&mut inputs, &dir);
         before.step("fingerprint inputs");
         guarded(&mut status, "patching running processes", |status| {
-            crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
+            pending =
+                crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
         });
         // Only a later patch, against this build, reads the copies: kept after this one.
         if let Err(e) = inputs::keep_copies(&mut inputs, fingerprinted, &dir) {
@@ -101,6 +104,11 @@ pub fn run(args: Vec<OsString>) -> ! {
             record_build(&output, role, inputs, lease, &dir, status)
         });
     }
+    // The new executable is written and recorded (the new build's `ipbp::init()` looks for its
+    // record): processes it could not be patched into restart into it now.
+    guarded(&mut status, "restarting running processes", |status| {
+        crate::hotpatch::restart::after_link(pending, exit.success(), &output, called, &dir, status)
+    });
     exit_like(exit)
 }
 

@@ -6,6 +6,7 @@
 
 pub(crate) mod link_index;
 mod manifest;
+pub mod restart;
 
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
@@ -36,6 +37,9 @@ use std::time::Instant;
 /// by builds in either. The processes are reached in parallel (lock, `hello`) with a short
 /// timeout, so one that does not answer costs a build seconds once, not per process; one that is
 /// stopped (a debugger, SIGSTOP) is reported at once. Patches are then built one after the other.
+///
+/// Returns the processes this build cannot be patched into: once the executable is written they
+/// restart into it ([`restart::after_link`]), which reports them.
 pub fn for_running_processes(
     called: Instant,
     before: &mut Clock,
@@ -43,10 +47,11 @@ pub fn for_running_processes(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) {
-    patch_each(called, before, output, inputs, dir, status);
+) -> Vec<restart::Pending> {
+    let pending = patch_each(called, before, output, inputs, dir, status);
     // After the patches, which the developer waits for.
     collect_patches_of_dead_processes(dir);
+    pending
 }
 
 fn patch_each(
@@ -56,13 +61,14 @@ fn patch_each(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) {
+) -> Vec<restart::Pending> {
+    let mut pending = Vec::new();
     let registry = match Registry::existing() {
         Ok(r) => r,
-        Err(OpenError::Missing) => return,
+        Err(OpenError::Missing) => return pending,
         Err(e) => {
             status.warn_once("registry", &format!("{e}; running programs are not patched"));
-            return;
+            return pending;
         }
     };
     let program = program_name(output);
@@ -142,22 +148,17 @@ fn patch_each(
                 Vec::new()
             }
             Ok(Outcome::Skipped { reasons, notes }) => {
-                let (first, more) = (&reasons[0], reasons.len() - 1);
-                let extra = if more > 0 {
-                    format!(" (and {more} more, see {})", dir.log().display())
-                } else {
-                    String::new()
+                let p = restart::Pending {
+                    pid: reg.pid,
+                    start_time: reg.start_time,
+                    program: program.clone(),
+                    reasons,
                 };
-                status.line(
-                    "Skipped",
-                    Tone::Bad,
-                    &format!(
-                        "{program} (pid {}): {first}{extra}; it keeps running its current code",
-                        reg.pid
-                    ),
-                );
-                for r in reasons.iter().skip(1) {
-                    status.line("Skipped", Tone::Bad, r);
+                // A restart fixes every refusal: reported once the executable is written.
+                if restart::enabled_for(reg.pid) {
+                    pending.push(p);
+                } else {
+                    restart::skipped(status, &p, dir, "");
                 }
                 notes
             }
@@ -174,6 +175,7 @@ fn patch_each(
             status.line("Note", Tone::Warn, &n);
         }
     }
+    pending
 }
 
 /// Where this target directory keeps the build a process runs: derived from the target directory
@@ -277,6 +279,20 @@ fn patch_process(
     };
     let t_plan = t0.elapsed();
     clock.absorb(&plan.steps);
+    // `main`'s new code only runs after a restart: when the program restarts, that is the
+    // outcome (the restart brings every other change too); otherwise it is patched, with a note.
+    let refused = !plan.refusals.is_empty() || !layouts.refusals.is_empty();
+    if !refused && !plan.report.running.is_empty() && restart::enabled_for(reg.pid) {
+        notes.extend(plan.report.notes.iter().cloned());
+        let reasons = plan
+            .report
+            .running
+            .iter()
+            .map(|f| format!("`{f}` changed; it is running and is not called again"))
+            .collect();
+        notes.retain(|n| !n.ends_with("so its new code runs after a restart"));
+        return Ok(Outcome::Skipped { reasons, notes });
+    }
     if let Some(outcome) = verdict(&plan, &layouts, &hello, &mut notes) {
         return Ok(outcome);
     }

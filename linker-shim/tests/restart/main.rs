@@ -1,0 +1,261 @@
+//! Hot restart: `testdata/restart` built through ipbp-ld, started, and restarted into new builds
+//! while it runs — by an edit no patch can make (a static's layout, `main`'s loop), or by
+//! `ipbp-ld restart PID`. The app keeps a counter across restarts with an `on_restart` hook and,
+//! with `RESTART_LISTEN`, serves TCP on `ipbp::listener`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::live::{scenario, status_for, Running};
+use support::Project;
+
+const MAIN: &str = "src/main.rs";
+const ON: (&str, &str) = ("IPBP_RESTART", "on");
+
+/// The `key=value` fields of a line starting with `prefix`.
+fn field(line: &str, key: &str) -> String {
+    line.split(' ')
+        .find_map(|kv| kv.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_string()
+}
+
+fn number(line: &str, key: &str) -> u64 {
+    field(line, key).parse().unwrap_or_else(|_| panic!("{key} is not a number in {line:?}"))
+}
+
+/// A fresh copy of the app, built and running with `env`, its first tick seen.
+fn running(env: &[(&str, &str)]) -> (Project, Running) {
+    let project = scenario("restart");
+    project.build();
+    let app = project.start("restart", env);
+    app.wait_for(0, "a first tick", |l| l.starts_with("tick "));
+    (project, app)
+}
+
+/// Adds a field to the type of the static `STATS`: its live value cannot meet the new code.
+fn edit_layout(project: &Project) {
+    project.edit(
+        MAIN,
+        "struct Stats {\n    ticks: u64,\n}",
+        "struct Stats {\n    ticks: u64,\n    extra: u64,\n}",
+    );
+    project.edit(MAIN, "Stats { ticks: 0 }", "Stats { ticks: 0, extra: 0 }");
+    project.edit(MAIN, "\"one\"", "\"two\"");
+}
+
+/// Waits for the restarted build's `started` line after `mark` and checks the process is the same
+/// one, child of the same parent, with its counter kept; returns that line.
+#[track_caller]
+fn restarted(app: &mut Running, mark: usize, restarts: u64, count_before: u64) -> String {
+    let started = app.wait_for(mark, "the restarted build's first line", |l| l.starts_with("started "));
+    assert_eq!(number(&started, "pid"), app.pid as u64, "{started}");
+    assert_eq!(number(&started, "ppid"), std::process::id() as u64, "the parent changed: {started}");
+    assert_eq!(number(&started, "restarts"), restarts, "{started}");
+    assert!(
+        number(&started, "count") >= count_before,
+        "the counter was not kept: {started} (was {count_before})"
+    );
+    // At most as many descriptors as at its first start (stdio, the listener, ipbp's own): none leaked.
+    let first = app.wait_for(0, "its first start", |l| l.starts_with("started "));
+    // (Fewer when it inherited some from its parent: those are not passed on.)
+    assert!(number(&started, "fds") <= number(&first, "fds"), "descriptors leaked: {started} after {first}");
+    assert!(app.alive(), "{}", app.dump());
+    started
+}
+
+fn last_count(app: &Running) -> u64 {
+    let lines = app.lines_since(0);
+    let tick = lines.iter().rev().find(|l| l.starts_with("tick ")).expect("a tick");
+    number(tick, "count")
+}
+
+#[test]
+fn a_layout_edit_of_a_static_restarts_the_program_in_place_with_its_counter() {
+    let (project, mut app) = running(&[ON]);
+    edit_layout(&project);
+    let before = last_count(&app);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(
+        line.starts_with(&format!("Restarted restart (pid {}) into the new build: ", app.pid))
+            && line.contains("Stats"),
+        "expected a restart naming the static's type: {run}"
+    );
+    assert!(line.contains("kept 1 state (8 bytes)"), "{line}");
+    restarted(&mut app, mark, 1, before);
+    let tick =
+        app.wait_for(mark, "a tick of the new build", |l| l.starts_with("tick ") && l.contains("restarts=1"));
+    assert_eq!(field(&tick, "version"), "two", "the new code does not run: {tick}");
+
+    // The restarted build is registered: a later edit patches it as usual.
+    project.edit(MAIN, "\"two\"", "\"three\"");
+    let mark = app.mark();
+    project.build_and_expect_patched(&app, "restart");
+    app.wait_for(mark, "a tick of the patched build", |l| {
+        l.starts_with("tick ") && l.contains("version=three")
+    });
+}
+
+#[test]
+fn an_edit_of_mains_loop_restarts_the_program() {
+    let (project, mut app) = running(&[ON]);
+    project.edit(
+        MAIN,
+        "println!(\"tick count={n} version={} restarts={}\"",
+        "println!(\"tick count={n} version={} restarts={} main=2\"",
+    );
+    let before = last_count(&app);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Restarted restart "), "expected a restart: {run}");
+    restarted(&mut app, mark, 1, before);
+    app.wait_for(mark, "a tick of the new main", |l| l.starts_with("tick ") && l.ends_with("main=2"));
+}
+
+#[test]
+fn ipbp_restart_never_keeps_the_program_running_its_code() {
+    let (project, mut app) = running(&[("IPBP_RESTART", "never")]);
+    edit_layout(&project);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(
+        line.starts_with("Skipped restart ")
+            && line.contains("Stats")
+            && line.ends_with("it keeps running its current code"),
+        "expected today's refusal: {run}"
+    );
+    let tick = app.wait_for(mark, "a tick after the build", |l| l.starts_with("tick "));
+    assert_eq!(field(&tick, "version"), "one");
+    assert!(!app.lines_since(mark).iter().any(|l| l.starts_with("started ")), "it restarted: {}", app.dump());
+    assert!(app.alive());
+}
+
+/// A client that connects, asks and reads one answer in a loop (about 300 a second) until told to
+/// stop; returns (answers, failures with their errors).
+fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    std::thread::spawn(move || {
+        let (mut ok, mut failed) = (0, Vec::new());
+        while !stop.load(Ordering::Relaxed) {
+            let result = (|| -> std::io::Result<String> {
+                let mut s = TcpStream::connect(("127.0.0.1", port))?;
+                s.set_read_timeout(Some(Duration::from_secs(20)))?;
+                s.write_all(b"get\n")?;
+                let mut line = String::new();
+                BufReader::new(&s).read_line(&mut line)?;
+                Ok(line)
+            })();
+            match result {
+                Ok(l) if l.starts_with("count=") => ok += 1,
+                Ok(l) => failed.push(format!("answer {l:?}")),
+                Err(e) => failed.push(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(3));
+        }
+        (ok, failed)
+    })
+}
+
+fn ask(port: u16) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.write_all(b"get\n").expect("send");
+    let mut line = String::new();
+    BufReader::new(&s).read_line(&mut line).expect("answer");
+    line
+}
+
+#[test]
+fn a_server_keeps_its_port_through_ten_restarts_under_load() {
+    let (project, mut app) = running(&[ON, ("RESTART_LISTEN", "127.0.0.1:0")]);
+    let port = number(&app.wait_for(0, "its port", |l| l.starts_with("listening ")), "port") as u16;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = load(port, Arc::clone(&stop));
+    for i in 1..=10u64 {
+        let before = last_count(&app);
+        let mark = app.mark();
+        let run = project.ipbp_ld(&["restart", &app.pid.to_string()]);
+        assert!(
+            run.success() && run.stderr.contains("kept 1 listening socket, 2 states"),
+            "restart {i}: {run}"
+        );
+        let started = restarted(&mut app, mark, i, before);
+        assert_eq!(
+            number(&app.wait_for(mark, "its port", |l| l.starts_with("listening ")), "port"),
+            port as u64
+        );
+        let _ = started;
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = client.join().expect("the client");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 10, "too few requests were made: {ok}");
+    assert!(ask(port).contains("restarts=10"));
+}
+
+#[test]
+fn a_new_build_that_cannot_start_is_reported_and_the_program_goes_on() {
+    let (project, mut app) = running(&[ON, ("RESTART_LISTEN", "127.0.0.1:0")]);
+    let port = number(&app.wait_for(0, "its port", |l| l.starts_with("listening ")), "port") as u16;
+    // The executable ipbp-ld linked (cargo's `debug/restart` is a hard link to it).
+    let deps = project.target(support::live::CONFIG).join("debug/deps");
+    let exe = std::fs::read_dir(&deps)
+        .expect("deps")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("restart-"))
+                && p.extension().is_none()
+        })
+        .expect("the linked executable");
+    let pid = app.pid.to_string();
+
+    // Not executable: execve fails after the hooks ran and the descriptors moved; all is put back.
+    let mode = |m: u32| {
+        std::fs::set_permissions(&exe, std::os::unix::fs::PermissionsExt::from_mode(m)).expect("chmod")
+    };
+    mode(0o644);
+    let mark = app.mark();
+    let run = project.ipbp_ld(&["restart", &pid]);
+    assert!(
+        !run.success()
+            && run.stderr.contains("could not restart")
+            && run.stderr.contains("Permission denied"),
+        "{run}"
+    );
+    app.wait_for(mark, "a tick after the failed restart", |l| {
+        l.starts_with("tick ") && l.contains("restarts=0")
+    });
+    assert!(ask(port).contains("restarts=0"), "the service stopped");
+    assert!(app.alive());
+
+    // Replaced by another program (not a build ipbp-ld recorded): refused before anything runs.
+    mode(0o755);
+    let saved = exe.with_extension("saved");
+    std::fs::rename(&exe, &saved).expect("rename");
+    std::fs::copy("/bin/true", &exe).expect("copy");
+    let run = project.ipbp_ld(&["restart", &pid]);
+    assert!(!run.success() && run.stderr.contains("was not recorded by ipbp-ld"), "{run}");
+    std::fs::rename(&saved, &exe).expect("rename back");
+
+    // Put right, it restarts.
+    let before = last_count(&app);
+    let mark = app.mark();
+    project.ipbp_ld(&["restart", &pid]).assert_success();
+    restarted(&mut app, mark, 1, before);
+    assert!(ask(port).contains("restarts=1"));
+}
