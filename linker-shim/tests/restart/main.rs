@@ -108,8 +108,8 @@ fn an_edit_of_mains_loop_restarts_the_program() {
     let (project, mut app) = running(&[ON]);
     project.edit(
         MAIN,
-        "println!(\"tick count={n} version={} restarts={}\"",
-        "println!(\"tick count={n} version={} restarts={} main=2\"",
+        "println!(\"tick count={n} version={} restarts={} word={}\"",
+        "println!(\"tick count={n} version={} restarts={} word={} main=2\"",
     );
     let before = last_count(&app);
     let mark = app.mark();
@@ -258,4 +258,63 @@ fn a_new_build_that_cannot_start_is_reported_and_the_program_goes_on() {
     project.ipbp_ld(&["restart", &pid]).assert_success();
     restarted(&mut app, mark, 1, before);
     assert!(ask(port).contains("restarts=1"));
+}
+
+#[test]
+fn a_program_run_by_cargo_run_stays_attached_to_it() {
+    let project = scenario("restart");
+    project.build();
+    let mut command = project
+        .cargo(support::Linker::Shim, support::live::CONFIG, &["run", "-q"])
+        .env("IPBP_RESTART", "on")
+        .into_command();
+    command.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    let mut cargo = command.spawn().expect("cargo run");
+    let lines = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = BufReader::new(cargo.stdout.take().expect("piped"));
+    let sink = Arc::clone(&lines);
+    std::thread::spawn(move || {
+        reader.lines().map_while(Result::ok).for_each(|l| sink.lock().unwrap().push(l))
+    });
+    let wait_for = |what: &dyn Fn(&str) -> bool| -> String {
+        let deadline = std::time::Instant::now() + support::live::PATIENCE;
+        loop {
+            if let Some(l) = lines.lock().unwrap().iter().find(|l| what(l)) {
+                return l.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "never printed: {:?}", lines.lock().unwrap());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let first = wait_for(&|l| l.starts_with("started "));
+    let pid = number(&first, "pid") as u32;
+    // `cargo run` execs the program on Unix (rustup's proxy execs cargo): the process this test
+    // started is the program, and this test its parent. A restart must keep both.
+    assert_eq!(pid, cargo.id(), "{first}");
+    let parent = number(&first, "ppid");
+    assert_eq!(parent, std::process::id() as u64, "{first}");
+    let registered = project.home.join(format!("{pid}.process"));
+    while !registered.exists() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    edit_layout(&project);
+    let run = project.build();
+    assert!(status_for(&run, pid).starts_with("Restarted restart "), "{run}");
+    let again = wait_for(&|l| l.starts_with("started ") && l.contains("restarts=1"));
+    assert_eq!(number(&again, "pid"), pid as u64, "{again}");
+    assert_eq!(number(&again, "ppid"), parent, "cargo run lost its child: {again}");
+    wait_for(&|l| l.contains("version=two"));
+    assert!(matches!(cargo.try_wait(), Ok(None)), "cargo run ended");
+
+    // The process `cargo run` started is still the program: when it ends, its parent sees it.
+    // SAFETY: kill a process this test started (through cargo).
+    unsafe { libc_kill(pid as i32, 15) };
+    let status = cargo.wait().expect("cargo run ends");
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), Some(15), "{status}");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
 }

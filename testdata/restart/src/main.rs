@@ -1,9 +1,11 @@
-//! The restart app of ipbp's restart tests (`linker-shim/tests/restart`): a counter kept across
-//! restarts by an `on_restart` hook, a static whose type the tests change (a layout change no
-//! patch can make), and, with `RESTART_LISTEN=<addr>`, a TCP service on `ipbp::listener`.
+//! The restart app of ipbp's restart tests (`linker-shim/tests/restart`) and of
+//! `scripts/demo.sh`: no hot point, only `ipbp::init()`; a counter kept across restarts by an
+//! `on_restart` hook, a `dyn Speaker` built at startup (its method is patched in place), a static
+//! whose type the tests change (a layout change no patch can make), and, with
+//! `RESTART_LISTEN=<addr>`, a TCP service on `ipbp::listener`.
 //!
 //! Lines: `started pid=<pid> ppid=<ppid> restarts=<n> count=<c> fds=<open descriptors>`, then
-//! `tick count=<c> version=<v> restarts=<n>` every `RESTART_PERIOD_MS` (default 50) ms; with a
+//! `tick count=<c> version=<v> restarts=<n> word=<w>` every `RESTART_PERIOD_MS` (default 50) ms; with a
 //! listener, `listening port=<port>` and, per connection, one reply line
 //! `count=<c> version=<v> restarts=<n>`.
 
@@ -27,6 +29,18 @@ static COUNT: AtomicU64 = AtomicU64::new(0);
 /// Set by the `serve` hook (when): the service finishes its connection and stops accepting
 /// (connections wait in the socket's queue for the new build); it resumes if no restart follows.
 static GATE: Mutex<Option<Instant>> = Mutex::new(None);
+
+trait Speaker: Send {
+    fn word(&self) -> String;
+}
+
+struct Plain;
+
+impl Speaker for Plain {
+    fn word(&self) -> String {
+        "hello".to_string()
+    }
+}
 
 fn version() -> &'static str {
     "one"
@@ -109,10 +123,11 @@ fn main() {
         COUNT.load(Ordering::Relaxed),
         open_fds()
     );
+    let speaker: Box<dyn Speaker> = Box::new(Plain);
     loop {
         let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
         STATS.lock().unwrap_or_else(|p| p.into_inner()).ticks += 1;
-        println!("tick count={n} version={} restarts={}", version(), ipbp::restarts());
+        println!("tick count={n} version={} restarts={} word={}", version(), ipbp::restarts(), speaker.word());
         std::thread::sleep(Duration::from_millis(period));
     }
 }
