@@ -75,7 +75,7 @@ pub fn after_link(
                         "{} (pid {}) into the new build: {}; kept {}; running again {} after the decision, {total:.1} s after rustc called ipbp-ld",
                         p.program,
                         p.pid,
-                        p.reasons[0],
+                        without_advice(&p.reasons[0]),
                         kept(&done.kept),
                         ms(done.running_after),
                     ),
@@ -89,6 +89,11 @@ pub fn after_link(
             Err(e) => skipped(status, &p, dir, &format!("; it could not restart ({e})")),
         }
     }
+}
+
+/// A refusal's reason without its advice to restart (which just happened).
+fn without_advice(reason: &str) -> &str {
+    reason.trim_end_matches("; restart to use it").trim_end_matches(" (restart to use it)")
 }
 
 /// The `Skipped` line(s) of a process that keeps its current code.
@@ -160,11 +165,14 @@ fn kept(k: &Restarting) -> String {
             k.state_bytes
         ));
     }
-    if parts.is_empty() {
-        return "no socket or state".into();
+    if k.listeners == 0 && k.states == 0 {
+        parts.insert(0, "no socket or state".into());
     }
     if k.hooks_us >= 1000 {
         parts.push(format!("on_restart hooks {}", ms(Duration::from_micros(k.hooks_us))));
+    }
+    if k.safe_point_us > 0 {
+        parts.push(format!("waited {} for its safe point", ms(Duration::from_micros(k.safe_point_us))));
     }
     parts.join(", ")
 }

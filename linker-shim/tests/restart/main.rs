@@ -139,19 +139,50 @@ fn ipbp_restart_never_keeps_the_program_running_its_code() {
     assert!(app.alive());
 }
 
-/// A client that connects, asks and reads one answer in a loop (about 300 a second) until told to
-/// stop; returns (answers, failures with their errors).
-fn load(port: u16, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+#[test]
+fn a_program_with_safe_points_restarts_at_its_next_safe_point() {
+    let project = scenario("restart");
+    project.build();
+    let gate = project.dir.join("safe-point-open");
+    let mut app = project.start("restart", &[ON, ("RESTART_SAFE_POINT_FILE", gate.to_str().expect("utf-8"))]);
+    app.wait_for(0, "a first tick", |l| l.starts_with("tick "));
+    let before = last_count(&app);
+    let mark = app.mark();
+    let pid = app.pid.to_string();
+    let restart = {
+        let home = project.home.clone();
+        std::thread::spawn(move || support::ipbp_ld(&home, &["restart", &pid]))
+    };
+    // No safe point is reached while the gate is closed: the program runs on, not restarted.
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(!app.lines_since(mark).iter().any(|l| l.starts_with("started ")), "{}", app.dump());
+    app.wait_for(mark, "ticks while waiting", |l| l.starts_with("tick ") && l.contains("restarts=0"));
+    std::fs::write(&gate, "").expect("open the gate");
+    let run = restart.join().expect("ipbp-ld restart");
+    assert!(run.success() && run.stderr.contains("for its safe point"), "{run}");
+    restarted(&mut app, mark, 1, before);
+}
+
+/// A client that connects, asks and reads the whole answer in a loop (a few hundred a second)
+/// until told to stop; returns (answers, failures with their errors). `http`: `GET /` over HTTP/1.1
+/// (a new connection each), else the restart app's one-line protocol.
+fn load(port: u16, stop: Arc<AtomicBool>, http: bool) -> std::thread::JoinHandle<(usize, Vec<String>)> {
     std::thread::spawn(move || {
         let (mut ok, mut failed) = (0, Vec::new());
         while !stop.load(Ordering::Relaxed) {
             let result = (|| -> std::io::Result<String> {
                 let mut s = TcpStream::connect(("127.0.0.1", port))?;
                 s.set_read_timeout(Some(Duration::from_secs(20)))?;
-                s.write_all(b"get\n")?;
-                let mut line = String::new();
-                BufReader::new(&s).read_line(&mut line)?;
-                Ok(line)
+                let request: &[u8] =
+                    if http { b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" } else { b"get\n" };
+                s.write_all(request)?;
+                let mut answer = String::new();
+                std::io::Read::read_to_string(&mut s, &mut answer)?;
+                match answer.split_once("\r\n\r\n") {
+                    Some((head, body)) if http && head.starts_with("HTTP/1.1 200") => Ok(body.to_string()),
+                    _ if http => Ok(format!("bad answer {answer:?}")),
+                    _ => Ok(answer),
+                }
             })();
             match result {
                 Ok(l) if l.starts_with("count=") => ok += 1,
@@ -177,7 +208,7 @@ fn a_server_keeps_its_port_through_ten_restarts_under_load() {
     let (project, mut app) = running(&[ON, ("RESTART_LISTEN", "127.0.0.1:0")]);
     let port = number(&app.wait_for(0, "its port", |l| l.starts_with("listening ")), "port") as u16;
     let stop = Arc::new(AtomicBool::new(false));
-    let client = load(port, Arc::clone(&stop));
+    let client = load(port, Arc::clone(&stop), false);
     for i in 1..=10u64 {
         let before = last_count(&app);
         let mark = app.mark();
@@ -205,6 +236,39 @@ fn a_server_keeps_its_port_through_ten_restarts_under_load() {
     );
     assert!(ok > 10, "too few requests were made: {ok}");
     assert!(ask(port).contains("restarts=10"));
+}
+
+/// The case: an axum server that takes its socket from `listenfd` (no ipbp code but
+/// `init` and an `on_restart` hook that drains its requests with axum's graceful shutdown).
+#[test]
+fn an_axum_server_using_listenfd_keeps_its_port_through_ten_restarts_under_load() {
+    let project = scenario("listenweb");
+    project.build();
+    let app = project.start("listenweb", &[ON]);
+    let port = number(&app.wait_for(0, "its port", |l| l.starts_with("listening ")), "port") as u16;
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = load(port, Arc::clone(&stop), true);
+    for i in 1..=10u64 {
+        let mark = app.mark();
+        let run = project.ipbp_ld(&["restart", &app.pid.to_string()]);
+        assert!(
+            run.success() && run.stderr.contains("kept 1 listening socket, 2 states"),
+            "restart {i}: {run}"
+        );
+        let again = app.wait_for(mark, "the restarted build's port", |l| l.starts_with("listening "));
+        assert_eq!((number(&again, "port"), number(&again, "restarts")), (port as u64, i), "{again}");
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = client.join().expect("the client");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 10, "too few requests were made: {ok}");
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! `scripts/demo.sh`: no hot point, only `ipbp::init()`; a counter kept across restarts by an
 //! `on_restart` hook, a `dyn Speaker` built at startup (its method is patched in place), a static
 //! whose type the tests change (a layout change no patch can make), and, with
-//! `RESTART_LISTEN=<addr>`, a TCP service on `ipbp::listener`.
+//! `RESTART_LISTEN=<addr>`, a TCP service on `ipbp::listener`; with `RESTART_SAFE_POINT_FILE`,
+//! safe points, reached at the top of the loop while that file exists.
 //!
 //! Lines: `started pid=<pid> ppid=<ppid> restarts=<n> count=<c> fds=<open descriptors>`, then
 //! `tick count=<c> version=<v> restarts=<n> word=<w>` every `RESTART_PERIOD_MS` (default 50) ms; with a
@@ -98,7 +99,13 @@ fn answer(stream: std::net::TcpStream) {
 }
 
 fn main() {
-    ipbp::init();
+    // With `RESTART_SAFE_POINT_FILE=<path>`: safe points, reached only while that file exists.
+    let gate = std::env::var_os("RESTART_SAFE_POINT_FILE").map(std::path::PathBuf::from);
+    if gate.is_some() {
+        ipbp::init_with_safe_points();
+    } else {
+        ipbp::init();
+    }
     if let Some(bytes) = ipbp::restored("count") {
         let bytes: [u8; 8] = bytes.try_into().expect("8 bytes of count");
         COUNT.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
@@ -128,6 +135,9 @@ fn main() {
         let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
         STATS.lock().unwrap_or_else(|p| p.into_inner()).ticks += 1;
         println!("tick count={n} version={} restarts={} word={}", version(), ipbp::restarts(), speaker.word());
+        if gate.as_ref().is_some_and(|g| g.exists()) {
+            ipbp::safe_point();
+        }
         std::thread::sleep(Duration::from_millis(period));
     }
 }
