@@ -195,6 +195,17 @@ fn load(port: u16, stop: Arc<AtomicBool>, http: bool) -> std::thread::JoinHandle
     })
 }
 
+/// Sends `text` to the program's ipbp socket and returns its whole answer.
+fn request(project: &Project, pid: u32, text: &str) -> String {
+    let mut s =
+        std::os::unix::net::UnixStream::connect(project.home.join(format!("{pid}.sock"))).expect("connect");
+    s.write_all(text.as_bytes()).expect("send");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut s, &mut answer).expect("answer");
+    answer
+}
+
 fn ask(port: u16) -> String {
     let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     s.write_all(b"get\n").expect("send");
@@ -315,6 +326,19 @@ fn a_new_build_that_cannot_start_is_reported_and_the_program_goes_on() {
     let run = project.ipbp_ld(&["restart", &pid]);
     assert!(!run.success() && run.stderr.contains("was not recorded by ipbp-ld"), "{run}");
     std::fs::rename(&saved, &exe).expect("rename back");
+
+    // Requests that name another file than the build's, or a build never recorded: refused.
+    let build_id = support::elf_build_id(&exe);
+    let other = format!("ipbp-patch 1\nop restart\nbuild-id {build_id}\nfile /bin/true\nend\n");
+    let reply = request(&project, app.pid, &other);
+    assert!(reply.starts_with("error ") && reply.contains("was recorded for"), "{reply}");
+    let unknown =
+        format!("ipbp-patch 1\nop restart\nbuild-id {}\nfile {}\nend\n", "ab".repeat(20), exe.display());
+    let reply = request(&project, app.pid, &unknown);
+    assert!(reply.starts_with("error ") && reply.contains("was not recorded by ipbp-ld"), "{reply}");
+    let relative = format!("ipbp-patch 1\nop restart\nbuild-id {build_id}\nfile restart\nend\n");
+    assert!(request(&project, app.pid, &relative).starts_with("error "));
+    assert!(app.alive() && ask(port).contains("restarts=0"));
 
     // Put right, it restarts.
     let before = last_count(&app);
