@@ -3,12 +3,17 @@
 //! was passed. ipbp's restart passes it, so nothing here knows about ipbp but `init` and the
 //! drain hook. `GET /` answers `count=<c> version=<v> restarts=<n>`.
 //!
-//! The `drain` hook makes the server stop accepting and finish its in-flight requests (axum's
-//! graceful shutdown) before the restart; connections that arrive meanwhile wait in the socket's
-//! queue for the new build. If no restart follows within 2 s, it serves again.
+//! The `drain` hook makes the server stop accepting and waits until every connection it accepted
+//! is answered and closed (at most 3 s) before the restart; connections that arrive meanwhile wait
+//! in the socket's queue for the new build. If no restart follows within 2 s, it serves again.
+//! (axum's own graceful shutdown is not enough here: it closes a connection it accepted but whose
+//! request has not arrived yet as idle, and that client sees a reset.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Mutex};
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
 
 /// Lives in a static: the tests add a field (a layout change: restart).
@@ -45,26 +50,39 @@ async fn main() {
     println!("listening port={} restarts={}", listener.local_addr().expect("bound").port(), ipbp::restarts());
 
     // The hook asks the server to drain and waits until it has (or 4 s).
-    let drain = std::sync::Arc::new(tokio::sync::Notify::new());
+    let drain = Arc::new(tokio::sync::Notify::new());
     let (drained_tx, drained_rx) = mpsc::channel::<()>();
     let drained_rx = Mutex::new(drained_rx);
     ipbp::on_restart("count", || COUNT.load(Ordering::Relaxed).to_le_bytes().to_vec());
-    let asked = std::sync::Arc::clone(&drain);
+    let asked = Arc::clone(&drain);
     ipbp::on_restart("drain", move || {
         asked.notify_one();
         let _ = drained_rx.lock().unwrap_or_else(|p| p.into_inner()).recv_timeout(Duration::from_secs(4));
         Vec::new()
     });
     let app = axum::Router::new().route("/", axum::routing::get(root));
+    let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    let open = Arc::new(AtomicUsize::new(0));
     loop {
-        let tokio_listener =
-            tokio::net::TcpListener::from_std(listener.try_clone().expect("clone")).expect("tokio listener");
-        let drain = std::sync::Arc::clone(&drain);
-        let _ = axum::serve(tokio_listener, app.clone())
-            .with_graceful_shutdown(async move { drain.notified().await })
-            .await;
-        let _ = drained_tx.send(());
-        // Drained for a restart; if none comes (it failed), serve again.
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                open.fetch_add(1, Ordering::SeqCst);
+                let (open, service) = (Arc::clone(&open), TowerToHyperService::new(app.clone()));
+                tokio::spawn(async move {
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+            _ = drain.notified() => {
+                let since = std::time::Instant::now();
+                while open.load(Ordering::SeqCst) > 0 && since.elapsed() < Duration::from_secs(3) {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                let _ = drained_tx.send(());
+                // Drained for a restart; if none comes (it failed), serve again.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
     }
 }
