@@ -68,16 +68,25 @@ pub fn after_link(
         match outcome {
             Ok(done) => {
                 let total = called.elapsed().as_secs_f64();
+                let (tone, then) = match &done.running_after {
+                    Ok(after) => (
+                        Tone::Good,
+                        format!(
+                            "running again {} after the decision, {total:.1} s after rustc called ipbp-ld",
+                            ms(*after)
+                        ),
+                    ),
+                    Err(problem) => (Tone::Warn, problem.clone()),
+                };
                 status.line(
                     "Restarted",
-                    Tone::Good,
+                    tone,
                     &format!(
-                        "{} (pid {}) into the new build: {}; kept {}; running again {} after the decision, {total:.1} s after rustc called ipbp-ld",
+                        "{} (pid {}) into the new build: {}; kept {}; {then}",
                         p.program,
                         p.pid,
                         without_advice(&p.reasons[0]),
                         kept(&done.kept),
-                        ms(done.running_after),
                     ),
                 );
             }
@@ -117,8 +126,9 @@ pub fn skipped(status: &mut Status, p: &Pending, dir: &IpbpDir, why_not_restarte
 /// What a restart achieved.
 pub struct Restarted {
     pub kept: Restarting,
-    /// From sending the request to the new build's registration (its `ipbp::init()`).
-    pub running_after: Duration,
+    /// From sending the request to the new build's registration (its `ipbp::init()`), or what
+    /// became of the new build when it did not register (it was executed: the old code is gone).
+    pub running_after: std::result::Result<Duration, String>,
 }
 
 /// Restarts process `p` into `exe` (build `build_id`) and waits until the new build registered.
@@ -134,21 +144,22 @@ pub fn restart(registry: &Registry, p: &Pending, exe: &Path, build_id: &str) -> 
         RestartReply::Failed(_, e) => crate::bail!("{e}"),
     };
     let deadline = sent + REGISTER_TIMEOUT;
-    loop {
+    let running_after = loop {
         if registry.list().iter().any(|r| r.pid == p.pid && r.build_id == build_id) {
-            return Ok(Restarted { kept, running_after: sent.elapsed() });
+            break Ok(sent.elapsed());
         }
         if registry::process_start_time(p.pid) != Some(p.start_time) {
-            crate::bail!("the new build exited before it called ipbp::init()");
+            break Err("the new build exited before it called ipbp::init()".to_string());
         }
         if Instant::now() >= deadline {
-            crate::bail!(
-                "it executed the new build, which has not called ipbp::init() within {} s",
+            break Err(format!(
+                "the new build has not called ipbp::init() within {} s (later builds cannot patch it until it does)",
                 REGISTER_TIMEOUT.as_secs()
-            );
+            ));
         }
         std::thread::sleep(Duration::from_micros(500));
-    }
+    };
+    Ok(Restarted { kept, running_after })
 }
 
 /// `1 listening socket, 2 states (24 bytes)`, or `no socket or state`.
@@ -199,10 +210,9 @@ pub fn on_request(pid: u32) -> Result<String> {
     let p = Pending { pid, start_time: reg.start_time, program: program.clone(), reasons: vec![] };
     let done = restart(&registry, &p, &exe, &build_id)?;
     let same = if build_id == reg.build_id { "the same build" } else { "the newest build" };
-    Ok(format!(
-        "{program} (pid {pid}) into {same}, {}; kept {}; running again {} after the decision",
-        exe.display(),
-        kept(&done.kept),
-        ms(done.running_after)
-    ))
+    let then = match done.running_after {
+        Ok(after) => format!("running again {} after the decision", ms(after)),
+        Err(problem) => problem,
+    };
+    Ok(format!("{program} (pid {pid}) into {same}, {}; kept {}; {then}", exe.display(), kept(&done.kept)))
 }
