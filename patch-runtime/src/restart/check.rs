@@ -103,3 +103,15 @@ pub fn build_id(fd: &OwnedFd) -> Result<String, &'static str> {
     }
     Err("it has no build id")
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_build_id_read_from_a_file_is_the_loaders() {
+        let file = std::fs::File::open("/proc/self/exe").expect("open");
+        let loaded = crate::image::main_program().expect("the test binary has a build id");
+        assert_eq!(super::build_id(&file.into()).expect("a build id"), loaded.build_id);
+        let not_elf = std::fs::File::open("/proc/self/cmdline").expect("open");
+        assert!(super::build_id(&not_elf.into()).is_err());
+    }
+}

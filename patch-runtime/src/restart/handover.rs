@@ -170,3 +170,32 @@ pub fn restored(name: &str) -> Option<Vec<u8>> {
 pub fn restarts() -> u64 {
     handed().restarts
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::IntoRawFd;
+
+    #[test]
+    fn sealed_states_read_back_whole_and_cannot_be_changed() {
+        let states = vec![("count".to_string(), 42u64.to_le_bytes().to_vec()), ("empty".to_string(), vec![])];
+        let fd = seal(&states).expect("sealed").expect("a memfd");
+        let mut file = std::fs::File::from(fd.try_clone().expect("dup"));
+        assert!(file.write_all(b"more").is_err(), "the state can be written after sealing");
+        let read = read_states(fd.into_raw_fd()).expect("read back");
+        assert_eq!(read.len(), 2);
+        assert_eq!(read["count"], 42u64.to_le_bytes());
+        assert!(read["empty"].is_empty());
+        assert!(seal(&Vec::new()).expect("nothing").is_none());
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_a_sealed_memfd_is_left_alone() {
+        let file = std::fs::File::open("/proc/self/exe").expect("open");
+        let fd = file.as_raw_fd();
+        assert!(read_states(fd).is_none());
+        // Still open: read_states did not take it.
+        // SAFETY: F_GETFD on our own open descriptor.
+        assert!(unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0);
+    }
+}
