@@ -51,14 +51,17 @@ pub fn after_link(
     dir: &IpbpDir,
     status: &mut Status,
 ) {
+    if !linked {
+        // No new executable: nothing to restart into.
+        for p in &pending {
+            skipped(status, p, dir, "");
+        }
+        return;
+    }
     if pending.is_empty() {
         return;
     }
-    let build_id = if linked {
-        crate::map::read::read_build_id(output).map_err(|e| e.to_string())
-    } else {
-        Err(String::new())
-    };
+    let build_id = crate::map::read::read_build_id(output).map_err(|e| e.to_string());
     let registry = Registry::existing().map_err(|e| e.to_string());
     for p in pending {
         let outcome = match (&build_id, &registry) {
@@ -89,10 +92,6 @@ pub fn after_link(
                         kept(&done.kept),
                     ),
                 );
-            }
-            Err(e) if !linked => {
-                let _ = e;
-                skipped(status, &p, dir, "");
             }
             Err(e) if e.to_string() == RESTART_OFF => skipped(status, &p, dir, ""),
             Err(e) => skipped(status, &p, dir, &format!("; it could not restart ({e})")),
