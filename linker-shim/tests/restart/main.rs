@@ -163,6 +163,29 @@ fn a_program_with_safe_points_restarts_at_its_next_safe_point() {
     restarted(&mut app, mark, 1, before);
 }
 
+#[test]
+fn a_build_whose_link_fails_restarts_nothing_and_the_link_fails_as_it_would() {
+    let (project, mut app) = running(&[ON]);
+    edit_layout(&project);
+    // Compiles, but no object defines the symbol: the real linker fails.
+    project.edit(
+        MAIN,
+        "fn main() {",
+        "extern \"C\" {\n    fn ipbp_test_undefined_symbol();\n}\n\nfn main() {\n    // SAFETY: never linked.\n    unsafe { ipbp_test_undefined_symbol() };",
+    );
+    let mark = app.mark();
+    let run = project.cargo(support::Linker::Shim, support::live::CONFIG, &["build"]).run();
+    assert!(!run.success() && run.stderr.contains("ipbp_test_undefined_symbol"), "{run}");
+    let line = status_for(&run, app.pid);
+    assert!(
+        line.starts_with("Skipped restart ") && line.ends_with("it keeps running its current code"),
+        "{run}"
+    );
+    let tick = app.wait_for(mark, "a tick after the failed build", |l| l.starts_with("tick "));
+    assert_eq!((field(&tick, "version").as_str(), number(&tick, "restarts")), ("one", 0), "{tick}");
+    assert!(!app.lines_since(mark).iter().any(|l| l.starts_with("started ")) && app.alive());
+}
+
 /// A client that connects, asks and reads the whole answer in a loop (a few hundred a second)
 /// until told to stop; returns (answers, failures with their errors). `http`: `GET /` over HTTP/1.1
 /// (a new connection each), else the restart app's one-line protocol.
