@@ -79,6 +79,11 @@ pub use ipbp_macros::hot;
 /// address and a socket, in a directory only this user can read) and starts a thread that receives
 /// patches. The registration is removed when the process exits. Problems are reported once on
 /// stderr and leave the program running unpatched.
+///
+/// A build that cannot be patched in (a changed type of live data, `main`'s own code, …) restarts
+/// the process into it instead: `execve` in place, so the pid and parent stay, listening sockets
+/// are passed (see [`listener`]) and [`on_restart`] hooks hand state over. `IPBP_RESTART=never`
+/// in the environment turns that off.
 pub fn init() {
     #[cfg(debug_assertions)]
     {
