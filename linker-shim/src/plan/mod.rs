@@ -154,6 +154,9 @@ pub struct Report {
     pub not_redirected: Vec<(String, String)>,
     /// Things the user should know that do not stop the patch.
     pub notes: Vec<String>,
+    /// Changed functions that are running and never called again (`main`): only a restart runs
+    /// their new code.
+    pub running: Vec<String>,
 }
 
 pub struct Plan<'a> {
@@ -233,6 +236,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             )),
         }
     }
+    let mut running_changed = Vec::new();
     let (copy, visited) = match input.mode {
         Mode::HotPoints => {
             let affected = graph::affected(index, &changed_nodes, &hot)?;
@@ -268,6 +272,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             }
             running.sort();
             running.dedup();
+            running_changed.clone_from(&running);
             for f in running {
                 notes.push(format!(
                     "`{f}` changed; it is running and is not called again, so its new code runs after a restart"
@@ -327,6 +332,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     plan.stats = stats;
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
+    plan.report.running = running_changed;
     Ok(plan)
 }
 
