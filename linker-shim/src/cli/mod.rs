@@ -1,10 +1,11 @@
-//! `ipbp-ld <subcommand>`: inspecting binaries and recorded maps.
+//! `ipbp-ld <subcommand>`: inspecting binaries and recorded maps, restarting a running program.
 //!
 //! Exit codes: 0 success, 1 nothing found, 2 bad usage or unreadable input (clap's own usage errors
 //! are 2 as well).
 
 mod diff;
 mod map;
+mod restart;
 mod symbols;
 pub mod watch;
 
@@ -18,7 +19,7 @@ use std::path::Path;
 
 /// The words that make `ipbp-ld` a command-line tool instead of a linker.
 pub const SUBCOMMANDS: &[&str] =
-    &["symbols", "map", "diff", "watch", "help", "--help", "-h", "--version", "-V"];
+    &["symbols", "map", "diff", "restart", "watch", "help", "--help", "-h", "--version", "-V"];
 
 /// ipbp's linker: put `linker = "ipbp-ld"` in .cargo/config.toml and build as usual.
 ///
@@ -40,6 +41,9 @@ enum Command {
     Map(map::Args),
     /// Compare the symbols of two binaries or maps.
     Diff(diff::Args),
+    /// Restart a running program into the newest build of it (same pid; listening sockets and
+    /// its `ipbp::on_restart` state kept).
+    Restart(restart::Args),
     /// Run the program and rebuild it on every save: each save goes live in the running process.
     Watch(watch::Args),
 }
@@ -55,6 +59,7 @@ pub fn run(args: Vec<OsString>) -> ! {
         Command::Symbols(a) => symbols::run(a),
         Command::Map(a) => map::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Restart(a) => restart::run(a),
         Command::Watch(a) => match watch::run(a) {
             Ok(code) => std::process::exit(code),
             Err(e) => Err(e),
