@@ -301,6 +301,33 @@ fn config_lines_and_ctrl_c() {
         });
     }
 
+    // A new module in a new directory: cargo must discover the file; after that, it is watched
+    // and built directly like any other.
+    let mark = watch.mark();
+    project.write("src/more/mod.rs", "pub fn value() -> String {\n    String::from(\"more\")\n}\n");
+    let extra = "fn extra() -> String {\n    String::from(\"none\")\n}";
+    project.write(
+        MAIN,
+        &replace(&project, MAIN, extra, "mod more;\n\nfn extra() -> String {\n    more::value()\n}"),
+    );
+    watch.wait_for(mark, "the new module", |l| Tick::parse(l).is_some_and(|t| t.get("extra") == "more"));
+    watch.wait_for(mark, "a cargo build", |l| l.starts_with("Rebuilt ") && l.contains("→ cargo ("));
+    let mark = watch.mark();
+    project.write("src/more/mod.rs", "pub fn value() -> String {\n    String::from(\"even-more\")\n}\n");
+    // (A second cargo build for the new module, if the saves came in two batches, may still end
+    // after this mark: its line names src/main.rs.)
+    let line = watch.wait_for(mark, "a progress line", |l| {
+        l.starts_with("Rebuilt src/more/mod.rs") || l.starts_with("Failed ")
+    });
+    assert!(
+        line.starts_with("Rebuilt src/more/mod.rs → rustc directly: counter "),
+        "{line}\n{}",
+        watch.dump()
+    );
+    watch.wait_for(mark, "the module's edit", |l| {
+        Tick::parse(l).is_some_and(|t| t.get("extra") == "even-more")
+    });
+
     let mut watch = watch;
     // SAFETY: signals our own child, not yet reaped.
     unsafe { libc::kill(watch.child.id() as i32, libc::SIGINT) };

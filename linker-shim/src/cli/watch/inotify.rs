@@ -28,12 +28,16 @@ pub struct Watcher {
 pub struct Events {
     /// Files written, renamed into place, created or removed.
     pub paths: BTreeSet<PathBuf>,
+    /// Directories created (or moved in) inside watched ones: to watch as well.
+    pub new_dirs: Vec<PathBuf>,
     /// The kernel dropped events: anything may have changed.
     pub overflow: bool,
 }
 
-/// No `IN_CREATE`: a new file is reported when it is written (`IN_CLOSE_WRITE`), not while still empty.
-const MASK: u32 = libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE;
+/// `IN_CREATE` serves new directories only: a new file is reported when it is written
+/// (`IN_CLOSE_WRITE`), not while still empty.
+const MASK: u32 =
+    libc::IN_CLOSE_WRITE | libc::IN_MOVED_TO | libc::IN_MOVED_FROM | libc::IN_DELETE | libc::IN_CREATE;
 
 impl Watcher {
     pub fn new() -> Result<Watcher, Error> {
@@ -88,11 +92,17 @@ impl Watcher {
                     events.overflow = true;
                     continue;
                 }
-                if ev.mask & libc::IN_ISDIR != 0 || name.is_empty() {
-                    continue; // new directories are found by the next scan of the workspace
+                let Some(dir) = self.dirs.get(&ev.wd) else { continue };
+                if name.is_empty() {
+                    continue;
                 }
-                if let Some(dir) = self.dirs.get(&ev.wd) {
-                    events.paths.insert(dir.join(std::ffi::OsStr::from_bytes(name)));
+                let path = dir.join(std::ffi::OsStr::from_bytes(name));
+                if ev.mask & libc::IN_ISDIR != 0 {
+                    if ev.mask & (libc::IN_CREATE | libc::IN_MOVED_TO) != 0 {
+                        events.new_dirs.push(path);
+                    }
+                } else if ev.mask & libc::IN_CREATE == 0 {
+                    events.paths.insert(path);
                 }
             }
         }

@@ -27,6 +27,8 @@ pub struct Session {
     /// Why the next build must be cargo's (its last build failed).
     cargo_needed: Option<String>,
     build_script_inputs: Vec<PathBuf>,
+    /// Files found in directories that were watched only after they were made.
+    late_files: Vec<PathBuf>,
 }
 
 /// How a build ended, for the loop.
@@ -54,6 +56,7 @@ impl Session {
             pending: BTreeSet::new(),
             cargo_needed: None,
             build_script_inputs: Vec::new(),
+            late_files: Vec::new(),
         })
     }
 
@@ -71,7 +74,10 @@ impl Session {
             wait_readable(self.watcher.fd(), Duration::from_millis(100));
             let events = self.watcher.drain();
             let saved_at = Instant::now();
-            let changed: BTreeSet<PathBuf> = events.paths.into_iter().filter(|p| self.matters(p)).collect();
+            self.watch_new_dirs(&events.new_dirs);
+            let late = std::mem::take(&mut self.late_files);
+            let changed: BTreeSet<PathBuf> =
+                events.paths.into_iter().chain(late).filter(|p| self.matters(p)).collect();
             let next = if events.overflow {
                 self.with_cargo(&changed, "file events were lost", saved_at)?
             } else if changed.is_empty() {
@@ -149,6 +155,8 @@ impl Session {
                 Built::Failed(took) => {
                     self.pending.extend(stems[i..].iter().cloned());
                     steps.push(format!("{name} failed after {}", secs(took)));
+                    // A link that failed after its patch went live says `Reverted`.
+                    show_status_lines(&log, log_start);
                     say(
                         "Failed",
                         &format!(
@@ -160,6 +168,7 @@ impl Session {
                 }
                 Built::NeedsCargo(took, why) => {
                     steps.push(format!("{name} {}", secs(took)));
+                    show_status_lines(&log, log_start);
                     say(
                         "Rebuilt",
                         &format!("{what} → rustc directly: {}; cargo must record it", steps.join(", ")),
@@ -270,6 +279,25 @@ impl Session {
         }
         self.units = Some(units);
         Ok(())
+    }
+
+    /// A directory made in the workspace during the session (a new module's folder) is watched at
+    /// once, with what it holds already: files written there before the watch count as saved.
+    fn watch_new_dirs(&mut self, new_dirs: &[PathBuf]) {
+        let mut found = BTreeSet::new();
+        let plain = |d: &&PathBuf| {
+            d.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.') && n != "target")
+        };
+        for dir in new_dirs.iter().filter(|d| self.ws.owns(d)).filter(plain) {
+            subdirs(dir, &mut found);
+        }
+        for dir in found {
+            if self.watcher.watch_dir(&dir).is_ok() {
+                // Files written between the directory's creation and its watch.
+                let files = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path());
+                self.late_files.extend(files.filter(|p| p.is_file()));
+            }
+        }
     }
 
     fn describe(&self, changed: &BTreeSet<PathBuf>) -> String {
