@@ -1,0 +1,197 @@
+//! Debuggers and patched programs, with the real gdb and lldb (`.ci/run` installs them): a
+//! debugger attaching to a patched program, or launching it, reaches its prompt and leaves the
+//! program running, and the program keeps taking patches. `testdata/debuggee` calls `work(n)`
+//! every 20 ms from two threads and prints `work thread=<t> n=<n> value=<work(n)>`.
+//!
+//! Every debugger runs in batch mode under `timeout -s KILL`: a debugger that hangs fails the
+//! test instead of hanging it.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+use support::live::{scenario, status_for, Running};
+use support::{Cmd, Project, Run};
+
+const MAIN: &str = "src/main.rs";
+const PROGRAM: &str = "debuggee";
+/// Longest a debugger command may take before it counts as hung.
+const LIMIT: &str = "120";
+
+/// The value `work(n)` returns with `let result = doubled + <add>;`.
+fn expected(n: u64, add: u64) -> u64 {
+    2 * n + add
+}
+
+/// `(n, value)` of a `work` line.
+fn work_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("work ")?;
+    let field = |k: &str| rest.split(' ').find_map(|kv| kv.strip_prefix(k)?.parse::<u64>().ok());
+    Some((field("n=")?, field("value=")?))
+}
+
+/// Waits until both threads print values computed by `work` with `+ add`.
+#[track_caller]
+fn wait_for_add(app: &Running, mark: usize, add: u64) {
+    for thread in ["main", "worker"] {
+        app.wait_for(mark, &format!("`+ {add}` from thread {thread}"), |l| {
+            l.contains(&format!("thread={thread} "))
+                && work_line(l).is_some_and(|(n, value)| value == expected(n, add))
+        });
+    }
+}
+
+/// Edits `work`'s added constant from `from` to `to`, builds, expects `Patched`, and waits for
+/// the new values.
+#[track_caller]
+fn patch(project: &Project, app: &Running, from: u64, to: u64) -> String {
+    project.edit(MAIN, &format!("doubled + {from};"), &format!("doubled + {to};"));
+    let mark = app.mark();
+    let line = project.build_and_expect_patched(app, PROGRAM);
+    wait_for_add(app, mark, to);
+    line
+}
+
+fn project() -> Project {
+    let project = scenario("debuggee");
+    project.build();
+    project
+}
+
+/// `timeout -s KILL <LIMIT> <args…>`: the process is killed if it hangs.
+fn limited(args: &[&str]) -> Cmd {
+    let mut all = vec!["-s", "KILL", LIMIT];
+    all.extend_from_slice(args);
+    Cmd::new("timeout", &all)
+}
+
+fn gdb_attach(pid: u32, commands: &[&str]) -> Run {
+    let pid = pid.to_string();
+    let mut args = vec!["gdb", "-nx", "-q", "-batch", "-p", &pid];
+    for c in commands {
+        args.extend(["-ex", c]);
+    }
+    let run = limited(&args).run();
+    assert!(run.success(), "gdb did not finish in time or failed: {run}");
+    run
+}
+
+fn lldb_attach(pid: u32, commands: &[&str]) -> Run {
+    let pid = pid.to_string();
+    let mut args = vec!["lldb", "--no-lldbinit", "-b", "-p", &pid];
+    for c in commands {
+        args.extend(["-o", c]);
+    }
+    let run = limited(&args).run();
+    assert!(run.success(), "lldb did not finish in time or failed: {run}");
+    run
+}
+
+/// The process `pid` is killed when this is dropped (a program launched by a debugger is not
+/// the test's child).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: a signal to a process this test started.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
+}
+
+/// gdb and lldb attach to a program patched once, list the patch under its file, detach; the
+/// program goes on running its patched code and takes the next patch.
+#[test]
+fn gdb_and_lldb_attach_to_a_patched_program_which_takes_the_next_patch() {
+    let project = project();
+    let app = project.start(PROGRAM, &[]);
+    patch(&project, &app, 1, 1000);
+
+    let gdb = gdb_attach(app.pid, &["info sharedlibrary", "detach"]);
+    assert!(gdb.stdout.contains("/patch-1.so"), "gdb does not list the patch by its file: {gdb}");
+    assert!(gdb.stdout.contains("detached"), "{gdb}");
+    let mark = app.mark();
+    wait_for_add(&app, mark, 1000);
+
+    let lldb = lldb_attach(app.pid, &["image list", "process detach"]);
+    assert!(lldb.stdout.contains("/patch-1.so"), "lldb does not list the patch by its file: {lldb}");
+    let mark = app.mark();
+    wait_for_add(&app, mark, 1000);
+
+    patch(&project, &app, 1000, 7);
+    let gdb = gdb_attach(app.pid, &["info sharedlibrary", "detach"]);
+    assert!(gdb.stdout.contains("/patch-2.so"), "{gdb}");
+    patch(&project, &app, 7, 3);
+}
+
+/// A program started by gdb, and one started by lldb, take two patches while the debugger runs
+/// it, without stopping (the install parks threads with a signal neither debugger stops at).
+#[test]
+fn a_program_launched_under_gdb_or_lldb_takes_two_patches() {
+    for debugger in ["gdb", "lldb"] {
+        let project = project();
+        let program = project.program(PROGRAM).display().to_string();
+        let cmd = match debugger {
+            "gdb" => limited(&["gdb", "-nx", "-q", "-batch", "-ex", "run", "--args", &program]),
+            _ => limited(&["lldb", "--no-lldbinit", "-b", "-o", "run", "--", &program]),
+        };
+        let app = Running::start_under(cmd, &project.home);
+        let _kill = KillOnDrop(app.pid);
+        let first = patch(&project, &app, 1, 1000);
+        patch(&project, &app, 1000, 7);
+        assert!(!first.contains("did not answer"), "{debugger}: {first}");
+    }
+}
+
+/// gdb holds the program stopped at a breakpoint in `work`, the function being patched: the
+/// build says so at once and the program keeps its code; once gdb detaches, the next build
+/// patches it.
+#[test]
+fn a_program_stopped_at_a_breakpoint_in_the_patched_function_is_reported_then_patched() {
+    let project = project();
+    let app = project.start(PROGRAM, &[]);
+    let stopped = project.root().join("gdb-stopped");
+    let go_on = project.root().join("gdb-go-on");
+    let pid = app.pid.to_string();
+    let wait =
+        format!("shell touch {}; while [ ! -e {} ]; do sleep 0.05; done", stopped.display(), go_on.display());
+    let gdb = limited(&[
+        "gdb",
+        "-nx",
+        "-q",
+        "-batch",
+        "-p",
+        &pid,
+        "-ex",
+        "break debuggee::work",
+        "-ex",
+        "continue",
+        "-ex",
+        "bt 1",
+        "-ex",
+        &wait,
+        "-ex",
+        "detach",
+    ])
+    .into_command()
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("cannot start gdb");
+    let deadline = std::time::Instant::now() + support::live::PATIENCE;
+    while !stopped.exists() {
+        assert!(std::time::Instant::now() < deadline, "gdb never stopped the program in `work`");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    project.edit(MAIN, "doubled + 1;", "doubled + 1000;");
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with(&format!("Skipped {PROGRAM} ")) && line.contains("stopped"), "{line}");
+
+    std::fs::write(&go_on, "").unwrap();
+    let out = gdb.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "gdb: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("debuggee::work"), "gdb did not stop in `work`: {stdout}");
+    let mark = app.mark();
+    wait_for_add(&app, mark, 1);
+    patch(&project, &app, 1000, 7);
+}
