@@ -195,3 +195,44 @@ fn a_program_stopped_at_a_breakpoint_in_the_patched_function_is_reported_then_pa
     wait_for_add(&app, mark, 1);
     patch(&project, &app, 1000, 7);
 }
+
+/// The build id of the ELF file at `path`.
+fn build_id(path: &std::path::Path) -> String {
+    support::elf_build_id(path)
+}
+
+/// The executable a process started from stays findable by build id after cargo replaced it, for
+/// as long as the process runs (collection keeps three builds per output, plus running ones);
+/// gdb reads its symbols from there. Once the process is gone, collection drops it.
+#[test]
+fn the_build_a_process_started_from_is_kept_by_build_id_while_it_runs() {
+    let project = project();
+    let mut app = project.start(PROGRAM, &[]);
+    let started = build_id(&std::path::PathBuf::from(format!("/proc/{}/exe", app.pid)));
+    let kept = project
+        .target(support::live::CONFIG)
+        .join("ipbp/debug/.build-id")
+        .join(&started[..2])
+        .join(format!("{}.debug", &started[2..]));
+    let mut add = 1;
+    for next in [1000, 7, 3, 5] {
+        patch(&project, &app, add, next);
+        add = next;
+    }
+    assert!(kept.is_file(), "the started build is not kept at {}", kept.display());
+    assert_eq!(build_id(&kept), started);
+    let gdb = gdb_attach(app.pid, &[&format!("file {}", kept.display()), "thread apply all bt", "detach"]);
+    assert!(
+        gdb.stdout.contains("debuggee::run"),
+        "gdb did not name the program's frames from the kept build: {gdb}"
+    );
+
+    app.kill();
+    project.edit(MAIN, &format!("doubled + {add};"), "doubled + 9;");
+    project.build();
+    let deadline = std::time::Instant::now() + support::live::PATIENCE;
+    while kept.exists() {
+        assert!(std::time::Instant::now() < deadline, "{} was kept after its process ended", kept.display());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
