@@ -286,7 +286,7 @@ fn patch_process(
     let emitted = emit_patch(
         &plan,
         reg,
-        &loaded.image,
+        &loaded,
         program,
         (generation, &hello.patches),
         &patch_dir,
@@ -454,7 +454,7 @@ struct Emitted {
 fn emit_patch(
     plan: &plan::Plan,
     reg: &Registration,
-    image: &BaseImage<'_>,
+    builds: &Loaded<'_>,
     program: &str,
     (generation, loaded): (u64, &[(u64, u64, PathBuf)]),
     patch_dir: &Path,
@@ -466,8 +466,10 @@ fn emit_patch(
     let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
     let layout = emit::layout(plan, &soname);
     let maps = deliver::address::mappings(reg.pid)?;
-    let at = deliver::address::choose(&maps, image.span, layout.span)?;
-    let emitted = emit::write(plan, &layout, at, TlsLayout { block_tp_offset })?;
+    let at = deliver::address::choose(&maps, builds.image.span, layout.span)?;
+    // The changed units' DWARF, so debuggers see the new code (ARCHITECTURE.md, *Debuggers*).
+    let debug = emit::debug::sections(plan, &layout.chunk_offset, &builds.current);
+    let emitted = emit::write_with_debug(plan, &layout, at, TlsLayout { block_tp_offset }, debug)?;
     // The process's loader names each loaded patch by its file (debuggers and symbolizers open
     // it): an earlier attempt at this generation that was loaded but not installed keeps its file.
     let path = std::iter::once(patch_dir.join(format!("patch-{generation}.so")))

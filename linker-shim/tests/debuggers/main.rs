@@ -97,29 +97,142 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// gdb and lldb attach to a program patched once, list the patch under its file, detach; the
-/// program goes on running its patched code and takes the next patch.
+/// Where a debugger stopped: the frame's object, function, line, the argument `n` and the local
+/// `doubled` after one step.
+#[derive(Debug)]
+struct Stop {
+    object: String,
+    n: u64,
+    doubled: u64,
+}
+
+/// `<name> = <number>` in a debugger's output (gdb: `n = 5`; lldb: `(unsigned long) n = 5`).
+fn value_of(output: &str, name: &str) -> Option<u64> {
+    let needle = format!(" {name} = ");
+    output.lines().find_map(|l| {
+        let l = format!(" {}", l.trim_start().trim_start_matches("(unsigned long)").trim_start());
+        l.split_once(&needle)?.1.split_whitespace().next()?.parse().ok()
+    })
+}
+
+/// gdb attaches to `app`, breaks on `debuggee::work` by name, continues to it, checks the frame
+/// (function, `src/main.rs:10`), steps one line in that thread and reads the local, detaches.
+#[track_caller]
+fn gdb_stop_in_work(app: &Running, exe: &str) -> Stop {
+    let gdb = gdb_attach(
+        app.pid,
+        &[
+            &format!("file {exe}"),
+            "break debuggee::work",
+            "continue",
+            "bt 1",
+            "info symbol $pc",
+            "info args",
+            "delete",
+            "set scheduler-locking step",
+            "next",
+            "info locals",
+            "detach",
+        ],
+    );
+    let out = &gdb.stdout;
+    assert!(
+        out.contains("debuggee::work (n=") && out.contains("src/main.rs:10"),
+        "gdb did not stop in `work` at src/main.rs:10: {gdb}"
+    );
+    let object = out
+        .lines()
+        .find(|l| l.starts_with("debuggee::work") && l.contains(" of "))
+        .and_then(|l| l.rsplit(" of ").next())
+        .unwrap_or("the executable")
+        .to_string();
+    Stop {
+        object,
+        n: value_of(out, "n").unwrap_or_else(|| panic!("no `n` in {gdb}")),
+        doubled: value_of(out, "doubled").unwrap_or_else(|| panic!("no local `doubled` in {gdb}")),
+    }
+}
+
+/// The same with lldb.
+#[track_caller]
+fn lldb_stop_in_work(app: &Running) -> Stop {
+    let lldb = lldb_attach(
+        app.pid,
+        &[
+            "breakpoint set -n debuggee::work",
+            "continue",
+            "frame variable n",
+            // No other stop meanwhile; and not `-m this-thread`: lldb 14 then detaches leaving the
+            // process stopped.
+            "breakpoint delete -f",
+            "thread step-over",
+            "frame variable doubled",
+            "bt 1",
+            "process detach",
+        ],
+    );
+    let out = &lldb.stdout;
+    let frame = out
+        .lines()
+        .find(|l| l.contains("frame #0") && l.contains("debuggee::work"))
+        .unwrap_or_else(|| panic!("lldb did not stop in `work`: {lldb}"));
+    assert!(frame.contains("main.rs:1"), "lldb's frame has no source line: {lldb}");
+    Stop {
+        object: frame.split('`').next().unwrap_or("").rsplit(' ').next().unwrap_or("").to_string(),
+        n: value_of(out, "n").unwrap_or_else(|| panic!("no `n` in {lldb}")),
+        doubled: value_of(out, "doubled").unwrap_or_else(|| panic!("no local `doubled` in {lldb}")),
+    }
+}
+
+/// gdb and lldb attach to a program patched once, then 20 times: the patch is listed under its
+/// file, a breakpoint on `debuggee::work` by name stops in the newest patch with its line, the
+/// argument and a local print, and after detaching the program goes on and takes the next patch.
 #[test]
-fn gdb_and_lldb_attach_to_a_patched_program_which_takes_the_next_patch() {
+fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_times() {
     let project = project();
     let app = project.start(PROGRAM, &[]);
+    let exe = format!("/proc/{}/exe", app.pid);
     patch(&project, &app, 1, 1000);
 
     let gdb = gdb_attach(app.pid, &["info sharedlibrary", "detach"]);
     assert!(gdb.stdout.contains("/patch-1.so"), "gdb does not list the patch by its file: {gdb}");
-    assert!(gdb.stdout.contains("detached"), "{gdb}");
-    let mark = app.mark();
-    wait_for_add(&app, mark, 1000);
-
     let lldb = lldb_attach(app.pid, &["image list", "process detach"]);
     assert!(lldb.stdout.contains("/patch-1.so"), "lldb does not list the patch by its file: {lldb}");
-    let mark = app.mark();
-    wait_for_add(&app, mark, 1000);
 
-    patch(&project, &app, 1000, 7);
-    let gdb = gdb_attach(app.pid, &["info sharedlibrary", "detach"]);
-    assert!(gdb.stdout.contains("/patch-2.so"), "{gdb}");
-    patch(&project, &app, 7, 3);
+    let mut add = 1000;
+    for generation in [1, 20] {
+        while app_generation(&project, &app) < generation {
+            let next = add + 1;
+            patch(&project, &app, add, next);
+            add = next;
+        }
+        let newest = format!("/patch-{generation}.so");
+        let stop = gdb_stop_in_work(&app, &exe);
+        assert!(stop.object.ends_with(&newest), "gdb stopped in {stop:?}, not in {newest}");
+        assert_eq!(stop.doubled, 2 * stop.n, "{stop:?}");
+        let mark = app.mark();
+        wait_for_add(&app, mark, add);
+
+        let stop = lldb_stop_in_work(&app);
+        assert!(stop.object.ends_with(&newest[1..]), "lldb stopped in {stop:?}, not in {newest}");
+        assert_eq!(stop.doubled, 2 * stop.n, "{stop:?}");
+        let mark = app.mark();
+        wait_for_add(&app, mark, add);
+    }
+    patch(&project, &app, add, 3);
+}
+
+/// How many patches the process has applied (from the patch files ipbp-ld wrote for it).
+fn app_generation(project: &Project, app: &Running) -> u64 {
+    let patches = project.target(support::live::CONFIG).join("ipbp/patches");
+    std::fs::read_dir(patches)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|d| d.file_name().to_string_lossy().starts_with(&format!("{}-", app.pid)))
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "json"))
+        .count() as u64
 }
 
 /// A program started by gdb, and one started by lldb, take two patches while the debugger runs
