@@ -104,6 +104,8 @@ struct Stop {
     object: String,
     n: u64,
     doubled: u64,
+    /// The debugger's whole transcript, for failure messages.
+    transcript: String,
 }
 
 /// `<name> = <number>` in a debugger's output (gdb: `n = 5`; lldb: `(unsigned long) n = 5`).
@@ -150,6 +152,7 @@ fn gdb_stop_in_work(app: &Running, exe: &str) -> Stop {
         object,
         n: value_of(out, "n").unwrap_or_else(|| panic!("no `n` in {gdb}")),
         doubled: value_of(out, "doubled").unwrap_or_else(|| panic!("no local `doubled` in {gdb}")),
+        transcript: gdb.to_string(),
     }
 }
 
@@ -159,7 +162,10 @@ fn lldb_stop_in_work(app: &Running) -> Stop {
     let lldb = lldb_attach(
         app.pid,
         &[
-            "breakpoint set -n debuggee::work",
+            // The main thread only: when two threads stop at the breakpoint together, lldb 14
+            // turns the other's hit into a SIGTRAP once the breakpoint is deleted, and detaching
+            // then leaves the process stopped.
+            "breakpoint set -n debuggee::work -T debuggee",
             "continue",
             "frame variable n",
             // No other stop meanwhile; and not `-m this-thread`: lldb 14 then detaches leaving the
@@ -181,6 +187,7 @@ fn lldb_stop_in_work(app: &Running) -> Stop {
         object: frame.split('`').next().unwrap_or("").rsplit(' ').next().unwrap_or("").to_string(),
         n: value_of(out, "n").unwrap_or_else(|| panic!("no `n` in {lldb}")),
         doubled: value_of(out, "doubled").unwrap_or_else(|| panic!("no local `doubled` in {lldb}")),
+        transcript: lldb.to_string(),
     }
 }
 
@@ -210,16 +217,53 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
         let stop = gdb_stop_in_work(&app, &exe);
         assert!(stop.object.ends_with(&newest), "gdb stopped in {stop:?}, not in {newest}");
         assert_eq!(stop.doubled, 2 * stop.n, "{stop:?}");
-        let mark = app.mark();
-        wait_for_add(&app, mark, add);
+        goes_on(&app, &stop);
+        wait_for_add(&app, app.mark(), add);
 
         let stop = lldb_stop_in_work(&app);
         assert!(stop.object.ends_with(&newest[1..]), "lldb stopped in {stop:?}, not in {newest}");
         assert_eq!(stop.doubled, 2 * stop.n, "{stop:?}");
-        let mark = app.mark();
-        wait_for_add(&app, mark, add);
+        goes_on(&app, &stop);
+        wait_for_add(&app, app.mark(), add);
     }
-    patch(&project, &app, add, 3);
+    // A patch installs while gdb is attached and running the program (the parked install).
+    let pid = app.pid.to_string();
+    let exe = exe.as_str();
+    let gdb = limited(&["gdb", "-nx", "-q", "-batch", "-p", &pid, exe, "-ex", "continue"])
+        .into_command()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("cannot start gdb");
+    let status = format!("/proc/{}/status", app.pid);
+    let deadline = std::time::Instant::now() + support::live::PATIENCE;
+    while std::fs::read_to_string(&status).unwrap().contains("TracerPid:\t0") {
+        assert!(std::time::Instant::now() < deadline, "gdb never attached");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // gdb holds the program while it reads the symbols, then continues it: two lines printed
+    // one after the other since the attach show it running again.
+    for _ in 0..2 {
+        app.wait_for(app.mark(), "a line with gdb attached", |l| l.starts_with("work "));
+    }
+    let line = patch(&project, &app, add, 3);
+    assert!(line.starts_with(&format!("Patched {PROGRAM} (pid {})", app.pid)), "{line}");
+    // SAFETY: a signal to the gdb this test started: it interrupts the program, and batch mode
+    // then detaches.
+    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
+    let out = gdb.wait_with_output().unwrap();
+    assert!(out.status.success(), "gdb: {}", String::from_utf8_lossy(&out.stdout));
+    let mark = app.mark();
+    wait_for_add(&app, mark, 3);
+}
+
+/// After a debugger detached, the program runs (is not left stopped).
+#[track_caller]
+fn goes_on(app: &Running, stop: &Stop) {
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", app.pid)).unwrap_or_default();
+    let state = stat.rsplit(") ").next().and_then(|r| r.chars().next()).unwrap_or('?');
+    assert!(!matches!(state, 'T' | 't'), "the debugger left the program stopped: {}", stop.transcript);
 }
 
 /// How many patches the process has applied (from the patch files ipbp-ld wrote for it).
