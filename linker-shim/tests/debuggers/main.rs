@@ -236,17 +236,7 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("cannot start gdb");
-    let status = format!("/proc/{}/status", app.pid);
-    let deadline = std::time::Instant::now() + support::live::PATIENCE;
-    while std::fs::read_to_string(&status).unwrap().contains("TracerPid:\t0") {
-        assert!(std::time::Instant::now() < deadline, "gdb never attached");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    // gdb holds the program while it reads the symbols, then continues it: two lines printed
-    // one after the other since the attach show it running again.
-    for _ in 0..2 {
-        app.wait_for(app.mark(), "a line with gdb attached", |l| l.starts_with("work "));
-    }
+    running_under_a_debugger(&app);
     let line = patch(&project, &app, add, 3);
     assert!(line.starts_with(&format!("Patched {PROGRAM} (pid {})", app.pid)), "{line}");
     std::thread::sleep(std::time::Duration::from_millis(500));
@@ -261,6 +251,80 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
     goes_on(&app, &Stop { object: String::new(), n: 0, doubled: 0, transcript });
     let mark = app.mark();
     wait_for_add(&app, mark, 3);
+}
+
+/// Waits until a debugger traces `app` and has let it run again.
+fn running_under_a_debugger(app: &Running) {
+    let status = format!("/proc/{}/status", app.pid);
+    let deadline = std::time::Instant::now() + support::live::PATIENCE;
+    while std::fs::read_to_string(&status).unwrap().contains("TracerPid:\t0") {
+        assert!(std::time::Instant::now() < deadline, "the debugger never attached");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    // gdb holds the program while it reads the symbols, then continues it: two lines printed
+    // one after the other since the attach show it running again.
+    for _ in 0..2 {
+        app.wait_for(app.mark(), "a line with the debugger attached", |l| l.starts_with("work "));
+    }
+}
+
+/// A debugger's software breakpoint on the entry of a function the patch must redirect (a
+/// conditional one, so the program keeps running) refuses the patch, naming the function — never
+/// saved as the entry's bytes nor overwritten; the program keeps its code and, once the debugger
+/// is gone, takes the next patch.
+#[test]
+fn a_debugger_breakpoint_on_the_entry_of_a_patched_function_refuses_the_patch_by_name() {
+    let project = project();
+    let app = project.start(PROGRAM, &[]);
+    patch(&project, &app, 1, 2);
+    let pid = app.pid.to_string();
+    let exe = format!("/proc/{}/exe", app.pid);
+    let gdb = limited(&[
+        "gdb",
+        "-nx",
+        "-q",
+        "-batch",
+        "-p",
+        &pid,
+        &exe,
+        "-ex",
+        "break *debuggee::work if n == 0",
+        "-ex",
+        "continue",
+    ])
+    .into_command()
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("cannot start gdb");
+    running_under_a_debugger(&app);
+    let mut add = 2;
+    let mut refused = None;
+    // The condition stops the program for a moment at every call: a build that finds it so
+    // says `stopped` and is tried again with the next edit.
+    for next in 100..110 {
+        project.edit(MAIN, &format!("doubled + {add};"), &format!("doubled + {next};"));
+        add = next;
+        let line = status_for(&project.build(), app.pid);
+        if line.contains("a debugger has a breakpoint") {
+            refused = Some(line);
+            break;
+        }
+        assert!(line.starts_with(&format!("Skipped {PROGRAM} ")) && line.contains("stopped"), "{line}");
+    }
+    let line = refused.expect("no build met the breakpoint while the program ran");
+    assert!(line.starts_with(&format!("Skipped {PROGRAM} ")) && line.contains("`debuggee::work`"), "{line}");
+    wait_for_add(&app, app.mark(), 2);
+
+    // SAFETY: a signal to the gdb this test started: it interrupts the program, and batch mode
+    // then detaches.
+    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
+    let out = gdb.wait_with_output().unwrap();
+    let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(transcript.contains("detached"), "gdb did not detach: {transcript}");
+    goes_on(&app, &Stop { object: String::new(), n: 0, doubled: 0, transcript });
+    wait_for_add(&app, app.mark(), 2);
+    patch(&project, &app, add, 7);
 }
 
 /// After a debugger detached, the program runs (is not left stopped).
