@@ -110,7 +110,8 @@ def side_by_side(patched, plain, rounds):
 def with_gdb(pid, action):
     """Runs `action` while gdb is attached to `pid` and sits in `continue`; then detaches."""
     gdb = subprocess.Popen(
-        ["gdb", "-nx", "-q", "-batch", "-p", str(pid), f"/proc/{pid}/exe", "-ex", "continue"],
+        ["gdb", "-nx", "-q", "-batch", "-p", str(pid), f"/proc/{pid}/exe",
+         "-ex", "handle SIGUSR1 stop print nopass", "-ex", "continue"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + 60
@@ -121,7 +122,9 @@ def with_gdb(pid, action):
         time.sleep(1)  # symbols read, the program continuing
         return action()
     finally:
-        gdb.send_signal(signal.SIGINT)  # interrupts the program; batch mode then detaches
+        # Stops the program (gdb keeps the signal); batch mode then detaches. Interrupting gdb
+        # with SIGINT instead sometimes ended the program with that SIGINT after the detach.
+        os.kill(pid, signal.SIGUSR1)
         try:
             gdb.wait(timeout=30)
         except subprocess.TimeoutExpired:

@@ -230,27 +230,35 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
     // A patch installs while gdb is attached and running the program (the parked install).
     let pid = app.pid.to_string();
     let exe = exe.as_str();
-    let gdb = limited(&["gdb", "-nx", "-q", "-batch", "-p", &pid, exe, "-ex", "continue"])
-        .into_command()
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("cannot start gdb");
+    let gdb =
+        limited(&["gdb", "-nx", "-q", "-batch", "-p", &pid, exe, "-ex", STOP_ON_USR1, "-ex", "continue"])
+            .into_command()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("cannot start gdb");
     running_under_a_debugger(&app);
     let line = patch(&project, &app, add, 3);
     assert!(line.starts_with(&format!("Patched {PROGRAM} (pid {})", app.pid)), "{line}");
     std::thread::sleep(std::time::Duration::from_millis(500));
-    // SAFETY: a signal to the gdb this test started: it interrupts the program, and batch mode
-    // then detaches.
-    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
+    stop_gdb_continue(&app);
     let out = gdb.wait_with_output().unwrap();
-    // Its exit status depends on where the interrupt found it (an interrupted command is a
-    // batch-mode failure): what counts is that it detached and the program runs on.
     let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(transcript.contains("detached"), "gdb did not detach: {transcript}");
     goes_on(&app, &Stop { object: String::new(), n: 0, doubled: 0, transcript });
     let mark = app.mark();
     wait_for_add(&app, mark, 3);
+}
+
+/// Makes a gdb that runs `continue` stop the program at SIGUSR1 without passing it on, so the
+/// batch goes on to its end and detaches. (Interrupting gdb with SIGINT instead sometimes ended
+/// the program with that SIGINT after the detach.)
+const STOP_ON_USR1: &str = "handle SIGUSR1 stop print nopass";
+
+/// Ends a gdb sitting in `continue` with [`STOP_ON_USR1`].
+fn stop_gdb_continue(app: &Running) {
+    // SAFETY: a signal to the program this test started; gdb intercepts it.
+    unsafe { libc::kill(app.pid as i32, libc::SIGUSR1) };
 }
 
 /// Waits until a debugger traces `app` and has let it run again.
@@ -290,6 +298,8 @@ fn a_debugger_breakpoint_on_the_entry_of_a_patched_function_refuses_the_patch_by
         "-ex",
         "break *debuggee::work if n == 0",
         "-ex",
+        STOP_ON_USR1,
+        "-ex",
         "continue",
     ])
     .into_command()
@@ -316,9 +326,7 @@ fn a_debugger_breakpoint_on_the_entry_of_a_patched_function_refuses_the_patch_by
     assert!(line.starts_with(&format!("Skipped {PROGRAM} ")) && line.contains("`debuggee::work`"), "{line}");
     wait_for_add(&app, app.mark(), 2);
 
-    // SAFETY: a signal to the gdb this test started: it interrupts the program, and batch mode
-    // then detaches.
-    unsafe { libc::kill(gdb.id() as i32, libc::SIGINT) };
+    stop_gdb_continue(&app);
     let out = gdb.wait_with_output().unwrap();
     let transcript = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(transcript.contains("detached"), "gdb did not detach: {transcript}");
