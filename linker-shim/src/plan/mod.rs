@@ -165,6 +165,9 @@ pub struct Plan<'a> {
     /// What planning looked at, for the manifest.
     pub stats: Vec<(&'static str, usize)>,
     pub chunks: Vec<Chunk<'a>>,
+    /// Per chunk: the workspace unit and section it is a copy of (whole sections only), so emit
+    /// can carry the unit's debug info for it.
+    pub sources: Vec<Option<(UnitId, SecIdx)>>,
     pub eh_records: Vec<EhRecord<'a>>,
     pub imports: Vec<String>,
     /// Chunk (function entry at offset 0) → where to install it.
@@ -1079,9 +1082,16 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             list.dedup();
         }
         installs.sort_by_key(|&(id, i)| (i, id));
+        let sources = (0..self.work.chunks().len())
+            .map(|i| match self.work.source(ChunkId::at(i)) {
+                Some((Obj::Unit(u), sec, None)) => Some((u, sec)),
+                _ => None,
+            })
+            .collect();
         Ok(Plan {
             steps: Vec::new(),
             stats: Vec::new(),
+            sources,
             chunks: self.work.into_chunks(),
             eh_records,
             imports,
