@@ -107,9 +107,10 @@ fn main() {
         eprintln!("exiting at start: RESTART_EXIT_IF exists");
         std::process::exit(3);
     }
-    let holes: Vec<std::fs::File> = (0..std::env::var("RESTART_HOLES").ok().and_then(|n| n.parse().ok()).unwrap_or(0))
-        .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
-        .collect();
+    let holes: Vec<std::fs::File> =
+        (0..std::env::var("RESTART_HOLES").ok().and_then(|n| n.parse().ok()).unwrap_or(0))
+            .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+            .collect();
     // With `RESTART_SAFE_POINT_FILE=<path>`: safe points, reached only while that file exists.
     let gate = std::env::var_os("RESTART_SAFE_POINT_FILE").map(std::path::PathBuf::from);
     if gate.is_some() {
@@ -160,7 +161,12 @@ fn main() {
     loop {
         let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
         STATS.lock().unwrap_or_else(|p| p.into_inner()).ticks += 1;
-        println!("tick count={n} version={} restarts={} word={}", version(), ipbp::restarts(), speaker.word());
+        println!(
+            "tick count={n} version={} restarts={} word={}",
+            version(),
+            ipbp::restarts(),
+            speaker.word()
+        );
         if gate.as_ref().is_some_and(|g| g.exists()) {
             ipbp::safe_point();
         }
