@@ -161,12 +161,7 @@ fn main() {
     loop {
         let n = COUNT.fetch_add(1, Ordering::Relaxed) + 1;
         STATS.lock().unwrap_or_else(|p| p.into_inner()).ticks += 1;
-        println!(
-            "tick count={n} version={} restarts={} word={}",
-            version(),
-            ipbp::restarts(),
-            speaker.word()
-        );
+        println!("tick count={n} version={} restarts={} word={}", version(), ipbp::restarts(), speaker.word());
         if gate.as_ref().is_some_and(|g| g.exists()) {
             ipbp::safe_point();
         }
