@@ -94,7 +94,11 @@ pub fn after_link(
                 );
             }
             Err(e) if e.to_string() == RESTART_OFF => skipped(status, &p, dir, ""),
-            Err(e) => skipped(status, &p, dir, &format!("; it could not restart ({e})")),
+            Err(e) => {
+                let e = e.to_string();
+                let why = e.strip_prefix("could not restart: ").or(e.strip_prefix("not restarting: "));
+                skipped(status, &p, dir, &format!("; it could not restart ({})", why.unwrap_or(&e)))
+            }
         }
     }
 }

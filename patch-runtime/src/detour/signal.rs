@@ -155,7 +155,7 @@ pub fn stop_signal() -> i32 {
 }
 
 /// Installs the handler once. Fails if the application already handles the signal itself.
-fn install_handler() -> Result<(), String> {
+pub(crate) fn install_handler() -> Result<(), String> {
     static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     DONE.get_or_init(|| {
         let sig = stop_signal();

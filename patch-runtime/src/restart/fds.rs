@@ -241,3 +241,25 @@ pub fn listening(all: bool) -> Result<Vec<RawFd>, String> {
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn only_sockets_the_program_takes_again_are_passed_unless_all_are_asked_for() {
+        let own = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = super::super::listen::listener("127.0.0.1:0").expect("ipbp::listener");
+        let (own_fd, taken_fd) = (own.as_raw_fd(), taken.as_raw_fd());
+        let some = super::listening(false).expect("listening");
+        assert!(some.contains(&taken_fd) && !some.contains(&own_fd), "{some:?}: {taken_fd} yes, {own_fd} no");
+        let all = super::listening(true).expect("listening");
+        assert!(all.contains(&taken_fd) && all.contains(&own_fd), "{all:?}");
+        // The number closed and given to a socket the program binds itself: not passed.
+        drop(taken);
+        let reused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        if reused.as_raw_fd() == taken_fd {
+            assert!(!super::listening(false).expect("listening").contains(&taken_fd));
+        }
+    }
+}

@@ -75,6 +75,12 @@ pub fn serve(req: Restart, stream: &mut UnixStream, connected: Instant) -> Reply
         Ok(l) => l,
         Err(e) => return Reply::Error(format!("not restarting: {e}")),
     };
+    // The park round's signal handler (a program that handles that signal itself cannot be
+    // parked). A thread that blocks the signal is found only by the round (a thread inside a
+    // signal handler blocks it for a moment: a look now would refuse needlessly).
+    if let Err(e) = crate::detour::signal::install_handler() {
+        return Reply::Error(format!("not restarting: {e}"));
+    }
     if left() < Duration::from_millis(100) {
         return Reply::Error("not restarting: the time ipbp-ld waits ran out before it could start".into());
     }
