@@ -172,8 +172,9 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
 /// Hooks run in the order they were added, on a thread of ipbp's, all within 5 s; one that
 /// panics or does not return in time abandons the restart, and the program keeps running its
 /// current code — as it does when the new build cannot be executed. A hook should therefore
-/// leave the program able to go on (a server that stopped accepting resumes when no restart
-/// follows). Adding a hook under a name already used replaces it. Nothing happens in release
+/// leave the program able to go on: a server that stopped accepting resumes on its own after a
+/// few seconds (a restart that happens ends the process's image well before; [`restarts`] cannot
+/// tell, as it changes only in the new image). Adding a hook under a name already used replaces it. Nothing happens in release
 /// builds.
 pub fn on_restart(name: &str, hook: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
     #[cfg(debug_assertions)]

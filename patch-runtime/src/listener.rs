@@ -57,7 +57,8 @@ fn refuse_busy(stream: UnixStream) {
 }
 
 fn serve(mut stream: UnixStream, state: &Mutex<State>) {
-    let deadline = Instant::now() + DEADLINE;
+    let connected = Instant::now();
+    let deadline = connected + DEADLINE;
     let reply = if !same_user(&stream) {
         Reply::Error("only the user running this program may patch it".into())
     } else {
@@ -71,7 +72,7 @@ fn serve(mut stream: UnixStream, state: &Mutex<State>) {
                         Request::Hello => Reply::Hello(state.hello()),
                         Request::Apply(apply) => state.apply(apply),
                         // Holding the state: no patch is installed while it restarts.
-                        Request::Restart(restart) => crate::restart::serve(restart, &mut stream),
+                        Request::Restart(restart) => crate::restart::serve(restart, &mut stream, connected),
                     }
                 }
             },

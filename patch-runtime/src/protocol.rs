@@ -29,7 +29,9 @@
 //!
 //! A `restart` asks the program to re-execute itself into a newer build of itself (see
 //! `restart/` in this crate): `build-id` and `file` name the executable, whose build-id note must
-//! say that id. Its reply has two parts: `restarting` and what is handed over, written just
+//! say that id; `pass-listeners all` passes every listening socket (else only those the program
+//! will take again), `budget-ms` is how long the asker waits from connecting (the program gives
+//! up, changing nothing, before that). Its reply has two parts: `restarting` and what is handed over, written just
 //! before `execve`; then either nothing (the connection closes when `execve` succeeds: it is
 //! close-on-exec) or `error <message>` + `end` when the program could not restart and keeps
 //! running. An `error` alone means it refused before changing anything.
@@ -56,6 +58,12 @@ pub enum Request {
 pub struct Restart {
     pub build_id: String,
     pub file: PathBuf,
+    /// Pass every listening socket (`pass-listeners all`): the program takes its sockets from
+    /// `LISTEN_FDS` itself (ipbp-ld saw `listenfd` among its link inputs). Otherwise only the
+    /// sockets it will take again are passed: those of `ipbp::listener` and those it started with.
+    pub all_listeners: bool,
+    /// How long the asker waits, from connecting (`budget-ms`): the program gives up before.
+    pub budget_ms: Option<u64>,
 }
 
 /// The error a program whose environment says `IPBP_RESTART=never` answers a `restart` with.
@@ -248,6 +256,12 @@ impl Request {
                 line(&mut s, "op", "restart");
                 line(&mut s, "build-id", &r.build_id);
                 line(&mut s, "file", r.file.display());
+                if r.all_listeners {
+                    line(&mut s, "pass-listeners", "all");
+                }
+                if let Some(ms) = r.budget_ms {
+                    line(&mut s, "budget-ms", ms);
+                }
             }
             Request::Apply(a) => {
                 line(&mut s, "op", "apply");
@@ -294,6 +308,11 @@ impl Request {
             Some("restart") => Ok(Request::Restart(Restart {
                 build_id: f.get("build-id").ok_or("missing `build-id`")?.to_string(),
                 file: PathBuf::from(f.get("file").ok_or("missing `file`")?),
+                all_listeners: f.get("pass-listeners") == Some("all"),
+                budget_ms: match f.get("budget-ms") {
+                    Some(ms) => Some(ms.parse().map_err(|_| "bad `budget-ms`")?),
+                    None => None,
+                },
             })),
             Some("apply") => {
                 let hex =
@@ -479,8 +498,11 @@ mod tests {
 
     #[test]
     fn restarts_round_trip() {
-        let r = Restart { build_id: "ab12".into(), file: "/t/debug/deps/app-1f".into() };
+        let r =
+            Restart { build_id: "ab12".into(), file: "/t/debug/deps/app-1f".into(), ..Restart::default() };
         assert_eq!(Request::parse(&Request::Restart(r.clone()).encode()), Ok(Request::Restart(r)));
+        let all = Restart { all_listeners: true, budget_ms: Some(11_000), ..Restart::default() };
+        assert_eq!(Request::parse(&Request::Restart(all.clone()).encode()), Ok(Request::Restart(all)));
         let going = Restarting { listeners: 2, states: 1, state_bytes: 8, hooks_us: 30, safe_point_us: 0 };
         assert_eq!(RestartReply::parse(&going.encode()), Ok(RestartReply::Executed(going)));
         let failed = format!("{}{}", going.encode(), Reply::Error("cannot execute x".into()).encode());

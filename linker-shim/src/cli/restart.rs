@@ -12,7 +12,8 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<Outcome, Error> {
-    let line = crate::hotpatch::restart::on_request(args.pid)?;
-    Status::new(None).line("Restarted", Tone::Good, &line);
-    Ok(Outcome::Found)
+    let (line, tone) = crate::hotpatch::restart::on_request(args.pid)?;
+    Status::to_stderr().line("Restarted", tone, &line);
+    // Exit 1 when the new build did not come up (it exited, or has not called `ipbp::init()`).
+    Ok(if tone == Tone::Good { Outcome::Found } else { Outcome::NothingFound })
 }

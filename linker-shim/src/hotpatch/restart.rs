@@ -94,7 +94,11 @@ pub fn after_link(
                 );
             }
             Err(e) if e.to_string() == RESTART_OFF => skipped(status, &p, dir, ""),
-            Err(e) => skipped(status, &p, dir, &format!("; it could not restart ({e})")),
+            Err(e) => {
+                let e = e.to_string();
+                let why = e.strip_prefix("could not restart: ").or(e.strip_prefix("not restarting: "));
+                skipped(status, &p, dir, &format!("; it could not restart ({})", why.unwrap_or(&e)))
+            }
         }
     }
 }
@@ -137,11 +141,23 @@ pub fn restart(registry: &Registry, p: &Pending, exe: &Path, build_id: &str) -> 
         crate::bail!("it exited");
     }
     let sent = Instant::now();
-    let request = Restart { build_id: build_id.to_string(), file: exe.to_path_buf() };
+    let request = Restart {
+        build_id: build_id.to_string(),
+        file: exe.to_path_buf(),
+        all_listeners: takes_its_sockets_from_listenfd(registry, build_id),
+        // A second less than ipbp-ld waits: the program gives up first, so it never restarts
+        // after ipbp-ld said it keeps its code.
+        budget_ms: Some(
+            crate::deliver::RESTART_TIMEOUT.saturating_sub(Duration::from_secs(1)).as_millis() as u64
+        ),
+    };
     let kept = match crate::deliver::restart(registry, p.pid, request)? {
         RestartReply::Executed(kept) => kept,
         RestartReply::Failed(_, e) => crate::bail!("{e}"),
     };
+    // The program withdrew its registration before it answered `restarting`: the one awaited is
+    // the new build's (the old image's would otherwise survive `execve`, which runs no exit
+    // handler, and a restart into the same build would seem done at once).
     let deadline = sent + REGISTER_TIMEOUT;
     let running_after = loop {
         if registry.list().iter().any(|r| r.pid == p.pid && r.build_id == build_id) {
@@ -159,6 +175,14 @@ pub fn restart(registry: &Registry, p: &Pending, exe: &Path, build_id: &str) -> 
         std::thread::sleep(Duration::from_micros(500));
     };
     Ok(Restarted { kept, running_after })
+}
+
+/// Whether the build takes its listening sockets from `LISTEN_FDS` with the `listenfd` crate (one
+/// of its link inputs): then every listening socket is passed, not only those of
+/// `ipbp::listener` (see the runtime's `restart/fds.rs`).
+fn takes_its_sockets_from_listenfd(registry: &Registry, build_id: &str) -> bool {
+    let Some(record) = registry.build(build_id) else { return false };
+    std::fs::read_to_string(&record.inputs).is_ok_and(|list| list.contains("/liblistenfd-"))
 }
 
 /// `1 listening socket, 2 states (24 bytes)`, or `no socket or state`.
@@ -193,7 +217,7 @@ fn ms(d: Duration) -> String {
 
 /// `ipbp-ld restart PID`: restarts a registered process into the newest build of its program
 /// (the executable its build was linked to, as it is now), with no edit.
-pub fn on_request(pid: u32) -> Result<String> {
+pub fn on_request(pid: u32) -> Result<(String, Tone)> {
     let registry = Registry::existing().map_err(|e| crate::err!("{e}"))?;
     let reg = registry
         .list()
@@ -207,11 +231,19 @@ pub fn on_request(pid: u32) -> Result<String> {
     let build_id = crate::map::read::read_build_id(&exe)?;
     let program = super::program_name(&exe);
     let p = Pending { pid, start_time: reg.start_time, program: program.clone(), reasons: vec![] };
-    let done = restart(&registry, &p, &exe, &build_id)?;
+    let done = restart(&registry, &p, &exe, &build_id).map_err(|e| {
+        if registry::process_start_time(pid) == Some(reg.start_time) {
+            crate::err!("{e}; it keeps running its current code")
+        } else {
+            e
+        }
+    })?;
     let same = if build_id == reg.build_id { "the same build" } else { "the newest build" };
-    let then = match done.running_after {
-        Ok(after) => format!("running again {} after the decision", ms(after)),
-        Err(problem) => problem,
+    let (then, tone) = match done.running_after {
+        Ok(after) => (format!("running again {} after the decision", ms(after)), Tone::Good),
+        Err(problem) => (problem, Tone::Warn),
     };
-    Ok(format!("{program} (pid {pid}) into {same}, {}; kept {}; {then}", exe.display(), kept(&done.kept)))
+    let line =
+        format!("{program} (pid {pid}) into {same}, {}; kept {}; {then}", exe.display(), kept(&done.kept));
+    Ok((line, tone))
 }

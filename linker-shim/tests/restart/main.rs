@@ -272,6 +272,68 @@ fn a_server_keeps_its_port_through_ten_restarts_under_load() {
     assert!(ask(port).contains("restarts=10"));
 }
 
+/// The most common server binds its port itself (`TcpListener::bind`): that socket is not passed
+/// (the new build binds the same port again, which a socket still listening there would refuse);
+/// those of `ipbp::listener` are, even when the executable's descriptor lands among their
+/// targets (descriptors closed after start leave low numbers free). Then a restart into the same
+/// build whose new image exits before `ipbp::init()` is reported as such, not as running.
+#[test]
+fn a_server_that_binds_its_own_port_restarts_and_binds_it_again() {
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").expect("a free port").local_addr().expect("port").port();
+    let own = format!("127.0.0.1:{port}");
+    let project = scenario("restart");
+    project.build();
+    let exit_if = project.dir.join("exit-at-start");
+    let env = [
+        ON,
+        ("RESTART_LISTEN", "127.0.0.1:0,127.0.0.1:0,127.0.0.1:0,127.0.0.1:0"),
+        ("RESTART_BIND", own.as_str()),
+        // fd 3.. free again once it serves: the executable's descriptor lands among the
+        // sockets' targets (3..7), after the connection and whatever else is open meanwhile.
+        ("RESTART_HOLES", "4"),
+        ("RESTART_EXIT_IF", exit_if.to_str().expect("utf-8")),
+    ];
+    let mut app = project.start("restart", &env);
+    app.wait_for(0, "a first tick", |l| l.starts_with("tick "));
+    assert!(ask(port).contains("restarts=0"));
+    let before = last_count(&app);
+    let mark = app.mark();
+    let run = project.ipbp_ld(&["restart", &app.pid.to_string()]);
+    assert!(run.success() && run.stderr.contains("kept 4 listening sockets, 2 states"), "{run}");
+    restarted(&mut app, mark, 1, before);
+    let bound = app.wait_for(mark, "its own port bound again", |l| l.starts_with("bound "));
+    assert_eq!(number(&bound, "port"), port as u64, "{bound}");
+    assert!(ask(port).contains("restarts=1"), "the service on its own port does not answer");
+    let passed: Vec<u64> = app
+        .lines_since(mark)
+        .iter()
+        .filter(|l| l.starts_with("listening "))
+        .map(|l| number(l, "port"))
+        .collect();
+    let first: Vec<u64> = app
+        .lines_since(0)
+        .iter()
+        .filter(|l| l.starts_with("listening "))
+        .take(4)
+        .map(|l| number(l, "port"))
+        .collect();
+    assert_eq!(passed, first, "the ipbp::listener ports changed");
+    for p in passed {
+        assert!(ask(p as u16).contains("restarts=1"));
+    }
+
+    // The new image exits before it registers: said so (exit 1), never "running again".
+    std::fs::write(&exit_if, "").expect("create the file");
+    let run = project.ipbp_ld(&["restart", &app.pid.to_string()]);
+    assert!(
+        !run.success()
+            && run.stderr.contains("exited before it called ipbp::init()")
+            && !run.stderr.contains("running again"),
+        "{run}"
+    );
+}
+
 /// The case: an axum server that takes its socket from `listenfd` (no ipbp code but
 /// `init` and an `on_restart` hook that drains its requests with axum's graceful shutdown).
 #[test]

@@ -175,8 +175,9 @@ fn untraced_signal() -> i32 {
 /// a handler) is then ignored instead of ending the process.
 const TRACED_SIGNALS: [i32; 2] = [libc::SIGPROF, libc::SIGURG];
 
-/// The signal for a round beginning now, with ipbp's handler installed for it.
-fn choose_signal() -> Result<i32, String> {
+/// The signal for a round beginning now, with ipbp's handler installed for it (a restart asks
+/// before it runs the program's hooks: a program that handles that signal cannot be parked).
+pub(crate) fn choose_signal() -> Result<i32, String> {
     if traced() {
         if let Some(sig) = TRACED_SIGNALS.into_iter().find(|&s| install_handler(s).is_ok()) {
             return Ok(sig);

@@ -1,8 +1,9 @@
 //! Check: the executable a `restart` names is the build it claims to be, before anything changes.
 //!
-//! The file is opened once, its build-id note read from that descriptor, and that same descriptor
+//! Only a build of this same program is accepted (see [`program`]). The file is opened once, its build-id note read from that descriptor, and that same descriptor
 //! is what `execveat` runs: a file replaced after the check is not the one executed (the check and
-//! the exec see one inode).
+//! the exec see one inode; a write into that inode after the check is not detected — the same
+//! user could run anything anyway).
 
 use crate::elf;
 use crate::protocol::Restart;
@@ -34,6 +35,14 @@ pub fn open_checked(req: &Restart) -> Result<OwnedFd, String> {
         }
         None => return Err(format!("build {} was not recorded by ipbp-ld", req.build_id)),
     }
+    // A build of this program: where its own build was linked, under the same name (cargo's
+    // `deps/<name>-<hash>`), not another program of the same user.
+    let running = crate::runtime::build_id().and_then(|id| registry.build(id));
+    if let Some(running) = running {
+        if program(&running.output) != program(path) {
+            return Err(format!("{shown} is not a build of this program ({})", running.output.display()));
+        }
+    }
     let name = CString::new(path.as_os_str().as_bytes()).map_err(|_| format!("{shown} has a NUL byte"))?;
     // SAFETY: open with a valid C string; the descriptor is owned below.
     let fd = unsafe { libc::open(name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOFOLLOW) };
@@ -56,6 +65,16 @@ pub fn open_checked(req: &Restart) -> Result<OwnedFd, String> {
         return Err(format!("{shown} is build {found}, not {}", req.build_id));
     }
     Ok(fd)
+}
+
+/// The directory and name of a program's executable, without cargo's `-<hash>`.
+fn program(path: &std::path::Path) -> Option<(&std::path::Path, &str)> {
+    let name = path.file_name()?.to_str()?;
+    let stem = match name.rsplit_once('-') {
+        Some((stem, hash)) if !hash.is_empty() && hash.bytes().all(|b| b.is_ascii_hexdigit()) => stem,
+        _ => name,
+    };
+    Some((path.parent()?, stem))
 }
 
 /// Reads `len` bytes at `offset`, or fewer at the end of the file.
@@ -106,6 +125,17 @@ pub fn build_id(fd: &OwnedFd) -> Result<String, &'static str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_program_is_its_directory_and_name_without_cargos_hash() {
+        use std::path::Path;
+        let p = |s: &'static str| super::program(Path::new(s));
+        assert_eq!(p("/t/debug/deps/app-1f2e"), p("/t/debug/deps/app-99"));
+        assert_eq!(p("/t/debug/deps/my-app-1f2e"), Some((Path::new("/t/debug/deps"), "my-app")));
+        assert_ne!(p("/t/debug/deps/app-1f2e"), p("/t/debug/deps/other-1f2e"));
+        assert_ne!(p("/t/debug/deps/app-1f2e"), p("/t/release/deps/app-1f2e"));
+        assert_eq!(p("/t/app"), Some((Path::new("/t"), "app")));
+    }
+
     #[test]
     fn the_build_id_read_from_a_file_is_the_loaders() {
         let file = std::fs::File::open("/proc/self/exe").expect("open");

@@ -1,7 +1,13 @@
-//! Descriptors across the restart: listening sockets are passed with the systemd protocol
-//! (`LISTEN_FDS` descriptors from fd 3, `LISTEN_PID` = this pid, which `execve` keeps), the state
-//! memfd where it is; every other descriptor is closed by `execve` (close-on-exec), as on a
-//! normal start.
+//! Descriptors across the restart: the listening sockets the new build will take again are
+//! passed with the systemd protocol (`LISTEN_FDS` descriptors from fd 3, `LISTEN_PID` = this pid,
+//! which `execve` keeps), the state memfd and the checked executable where they are; every other
+//! descriptor is closed by `execve` (close-on-exec), as on a normal start.
+//!
+//! Which sockets the new build takes again: those `ipbp::listener` gave out, those the process
+//! was started with (`LISTEN_FDS`: it takes them from there again), or every listening socket when
+//! ipbp-ld saw `listenfd` among the program's link inputs (`pass-listeners all`). A socket the
+//! program bound itself (`TcpListener::bind`) is closed, so that its new build can bind the same
+//! address again: passed, it would stay listening there and the new `bind` fail (EADDRINUSE).
 //!
 //! [`Placement::apply`] and [`Placement::undo`] run while every other thread of the program is
 //! parked (see `super::exec`), so no thread can use a descriptor number while it is being moved;
@@ -9,6 +15,7 @@
 
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Mutex;
 
 /// Listening sockets passed at most (systemd itself has no limit; programs have a few).
 pub const MAX_LISTENERS: usize = 64;
@@ -20,6 +27,30 @@ static CONTROL: AtomicI32 = AtomicI32::new(-1);
 
 pub fn set_control(fd: RawFd) {
     CONTROL.store(fd, Ordering::Relaxed);
+}
+
+/// The sockets the program takes again after a restart, by number and inode (a number closed and
+/// reused for another socket is not one of them).
+static TAKEN_AGAIN: Mutex<Vec<(RawFd, u64)>> = Mutex::new(Vec::new());
+
+fn inode(fd: RawFd) -> Option<u64> {
+    // SAFETY: fstat into a zeroed stat of ours; fails harmlessly on a closed number.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some(st.st_ino)
+}
+
+/// Notes that the program will take socket `fd` again after a restart.
+pub fn note_taken_again(fd: RawFd) {
+    if let Some(ino) = inode(fd) {
+        TAKEN_AGAIN.lock().unwrap_or_else(|p| p.into_inner()).push((fd, ino));
+    }
+}
+
+/// Notes the sockets this process was started with (`LISTEN_FDS`): it takes them from there.
+pub fn note_started_with() {
+    for fd in super::listen::passed() {
+        note_taken_again(fd);
+    }
 }
 
 fn open_fds() -> Vec<RawFd> {
@@ -62,12 +93,22 @@ impl Placement {
     /// Finds the listening sockets now. `state` must already lie above the targets (see
     /// [`Placement::state_floor`]).
     pub fn new(listeners: Vec<RawFd>) -> Placement {
-        let inheritable = open_fds()
+        let mut p =
+            Placement { listeners, inheritable: Vec::new(), saved: [(-1, 0); MAX_LISTENERS], state: None };
+        p.refresh_inheritable();
+        p
+    }
+
+    /// Notes the descriptors without close-on-exec now: called again just before the threads
+    /// are parked, so that what `undo` restores is as recent as it can be without reading
+    /// `/proc/self/fd` in the parked section (that allocates). A descriptor opened without
+    /// close-on-exec during the park round itself would keep the flag `apply` sets.
+    pub fn refresh_inheritable(&mut self) {
+        self.inheritable = open_fds()
             .into_iter()
             // SAFETY: F_GETFD on a number; fails harmlessly if it was closed meanwhile.
             .filter(|&fd| fd >= FIRST && unsafe { libc::fcntl(fd, libc::F_GETFD) } == 0)
             .collect();
-        Placement { listeners, inheritable, saved: [(-1, 0); MAX_LISTENERS], state: None }
     }
 
     pub fn listeners(&self) -> usize {
@@ -185,13 +226,40 @@ impl Placement {
     }
 }
 
-/// The listening sockets of this process, ascending, but ipbp's own.
-pub fn listening() -> Result<Vec<RawFd>, String> {
+/// The listening sockets of this process to pass on, ascending: all of them (`all`) or those it
+/// takes again; never ipbp's own.
+pub fn listening(all: bool) -> Result<Vec<RawFd>, String> {
     let control = CONTROL.load(Ordering::Relaxed);
-    let found: Vec<RawFd> =
-        open_fds().into_iter().filter(|&fd| fd >= FIRST && fd != control && is_listening(fd)).collect();
+    let again = TAKEN_AGAIN.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let taken = |fd: RawFd| all || again.iter().any(|&(k, ino)| k == fd && inode(fd) == Some(ino));
+    let found: Vec<RawFd> = open_fds()
+        .into_iter()
+        .filter(|&fd| fd >= FIRST && fd != control && is_listening(fd) && taken(fd))
+        .collect();
     if found.len() > MAX_LISTENERS {
         return Err(format!("{} listening sockets; at most {MAX_LISTENERS} can be passed", found.len()));
     }
     Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn only_sockets_the_program_takes_again_are_passed_unless_all_are_asked_for() {
+        let own = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken = super::super::listen::listener("127.0.0.1:0").expect("ipbp::listener");
+        let (own_fd, taken_fd) = (own.as_raw_fd(), taken.as_raw_fd());
+        let some = super::listening(false).expect("listening");
+        assert!(some.contains(&taken_fd) && !some.contains(&own_fd), "{some:?}: {taken_fd} yes, {own_fd} no");
+        let all = super::listening(true).expect("listening");
+        assert!(all.contains(&taken_fd) && all.contains(&own_fd), "{all:?}");
+        // The number closed and given to a socket the program binds itself: not passed.
+        drop(taken);
+        let reused = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        if reused.as_raw_fd() == taken_fd {
+            assert!(!super::listening(false).expect("listening").contains(&taken_fd));
+        }
+    }
 }

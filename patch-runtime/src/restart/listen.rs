@@ -2,17 +2,18 @@
 //!
 //! Passed sockets are found the way `listenfd` finds them (`LISTEN_PID` is this process,
 //! `LISTEN_FDS` descriptors from fd 3), matched by local address (port 0 matches any port of the
-//! same IP), and each is given out once.
+//! same IP), and each is given out once. Every socket given out is passed on at the next restart
+//! (see `fds`).
 
 use super::fds::FIRST;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
-use std::os::fd::{FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Mutex;
 
 /// Passed descriptors already given to the program.
 static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
-fn passed() -> Vec<RawFd> {
+pub(crate) fn passed() -> Vec<RawFd> {
     let ours =
         std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
     let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<RawFd>().ok()).unwrap_or(0);
@@ -58,6 +59,7 @@ pub fn listener(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
         let Some(have) = local_addr(fd) else { continue };
         if wanted.iter().any(|w| matches(w, &have)) {
             taken.push(fd);
+            super::fds::note_taken_again(fd);
             // SAFETY: a listening socket the previous build passed to this process, given out
             // once; close-on-exec again, as std's own sockets are.
             unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
@@ -65,5 +67,7 @@ pub fn listener(addr: impl ToSocketAddrs) -> std::io::Result<TcpListener> {
             return Ok(unsafe { TcpListener::from_raw_fd(fd) });
         }
     }
-    TcpListener::bind(&wanted[..])
+    let fresh = TcpListener::bind(&wanted[..])?;
+    super::fds::note_taken_again(fresh.as_raw_fd());
+    Ok(fresh)
 }

@@ -4,13 +4,20 @@
 //! state `on_restart` hooks hand over are passed; everything else starts afresh, as on a normal
 //! start.
 //!
-//! The steps, in order: the request is checked ([`check`]: the file is the build it claims);
-//! the hooks run ([`handover`]); with safe points, the program's next safe point is awaited; then
-//! every other thread is parked, the descriptors placed ([`fds`]) and `execveat` called on the
-//! checked descriptor. If `execve` fails the descriptors are put back, the threads released, and
-//! the program runs on with its current code: only the hooks' side effects remain (a hook that
-//! stopped accepting work should resume when [`crate::restarts`] did not change — documented on
-//! [`crate::on_restart`]).
+//! The steps, in order: the request is checked ([`check`]: the file is a build of this program,
+//! the one it claims) and the sockets to pass are chosen ([`fds`]) — a refusal there changes
+//! nothing; the hooks run ([`handover`]); with safe points, the program's next safe point is
+//! awaited; the registration is withdrawn (ipbp-ld waits for the new build's own) and
+//! `restarting` written (if ipbp-ld is gone, nothing is executed); then every other thread is
+//! parked, the descriptors placed and `execveat` called on the checked descriptor. All of it ends
+//! before ipbp-ld stops waiting (the request's `budget-ms`). If `execve` fails before the
+//! kernel's point of no return (the file cannot be executed, too little memory to start), the
+//! descriptors are put back, the registration written again, the threads released, and the
+//! program runs on with its current code: only the hooks' side effects remain. A hook cannot
+//! learn that from [`crate::restarts`] (it changes only in the new image): a hook that stops
+//! accepting work resumes it after a timeout (documented on [`crate::on_restart`]). A failure
+//! after the point of no return (a segment that cannot be mapped) ends the process, as for any
+//! `execve`.
 //!
 //! **Why the exec is sound.** While the descriptors move, every other thread waits in the park
 //! round's signal handler (`detour::park`), so none can use a number that is being replaced;
@@ -46,51 +53,79 @@ pub fn enabled() -> bool {
     std::env::var_os(SETTING).is_none_or(|v| v != "never")
 }
 
-/// Serves a `restart`: on success never returns (the new build runs); otherwise the error to
-/// reply, after `restarting` was written if the hooks ran.
-pub fn serve(req: Restart, stream: &mut UnixStream) -> Reply {
+/// The asker's wait when the request does not say (ipbp-ld's own is 12 s).
+const DEFAULT_BUDGET: Duration = Duration::from_secs(11);
+
+/// Serves a `restart` read from a connection made at `connected`: on success never returns (the
+/// new build runs); otherwise the error to reply, after `restarting` was written if the hooks ran.
+/// Everything that can refuse is done before the hooks run, so a restart bound to fail does not
+/// drain the program first; and it all ends before the asker stops waiting (`budget-ms`), so the
+/// asker never reports a program that then restarts as one that keeps its code.
+pub fn serve(req: Restart, stream: &mut UnixStream, connected: Instant) -> Reply {
     if !enabled() {
         return Reply::Error(RESTART_OFF.into());
     }
+    let until = connected + req.budget_ms.map_or(DEFAULT_BUDGET, Duration::from_millis);
+    let left = || until.saturating_duration_since(Instant::now());
     let exe = match check::open_checked(&req) {
         Ok(fd) => fd,
         Err(e) => return Reply::Error(format!("not restarting: {e}")),
     };
+    let listeners = match fds::listening(req.all_listeners) {
+        Ok(l) => l,
+        Err(e) => return Reply::Error(format!("not restarting: {e}")),
+    };
+    // The park round's signal handler (a program that handles that signal itself cannot be
+    // parked). A thread that blocks the signal is found only by the round (a thread inside a
+    // signal handler blocks it for a moment: a look now would refuse needlessly).
+    if let Err(e) = crate::detour::signal::choose_signal() {
+        return Reply::Error(format!("not restarting: {e}"));
+    }
+    if left() < Duration::from_millis(100) {
+        return Reply::Error("not restarting: the time ipbp-ld waits ran out before it could start".into());
+    }
     let hooks_started = Instant::now();
-    let states = match handover::run_hooks(HOOK_DEADLINE) {
+    let states = match handover::run_hooks(HOOK_DEADLINE.min(left())) {
         Ok(s) => s,
         Err(e) => return Reply::Error(format!("not restarting: {e}")),
     };
     let hooks_us = hooks_started.elapsed().as_micros() as u64;
-    match prepare(&exe, &states) {
-        Ok(mut prepared) => {
-            let mut told = Restarting {
-                listeners: prepared.placement.listeners() as u32,
-                states: states.len() as u32,
-                state_bytes: states.iter().map(|(_, b)| b.len() as u64).sum(),
-                hooks_us,
-                safe_point_us: 0,
-            };
-            let held = SafePoint::reach();
-            let e = match held {
-                Err(e) => e,
-                Ok(waited) => {
-                    told.safe_point_us = waited.as_micros() as u64;
-                    let _ = stream.write_all(told.encode().as_bytes());
-                    let e = prepared.exec();
-                    SafePoint::release();
-                    e
-                }
-            };
-            Reply::Error(format!("could not restart: {e}; it keeps running its current code"))
-        }
-        Err(e) => Reply::Error(format!("not restarting: {e}")),
-    }
+    let mut prepared = match prepare(exe, listeners, &states) {
+        Ok(p) => p,
+        Err(e) => return Reply::Error(format!("not restarting: {e}; on_restart hooks ran")),
+    };
+    let mut told = Restarting {
+        listeners: prepared.placement.listeners() as u32,
+        states: states.len() as u32,
+        state_bytes: states.iter().map(|(_, b)| b.len() as u64).sum(),
+        hooks_us,
+        safe_point_us: 0,
+    };
+    let waited = match SafePoint::reach(SAFE_POINT_DEADLINE.min(left())) {
+        Ok(waited) => waited,
+        Err(e) => return Reply::Error(format!("could not restart: {e}; on_restart hooks ran")),
+    };
+    told.safe_point_us = waited.as_micros() as u64;
+    // ipbp-ld waits for the new build's registration; the old one would survive `execve`.
+    crate::runtime::withdraw();
+    let _ = stream.set_write_timeout(Some(left().max(Duration::from_millis(1))));
+    let e = if left().is_zero() {
+        "the time ipbp-ld waits ran out".to_string()
+    } else if let Err(e) = stream.write_all(told.encode().as_bytes()) {
+        // ipbp-ld is gone (it said the program keeps its code): do not restart behind its back.
+        format!("ipbp-ld stopped waiting ({e})")
+    } else {
+        prepared.placement.refresh_inheritable();
+        prepared.exec()
+    };
+    SafePoint::release();
+    crate::runtime::reinstate();
+    Reply::Error(format!("could not restart: {e}; on_restart hooks ran"))
 }
 
 /// Everything `execve` needs, built before any thread is parked.
 struct Prepared {
-    exe: RawFd,
+    exe: OwnedFd,
     _argv: Vec<CString>,
     argv_ptrs: Vec<*const libc::c_char>,
     _env: Vec<CString>,
@@ -110,21 +145,26 @@ fn pointers(items: &[CString]) -> Vec<*const libc::c_char> {
     items.iter().map(|c| c.as_ptr()).chain(std::iter::once(std::ptr::null())).collect()
 }
 
-fn prepare(exe: &OwnedFd, states: &handover::States) -> Result<Prepared, String> {
-    let placement = fds::Placement::new(fds::listening()?);
-    let mut placement = placement;
-    // The state memfd above the listeners' targets, so moving them cannot overwrite it.
+/// A close-on-exec copy of `fd` at `floor` or above.
+fn above(fd: &OwnedFd, floor: RawFd, what: &str) -> Result<OwnedFd, String> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor of ours; the copy is owned below.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if high < 0 {
+        return Err(format!("cannot place {what}: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+fn prepare(exe: OwnedFd, listeners: Vec<RawFd>, states: &handover::States) -> Result<Prepared, String> {
+    let mut placement = fds::Placement::new(listeners);
+    // The state memfd and the executable above the listeners' targets, so moving them cannot
+    // overwrite either (the executable may have taken a low number, in a hole among them).
+    let floor = placement.state_floor();
+    let exe = above(&exe, floor, "the executable")?;
     let state = match handover::seal(states)? {
         None => None,
-        Some(fd) => {
-            // SAFETY: F_DUPFD_CLOEXEC on our memfd; the copy is owned below.
-            let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, placement.state_floor()) };
-            if high < 0 {
-                return Err(format!("cannot place the state: {}", std::io::Error::last_os_error()));
-            }
-            // SAFETY: a fresh descriptor.
-            Some(unsafe { OwnedFd::from_raw_fd(high) })
-        }
+        Some(fd) => Some(above(&fd, floor, "the state")?),
     };
     placement.set_state(state.as_ref().map(|f| f.as_raw_fd()));
     let n = placement.listeners();
@@ -152,7 +192,7 @@ fn prepare(exe: &OwnedFd, states: &handover::States) -> Result<Prepared, String>
     let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut mask) };
     Ok(Prepared {
-        exe: exe.as_raw_fd(),
+        exe,
         argv_ptrs: pointers(&argv),
         _argv: argv,
         env_ptrs: pointers(&env),
@@ -183,7 +223,7 @@ impl Prepared {
                 libc::pthread_sigmask(libc::SIG_SETMASK, &*mask, &mut current);
                 libc::syscall(
                     libc::SYS_execveat,
-                    *exe,
+                    exe.as_raw_fd(),
                     c"".as_ptr(),
                     argv_ptrs.as_ptr(),
                     env_ptrs.as_ptr(),
@@ -220,8 +260,9 @@ static PHASE: Mutex<Phase> = Mutex::new(Phase::Idle);
 static CHANGED: Condvar = Condvar::new();
 
 impl SafePoint {
-    /// Returns once a thread waits at its safe point (at once without safe points).
-    fn reach() -> Result<Duration, String> {
+    /// Returns once a thread waits at its safe point (at once without safe points), or fails
+    /// after `deadline`.
+    fn reach(deadline: Duration) -> Result<Duration, String> {
         let started = Instant::now();
         if !crate::install::safe_points() {
             return Ok(Duration::ZERO);
@@ -230,13 +271,13 @@ impl SafePoint {
         *phase = Phase::Waiting;
         WANTED.store(true, Ordering::Release);
         while *phase != Phase::Held {
-            let left = SAFE_POINT_DEADLINE.saturating_sub(started.elapsed());
+            let left = deadline.saturating_sub(started.elapsed());
             if left.is_zero() {
                 *phase = Phase::Idle;
                 WANTED.store(false, Ordering::Release);
                 return Err(format!(
-                    "the program did not reach a safe point within {} s",
-                    SAFE_POINT_DEADLINE.as_secs()
+                    "the program did not reach a safe point within {:.1} s",
+                    deadline.as_secs_f64()
                 ));
             }
             phase = CHANGED.wait_timeout(phase, left).unwrap_or_else(|p| p.into_inner()).0;

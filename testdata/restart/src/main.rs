@@ -2,12 +2,16 @@
 //! `scripts/demo.sh`: no hot point, only `ipbp::init()`; a counter kept across restarts by an
 //! `on_restart` hook, a `dyn Speaker` built at startup (its method is patched in place), a static
 //! whose type the tests change (a layout change no patch can make), and, with
-//! `RESTART_LISTEN=<addr>`, a TCP service on `ipbp::listener`; with `RESTART_SAFE_POINT_FILE`,
-//! safe points, reached at the top of the loop while that file exists.
+//! `RESTART_LISTEN=<addr>[,<addr>…]`, a TCP service on `ipbp::listener` per address; with
+//! `RESTART_BIND=<addr>`, the same service on a socket it binds itself (`TcpListener::bind`);
+//! with `RESTART_SAFE_POINT_FILE`, safe points, reached at the top of the loop while that file
+//! exists; with `RESTART_HOLES=<n>`, n descriptors opened first and closed once it serves (low
+//! numbers free again); with `RESTART_EXIT_IF=<file>`, it exits at once (status 3) when it starts
+//! while that file exists.
 //!
 //! Lines: `started pid=<pid> ppid=<ppid> restarts=<n> count=<c> fds=<open descriptors>`, then
 //! `tick count=<c> version=<v> restarts=<n> word=<w>` every `RESTART_PERIOD_MS` (default 50) ms; with a
-//! listener, `listening port=<port>` and, per connection, one reply line
+//! listener, `listening port=<port>` (`bound port=<port>` for `RESTART_BIND`) and, per connection, one reply line
 //! `count=<c> version=<v> restarts=<n>`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -99,6 +103,14 @@ fn answer(stream: std::net::TcpStream) {
 }
 
 fn main() {
+    if std::env::var_os("RESTART_EXIT_IF").is_some_and(|f| std::path::Path::new(&f).exists()) {
+        eprintln!("exiting at start: RESTART_EXIT_IF exists");
+        std::process::exit(3);
+    }
+    let holes: Vec<std::fs::File> =
+        (0..std::env::var("RESTART_HOLES").ok().and_then(|n| n.parse().ok()).unwrap_or(0))
+            .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+            .collect();
     // With `RESTART_SAFE_POINT_FILE=<path>`: safe points, reached only while that file exists.
     let gate = std::env::var_os("RESTART_SAFE_POINT_FILE").map(std::path::PathBuf::from);
     if gate.is_some() {
@@ -112,15 +124,30 @@ fn main() {
     }
     ipbp::on_restart("count", || COUNT.load(Ordering::Relaxed).to_le_bytes().to_vec());
     let period = std::env::var("RESTART_PERIOD_MS").ok().and_then(|p| p.parse().ok()).unwrap_or(50);
-    if let Ok(addr) = std::env::var("RESTART_LISTEN") {
-        let listener = ipbp::listener(addr.as_str()).expect("listen");
-        println!("listening port={}", listener.local_addr().expect("bound").port());
+    let mut listeners = Vec::new();
+    if let Ok(addrs) = std::env::var("RESTART_LISTEN") {
+        for addr in addrs.split(',') {
+            let listener = ipbp::listener(addr).expect("listen");
+            println!("listening port={}", listener.local_addr().expect("bound").port());
+            listeners.push(listener);
+        }
+    }
+    if let Ok(addr) = std::env::var("RESTART_BIND") {
+        // The most common shape: no ipbp code, the program binds its port itself.
+        let listener = TcpListener::bind(addr.as_str()).expect("bind");
+        println!("bound port={}", listener.local_addr().expect("bound").port());
+        listeners.push(listener);
+    }
+    if !listeners.is_empty() {
         ipbp::on_restart("serve", || {
             *GATE.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             Vec::new()
         });
+    }
+    for listener in listeners {
         std::thread::spawn(move || serve(listener));
     }
+    drop(holes);
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc_getppid() };
     println!(
