@@ -237,7 +237,15 @@ impl<'d> Nodes<'d> {
         let name = match tag {
             DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type | DW_TAG_typedef => {
                 match name {
-                    Some(n) => self.qualified(i, n),
+                    Some(n) => {
+                        let path = self.qualified(i, n);
+                        if in_anonymous_block(&path) && tag != DW_TAG_typedef {
+                            let digest = self.layout_digest(i);
+                            format!("{path}#{digest:016x}")
+                        } else {
+                            path
+                        }
+                    }
                     None => self.target_name(ty),
                 }
             }
@@ -258,6 +266,29 @@ impl<'d> Nodes<'d> {
         };
         self.names[i] = Some(name.clone());
         name
+    }
+
+    /// A hash of what the layout guard compares of the type at node `i`: size, alignment, and
+    /// every member's name, offset and type, variants and enumerators included. Names a type
+    /// declared in an anonymous `const _` block (see [`in_anonymous_block`]).
+    fn layout_digest(&mut self, i: usize) -> u64 {
+        let mut text = String::new();
+        let mut todo = vec![i];
+        while let Some(at) = todo.pop() {
+            let node = &self.nodes[at];
+            let (tag, name, size, align, offset, discr, ty) =
+                (node.tag, node.name, node.size, node.align, node.member_offset, node.discr_value, node.ty);
+            let ty = if tag == DW_TAG_member { self.target_name(ty) } else { String::new() };
+            text.push_str(&format!(
+                "{}:{}:{size:?}:{align:?}:{offset:?}:{discr:?}:{ty};",
+                tag.0,
+                name.unwrap_or("")
+            ));
+            // A variant's struct is described beside its enum, not inside it: it is reached
+            // through the member's type, whose name carries its own digest.
+            todo.extend(self.nodes[at].children.iter().rev().copied());
+        }
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
     }
 
     fn target_name(&mut self, ty: Option<UnitOffset>) -> String {
@@ -499,6 +530,17 @@ impl<'d> Nodes<'d> {
             main,
         });
     }
+}
+
+/// Whether a qualified type name goes through an anonymous `const _: () = { … };` block (a `_`
+/// namespace), where derive macros put their helper types: serde's derive puts one
+/// `…::_::{impl#0}::deserialize::__Field` per derived type, so distinct types of one module share
+/// that path, and rustc even describes them under one namespace entry. Such a path is no identity:
+/// the type is known by its path plus a digest of its layout ([`Nodes::layout_digest`]), so two of
+/// them are never compared with each other, and a change to one of them shows as a type gone and a
+/// type added (their values live inside the derived code's calls).
+fn in_anonymous_block(path: &str) -> bool {
+    path.starts_with("_::") || path.contains("::_::")
 }
 
 fn string<'d>(

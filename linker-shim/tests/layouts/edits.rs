@@ -104,3 +104,16 @@ pub const NEW_STRUCT: Edit = &[
 
 /// Three lines inserted at the top: every panic location below moves, no code changes.
 pub const LINES_SHIFTED: Edit = &[("use std::cell::RefCell;", "use std::cell::RefCell;\n\n\n")];
+
+/// `Query` (parsed and dropped inside `step`) gains a field, and its `__Field` enum a variant; the
+/// `__Field` of `Upload`, in another anonymous block of the same module with the same path, is
+/// untouched and held by `Upload::parse`'s unchanged locals. The types share a path, not an
+/// identity: comparing one with the other refused this edit (issue 15, miniserve's serde types).
+pub const QUERY_FIELD_ADDED: Edit = &[
+    ("        pub sort: u32,\n    }", "        pub sort: u32,\n        pub order: u32,\n    }"),
+    ("                    __field1,\n                    __ignore,\n                }\n                fn field(key: &str) -> __Field {\n                    match key {\n                        \"path\"",
+     "                    __field1,\n                    __field2,\n                    __ignore,\n                }\n                fn field(key: &str) -> __Field {\n                    match key {\n                        \"order\" => __Field::__field2,\n                        \"path\""),
+    ("Query { path: 0, sort: 0 }", "Query { path: 0, sort: 0, order: 0 }"),
+    ("__Field::__field1 => query.sort = value as u32,", "__Field::__field1 => query.sort = value as u32,\n                        __Field::__field2 => query.order = value as u32,"),
+    ("query.path + query.sort,", "query.path + query.sort + query.order,"),
+];

@@ -190,7 +190,8 @@ fn layout_changes_with_live_old_values_are_refused() {
 
 /// Layout changes no old value can meet are applied: a struct made and dropped inside the changed
 /// function alone (a field added; its fields swapped while its derived `Clone` and `Default`
-/// compile the same), a new struct; fields swapped without a layout change, although the hot
+/// compile the same), a new struct; a field added to one of two types whose helper types share a
+/// path in anonymous blocks (serde's derive); fields swapped without a layout change, although the hot
 /// function's symbol hash changes with them (paired by path, never `Unchanged`); and an edit that
 /// only moves lines changes nothing.
 #[test]
@@ -223,6 +224,17 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
     let step = app
         .wait_for(mark, "the new struct", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 3007));
+    assert!(consistent(&step), "{step}");
+
+    // Two types of one module share the path `…::_::{impl#0}::parse::__Field` (serde's derive
+    // shape); an edit of one is no change of the other, whose unchanged code holds one.
+    apply(&project, &original, edits::QUERY_FIELD_ADDED);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts"), "{run}");
+    assert!(!line.contains("__Field"), "{line}");
+    let step = app.wait_for(mark, "the new Query", |l| l.contains(" form=107/3"));
     assert!(consistent(&step), "{step}");
 
     apply(&project, &original, edits::TALLY_FIELDS_SWAPPED);
