@@ -9,7 +9,7 @@
 
 #![allow(non_upper_case_globals)] // gimli names its DWARF constants as the standard does
 
-use super::model::{Field, FnRec, Kind, Model, StaticRec, TypeRec, Variant};
+use super::model::{ClosureFn, Field, FnRec, Kind, Model, StaticRec, TypeRec, Variant};
 use crate::error::{Context, Result};
 use gimli::constants::*;
 use gimli::{AttributeValue, EndianSlice, LittleEndian, UnitOffset};
@@ -341,6 +341,21 @@ impl<'d> Nodes<'d> {
         None
     }
 
+    /// `app::main::{closure#2}` for the code of a closure or async block of a function that is not
+    /// generic (a generic one's closures are instances, named with their arguments).
+    fn closure_path(&self, i: usize) -> Option<String> {
+        let mut at = i;
+        for _ in 0..3 {
+            let n = &self.nodes[at];
+            if let Some(name) = n.name {
+                let numbered = name.starts_with("{closure#") || name.starts_with("{async_block#");
+                return (numbered && name.ends_with('}')).then(|| self.qualified(at, name));
+            }
+            at = self.get(n.origin)?;
+        }
+        None
+    }
+
     fn in_subprogram(&self, i: usize) -> bool {
         let mut at = self.nodes[i].parent;
         while let Some(p) = at {
@@ -521,6 +536,9 @@ impl<'d> Nodes<'d> {
         }
         locals.sort();
         locals.dedup();
+        if let Some(path) = self.closure_path(i) {
+            model.closures.push(ClosureFn { path, linkage: linkage.to_string() });
+        }
         model.functions.push(FnRec {
             linkage: linkage.to_string(),
             path: crate::diff::names::path(linkage),

@@ -214,7 +214,14 @@ mod tests {
         let mut new = Model::default();
         new.types.insert("app::A".into(), strukt(16, &[("x", 0, "u64"), ("y", 8, "u64")]));
         let changes = changed_types(&old, &new);
-        Layouts { old, new, changes, crates: HashSet::from(["app".to_string()]), units_with_types: 1 }
+        Layouts {
+            old,
+            new,
+            changes,
+            crates: HashSet::from(["app".to_string()]),
+            units_with_types: 1,
+            ..Default::default()
+        }
     }
 
     fn reasons(l: &Layouts, unchanged: &[&str]) -> Vec<String> {

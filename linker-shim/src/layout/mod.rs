@@ -11,6 +11,7 @@
 //! The decision is made from code and types, not from hot points: it holds for a patch that
 //! switches hot points and for one that redirects every changed function's entry.
 
+pub mod closures;
 pub mod compare;
 pub mod dwarf;
 pub mod live;
@@ -34,6 +35,8 @@ pub struct Layouts {
     pub changes: Vec<TypeChange>,
     /// Crates of the workspace (their functions are the program's own code).
     pub crates: HashSet<String>,
+    /// The closures of the changed units, paired across builds.
+    pub closures: closures::Closures,
     /// Changed units that describe types in their debug info (none when the build has no debug
     /// info, or line tables only: then layout changes cannot be seen).
     pub units_with_types: usize,
@@ -94,8 +97,19 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
             }
         }
     }
-    layouts.changes = compare::changed_types(&layouts.old, &layouts.new);
+    layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
+    layouts.changes = compare::changed_types_paired(&layouts.old, &layouts.new, &layouts.closures.envs);
     Ok(layouts)
+}
+
+/// Whether the old entry of the changed function `base_name` (the running build's symbol) may lead
+/// to its new code: `None` when it may, else why not — its old code is a closure whose number
+/// now names another closure ([`closures`]), or [`signature_change`] says so.
+pub fn entry_change(layouts: &Layouts, base_name: &str) -> Option<String> {
+    if let Some(reason) = layouts.closures.kept.get(crate::diff::names::canonical(base_name)) {
+        return Some(reason.clone());
+    }
+    signature_change(layouts, &crate::map::read::demangle(base_name))
 }
 
 /// Whether the function at `fn_path` (demangled, without hash: `app::tick`) changed its signature,

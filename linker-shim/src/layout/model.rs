@@ -91,6 +91,15 @@ pub struct FnRec {
     pub main: bool,
 }
 
+/// A closure's or async block's function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosureFn {
+    /// `app::main::{closure#2}`, `app::main::{async_block#0}`.
+    pub path: String,
+    /// Its symbol.
+    pub linkage: String,
+}
+
 /// One build's side of the comparison.
 #[derive(Debug, Default)]
 pub struct Model {
@@ -100,6 +109,11 @@ pub struct Model {
     pub functions: Vec<FnRec>,
     /// Names of the structs that are an enum's variants (compared as part of their enum).
     pub variant_types: std::collections::HashSet<String>,
+    /// Closures and async blocks with code in the units, by their DWARF path
+    /// (`app::main::{closure#2}`, generic arguments left out) and symbol: rustc numbers them in
+    /// source order within their function, so the number is no identity across builds
+    /// ([`super::closures`]).
+    pub closures: Vec<ClosureFn>,
     /// `(type, trait)` for every vtable: values of the type can hide behind `dyn trait`. The trait
     /// is its path without generic arguments (`core::ops::function::Fn`).
     pub vtables: Vec<(String, String)>,

@@ -931,11 +931,10 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 let base_name = diff.base_name(mangled);
                 // Callers built against the old function pass what it took: its entry may only
                 // lead to new code that takes the same (the DWARF of both builds says).
-                let entries =
-                    match crate::layout::signature_change(layouts, &crate::map::read::demangle(base_name)) {
-                        Some(reason) => Err(crate::err!("{reason}; changed callers call the new version")),
-                        None => detour_entries(base, base_name),
-                    };
+                let entries = match crate::layout::entry_change(layouts, base_name) {
+                    Some(reason) => Err(crate::err!("{reason}; changed callers call the new version")),
+                    None => detour_entries(base, base_name),
+                };
                 (id, mangled, base_name, entries)
             })
             .collect();

@@ -117,3 +117,32 @@ pub const QUERY_FIELD_ADDED: Edit = &[
     ("__Field::__field1 => query.sort = value as u32,", "__Field::__field1 => query.sort = value as u32,\n                        __Field::__field2 => query.order = value as u32,"),
     ("query.path + query.sort,", "query.path + query.sort + query.order,"),
 ];
+
+/// A closure added before `main`'s others (the `map` one and `label`, made at startup and called
+/// by `step` each step): they become `{closure#1}` and `{closure#2}`. With `step`'s message.
+pub const CLOSURE_ADDED_BEFORE: Edit = &[
+    (
+        "    let mut point = Point { x: 0, y: 0 };",
+        "    let origin = || Point { x: 0, y: 0 };\n    let mut point = origin();",
+    ),
+    ("let msg = \"hello\";", "let msg = \"added\";"),
+];
+
+/// The `map` closure before `label` removed: `label` becomes `{closure#0}`.
+pub const CLOSURE_REMOVED_BEFORE: Edit = &[
+    (
+        "(1..=2).map(|id| Item { id, weight: 10 * id }).collect();",
+        "vec![Item { id: 1, weight: 10 }, Item { id: 2, weight: 20 }];",
+    ),
+    ("let msg = \"hello\";", "let msg = \"removed\";"),
+];
+
+/// `label` moved above the `map` closure: the two swap numbers.
+pub const CLOSURES_MOVED: Edit = &[
+    ("    let name = String::from(\"lbl\");\n    let label = move || format!(\"{name}\");\n", ""),
+    (
+        "    let mut items: Vec<Item>",
+        "    let name = String::from(\"lbl\");\n    let label = move || format!(\"{name}\");\n    let mut items: Vec<Item>",
+    ),
+    ("let msg = \"hello\";", "let msg = \"moved\";"),
+];

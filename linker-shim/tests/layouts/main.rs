@@ -259,3 +259,27 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     let mark = app.mark();
     healthy_step(&app, mark, "hello");
 }
+
+/// Closures are numbered in source order: adding one before `main`'s closures, removing one, or
+/// moving one renumbers the others, among them `label`, made at startup and called by `step`
+/// every step. Neither is a change of their captures: the edits are patched (`step`'s new message
+/// shows), and `label` goes on answering from the closure made at startup.
+#[test]
+fn added_removed_and_moved_closures_are_not_taken_for_each_other() {
+    let (project, app) = running_layouts();
+    let original = project.read(MAIN);
+    for (edit, msg) in [
+        (edits::CLOSURE_ADDED_BEFORE, "added"),
+        (edits::CLOSURE_REMOVED_BEFORE, "removed"),
+        (edits::CLOSURES_MOVED, "moved"),
+    ] {
+        apply(&project, &original, edit);
+        let mark = app.mark();
+        let run = project.build();
+        let line = status_for(&run, app.pid);
+        assert!(line.starts_with("Patched layouts"), "{msg}: {run}");
+        assert!(!line.contains("captures"), "{msg}: {line}");
+        let step = healthy_step(&app, mark, msg);
+        assert!(step.contains(" label=lbl "), "{msg}: {step}");
+    }
+}
