@@ -10,7 +10,7 @@ mod manifest;
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
-use crate::layout::Verdict;
+use crate::layout::{Cache, Verdict};
 use crate::map::record::read_inputs_list;
 use crate::objects::load::Arena;
 use crate::objects::units::{self, Build, Workspace};
@@ -252,7 +252,7 @@ fn patch_process(
     clock.step("index");
     let d = diff::diff(&loaded.base, &loaded.current, &|n| index.defines(n))?;
     clock.step("diff");
-    let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d)?;
+    let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d, &Cache::at(dir.layouts()))?;
     clock.step("layouts");
     let t_diff = t0.elapsed();
 

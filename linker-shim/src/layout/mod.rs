@@ -4,13 +4,17 @@
 //! A type's layout change changes the DWARF of every codegen unit that describes the type, so every
 //! unit that mentions a changed type is a changed unit for the diff. Reading the DWARF of the
 //! changed units alone — the base build's kept copies and the new objects — therefore sees every
-//! changed type, every static and function that can hold one, and keeps a patch's cost
-//! proportional to the edit ([`dwarf`], [`model`]). [`compare`] finds the types whose layout
+//! changed type, every static and function that can hold one ([`dwarf`], [`model`]). Patches are
+//! cumulative (every unit changed since the process started is a changed unit), so what each
+//! unit describes is kept on disk by the unit's content hash ([`cache`]): DWARF is read only for
+//! units this edit changed, and the rest of the guard's cost is that of the few thousand types of
+//! the workspace the changed units describe. [`compare`] finds the types whose layout
 //! differs; [`live`] decides where old values of them can still be, and refuses the patch then.
 //!
 //! The decision is made from code and types, not from hot points: it holds for a patch that
 //! switches hot points and for one that redirects every changed function's entry.
 
+pub mod cache;
 pub mod closures;
 pub mod compare;
 pub mod dwarf;
@@ -20,6 +24,7 @@ pub mod model;
 use crate::diff::Diff;
 use crate::error::{Context, Result};
 use crate::objects::units::Build;
+pub use cache::Cache;
 use compare::TypeChange;
 use model::Model;
 use std::collections::HashSet;
@@ -37,6 +42,9 @@ pub struct Layouts {
     pub crates: HashSet<String>,
     /// The closures of the changed units, paired across builds.
     pub closures: closures::Closures,
+    /// For each change, the types of the running build whose values hold it (by value or
+    /// behind a pointer): made once, on the first [`signature_change`] that needs them.
+    held: std::sync::OnceLock<Vec<HashSet<String>>>,
     /// Changed units that describe types in their debug info (none when the build has no debug
     /// info, or line tables only: then layout changes cannot be seen).
     pub units_with_types: usize,
@@ -64,12 +72,12 @@ impl Verdict {
 }
 
 /// Reads the layouts of the diff's changed units in both builds and decides.
-pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Verdict> {
+pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Verdict> {
     // No definition changed: no new code can meet an old value (lines moved, comments edited).
     if diff.changed.is_empty() {
         return Ok(Verdict::default());
     }
-    let layouts = read(base, current, diff)?;
+    let layouts = read(base, current, diff, cache)?;
     let (refusals, live_statics) = live::refusals(&layouts, diff);
     let mut notes = Vec::new();
     if layouts.units_with_types == 0 && !diff.changed.is_empty() {
@@ -81,7 +89,18 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<V
 }
 
 /// The layouts the changed units describe, in both builds.
-pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Layouts> {
+///
+/// Each unit's model is read from `cache` when it holds one for the unit's content hash, and
+/// kept there after its DWARF is read otherwise ([`cache`]).
+pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Layouts> {
+    let mut wrote = false;
+    // Every crate with a unit in either build: what a model keeps depends on them, and so does
+    // the name a unit's model is kept under.
+    let mut crates: Vec<String> =
+        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
+    crates.sort();
+    crates.dedup();
+    let cache = cache.for_crates(&crates);
     let mut layouts = Layouts::default();
     for (build, units, model) in [
         (base, &diff.changed_units_base, &mut layouts.old),
@@ -90,12 +109,26 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
         for &u in units {
             let unit = &build.units[u];
             layouts.crates.insert(unit.crate_name().to_string());
-            let described = dwarf::read(unit.bytes()?, model)
-                .with_context(|| format!("the debug info of {}", unit.origin()))?;
+            let described = match cache.load_into(unit.hash, model) {
+                Some(described) => described,
+                None => {
+                    let mut one = Model::default();
+                    let described = dwarf::read(unit.bytes()?, &mut one)
+                        .with_context(|| format!("the debug info of {}", unit.origin()))?;
+                    one.retain_relevant(&crates);
+                    cache.save(unit.hash, &one, described);
+                    wrote = true;
+                    model.absorb(one);
+                    described
+                }
+            };
             if described > 0 {
                 layouts.units_with_types += 1;
             }
         }
+    }
+    if wrote {
+        cache.bound();
     }
     layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
     layouts.changes = compare::changed_types_paired(&layouts.old, &layouts.new, &layouts.closures.envs);
@@ -130,10 +163,17 @@ pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
     if old.params != new.params || old.ret != new.ret {
         return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
     }
-    let reach = live::Reach::new(&layouts.old);
+    if layouts.changes.is_empty() {
+        return None;
+    }
+    let held = layouts.held.get_or_init(|| {
+        let reach = live::Reach::new(&layouts.old);
+        let owned = |c: &TypeChange| reach.holders(&c.name, false).into_iter().map(String::from).collect();
+        layouts.changes.iter().map(owned).collect()
+    });
     for ty in old.params.iter().chain(old.ret.iter()) {
-        for change in &layouts.changes {
-            if reach.holders(&change.name, false).contains(ty.as_str()) {
+        for (change, held) in layouts.changes.iter().zip(held) {
+            if held.contains(ty.as_str()) {
                 let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
                 return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
             }

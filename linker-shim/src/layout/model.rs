@@ -140,14 +140,114 @@ pub fn vtable_of(name: &str) -> Option<(String, String)> {
 }
 
 impl Model {
+    /// Keeps what the guard can use: types that name a crate of the workspace (`app::Config`,
+    /// `Vec<app::Item>`, `&app::Job`, a closure's captures) or a trait object (`Box<dyn Fn()>`,
+    /// which may hold any type with a vtable for it), and functions that name or handle one.
+    /// The rest — the types of dependencies over types of dependencies, most of a unit's debug
+    /// info — cannot change layout while the dependencies stay the same (their code is not
+    /// patched either), and cannot hold a workspace value except behind `dyn`.
+    pub fn retain_relevant(&mut self, crates: &[String]) {
+        let relevant = |name: &str| name.contains("dyn ") || crates.iter().any(|c| names_crate(name, c));
+        self.types.retain(|name, _| relevant(name));
+        for rec in self.types.values_mut() {
+            rec.edges.retain(|(to, _)| relevant(to));
+        }
+        self.functions.retain_mut(|f| {
+            let keep = relevant(&f.path)
+                || f.params.iter().chain(f.ret.iter()).chain(f.locals.iter()).any(|t| relevant(t));
+            f.locals.retain(|t| relevant(t));
+            keep
+        });
+        self.variant_types.retain(|name| relevant(name));
+        self.vtables.retain(|(ty, _)| relevant(ty));
+        self.closures.retain(|c| relevant(&c.path));
+    }
+
+    /// Adds what another unit describes. A type described by several units is the same type
+    /// (anonymous ones are named by their layout: `dwarf`), so the first description is kept.
+    pub fn absorb(&mut self, unit: Model) {
+        for (name, rec) in unit.types {
+            self.types.entry(name).or_insert(rec);
+        }
+        self.statics.extend(unit.statics);
+        self.functions.extend(unit.functions);
+        self.variant_types.extend(unit.variant_types);
+        self.vtables.extend(unit.vtables);
+        self.closures.extend(unit.closures);
+    }
+
     /// The functions of the model with this path.
     pub fn functions_at<'m>(&'m self, path: &'m str) -> impl Iterator<Item = &'m FnRec> + 'm {
         self.functions.iter().filter(move |f| f.path == path)
     }
 }
 
+/// Whether type or function name `name` mentions a path of crate `krate` (`app::…` at the start
+/// or after a delimiter, not `other_app::…` or `x::app::…`).
+fn names_crate(name: &str, krate: &str) -> bool {
+    name.match_indices(krate).any(|(at, _)| {
+        let before = name[..at].chars().next_back();
+        name[at + krate.len()..].starts_with("::")
+            && before.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_what_names_the_workspace_or_a_trait_object_is_kept() {
+        use super::*;
+        let rec = |edges: &[&str]| TypeRec {
+            kind: Kind::Struct,
+            size: Some(8),
+            align: Some(8),
+            fields: vec![],
+            tag: None,
+            variants: vec![],
+            edges: edges.iter().map(|e| (e.to_string(), true)).collect(),
+        };
+        let mut m = Model::default();
+        for (name, edges) in [
+            ("app::Config", &["u32", "app::Item"][..]),
+            ("alloc::vec::Vec<app::Item>", &["app::Item"]),
+            ("alloc::boxed::Box<dyn core::ops::function::Fn<()>>", &[]),
+            ("tokio::runtime::Runtime", &["u32"]),
+            ("other_app::X", &[]),
+            ("x::app::Y", &[]),
+        ] {
+            m.types.insert(name.into(), rec(edges));
+        }
+        m.functions.push(FnRec {
+            linkage: "f".into(),
+            path: "core::ptr::drop_in_place".into(),
+            params: vec!["*mut app::Config".into()],
+            ret: None,
+            locals: vec!["u32".into(), "app::Config".into()],
+            main: false,
+        });
+        m.functions.push(FnRec {
+            linkage: "g".into(),
+            path: "core::fmt::write".into(),
+            ..m.functions[0].clone()
+        });
+        m.functions[1].params = vec!["u8".into()];
+        m.functions[1].locals = vec![];
+        m.retain_relevant(&["app".to_string()]);
+        let mut kept: Vec<&str> = m.types.keys().map(String::as_str).collect();
+        kept.sort();
+        assert_eq!(
+            kept,
+            [
+                "alloc::boxed::Box<dyn core::ops::function::Fn<()>>",
+                "alloc::vec::Vec<app::Item>",
+                "app::Config"
+            ]
+        );
+        assert_eq!(m.types["app::Config"].edges, [("app::Item".to_string(), true)]);
+        assert_eq!(m.functions.len(), 1);
+        assert_eq!(m.functions[0].locals, ["app::Config"]);
+    }
+
     #[test]
     fn vtable_names_name_a_type_and_a_trait() {
         assert_eq!(
