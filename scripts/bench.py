@@ -402,11 +402,11 @@ def guard_rounds(args, results, app, edits, key):
             if m is None:
                 sys.exit(f"bench: no manifest for patch {r + 1} of pid {server.pid}")
             steps = dict(m["timings"]["steps"])
-            row = {"layouts_ms": steps.get("layouts", 0.0), "changed_objects": m["changed_objects"],
-                   "plan_ms": m["timings"]["plan_ms"], "status": status}
+            row = {"layouts_ms": steps.get("layouts", 0.0), "cpu_ms": m["timings"].get("guard_cpu_ms", float("nan")),
+                   "changed_objects": m["changed_objects"], "plan_ms": m["timings"]["plan_ms"], "status": status}
             rows.append(row)
-            log(f"  patch {r + 1}: layouts {row['layouts_ms']:.1f} ms, {row['changed_objects']} changed units, "
-                f"plan {row['plan_ms']:.1f} ms")
+            log(f"  patch {r + 1}: layouts {row['layouts_ms']:.1f} ms (CPU {row['cpu_ms']:.1f} ms), "
+                f"{row['changed_objects']} changed units, plan {row['plan_ms']:.1f} ms")
     finally:
         server.stop()
     results[key] = rows

@@ -226,9 +226,12 @@ def p11_md(results, args):
         "DWARF of every changed unit and later ones only of the units their edit changed. P11 is the "
         "median over patches 2 and later.",
         "",
-        "| program | first patch: layouts, ms (changed units) | **P11**: patches 2+, median ms (max) | "
-        "changed units at the last patch | plan, median ms | target |",
-        "|---|---:|---:|---:|---:|---|",
+        "Wall time is what the patch waited; CPU time (the guard's thread) is its cost without the waits "
+        "for a CPU that other work on a busy machine adds. The target applies to the wall time.",
+        "",
+        "| program | first patch: wall ms, CPU ms (changed units) | **P11**: patches 2+, wall, median ms (max) | "
+        "patches 2+, CPU, median ms (max) | changed units at the last patch | plan, median ms | target |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for key, name, target in (("guard_web", "web (487 units)", 5.0),
                               ("guard_webscaled", "web + 80 page modules (gen_webscaled.py)", 50.0)):
@@ -236,10 +239,13 @@ def p11_md(results, args):
         if not rows:
             continue
         later = [r["layouts_ms"] for r in rows[1:]] or [float("nan")]
+        cpu = [r.get("cpu_ms", float("nan")) for r in rows[1:]] or [float("nan")]
         v = median(later)
         ok = "✅" if v <= target else "❌"
-        lines.append(f"| {name} | {rows[0]['layouts_ms']:.1f} ({rows[0]['changed_objects']}) | **{v:.1f}** "
-                     f"({max(later):.1f}) | {rows[-1]['changed_objects']} | "
+        first = rows[0]
+        lines.append(f"| {name} | {first['layouts_ms']:.1f}, {first.get('cpu_ms', float('nan')):.1f} "
+                     f"({first['changed_objects']}) | **{v:.1f}** ({max(later):.1f}) | {median(cpu):.1f} "
+                     f"({max(cpu):.1f}) | {rows[-1]['changed_objects']} | "
                      f"{median([r['plan_ms'] for r in rows]):.1f} | ≤ {target:.0f} ms {ok} |")
     lines.append("")
     return "\n".join(lines)

@@ -252,7 +252,9 @@ fn patch_process(
     clock.step("index");
     let d = diff::diff(&loaded.base, &loaded.current, &|n| index.defines(n))?;
     clock.step("diff");
+    let guard_cpu = crate::timing::thread_cpu();
     let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d, &Cache::at(dir.layouts()))?;
+    let guard_cpu = crate::timing::thread_cpu().saturating_sub(guard_cpu);
     clock.step("layouts");
     let t_diff = t0.elapsed();
 
@@ -296,7 +298,14 @@ fn patch_process(
     clock.step("emit and deliver");
     let timings = manifest::Timings::new(
         called,
-        manifest::Milestones { started: t0, diff: t_diff, plan: t_plan, emit: t_emit, deliver: t_deliver },
+        manifest::Milestones {
+            started: t0,
+            diff: t_diff,
+            plan: t_plan,
+            emit: t_emit,
+            deliver: t_deliver,
+            guard_cpu,
+        },
         before,
         &clock,
         &applied,

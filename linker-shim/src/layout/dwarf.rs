@@ -21,7 +21,10 @@ type R<'d> = EndianSlice<'d, LittleEndian>;
 
 /// Adds what `data` (a relocatable ELF object) describes to `model`. Returns how many types it
 /// describes: 0 for an object built without debug info, or with line tables only.
-pub fn read(data: &[u8], model: &mut Model) -> Result<usize> {
+///
+/// Only types and functions `relevant` accepts by name (or, for a function, by a type it handles)
+/// are built ([`Model::retain_relevant`]).
+pub fn read(data: &[u8], model: &mut Model, relevant: &dyn Fn(&str) -> bool) -> Result<usize> {
     let file = ElfFile64::<object::LittleEndian>::parse(data).context("malformed ELF object")?;
     if file.section_by_name(".debug_info").is_none() {
         return Ok(0);
@@ -51,7 +54,7 @@ pub fn read(data: &[u8], model: &mut Model) -> Result<usize> {
         let unit = dwarf.unit(header).map_err(|e| crate::err!("malformed .debug_info: {e}"))?;
         let nodes = Nodes::collect(&dwarf, &unit).map_err(|e| crate::err!("malformed .debug_info: {e}"))?;
         types += nodes.nodes.iter().filter(|n| n.tag == DW_TAG_structure_type).count();
-        nodes.into_model(model);
+        nodes.into_model(model, relevant);
     }
     Ok(types)
 }
@@ -111,7 +114,8 @@ struct Node<'d> {
 
 struct Nodes<'d> {
     nodes: Vec<Node<'d>>,
-    at: HashMap<UnitOffset, usize>,
+    /// Each kept entry's offset and node, in the order of the walk (increasing offsets).
+    at: Vec<(UnitOffset, usize)>,
     names: Vec<Option<String>>,
 }
 
@@ -148,7 +152,7 @@ fn wanted(tag: DwTag) -> bool {
 impl<'d> Nodes<'d> {
     fn collect(dwarf: &gimli::Dwarf<R<'d>>, unit: &gimli::Unit<R<'d>>) -> gimli::Result<Self> {
         let mut nodes: Vec<Node<'d>> = Vec::new();
-        let mut at = HashMap::new();
+        let mut at = Vec::new();
         // (depth, node) of the open ancestors; `None` for entries not kept (their subtree is
         // still walked, attached to the nearest kept ancestor).
         let mut stack: Vec<(isize, Option<usize>)> = Vec::new();
@@ -213,7 +217,7 @@ impl<'d> Nodes<'d> {
             if let Some(p) = parent {
                 nodes[p].children.push(index);
             }
-            at.insert(entry.offset(), index);
+            at.push((entry.offset(), index));
             nodes.push(node);
             stack.push((depth, Some(index)));
         }
@@ -222,7 +226,8 @@ impl<'d> Nodes<'d> {
     }
 
     fn get(&self, offset: Option<UnitOffset>) -> Option<usize> {
-        offset.and_then(|o| self.at.get(&o).copied())
+        let o = offset?;
+        self.at.binary_search_by_key(&o.0, |&(at, _)| at.0).ok().map(|i| self.at[i].1)
     }
 
     /// The qualified name of the type at node `i` (memoised).
@@ -380,7 +385,7 @@ impl<'d> Nodes<'d> {
             .collect()
     }
 
-    fn into_model(mut self, model: &mut Model) {
+    fn into_model(mut self, model: &mut Model, relevant: &dyn Fn(&str) -> bool) {
         for i in 0..self.nodes.len() {
             match self.nodes[i].tag {
                 DW_TAG_structure_type
@@ -390,8 +395,8 @@ impl<'d> Nodes<'d> {
                 | DW_TAG_reference_type
                 | DW_TAG_rvalue_reference_type
                 | DW_TAG_array_type
-                | DW_TAG_typedef => self.add_type(i, model),
-                DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model),
+                | DW_TAG_typedef => self.add_type(i, model, relevant),
+                DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model, relevant),
                 // Vtables are constants; they say which types are used behind `dyn`.
                 DW_TAG_variable if self.nodes[i].name.is_some_and(|n| n.ends_with("::{vtable}")) => {
                     model.vtables.extend(self.nodes[i].name.and_then(super::model::vtable_of));
@@ -414,12 +419,12 @@ impl<'d> Nodes<'d> {
         self.target_name(ty)
     }
 
-    fn add_type(&mut self, i: usize, model: &mut Model) {
+    fn add_type(&mut self, i: usize, model: &mut Model, relevant: &dyn Fn(&str) -> bool) {
         if self.nodes[i].declaration {
             return;
         }
         let name = self.type_name(i);
-        if model.types.contains_key(&name) {
+        if !relevant(&name) || model.types.contains_key(&name) {
             return;
         }
         let node = &self.nodes[i];
@@ -510,7 +515,7 @@ impl<'d> Nodes<'d> {
         }
     }
 
-    fn add_function(&mut self, i: usize, model: &mut Model) {
+    fn add_function(&mut self, i: usize, model: &mut Model, relevant: &dyn Fn(&str) -> bool) {
         let Some(linkage) = self.linkage_of(i) else { return };
         let main = self.nodes[i].main || self.get(self.nodes[i].origin).is_some_and(|o| self.nodes[o].main);
         let ret = self.ty_of(i).map(|t| self.target_name(Some(t)));
@@ -534,19 +539,17 @@ impl<'d> Nodes<'d> {
                 _ => {}
             }
         }
+        locals.retain(|t| relevant(t));
+        let path = crate::diff::names::path(linkage);
+        if !relevant(&path) && locals.is_empty() && !params.iter().chain(ret.iter()).any(|t| relevant(t)) {
+            return;
+        }
         locals.sort();
         locals.dedup();
         if let Some(path) = self.closure_path(i) {
             model.closures.push(ClosureFn { path, linkage: linkage.to_string() });
         }
-        model.functions.push(FnRec {
-            linkage: linkage.to_string(),
-            path: crate::diff::names::path(linkage),
-            params,
-            ret,
-            locals,
-            main,
-        });
+        model.functions.push(FnRec { linkage: linkage.to_string(), path, params, ret, locals, main });
     }
 }
 

@@ -113,7 +113,7 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
                 Some(described) => described,
                 None => {
                     let mut one = Model::default();
-                    let described = dwarf::read(unit.bytes()?, &mut one)
+                    let described = dwarf::read(unit.bytes()?, &mut one, &model::relevant_to(&crates))
                         .with_context(|| format!("the debug info of {}", unit.origin()))?;
                     one.retain_relevant(&crates);
                     cache.save(unit.hash, &one, described);

@@ -147,7 +147,7 @@ impl Model {
     /// info — cannot change layout while the dependencies stay the same (their code is not
     /// patched either), and cannot hold a workspace value except behind `dyn`.
     pub fn retain_relevant(&mut self, crates: &[String]) {
-        let relevant = |name: &str| name.contains("dyn ") || crates.iter().any(|c| names_crate(name, c));
+        let relevant = relevant_to(crates);
         self.types.retain(|name, _| relevant(name));
         for rec in self.types.values_mut() {
             rec.edges.retain(|(to, _)| relevant(to));
@@ -180,6 +180,12 @@ impl Model {
     pub fn functions_at<'m>(&'m self, path: &'m str) -> impl Iterator<Item = &'m FnRec> + 'm {
         self.functions.iter().filter(move |f| f.path == path)
     }
+}
+
+/// Whether a type or function name matters to the guard, in a workspace of `crates`
+/// ([`Model::retain_relevant`]).
+pub fn relevant_to(crates: &[String]) -> impl Fn(&str) -> bool + '_ {
+    move |name: &str| name.contains("dyn ") || crates.iter().any(|c| names_crate(name, c))
 }
 
 /// Whether type or function name `name` mentions a path of crate `krate` (`app::…` at the start
