@@ -24,6 +24,7 @@ pub const MAX_FILES: usize = 4096;
 /// At most this many bytes of unit models are kept.
 pub const MAX_BYTES: u64 = 256 << 20;
 
+/// The encoding and what a model holds: change it with either.
 const MAGIC: &[u8; 8] = b"ipbplay1";
 
 /// The unit model directory of a target directory's ipbp state (`None`: no cache).
@@ -44,9 +45,17 @@ impl Cache {
         Cache { dir: None, crates: 0 }
     }
 
-    /// The same cache, for models kept for a workspace of these crates.
+    /// The same cache, for models kept for a workspace of these crates by this version of
+    /// ipbp-ld (a model's content follows `dwarf` and `model`: [`MAGIC`] names the encoding and
+    /// changes with what a model holds).
     pub fn for_crates(&self, crates: &[String]) -> Cache {
-        let crates = xxhash_rust::xxh3::xxh3_64(crates.join("\n").as_bytes());
+        let key = format!(
+            "{}\n{}\n{}",
+            String::from_utf8_lossy(MAGIC),
+            env!("CARGO_PKG_VERSION"),
+            crates.join("\n")
+        );
+        let crates = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         Cache { dir: self.dir.clone(), crates }
     }
 
