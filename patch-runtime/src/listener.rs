@@ -23,6 +23,7 @@ pub const MAX_CLIENTS: usize = 8;
 pub const DEADLINE: Duration = Duration::from_secs(3);
 
 pub fn spawn(listener: UnixListener, state: State) -> std::io::Result<()> {
+    crate::restart::fds::set_control(std::os::fd::AsRawFd::as_raw_fd(&listener));
     let state = Arc::new(Mutex::new(state));
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("ipbp".into()).spawn(move || {
@@ -69,6 +70,8 @@ fn serve(mut stream: UnixStream, state: &Mutex<State>) {
                     match request {
                         Request::Hello => Reply::Hello(state.hello()),
                         Request::Apply(apply) => state.apply(apply),
+                        // Holding the state: no patch is installed while it restarts.
+                        Request::Restart(restart) => crate::restart::serve(restart, &mut stream),
                     }
                 }
             },

@@ -9,6 +9,11 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// The registry this process registered in, and its pid then (a forked child has another).
 static REGISTERED: OnceLock<(Registry, u32)> = OnceLock::new();
 
+/// The registry this process registered in (`None` before `init`, or when it did not register).
+pub(crate) fn registry() -> Option<&'static Registry> {
+    REGISTERED.get().map(|(r, _)| r)
+}
+
 pub fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
 }
@@ -18,6 +23,8 @@ pub(crate) fn set_generation(g: u64) {
 }
 
 pub fn start() {
+    // What an earlier build handed over (its memfd is closed now, not whenever the program asks).
+    crate::restart::handover::take_handover();
     let Some(image) = crate::image::main_program() else { return };
     let root = registry::root();
     let registry = match Registry::open(&root, false) {

@@ -9,7 +9,7 @@ pub mod address;
 pub mod chain;
 
 use crate::error::{Context, Result};
-use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, MAX_MESSAGE};
+use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, Restart, RestartReply, MAX_MESSAGE};
 use ipbp::registry::Registry;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -21,6 +21,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a program may take to apply a patch (checks, `dlopen`, install: milliseconds).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a program may take to restart: its `on_restart` hooks and its safe point have 5 s
+/// each; `execve` then closes the connection.
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(12);
+
 fn exchange(
     registry: &Registry,
     pid: u32,
@@ -28,6 +32,12 @@ fn exchange(
     hello: bool,
     timeout: Duration,
 ) -> Result<Reply> {
+    let text = exchange_text(registry, pid, request, timeout)?;
+    Reply::parse(&text, hello).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
+}
+
+/// Sends `request` and reads the whole answer, until the program closes the connection.
+fn exchange_text(registry: &Registry, pid: u32, request: &Request, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     let mut stream = registry.connect(pid).context("cannot reach the program")?;
     stream.set_write_timeout(Some(timeout)).context("socket timeout")?;
@@ -57,8 +67,14 @@ fn exchange(
             crate::bail!("the program's answer is too large");
         }
     }
-    let text = String::from_utf8(buf).map_err(|_| crate::err!("the program's answer is not text"))?;
-    Reply::parse(&text, hello).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
+    String::from_utf8(buf).map_err(|_| crate::err!("the program's answer is not text"))
+}
+
+/// Asks program `pid` to re-execute itself into `restart.file`. The answer ends when its
+/// `execve` closes the connection (or with the reason it is still running its current code).
+pub fn restart(registry: &Registry, pid: u32, restart: Restart) -> Result<RestartReply> {
+    let text = exchange_text(registry, pid, &Request::Restart(restart), RESTART_TIMEOUT)?;
+    RestartReply::parse(&text).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
 }
 
 /// Asks program `pid` for its state.

@@ -6,6 +6,8 @@
 
 pub(crate) mod link_index;
 mod manifest;
+pub mod restart;
+pub mod revert;
 
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
@@ -36,6 +38,20 @@ use std::time::Instant;
 /// by builds in either. The processes are reached in parallel (lock, `hello`) with a short
 /// timeout, so one that does not answer costs a build seconds once, not per process; one that is
 /// stopped (a debugger, SIGSTOP) is reported at once. Patches are then built one after the other.
+///
+/// Returns what the rest of the link settles ([`Settle`]): the patches that went live, each still
+/// locked (should the link fail, they return to the last good build: [`revert::link_failed`]), and
+/// the processes this build cannot be patched into (once the executable is written they restart
+/// into it: [`restart::after_link`], which reports them).
+/// What is left to do for the running processes once the real linker's result is known.
+#[derive(Default)]
+pub struct Settle {
+    /// Patches that went live while the linker ran, to undo should it fail.
+    pub delivered: Vec<revert::Delivered>,
+    /// Processes to restart into the new executable once it is written.
+    pub pending: Vec<restart::Pending>,
+}
+
 pub fn for_running_processes(
     called: Instant,
     before: &mut Clock,
@@ -43,10 +59,11 @@ pub fn for_running_processes(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) {
-    patch_each(called, before, output, inputs, dir, status);
+) -> Settle {
+    let settle = patch_each(called, before, output, inputs, dir, status);
     // After the patches, which the developer waits for.
     collect_patches_of_dead_processes(dir);
+    settle
 }
 
 fn patch_each(
@@ -56,13 +73,14 @@ fn patch_each(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) {
+) -> Settle {
+    let mut settle = Settle::default();
     let registry = match Registry::existing() {
         Ok(r) => r,
-        Err(OpenError::Missing) => return,
+        Err(OpenError::Missing) => return settle,
         Err(e) => {
             status.warn_once("registry", &format!("{e}; running programs are not patched"));
-            return;
+            return settle;
         }
     };
     let program = program_name(output);
@@ -107,7 +125,18 @@ fn patch_each(
     before.step("hello");
     for ((reg, base), reached) in live.iter().zip(reached) {
         let outcome = reached.and_then(|r| {
-            patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry)
+            patch_process(
+                called,
+                &before.steps,
+                reg,
+                base,
+                r,
+                inputs,
+                dir,
+                &program,
+                &registry,
+                &mut settle.delivered,
+            )
         });
         let notes = match outcome {
             Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
@@ -142,22 +171,17 @@ fn patch_each(
                 Vec::new()
             }
             Ok(Outcome::Skipped { reasons, notes }) => {
-                let (first, more) = (&reasons[0], reasons.len() - 1);
-                let extra = if more > 0 {
-                    format!(" (and {more} more, see {})", dir.log().display())
-                } else {
-                    String::new()
+                let p = restart::Pending {
+                    pid: reg.pid,
+                    start_time: reg.start_time,
+                    program: program.clone(),
+                    reasons,
                 };
-                status.line(
-                    "Skipped",
-                    Tone::Bad,
-                    &format!(
-                        "{program} (pid {}): {first}{extra}; it keeps running its current code",
-                        reg.pid
-                    ),
-                );
-                for r in reasons.iter().skip(1) {
-                    status.line("Skipped", Tone::Bad, r);
+                // A restart fixes every refusal: reported once the executable is written.
+                if restart::enabled_for(reg.pid) {
+                    settle.pending.push(p);
+                } else {
+                    restart::skipped(status, &p, dir, "");
                 }
                 notes
             }
@@ -174,6 +198,7 @@ fn patch_each(
             status.line("Note", Tone::Warn, &n);
         }
     }
+    settle
 }
 
 /// Where this target directory keeps the build a process runs: derived from the target directory
@@ -186,7 +211,7 @@ struct Base {
 /// A process that answered: locked for this build, with what it said.
 #[allow(clippy::large_enum_variant)] // one per running process, short-lived
 enum Reached {
-    Answered { _lock: std::fs::File, hello: Hello },
+    Answered { lock: std::fs::File, hello: Hello },
     Stopped,
 }
 
@@ -198,7 +223,7 @@ fn reach(registry: &Registry, reg: &Registration) -> Result<Reached> {
     }
     let lock = registry.lock(reg.pid).context("cannot lock the process for patching")?;
     match deliver::hello(registry, reg.pid) {
-        Ok(hello) => Ok(Reached::Answered { _lock: lock, hello }),
+        Ok(hello) => Ok(Reached::Answered { lock, hello }),
         Err(_) if registry::is_stopped(reg.pid) => Ok(Reached::Stopped),
         Err(e) => Err(e),
     }
@@ -235,8 +260,9 @@ fn patch_process(
     dir: &IpbpDir,
     program: &str,
     registry: &Registry,
+    delivered: &mut Vec<revert::Delivered>,
 ) -> Result<Outcome> {
-    let Reached::Answered { _lock, hello } = reached else { return Ok(Outcome::Stopped) };
+    let Reached::Answered { lock, hello } = reached else { return Ok(Outcome::Stopped) };
     let t0 = Instant::now();
     let mut clock = Clock::new();
     clock.step("hello");
@@ -279,6 +305,20 @@ fn patch_process(
     };
     let t_plan = t0.elapsed();
     clock.absorb(&plan.steps);
+    // `main`'s new code only runs after a restart: when the program restarts, that is the
+    // outcome (the restart brings every other change too); otherwise it is patched, with a note.
+    let refused = !plan.refusals.is_empty() || !layouts.refusals.is_empty();
+    if !refused && !plan.report.running.is_empty() && restart::enabled_for(reg.pid) {
+        notes.extend(plan.report.notes.iter().cloned());
+        let reasons = plan
+            .report
+            .running
+            .iter()
+            .map(|f| format!("`{f}` changed; it is running and is not called again"))
+            .collect();
+        notes.retain(|n| !n.ends_with("so its new code runs after a restart"));
+        return Ok(Outcome::Skipped { reasons, notes });
+    }
     if let Some(outcome) = verdict(&plan, &layouts, &hello, &mut notes) {
         return Ok(outcome);
     }
@@ -294,6 +334,13 @@ fn patch_process(
     let summary = summarize(&plan.report, plan.chunks.is_empty());
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
+    // Live now, while the real linker may still fail: keep what undoes it, and the lock.
+    delivered.push(revert::Delivered {
+        program: program.to_string(),
+        pid: reg.pid,
+        _lock: lock,
+        undo: revert::undo_request(&hello, applied.generation),
+    });
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
     let timings = manifest::Timings::new(

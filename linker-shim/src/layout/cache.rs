@@ -25,14 +25,13 @@ pub const MAX_FILES: usize = 4096;
 pub const MAX_BYTES: u64 = 256 << 20;
 
 /// The encoding and what a model holds: change it with either.
-const MAGIC: &[u8; 8] = b"ipbplay1";
+const MAGIC: &[u8; 8] = b"ipbplay3";
 
 /// The unit model directory of a target directory's ipbp state (`None`: no cache).
 #[derive(Debug, Clone, Default)]
 pub struct Cache {
     dir: Option<PathBuf>,
-    /// A hash of the workspace's crate names: what a unit's model keeps depends on them
-    /// ([`Model::retain_relevant`]).
+    /// A hash of the encoding, ipbp-ld's version and the workspace's crate names.
     crates: u64,
 }
 
@@ -247,6 +246,7 @@ pub fn encode(m: &Model, described: usize) -> Vec<u8> {
         }
         w.strs(&f.locals);
         w.u8(f.main as u8);
+        w.strs(&f.generics);
     }
     let variant_types: Vec<String> = m.variant_types.iter().cloned().collect();
     w.strs(&variant_types);
@@ -405,8 +405,8 @@ pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
     for _ in 0..n {
         let (linkage, path, params) = (r.str()?, r.str()?, r.strs()?);
         let ret = if r.flag()? { Some(r.str()?) } else { None };
-        let (locals, main) = (r.strs()?, r.flag()?);
-        m.functions.push(FnRec { linkage, path, params, ret, locals, main });
+        let (locals, main, generics) = (r.strs()?, r.flag()?, r.strs()?);
+        m.functions.push(FnRec { linkage, path, params, ret, locals, main, generics });
     }
     m.variant_types.extend(r.strs()?);
     let n = r.count()?;
@@ -451,6 +451,7 @@ mod tests {
             ret: Some("u32".into()),
             locals: vec!["app::Shape".into(), "u32".into()],
             main: true,
+            generics: vec!["app::Shape".into()],
         });
         m.variant_types.insert("app::Shape::Line".into());
         m.vtables.push(("app::Shape".into(), "core::fmt::Debug".into()));
@@ -467,6 +468,7 @@ mod tests {
         assert_eq!(described, 3);
         assert_eq!(format!("{:?}", back.types["app::Shape"]), format!("{:?}", m.types["app::Shape"]));
         assert_eq!(back.functions[0].locals, m.functions[0].locals);
+        assert_eq!(back.functions[0].generics, m.functions[0].generics);
         assert_eq!(back.functions[0].ret, m.functions[0].ret);
         assert!(back.functions[0].main && back.statics[0].tls);
         assert_eq!(

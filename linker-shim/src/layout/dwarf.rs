@@ -21,10 +21,7 @@ type R<'d> = EndianSlice<'d, LittleEndian>;
 
 /// Adds what `data` (a relocatable ELF object) describes to `model`. Returns how many types it
 /// describes: 0 for an object built without debug info, or with line tables only.
-///
-/// Only types and functions `relevant` accepts by name (or, for a function, by a type it handles)
-/// are built ([`Model::retain_relevant`]).
-pub fn read(data: &[u8], model: &mut Model, relevant: &dyn Fn(&str) -> bool) -> Result<usize> {
+pub fn read(data: &[u8], model: &mut Model) -> Result<usize> {
     let file = ElfFile64::<object::LittleEndian>::parse(data).context("malformed ELF object")?;
     if file.section_by_name(".debug_info").is_none() {
         return Ok(0);
@@ -54,7 +51,7 @@ pub fn read(data: &[u8], model: &mut Model, relevant: &dyn Fn(&str) -> bool) -> 
         let unit = dwarf.unit(header).map_err(|e| crate::err!("malformed .debug_info: {e}"))?;
         let nodes = Nodes::collect(&dwarf, &unit).map_err(|e| crate::err!("malformed .debug_info: {e}"))?;
         types += nodes.nodes.iter().filter(|n| n.tag == DW_TAG_structure_type).count();
-        nodes.into_model(model, relevant);
+        nodes.into_model(model);
     }
     Ok(types)
 }
@@ -385,7 +382,7 @@ impl<'d> Nodes<'d> {
             .collect()
     }
 
-    fn into_model(mut self, model: &mut Model, relevant: &dyn Fn(&str) -> bool) {
+    fn into_model(mut self, model: &mut Model) {
         for i in 0..self.nodes.len() {
             match self.nodes[i].tag {
                 DW_TAG_structure_type
@@ -395,8 +392,8 @@ impl<'d> Nodes<'d> {
                 | DW_TAG_reference_type
                 | DW_TAG_rvalue_reference_type
                 | DW_TAG_array_type
-                | DW_TAG_typedef => self.add_type(i, model, relevant),
-                DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model, relevant),
+                | DW_TAG_typedef => self.add_type(i, model),
+                DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model),
                 // Vtables are constants; they say which types are used behind `dyn`.
                 DW_TAG_variable if self.nodes[i].name.is_some_and(|n| n.ends_with("::{vtable}")) => {
                     model.vtables.extend(self.nodes[i].name.and_then(super::model::vtable_of));
@@ -419,12 +416,12 @@ impl<'d> Nodes<'d> {
         self.target_name(ty)
     }
 
-    fn add_type(&mut self, i: usize, model: &mut Model, relevant: &dyn Fn(&str) -> bool) {
+    fn add_type(&mut self, i: usize, model: &mut Model) {
         if self.nodes[i].declaration {
             return;
         }
         let name = self.type_name(i);
-        if !relevant(&name) || model.types.contains_key(&name) {
+        if model.types.contains_key(&name) {
             return;
         }
         let node = &self.nodes[i];
@@ -515,7 +512,7 @@ impl<'d> Nodes<'d> {
         }
     }
 
-    fn add_function(&mut self, i: usize, model: &mut Model, relevant: &dyn Fn(&str) -> bool) {
+    fn add_function(&mut self, i: usize, model: &mut Model) {
         let Some(linkage) = self.linkage_of(i) else { return };
         let main = self.nodes[i].main || self.get(self.nodes[i].origin).is_some_and(|o| self.nodes[o].main);
         let ret = self.ty_of(i).map(|t| self.target_name(Some(t)));
@@ -539,17 +536,44 @@ impl<'d> Nodes<'d> {
                 _ => {}
             }
         }
-        locals.retain(|t| relevant(t));
         let path = crate::diff::names::path(linkage);
-        if !relevant(&path) && locals.is_empty() && !params.iter().chain(ret.iter()).any(|t| relevant(t)) {
-            return;
-        }
         locals.sort();
         locals.dedup();
+        let generics = self.generics_of(i);
         if let Some(path) = self.closure_path(i) {
             model.closures.push(ClosureFn { path, linkage: linkage.to_string() });
         }
-        model.functions.push(FnRec { linkage: linkage.to_string(), path, params, ret, locals, main });
+        model.functions.push(FnRec {
+            linkage: linkage.to_string(),
+            path,
+            params,
+            ret,
+            locals,
+            main,
+            generics,
+        });
+    }
+
+    /// The types of a function's template type parameters, which rustc puts on the function's
+    /// declaration (the concrete function refers to it with `DW_AT_specification`).
+    fn generics_of(&mut self, i: usize) -> Vec<String> {
+        let mut at = i;
+        for _ in 0..3 {
+            let params: Vec<Option<UnitOffset>> = self.nodes[at]
+                .children
+                .iter()
+                .filter(|&&c| self.nodes[c].tag == DW_TAG_template_type_parameter)
+                .map(|&c| self.nodes[c].ty)
+                .collect();
+            if !params.is_empty() {
+                return params.into_iter().map(|t| self.target_name(t)).collect();
+            }
+            match self.get(self.nodes[at].origin) {
+                Some(o) => at = o,
+                None => break,
+            }
+        }
+        Vec::new()
     }
 }
 

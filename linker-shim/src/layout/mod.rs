@@ -42,9 +42,6 @@ pub struct Layouts {
     pub crates: HashSet<String>,
     /// The closures of the changed units, paired across builds.
     pub closures: closures::Closures,
-    /// For each change, the types of the running build whose values hold it (by value or
-    /// behind a pointer): made once, on the first [`signature_change`] that needs them.
-    held: std::sync::OnceLock<Vec<HashSet<String>>>,
     /// Changed units that describe types in their debug info (none when the build has no debug
     /// info, or line tables only: then layout changes cannot be seen).
     pub units_with_types: usize,
@@ -113,9 +110,8 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
                 Some(described) => described,
                 None => {
                     let mut one = Model::default();
-                    let described = dwarf::read(unit.bytes()?, &mut one, &model::relevant_to(&crates))
+                    let described = dwarf::read(unit.bytes()?, &mut one)
                         .with_context(|| format!("the debug info of {}", unit.origin()))?;
-                    one.retain_relevant(&crates);
                     cache.save(unit.hash, &one, described);
                     wrote = true;
                     model.absorb(one);
@@ -135,14 +131,11 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
     Ok(layouts)
 }
 
-/// Whether the old entry of the changed function `base_name` (the running build's symbol) may lead
-/// to its new code: `None` when it may, else why not — its old code is a closure whose number
-/// now names another closure ([`closures`]), or [`signature_change`] says so.
-pub fn entry_change(layouts: &Layouts, base_name: &str) -> Option<String> {
-    if let Some(reason) = layouts.closures.kept.get(crate::diff::names::canonical(base_name)) {
-        return Some(reason.clone());
-    }
-    signature_change(layouts, &crate::map::read::demangle(base_name))
+/// Why the old entry of the changed function `base_name` (the running build's symbol) must keep
+/// its code: it is a closure whose number now names another closure ([`closures`]). `None` for
+/// every other function.
+pub fn renumbered_closure<'l>(layouts: &'l Layouts, base_name: &str) -> Option<&'l str> {
+    layouts.closures.kept.get(crate::diff::names::canonical(base_name)).map(String::as_str)
 }
 
 /// Whether the function at `fn_path` (demangled, without hash: `app::tick`) changed its signature,
@@ -153,33 +146,57 @@ pub fn entry_change(layouts: &Layouts, base_name: &str) -> Option<String> {
 /// changed in it; `None` when the function is new, gone, or receives and returns what it did.
 ///
 /// For in-place patching: call it for each changed function whose old entry stays reachable.
-pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
-    let old = layouts.old.functions_at(fn_path).next()?;
-    let new = layouts.new.functions_at(fn_path).next()?;
-    let sig = |f: &model::FnRec| {
-        let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
-        format!("fn({}){ret}", f.params.join(", "))
-    };
-    if old.params != new.params || old.ret != new.ret {
-        return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
-    }
-    if layouts.changes.is_empty() {
-        return None;
-    }
-    let held = layouts.held.get_or_init(|| {
+///
+/// `linkage`, the function's mangled names in the running build and in the new one, picks the
+/// instance with that name on each side: instances of one generic function share a path
+/// (`alloc::vec::Vec<T,A>::extend_trusted`), and comparing one instance's signature with
+/// another's finds a change that is not there. By path when a name is not described.
+#[cfg(test)]
+pub fn signature_change(layouts: &Layouts, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
+    Signatures::new(layouts).change(fn_path, linkage)
+}
+
+/// [`signature_change`] for every changed function of a patch: the types holding or pointing at
+/// each changed type are found once (each search follows every type of the changed units).
+pub struct Signatures<'l> {
+    layouts: &'l Layouts,
+    /// For each of `layouts.changes`, in order: the types whose values hold or point at it.
+    holders: Vec<HashSet<&'l str>>,
+}
+
+impl<'l> Signatures<'l> {
+    pub fn new(layouts: &'l Layouts) -> Self {
         let reach = live::Reach::new(&layouts.old);
-        let owned = |c: &TypeChange| reach.holders(&c.name, false).into_iter().map(String::from).collect();
-        layouts.changes.iter().map(owned).collect()
-    });
-    for ty in old.params.iter().chain(old.ret.iter()) {
-        for (change, held) in layouts.changes.iter().zip(held) {
-            if held.contains(ty.as_str()) {
-                let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
-                return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+        let holders = layouts.changes.iter().map(|c| reach.holders(&c.name, false)).collect();
+        Signatures { layouts, holders }
+    }
+
+    /// See [`signature_change`].
+    pub fn change(&self, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
+        fn pick<'m>(model: &'m Model, fn_path: &'m str, name: Option<&str>) -> Option<&'m model::FnRec> {
+            let name = name.map(crate::diff::names::canonical);
+            name.and_then(|n| model.functions.iter().find(|f| f.linkage == n))
+                .or_else(|| model.functions_at(fn_path).next())
+        }
+        let old = pick(&self.layouts.old, fn_path, linkage.map(|l| l.0))?;
+        let new = pick(&self.layouts.new, fn_path, linkage.map(|l| l.1))?;
+        let sig = |f: &model::FnRec| {
+            let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
+            format!("fn({}){ret}", f.params.join(", "))
+        };
+        if old.params != new.params || old.ret != new.ret {
+            return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
+        }
+        for ty in old.params.iter().chain(old.ret.iter()) {
+            for (change, holders) in self.layouts.changes.iter().zip(&self.holders) {
+                if holders.contains(ty.as_str()) {
+                    let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
+                    return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+                }
             }
         }
+        None
     }
-    None
 }
 
 #[cfg(test)]
@@ -213,6 +230,7 @@ mod tests {
             ret: Some("u64".into()),
             locals: vec![],
             main: false,
+            generics: vec![],
         });
         m
     }
@@ -226,22 +244,45 @@ mod tests {
     fn signature_changes_name_the_type_and_field() {
         let same =
             layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
-        assert_eq!(signature_change(&same, "app::step"), None);
-        assert_eq!(signature_change(&same, "app::other"), None);
+        assert_eq!(signature_change(&same, "app::step", None), None);
+        assert_eq!(signature_change(&same, "app::other", None), None);
 
         let grown = layouts(
             model(&[("x", 0)], &["&mut app::Point"]),
             model(&[("x", 0), ("y", 4)], &["&mut app::Point"]),
         );
         assert_eq!(
-            signature_change(&grown, "app::step").as_deref(),
+            signature_change(&grown, "app::step", None).as_deref(),
             Some("`app::step` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")
         );
 
         let retyped = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["u8"]));
         assert_eq!(
-            signature_change(&retyped, "app::step").as_deref(),
+            signature_change(&retyped, "app::step", None).as_deref(),
             Some("the signature of `app::step` changed (fn(&mut app::Point) -> u64 -> fn(u8) -> u64)")
         );
+    }
+
+    #[test]
+    fn instances_sharing_a_path_are_told_apart_by_their_names() {
+        // Two instances of `app::step` (a generic function): `<u8>` first on one side, second on
+        // the other. By path they seem to change signature; by name each kept its own.
+        let instance = |linkage: &str, param: &str| FnRec {
+            linkage: linkage.into(),
+            path: "app::step".into(),
+            params: vec![param.into()],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![param.into()],
+        };
+        let mut old = Model::default();
+        old.functions.extend([instance("step_u8", "u8"), instance("step_u16", "u16")]);
+        let mut new = Model::default();
+        new.functions.extend([instance("step_u16.llvm.42", "u16"), instance("step_u8", "u8")]);
+        let l = layouts(old, new);
+        assert!(signature_change(&l, "app::step", None).is_some(), "by path: the first of each side");
+        assert_eq!(signature_change(&l, "app::step", Some(("step_u16", "step_u16.llvm.42"))), None);
+        assert_eq!(signature_change(&l, "app::step", Some(("step_u8", "step_u8"))), None);
     }
 }

@@ -89,6 +89,9 @@ pub struct FnRec {
     pub locals: Vec<String>,
     /// `DW_AT_main_subprogram`: the program's `main`.
     pub main: bool,
+    /// An instance's generic arguments (its template type parameters): `["layouts::Pos"]` for
+    /// `store::Store::new::<layouts::Pos>`.
+    pub generics: Vec<String>,
 }
 
 /// A closure's or async block's function.
@@ -115,11 +118,12 @@ pub struct Model {
     /// ([`super::closures`]).
     pub closures: Vec<ClosureFn>,
     /// `(type, trait)` for every vtable: values of the type can hide behind `dyn trait`. The trait
-    /// is its path without generic arguments (`core::ops::function::Fn`).
+    /// is its path with the generic arguments the vtable's name gives (`core::ops::function::Fn<()>`):
+    /// a closure behind `dyn Fn(u8)` is never behind `dyn Fn() -> String`.
     pub vtables: Vec<(String, String)>,
 }
 
-/// `<app::Job as app::Task<u8>>::{vtable}` → `("app::Job", "app::Task")`.
+/// `<app::Job as app::Task<u8>>::{vtable}` → `("app::Job", "app::Task<u8>")`.
 pub fn vtable_of(name: &str) -> Option<(String, String)> {
     let inner = name.strip_prefix('<')?.strip_suffix(">::{vtable}")?;
     let mut depth = 0i32;
@@ -130,7 +134,6 @@ pub fn vtable_of(name: &str) -> Option<(String, String)> {
             ' ' if depth == 0 && inner[at..].starts_with(" as ") => {
                 let ty = &inner[..at];
                 let tr = &inner[at + 4..];
-                let tr = tr.split('<').next().unwrap_or(tr);
                 return Some((ty.to_string(), tr.to_string()));
             }
             _ => {}
@@ -140,29 +143,6 @@ pub fn vtable_of(name: &str) -> Option<(String, String)> {
 }
 
 impl Model {
-    /// Keeps what the guard can use: types that name a crate of the workspace (`app::Config`,
-    /// `Vec<app::Item>`, `&app::Job`, a closure's captures) or a trait object (`Box<dyn Fn()>`,
-    /// which may hold any type with a vtable for it), and functions that name or handle one.
-    /// The rest — the types of dependencies over types of dependencies, most of a unit's debug
-    /// info — cannot change layout while the dependencies stay the same (their code is not
-    /// patched either), and cannot hold a workspace value except behind `dyn`.
-    pub fn retain_relevant(&mut self, crates: &[String]) {
-        let relevant = relevant_to(crates);
-        self.types.retain(|name, _| relevant(name));
-        for rec in self.types.values_mut() {
-            rec.edges.retain(|(to, _)| relevant(to));
-        }
-        self.functions.retain_mut(|f| {
-            let keep = relevant(&f.path)
-                || f.params.iter().chain(f.ret.iter()).chain(f.locals.iter()).any(|t| relevant(t));
-            f.locals.retain(|t| relevant(t));
-            keep
-        });
-        self.variant_types.retain(|name| relevant(name));
-        self.vtables.retain(|(ty, _)| relevant(ty));
-        self.closures.retain(|c| relevant(&c.path));
-    }
-
     /// Adds what another unit describes. A type described by several units is the same type
     /// (anonymous ones are named by their layout: `dwarf`), so the first description is kept.
     pub fn absorb(&mut self, unit: Model) {
@@ -182,83 +162,13 @@ impl Model {
     }
 }
 
-/// Whether a type or function name matters to the guard, in a workspace of `crates`
-/// ([`Model::retain_relevant`]).
-pub fn relevant_to(crates: &[String]) -> impl Fn(&str) -> bool + '_ {
-    move |name: &str| name.contains("dyn ") || crates.iter().any(|c| names_crate(name, c))
-}
-
-/// Whether type or function name `name` mentions a path of crate `krate` (`app::…` at the start
-/// or after a delimiter, not `other_app::…` or `x::app::…`).
-fn names_crate(name: &str, krate: &str) -> bool {
-    name.match_indices(krate).any(|(at, _)| {
-        let before = name[..at].chars().next_back();
-        name[at + krate.len()..].starts_with("::")
-            && before.is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == ':'))
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn only_what_names_the_workspace_or_a_trait_object_is_kept() {
-        use super::*;
-        let rec = |edges: &[&str]| TypeRec {
-            kind: Kind::Struct,
-            size: Some(8),
-            align: Some(8),
-            fields: vec![],
-            tag: None,
-            variants: vec![],
-            edges: edges.iter().map(|e| (e.to_string(), true)).collect(),
-        };
-        let mut m = Model::default();
-        for (name, edges) in [
-            ("app::Config", &["u32", "app::Item"][..]),
-            ("alloc::vec::Vec<app::Item>", &["app::Item"]),
-            ("alloc::boxed::Box<dyn core::ops::function::Fn<()>>", &[]),
-            ("tokio::runtime::Runtime", &["u32"]),
-            ("other_app::X", &[]),
-            ("x::app::Y", &[]),
-        ] {
-            m.types.insert(name.into(), rec(edges));
-        }
-        m.functions.push(FnRec {
-            linkage: "f".into(),
-            path: "core::ptr::drop_in_place".into(),
-            params: vec!["*mut app::Config".into()],
-            ret: None,
-            locals: vec!["u32".into(), "app::Config".into()],
-            main: false,
-        });
-        m.functions.push(FnRec {
-            linkage: "g".into(),
-            path: "core::fmt::write".into(),
-            ..m.functions[0].clone()
-        });
-        m.functions[1].params = vec!["u8".into()];
-        m.functions[1].locals = vec![];
-        m.retain_relevant(&["app".to_string()]);
-        let mut kept: Vec<&str> = m.types.keys().map(String::as_str).collect();
-        kept.sort();
-        assert_eq!(
-            kept,
-            [
-                "alloc::boxed::Box<dyn core::ops::function::Fn<()>>",
-                "alloc::vec::Vec<app::Item>",
-                "app::Config"
-            ]
-        );
-        assert_eq!(m.types["app::Config"].edges, [("app::Item".to_string(), true)]);
-        assert_eq!(m.functions.len(), 1);
-        assert_eq!(m.functions[0].locals, ["app::Config"]);
-    }
-
     #[test]
     fn vtable_names_name_a_type_and_a_trait() {
         assert_eq!(
             super::vtable_of("<app::main::{closure_env#2} as core::ops::function::Fn<()>>::{vtable}"),
-            Some(("app::main::{closure_env#2}".into(), "core::ops::function::Fn".into()))
+            Some(("app::main::{closure_env#2}".into(), "core::ops::function::Fn<()>".into()))
         );
         assert_eq!(
             super::vtable_of("<a::W<a::X as b::Y> as core::fmt::Debug>::{vtable}").map(|v| v.1),

@@ -10,6 +10,7 @@
 mod support;
 
 mod edits;
+mod link_failure;
 mod recording;
 
 use support::live::{scenario, status_for, status_lines, Running, Tick};

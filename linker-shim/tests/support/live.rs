@@ -139,9 +139,12 @@ impl Running {
         running
     }
 
-    /// Starts the program without waiting for it to register (it may not).
+    /// Starts the program without waiting for it to register (it may not). A build that cannot
+    /// be patched into it leaves it running (`Skipped`) unless `env` sets `IPBP_RESTART`: the
+    /// restart suite tests restarts.
     pub fn spawn(program: &Path, home: &Path, env: &[(&str, &str)]) -> Running {
-        let mut cmd = super::Cmd::new(program, &[] as &[&str]).env("IPBP_HOME", home);
+        let mut cmd =
+            super::Cmd::new(program, &[] as &[&str]).env("IPBP_HOME", home).env("IPBP_RESTART", "never");
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
@@ -302,7 +305,9 @@ pub fn status_lines(run: &Run) -> Vec<String> {
     run.stderr
         .lines()
         .map(str::trim)
-        .filter(|l| ["Patched ", "Skipped ", "Unchanged ", "Note "].iter().any(|v| l.starts_with(v)))
+        .filter(|l| {
+            ["Patched ", "Skipped ", "Unchanged ", "Restarted ", "Note "].iter().any(|v| l.starts_with(v))
+        })
         .map(str::to_string)
         .collect()
 }

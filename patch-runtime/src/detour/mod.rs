@@ -37,6 +37,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use arch::JUMP_LEN;
+/// Used by `restart` to hold every other thread while it executes the new build.
+pub(crate) use park::with_threads_parked;
 
 /// Tests that write code or run rounds take turns: rounds are one at a time per process, and a
 /// thread parked by one test would look, to another, like a thread blocking signals.
