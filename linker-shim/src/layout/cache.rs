@@ -271,7 +271,8 @@ pub fn encode(m: &Model, described: usize) -> Vec<u8> {
 struct Reader<'b> {
     bytes: &'b [u8],
     at: usize,
-    strings: Vec<&'b str>,
+    /// Each string's bytes, checked as UTF-8 when first used (most belong to skipped types).
+    strings: Vec<&'b [u8]>,
 }
 
 impl<'b> Reader<'b> {
@@ -304,9 +305,12 @@ impl<'b> Reader<'b> {
             _ => None,
         }
     }
+    fn string(&self, id: usize) -> Option<&'b str> {
+        std::str::from_utf8(self.strings.get(id)?).ok()
+    }
     fn str(&mut self) -> Option<String> {
         let id = self.u32()? as usize;
-        self.strings.get(id).map(|s| s.to_string())
+        self.string(id).map(str::to_string)
     }
     /// A count, checked against what is left (each item takes at least one byte).
     fn count(&mut self) -> Option<usize> {
@@ -366,14 +370,14 @@ pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
     r.strings.reserve(n);
     for _ in 0..n {
         let len = r.u32()? as usize;
-        let s = std::str::from_utf8(r.take(len)?).ok()?;
+        let s = r.take(len)?;
         r.strings.push(s);
     }
     let described = r.u64()? as usize;
     let n = r.count()?;
     for _ in 0..n {
         let id = r.u32()? as usize;
-        let name = *r.strings.get(id)?;
+        let name = r.string(id)?;
         if m.types.contains_key(name) {
             r.skip_type()?;
             continue;

@@ -103,11 +103,16 @@ pub struct ClosureFn {
     pub linkage: String,
 }
 
+/// Type names are hashed with xxh3 (`KeyHasher`): loading a patch's unit models looks up every
+/// type of every changed unit, several times faster than with SipHash. The names come from our
+/// own builds' debug info: hash flooding is not a concern.
+pub type Names = std::hash::BuildHasherDefault<crate::objects::units::KeyHasher>;
+
 /// One build's side of the comparison.
 #[derive(Debug, Default)]
 pub struct Model {
     /// By qualified name (namespace path + name).
-    pub types: HashMap<String, TypeRec>,
+    pub types: HashMap<String, TypeRec, Names>,
     pub statics: Vec<StaticRec>,
     pub functions: Vec<FnRec>,
     /// Names of the structs that are an enum's variants (compared as part of their enum).
