@@ -8,6 +8,8 @@
     scripts/bench.py --only P1b      the whole-workspace rebuild alone (its own section of
                                      BENCHMARKS.md; ~3 min with 7 rounds on 2 cores, more the
                                      first time)
+    scripts/bench.py --only P11      the layout guard's cost alone (its own section of BENCHMARKS.md;
+                                     builds web and scripts/gen_webscaled.py's large variant)
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
     scripts/bench.py --only P3L      P3 when the link fails after the patch went live (its own
                                      section of BENCHMARKS.md; counter only)
@@ -31,6 +33,7 @@ RUSTC_WRAPPER and, for the plain linker, a linker wrapper. Standard library only
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -38,11 +41,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_apps import (  # noqa: E402
-    HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, http_get, log, median, run,
-    settle, step, write_wrappers,
+    HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, generate_webscaled, http_get, log,
+    median, patched_line, run, settle, step, write_wrappers,
 )
 from bench_report import (  # noqa: E402
-    BENCHMARKS_MD, machine, p1b_md, report_md, summarize, write_benchmarks_md,
+    BENCHMARKS_MD, machine, p11_md, p1b_md, report_md, summarize, write_benchmarks_md,
 )
 
 RESULTS = os.path.join(ROOT, "scripts", "out", "bench.json")
@@ -54,6 +57,22 @@ COUNTER_EDIT = ("src/main.rs", 'let msg = "hello";', 'let msg = "{v}";')
 WEB_EDIT = ("src/handlers.rs", 'format!("Hello, {name}!")', 'format!("{v}, {name}!")')
 HUNDRED_EDIT = ("src/hundred.rs", "pub const HUNDRED_SCALE: u64 = 3;", "pub const HUNDRED_SCALE: u64 = {v};")
 HOTCALL_EDIT = ("src/main.rs", "const SCALE: u64 = 3;", "const SCALE: u64 = {v};")
+
+
+# P11: edits made one after another in a running server, each kept (patches are cumulative: the
+# nth patch carries every unit changed since the process started). Each round applies the next edit
+# of the list with a new variant.
+GUARD_WEB_EDITS = [
+    ("src/handlers.rs", 'format!("Hello, {name}!")', 'format!("{v}, {name}!")'),
+    ("src/handlers.rs", 'format!("{n}\\n")', 'format!("{v}={n}\\n")'),
+    ("src/handlers.rs", '"ok\\n"', '"{v}\\n"'),
+    ("src/handlers.rs", 'format!("no route for {}\\n", uri.path())', 'format!("{v} {}\\n", uri.path())'),
+]
+# The large program (scripts/gen_webscaled.py): a template-like constant every page module uses
+# first, as in miniserve, then the handler edits.
+GUARD_WEBSCALED_EDITS = [
+    ("src/pages/mod.rs", 'PAGE_FOOTER: &str = "served by web"', 'PAGE_FOOTER: &str = "served by {v}"'),
+] + GUARD_WEB_EDITS
 
 
 def creation_ms(m):
@@ -429,10 +448,50 @@ def hotcall_rounds(args, results, hotcall):
     results["hotcall"] = out
 
 
+def guard_rounds(args, results, app, edits, key):
+    """P11: the layout guard's share of each patch (the manifest's `layouts` step) while edits
+    accumulate in a running server. The unit model cache starts empty: the first patch reads the
+    DWARF of every changed unit, later ones only of the units their edit changed."""
+    step(f"P11: the layout guard on {app.name}, {args.rounds + 1} edits kept one after another")
+    shutil.rmtree(os.path.join(app.dir, "target", "ipbp", "layouts"), ignore_errors=True)
+    server = Process(app.program(), app.dir, app_env({"PORT": "0"}))
+    server.wait_for(lambda l: l.startswith("listening on"))
+    server.wait_registered()
+    current = {}
+    rows = []
+    try:
+        for r in range(args.rounds + 1):
+            path, original, template = edits[r % len(edits)]
+            full = os.path.join(app.dir, path)
+            text = open(full).read()
+            before = current.get((path, original), original)
+            if before not in text:
+                sys.exit(f"bench: {full} does not contain {before!r}: update the P11 edits in scripts/bench.py")
+            after = template.replace("{v}", f"v{r}")
+            open(full, "w").write(text.replace(before, after, 1))
+            current[(path, original)] = after
+            _, _, stderr = app.build()
+            app.wait_for_recording()
+            status = patched_line(stderr, server.pid)
+            m = app.manifest(server.pid, r + 1)
+            if m is None:
+                sys.exit(f"bench: no manifest for patch {r + 1} of pid {server.pid}")
+            steps = dict(m["timings"]["steps"])
+            row = {"layouts_ms": steps.get("layouts", 0.0), "cpu_ms": m["timings"].get("guard_cpu_ms", float("nan")),
+                   "changed_objects": m["changed_objects"], "plan_ms": m["timings"]["plan_ms"], "status": status}
+            rows.append(row)
+            log(f"  patch {r + 1}: layouts {row['layouts_ms']:.1f} ms (CPU {row['cpu_ms']:.1f} ms), "
+                f"{row['changed_objects']} changed units, plan {row['plan_ms']:.1f} ms")
+    finally:
+        server.stop()
+    results[key] = rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
-    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10", help="comma-separated figures (P9 comes with P6)")
+    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10,P11",
+                    help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -453,6 +512,7 @@ def main():
         "web": App("web", os.path.join(ROOT, "testdata", "web"), "web"),
         "web-plain": App("web-plain", os.path.join(ROOT, "testdata", "web"), "web", plain=True),
         "hotcall": App("hotcall", os.path.join(ROOT, "testdata", "hotcall"), "hotcall"),
+        "webscaled": App("webscaled", generate_webscaled, "web"),
     }
     needed = set()
     if only & {"P3", "P4", "P7", "P8"}:
@@ -465,6 +525,8 @@ def main():
         needed.add("scaled")
     if "P5" in only:
         needed.add("hotcall")
+    if "P11" in only:
+        needed |= {"web", "webscaled"}
     for name in sorted(needed):
         app = apps[name]
         step(f"preparing {name} ({'plain linker' if app.plain else 'through ipbp-ld'})")
@@ -478,7 +540,7 @@ def main():
         p1b(args, results)
     if "P1" in only or "P2" in only:
         p1(args, results)
-    if needed & {"web"}:
+    if only & {"P2", "P3", "P7", "P8"}:
         web_rounds(args, results, apps["web"], apps["web-plain"])
     if needed & {"counter"} and only & {"P3", "P4", "P7", "P8"}:
         counter_rounds(args, results, apps["counter"], apps["counter-plain"], apps["scaled"])
@@ -488,6 +550,9 @@ def main():
         hundred_rounds(args, results, apps["scaled"])
     if "P5" in only:
         hotcall_rounds(args, results, apps["hotcall"])
+    if "P11" in only:
+        guard_rounds(args, results, apps["web"], GUARD_WEB_EDITS, "guard_web")
+        guard_rounds(args, results, apps["webscaled"], GUARD_WEBSCALED_EDITS, "guard_webscaled")
 
     if "P10" in only:
         import bench_watch
@@ -499,7 +564,7 @@ def main():
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B", "P3L", "P10"}:
+    if only - {"P1B", "P3L", "P10", "P11"}:
         sections["bench"] = report_md(results, fig, args)
     if "P3L" in results:
         sections["bench:p3l"] = p3l_md(results, args)
@@ -508,6 +573,8 @@ def main():
         sections["bench:watch"] = bench_watch.section(results["watch"], args.rounds)
     if "P1b" in results:
         sections["bench:p1b"] = p1b_md(results, args)
+    if "guard_web" in results:
+        sections["bench:p11"] = p11_md(results, args)
     for section in sections.values():
         print("\n" + section)
     if not args.no_write:

@@ -323,6 +323,15 @@ def generate_scaled(dst):
     shutil.rmtree(tmp)
 
 
+def generate_webscaled(dst):
+    """The large web program of P11 (scripts/gen_webscaled.py), generated next to `dst` and
+    copied in, as `generate_scaled` does."""
+    tmp = dst + ".generated"
+    run([sys.executable, os.path.join(ROOT, "scripts", "gen_webscaled.py"), tmp])
+    copy_tree(tmp, dst)
+    shutil.rmtree(tmp)
+
+
 # P1b: a whole incremental workspace rebuild
 
 

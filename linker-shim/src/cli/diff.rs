@@ -185,7 +185,7 @@ fn code_diff(args: &Args, old: &SymbolMap, new: &SymbolMap) -> Result<Outcome, E
         return Ok(Outcome::Found);
     }
     let d = crate::diff::diff(&base, &current, &|_| true)?;
-    let verdict = crate::layout::guard(&base, &current, &d)?;
+    let verdict = crate::layout::guard(&base, &current, &d, &crate::layout::Cache::none())?;
     let layouts: Vec<String> = verdict.layouts.changes.iter().map(|c| c.describe()).collect();
     if args.json {
         #[derive(Serialize)]

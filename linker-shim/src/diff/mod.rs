@@ -73,6 +73,12 @@ pub struct Diff {
     pub renamed: Vec<(String, String)>,
     /// Definitions compared one by one.
     pub compared: usize,
+    /// What the code of each closure and async block of the changed units means
+    /// ([`Semantics::section_hash`], by [`names::canonical`] name), in the base build and in the
+    /// current one: closures are numbered in source order, so their names pair them only while
+    /// none was added, removed or moved before them, and the layout guard pairs them by what they
+    /// are instead (`layout::closures`).
+    pub closure_bodies: [HashMap<String, u128>; 2],
 }
 
 impl Diff {
@@ -218,6 +224,17 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
             new_size: symbol_size(&cur_sem, cu, cs, name),
         };
         out.changed.insert(name.to_string(), change);
+    }
+    for (bodies, defs, sem, build) in
+        [(0, &base_defs, &mut base_sem, base), (1, &cur_defs, &mut cur_sem, current)]
+    {
+        for (&name, places) in defs {
+            let (u, sec) = places[0];
+            if names::is_closure(name) && build.units[u].object()?.sections[sec].kind == SectionKind::Text {
+                let hash = sem.section_hash(u.index(), sec);
+                out.closure_bodies[bodies].insert(names::canonical(name).to_string(), hash);
+            }
+        }
     }
     for &name in base_defs.keys() {
         if !seen_base.contains(name) && !defined_now(name) {

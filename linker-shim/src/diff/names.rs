@@ -28,6 +28,12 @@ pub fn path(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(canonical(name)))
 }
 
+/// Whether a legacy symbol is a closure's or an async block's code (`…::{{closure}}`, the last
+/// segment of its path: rustc numbers them only in debug info).
+pub fn is_closure(name: &str) -> bool {
+    name.contains("$u7b$$u7b$closure$u7d$$u7d$17h")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,6 +51,8 @@ mod tests {
             path("_ZN7counter4tick17h2222222222222222E")
         );
         assert_eq!(path("_ZN7counter4tick17h1111111111111111E"), "counter::tick");
+        assert!(is_closure("_ZN7layouts4main28_$u7b$$u7b$closure$u7d$$u7d$17h0c3e0a0f8f4b1b2aE"));
+        assert!(!is_closure("_ZN7layouts4main17h0c3e0a0f8f4b1b2aE"));
         assert!(is_promoted_anon("anon.ebafb60624fd0317f0e5ca3f8fe5763b.29.llvm.4687289052701356509"));
     }
 }

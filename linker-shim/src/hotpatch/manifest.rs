@@ -26,6 +26,8 @@ pub struct Timings {
     /// Milliseconds per step, in order.
     pub steps: Vec<(String, f64)>,
     pub diff_ms: f64,
+    /// CPU time of the layout guard (the `layouts` step, which is wall time).
+    pub guard_cpu_ms: f64,
     pub plan_ms: f64,
     pub emit_ms: f64,
     pub deliver_ms: f64,
@@ -45,6 +47,8 @@ pub struct Milestones {
     pub plan: Duration,
     pub emit: Duration,
     pub deliver: Duration,
+    /// CPU time the layout guard took.
+    pub guard_cpu: Duration,
 }
 
 impl Timings {
@@ -71,6 +75,7 @@ impl Timings {
             before_steps: rounded(before),
             steps: rounded(&clock.steps),
             diff_ms: m.diff.as_secs_f64() * 1e3,
+            guard_cpu_ms: m.guard_cpu.as_secs_f64() * 1e3,
             plan_ms: (m.plan - m.diff).as_secs_f64() * 1e3,
             emit_ms: (m.emit - m.plan).as_secs_f64() * 1e3,
             deliver_ms: (m.deliver - m.emit).as_secs_f64() * 1e3,

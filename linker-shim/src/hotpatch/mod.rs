@@ -12,7 +12,7 @@ pub mod revert;
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
 use crate::index::LinkIndex;
-use crate::layout::Verdict;
+use crate::layout::{Cache, Verdict};
 use crate::map::record::read_inputs_list;
 use crate::objects::load::Arena;
 use crate::objects::units::{self, Build, Workspace};
@@ -278,7 +278,9 @@ fn patch_process(
     clock.step("index");
     let d = diff::diff(&loaded.base, &loaded.current, &|n| index.defines(n))?;
     clock.step("diff");
-    let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d)?;
+    let guard_cpu = crate::timing::thread_cpu();
+    let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d, &Cache::at(dir.layouts()))?;
+    let guard_cpu = crate::timing::thread_cpu().saturating_sub(guard_cpu);
     clock.step("layouts");
     let t_diff = t0.elapsed();
 
@@ -350,7 +352,14 @@ fn patch_process(
     clock.step("emit and deliver");
     let timings = manifest::Timings::new(
         called,
-        manifest::Milestones { started: t0, diff: t_diff, plan: t_plan, emit: t_emit, deliver: t_deliver },
+        manifest::Milestones {
+            started: t0,
+            diff: t_diff,
+            plan: t_plan,
+            emit: t_emit,
+            deliver: t_deliver,
+            guard_cpu,
+        },
         before,
         &clock,
         &applied,

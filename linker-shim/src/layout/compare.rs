@@ -8,7 +8,7 @@
 //! own; the innermost type is.
 
 use super::model::{Field, Kind, Model, TypeRec, Variant};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 /// One type whose layout differs between the builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,13 +50,35 @@ impl TypeChange {
 
 /// Every type both builds describe whose layout differs, innermost first: a change explained by
 /// a changed field type alone is left out.
+#[cfg(test)]
 pub fn changed_types(old: &Model, new: &Model) -> Vec<TypeChange> {
+    changed_types_paired(old, new, &HashMap::new())
+}
+
+/// Whether two descriptions of a type have the same layout.
+pub fn same_layout(o: &TypeRec, n: &TypeRec) -> bool {
+    o.kind == n.kind && own_differences(o, n).is_empty() && size_and_alignment(o, n).is_empty()
+}
+
+/// [`changed_types`], where the types named in `paired` (old name → the new name of the same
+/// type, or `None`: no counterpart) are compared with that counterpart instead of by name
+/// (closures' captures: see [`super::closures`]).
+pub fn changed_types_paired(
+    old: &Model,
+    new: &Model,
+    paired: &HashMap<String, Option<String>>,
+) -> Vec<TypeChange> {
     let mut candidates = Vec::new();
     for (name, o) in &old.types {
         if o.kind == Kind::Other || old.variant_types.contains(name) {
             continue;
         }
-        let Some(n) = new.types.get(name) else { continue };
+        let counterpart = match paired.get(name) {
+            Some(Some(other)) => new.types.get(other),
+            Some(None) => None,
+            None => new.types.get(name),
+        };
+        let Some(n) = counterpart else { continue };
         let details = own_differences(o, n);
         let resized = size_and_alignment(o, n);
         if !details.is_empty() || !resized.is_empty() {

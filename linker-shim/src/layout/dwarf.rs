@@ -9,7 +9,7 @@
 
 #![allow(non_upper_case_globals)] // gimli names its DWARF constants as the standard does
 
-use super::model::{Field, FnRec, Kind, Model, StaticRec, TypeRec, Variant};
+use super::model::{ClosureFn, Field, FnRec, Kind, Model, StaticRec, TypeRec, Variant};
 use crate::error::{Context, Result};
 use gimli::constants::*;
 use gimli::{AttributeValue, EndianSlice, LittleEndian, UnitOffset};
@@ -111,7 +111,8 @@ struct Node<'d> {
 
 struct Nodes<'d> {
     nodes: Vec<Node<'d>>,
-    at: HashMap<UnitOffset, usize>,
+    /// Each kept entry's offset and node, in the order of the walk (increasing offsets).
+    at: Vec<(UnitOffset, usize)>,
     names: Vec<Option<String>>,
 }
 
@@ -148,7 +149,7 @@ fn wanted(tag: DwTag) -> bool {
 impl<'d> Nodes<'d> {
     fn collect(dwarf: &gimli::Dwarf<R<'d>>, unit: &gimli::Unit<R<'d>>) -> gimli::Result<Self> {
         let mut nodes: Vec<Node<'d>> = Vec::new();
-        let mut at = HashMap::new();
+        let mut at = Vec::new();
         // (depth, node) of the open ancestors; `None` for entries not kept (their subtree is
         // still walked, attached to the nearest kept ancestor).
         let mut stack: Vec<(isize, Option<usize>)> = Vec::new();
@@ -213,7 +214,7 @@ impl<'d> Nodes<'d> {
             if let Some(p) = parent {
                 nodes[p].children.push(index);
             }
-            at.insert(entry.offset(), index);
+            at.push((entry.offset(), index));
             nodes.push(node);
             stack.push((depth, Some(index)));
         }
@@ -222,7 +223,8 @@ impl<'d> Nodes<'d> {
     }
 
     fn get(&self, offset: Option<UnitOffset>) -> Option<usize> {
-        offset.and_then(|o| self.at.get(&o).copied())
+        let o = offset?;
+        self.at.binary_search_by_key(&o.0, |&(at, _)| at.0).ok().map(|i| self.at[i].1)
     }
 
     /// The qualified name of the type at node `i` (memoised).
@@ -237,7 +239,15 @@ impl<'d> Nodes<'d> {
         let name = match tag {
             DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type | DW_TAG_typedef => {
                 match name {
-                    Some(n) => self.qualified(i, n),
+                    Some(n) => {
+                        let path = self.qualified(i, n);
+                        if in_anonymous_block(&path) && tag != DW_TAG_typedef {
+                            let digest = self.layout_digest(i);
+                            format!("{path}#{digest:016x}")
+                        } else {
+                            path
+                        }
+                    }
                     None => self.target_name(ty),
                 }
             }
@@ -258,6 +268,29 @@ impl<'d> Nodes<'d> {
         };
         self.names[i] = Some(name.clone());
         name
+    }
+
+    /// A hash of what the layout guard compares of the type at node `i`: size, alignment, and
+    /// every member's name, offset and type, variants and enumerators included. Names a type
+    /// declared in an anonymous `const _` block (see [`in_anonymous_block`]).
+    fn layout_digest(&mut self, i: usize) -> u64 {
+        let mut text = String::new();
+        let mut todo = vec![i];
+        while let Some(at) = todo.pop() {
+            let node = &self.nodes[at];
+            let (tag, name, size, align, offset, discr, ty) =
+                (node.tag, node.name, node.size, node.align, node.member_offset, node.discr_value, node.ty);
+            let ty = if tag == DW_TAG_member { self.target_name(ty) } else { String::new() };
+            text.push_str(&format!(
+                "{}:{}:{size:?}:{align:?}:{offset:?}:{discr:?}:{ty};",
+                tag.0,
+                name.unwrap_or("")
+            ));
+            // A variant's struct is described beside its enum, not inside it: it is reached
+            // through the member's type, whose name carries its own digest.
+            todo.extend(self.nodes[at].children.iter().rev().copied());
+        }
+        xxhash_rust::xxh3::xxh3_64(text.as_bytes())
     }
 
     fn target_name(&mut self, ty: Option<UnitOffset>) -> String {
@@ -304,6 +337,21 @@ impl<'d> Nodes<'d> {
             let n = &self.nodes[at];
             if n.linkage.is_some() {
                 return n.linkage;
+            }
+            at = self.get(n.origin)?;
+        }
+        None
+    }
+
+    /// `app::main::{closure#2}` for the code of a closure or async block of a function that is not
+    /// generic (a generic one's closures are instances, named with their arguments).
+    fn closure_path(&self, i: usize) -> Option<String> {
+        let mut at = i;
+        for _ in 0..3 {
+            let n = &self.nodes[at];
+            if let Some(name) = n.name {
+                let numbered = name.starts_with("{closure#") || name.starts_with("{async_block#");
+                return (numbered && name.ends_with('}')).then(|| self.qualified(at, name));
             }
             at = self.get(n.origin)?;
         }
@@ -488,12 +536,16 @@ impl<'d> Nodes<'d> {
                 _ => {}
             }
         }
+        let path = crate::diff::names::path(linkage);
         locals.sort();
         locals.dedup();
         let generics = self.generics_of(i);
+        if let Some(path) = self.closure_path(i) {
+            model.closures.push(ClosureFn { path, linkage: linkage.to_string() });
+        }
         model.functions.push(FnRec {
             linkage: linkage.to_string(),
-            path: crate::diff::names::path(linkage),
+            path,
             params,
             ret,
             locals,
@@ -523,6 +575,17 @@ impl<'d> Nodes<'d> {
         }
         Vec::new()
     }
+}
+
+/// Whether a qualified type name goes through an anonymous `const _: () = { … };` block (a `_`
+/// namespace), where derive macros put their helper types: serde's derive puts one
+/// `…::_::{impl#0}::deserialize::__Field` per derived type, so distinct types of one module share
+/// that path, and rustc even describes them under one namespace entry. Such a path is no identity:
+/// the type is known by its path plus a digest of its layout ([`Nodes::layout_digest`]), so two of
+/// them are never compared with each other, and a change to one of them shows as a type gone and a
+/// type added (their values live inside the derived code's calls).
+fn in_anonymous_block(path: &str) -> bool {
+    path.starts_with("_::") || path.contains("::_::")
 }
 
 fn string<'d>(

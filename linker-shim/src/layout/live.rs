@@ -335,7 +335,14 @@ mod tests {
         let mut new = Model::default();
         new.types.insert("app::A".into(), strukt(16, &[("x", 0, "u64"), ("y", 8, "u64")]));
         let changes = changed_types(&old, &new);
-        Layouts { old, new, changes, crates: HashSet::from(["app".to_string()]), units_with_types: 1 }
+        Layouts {
+            old,
+            new,
+            changes,
+            crates: HashSet::from(["app".to_string()]),
+            units_with_types: 1,
+            ..Default::default()
+        }
     }
 
     fn reasons(l: &Layouts, unchanged: &[&str]) -> Vec<String> {
@@ -414,7 +421,14 @@ mod tests {
             new.types.insert(name.into(), strukt(16, &[("n", 0, "u64"), ("kept", 8, "u64")]));
             let changes = changed_types(&old, &new);
             assert_eq!(changes.len(), 1);
-            Layouts { old, new, changes, crates: HashSet::from(["app".to_string()]), units_with_types: 1 }
+            Layouts {
+                old,
+                new,
+                changes,
+                crates: HashSet::from(["app".to_string()]),
+                units_with_types: 1,
+                ..Default::default()
+            }
         };
         let hot = changed("app::job::{async_fn#0}::__ipbp_body::{async_fn_env#0}");
         assert!(reasons(&hot, &["app::run#sym"]).is_empty(), "{:?}", reasons(&hot, &["app::run#sym"]));

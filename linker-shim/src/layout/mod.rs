@@ -4,13 +4,18 @@
 //! A type's layout change changes the DWARF of every codegen unit that describes the type, so every
 //! unit that mentions a changed type is a changed unit for the diff. Reading the DWARF of the
 //! changed units alone — the base build's kept copies and the new objects — therefore sees every
-//! changed type, every static and function that can hold one, and keeps a patch's cost
-//! proportional to the edit ([`dwarf`], [`model`]). [`compare`] finds the types whose layout
+//! changed type, every static and function that can hold one ([`dwarf`], [`model`]). Patches are
+//! cumulative (every unit changed since the process started is a changed unit), so what each
+//! unit describes is kept on disk by the unit's content hash ([`cache`]): DWARF is read only for
+//! units this edit changed, and the rest of the guard's cost is that of the few thousand types of
+//! the workspace the changed units describe. [`compare`] finds the types whose layout
 //! differs; [`live`] decides where old values of them can still be, and refuses the patch then.
 //!
 //! The decision is made from code and types, not from hot points: it holds for a patch that
 //! switches hot points and for one that redirects every changed function's entry.
 
+pub mod cache;
+pub mod closures;
 pub mod compare;
 pub mod dwarf;
 pub mod live;
@@ -19,6 +24,7 @@ pub mod model;
 use crate::diff::Diff;
 use crate::error::{Context, Result};
 use crate::objects::units::Build;
+pub use cache::Cache;
 use compare::TypeChange;
 use model::Model;
 use std::collections::HashSet;
@@ -34,6 +40,8 @@ pub struct Layouts {
     pub changes: Vec<TypeChange>,
     /// Crates of the workspace (their functions are the program's own code).
     pub crates: HashSet<String>,
+    /// The closures of the changed units, paired across builds.
+    pub closures: closures::Closures,
     /// Changed units that describe types in their debug info (none when the build has no debug
     /// info, or line tables only: then layout changes cannot be seen).
     pub units_with_types: usize,
@@ -61,12 +69,12 @@ impl Verdict {
 }
 
 /// Reads the layouts of the diff's changed units in both builds and decides.
-pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Verdict> {
+pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Verdict> {
     // No definition changed: no new code can meet an old value (lines moved, comments edited).
     if diff.changed.is_empty() {
         return Ok(Verdict::default());
     }
-    let layouts = read(base, current, diff)?;
+    let layouts = read(base, current, diff, cache)?;
     let (refusals, live_statics) = live::refusals(&layouts, diff);
     let mut notes = Vec::new();
     if layouts.units_with_types == 0 && !diff.changed.is_empty() {
@@ -78,7 +86,18 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<V
 }
 
 /// The layouts the changed units describe, in both builds.
-pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<Layouts> {
+///
+/// Each unit's model is read from `cache` when it holds one for the unit's content hash, and
+/// kept there after its DWARF is read otherwise ([`cache`]).
+pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Layouts> {
+    let mut wrote = false;
+    // Every crate with a unit in either build: what a model keeps depends on them, and so does
+    // the name a unit's model is kept under.
+    let mut crates: Vec<String> =
+        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
+    crates.sort();
+    crates.dedup();
+    let cache = cache.for_crates(&crates);
     let mut layouts = Layouts::default();
     for (build, units, model) in [
         (base, &diff.changed_units_base, &mut layouts.old),
@@ -87,15 +106,36 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
         for &u in units {
             let unit = &build.units[u];
             layouts.crates.insert(unit.crate_name().to_string());
-            let described = dwarf::read(unit.bytes()?, model)
-                .with_context(|| format!("the debug info of {}", unit.origin()))?;
+            let described = match cache.load_into(unit.hash, model) {
+                Some(described) => described,
+                None => {
+                    let mut one = Model::default();
+                    let described = dwarf::read(unit.bytes()?, &mut one)
+                        .with_context(|| format!("the debug info of {}", unit.origin()))?;
+                    cache.save(unit.hash, &one, described);
+                    wrote = true;
+                    model.absorb(one);
+                    described
+                }
+            };
             if described > 0 {
                 layouts.units_with_types += 1;
             }
         }
     }
-    layouts.changes = compare::changed_types(&layouts.old, &layouts.new);
+    if wrote {
+        cache.bound();
+    }
+    layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
+    layouts.changes = compare::changed_types_paired(&layouts.old, &layouts.new, &layouts.closures.envs);
     Ok(layouts)
+}
+
+/// Why the old entry of the changed function `base_name` (the running build's symbol) must keep
+/// its code: it is a closure whose number now names another closure ([`closures`]). `None` for
+/// every other function.
+pub fn renumbered_closure<'l>(layouts: &'l Layouts, base_name: &str) -> Option<&'l str> {
+    layouts.closures.kept.get(crate::diff::names::canonical(base_name)).map(String::as_str)
 }
 
 /// Whether the function at `fn_path` (demangled, without hash: `app::tick`) changed its signature,

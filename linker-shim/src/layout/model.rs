@@ -94,15 +94,34 @@ pub struct FnRec {
     pub generics: Vec<String>,
 }
 
+/// A closure's or async block's function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosureFn {
+    /// `app::main::{closure#2}`, `app::main::{async_block#0}`.
+    pub path: String,
+    /// Its symbol.
+    pub linkage: String,
+}
+
+/// Type names are hashed with xxh3 (`KeyHasher`): loading a patch's unit models looks up every
+/// type of every changed unit, several times faster than with SipHash. The names come from our
+/// own builds' debug info: hash flooding is not a concern.
+pub type Names = std::hash::BuildHasherDefault<crate::objects::units::KeyHasher>;
+
 /// One build's side of the comparison.
 #[derive(Debug, Default)]
 pub struct Model {
     /// By qualified name (namespace path + name).
-    pub types: HashMap<String, TypeRec>,
+    pub types: HashMap<String, TypeRec, Names>,
     pub statics: Vec<StaticRec>,
     pub functions: Vec<FnRec>,
     /// Names of the structs that are an enum's variants (compared as part of their enum).
     pub variant_types: std::collections::HashSet<String>,
+    /// Closures and async blocks with code in the units, by their DWARF path
+    /// (`app::main::{closure#2}`, generic arguments left out) and symbol: rustc numbers them in
+    /// source order within their function, so the number is no identity across builds
+    /// ([`super::closures`]).
+    pub closures: Vec<ClosureFn>,
     /// `(type, trait)` for every vtable: values of the type can hide behind `dyn trait`. The trait
     /// is its path with the generic arguments the vtable's name gives (`core::ops::function::Fn<()>`):
     /// a closure behind `dyn Fn(u8)` is never behind `dyn Fn() -> String`.
@@ -129,6 +148,19 @@ pub fn vtable_of(name: &str) -> Option<(String, String)> {
 }
 
 impl Model {
+    /// Adds what another unit describes. A type described by several units is the same type
+    /// (anonymous ones are named by their layout: `dwarf`), so the first description is kept.
+    pub fn absorb(&mut self, unit: Model) {
+        for (name, rec) in unit.types {
+            self.types.entry(name).or_insert(rec);
+        }
+        self.statics.extend(unit.statics);
+        self.functions.extend(unit.functions);
+        self.variant_types.extend(unit.variant_types);
+        self.vtables.extend(unit.vtables);
+        self.closures.extend(unit.closures);
+    }
+
     /// The functions of the model with this path.
     pub fn functions_at<'m>(&'m self, path: &'m str) -> impl Iterator<Item = &'m FnRec> + 'm {
         self.functions.iter().filter(move |f| f.path == path)

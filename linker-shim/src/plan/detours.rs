@@ -47,9 +47,17 @@ pub(super) fn decide<'p, 'a: 'p>(
         // Callers built against the old function pass what it took: its entry may only lead to
         // new code that takes the same (the DWARF of both builds says).
         let path = crate::map::read::demangle(base_name);
-        let (entries, layout) = match signatures.change(&path, Some((base_name, mangled))) {
-            Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
-            None => (detour_entries(input.base, base_name), false),
+        // A closure's symbol follows its number: after closures were added, removed or moved, the
+        // old one may name another closure's new code (`layout::closures`).
+        let (entries, layout) = if let Some(reason) =
+            crate::layout::renumbered_closure(input.layouts, base_name)
+        {
+            (Err(crate::err!("{reason}")), false)
+        } else {
+            match signatures.change(&path, Some((base_name, mangled))) {
+                Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
+                None => (detour_entries(input.base, base_name), false),
+            }
         };
         planned.push(Detour { at, mangled, base_name, entries, layout });
     }

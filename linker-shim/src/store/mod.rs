@@ -78,6 +78,11 @@ impl IpbpDir {
         self.root.join("fingerprints.tsv")
     }
 
+    /// What each unit's debug info describes, by the unit's content hash (`layout::cache`).
+    pub fn layouts(&self) -> PathBuf {
+        self.root.join("layouts")
+    }
+
     pub fn patches(&self) -> PathBuf {
         self.root.join("patches")
     }

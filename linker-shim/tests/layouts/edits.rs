@@ -105,6 +105,48 @@ pub const NEW_STRUCT: Edit = &[
 /// Three lines inserted at the top: every panic location below moves, no code changes.
 pub const LINES_SHIFTED: Edit = &[("use std::cell::RefCell;", "use std::cell::RefCell;\n\n\n")];
 
+/// `Query` (parsed and dropped inside `step`) gains a field, and its `__Field` enum a variant; the
+/// `__Field` of `Upload`, in another anonymous block of the same module with the same path, is
+/// untouched and held by `Upload::parse`'s unchanged locals. The types share a path, not an
+/// identity: comparing one with the other refused this edit (issue 15, miniserve's serde types).
+pub const QUERY_FIELD_ADDED: Edit = &[
+    ("        pub sort: u32,\n    }", "        pub sort: u32,\n        pub order: u32,\n    }"),
+    ("                    __field1,\n                    __ignore,\n                }\n                fn field(key: &str) -> __Field {\n                    match key {\n                        \"path\"",
+     "                    __field1,\n                    __field2,\n                    __ignore,\n                }\n                fn field(key: &str) -> __Field {\n                    match key {\n                        \"order\" => __Field::__field2,\n                        \"path\""),
+    ("Query { path: 0, sort: 0 }", "Query { path: 0, sort: 0, order: 0 }"),
+    ("__Field::__field1 => query.sort = value as u32,", "__Field::__field1 => query.sort = value as u32,\n                        __Field::__field2 => query.order = value as u32,"),
+    ("query.path + query.sort,", "query.path + query.sort + query.order,"),
+];
+
+/// A closure added before `main`'s others (the `map` one and `label`, made at startup and called
+/// by `step` each step): they become `{closure#1}` and `{closure#2}`. With `step`'s message.
+pub const CLOSURE_ADDED_BEFORE: Edit = &[
+    (
+        "    let mut point = Point { x: 0, y: 0 };",
+        "    let origin = || Point { x: 0, y: 0 };\n    let mut point = origin();",
+    ),
+    ("let msg = \"hello\";", "let msg = \"added\";"),
+];
+
+/// The `map` closure before `label` removed: `label` becomes `{closure#0}`.
+pub const CLOSURE_REMOVED_BEFORE: Edit = &[
+    (
+        "(1..=2).map(|id| Item { id, weight: 10 * id }).collect();",
+        "vec![Item { id: 1, weight: 10 }, Item { id: 2, weight: 20 }];",
+    ),
+    ("let msg = \"hello\";", "let msg = \"removed\";"),
+];
+
+/// `label` moved above the `map` closure: the two swap numbers.
+pub const CLOSURES_MOVED: Edit = &[
+    ("    let name = String::from(\"lbl\");\n    let label = move || format!(\"{name}\");\n", ""),
+    (
+        "    let mut items: Vec<Item>",
+        "    let name = String::from(\"lbl\");\n    let label = move || format!(\"{name}\");\n    let mut items: Vec<Item>",
+    ),
+    ("let msg = \"hello\";", "let msg = \"moved\";"),
+];
+
 /// `Mode` gains a variant that the unchanged-signature-but-changed `mode_of` (not hot) makes every
 /// third step, and `step`'s message changes: `<Mode as Debug>::fmt` and `mode_of` receive or
 /// return the changed type, so their old entries are not redirected, and the new value must still

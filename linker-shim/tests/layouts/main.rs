@@ -200,7 +200,8 @@ fn layout_changes_with_live_old_values_are_refused() {
 
 /// Layout changes no old value can meet are applied: a struct made and dropped inside the changed
 /// function alone (a field added; its fields swapped while its derived `Clone` and `Default`
-/// compile the same), a new struct; fields swapped without a layout change, although the hot
+/// compile the same), a new struct; a field added to one of two types whose helper types share a
+/// path in anonymous blocks (serde's derive); fields swapped without a layout change, although the hot
 /// function's symbol hash changes with them (paired by path, never `Unchanged`); and an edit that
 /// only moves lines changes nothing.
 #[test]
@@ -235,6 +236,17 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
         .wait_for(mark, "the new struct", |l| fields(l).is_some_and(|_| scratch(l).1 == scratch(l).0 + 3007));
     assert!(consistent(&step), "{step}");
 
+    // Two types of one module share the path `…::_::{impl#0}::parse::__Field` (serde's derive
+    // shape); an edit of one is no change of the other, whose unchanged code holds one.
+    apply(&project, &original, edits::QUERY_FIELD_ADDED);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts"), "{run}");
+    assert!(!line.contains("__Field"), "{line}");
+    let step = app.wait_for(mark, "the new Query", |l| l.contains(" form=107/3"));
+    assert!(consistent(&step), "{step}");
+
     apply(&project, &original, edits::TALLY_FIELDS_SWAPPED);
     let mark = app.mark();
     let run = project.build();
@@ -258,6 +270,30 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     assert!(lines.iter().all(|l| !l.starts_with("Note ")), "moving lines reported a change: {run}");
     let mark = app.mark();
     healthy_step(&app, mark, "hello");
+}
+
+/// Closures are numbered in source order: adding one before `main`'s closures, removing one, or
+/// moving one renumbers the others, among them `label`, made at startup and called by `step`
+/// every step. Neither is a change of their captures: the edits are patched (`step`'s new message
+/// shows), and `label` goes on answering from the closure made at startup.
+#[test]
+fn added_removed_and_moved_closures_are_not_taken_for_each_other() {
+    let (project, app) = running_layouts();
+    let original = project.read(MAIN);
+    for (edit, msg) in [
+        (edits::CLOSURE_ADDED_BEFORE, "added"),
+        (edits::CLOSURE_REMOVED_BEFORE, "removed"),
+        (edits::CLOSURES_MOVED, "moved"),
+    ] {
+        apply(&project, &original, edit);
+        let mark = app.mark();
+        let run = project.build();
+        let line = status_for(&run, app.pid);
+        assert!(line.starts_with("Patched layouts"), "{msg}: {run}");
+        assert!(!line.contains("captures"), "{msg}: {line}");
+        let step = healthy_step(&app, mark, msg);
+        assert!(step.contains(" label=lbl "), "{msg}: {step}");
+    }
 }
 
 /// The same edit in a build with v0 symbol names (`-C symbol-mangling-version=v0`), which do not

@@ -3,9 +3,10 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! tally=<..> label=<..> scratch=<..> pos=<..> mode=<..> shown=<..> described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n`
-//! counts steps in `main`; every other number keeps
-//! growing as long as old and new code agree on where each value's fields are.
+//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> mode=<..> shown=<..> described=<..> at=<..>
+//! recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n` counts steps
+//! in `main`; every other number keeps growing as long as old and new code agree on where each
+//! value's fields are.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -65,6 +66,94 @@ struct Tally {
 struct Scratch {
     a: u32,
     b: u32,
+}
+
+/// Two types parsed from text inside `step` alone, each implementing `Parse` the way serde's derive
+/// implements `Deserialize`: inside an anonymous `const _` block, with a `__Field` enum of its own.
+/// Both enums have the path `layouts::forms::_::{impl#0}::parse::__Field` (rustc even describes
+/// them under one namespace entry), yet are distinct types.
+mod forms {
+    pub trait Parse: Sized {
+        fn parse(text: &str) -> Self;
+    }
+
+    pub struct Query {
+        pub path: u32,
+        pub sort: u32,
+    }
+
+    pub struct Upload {
+        pub name: u32,
+        pub size: u64,
+    }
+
+    /// `key=value,…` pairs, numbers only.
+    fn pairs(text: &str) -> impl Iterator<Item = (&str, u64)> {
+        text.split(',').map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, "0"));
+            (k, v.parse().unwrap_or(0))
+        })
+    }
+
+    #[allow(non_camel_case_types)]
+    const _: () = {
+        impl Parse for Query {
+            fn parse(text: &str) -> Self {
+                enum __Field {
+                    __field0,
+                    __field1,
+                    __ignore,
+                }
+                fn field(key: &str) -> __Field {
+                    match key {
+                        "path" => __Field::__field0,
+                        "sort" => __Field::__field1,
+                        _ => __Field::__ignore,
+                    }
+                }
+                let mut query = Query { path: 0, sort: 0 };
+                for (key, value) in pairs(text) {
+                    let which = field(key);
+                    match which {
+                        __Field::__field0 => query.path = value as u32,
+                        __Field::__field1 => query.sort = value as u32,
+                        __Field::__ignore => {}
+                    }
+                }
+                query
+            }
+        }
+    };
+
+    #[allow(non_camel_case_types)]
+    const _: () = {
+        impl Parse for Upload {
+            fn parse(text: &str) -> Self {
+                enum __Field {
+                    __field0,
+                    __field1,
+                    __ignore,
+                }
+                fn field(key: &str) -> __Field {
+                    match key {
+                        "name" => __Field::__field0,
+                        "size" => __Field::__field1,
+                        _ => __Field::__ignore,
+                    }
+                }
+                let mut upload = Upload { name: 0, size: 0 };
+                for (key, value) in pairs(text) {
+                    let which = field(key);
+                    match which {
+                        __Field::__field0 => upload.name = value as u32,
+                        __Field::__field1 => upload.size = value,
+                        __Field::__ignore => {}
+                    }
+                }
+                upload
+            }
+        }
+    };
 }
 
 /// Lives only as bytes in type-erased storage that `main` fills at startup (`store::Store`: a
@@ -147,6 +236,12 @@ fn step(
             format!("line:{a}:{b}")
         }
     };
+    let form = {
+        use forms::Parse;
+        let query = forms::Query::parse("path=3,sort=4,order=100");
+        let upload = forms::Upload::parse("name=1,size=2");
+        format!("{}/{}", query.path + query.sort, upload.name as u64 + upload.size)
+    };
     let mode = mode_of(n);
     let mut recent: Vec<Mode> = (n.saturating_sub(2)..=n).map(mode_of).collect();
     recent.sort();
@@ -171,7 +266,7 @@ fn step(
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} pos={pos} {modes}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} {modes}",
         point.x,
         point.y,
         tally.name,
