@@ -202,21 +202,29 @@ fn load(sealed: Sealed, file: &Path, start: u64, len: u64) -> Result<(), String>
     if handle.is_null() {
         return Err(format!("dlopen {}: {}", file.display(), dlerror()));
     }
-    // Mapped for good: its name (`/proc/self/fd/N`) must stay valid for symbolizers.
-    let functions = sealed.keep();
     let mut map: *mut LinkMap = std::ptr::null_mut();
     // SAFETY: RTLD_DI_LINKMAP writes a `struct link_map *`.
     let rc = unsafe { libc::dlinfo(handle, libc::RTLD_DI_LINKMAP, &mut map as *mut _ as *mut libc::c_void) };
     // SAFETY: on success `map` points at the loader's link map entry for the patch.
     if rc != 0 || map.is_null() || unsafe { (*map).l_addr } != 0 {
-        // Nothing of it ran and nothing refers to it; it stays mapped (RTLD_NODELETE) but unused.
+        // Nothing of it ran and nothing refers to it; it stays mapped (RTLD_NODELETE) but unused,
+        // under its descriptor's name (kept, so that name never means another file).
+        let _ = sealed.keep();
         return Err(format!(
             "{} was not loaded at the address it was linked for ({start:#x}); patch refused",
             file.display()
         ));
     }
+    // From now on the loader (and every debugger, symbolizer and later `dlopen` reading its list)
+    // knows the patch by its file, which ipbp-ld keeps while this process runs: the descriptor is
+    // closed. Where the names cannot be changed, the descriptor is kept so they stay valid.
+    let file = file.canonicalize().unwrap_or_else(|_| file.to_path_buf());
+    // SAFETY: `map` is the patch's own link map entry, just returned by the loader.
+    let named = unsafe { name_by_file(map, &path, &file) };
+    let functions = if named { sealed.close() } else { sealed.keep() };
+    let known_as = if named { file.as_path() } else { name.as_path() };
     // SAFETY: `map` is the patch's own link map entry, and no code of the patch can run yet.
-    if !unsafe { describe_as_library(map, start, &name) } && std::env::var_os("IPBP_LOG").is_some() {
+    if !unsafe { describe_as_library(map, start, known_as) } && std::env::var_os("IPBP_LOG").is_some() {
         eprintln!("[ipbp] backtraces will not name functions of {}", file.display());
     }
     symbols::add_patch(functions);
@@ -295,6 +303,43 @@ fn loader_sees(file: &Path, start: u64, phdrs: *const libc::Elf64_Phdr) -> bool 
     // SAFETY: the callback only reads the entries during the call.
     unsafe { libc::dl_iterate_phdr(Some(visit), &mut want as *mut Want as *mut libc::c_void) };
     want.ok
+}
+
+/// Makes the loader name the patch by `file` instead of `loaded_as` (its descriptor's path), in
+/// `l_name` — what `dl_iterate_phdr`, `r_debug` readers (gdb, lldb) and symbolizers see — and in
+/// the name list `dlopen` matches new requests against (so a later patch opened through a reused
+/// descriptor number is never taken for this one). Returns false, changing nothing, unless the
+/// entry is laid out as glibc's: after the public part come `l_real` (the entry itself), `l_ns`,
+/// then `l_libname`, a list whose one element names `loaded_as`.
+///
+/// Each change is one aligned pointer store, from one valid string to another (leaked: the entry
+/// lives for good), so a thread reading the list concurrently (another `dlopen`,
+/// `dl_iterate_phdr`) sees either name, both valid; a debugger stopping the process between the
+/// two stores sees a name it can open either way, since the descriptor is closed only after.
+unsafe fn name_by_file(map: *mut LinkMap, loaded_as: &CString, file: &Path) -> bool {
+    let Ok(file) = CString::new(file.as_os_str().as_bytes()) else { return false };
+    let words = map as *mut usize;
+    // SAFETY (whole function): `map` points at a live glibc link map entry, far larger than the
+    // words read; each pointer is checked before it is followed.
+    unsafe {
+        if *words.add(5) != map as usize {
+            return false;
+        }
+        // struct libname_list { const char *name; struct libname_list *next; int dont_free; }
+        let libname = *words.add(7) as *mut *const libc::c_char;
+        if libname.is_null() || (*libname).is_null() || !(*libname.add(1)).is_null() {
+            return false;
+        }
+        if std::ffi::CStr::from_ptr(*libname) != loaded_as.as_c_str()
+            || std::ffi::CStr::from_ptr((*map).l_name) != loaded_as.as_c_str()
+        {
+            return false;
+        }
+        let file = file.into_raw() as *const libc::c_char;
+        *libname = file;
+        (*map).l_name = file;
+    }
+    true
 }
 
 /// The public prefix of glibc's `struct link_map`.

@@ -5,9 +5,15 @@
 //! copies the file into a memfd, seals it (`F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK`, then
 //! `F_SEAL_SEAL`), and only then checks it — on the sealed bytes: the hash the request names, and
 //! that loading it can do nothing but map it in the planned range (see [`check`]). The loader then
-//! opens `/proc/self/fd/<memfd>`, which no one can change. The descriptor stays open for the life
-//! of the process, so backtrace symbolizers can still read the object by the name the loader
-//! gives it.
+//! opens `/proc/<pid>/fd/<memfd>`, which no one can change (by the numeric pid, not `/proc/self`:
+//! a debugger reading the loader's list at that moment opens the name in its own process, where
+//! `/proc/self/fd/<n>` is one of *its* descriptors — gdb 13 blocked forever reading its own pipe).
+//!
+//! Once loaded, the runtime names the object by the patch file and closes the descriptor
+//! ([`Sealed::close`]): a patch keeps no descriptor. Sealing still holds then: the loader's
+//! mappings keep the sealed inode alive, its seals belong to the inode, not to a descriptor, and
+//! with the last descriptor gone nothing can open it again (its `/proc/<pid>/fd` entry is gone;
+//! `map_files` needs `CAP_SYS_ADMIN`).
 
 use crate::elf::{self, Segment};
 use crate::symbols::FunctionTable;
@@ -29,14 +35,22 @@ pub struct Sealed {
 }
 
 impl Sealed {
-    /// The name to give the loader: the sealed copy, not the file.
+    /// The name to give the loader: the sealed copy, not the file, by a path any process that may
+    /// trace this one can open as well (debuggers read the loader's list and open its names).
     pub fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()))
     }
 
-    /// Keeps the descriptor open for good (the loaded object's name refers to it).
+    /// Keeps the descriptor open for good (the loaded object's name still refers to it).
     pub fn keep(self) -> FunctionTable {
         let _ = self.fd.into_raw_fd();
+        self.functions
+    }
+
+    /// Closes the descriptor, once the loaded object no longer goes by [`Sealed::path`]: its
+    /// mappings keep the sealed file alive, seals and all.
+    pub fn close(self) -> FunctionTable {
+        drop(self.fd);
         self.functions
     }
 }

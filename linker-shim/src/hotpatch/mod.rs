@@ -283,8 +283,15 @@ fn patch_process(
 
     let generation = hello.generation + 1;
     let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
-    let emitted =
-        emit_patch(&plan, reg, &loaded.image, program, generation, &patch_dir, tls.block_tp_offset)?;
+    let emitted = emit_patch(
+        &plan,
+        reg,
+        &loaded.image,
+        program,
+        (generation, &hello.patches),
+        &patch_dir,
+        tls.block_tp_offset,
+    )?;
     let t_emit = t0.elapsed();
 
     let installs =
@@ -449,7 +456,7 @@ fn emit_patch(
     reg: &Registration,
     image: &BaseImage<'_>,
     program: &str,
-    generation: u64,
+    (generation, loaded): (u64, &[(u64, u64, PathBuf)]),
     patch_dir: &Path,
     block_tp_offset: i64,
 ) -> Result<Emitted> {
@@ -461,7 +468,12 @@ fn emit_patch(
     let maps = deliver::address::mappings(reg.pid)?;
     let at = deliver::address::choose(&maps, image.span, layout.span)?;
     let emitted = emit::write(plan, &layout, at, TlsLayout { block_tp_offset })?;
-    let path = patch_dir.join(format!("patch-{generation}.so"));
+    // The process's loader names each loaded patch by its file (debuggers and symbolizers open
+    // it): an earlier attempt at this generation that was loaded but not installed keeps its file.
+    let path = std::iter::once(patch_dir.join(format!("patch-{generation}.so")))
+        .chain((1..).map(|n| patch_dir.join(format!("patch-{generation}.{n}.so"))))
+        .find(|p| !loaded.iter().any(|(_, _, l)| l == p))
+        .expect("an unbounded sequence of names");
     fs_err::create_dir_all(patch_dir).context("cannot create the patch directory")?;
     write_read_only(&path, &emitted.bytes).context("cannot write the patch")?;
     Ok(Emitted {

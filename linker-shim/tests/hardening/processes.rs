@@ -32,6 +32,16 @@ fn a_tampered_patch_file_does_not_change_the_running_program() {
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", app.pid)).unwrap();
     assert!(!maps.contains(&file.display().to_string()), "the program maps the patch file itself:\n{maps}");
     assert!(maps.contains("memfd:ipbp-patch"), "the program does not map a sealed copy:\n{maps}");
+    // ...and keeps no descriptor for it: the loader names the patch by its file.
+    let fds: Vec<_> = std::fs::read_dir(format!("/proc/{}/fd", app.pid))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .collect();
+    assert!(
+        !fds.iter().any(|l| l.to_string_lossy().contains("ipbp-patch")),
+        "the program keeps a descriptor per patch: {fds:?}"
+    );
 
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let bytes = std::fs::read(&file).unwrap();
