@@ -8,6 +8,8 @@
     scripts/bench.py --only P1b      the whole-workspace rebuild alone (its own section of
                                      BENCHMARKS.md; ~3 min with 7 rounds on 2 cores, more the
                                      first time)
+    scripts/bench.py --only P10      a working day: one counter patched --patches times (default
+                                     1000, ~30 min on 2 cores) by real builds; its own section
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
@@ -37,6 +39,7 @@ from bench_apps import (  # noqa: E402
     HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, http_get, log, run, settle,
     step, write_wrappers,
 )
+import bench_workday  # noqa: E402
 from bench_report import (  # noqa: E402
     BENCHMARKS_MD, machine, p1b_md, report_md, summarize, write_benchmarks_md,
 )
@@ -359,6 +362,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
     ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    ap.add_argument("--patches", type=int, default=1000, help="patches in a row for P10 (default 1000)")
     args = ap.parse_args()
     if args.rounds < 1:
         sys.exit("bench: --rounds must be at least 1")
@@ -388,6 +392,8 @@ def main():
         needed.add("scaled")
     if "P5" in only:
         needed.add("hotcall")
+    if "P10" in only:
+        needed.add("counter")
     for name in sorted(needed):
         app = apps[name]
         step(f"preparing {name} ({'plain linker' if app.plain else 'through ipbp-ld'})")
@@ -403,7 +409,9 @@ def main():
         p1(args, results)
     if needed & {"web"}:
         web_rounds(args, results, apps["web"], apps["web-plain"])
-    if needed & {"counter"}:
+    if "P10" in only:
+        bench_workday.run(args, results, apps["counter"])
+    if only & {"P3", "P4", "P7", "P8"}:
         counter_rounds(args, results, apps["counter"], apps["counter-plain"], apps["scaled"])
     if only & {"P6", "P8", "P9"}:
         hundred_rounds(args, results, apps["scaled"])
@@ -416,8 +424,10 @@ def main():
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B"}:
+    if only - {"P1B", "P10"}:
         sections["bench"] = report_md(results, fig, args)
+    if "P10" in results:
+        sections["bench:p10"] = bench_workday.md(results, args)
     if "P1b" in results:
         sections["bench:p1b"] = p1b_md(results, args)
     for section in sections.values():

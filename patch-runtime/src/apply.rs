@@ -19,12 +19,16 @@ pub struct State {
     pub generation: u64,
     data: Vec<LedgerEntry>,
     tls: Vec<LedgerEntry>,
-    patches: Vec<(u64, u64, PathBuf)>,
+    /// Patches loaded whose functions no install has settled yet (normally the newest only):
+    /// the next patch sends them on for good.
+    unsettled: Vec<(u64, u64, PathBuf)>,
+    /// How many patches are loaded in all.
+    loaded: u64,
 }
 
 impl State {
     pub fn new(image: Image) -> Self {
-        State { image, generation: 0, data: Vec::new(), tls: Vec::new(), patches: Vec::new() }
+        State { image, generation: 0, data: Vec::new(), tls: Vec::new(), unsettled: Vec::new(), loaded: 0 }
     }
 
     pub fn hello(&self) -> Hello {
@@ -40,7 +44,9 @@ impl State {
             detours,
             data: self.data.clone(),
             tls: self.tls.clone(),
-            patches: self.patches.clone(),
+            patches: self.unsettled.clone(),
+            loaded: self.loaded,
+            settled: install::settled() as u64,
         }
     }
 
@@ -96,14 +102,17 @@ impl State {
         };
         validate::targets(&req, sealed.as_ref().map(|s| &s.functions))?;
 
+        let mut loaded = None;
         if let (Some(file), Some(sealed), Some((start, len))) = (&req.file, sealed, new_range) {
             load(sealed, file, start, len)?;
-            self.patches.push((start, len, file.clone()));
+            self.loaded += 1;
+            loaded = Some((start, len, file.clone()));
         }
         let load_us = started.elapsed().as_micros() as u64;
 
         let installed = Instant::now();
-        let desired = Desired { slots: req.slots, redirects: req.redirects, detours: req.detours };
+        let desired =
+            Desired { slots: req.slots, redirects: req.redirects, detours: req.detours, settle: req.settle };
         let info = PatchInfo {
             generation: self.generation + 1,
             changed: req.changed,
@@ -112,7 +121,15 @@ impl State {
             summary: req.summary,
         };
         let log = std::env::var_os("IPBP_LOG").is_some().then(|| info.summary.clone());
-        let outcome = install::now_or_at_safe_point(desired, info)?;
+        let outcome = install::now_or_at_safe_point(desired, info);
+        // The request was planned against the patches `hello` listed unsettled, and settled their
+        // functions: from now on only the new patch is. A failed install settled nothing, and
+        // leaves the new patch loaded but never live: both are settled by the next one.
+        if outcome.is_ok() {
+            self.unsettled.clear();
+        }
+        self.unsettled.extend(loaded);
+        let outcome = outcome?;
         let install_us = installed.elapsed().as_micros() as u64;
 
         self.data.extend(req.data);
@@ -227,7 +244,7 @@ fn load(sealed: Sealed, file: &Path, start: u64, len: u64) -> Result<(), String>
     if !unsafe { describe_as_library(map, start, known_as) } && std::env::var_os("IPBP_LOG").is_some() {
         eprintln!("[ipbp] backtraces will not name functions of {}", file.display());
     }
-    symbols::add_patch(functions);
+    symbols::add_patch(start, len, functions);
     Ok(())
 }
 
@@ -363,15 +380,38 @@ fn dlerror() -> String {
     }
 }
 
-/// The first line of `/proc/self/maps` overlapping `[start, start+len)`, if any.
+/// What is mapped in `[start, start+len)`, if anything.
+///
+/// Asked of the kernel directly rather than read from `/proc/self/maps`, whose length grows with
+/// every patch loaded (three mappings each): a `PROT_NONE` reservation with
+/// `MAP_FIXED_NOREPLACE` fails with `EEXIST` exactly when some page of the range is mapped, and
+/// is undone at once. (A kernel older than 4.17 takes the flag for a hint and may place it
+/// elsewhere: that counts as taken too.) The reservation is never touched and lives for two
+/// system calls; nothing else of the process maps into ipbp's patch range meanwhile, since the
+/// listener applies one request at a time and the loader maps the patch only after this.
 fn mapped_overlap(start: u64, len: u64) -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .find(|l| {
-            let range = l.split(' ').next().unwrap_or("");
-            let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
-            let (a, b) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(b, 16).unwrap_or(0));
-            a < start.saturating_add(len) && start < b
-        })
-        .map(str::to_string)
+    let size = usize::try_from(len).ok()?;
+    // SAFETY: a fresh anonymous PROT_NONE mapping that replaces nothing (NOREPLACE); unmapped
+    // below only when it is ours (it landed at `start`).
+    let at = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            size,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        return Some(if e.raw_os_error() == Some(libc::EEXIST) {
+            "something is mapped there".to_string()
+        } else {
+            format!("cannot reserve it: {e}")
+        });
+    }
+    // SAFETY: `at` is the mapping just made, of `size` bytes, which nothing uses.
+    unsafe { libc::munmap(at, size) };
+    (at as u64 != start).then(|| "the kernel placed a probe elsewhere".to_string())
 }

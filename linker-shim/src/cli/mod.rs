@@ -1,10 +1,11 @@
-//! `ipbp-ld <subcommand>`: inspecting binaries and recorded maps.
+//! `ipbp-ld <subcommand>`: inspecting binaries, recorded maps and running programs.
 //!
 //! Exit codes: 0 success, 1 nothing found, 2 bad usage or unreadable input (clap's own usage errors
 //! are 2 as well).
 
 mod diff;
 mod map;
+mod status;
 mod symbols;
 
 use crate::error::Error;
@@ -16,7 +17,8 @@ use std::ffi::OsString;
 use std::path::Path;
 
 /// The words that make `ipbp-ld` a command-line tool instead of a linker.
-pub const SUBCOMMANDS: &[&str] = &["symbols", "map", "diff", "help", "--help", "-h", "--version", "-V"];
+pub const SUBCOMMANDS: &[&str] =
+    &["symbols", "map", "diff", "status", "help", "--help", "-h", "--version", "-V"];
 
 /// ipbp's linker: put `linker = "ipbp-ld"` in .cargo/config.toml and build as usual.
 ///
@@ -38,6 +40,9 @@ enum Command {
     Map(map::Args),
     /// Compare the symbols of two binaries or maps.
     Diff(diff::Args),
+    /// Show what running programs hold after their patches (patches, memory, mappings,
+    /// descriptors), to decide when to restart one.
+    Status(status::Args),
 }
 
 pub enum Outcome {
@@ -51,6 +56,7 @@ pub fn run(args: Vec<OsString>) -> ! {
         Command::Symbols(a) => symbols::run(a),
         Command::Map(a) => map::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Status(a) => status::run(a),
     };
     match result {
         Ok(Outcome::Found) => std::process::exit(0),

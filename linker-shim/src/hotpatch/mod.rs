@@ -23,7 +23,7 @@ use crate::timing::Clock;
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, Hello, LedgerEntry};
 use ipbp::registry::{self, OpenError, Registration, Registry};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -297,8 +297,13 @@ fn patch_process(
     let installs =
         installs(&plan, &emitted.chunk_addr, mode, &hello, &patch_dir, &d, &loaded.image, &mut notes);
     let summary = summarize(&plan.report, plan.chunks.is_empty());
+    let homes = installs.homes.clone();
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
+    if let Some(homes) = homes {
+        let _ = fs_err::create_dir_all(&patch_dir);
+        let _ = homes.write(&patch_dir);
+    }
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
     let timings = manifest::Timings::new(
@@ -465,8 +470,8 @@ fn emit_patch(
     }
     let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
     let layout = emit::layout(plan, &soname);
-    let maps = deliver::address::mappings(reg.pid)?;
-    let at = deliver::address::choose(&maps, image.span, layout.span)?;
+    let lowest = loaded.iter().map(|p| p.0).min();
+    let at = deliver::address::place(reg.pid, image.span, layout.span, lowest)?;
     let emitted = emit::write(plan, &layout, at, TlsLayout { block_tp_offset })?;
     // The process's loader names each loaded patch by its file (debuggers and symbolizers open
     // it): an earlier attempt at this generation that was loaded but not installed keeps its file.
@@ -489,7 +494,11 @@ struct Installs {
     slots: Vec<(u64, u64)>,
     redirects: Vec<(u64, u64)>,
     detours: Vec<(u64, u64)>,
+    /// Functions of earlier patches sent on for good.
+    settle: Vec<(u64, u64)>,
     data: Vec<LedgerEntry>,
+    /// The homes of functions patches added, to record once the patch is applied.
+    homes: Option<deliver::chain::Homes>,
 }
 
 /// Maps the plan's installs to the emitted chunks' addresses; in place, also sends the functions
@@ -515,7 +524,9 @@ fn installs(
             Install::Detour(entry) => detours.push((entry, chunk_addr[chunk])),
         }
     }
-    if mode == plan::Mode::InPlace && !hello.patches.is_empty() {
+    let mut settle = Vec::new();
+    let mut homes = None;
+    if mode == plan::Mode::InPlace {
         // A function of an earlier patch is known there by the name of its build: the current
         // name, or the one the image has when the diff paired the two by path.
         let mut newest: HashMap<&str, u64> = HashMap::new();
@@ -525,17 +536,19 @@ fn installs(
                 newest.insert(d.base_name(name), at + offset);
             }
         }
-        let chain = deliver::chain::earlier_patches(patch_dir, &hello.patches, &newest, image);
-        // An image entry this patch redirects itself is no place to go back to: go where it goes.
-        let redirected: HashMap<u64, u64> = detours.iter().copied().collect();
-        detours.extend(
-            chain.detours.into_iter().map(|(at, to)| (at, redirected.get(&to).copied().unwrap_or(to))),
-        );
+        let live: HashSet<u64> = hello.detours.iter().map(|d| d.0).collect();
+        let known = deliver::chain::Homes::read(patch_dir, &live);
+        let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
+        let chain =
+            deliver::chain::earlier_patches(patch_dir, &hello.patches, known, &newest, &redirected, image);
+        detours.extend(chain.live);
+        settle = chain.settle;
         for f in chain.unfit {
             notes.push(format!(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
             ));
         }
+        homes = Some(chain.homes);
     }
     // One entry, one jump. A mangled name defined in two changed objects (a local instance two
     // codegen units each have, an object given twice) is the same code twice: either copy will do.
@@ -546,7 +559,7 @@ fn installs(
         .iter()
         .map(|(name, c)| LedgerEntry { addr: chunk_addr[*c], size: plan.chunks[*c].size, name: name.clone() })
         .collect();
-    Installs { slots, redirects, detours, data }
+    Installs { slots, redirects, detours, settle, data, homes }
 }
 
 /// The request that asks the process to load and install the patch.
@@ -558,7 +571,7 @@ fn request(
     installs: Installs,
     summary: &str,
 ) -> Apply {
-    let Installs { slots, redirects, detours, data } = installs;
+    let Installs { slots, redirects, detours, settle, data, homes: _ } = installs;
     Apply {
         build_id: reg.build_id.clone(),
         load_bias: hello.load_bias,
@@ -569,6 +582,7 @@ fn request(
         slots,
         redirects,
         detours,
+        settle,
         data,
         tls: plan.new_tls.clone(),
         summary: summary.to_string(),
