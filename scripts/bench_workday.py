@@ -84,8 +84,8 @@ def md(results, args):
         f"after each patch (before the first: {start['fds']} descriptors, {start['maps']} mappings, "
         f"RSS {start['rss_kib'] / 1024:.1f} MB).",
         "",
-        f"| | patches 1–{w} (median) | patches {n - w + 1}–{n} (median) | last ÷ first | "
-        f"patch {tenth['patch']} | patch {nth['patch']} |",
+        f"| | patches 1–{w}: median (fastest) | patches {n - w + 1}–{n}: median (fastest) | last ÷ first "
+        f"(medians) | patch {tenth['patch']} | patch {nth['patch']} |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for key, label, fmt in [
@@ -98,9 +98,10 @@ def md(results, args):
         ("maps", "memory mappings of the program", "{:.0f}"),
         ("rss_kib", "RSS, KiB", "{:.0f}"),
     ]:
+        low = lambda rs: fmt.format(min(r[key] for r in rs))
         lines.append(
-            f"| {label} | {fmt.format(med(first, key))} | {fmt.format(med(last, key))} | "
-            f"{ratio(key):.2f} | {fmt.format(tenth[key])} | {fmt.format(nth[key])} |"
+            f"| {label} | {fmt.format(med(first, key))} ({low(first)}) | {fmt.format(med(last, key))} "
+            f"({low(last)}) | {ratio(key):.2f} | {fmt.format(tenth[key])} | {fmt.format(nth[key])} |"
         )
     growth = (nth["maps"] - tenth["maps"]) / max(1, nth["patch"] - tenth["patch"])
     rss = (nth["rss_kib"] - tenth["rss_kib"]) / max(1, nth["patch"] - tenth["patch"])

@@ -280,6 +280,11 @@ mod tests {
         assert!(targets(&Apply { redirects: vec![(f, f)], ..req() }, None)
             .unwrap_err()
             .contains("of a patch"));
+        // A settled jump starts at a function of an earlier patch, never at the program's own.
+        let g = ranges_and_ledgers_are_bounded as fn() as usize as u64;
+        assert!(targets(&Apply { settle: vec![(f, g)], ..req() }, None)
+            .unwrap_err()
+            .contains("earlier patch"));
         let new = FunctionTable::new(vec![(0x5000_0000_0000, 64)]);
         assert_eq!(targets(&Apply { redirects: vec![(f, 0x5000_0000_0000)], ..req() }, Some(&new)), Ok(()));
     }

@@ -11,6 +11,7 @@ mod support;
 
 mod edits;
 mod recording;
+mod workday;
 
 use support::live::{scenario, status_for, status_lines, Running, Tick};
 use support::Project;
