@@ -11,6 +11,8 @@
     scripts/bench.py --only P10      a working day: one counter patched --patches times (default
                                      1000, ~30 min on 2 cores) by real builds; its own section
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
+    scripts/bench.py --only P3L      P3 when the link fails after the patch went live (its own
+                                     section of BENCHMARKS.md; counter only)
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
 crates), `scaled` (counter plus 5000 generated functions in the binary and three workspace crates,
@@ -36,8 +38,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_apps import (  # noqa: E402
-    HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, http_get, log, run, settle,
-    step, write_wrappers,
+    HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, http_get, log, median, run,
+    settle, step, write_wrappers,
 )
 import bench_workday  # noqa: E402
 from bench_report import (  # noqa: E402
@@ -276,6 +278,77 @@ def restart_counter(app, variant):
     return restart_parts(app, t0, t1, t_tick, "start to first tick")
 
 
+# An edit that compiles but cannot link: the program asks for a library that does not exist.
+LINK_FAILURE = ("static TICKS", '#[link(name = "ipbp_bench_missing_library")]\nextern "C" {}\n\nstatic TICKS')
+
+
+def status_ms(line):
+    """`N` of a status line's `…, N ms after rustc called ipbp-ld`."""
+    head = line.split(" ms after rustc called ipbp-ld")[0]
+    return float(head.rsplit(" ", 1)[1])
+
+
+def link_failure_rounds(args, results, counter, counter_plain):
+    """P3L: ipbp-ld applies a patch while the real linker runs, and returns the program to its last
+    good build if the link fails. Each round: a good edit (P3 as usual), then an edit whose link
+    fails (the patch goes live, then the `Reverted` line), then the same link with the plain
+    linker: what waiting for the link before applying would add to P3."""
+    step("P3L: apply at once, revert when the link fails (counter)")
+    proc = Process(counter.program(), counter.dir, app_env({"COUNTER_PERIOD_MS": "50"}))
+    main_rs = os.path.join(counter.dir, "src", "main.rs")
+    rows = []
+    try:
+        proc.wait_for(lambda l: l.startswith("tick "))
+        proc.wait_registered()
+        patcher = Patcher(counter, proc, COUNTER_EDIT, ("good1", "good2"))
+        for r in range(args.rounds):
+            good = patcher.once(r)
+            proc.wait_for(lambda l: f"msg={good['variant']} " in l)
+            counter.edit(COUNTER_EDIT, "unlinked")
+            text = open(main_rs).read()
+            open(main_rs, "w").write(text.replace(*LINK_FAILURE, 1))
+            p = run(["cargo", "build"], cwd=counter.dir, env=counter.env(), check=False)
+            open(main_rs, "w").write(text)
+            counter.edit(COUNTER_EDIT, good["variant"])
+            counter.wait_for_recording()
+            lines = [l.strip() for l in p.stderr.splitlines() if f"(pid {proc.pid})" in l]
+            patched = [l for l in lines if l.startswith("Patched")]
+            reverted = [l for l in lines if l.startswith("Reverted")]
+            if p.returncode == 0 or not patched or not reverted:
+                sys.exit(f"bench: expected a failed link, `Patched`, then `Reverted`:\n{p.stderr}")
+            patcher.generation += 2  # the patch, and the request that undid it
+            mark = proc.mark()
+            proc.wait_for(lambda l: f"msg={good['variant']} " in l, since=mark)
+            restart = restart_counter(counter_plain, f"plain{r}")
+            row = {"applied_ms": good["manifest"]["timings"]["applied_ms"],
+                   "failing_applied_ms": status_ms(patched[0]), "reverted_ms": status_ms(reverted[0]),
+                   "link_ms": restart["parts"]["link (plain cc)"]}
+            rows.append(row)
+            log(f"  round {r + 1}/{args.rounds}: good edit live {row['applied_ms']:.0f} ms after rustc called "
+                f"ipbp-ld; failing link: live after {row['failing_applied_ms']:.0f} ms, reverted after "
+                f"{row['reverted_ms']:.0f} ms; the plain link takes {row['link_ms']:.0f} ms")
+    finally:
+        proc.stop()
+    results["P3L"] = rows
+
+
+def p3l_md(results, args):
+    rows = results["P3L"]
+    med = {k: median([r[k] for r in rows]) for k in rows[0]}
+    when = time.strftime("%Y-%m-%d %H:%M", time.localtime())
+    return "\n".join([
+        f"Measured {when} by `scripts/bench.py --only P3L --rounds {args.rounds}` (counter; medians; load "
+        f"average {os.getloadavg()[0]:.2f} at the end).",
+        "",
+        "| | ms after rustc called ipbp-ld |",
+        "|---|---:|",
+        f"| P3, a good edit: applied at once, while the real linker runs | {med['applied_ms']:.1f} |",
+        f"| P3 if ipbp-ld waited for the link first: at least the link itself (plain `cc`, same edit) | ≥ {med['link_ms']:.1f} |",
+        f"| an edit whose link fails: its patch live | {med['failing_applied_ms']:.1f} |",
+        f"| … and the program back on the last good build (`Reverted`) | {med['reverted_ms']:.1f} |",
+    ])
+
+
 # Threads calling the 100 functions while P6 installs them in place.
 BUSY_THREADS = 8
 
@@ -386,6 +459,8 @@ def main():
     needed = set()
     if only & {"P3", "P4", "P7", "P8"}:
         needed |= {"counter", "counter-plain", "scaled"}
+    if "P3L" in only:
+        needed |= {"counter", "counter-plain"}
     if only & {"P2", "P3", "P7", "P8"}:
         needed |= {"web", "web-plain"}
     if only & {"P6", "P8", "P9"}:
@@ -411,8 +486,10 @@ def main():
         web_rounds(args, results, apps["web"], apps["web-plain"])
     if "P10" in only:
         bench_workday.run(args, results, apps["counter"])
-    if only & {"P3", "P4", "P7", "P8"}:
+    if needed & {"counter"} and only & {"P3", "P4", "P7", "P8"}:
         counter_rounds(args, results, apps["counter"], apps["counter-plain"], apps["scaled"])
+    if "P3L" in only:
+        link_failure_rounds(args, results, apps["counter"], apps["counter-plain"])
     if only & {"P6", "P8", "P9"}:
         hundred_rounds(args, results, apps["scaled"])
     if "P5" in only:
@@ -424,8 +501,10 @@ def main():
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B", "P10"}:
+    if only - {"P1B", "P3L", "P10"}:
         sections["bench"] = report_md(results, fig, args)
+    if "P3L" in results:
+        sections["bench:p3l"] = p3l_md(results, args)
     if "P10" in results:
         sections["bench:p10"] = bench_workday.md(results, args)
     if "P1b" in results:

@@ -6,7 +6,9 @@
 //! 2. Start the real linker. While it runs, if the executable links the `ipbp` runtime (its
 //!    [`Role`]), fingerprint and keep the inputs ([`capture::inputs`]) and build a patch for every
 //!    running process of this program ([`crate::hotpatch`]).
-//! 3. When the link succeeded, record the build ([`crate::map`]).
+//! 3. When the link succeeded, record the build ([`crate::map`]). When it failed, return every
+//!    process patched in step 2 to its last good build ([`crate::hotpatch::revert`]): the program
+//!    never runs code of a build that produced no executable.
 //! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
 //!    change the result of the link.
 
@@ -75,12 +77,14 @@ pub fn run(args: Vec<OsString>) -> ! {
     before.step("start the linker");
     let mut inputs = inputs::resolve(&cmd, &cwd);
     before.step("list inputs");
+    let mut delivered = Vec::new();
     let lease = role.keeps_inputs().then(|| {
         let lease = StoreLease::take(&dir);
         let fingerprinted = inputs::fingerprint(&mut inputs, &dir);
         before.step("fingerprint inputs");
         guarded(&mut status, "patching running processes", |status| {
-            crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
+            delivered =
+                crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
         });
         // Only a later patch, against this build, reads the copies: kept after this one.
         if let Err(e) = inputs::keep_copies(&mut inputs, fingerprinted, &dir) {
@@ -97,8 +101,13 @@ pub fn run(args: Vec<OsString>) -> ! {
         }
     };
     if exit.success() {
+        drop(delivered); // the patches stand: their processes are unlocked
         guarded(&mut status, "recording the build", |status| {
             record_build(&output, role, inputs, lease, &dir, status)
+        });
+    } else {
+        guarded(&mut status, "returning running programs to the last good build", |status| {
+            crate::hotpatch::revert::link_failed(called, delivered, status)
         });
     }
     exit_like(exit)

@@ -19,8 +19,9 @@ pub struct State {
     pub generation: u64,
     data: Vec<LedgerEntry>,
     tls: Vec<LedgerEntry>,
-    /// Patches loaded whose functions no install has settled yet (normally the newest only):
-    /// the next patch sends them on for good.
+    /// Patches loaded whose functions no install has settled yet, in load order (normally the two
+    /// newest): the next patch settles all but the newest, and sends that one's on with live
+    /// jumps.
     unsettled: Vec<(u64, u64, PathBuf)>,
     /// How many patches are loaded in all.
     loaded: u64,
@@ -111,6 +112,7 @@ impl State {
         let load_us = started.elapsed().as_micros() as u64;
 
         let installed = Instant::now();
+        let settled_patches = req.settled_patches;
         let desired =
             Desired { slots: req.slots, redirects: req.redirects, detours: req.detours, settle: req.settle };
         let info = PatchInfo {
@@ -122,11 +124,12 @@ impl State {
         };
         let log = std::env::var_os("IPBP_LOG").is_some().then(|| info.summary.clone());
         let outcome = install::now_or_at_safe_point(desired, info);
-        // The request was planned against the patches `hello` listed unsettled, and settled their
-        // functions: from now on only the new patch is. A failed install settled nothing, and
-        // leaves the new patch loaded but never live: both are settled by the next one.
+        // The request was planned against the patches `hello` listed unsettled. A failed install
+        // settled nothing, and leaves the new patch loaded but never live: the next one sees it.
         if outcome.is_ok() {
-            self.unsettled.clear();
+            // ipbp-ld settled the patches it names; the one live code ran in is sent on with live
+            // jumps this time (so a failed link can still return to its code) and stays listed.
+            self.unsettled.retain(|p| !settled_patches.contains(&p.0));
         }
         self.unsettled.extend(loaded);
         let outcome = outcome?;

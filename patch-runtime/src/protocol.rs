@@ -14,6 +14,7 @@
 //!                         redirect 0x55d1c0a3b2f0 0x55d140001a40
 //!                         detour 0x55d1c0a3c120 0x55d140000300
 //!                         settle 0x55d140000040 0x55d1c0a3c120
+//!                         settled-patch 0x55d140010000
 //!                         data 0x55d140004000 8 _ZN4demo9NEW_STATIC17h…E
 //!                         tls 64 40 _ZN4demo5CACHE…E
 //!                         summary 2 changed, 1 added
@@ -69,6 +70,9 @@ pub struct Apply {
     /// Function entry of an earlier patch → anchor: a jump written for good (never named again,
     /// never reverted by a later set).
     pub settle: Vec<(u64, u64)>,
+    /// Start of each earlier patch this request is done with (its functions settled, or left
+    /// with their code): the process stops listing them in `hello`.
+    pub settled_patches: Vec<u64>,
     pub data: Vec<LedgerEntry>,
     pub tls: Vec<LedgerEntry>,
     /// Human summary for the program's own log line.
@@ -103,8 +107,9 @@ pub struct Hello {
     pub detours: Vec<(u64, u64)>,
     pub data: Vec<LedgerEntry>,
     pub tls: Vec<LedgerEntry>,
-    /// Patch libraries loaded whose functions are not yet sent on for good (normally the newest
-    /// only): start, length, path. The next patch settles them.
+    /// Patch libraries loaded whose functions are not yet sent on for good, in load order
+    /// (normally the two newest): start, length, path. The next patch settles all but the one
+    /// live code runs in (names them in `settled-patch`), whose functions it sends on live.
     pub patches: Vec<(u64, u64, PathBuf)>,
     /// How many patch libraries the process holds in all.
     pub loaded: u64,
@@ -196,6 +201,9 @@ impl Request {
                 pairs(&mut s, "redirect", &a.redirects);
                 pairs(&mut s, "detour", &a.detours);
                 pairs(&mut s, "settle", &a.settle);
+                for p in &a.settled_patches {
+                    line(&mut s, "settled-patch", format_args!("{p:#x}"));
+                }
                 entries(&mut s, "data", &a.data);
                 entries(&mut s, "tls", &a.tls);
                 if !a.summary.is_empty() {
@@ -244,6 +252,7 @@ impl Request {
                     redirects: all(&f, "redirect", parse_pair)?,
                     detours: all(&f, "detour", parse_pair)?,
                     settle: all(&f, "settle", parse_pair)?,
+                    settled_patches: all(&f, "settled-patch", parse_hex)?,
                     data: all(&f, "data", parse_entry)?,
                     tls: all(&f, "tls", parse_entry)?,
                     summary: f.get("summary").unwrap_or("").to_string(),
@@ -368,6 +377,7 @@ mod tests {
             redirects: vec![(0x30, 0x40), (0x50, 0x60)],
             detours: vec![(0x70, 0x80)],
             settle: vec![(0x90, 0x70)],
+            settled_patches: vec![0x5500_0000_0000],
             data: vec![LedgerEntry { addr: 0x70, size: 8, name: "_ZN3app3NEW17h0E".into() }],
             tls: vec![LedgerEntry { addr: 64, size: 40, name: "tls name".into() }],
             summary: "1 changed".into(),

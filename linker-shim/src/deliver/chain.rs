@@ -6,9 +6,12 @@
 //! own patch's functions directly. So every function of an earlier patch gets a jump too.
 //!
 //! Patches are cumulative (each carries every function changed since the process started), so
-//! when a patch arrives, *every* function of the patches before it is superseded at once. Each is
-//! sent, for good (`settle` in the request), to an **anchor** that always leads to the function's
-//! current version, so its jump never has to change again:
+//! when a patch arrives, *every* function of the patches before it is superseded at once. The
+//! patch live code runs in until now gets live jumps to the new versions (part of the request's
+//! whole set, so a failed link can still send the process back to that patch's code, see
+//! `hotpatch/revert.rs`); every older patch the process still lists is **settled**: each of its
+//! functions sent, for good (`settle` in the request), to an **anchor** that always leads to the
+//! function's current version, so its jump never has to change again:
 //!
 //! - a function the image has, whose image entry the new patch redirects (or does not touch,
 //!   because the edit was reverted): its anchor is that image entry, which jumps to the newest
@@ -19,7 +22,7 @@
 //!   from the newest patch is dropped: it and the copies settled on it keep the home's code.
 //!
 //! So a call through any old copy takes at most two jumps, and a patch reads only the patches
-//! the process reports unsettled (the one before it, normally) and the homes (one per function
+//! the process reports unsettled (the two before it, normally) and the homes (one per function
 //! patches added): the work does not grow with the number of patches before it. The homes are
 //! kept in `anchors.tsv` beside the patches of the process, written when a patch was applied and
 //! taken only for homes the process still reports live.
@@ -40,8 +43,11 @@ const ANCHORS: &str = "anchors.tsv";
 pub struct Chain {
     /// `(entry in an earlier patch, its anchor)`: jumps for good.
     pub settle: Vec<(u64, u64)>,
-    /// `(home, newest version)`: live jumps, part of the request's whole set.
+    /// `(home or entry of the patch live until now, newest version)`: live jumps, part of the
+    /// request's whole set.
     pub live: Vec<(u64, u64)>,
+    /// Starts of the patches settled (the process stops listing them).
+    pub done: Vec<u64>,
     /// Functions of earlier patches whose entry cannot hold a jump (they keep their code).
     pub unfit: Vec<String>,
     /// The homes after this patch, to keep once it is applied ([`Homes::write`]).
@@ -82,20 +88,31 @@ impl Homes {
     }
 }
 
+/// A patch a process reports loaded: start, length, file.
+pub type LoadedPatch = (u64, u64, PathBuf);
+
 /// Jumps for the functions of the patches the process reports unsettled (`unsettled`: start,
-/// length, path, as its `hello` listed them), and the live jumps of the homes. `newest` maps a
-/// mangled name to its entry in the new patch; `redirected` holds the image entries the new
-/// patch redirects.
+/// length, path, as its `hello` listed them; `live`: its live detours, whose targets show which
+/// patch live code runs in), and the live jumps of the homes. `newest` maps a mangled name to its
+/// entry in the new patch; `redirected` holds the image entries the new patch redirects.
 pub fn earlier_patches(
     patch_dir: &Path,
-    unsettled: &[(u64, u64, PathBuf)],
+    (unsettled, live): (&[LoadedPatch], &[(u64, u64)]),
     mut homes: Homes,
     newest: &HashMap<&str, u64>,
     redirected: &HashSet<u64>,
     image: &BaseImage<'_>,
 ) -> Chain {
     let mut chain = Chain::default();
-    for (start, _, path) in unsettled {
+    // The patch live code runs in: the one holding the live jumps' targets, or else the newest.
+    let holds = |p: &LoadedPatch| live.iter().any(|d| p.0 <= d.1 && d.1 < p.0.saturating_add(p.1));
+    let current = unsettled.iter().rposition(holds).or(unsettled.len().checked_sub(1));
+    let mut sent_on: Vec<(u64, u64)> = Vec::new();
+    for (i, (start, _, path)) in unsettled.iter().enumerate() {
+        let settling = Some(i) != current;
+        if settling {
+            chain.done.push(*start);
+        }
         // Only a patch file of this process's directory, by its own name.
         let Some(name) = path.file_name().filter(|n| n.to_string_lossy().starts_with("patch-")) else {
             continue;
@@ -119,6 +136,16 @@ pub fn earlier_patches(
                 Some((s, _)) if s.kind == BaseKind::Function => Some(s.addr + image.load_bias),
                 _ => None,
             };
+            if !settling {
+                // Live until now: straight to the newest version, or back to the image's.
+                let is_home = homes.0.get(name) == Some(&at);
+                if let Some(to) = newest.get(name).copied().or(in_image).filter(|&to| to != at && !is_home) {
+                    if fits() {
+                        sent_on.push((at, to));
+                    }
+                }
+                continue;
+            }
             let anchor = match (in_image, newest.get(name)) {
                 // The image's entry leads to the newest version, or is the original again.
                 (Some(e), None) => Some(e),
@@ -145,8 +172,18 @@ pub fn earlier_patches(
     // Homes of functions no longer in the newest patch go back to their own code.
     homes.0.retain(|name, _| newest.contains_key(name.as_str()));
     chain.live = homes.0.iter().map(|(name, &home)| (home, newest[name.as_str()])).collect();
+    chain.live.extend(sent_on);
+    chain.live.sort_unstable();
+    chain.live.dedup_by_key(|d| d.0);
+    // An entry with two names (aliases) is decided once: a home is never settled, and no settled
+    // jump leads to another entry being settled — each old copy takes at most two jumps.
     chain.settle.sort_unstable();
     chain.settle.dedup_by_key(|d| d.0);
+    let at_home: HashSet<u64> = homes.0.values().copied().collect();
+    chain.settle.retain(|(from, _)| !at_home.contains(from));
+    let settling: HashSet<u64> = chain.settle.iter().map(|d| d.0).collect();
+    chain.settle.retain(|(_, to)| !settling.contains(to));
+    chain.live.retain(|(from, _)| !settling.contains(from));
     chain.homes = homes;
     chain
 }

@@ -6,6 +6,7 @@
 
 pub(crate) mod link_index;
 mod manifest;
+pub mod revert;
 
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
@@ -36,6 +37,9 @@ use std::time::Instant;
 /// by builds in either. The processes are reached in parallel (lock, `hello`) with a short
 /// timeout, so one that does not answer costs a build seconds once, not per process; one that is
 /// stopped (a debugger, SIGSTOP) is reported at once. Patches are then built one after the other.
+///
+/// Returns the patches that went live, each still locked: should the link fail, the caller
+/// returns them to the last good build ([`revert::link_failed`]).
 pub fn for_running_processes(
     called: Instant,
     before: &mut Clock,
@@ -43,10 +47,11 @@ pub fn for_running_processes(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) {
-    patch_each(called, before, output, inputs, dir, status);
+) -> Vec<revert::Delivered> {
+    let delivered = patch_each(called, before, output, inputs, dir, status);
     // After the patches, which the developer waits for.
     collect_patches_of_dead_processes(dir);
+    delivered
 }
 
 fn patch_each(
@@ -56,13 +61,14 @@ fn patch_each(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) {
+) -> Vec<revert::Delivered> {
+    let mut delivered = Vec::new();
     let registry = match Registry::existing() {
         Ok(r) => r,
-        Err(OpenError::Missing) => return,
+        Err(OpenError::Missing) => return delivered,
         Err(e) => {
             status.warn_once("registry", &format!("{e}; running programs are not patched"));
-            return;
+            return delivered;
         }
     };
     let program = program_name(output);
@@ -107,7 +113,18 @@ fn patch_each(
     before.step("hello");
     for ((reg, base), reached) in live.iter().zip(reached) {
         let outcome = reached.and_then(|r| {
-            patch_process(called, &before.steps, reg, base, r, inputs, dir, &program, &registry)
+            patch_process(
+                called,
+                &before.steps,
+                reg,
+                base,
+                r,
+                inputs,
+                dir,
+                &program,
+                &registry,
+                &mut delivered,
+            )
         });
         let notes = match outcome {
             Ok(Outcome::Patched { summary, load_us, install_us, deferred, notes }) => {
@@ -174,6 +191,7 @@ fn patch_each(
             status.line("Note", Tone::Warn, &n);
         }
     }
+    delivered
 }
 
 /// Where this target directory keeps the build a process runs: derived from the target directory
@@ -186,7 +204,7 @@ struct Base {
 /// A process that answered: locked for this build, with what it said.
 #[allow(clippy::large_enum_variant)] // one per running process, short-lived
 enum Reached {
-    Answered { _lock: std::fs::File, hello: Hello },
+    Answered { lock: std::fs::File, hello: Hello },
     Stopped,
 }
 
@@ -198,7 +216,7 @@ fn reach(registry: &Registry, reg: &Registration) -> Result<Reached> {
     }
     let lock = registry.lock(reg.pid).context("cannot lock the process for patching")?;
     match deliver::hello(registry, reg.pid) {
-        Ok(hello) => Ok(Reached::Answered { _lock: lock, hello }),
+        Ok(hello) => Ok(Reached::Answered { lock, hello }),
         Err(_) if registry::is_stopped(reg.pid) => Ok(Reached::Stopped),
         Err(e) => Err(e),
     }
@@ -235,8 +253,9 @@ fn patch_process(
     dir: &IpbpDir,
     program: &str,
     registry: &Registry,
+    delivered: &mut Vec<revert::Delivered>,
 ) -> Result<Outcome> {
-    let Reached::Answered { _lock, hello } = reached else { return Ok(Outcome::Stopped) };
+    let Reached::Answered { lock, hello } = reached else { return Ok(Outcome::Stopped) };
     let t0 = Instant::now();
     let mut clock = Clock::new();
     clock.step("hello");
@@ -304,6 +323,13 @@ fn patch_process(
         let _ = fs_err::create_dir_all(&patch_dir);
         let _ = homes.write(&patch_dir);
     }
+    // Live now, while the real linker may still fail: keep what undoes it, and the lock.
+    delivered.push(revert::Delivered {
+        program: program.to_string(),
+        pid: reg.pid,
+        _lock: lock,
+        undo: revert::undo_request(&hello, &request.settle, applied.generation),
+    });
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
     let timings = manifest::Timings::new(
@@ -494,8 +520,9 @@ struct Installs {
     slots: Vec<(u64, u64)>,
     redirects: Vec<(u64, u64)>,
     detours: Vec<(u64, u64)>,
-    /// Functions of earlier patches sent on for good.
+    /// Functions of earlier patches sent on for good, and the patches they belong to.
     settle: Vec<(u64, u64)>,
+    settled_patches: Vec<u64>,
     data: Vec<LedgerEntry>,
     /// The homes of functions patches added, to record once the patch is applied.
     homes: Option<deliver::chain::Homes>,
@@ -525,6 +552,8 @@ fn installs(
         }
     }
     let mut settle = Vec::new();
+    // Hot points never send earlier patches' functions on: nothing to keep listed.
+    let mut settled_patches: Vec<u64> = hello.patches.iter().map(|p| p.0).collect();
     let mut homes = None;
     if mode == plan::Mode::InPlace {
         // A function of an earlier patch is known there by the name of its build: the current
@@ -539,10 +568,11 @@ fn installs(
         let live: HashSet<u64> = hello.detours.iter().map(|d| d.0).collect();
         let known = deliver::chain::Homes::read(patch_dir, &live);
         let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
-        let chain =
-            deliver::chain::earlier_patches(patch_dir, &hello.patches, known, &newest, &redirected, image);
+        let listed = (hello.patches.as_slice(), hello.detours.as_slice());
+        let chain = deliver::chain::earlier_patches(patch_dir, listed, known, &newest, &redirected, image);
         detours.extend(chain.live);
         settle = chain.settle;
+        settled_patches = chain.done;
         for f in chain.unfit {
             notes.push(format!(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
@@ -559,7 +589,7 @@ fn installs(
         .iter()
         .map(|(name, c)| LedgerEntry { addr: chunk_addr[*c], size: plan.chunks[*c].size, name: name.clone() })
         .collect();
-    Installs { slots, redirects, detours, settle, data, homes }
+    Installs { slots, redirects, detours, settle, settled_patches, data, homes }
 }
 
 /// The request that asks the process to load and install the patch.
@@ -571,7 +601,7 @@ fn request(
     installs: Installs,
     summary: &str,
 ) -> Apply {
-    let Installs { slots, redirects, detours, settle, data, homes: _ } = installs;
+    let Installs { slots, redirects, detours, settle, settled_patches, data, homes: _ } = installs;
     Apply {
         build_id: reg.build_id.clone(),
         load_bias: hello.load_bias,
@@ -583,6 +613,7 @@ fn request(
         redirects,
         detours,
         settle,
+        settled_patches,
         data,
         tls: plan.new_tls.clone(),
         summary: summary.to_string(),

@@ -15,6 +15,12 @@
 //!   for the moment of a call.
 //!
 //! Everything else was made and dropped inside changed code, which the patch replaces as a whole.
+//!
+//! A `#[ipbp::hot]` async fn's body (`f::__ipbp_body`) is the exception to all of these: its
+//! state machine, and the closures and async blocks in it, are made by the body and used only by
+//! code named inside it (its poll and drop glue, reached through the boxed future's vtable), which
+//! is never redirected — new calls get new futures through the slot. Old values of those types,
+//! wherever they are held, meet only the old code they were made for.
 
 use super::compare::mentions;
 use super::model::Model;
@@ -104,6 +110,9 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
     };
     let mut out = Vec::new();
     for change in &layouts.changes {
+        if made_by_hot_async_body(&change.name) {
+            continue;
+        }
         let mut places: Vec<String> = Vec::new();
         let mut add = |p: String| {
             if !places.contains(&p) {
@@ -124,12 +133,10 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
                 add(format!("`{maker}`'s locals"));
             }
             // An `async fn`'s futures are handed to executors (tasks, boxes, join sets) where no
-            // type of the program's own frames shows them: any may be in flight. A
-            // `#[ipbp::hot]` async fn's body is the exception — its futures are boxed behind the
-            // slot, and futures in flight keep their old code.
+            // type of the program's own frames shows them: any may be in flight.
             let is_async =
                 change.name.contains("::{async_fn_env#") || change.name.contains("::{async_block_env#");
-            if is_async && !maker.contains("::__ipbp_body") {
+            if is_async {
                 add(format!("futures of `{maker}` in flight (tasks, boxed futures)"));
             }
         }
@@ -170,6 +177,15 @@ fn maker(type_name: &str) -> Option<&str> {
     ["::{closure_env#", "::{async_fn_env#", "::{async_block_env#"]
         .iter()
         .find_map(|m| type_name.find(m).map(|at| &type_name[..at]))
+}
+
+/// Whether values of a type are made inside a `#[ipbp::hot]` async fn's body: its state
+/// (`app::f::{async_fn#0}::__ipbp_body::{async_fn_env#0}`) or a closure or async block in it. The
+/// plan never redirects code named inside the body (`plan::is_hot_async_part`), so a future in
+/// flight finishes in its old code whatever holds it (a task, the `Pin<Box<dyn Future>>` the
+/// entry returned, which the vtable rule would match with every other boxed future).
+fn made_by_hot_async_body(type_name: &str) -> bool {
+    maker(type_name).is_some_and(|m| m.contains("::__ipbp_body"))
 }
 
 #[cfg(test)]
@@ -273,6 +289,35 @@ mod tests {
             });
         });
         assert!(reasons(&l, &[])[0].contains("thread-local `app::JOBS`"));
+    }
+
+    #[test]
+    fn a_hot_async_fns_state_is_never_refused_a_plain_ones_is() {
+        // Both state machines gain a field; each future is boxed as `dyn Future`, which a
+        // running task holds (and so do unchanged functions and a static).
+        let changed = |name: &str| {
+            let mut old = Model::default();
+            old.types.insert(name.into(), strukt(8, &[("n", 0, "u64")]));
+            let dyn_future =
+                "core::pin::Pin<alloc::boxed::Box<dyn core::future::future::Future<Output=u64>>>";
+            old.types.insert(dyn_future.into(), strukt(16, &[]));
+            old.types.insert("app::Task".into(), strukt(16, &[("f", 0, dyn_future)]));
+            old.vtables.push((name.into(), "core::future::future::Future".into()));
+            old.statics.push(StaticRec { path: "app::TASK".into(), ty: "app::Task".into(), tls: false });
+            old.functions.push(function("app::run", &[], &["app::Task"], false));
+            let mut new = Model::default();
+            new.types.insert(name.into(), strukt(16, &[("n", 0, "u64"), ("kept", 8, "u64")]));
+            let changes = changed_types(&old, &new);
+            assert_eq!(changes.len(), 1);
+            Layouts { old, new, changes, crates: HashSet::from(["app".to_string()]), units_with_types: 1 }
+        };
+        let hot = changed("app::job::{async_fn#0}::__ipbp_body::{async_fn_env#0}");
+        assert!(reasons(&hot, &["app::run#sym"]).is_empty(), "{:?}", reasons(&hot, &["app::run#sym"]));
+        let r = reasons(&changed("app::job::{async_fn_env#0}"), &["app::run#sym"]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].contains("the state of async fn `app::job`"), "{r:?}");
+        assert!(r[0].contains("futures of `app::job` in flight"), "{r:?}");
+        assert!(r[0].contains("static `app::TASK`"), "{r:?}");
     }
 
     #[test]

@@ -72,3 +72,106 @@ fn an_async_fn_whose_state_machine_changed_is_refused_by_name() {
         l.starts_with("ticker ") && number(l, "n") == number(&tick, "n") + 1
     });
 }
+
+/// `job <kind> id=<id> …` lines of the gated jobs: (kind, id, the rest).
+fn job_line(line: &str) -> Option<(&str, u64, &str)> {
+    let rest = line.strip_prefix("job ")?;
+    let (kind, rest) = rest.split_once(' ')?;
+    let (id, rest) = rest.strip_prefix("id=")?.split_once(' ')?;
+    Some((kind, id.parse().ok()?, rest))
+}
+
+/// The body of `hot_job` or `plain_job` as written, and with a local kept across its `.await`.
+fn job_bodies(kind: &str) -> (String, String) {
+    let wait =
+        "    while !gate_open() {\n        tokio::time::sleep(Duration::from_millis(10)).await;\n    }\n";
+    let old = format!(
+        "    println!(\"job {kind} id={{id}} parked v=old on={{}}\", thread_tag());\n{wait}    \"v=old\".to_string()"
+    );
+    let new = format!(
+        "    let kept = id * 7;\n    println!(\"job {kind} id={{id}} parked v=new on={{}}\", thread_tag());\n{wait}    format!(\"v=new kept={{kept}}\")"
+    );
+    (old, new)
+}
+
+/// The edit README promises a `#[ipbp::hot] async fn` takes: a local kept across an `.await`,
+/// which changes the body's state machine. Futures in flight (parked on tokio's worker threads)
+/// finish in the old code they were made for; new calls get new futures through the slot. The
+/// same edit of a plain `async fn`, whose futures in flight would be resumed by new code, is
+/// refused.
+#[test]
+fn a_hot_async_fn_whose_state_machine_changed_switches_new_calls_and_lets_old_futures_finish() {
+    let project = scenario("asyncapp");
+    project.build();
+    let gate = project.root().join("gate");
+    let app = project.start("asyncapp", &[("ASYNCAPP_GATE", &gate.display().to_string())]);
+    let parked = |kind: &str, id: u64, v: &str| {
+        let prefix = format!("parked v={v} ");
+        app.wait_for(0, &format!("{kind} job {id} parked in v={v}"), |l| {
+            job_line(l).is_some_and(|(k, i, rest)| k == kind && i == id && rest.starts_with(&prefix))
+        })
+    };
+    let thread = |line: &str| line.rsplit_once(" on=").map(|(_, t)| t.to_string()).unwrap_or_default();
+    let mut threads = std::collections::HashSet::new();
+    for kind in ["hot", "plain"] {
+        for id in 0..8 {
+            threads.insert(thread(&parked(kind, id, "old")));
+        }
+    }
+
+    // A plain async fn: its sixteen futures in flight would meet the new layout.
+    let (old, new) = job_bodies("plain");
+    project.edit(MAIN, &old, &new);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped asyncapp"), "{run}");
+    assert!(line.contains("async fn `asyncapp::plain_job`"), "the refusal does not name plain_job: {run}");
+    project.edit(MAIN, &new, &old);
+
+    // The same edit of the hot one.
+    let (old, new) = job_bodies("hot");
+    project.edit(MAIN, &old, &new);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched asyncapp"), "{run}");
+    // A new call, made by the program's loop after the patch, runs new code while the old
+    // futures are still parked.
+    let fresh = app.wait_for(0, "a hot job started in new code", |l| {
+        job_line(l).is_some_and(|(k, _, rest)| k == "hot" && rest.starts_with("parked v=new"))
+    });
+    let fresh = job_line(&fresh).expect("a job line").1;
+    std::fs::write(&gate, "").expect("cannot open the gate");
+
+    // Every future parked before the patch finishes in old code; the new one in new code.
+    let done = |kind: &str, id: u64| {
+        app.wait_for(0, &format!("{kind} job {id} done"), |l| {
+            job_line(l).is_some_and(|(k, i, rest)| k == kind && i == id && rest.starts_with("done "))
+        })
+    };
+    for kind in ["hot", "plain"] {
+        for id in 0..8 {
+            let line = done(kind, id);
+            assert!(line.contains(" done v=old "), "a future in flight did not finish in old code: {line}");
+            threads.insert(thread(&line));
+        }
+    }
+    let line = done("hot", fresh);
+    assert!(line.contains(&format!(" done v=new kept={} ", fresh * 7)), "{line}");
+    // And each job finished in the version it started in, whichever thread resumed it.
+    let mark = app.mark();
+    app.wait_for(mark, "a hot job made after the gate opened", |l| {
+        job_line(l).is_some_and(|(k, _, rest)| k == "hot" && rest.starts_with("done v=new kept="))
+    });
+    let lines = app.lines_since(0);
+    let mut started = std::collections::HashMap::new();
+    for l in &lines {
+        let Some((kind, id, rest)) = job_line(l) else { continue };
+        if let Some(v) = rest.strip_prefix("parked ") {
+            started.insert((kind, id), v.split(' ').next().unwrap_or_default());
+        } else if let Some(v) = rest.strip_prefix("done ") {
+            let began = started.get(&(kind, id)).unwrap_or_else(|| panic!("{l} never parked"));
+            assert_eq!(*began, v.split(' ').next().unwrap_or_default(), "{kind} job {id} changed version");
+        }
+    }
+    assert!(threads.len() > 1, "the old futures ran on one worker thread only: {}", app.dump());
+}

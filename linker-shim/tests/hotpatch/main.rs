@@ -10,6 +10,7 @@
 mod support;
 
 mod edits;
+mod link_failure;
 mod recording;
 mod workday;
 

@@ -5,8 +5,9 @@
 //! records rustc's command line and keeps its objects), and the two links are then replayed in
 //! turn through ipbp-ld against the running process — the shim's whole path (fingerprints, diff,
 //! plan, emit, deliver, apply) on every link. Both edits add a function (`fresh`) that `tick`
-//! calls, so every patch settles the previous patch's copies of a changed function (on the image's
-//! entry) and of an added one (on its home).
+//! calls, so every patch sends the previous patch's copies on with live jumps and settles the
+//! copies of the one before, of a changed function (on the image's entry) and of an added one (on
+//! its home).
 
 use super::support::live::{Running, CONFIG};
 use super::support::{shim, Cmd, Linker, Project};

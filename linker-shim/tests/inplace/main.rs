@@ -258,20 +258,29 @@ fn a_function_a_patch_added_follows_later_patches() {
         "the first patch's `later` was not redirected: {manifest:#}"
     );
 
-    // A third patch: the second patch's copy is settled on the first (its home) for good, and the
-    // stored pointer (to the first copy) follows the home's jump to the newest version.
-    project.edit(MAIN, r#"format!("second{}", n % 2)"#, r#"format!("third{}", n % 2)"#);
-    let mark = app.mark();
-    build_and_expect_patched(&project, &app);
-    app.wait_for(mark, "the stored pointer reaching the third version", |l| {
-        l.starts_with("line ") && fields(l)["cb"].starts_with("third")
-    });
-    let installs = project.manifest(app.pid, 3)["installs"].as_array().unwrap().clone();
-    let home = installs.iter().find(|i| i["kind"] == "detour" && i["function"] == "inplace::later");
-    let home = home.unwrap_or_else(|| panic!("the home of `later` is not sent on: {installs:#?}"));
+    // Two more patches: the first copy becomes the home of `later` (sent on live to each newest
+    // copy), and the second copy is then settled on it for good; the stored pointer (to the first
+    // copy) keeps reaching the newest version.
+    for (from, to) in [("second", "third"), ("third", "fourth")] {
+        project.edit(
+            MAIN,
+            &format!("format!(\"{from}{{}}\", n % 2)"),
+            &format!("format!(\"{to}{{}}\", n % 2)"),
+        );
+        let mark = app.mark();
+        build_and_expect_patched(&project, &app);
+        app.wait_for(mark, &format!("the stored pointer reaching the {to} version"), |l| {
+            l.starts_with("line ") && fields(l)["cb"].starts_with(to)
+        });
+    }
+    let installs = project.manifest(app.pid, 4)["installs"].as_array().unwrap().clone();
+    let live_later: Vec<&serde_json::Value> =
+        installs.iter().filter(|i| i["kind"] == "detour" && i["function"] == "inplace::later").collect();
     assert!(
-        installs.iter().any(|i| i["kind"] == "settle" && i["new"] == home["at"]),
-        "the second patch's `later` is not settled on its home: {installs:#?}"
+        live_later
+            .iter()
+            .any(|home| installs.iter().any(|i| i["kind"] == "settle" && i["new"] == home["at"])),
+        "no copy of `later` is settled on its home: {installs:#?}"
     );
 }
 

@@ -174,7 +174,9 @@ impl Detours {
     ) -> Result<BTreeMap<u64, u64>, String> {
         let mut fresh = BTreeMap::new();
         for &(from, to) in settle {
-            if wanted.contains_key(&from) || self.current.contains_key(&from) {
+            // An entry live until now may be settled (its jump is retargeted), not one the new
+            // set names.
+            if wanted.contains_key(&from) {
                 return Err(format!("entry {from:#x} holds a live detour; it cannot be settled"));
             }
             match self.settled.get(&from) {
@@ -232,7 +234,7 @@ impl Detours {
             writes.push(Write { at: from, bytes });
         }
         for (&from, original) in &self.originals {
-            if !wanted.contains_key(&from) && self.current.contains_key(&from) {
+            if !wanted.contains_key(&from) && !fresh.contains_key(&from) && self.current.contains_key(&from) {
                 writes.push(Write { at: from, bytes: *original });
             }
         }
@@ -312,6 +314,9 @@ impl Detours {
             }
         }
         self.current = wanted;
+        for from in fresh.keys() {
+            self.originals.remove(from); // never restored: it is settled for good
+        }
         self.settled.extend(fresh);
         installed.written = writes.len();
         installed.preparing = preparing;
@@ -629,6 +634,15 @@ mod tests {
         std::hint::black_box(x).wrapping_mul(37).wrapping_add(11)
     }
 
+    #[inline(never)]
+    extern "C" fn answer_e(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(41).wrapping_add(12)
+    }
+    #[inline(never)]
+    extern "C" fn answer_e1(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(43).wrapping_add(13)
+    }
+
     /// An old copy settled on its anchor follows the anchor's live jump, stays when later sets do
     /// not name it (the anchor going back to its own code included), and cannot be moved or made
     /// live again.
@@ -654,6 +668,12 @@ mod tests {
         d.install(&[], &[(old, anchor)]).unwrap(); // the same settle again: nothing to do
         assert!(d.install(&[], &[(old, newest)]).unwrap_err().contains("settled elsewhere"));
         assert!(d.install(&[(anchor, newest)], &[(anchor, old)]).unwrap_err().contains("live"));
+        // An entry live until now is settled by retargeting its jump.
+        let (e, e1) = (answer_e as *const () as u64, answer_e1 as *const () as u64);
+        d.install(&[(e, newest)], &[]).unwrap();
+        d.install(&[], &[(e, e1)]).unwrap();
+        assert_eq!(call(e, 4), std::hint::black_box(answer_e1)(4), "live, then settled elsewhere");
+        assert!(d.current().is_empty() && d.is_settled(e));
         assert!(d.install(&[(old + 2, newest)], &[]).unwrap_err().contains("settled"));
         assert!(d.install(&[(old, newest)], &[]).unwrap_err().contains("settled"));
         assert_eq!(call(old, 6), std::hint::black_box(answer_d1)(6), "refused sets changed nothing");
