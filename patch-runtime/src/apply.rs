@@ -308,16 +308,15 @@ fn loader_sees(file: &Path, start: u64, phdrs: *const libc::Elf64_Phdr) -> bool 
     unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _: usize, data: *mut libc::c_void) -> i32 {
         // SAFETY: dl_iterate_phdr passes valid entries and our `Want`.
         let (info, want) = unsafe { (&*info, &mut *(data as *mut Want)) };
-        if info.dlpi_name.is_null() {
+        // The rebased program headers are ours alone: one comparison per object passes over the
+        // others without reading their names (the list holds every patch loaded before).
+        if info.dlpi_name.is_null() || info.dlpi_phdr != want.phdrs {
             return 0;
         }
         // SAFETY: non-null names are NUL-terminated.
         let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes();
-        if name == want.name {
-            want.ok = info.dlpi_addr == want.start && info.dlpi_phdr == want.phdrs;
-            return 1;
-        }
-        0
+        want.ok = name == want.name && info.dlpi_addr == want.start;
+        1
     }
     let mut want = Want { name: file.as_os_str().as_bytes(), start, phdrs, ok: false };
     // SAFETY: the callback only reads the entries during the call.
