@@ -8,7 +8,7 @@
     scripts/bench.py --only P1b      the whole-workspace rebuild alone (its own section of
                                      BENCHMARKS.md; ~3 min with 7 rounds on 2 cores, more the
                                      first time)
-    scripts/bench.py --only P10      a working day: one counter patched --patches times (default
+    scripts/bench.py --only P11      a working day: one counter patched --patches times (default
                                      1000, ~30 min on 2 cores) by real builds; its own section
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
     scripts/bench.py --only P3L      P3 when the link fails after the patch went live (its own
@@ -435,7 +435,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
     ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
-    ap.add_argument("--patches", type=int, default=1000, help="patches in a row for P10 (default 1000)")
+    ap.add_argument("--patches", type=int, default=1000, help="patches in a row for P11 (default 1000)")
     args = ap.parse_args()
     if args.rounds < 1:
         sys.exit("bench: --rounds must be at least 1")
@@ -467,7 +467,7 @@ def main():
         needed.add("scaled")
     if "P5" in only:
         needed.add("hotcall")
-    if "P10" in only:
+    if "P11" in only:
         needed.add("counter")
     for name in sorted(needed):
         app = apps[name]
@@ -484,7 +484,7 @@ def main():
         p1(args, results)
     if needed & {"web"}:
         web_rounds(args, results, apps["web"], apps["web-plain"])
-    if "P10" in only:
+    if "P11" in only:
         bench_workday.run(args, results, apps["counter"])
     if needed & {"counter"} and only & {"P3", "P4", "P7", "P8"}:
         counter_rounds(args, results, apps["counter"], apps["counter-plain"], apps["scaled"])
@@ -501,12 +501,12 @@ def main():
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B", "P3L", "P10"}:
+    if only - {"P1B", "P3L", "P11"}:
         sections["bench"] = report_md(results, fig, args)
     if "P3L" in results:
         sections["bench:p3l"] = p3l_md(results, args)
-    if "P10" in results:
-        sections["bench:p10"] = bench_workday.md(results, args)
+    if "P11" in results:
+        sections["bench:p11"] = bench_workday.md(results, args)
     if "P1b" in results:
         sections["bench:p1b"] = p1b_md(results, args)
     for section in sections.values():

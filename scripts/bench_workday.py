@@ -1,4 +1,4 @@
-"""P10 of scripts/bench.py: a working day in one process. The counter is started once and patched
+"""P11 of scripts/bench.py: a working day in one process. The counter is started once and patched
 N times in a row (default 1000) by real `cargo build`s through ipbp-ld, alternating two edits of
 the same function; after every patch the new text must show in the running program. Per patch it
 records the manifest's times (rustc calling ipbp-ld -> new code running; apply in the process)
@@ -31,7 +31,7 @@ def resources(pid):
 
 def run(args, results, counter):
     n = args.patches
-    step(f"P10: the counter patched {n} times in one process")
+    step(f"P11: the counter patched {n} times in one process")
     proc = Process(counter.program(), counter.dir, app_env({"COUNTER_PERIOD_MS": "20"}))
     rows = []
     try:
@@ -60,12 +60,12 @@ def run(args, results, counter):
                     f"{r['apply_ms']:.2f} ms; {fds} descriptors, {maps} mappings, RSS {rss / 1024:.1f} MB")
     finally:
         proc.stop()
-    results["P10"] = {"start": dict(zip(("fds", "maps", "rss_kib"), start)), "rows": rows}
+    results["P11"] = {"start": dict(zip(("fds", "maps", "rss_kib"), start)), "rows": rows}
 
 
 def md(results, args):
-    """The P10 section of BENCHMARKS.md."""
-    m, p = results["machine"], results["P10"]
+    """The P11 section of BENCHMARKS.md."""
+    m, p = results["machine"], results["P11"]
     rows, start = p["rows"], p["start"]
     n = len(rows)
     w = min(WINDOW, max(1, n // 4))
@@ -75,7 +75,7 @@ def md(results, args):
     nth = rows[-1]
     ratio = lambda k: med(last, k) / med(first, k) if med(first, k) else float("nan")
     lines = [
-        f"Measured {m['date']} by `scripts/bench.py --only P10 --patches {n}` on {m['cpu']} "
+        f"Measured {m['date']} by `scripts/bench.py --only P11 --patches {n}` on {m['cpu']} "
         f"({m['cpus']} CPUs), {m['rustc']}; load average {m['load_average']:.2f} at the start.",
         "",
         f"One counter process patched {n} times in a row by `cargo build` through ipbp-ld, alternating "
