@@ -13,6 +13,8 @@
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
     scripts/bench.py --only P3L      P3 when the link fails after the patch went live (its own
                                      section of BENCHMARKS.md; counter only)
+    scripts/bench.py --only P10      save → new output under `ipbp-ld watch` vs `cargo build`
+                                     (scripts/bench_watch.py; its own section of BENCHMARKS.md)
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
 crates), `scaled` (counter plus 5000 generated functions in the binary and three workspace crates,
@@ -433,7 +435,7 @@ def hotcall_rounds(args, results, hotcall):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=7, help="rounds per figure (default 7)")
-    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9", help="comma-separated figures (P9 comes with P6)")
+    ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10", help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
     ap.add_argument("--patches", type=int, default=1000, help="patches in a row for P11 (default 1000)")
     args = ap.parse_args()
@@ -495,16 +497,23 @@ def main():
     if "P5" in only:
         hotcall_rounds(args, results, apps["hotcall"])
 
+    if "P10" in only:
+        import bench_watch
+        results["watch"] = bench_watch.measure(args.rounds)
+
     fig = summarize(results)
     results["figures"] = {k: {"value": v[0], "text": v[1], "target": v[2], "detail": v[3]} for k, v in fig.items()}
     results["seconds"] = time.time() - started
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B", "P3L", "P11"}:
+    if only - {"P1B", "P3L", "P10", "P11"}:
         sections["bench"] = report_md(results, fig, args)
     if "P3L" in results:
         sections["bench:p3l"] = p3l_md(results, args)
+    if "watch" in results:
+        import bench_watch
+        sections["bench:watch"] = bench_watch.section(results["watch"], args.rounds)
     if "P11" in results:
         sections["bench:p11"] = bench_workday.md(results, args)
     if "P1b" in results:

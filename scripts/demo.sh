@@ -6,10 +6,15 @@
 #   scripts/demo.sh --keep     leave the demo's copy of the app and its process for you to play
 #                              with (the script prints where it is and how to stop it)
 #
-# It copies testdata/counter to a scratch directory, gives it the two-line .cargo/config.toml a
+# It copies testdata/restart to a scratch directory, gives it the two-line .cargo/config.toml a
 # user would write, builds and starts it, then edits its source twice and runs `cargo build`
-# after each edit. Nothing is restarted: the running process shows the new code, and its
-# counters (a static and a thread-local) carry on. Exits non-zero if the process did not change.
+# after each edit. The app has no hot point at all (only `ipbp::init()`):
+#   1. an edit of a `dyn Trait` method whose box was built at startup is patched in place: the
+#      running process shows the new code, its counter carries on;
+#   2. a field added to a static's type cannot be patched (its live value has the old layout):
+#      the process restarts into the new build — same pid, same parent — and keeps its counter
+#      (an `ipbp::on_restart` hook hands it over).
+# Exits non-zero if the process did not change as shown.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,9 +30,9 @@ SHIM=${CARGO_TARGET_DIR:-$ROOT/target}/release/ipbp-ld
 [ -x "$SHIM" ] || die "ipbp-ld was not built at $SHIM"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ipbp-demo.XXXXXX")
-APP=$WORK/counter
+APP=$WORK/restart
 export IPBP_HOME=$WORK/registry # a registry of its own, so the demo never touches yours
-cp -r "$ROOT/testdata/counter" "$APP"
+cp -r "$ROOT/testdata/restart" "$APP"
 rm -rf "$APP/target"
 sed -i "s|path = \"../../patch-runtime\"|path = \"$ROOT/patch-runtime\"|" "$APP/Cargo.toml"
 mkdir -p "$APP/.cargo"
@@ -42,7 +47,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-say "The app: $APP (three threads calling #[ipbp::hot] functions in a loop)"
+say "The app: $APP (no #[ipbp::hot]: main loops, calling a dyn Speaker built at startup)"
 echo "Its .cargo/config.toml:"
 sed 's/^/    /' "$APP/.cargo/config.toml"
 
@@ -51,7 +56,7 @@ say "cargo build (first build: compiles the dependencies)"
 
 say "Starting it"
 LOG=$WORK/app.log
-(cd "$APP" && COUNTER_PERIOD_MS=300 exec ./target/debug/counter >"$LOG" 2>&1) &
+(cd "$APP" && RESTART_PERIOD_MS=300 exec ./target/debug/restart >"$LOG" 2>&1) &
 PID=$!
 for _ in $(seq 100); do [ -e "$IPBP_HOME/$PID.process" ] && break; sleep 0.05; done
 [ -e "$IPBP_HOME/$PID.process" ] || die "the app did not register (see $LOG)"
@@ -83,20 +88,30 @@ EOF
     echo "    $file:  $from  ->  $to"
 }
 
-say "Edit 1: the message of the hot function tick()"
-edit src/main.rs 'let msg = "hello";' 'let msg = "hot-patched!";'
+say "Edit 1: the body of <Plain as Speaker>::word, called through a Box<dyn Speaker> made at startup"
+edit src/main.rs '"hello".to_string()' '"hot-patched!".to_string()'
 say "cargo build (the running process is patched while cargo links the new build)"
-(cd "$APP" && cargo build 2>&1 | grep -E 'Patched|Skipped|Note|Unchanged|error' || true)
-expect "msg=hot-patched!"
+(cd "$APP" && cargo build 2>&1 | grep -E 'Patched|Restarted|Skipped|Note|Unchanged|error' || true)
+expect "word=hot-patched!"
+BEFORE=$(tail -n 1 "$LOG" | sed -n 's/.*count=\([0-9]*\).*/\1/p')
 
-say "Edit 2: a private helper three calls below the hot point, and the library crate"
-edit src/main.rs 'String::from("deep")' 'String::from("deeper-than-before")'
-edit words/src/lib.rs 'format!("{w}!")' 'format!("{w}, from the patched library")'
-(cd "$APP" && cargo build 2>&1 | grep -E 'Patched|Skipped|Note|Unchanged|error' || true)
-expect "deep=deeper-than-before"
+say "Edit 2: a field added to the type of a static (its live value cannot take it): a restart"
+edit src/main.rs '    ticks: u64,
+}' '    ticks: u64,
+    extra: u64,
+}'
+edit src/main.rs 'Stats { ticks: 0 }' 'Stats { ticks: 0, extra: 0 }'
+edit src/main.rs 'fn version() -> &'"'"'static str {
+    "one"' 'fn version() -> &'"'"'static str {
+    "two"'
+(cd "$APP" && cargo build 2>&1 | grep -E 'Patched|Restarted|Skipped|Note|Unchanged|error' || true)
+expect "version=two restarts=1"
+AFTER=$(grep '^started' "$LOG" | tail -n 1 | sed -n 's/.*count=\([0-9]*\).*/\1/p')
+[ -n "$BEFORE" ] && [ -n "$AFTER" ] && [ "$AFTER" -ge "$BEFORE" ] || die "the counter was not kept ($BEFORE before, $AFTER after)"
+kill -0 "$PID" || die "the app is gone"
+[ "$(grep -c "^started pid=$PID " "$LOG")" = 2 ] || die "the app did not restart in place (pid $PID)"
 
-say "Same process, same pid ($PID): global= and local= (a static and a thread-local) kept counting"
-grep -c '^started' "$LOG" | xargs printf '    the app started %s time(s)\n'
+say "Same process, same pid ($PID): the counter went on from $BEFORE through the restart"
 if [ "$KEEP" = 1 ]; then
     say "Kept: edit $APP/src/main.rs and run 'cargo build' there; the app (pid $PID) logs to $LOG"
     echo "    stop it with: kill $PID   (and remove $WORK when done)"

@@ -29,6 +29,10 @@ use std::ffi::OsString;
 
 /// Entry point: a subcommand makes us a CLI, anything else is a link.
 pub fn main_with_args(args: Vec<OsString>) -> ! {
+    if let Some(dir) = cli::watch::wrapper_dir(&args) {
+        // `watch`'s cargo builds: cargo runs us as RUSTC_WRAPPER.
+        cli::watch::wrap_rustc(&dir, args)
+    }
     if is_cli(&args) {
         cli::run(args)
     } else {

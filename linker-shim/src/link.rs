@@ -6,7 +6,8 @@
 //! 2. Start the real linker. While it runs, if the executable links the `ipbp` runtime (its
 //!    [`Role`]), fingerprint and keep the inputs ([`capture::inputs`]) and build a patch for every
 //!    running process of this program ([`crate::hotpatch`]).
-//! 3. When the link succeeded, record the build ([`crate::map`]). When it failed, return every
+//! 3. When the link succeeded, record the build ([`crate::map`]), then restart the processes the
+//!    build could not be patched into ([`crate::hotpatch::restart`]). When it failed, return every
 //!    process patched in step 2 to its last good build ([`crate::hotpatch::revert`]): the program
 //!    never runs code of a build that produced no executable.
 //! 4. Exit exactly as the real linker did. Our own failures are one warning line each; they never
@@ -77,13 +78,13 @@ pub fn run(args: Vec<OsString>) -> ! {
     before.step("start the linker");
     let mut inputs = inputs::resolve(&cmd, &cwd);
     before.step("list inputs");
-    let mut delivered = Vec::new();
+    let mut settle = crate::hotpatch::Settle::default();
     let lease = role.keeps_inputs().then(|| {
         let lease = StoreLease::take(&dir);
         let fingerprinted = inputs::fingerprint(&mut inputs, &dir);
         before.step("fingerprint inputs");
         guarded(&mut status, "patching running processes", |status| {
-            delivered =
+            settle =
                 crate::hotpatch::for_running_processes(called, &mut before, &output, &inputs, &dir, status)
         });
         // Only a later patch, against this build, reads the copies: kept after this one.
@@ -101,15 +102,20 @@ pub fn run(args: Vec<OsString>) -> ! {
         }
     };
     if exit.success() {
-        drop(delivered); // the patches stand: their processes are unlocked
+        drop(settle.delivered); // the patches stand: their processes are unlocked
         guarded(&mut status, "recording the build", |status| {
             record_build(&output, role, inputs, lease, &dir, status)
         });
     } else {
         guarded(&mut status, "returning running programs to the last good build", |status| {
-            crate::hotpatch::revert::link_failed(called, delivered, status)
+            crate::hotpatch::revert::link_failed(called, settle.delivered, status)
         });
     }
+    // The new executable is written and recorded (the new build's `ipbp::init()` looks for its
+    // record): processes it could not be patched into restart into it now.
+    guarded(&mut status, "restarting running processes", |status| {
+        crate::hotpatch::restart::after_link(settle.pending, exit.success(), &output, called, &dir, status)
+    });
     exit_like(exit)
 }
 

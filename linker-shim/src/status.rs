@@ -41,6 +41,13 @@ impl Status {
         Status { channel, color, log, quiet: false, warned: Vec::new() }
     }
 
+    /// A channel to this command's own stderr (a command-line tool's, not a link's: a link
+    /// finds the stderr of the cargo that runs it, an ancestor; a command run under cargo must not).
+    pub fn to_stderr() -> Status {
+        let color = std::env::var_os("NO_COLOR").is_none() && is_terminal(&std::io::stderr());
+        Status { channel: None, color, log: None, quiet: false, warned: Vec::new() }
+    }
+
     /// A status that only appends to the log (for work that outlives the link).
     pub fn log_only(log: PathBuf) -> Status {
         Status { channel: None, color: false, log: Some(log), quiet: true, warned: Vec::new() }

@@ -75,7 +75,7 @@ unsafe extern "C" fn first_object(info: *mut libc::dl_phdr_info, _size: usize, d
 }
 
 /// The `NT_GNU_BUILD_ID` note in a note segment, as hex.
-fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
+pub(crate) fn gnu_build_id(mut notes: &[u8]) -> Option<String> {
     let word = |b: &[u8]| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]) as usize;
     while notes.len() >= 12 {
         let (namesz, descsz, kind) = (word(notes), word(&notes[4..]), word(&notes[8..]));

@@ -67,6 +67,11 @@ fn with_installer<R>(f: impl FnOnce(&mut Installer) -> R) -> R {
     f(installer)
 }
 
+/// Whether the application asked for safe points.
+pub fn safe_points() -> bool {
+    SAFE_POINTS.load(Ordering::Acquire)
+}
+
 pub fn enable_safe_points() {
     SAFE_POINTS.store(true, Ordering::Release);
 }

@@ -32,6 +32,7 @@ mod elf;
 mod image;
 mod install;
 mod listener;
+mod restart;
 mod runtime;
 mod seal;
 #[doc(hidden)]
@@ -79,6 +80,11 @@ pub use ipbp_macros::hot;
 /// address and a socket, in a directory only this user can read) and starts a thread that receives
 /// patches. The registration is removed when the process exits. Problems are reported once on
 /// stderr and leave the program running unpatched.
+///
+/// A build that cannot be patched in (a changed type of live data, `main`'s own code, …) restarts
+/// the process into it instead: `execve` in place, so the pid and parent stay, listening sockets
+/// are passed (see [`listener`]) and [`on_restart`] hooks hand state over. `IPBP_RESTART=never`
+/// in the environment turns that off.
 pub fn init() {
     #[cfg(debug_assertions)]
     {
@@ -102,7 +108,10 @@ pub fn init_with_safe_points() {
 #[inline]
 pub fn safe_point() {
     #[cfg(debug_assertions)]
-    install::at_safe_point();
+    {
+        install::at_safe_point();
+        restart::at_safe_point();
+    }
 }
 
 /// What a patch changed, as [`on_patch`] callbacks see it.
@@ -139,6 +148,69 @@ pub fn call<F: FnOnce() -> R, R>(f: F) -> R {
         }
     }
     f()
+}
+
+/// Runs `hook` before this process restarts into a new build (a build that cannot be patched
+/// in, or `ipbp-ld restart PID`), and hands the bytes it returns to the new build, where
+/// [`restored`]`(name)` gives them back. A server finishes its in-flight requests here; an app
+/// serialises the state it wants to keep:
+///
+/// ```no_run
+/// use std::sync::atomic::{AtomicU64, Ordering};
+/// static COUNT: AtomicU64 = AtomicU64::new(0);
+///
+/// ipbp::init();
+/// if let Some(bytes) = ipbp::restored("count") {
+///     COUNT.store(u64::from_le_bytes(bytes.try_into().unwrap_or_default()), Ordering::Relaxed);
+/// }
+/// ipbp::on_restart("count", || COUNT.load(Ordering::Relaxed).to_le_bytes().to_vec());
+/// ```
+///
+/// For richer state, any serde format will do (`serde_json::to_vec(&state)` here,
+/// `serde_json::from_slice` after): the new build reads what the old one wrote, so a format that
+/// tolerates added fields (`#[serde(default)]`) survives the edit that caused the restart.
+///
+/// Hooks run in the order they were added, on a thread of ipbp's, all within 5 s; one that
+/// panics or does not return in time abandons the restart, and the program keeps running its
+/// current code — as it does when the new build cannot be executed. A hook should therefore
+/// leave the program able to go on: a server that stopped accepting resumes on its own after a
+/// few seconds (a restart that happens ends the process's image well before; [`restarts`] cannot
+/// tell, as it changes only in the new image). Adding a hook under a name already used replaces it. Nothing happens in release
+/// builds.
+pub fn on_restart(name: &str, hook: impl Fn() -> Vec<u8> + Send + Sync + 'static) {
+    #[cfg(debug_assertions)]
+    restart::handover::add_hook(name, std::sync::Arc::new(hook));
+    #[cfg(not(debug_assertions))]
+    let _ = (name, hook);
+}
+
+/// The bytes the previous build's [`on_restart`] hook `name` handed over, once; `None` on a
+/// normal start (and in release builds).
+pub fn restored(name: &str) -> Option<Vec<u8>> {
+    #[cfg(debug_assertions)]
+    return restart::handover::restored(name);
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = name;
+        None
+    }
+}
+
+/// How many times this process has restarted into a new build (0 after a normal start).
+pub fn restarts() -> u64 {
+    #[cfg(debug_assertions)]
+    return restart::handover::restarts();
+    #[cfg(not(debug_assertions))]
+    0
+}
+
+/// A TCP listener on `addr` that survives restarts: after a restart, the socket the previous
+/// build listened on (passed with the systemd protocol, `LISTEN_FDS`), so connections that
+/// arrived meanwhile are waiting in its queue; the first time, a fresh bind. Port 0 matches the
+/// passed socket of the same IP, whatever port it got. Programs using the `listenfd` crate need
+/// nothing: they get the same sockets.
+pub fn listener(addr: impl std::net::ToSocketAddrs) -> std::io::Result<std::net::TcpListener> {
+    restart::listen::listener(addr)
 }
 
 /// How many patches this process has applied (0 before the first, and in release builds).

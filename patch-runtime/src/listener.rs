@@ -23,6 +23,7 @@ pub const MAX_CLIENTS: usize = 8;
 pub const DEADLINE: Duration = Duration::from_secs(3);
 
 pub fn spawn(listener: UnixListener, state: State) -> std::io::Result<()> {
+    crate::restart::fds::set_control(std::os::fd::AsRawFd::as_raw_fd(&listener));
     let state = Arc::new(Mutex::new(state));
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new().name("ipbp".into()).spawn(move || {
@@ -56,7 +57,8 @@ fn refuse_busy(stream: UnixStream) {
 }
 
 fn serve(mut stream: UnixStream, state: &Mutex<State>) {
-    let deadline = Instant::now() + DEADLINE;
+    let connected = Instant::now();
+    let deadline = connected + DEADLINE;
     let reply = if !same_user(&stream) {
         Reply::Error("only the user running this program may patch it".into())
     } else {
@@ -69,6 +71,8 @@ fn serve(mut stream: UnixStream, state: &Mutex<State>) {
                     match request {
                         Request::Hello => Reply::Hello(state.hello()),
                         Request::Apply(apply) => state.apply(apply),
+                        // Holding the state: no patch is installed while it restarts.
+                        Request::Restart(restart) => crate::restart::serve(restart, &mut stream, connected),
                     }
                 }
             },

@@ -32,6 +32,15 @@
 //! `data` and `tls` entries are new state a patch brought
 //! in; the program keeps them in its ledger so later patches bind to the same copies.
 //! Replies start with `ok` or `error <message>`.
+//!
+//! A `restart` asks the program to re-execute itself into a newer build of itself (see
+//! `restart/` in this crate): `build-id` and `file` name the executable, whose build-id note must
+//! say that id; `pass-listeners all` passes every listening socket (else only those the program
+//! will take again), `budget-ms` is how long the asker waits from connecting (the program gives
+//! up, changing nothing, before that). Its reply has two parts: `restarting` and what is handed over, written just
+//! before `execve`; then either nothing (the connection closes when `execve` succeeds: it is
+//! close-on-exec) or `error <message>` + `end` when the program could not restart and keeps
+//! running. An `error` alone means it refused before changing anything.
 
 use crate::registry::{parse_hex, Fields};
 use std::fmt::Write as _;
@@ -47,6 +56,84 @@ pub const MAX_MESSAGE: usize = 16 << 20;
 pub enum Request {
     Hello,
     Apply(Apply),
+    Restart(Restart),
+}
+
+/// Re-execute into the executable `file`, whose build id must be `build_id`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restart {
+    pub build_id: String,
+    pub file: PathBuf,
+    /// Pass every listening socket (`pass-listeners all`): the program takes its sockets from
+    /// `LISTEN_FDS` itself (ipbp-ld saw `listenfd` among its link inputs). Otherwise only the
+    /// sockets it will take again are passed: those of `ipbp::listener` and those it started with.
+    pub all_listeners: bool,
+    /// How long the asker waits, from connecting (`budget-ms`): the program gives up before.
+    pub budget_ms: Option<u64>,
+}
+
+/// The error a program whose environment says `IPBP_RESTART=never` answers a `restart` with.
+pub const RESTART_OFF: &str = "restarts are off for this program (IPBP_RESTART=never)";
+
+/// What a program hands over to its next build, told just before it calls `execve`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Restarting {
+    /// Listening sockets passed (systemd protocol, from fd 3).
+    pub listeners: u32,
+    /// `on_restart` hooks that handed over bytes, and how many bytes in all.
+    pub states: u32,
+    pub state_bytes: u64,
+    /// Time the `on_restart` hooks took.
+    pub hooks_us: u64,
+    /// Time waiting for the program's safe point (0 without safe points).
+    pub safe_point_us: u64,
+}
+
+/// The whole answer to a `restart`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestartReply {
+    /// The program called `execve` and the connection closed: it runs the new build now.
+    Executed(Restarting),
+    /// It refused, or tried and is still running its current code (`Some`: the hooks ran).
+    Failed(Option<Restarting>, String),
+}
+
+impl Restarting {
+    /// The first part of the reply (no `end`: the second part follows only on failure).
+    pub fn encode(&self) -> String {
+        let mut s = String::from("restarting\n");
+        line(&mut s, "listeners", self.listeners);
+        line(&mut s, "states", self.states);
+        line(&mut s, "state-bytes", self.state_bytes);
+        line(&mut s, "hooks-us", self.hooks_us);
+        line(&mut s, "safe-point-us", self.safe_point_us);
+        s
+    }
+}
+
+impl RestartReply {
+    pub fn parse(text: &str) -> Result<RestartReply, String> {
+        let f = Fields::new(text);
+        let restarting = if text.starts_with("restarting\n") {
+            let num = |k: &str| {
+                f.get(k).and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| format!("missing `{k}`"))
+            };
+            Some(Restarting {
+                listeners: num("listeners")? as u32,
+                states: num("states")? as u32,
+                state_bytes: num("state-bytes")?,
+                hooks_us: num("hooks-us")?,
+                safe_point_us: num("safe-point-us")?,
+            })
+        } else {
+            None
+        };
+        match (f.get("error"), restarting) {
+            (Some(e), r) => Ok(RestartReply::Failed(r, e.to_string())),
+            (None, Some(r)) => Ok(RestartReply::Executed(r)),
+            (None, None) => Err(format!("unexpected reply: {}", text.lines().next().unwrap_or(""))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -183,6 +270,17 @@ impl Request {
         line(&mut s, "ipbp-patch", 1);
         match self {
             Request::Hello => line(&mut s, "op", "hello"),
+            Request::Restart(r) => {
+                line(&mut s, "op", "restart");
+                line(&mut s, "build-id", &r.build_id);
+                line(&mut s, "file", r.file.display());
+                if r.all_listeners {
+                    line(&mut s, "pass-listeners", "all");
+                }
+                if let Some(ms) = r.budget_ms {
+                    line(&mut s, "budget-ms", ms);
+                }
+            }
             Request::Apply(a) => {
                 line(&mut s, "op", "apply");
                 line(&mut s, "build-id", &a.build_id);
@@ -229,6 +327,15 @@ impl Request {
         let f = Fields::new(text);
         match f.get("op") {
             Some("hello") => Ok(Request::Hello),
+            Some("restart") => Ok(Request::Restart(Restart {
+                build_id: f.get("build-id").ok_or("missing `build-id`")?.to_string(),
+                file: PathBuf::from(f.get("file").ok_or("missing `file`")?),
+                all_listeners: f.get("pass-listeners") == Some("all"),
+                budget_ms: match f.get("budget-ms") {
+                    Some(ms) => Some(ms.parse().map_err(|_| "bad `budget-ms`")?),
+                    None => None,
+                },
+            })),
             Some("apply") => {
                 let hex =
                     |k: &str| f.get(k).and_then(parse_hex).ok_or_else(|| format!("missing or bad `{k}`"));
@@ -419,6 +526,25 @@ mod tests {
         assert_eq!(Reply::parse(&ok.encode(), false), Ok(ok));
         let e = Reply::Error("symbol x\nmissing".into());
         assert_eq!(Reply::parse(&e.encode(), false), Ok(Reply::Error("symbol x missing".into())));
+    }
+
+    #[test]
+    fn restarts_round_trip() {
+        let r =
+            Restart { build_id: "ab12".into(), file: "/t/debug/deps/app-1f".into(), ..Restart::default() };
+        assert_eq!(Request::parse(&Request::Restart(r.clone()).encode()), Ok(Request::Restart(r)));
+        let all = Restart { all_listeners: true, budget_ms: Some(11_000), ..Restart::default() };
+        assert_eq!(Request::parse(&Request::Restart(all.clone()).encode()), Ok(Request::Restart(all)));
+        let going = Restarting { listeners: 2, states: 1, state_bytes: 8, hooks_us: 30, safe_point_us: 0 };
+        assert_eq!(RestartReply::parse(&going.encode()), Ok(RestartReply::Executed(going)));
+        let failed = format!("{}{}", going.encode(), Reply::Error("cannot execute x".into()).encode());
+        assert_eq!(
+            RestartReply::parse(&failed),
+            Ok(RestartReply::Failed(Some(going), "cannot execute x".into()))
+        );
+        let refused = Reply::Error(RESTART_OFF.into()).encode();
+        assert_eq!(RestartReply::parse(&refused), Ok(RestartReply::Failed(None, RESTART_OFF.into())));
+        assert!(RestartReply::parse("").is_err());
     }
 
     #[test]

@@ -249,6 +249,12 @@ impl Registry {
         write_file_at(&self.dir, &format!("{}.process", reg.pid), reg.to_text().as_bytes())
     }
 
+    /// Removes the registration of `pid` only (its socket stays): see `restart`.
+    pub fn withdraw(&self, pid: u32) {
+        // SAFETY: unlinkat relative to our directory; a symlink is removed, not followed.
+        unsafe { libc::unlinkat(self.dir.as_raw_fd(), cstr(&format!("{pid}.process")).as_ptr(), 0) };
+    }
+
     /// Removes the registration and socket of `pid` (the names are derived, never read).
     pub fn unregister(&self, pid: u32) {
         for name in [format!("{pid}.process"), format!("{pid}.sock")] {

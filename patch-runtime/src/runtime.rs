@@ -8,6 +8,34 @@ use std::sync::OnceLock;
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 /// The registry this process registered in, and its pid then (a forked child has another).
 static REGISTERED: OnceLock<(Registry, u32)> = OnceLock::new();
+/// What it registered (written back if a restart fails after [`withdraw`]).
+static REGISTRATION: OnceLock<Registration> = OnceLock::new();
+
+/// The registry this process registered in (`None` before `init`, or when it did not register).
+pub(crate) fn registry() -> Option<&'static Registry> {
+    REGISTERED.get().map(|(r, _)| r)
+}
+
+/// Removes this process's registration just before it restarts: ipbp-ld then waits for the new
+/// build's own, which the old one cannot be mistaken for (`execve` runs no exit handler, so the
+/// old file would stay).
+pub(crate) fn withdraw() {
+    if let Some((registry, pid)) = REGISTERED.get() {
+        registry.withdraw(*pid);
+    }
+}
+
+/// Writes the registration back (the restart failed: the program runs on, patchable).
+pub(crate) fn reinstate() {
+    if let (Some((registry, _)), Some(reg)) = (REGISTERED.get(), REGISTRATION.get()) {
+        let _ = registry.register(reg);
+    }
+}
+
+/// The build id this process runs (`None` before `init`, or when it did not register).
+pub(crate) fn build_id() -> Option<&'static str> {
+    REGISTRATION.get().map(|r| r.build_id.as_str())
+}
 
 pub fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)
@@ -18,6 +46,10 @@ pub(crate) fn set_generation(g: u64) {
 }
 
 pub fn start() {
+    // What an earlier build handed over (its memfd is closed now, not whenever the program asks).
+    crate::restart::handover::take_handover();
+    // The sockets it was started with (`LISTEN_FDS`): passed on again if it restarts.
+    crate::restart::fds::note_started_with();
     let Some(image) = crate::image::main_program() else { return };
     let root = registry::root();
     let registry = match Registry::open(&root, false) {
@@ -54,6 +86,7 @@ fn register(image: crate::image::Image, registry: Registry) -> std::io::Result<(
         return Err(e);
     }
     let _ = REGISTERED.set((registry, pid));
+    let _ = REGISTRATION.set(reg);
     crate::detour::prepare();
     // SAFETY: registering a plain extern "C" function.
     unsafe { libc::atexit(unregister) };

@@ -121,8 +121,15 @@ fn called_by_myself(me: &Path) -> bool {
     let mut pid = std::process::id();
     for _ in 0..4 {
         let Some(p) = parent(pid).filter(|&p| p > 1) else { return false };
-        if std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|exe| exe == me) {
+        let Ok(exe) = std::fs::read_link(format!("/proc/{p}/exe")) else { return false };
+        if exe == me {
             return true;
+        }
+        // A compiler in between means the ipbp-ld further up is not linking (it is `ipbp-ld
+        // watch`, which runs cargo and rustc): only a chain of linker wrappers can loop.
+        let name = exe.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if name.starts_with("rustc") || name.starts_with("cargo") {
+            return false;
         }
         pid = p;
     }

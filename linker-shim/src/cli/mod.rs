@@ -1,12 +1,15 @@
-//! `ipbp-ld <subcommand>`: inspecting binaries, recorded maps and running programs.
+//! `ipbp-ld <subcommand>`: inspecting binaries, recorded maps and running programs, restarting a
+//! running program.
 //!
 //! Exit codes: 0 success, 1 nothing found, 2 bad usage or unreadable input (clap's own usage errors
 //! are 2 as well).
 
 mod diff;
 mod map;
+mod restart;
 mod status;
 mod symbols;
+pub mod watch;
 
 use crate::error::Error;
 use crate::map::read::read_elf;
@@ -18,7 +21,7 @@ use std::path::Path;
 
 /// The words that make `ipbp-ld` a command-line tool instead of a linker.
 pub const SUBCOMMANDS: &[&str] =
-    &["symbols", "map", "diff", "status", "help", "--help", "-h", "--version", "-V"];
+    &["symbols", "map", "diff", "status", "restart", "watch", "help", "--help", "-h", "--version", "-V"];
 
 /// ipbp's linker: put `linker = "ipbp-ld"` in .cargo/config.toml and build as usual.
 ///
@@ -43,6 +46,11 @@ enum Command {
     /// Show what running programs hold after their patches (patches, memory, mappings,
     /// descriptors), to decide when to restart one.
     Status(status::Args),
+    /// Restart a running program into the newest build of it (same pid; listening sockets and
+    /// its `ipbp::on_restart` state kept).
+    Restart(restart::Args),
+    /// Run the program and rebuild it on every save: each save goes live in the running process.
+    Watch(watch::Args),
 }
 
 pub enum Outcome {
@@ -57,6 +65,11 @@ pub fn run(args: Vec<OsString>) -> ! {
         Command::Map(a) => map::run(a),
         Command::Diff(a) => diff::run(a),
         Command::Status(a) => status::run(a),
+        Command::Restart(a) => restart::run(a),
+        Command::Watch(a) => match watch::run(a) {
+            Ok(code) => std::process::exit(code),
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(Outcome::Found) => std::process::exit(0),

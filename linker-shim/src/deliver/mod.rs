@@ -9,7 +9,7 @@ pub mod address;
 pub mod chain;
 
 use crate::error::{Context, Result};
-use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, MAX_MESSAGE};
+use ipbp::protocol::{Applied, Apply, Hello, Reply, Request, Restart, RestartReply, MAX_MESSAGE};
 use ipbp::registry::Registry;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
@@ -21,6 +21,10 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a program may take to apply a patch (checks, `dlopen`, install: milliseconds).
 pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a program may take to restart: its `on_restart` hooks and its safe point have 5 s
+/// each; `execve` then closes the connection.
+pub const RESTART_TIMEOUT: Duration = Duration::from_secs(12);
+
 fn exchange(
     registry: &Registry,
     pid: u32,
@@ -28,6 +32,26 @@ fn exchange(
     hello: bool,
     timeout: Duration,
 ) -> Result<Reply> {
+    let text = exchange_text(registry, pid, request, timeout)?;
+    Reply::parse(&text, hello).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
+}
+
+/// Sends `request` and reads the whole answer, until the program closes the connection.
+fn exchange_text(registry: &Registry, pid: u32, request: &Request, timeout: Duration) -> Result<String> {
+    match exchange_until(registry, pid, request, timeout)? {
+        (text, false) => Ok(text),
+        (_, true) => crate::bail!("the program did not answer within {} s", timeout.as_secs()),
+    }
+}
+
+/// Sends `request` and reads until the program closes the connection or `timeout` passed: the
+/// text read, and whether the time ran out.
+fn exchange_until(
+    registry: &Registry,
+    pid: u32,
+    request: &Request,
+    timeout: Duration,
+) -> Result<(String, bool)> {
     let deadline = Instant::now() + timeout;
     let mut stream = registry.connect(pid).context("cannot reach the program")?;
     stream.set_write_timeout(Some(timeout)).context("socket timeout")?;
@@ -35,10 +59,12 @@ fn exchange(
     let _ = stream.shutdown(std::net::Shutdown::Write);
     let mut buf = Vec::new();
     let mut chunk = [0u8; 8192];
+    let mut timed_out = false;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            crate::bail!("the program did not answer within {} s", timeout.as_secs());
+            timed_out = true;
+            break;
         }
         stream.set_read_timeout(Some(left)).context("socket timeout")?;
         let n = match stream.read(&mut chunk) {
@@ -58,7 +84,20 @@ fn exchange(
         }
     }
     let text = String::from_utf8(buf).map_err(|_| crate::err!("the program's answer is not text"))?;
-    Reply::parse(&text, hello).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
+    Ok((text, timed_out))
+}
+
+/// Asks program `pid` to re-execute itself into `restart.file`. The answer ends when its
+/// `execve` closes the connection (or with the reason it is still running its current code).
+pub fn restart(registry: &Registry, pid: u32, restart: Restart) -> Result<RestartReply> {
+    let (text, timed_out) = exchange_until(registry, pid, &Request::Restart(restart), RESTART_TIMEOUT)?;
+    if timed_out && !text.starts_with("restarting\n") {
+        crate::bail!("the program did not answer within {} s", RESTART_TIMEOUT.as_secs());
+    }
+    // `restarting` then no end within the time: it was executing (the registration, awaited
+    // next, confirms it or says it did not come up) — never reported as a program that kept
+    // its code.
+    RestartReply::parse(&text).map_err(|e| crate::err!("cannot understand the program's answer: {e}"))
 }
 
 /// Asks program `pid` for its state.

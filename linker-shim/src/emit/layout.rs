@@ -390,6 +390,7 @@ mod tests {
             reloc(15, R_X86_64_PLT32, Target::Import(1)),
         ];
         Plan {
+            sources: Vec::new(),
             steps: vec![],
             stats: vec![],
             chunks: vec![

@@ -12,6 +12,7 @@
 //! in any shared library: the runtime presents the loaded patch as a library with load bias =
 //! base (see `describe_as_library` in the ipbp crate), which is what backtrace symbolizers need.
 
+pub mod debug;
 mod layout;
 mod records;
 
@@ -45,8 +46,20 @@ pub fn layout(plan: &Plan, soname: &str) -> Layout {
     layout::compute(plan, soname)
 }
 
-/// Writes the patch for loading at `base` (page aligned).
+/// Writes the patch for loading at `base` (page aligned), without debug sections.
+#[cfg(test)]
 pub fn write(plan: &Plan, lay: &Layout, base: u64, tls: TlsLayout) -> Result<Emitted> {
+    write_with_debug(plan, lay, base, tls, Vec::new())
+}
+
+/// [`write`], with non-alloc `debug` sections ([`debug::sections`]) after the symbol table.
+pub fn write_with_debug(
+    plan: &Plan,
+    lay: &Layout,
+    base: u64,
+    tls: TlsLayout,
+    debug: Vec<(&'static str, Vec<u8>)>,
+) -> Result<Emitted> {
     let mut w = Writer { plan, lay, base, tls, out: vec![0u8; lay.file_end as usize], dynrel: Vec::new() };
     w.chunks();
     w.stubs();
@@ -57,7 +70,7 @@ pub fn write(plan: &Plan, lay: &Layout, base: u64, tls: TlsLayout) -> Result<Emi
     let mut bytes = w.out;
     let dynrel = w.dynrel;
     write_rela_dyn(&mut bytes, lay, &dynrel);
-    let tail = non_alloc_sections(plan, lay);
+    let tail = non_alloc_sections(plan, lay, debug);
     let shoff = bytes.len().next_multiple_of(8) as u64;
     bytes.resize(shoff as usize, 0);
     let (section_headers, shstrndx) = tail.section_headers(lay, shoff);
@@ -360,9 +373,11 @@ struct Tail {
     shstrtab: (u64, u64),
     names: Vec<u32>,
     local_count: u32,
+    /// Debug sections after `.shstrtab`: name (in `.shstrtab`), offset and size in `data`.
+    debug: Vec<(u32, (u64, u64))>,
 }
 
-fn non_alloc_sections(plan: &Plan, lay: &Layout) -> Tail {
+fn non_alloc_sections(plan: &Plan, lay: &Layout, debug: Vec<(&'static str, Vec<u8>)>) -> Tail {
     let index_of = |out: Out| -> u16 {
         1 + Out::ALL.iter().filter(|o| lay.sections.contains_key(o)).position(|&o| o == out).unwrap_or(0)
             as u16
@@ -398,9 +413,27 @@ fn non_alloc_sections(plan: &Plan, lay: &Layout) -> Tail {
     data.extend_from_slice(symtab);
     let strtab_at = (data.len() as u64, strtab.len() as u64);
     data.extend_from_slice(&strtab);
+    let mut debug_at = Vec::new();
+    for (name, _) in &debug {
+        debug_at.push((shstrtab.len() as u32, (0, 0)));
+        shstrtab.extend_from_slice(name.as_bytes());
+        shstrtab.push(0);
+    }
     let shstrtab_at = (data.len() as u64, shstrtab.len() as u64);
     data.extend_from_slice(&shstrtab);
-    Tail { data, symtab: symtab_at, strtab: strtab_at, shstrtab: shstrtab_at, names, local_count }
+    for ((_, bytes), (_, at)) in debug.iter().zip(&mut debug_at) {
+        *at = (data.len() as u64, bytes.len() as u64);
+        data.extend_from_slice(bytes);
+    }
+    Tail {
+        data,
+        symtab: symtab_at,
+        strtab: strtab_at,
+        shstrtab: shstrtab_at,
+        names,
+        local_count,
+        debug: debug_at,
+    }
 }
 
 impl Tail {
@@ -448,6 +481,24 @@ impl Tail {
             let (name, flags, offset) = (self.names[n + i], SectionFlags(0), tail_at + at);
             sh.push(
                 Section { name, ty, flags, addr: 0, offset, size, link, info, addralign, entsize }.header(),
+            );
+        }
+        for &(name, (at, size)) in &self.debug {
+            let (ty, flags, offset) = (SHT_PROGBITS, SectionFlags(0), tail_at + at);
+            sh.push(
+                Section {
+                    name,
+                    ty,
+                    flags,
+                    addr: 0,
+                    offset,
+                    size,
+                    link: 0,
+                    info: 0,
+                    addralign: 1,
+                    entsize: 0,
+                }
+                .header(),
             );
         }
         (sh, n as u16 + 3)
@@ -558,6 +609,7 @@ mod tests {
         );
         let zeroed = chunk("ZEROED", SectionKind::Bss, vec![], 32, vec![]);
         Plan {
+            sources: Vec::new(),
             steps: vec![],
             stats: vec![],
             chunks: vec![f, counter, table, zeroed],
@@ -703,6 +755,7 @@ mod tests {
         let reference =
             reloc(1, R_X86_64_PLT32, Target::Absolute(target), -4, "_ZN3app6helper17h0123456789abcdefE");
         Plan {
+            sources: Vec::new(),
             chunks: vec![chunk("f", SectionKind::Text, code, 6, vec![reference])],
             imports: vec![],
             ..plan()

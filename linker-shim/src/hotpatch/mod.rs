@@ -6,6 +6,7 @@
 
 pub(crate) mod link_index;
 mod manifest;
+pub mod restart;
 pub mod revert;
 
 use crate::emit::{self, TlsLayout};
@@ -38,8 +39,19 @@ use std::time::Instant;
 /// timeout, so one that does not answer costs a build seconds once, not per process; one that is
 /// stopped (a debugger, SIGSTOP) is reported at once. Patches are then built one after the other.
 ///
-/// Returns the patches that went live, each still locked: should the link fail, the caller
-/// returns them to the last good build ([`revert::link_failed`]).
+/// Returns what the rest of the link settles ([`Settle`]): the patches that went live, each still
+/// locked (should the link fail, they return to the last good build: [`revert::link_failed`]), and
+/// the processes this build cannot be patched into (once the executable is written they restart
+/// into it: [`restart::after_link`], which reports them).
+/// What is left to do for the running processes once the real linker's result is known.
+#[derive(Default)]
+pub struct Settle {
+    /// Patches that went live while the linker ran, to undo should it fail.
+    pub delivered: Vec<revert::Delivered>,
+    /// Processes to restart into the new executable once it is written.
+    pub pending: Vec<restart::Pending>,
+}
+
 pub fn for_running_processes(
     called: Instant,
     before: &mut Clock,
@@ -47,11 +59,11 @@ pub fn for_running_processes(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) -> Vec<revert::Delivered> {
-    let delivered = patch_each(called, before, output, inputs, dir, status);
+) -> Settle {
+    let settle = patch_each(called, before, output, inputs, dir, status);
     // After the patches, which the developer waits for.
     collect_patches_of_dead_processes(dir);
-    delivered
+    settle
 }
 
 fn patch_each(
@@ -61,14 +73,14 @@ fn patch_each(
     inputs: &[Input],
     dir: &IpbpDir,
     status: &mut Status,
-) -> Vec<revert::Delivered> {
-    let mut delivered = Vec::new();
+) -> Settle {
+    let mut settle = Settle::default();
     let registry = match Registry::existing() {
         Ok(r) => r,
-        Err(OpenError::Missing) => return delivered,
+        Err(OpenError::Missing) => return settle,
         Err(e) => {
             status.warn_once("registry", &format!("{e}; running programs are not patched"));
-            return delivered;
+            return settle;
         }
     };
     let program = program_name(output);
@@ -123,7 +135,7 @@ fn patch_each(
                 dir,
                 &program,
                 &registry,
-                &mut delivered,
+                &mut settle.delivered,
             )
         });
         let notes = match outcome {
@@ -159,22 +171,17 @@ fn patch_each(
                 Vec::new()
             }
             Ok(Outcome::Skipped { reasons, notes }) => {
-                let (first, more) = (&reasons[0], reasons.len() - 1);
-                let extra = if more > 0 {
-                    format!(" (and {more} more, see {})", dir.log().display())
-                } else {
-                    String::new()
+                let p = restart::Pending {
+                    pid: reg.pid,
+                    start_time: reg.start_time,
+                    program: program.clone(),
+                    reasons,
                 };
-                status.line(
-                    "Skipped",
-                    Tone::Bad,
-                    &format!(
-                        "{program} (pid {}): {first}{extra}; it keeps running its current code",
-                        reg.pid
-                    ),
-                );
-                for r in reasons.iter().skip(1) {
-                    status.line("Skipped", Tone::Bad, r);
+                // A restart fixes every refusal: reported once the executable is written.
+                if restart::enabled_for(reg.pid) {
+                    settle.pending.push(p);
+                } else {
+                    restart::skipped(status, &p, dir, "");
                 }
                 notes
             }
@@ -191,7 +198,7 @@ fn patch_each(
             status.line("Note", Tone::Warn, &n);
         }
     }
-    delivered
+    settle
 }
 
 /// Where this target directory keeps the build a process runs: derived from the target directory
@@ -296,6 +303,20 @@ fn patch_process(
     };
     let t_plan = t0.elapsed();
     clock.absorb(&plan.steps);
+    // `main`'s new code only runs after a restart: when the program restarts, that is the
+    // outcome (the restart brings every other change too); otherwise it is patched, with a note.
+    let refused = !plan.refusals.is_empty() || !layouts.refusals.is_empty();
+    if !refused && !plan.report.running.is_empty() && restart::enabled_for(reg.pid) {
+        notes.extend(plan.report.notes.iter().cloned());
+        let reasons = plan
+            .report
+            .running
+            .iter()
+            .map(|f| format!("`{f}` changed; it is running and is not called again"))
+            .collect();
+        notes.retain(|n| !n.ends_with("so its new code runs after a restart"));
+        return Ok(Outcome::Skipped { reasons, notes });
+    }
     if let Some(outcome) = verdict(&plan, &layouts, &hello, &mut notes) {
         return Ok(outcome);
     }
@@ -305,7 +326,7 @@ fn patch_process(
     let emitted = emit_patch(
         &plan,
         reg,
-        &loaded.image,
+        &loaded,
         program,
         (generation, &hello.patches),
         &patch_dir,
@@ -485,7 +506,7 @@ struct Emitted {
 fn emit_patch(
     plan: &plan::Plan,
     reg: &Registration,
-    image: &BaseImage<'_>,
+    builds: &Loaded<'_>,
     program: &str,
     (generation, loaded): (u64, &[(u64, u64, PathBuf)]),
     patch_dir: &Path,
@@ -497,8 +518,10 @@ fn emit_patch(
     let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
     let layout = emit::layout(plan, &soname);
     let lowest = loaded.iter().map(|p| p.0).min();
-    let at = deliver::address::place(reg.pid, image.span, layout.span, lowest)?;
-    let emitted = emit::write(plan, &layout, at, TlsLayout { block_tp_offset })?;
+    let at = deliver::address::place(reg.pid, builds.image.span, layout.span, lowest)?;
+    // The changed units' DWARF, so debuggers see the new code (ARCHITECTURE.md, *Debuggers*).
+    let debug = emit::debug::sections(plan, &layout.chunk_offset, &builds.current);
+    let emitted = emit::write_with_debug(plan, &layout, at, TlsLayout { block_tp_offset }, debug)?;
     // The process's loader names each loaded patch by its file (debuggers and symbolizers open
     // it): an earlier attempt at this generation that was loaded but not installed keeps its file.
     let path = std::iter::once(patch_dir.join(format!("patch-{generation}.so")))

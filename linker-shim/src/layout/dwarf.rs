@@ -490,6 +490,7 @@ impl<'d> Nodes<'d> {
         }
         locals.sort();
         locals.dedup();
+        let generics = self.generics_of(i);
         model.functions.push(FnRec {
             linkage: linkage.to_string(),
             path: crate::diff::names::path(linkage),
@@ -497,7 +498,30 @@ impl<'d> Nodes<'d> {
             ret,
             locals,
             main,
+            generics,
         });
+    }
+
+    /// The types of a function's template type parameters, which rustc puts on the function's
+    /// declaration (the concrete function refers to it with `DW_AT_specification`).
+    fn generics_of(&mut self, i: usize) -> Vec<String> {
+        let mut at = i;
+        for _ in 0..3 {
+            let params: Vec<Option<UnitOffset>> = self.nodes[at]
+                .children
+                .iter()
+                .filter(|&&c| self.nodes[c].tag == DW_TAG_template_type_parameter)
+                .map(|&c| self.nodes[c].ty)
+                .collect();
+            if !params.is_empty() {
+                return params.into_iter().map(|t| self.target_name(t)).collect();
+            }
+            match self.get(self.nodes[at].origin) {
+                Some(o) => at = o,
+                None => break,
+            }
+        }
+        Vec::new()
     }
 }
 

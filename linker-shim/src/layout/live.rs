@@ -14,6 +14,12 @@
 //!   and implementations of the standard library's traits (a derived `Clone`) move or copy a value
 //!   for the moment of a call.
 //!
+//! - **type-erased storage** of another crate ([`erased_storage`]): ECS tables, arenas and type
+//!   maps keep values as bytes with their `Layout` and a drop function, in types that do not name
+//!   the values' type — so no static's or frame's type shows them. A generic instance over the
+//!   type, of another crate's code, that handles a structure keeping a `Layout` (`store::Store::
+//!   new::<app::Pos>` returns a `store::Store`) says values may be there.
+//!
 //! Everything else was made and dropped inside changed code, which the patch replaces as a whole.
 //!
 //! A `#[ipbp::hot]` async fn's body (`f::__ipbp_body`) is the exception to all of these: its
@@ -71,9 +77,8 @@ impl<'m> Reach<'m> {
             for (ty, tr) in &self.model.vtables {
                 // Formatting takes `&dyn Debug` of values it borrows for the moment of a call.
                 if ty == t && !tr.starts_with("core::fmt::") && dyn_traits.insert(tr.as_str()) {
-                    let needle = format!("dyn {tr}");
                     for other in self.model.types.keys() {
-                        if other.contains(&needle) && seen.insert(other) {
+                        if mentions_dyn(other, tr) && seen.insert(other) {
                             todo.push(other);
                         }
                     }
@@ -89,6 +94,27 @@ impl<'m> Reach<'m> {
     }
 }
 
+/// Whether type name `ty` mentions `dyn tr`, where `tr` is a trait as a vtable's name gives it —
+/// with its generic arguments, but not its associated types: `core::ops::function::Fn<(u8,)>`
+/// is in `&dyn core::ops::function::Fn<(u8,), Output=u32>`, not in `dyn
+/// core::ops::function::Fn<(), Output=u32>` (the hash table's rehashing closure over a changed type
+/// is never the `&dyn Fn() -> String` a function receives).
+fn mentions_dyn(ty: &str, tr: &str) -> bool {
+    let (stem, with_args) = match tr.strip_suffix('>') {
+        Some(stem) => (stem, true),
+        None => (tr, false),
+    };
+    let needle = format!("dyn {stem}");
+    ty.match_indices(&needle).any(|(at, m)| {
+        let next = ty[at + m.len()..].chars().next();
+        if with_args {
+            matches!(next, Some('>' | ','))
+        } else {
+            !next.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+        }
+    })
+}
+
 /// One reason per changed type with live old values, and the statics and thread-locals found
 /// holding old values.
 pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
@@ -102,11 +128,16 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
     let running = |path: &str| mains.iter().any(|m| path == *m || path.starts_with(&format!("{m}::")));
     // The workspace's own functions; implementations of the standard library's traits
     // (`<app::Config as core::clone::Clone>::clone`, mostly derived) copy, compare or format a
-    // value for the moment of a call and are no frames that hold one for long.
+    // value for the moment of a call and are no frames that hold one for long — nor are those of
+    // a library's traits, which that library calls (`<app::Pos as bevy_ecs::component::
+    // Component>::relationship_accessor`, a default method instantiated for the type).
     let own_code = |path: &str| {
         let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
-        let std_trait = [" as core::", " as alloc::", " as std::"].iter().any(|t| path.contains(t));
-        layouts.crates.contains(first) && !std_trait
+        let library_trait = path
+            .split_once(" as ")
+            .and_then(|(_, tr)| tr.split("::").next())
+            .is_some_and(|c| !layouts.crates.contains(c));
+        layouts.crates.contains(first) && !library_trait
     };
     let mut out = Vec::new();
     for change in &layouts.changes {
@@ -119,6 +150,12 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
                 places.push(p);
             }
         };
+        for (krate, function) in erased_storage(old, &change.name) {
+            add(format!(
+                "values of `{}` may live in storage of `{krate}`, which keeps them as bytes by their `Layout` (`{function}`)",
+                change.name
+            ));
+        }
         let any = reach.holders(&change.name, false);
         let owned = reach.holders(&change.name, true);
         for s in &old.statics {
@@ -171,6 +208,73 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
     (out, statics)
 }
 
+/// The standard library's crates (and its hash table's): their containers name the type they hold
+/// (`Vec<T>`, `HashMap<K, V>`), so values in them are found by type.
+const STD_CRATES: [&str; 4] = ["core", "alloc", "std", "hashbrown"];
+
+/// The `Layout` type-erased storage keeps next to the bytes of its values.
+const LAYOUT: &str = "core::alloc::layout::Layout";
+
+/// Crates whose type-erased storage may hold values of type `name`, each with the first instance
+/// that says so: a generic instance over the type (of a crate other than the type's own and the
+/// standard library's) that receives, returns or holds — directly or behind a pointer — a
+/// structure keeping a `Layout` without naming the type. `store::Store::new::<app::Pos>` returning
+/// a `store::Store { bytes: Vec<u8>, layout: Layout, drop: unsafe fn(*mut u8), .. }` is one;
+/// `Vec<app::Pos>` names its type, and a bare `Layout` (computed to allocate) is none.
+pub fn erased_storage(model: &Model, name: &str) -> Vec<(String, String)> {
+    let Some(own) = name.split("::").next() else { return Vec::new() };
+    if maker(name).is_some() {
+        return Vec::new(); // captures and async states are not stored by their layout
+    }
+    let mut out: Vec<(String, String)> = Vec::new();
+    for f in &model.functions {
+        let krate = f.path.trim_start_matches('<').split("::").next().unwrap_or("");
+        if krate == own || STD_CRATES.contains(&krate) || out.iter().any(|(k, _)| k == krate) {
+            continue;
+        }
+        if !f.generics.iter().any(|g| mentions(g, name)) {
+            continue;
+        }
+        let handled = f.params.iter().chain(&f.locals).chain(f.ret.iter());
+        if handled.into_iter().any(|t| keeps_layout_erased(model, t, name)) {
+            out.push((krate.to_string(), f.path.clone()));
+        }
+    }
+    out
+}
+
+/// Whether type `ty`, or what it points to (two pointers deep), is a structure that owns a
+/// `Layout` (through its fields, a few levels deep) and does not name type `name`.
+fn keeps_layout_erased(model: &Model, ty: &str, name: &str) -> bool {
+    let mut at = ty;
+    for _ in 0..3 {
+        let Some(rec) = model.types.get(at) else { return false };
+        if rec.kind != super::model::Kind::Other {
+            break;
+        }
+        match rec.edges.as_slice() {
+            [(to, false)] => at = to.as_str(),
+            _ => return false,
+        }
+    }
+    if at == LAYOUT || mentions(at, name) {
+        return false;
+    }
+    let mut todo: Vec<(&str, u32)> = vec![(at, 0)];
+    let mut seen: HashSet<&str> = HashSet::new();
+    while let Some((t, depth)) = todo.pop() {
+        if t == LAYOUT {
+            return true;
+        }
+        if depth == 4 || !seen.insert(t) {
+            continue;
+        }
+        let edges = model.types.get(t).map_or(&[][..], |r| r.edges.as_slice());
+        todo.extend(edges.iter().filter(|(_, owned)| *owned).map(|(to, _)| (to.as_str(), depth + 1)));
+    }
+    false
+}
+
 /// The function that makes values of a closure's captures or an async fn's state:
 /// `app::main` for `app::main::{closure_env#2}`.
 fn maker(type_name: &str) -> Option<&str> {
@@ -216,6 +320,7 @@ mod tests {
             ret: None,
             locals: locals.iter().map(|p| p.to_string()).collect(),
             main,
+            generics: vec![],
         }
     }
 
@@ -318,6 +423,74 @@ mod tests {
         assert!(r[0].contains("the state of async fn `app::job`"), "{r:?}");
         assert!(r[0].contains("futures of `app::job` in flight"), "{r:?}");
         assert!(r[0].contains("static `app::TASK`"), "{r:?}");
+    }
+
+    #[test]
+    fn values_kept_as_bytes_by_their_layout_are_found_through_the_instances_over_their_type() {
+        let layout = "core::alloc::layout::Layout";
+        let storage = |m: &mut Model, name: &str, ty: &str| {
+            m.types
+                .insert(name.into(), strukt(56, &[("bytes", 0, "alloc::vec::Vec<u8>"), ("layout", 24, ty)]));
+            m.types.insert(format!("&mut {name}"), TypeRec::pointer_to(name));
+        };
+        let instance = |path: &str, params: &[&str], ret: Option<&str>| FnRec {
+            ret: ret.map(String::from),
+            generics: vec!["app::A".into()],
+            ..function(path, params, &[], false)
+        };
+        let l = layouts(|m| {
+            m.types.insert(layout.into(), strukt(16, &[("size", 0, "usize"), ("align", 8, "usize")]));
+            storage(m, "store::Store", layout);
+            m.functions.push(instance("store::Store::new", &[], Some("store::Store")));
+            m.functions.push(instance("store::Store::push", &["&mut store::Store", "app::A"], None));
+        });
+        let r = reasons(&l, &[]);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(
+            r[0].contains("(values of `app::A` may live in storage of `store`, which keeps them as bytes by their `Layout` (`store::Store::new`))"),
+            "{r:?}"
+        );
+
+        // Typed containers name the type (their values are found by type); std's are not storage
+        // of a crate; a bare `Layout` computed to allocate keeps nothing.
+        let l = layouts(|m| {
+            m.types.insert(layout.into(), strukt(16, &[("size", 0, "usize"), ("align", 8, "usize")]));
+            storage(m, "typed::Table<app::A>", layout);
+            m.functions.push(instance("typed::Table<T>::new", &[], Some("typed::Table<app::A>")));
+            m.functions.push(instance("smallvec::SmallVec<A>::grow", &[], Some(layout)));
+            storage(m, "alloc::rc::Inner", layout);
+            m.functions.push(instance("alloc::rc::Rc<T>::new", &[], Some("alloc::rc::Inner")));
+        });
+        assert!(reasons(&l, &[]).is_empty(), "{:?}", reasons(&l, &[]));
+    }
+
+    #[test]
+    fn implementations_of_a_library_trait_are_no_frames_that_hold_values() {
+        // Bevy's `Component::relationship_accessor`, a default method instantiated for the type.
+        let l = layouts(|m| {
+            m.functions.push(function(
+                "<app::A as lib::Component>::relationship_accessor",
+                &[],
+                &["app::Holder"],
+                false,
+            ))
+        });
+        let unchanged = ["<app::A as lib::Component>::relationship_accessor#sym"];
+        assert!(reasons(&l, &unchanged).is_empty(), "{:?}", reasons(&l, &unchanged));
+    }
+
+    #[test]
+    fn a_dyn_trait_is_matched_with_its_generic_arguments() {
+        let fn_unit = "core::ops::function::Fn<()>";
+        assert!(mentions_dyn("&dyn core::ops::function::Fn<(), Output=alloc::string::String>", fn_unit));
+        assert!(!mentions_dyn("&dyn core::ops::function::Fn<(u8), Output=u64>", fn_unit));
+        assert!(!mentions_dyn(
+            "&dyn core::ops::function::FnMut<(), Output=u64>",
+            "core::ops::function::Fn<()>"
+        ));
+        assert!(mentions_dyn("alloc::boxed::Box<dyn app::Job, alloc::alloc::Global>", "app::Job"));
+        assert!(mentions_dyn("&dyn app::Job<Item=u8>", "app::Job"));
+        assert!(!mentions_dyn("&dyn app::Jobs", "app::Job"));
     }
 
     #[test]

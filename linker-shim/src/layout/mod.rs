@@ -106,26 +106,57 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff) -> Result<La
 /// changed in it; `None` when the function is new, gone, or receives and returns what it did.
 ///
 /// For in-place patching: call it for each changed function whose old entry stays reachable.
-pub fn signature_change(layouts: &Layouts, fn_path: &str) -> Option<String> {
-    let old = layouts.old.functions_at(fn_path).next()?;
-    let new = layouts.new.functions_at(fn_path).next()?;
-    let sig = |f: &model::FnRec| {
-        let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
-        format!("fn({}){ret}", f.params.join(", "))
-    };
-    if old.params != new.params || old.ret != new.ret {
-        return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
+///
+/// `linkage`, the function's mangled names in the running build and in the new one, picks the
+/// instance with that name on each side: instances of one generic function share a path
+/// (`alloc::vec::Vec<T,A>::extend_trusted`), and comparing one instance's signature with
+/// another's finds a change that is not there. By path when a name is not described.
+#[cfg(test)]
+pub fn signature_change(layouts: &Layouts, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
+    Signatures::new(layouts).change(fn_path, linkage)
+}
+
+/// [`signature_change`] for every changed function of a patch: the types holding or pointing at
+/// each changed type are found once (each search follows every type of the changed units).
+pub struct Signatures<'l> {
+    layouts: &'l Layouts,
+    /// For each of `layouts.changes`, in order: the types whose values hold or point at it.
+    holders: Vec<HashSet<&'l str>>,
+}
+
+impl<'l> Signatures<'l> {
+    pub fn new(layouts: &'l Layouts) -> Self {
+        let reach = live::Reach::new(&layouts.old);
+        let holders = layouts.changes.iter().map(|c| reach.holders(&c.name, false)).collect();
+        Signatures { layouts, holders }
     }
-    let reach = live::Reach::new(&layouts.old);
-    for ty in old.params.iter().chain(old.ret.iter()) {
-        for change in &layouts.changes {
-            if reach.holders(&change.name, false).contains(ty.as_str()) {
-                let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
-                return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+
+    /// See [`signature_change`].
+    pub fn change(&self, fn_path: &str, linkage: Option<(&str, &str)>) -> Option<String> {
+        fn pick<'m>(model: &'m Model, fn_path: &'m str, name: Option<&str>) -> Option<&'m model::FnRec> {
+            let name = name.map(crate::diff::names::canonical);
+            name.and_then(|n| model.functions.iter().find(|f| f.linkage == n))
+                .or_else(|| model.functions_at(fn_path).next())
+        }
+        let old = pick(&self.layouts.old, fn_path, linkage.map(|l| l.0))?;
+        let new = pick(&self.layouts.new, fn_path, linkage.map(|l| l.1))?;
+        let sig = |f: &model::FnRec| {
+            let ret = f.ret.as_deref().map(|r| format!(" -> {r}")).unwrap_or_default();
+            format!("fn({}){ret}", f.params.join(", "))
+        };
+        if old.params != new.params || old.ret != new.ret {
+            return Some(format!("the signature of `{fn_path}` changed ({} -> {})", sig(old), sig(new)));
+        }
+        for ty in old.params.iter().chain(old.ret.iter()) {
+            for (change, holders) in self.layouts.changes.iter().zip(&self.holders) {
+                if holders.contains(ty.as_str()) {
+                    let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
+                    return Some(format!("`{fn_path}` {how} `{ty}`, and {}", change.describe()));
+                }
             }
         }
+        None
     }
-    None
 }
 
 #[cfg(test)]
@@ -159,6 +190,7 @@ mod tests {
             ret: Some("u64".into()),
             locals: vec![],
             main: false,
+            generics: vec![],
         });
         m
     }
@@ -172,22 +204,45 @@ mod tests {
     fn signature_changes_name_the_type_and_field() {
         let same =
             layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["&mut app::Point"]));
-        assert_eq!(signature_change(&same, "app::step"), None);
-        assert_eq!(signature_change(&same, "app::other"), None);
+        assert_eq!(signature_change(&same, "app::step", None), None);
+        assert_eq!(signature_change(&same, "app::other", None), None);
 
         let grown = layouts(
             model(&[("x", 0)], &["&mut app::Point"]),
             model(&[("x", 0), ("y", 4)], &["&mut app::Point"]),
         );
         assert_eq!(
-            signature_change(&grown, "app::step").as_deref(),
+            signature_change(&grown, "app::step", None).as_deref(),
             Some("`app::step` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")
         );
 
         let retyped = layouts(model(&[("x", 0)], &["&mut app::Point"]), model(&[("x", 0)], &["u8"]));
         assert_eq!(
-            signature_change(&retyped, "app::step").as_deref(),
+            signature_change(&retyped, "app::step", None).as_deref(),
             Some("the signature of `app::step` changed (fn(&mut app::Point) -> u64 -> fn(u8) -> u64)")
         );
+    }
+
+    #[test]
+    fn instances_sharing_a_path_are_told_apart_by_their_names() {
+        // Two instances of `app::step` (a generic function): `<u8>` first on one side, second on
+        // the other. By path they seem to change signature; by name each kept its own.
+        let instance = |linkage: &str, param: &str| FnRec {
+            linkage: linkage.into(),
+            path: "app::step".into(),
+            params: vec![param.into()],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![param.into()],
+        };
+        let mut old = Model::default();
+        old.functions.extend([instance("step_u8", "u8"), instance("step_u16", "u16")]);
+        let mut new = Model::default();
+        new.functions.extend([instance("step_u16.llvm.42", "u16"), instance("step_u8", "u8")]);
+        let l = layouts(old, new);
+        assert!(signature_change(&l, "app::step", None).is_some(), "by path: the first of each side");
+        assert_eq!(signature_change(&l, "app::step", Some(("step_u16", "step_u16.llvm.42"))), None);
+        assert_eq!(signature_change(&l, "app::step", Some(("step_u8", "step_u8"))), None);
     }
 }

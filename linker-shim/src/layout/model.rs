@@ -89,6 +89,9 @@ pub struct FnRec {
     pub locals: Vec<String>,
     /// `DW_AT_main_subprogram`: the program's `main`.
     pub main: bool,
+    /// An instance's generic arguments (its template type parameters): `["layouts::Pos"]` for
+    /// `store::Store::new::<layouts::Pos>`.
+    pub generics: Vec<String>,
 }
 
 /// One build's side of the comparison.
@@ -101,11 +104,12 @@ pub struct Model {
     /// Names of the structs that are an enum's variants (compared as part of their enum).
     pub variant_types: std::collections::HashSet<String>,
     /// `(type, trait)` for every vtable: values of the type can hide behind `dyn trait`. The trait
-    /// is its path without generic arguments (`core::ops::function::Fn`).
+    /// is its path with the generic arguments the vtable's name gives (`core::ops::function::Fn<()>`):
+    /// a closure behind `dyn Fn(u8)` is never behind `dyn Fn() -> String`.
     pub vtables: Vec<(String, String)>,
 }
 
-/// `<app::Job as app::Task<u8>>::{vtable}` → `("app::Job", "app::Task")`.
+/// `<app::Job as app::Task<u8>>::{vtable}` → `("app::Job", "app::Task<u8>")`.
 pub fn vtable_of(name: &str) -> Option<(String, String)> {
     let inner = name.strip_prefix('<')?.strip_suffix(">::{vtable}")?;
     let mut depth = 0i32;
@@ -116,7 +120,6 @@ pub fn vtable_of(name: &str) -> Option<(String, String)> {
             ' ' if depth == 0 && inner[at..].starts_with(" as ") => {
                 let ty = &inner[..at];
                 let tr = &inner[at + 4..];
-                let tr = tr.split('<').next().unwrap_or(tr);
                 return Some((ty.to_string(), tr.to_string()));
             }
             _ => {}
@@ -138,7 +141,7 @@ mod tests {
     fn vtable_names_name_a_type_and_a_trait() {
         assert_eq!(
             super::vtable_of("<app::main::{closure_env#2} as core::ops::function::Fn<()>>::{vtable}"),
-            Some(("app::main::{closure_env#2}".into(), "core::ops::function::Fn".into()))
+            Some(("app::main::{closure_env#2}".into(), "core::ops::function::Fn<()>".into()))
         );
         assert_eq!(
             super::vtable_of("<a::W<a::X as b::Y> as core::fmt::Debug>::{vtable}").map(|v| v.1),

@@ -42,11 +42,27 @@ pub fn begin(output: &Path, inputs: &[Input], dir: &IpbpDir) -> Result<Pending> 
     let replaced_kept_inputs = inputs_path.is_file()
         && read_inputs_list(&inputs_path).is_ok_and(|old| !kept(&old).is_subset(&kept(inputs)));
     write_inputs_list(&inputs_path, output, inputs)?;
+    keep_executable(output, dir, &build_id);
     // A map of an earlier link of the same build id may name other kept inputs: it is written
     // again, on demand.
     let map_path = dir.map_path(&name, &build_id);
     let _ = std::fs::remove_file(&map_path);
     Ok(Pending { map_path, build_id, inputs_path, replaced_kept_inputs, _lock: lock })
+}
+
+/// Keeps the executable under its build id (a hardlink: free, and the inode outlives cargo's
+/// replacing `target/debug/<name>`), so the build a process started from stays findable by
+/// debuggers and people for as long as the build is recorded — at least while a process runs it
+/// (collection spares those). Quietly does nothing where it cannot link (another filesystem).
+fn keep_executable(output: &Path, dir: &IpbpDir, build_id: &str) {
+    let kept = dir.executable(build_id);
+    if kept.exists() {
+        return;
+    }
+    if let Some(parent) = kept.parent() {
+        let _ = std::fs::create_dir_all(parent);
+    }
+    let _ = std::fs::hard_link(output, &kept);
 }
 
 /// Writes the JSON map of a build recorded by [`begin`] (whose lock `pending` holds), for
@@ -226,6 +242,7 @@ pub fn collect(dir: &IpbpDir, output_name: &str, in_use: &HashSet<String>, sweep
         let _ = std::fs::remove_file(dir.map_path(output_name, id));
         let _ = std::fs::remove_file(&list);
         let _ = std::fs::remove_file(dir.index_path(output_name, id));
+        let _ = std::fs::remove_file(dir.executable(id));
         removed += 1;
     }
     let latest = dir.latest(output_name);
@@ -285,6 +302,7 @@ fn drop_outputs_gone(dir: &IpbpDir, current: &str, in_use: &HashSet<String>) -> 
             freed |= read_inputs_list(list).map_or(true, |l| l.iter().any(|i| i.stored.is_some()));
             let _ = std::fs::remove_file(list.with_extension("json"));
             let _ = std::fs::remove_file(dir.index_path(&name, &id));
+            let _ = std::fs::remove_file(dir.executable(&id));
             let _ = std::fs::remove_file(list);
         }
         let _ = std::fs::remove_file(out.path().join("latest.json"));

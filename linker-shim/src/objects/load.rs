@@ -250,9 +250,8 @@ fn parse_inner(data: &[u8]) -> Result<Parsed<'_>> {
         if target >= sections.len() {
             bail!("relocation section for missing section {target}");
         }
-        if sections[target].kind == SectionKind::Other {
-            continue; // debug info and friends: never part of a patch
-        }
+        // Debug sections' too: a patch carries its units' DWARF (`emit::debug`). Borrowed, and
+        // decoded only when read.
         let (relas, _) =
             sh.rela(e, data).context("malformed relocations")?.context("malformed relocations")?;
         sections[target].rela = relas;

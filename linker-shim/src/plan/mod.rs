@@ -13,6 +13,8 @@
 //! What cannot be patched safely becomes a [`Refusal`] naming the symbol and the reason.
 
 pub mod base;
+mod chain;
+mod detours;
 pub(crate) mod entry;
 pub mod graph;
 mod imports;
@@ -25,7 +27,6 @@ mod worklist;
 mod tests;
 
 use crate::diff::{DefKind, Diff};
-use crate::error::Context;
 use crate::index::BaseKind;
 use crate::objects::load::{Arena, ObjectArena};
 use crate::objects::units::{Build, UnitId};
@@ -153,6 +154,9 @@ pub struct Report {
     pub not_redirected: Vec<(String, String)>,
     /// Things the user should know that do not stop the patch.
     pub notes: Vec<String>,
+    /// Changed functions that are running and never called again (`main`): only a restart runs
+    /// their new code.
+    pub running: Vec<String>,
 }
 
 pub struct Plan<'a> {
@@ -161,6 +165,9 @@ pub struct Plan<'a> {
     /// What planning looked at, for the manifest.
     pub stats: Vec<(&'static str, usize)>,
     pub chunks: Vec<Chunk<'a>>,
+    /// Per chunk: the workspace unit and section it is a copy of (whole sections only), so emit
+    /// can carry the unit's debug info for it.
+    pub sources: Vec<Option<(UnitId, SecIdx)>>,
     pub eh_records: Vec<EhRecord<'a>>,
     pub imports: Vec<String>,
     /// Chunk (function entry at offset 0) → where to install it.
@@ -232,6 +239,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             )),
         }
     }
+    let mut running_changed = Vec::new();
     let (copy, visited) = match input.mode {
         Mode::HotPoints => {
             let affected = graph::affected(index, &changed_nodes, &hot)?;
@@ -267,6 +275,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             }
             running.sort();
             running.dedup();
+            running_changed.clone_from(&running);
             for f in running {
                 notes.push(format!(
                     "`{f}` changed; it is running and is not called again, so its new code runs after a restart"
@@ -276,10 +285,27 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         }
     };
     clock.step("affected");
+    // In place: which changed functions keep their old entry, and the unchanged code that leads
+    // to them, which new code must reach in copies (see `chain`).
+    let detours = match input.mode {
+        Mode::InPlace => detours::decide(input, index, &copy, &changed_nodes)?,
+        Mode::HotPoints => Vec::new(),
+    };
+    clock.step("redirects");
+    let stale: HashMap<Loc, Option<String>> = detours
+        .iter()
+        .filter_map(|d| {
+            let why = d.entries.as_ref().err()?;
+            Some((d.at, d.layout.then(|| why.to_string())))
+        })
+        .collect();
+    let chains = chain::Chains::find(index, &stale.keys().copied().collect(), &changed_nodes)?;
+    clock.step("chains");
     let stats = vec![
         ("hot points", hot.roots.len()),
         ("sections walked from the changes", visited),
         ("sections copied", copy.len()),
+        ("sections leading to code not redirected", chains.carry.len()),
         ("workspace units", index.build.units.len()),
         ("units read", index.units_read().len()),
     ];
@@ -293,7 +319,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     }
 
     let pulled = ObjectArena::default();
-    let mut planner = Planner::new(input, index, &hot, &copy, &pulled);
+    let mut planner = Planner::new(input, index, &hot, (&copy, &stale, &chains), &pulled);
     for &n in sorted(&copy).iter() {
         // In place, changed constants are copied only when new code refers to them.
         if input.mode == Mode::InPlace && index.kind(n)? != SectionKind::Text {
@@ -304,11 +330,12 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     }
     planner.run()?;
     clock.step("resolve");
-    let mut plan = planner.finish(&hot, &copy, &changed_nodes)?;
+    let mut plan = planner.finish(&hot, &copy, &changed_nodes, detours)?;
     plan.steps = clock.steps;
     plan.stats = stats;
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
+    plan.report.running = running_changed;
     Ok(plan)
 }
 
@@ -353,6 +380,29 @@ fn unreached_note(functions: &[String]) -> String {
     )
 }
 
+/// Functions not redirected that get a note each; the others share one.
+const NOTED: usize = 3;
+
+/// Whether a function is the program's (or a library's) own code, not an instance of the standard
+/// library's generic code: `app::f`, `<app::Mode as core::fmt::Debug>::fmt`; not
+/// `alloc::vec::Vec<T,A>::extend_trusted` nor `<(U,T) as core::fmt::Debug>::fmt`.
+fn is_own_path(path: &str) -> bool {
+    let path = path.strip_prefix('<').unwrap_or(path);
+    let first = path.split("::").next().unwrap_or("");
+    let crate_name = !first.is_empty() && first.chars().all(|c| c.is_alphanumeric() || c == '_');
+    crate_name && !matches!(first, "core" | "alloc" | "std" | "hashbrown")
+}
+
+/// Up to three names in backquotes, and how many more.
+fn shown_list(names: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let shown: Vec<String> = names.iter().take(SHOWN).map(|f| format!("`{f}`")).collect();
+    match names.len().saturating_sub(SHOWN) {
+        0 => shown.join(", "),
+        n => format!("{} and {n} more", shown.join(", ")),
+    }
+}
+
 fn sorted(set: &HashSet<Loc>) -> Vec<Loc> {
     let mut v: Vec<Loc> = set.iter().copied().collect();
     v.sort_unstable();
@@ -380,6 +430,10 @@ struct Planner<'p, 'g, 'a> {
     index: &'g Index<'g, 'a>,
     hot: &'g HotPoints,
     copy: &'g HashSet<Loc>,
+    /// In place: changed functions that are not redirected → why, when it is a layout change.
+    stale: &'g HashMap<Loc, Option<String>>,
+    /// In place: unchanged code leading to them, carried where the patch's code refers to it.
+    chains: &'g chain::Chains,
     work: Worklist<'a>,
     archives: Archives<'p, 'a>,
     unwind: UnwindRecords<'a>,
@@ -396,7 +450,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         input: &'p Inputs<'p, 'a>,
         index: &'g Index<'g, 'a>,
         hot: &'g HotPoints,
-        copy: &'g HashSet<Loc>,
+        (copy, stale, chains): (&'g HashSet<Loc>, &'g HashMap<Loc, Option<String>>, &'g chain::Chains),
         pulled: &'p ObjectArena<'a>,
     ) -> Self {
         Planner {
@@ -404,6 +458,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             index,
             hot,
             copy,
+            stale,
+            chains,
             work: Worklist::default(),
             archives: Archives::new(input.link_inputs, input.arena, pulled),
             unwind: UnwindRecords::default(),
@@ -553,6 +609,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             _ => None,
         };
         if let Some(at) = target {
+            self.check_stale_state(at)?;
             if let Some(t) = self.dispatch_special(at, from)? {
                 return Ok(t);
             }
@@ -666,6 +723,9 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         if !takes_address || !self.copy.contains(&at) || self.index.kind(at)? != SectionKind::Text {
             return Ok(None);
         }
+        if self.stale.contains_key(&at) {
+            return Ok(None); // its image entry keeps the old code: the new copy's address
+        }
         let Some(name) = self.index.name(at)? else { return Ok(None) };
         if is_hot_async_part(&crate::map::read::demangle(name)) {
             return Ok(None); // switched through its slot, never detoured
@@ -677,6 +737,23 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             .then_some(Target::Absolute(entry.addr + self.input.base.load_bias)))
     }
 
+    /// In place, new code that refers to a writable static whose data points into a chain leading
+    /// to a function not redirected for a layout change would hand its new values to that old
+    /// code through the pointer the process holds: refused, naming the static, the function and
+    /// the type (`chain`'s module doc).
+    fn check_stale_state(&mut self, at: Loc) -> crate::error::Result<()> {
+        let Some(&origin) = self.chains.state.get(&at) else { return Ok(()) };
+        let Some(Some(why)) = self.stale.get(&origin) else { return Ok(()) };
+        let Some(name) = self.index.name(at)? else { return Ok(()) };
+        let function = self.index.name(origin)?.map(crate::map::read::demangle).unwrap_or_default();
+        let reason = format!(
+            "new code reads static `{}`, which points to code leading to the old `{function}`, kept for its old callers: {why}; values the new code makes would meet the old code (restart to use it)",
+            base::state_path(name)
+        );
+        self.refuse(name, reason);
+        Ok(())
+    }
+
     /// A named symbol defined in section `sec` of `obj`.
     fn named_defined(
         &mut self,
@@ -686,7 +763,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         value: u64,
     ) -> crate::error::Result<Target> {
         if let Obj::Unit(u) = obj {
-            if self.copy.contains(&(u, sec)) {
+            if self.copy.contains(&(u, sec)) || self.chains.carry.contains_key(&(u, sec)) {
                 let id = self.include(obj, sec, None)?;
                 return Ok(Target::Chunk(id, value));
             }
@@ -745,7 +822,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     /// are the ones the image was linked from. This keeps the cost of a patch independent of the
     /// size of the units its code calls into.
     fn unchanged_in_image(&self, name: &str, at: Loc) -> Option<Target> {
-        if !self.index.unchanged(at.0) || self.copy.contains(&at) {
+        if !self.index.unchanged(at.0) || self.copy.contains(&at) || self.chains.carry.contains_key(&at) {
             return None;
         }
         match self.input.base.lookup(name)? {
@@ -876,13 +953,13 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         hot: &HotPoints,
         copy: &HashSet<Loc>,
         changed: &HashSet<Loc>,
+        detours: Vec<detours::Detour>,
     ) -> crate::error::Result<Plan<'a>> {
         let index = self.index;
         let base = self.input.base;
         let bias = base.load_bias;
         let mut installs = Vec::new();
-        let mut detours: Vec<(ChunkId, &str)> = Vec::new();
-        let (diff, layouts) = (self.input.diff, self.input.layouts);
+        let mut chained = Vec::new();
         let refusals = self.refusals;
         let mut report = Report::default();
         for (&(obj, sec, piece), &id) in self.work.included() {
@@ -897,17 +974,18 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 report.changed.extend(name.clone());
             } else if copy.contains(&node) {
                 report.carried.extend(name.clone());
+            } else if self.chains.carry.contains_key(&node) && mangled.is_some_and(|m| base.contains(m)) {
+                // Leads to code that is not redirected, and the image has it: a copy, not new code.
+                report.carried.extend(name.clone());
+                if index.kind(node)? == SectionKind::Text {
+                    chained.extend(name.clone());
+                }
             }
-            if self.input.mode == Mode::InPlace {
-                let hot_async = name.as_deref().is_some_and(is_hot_async_part);
-                if changed.contains(&node) && index.kind(node)? == SectionKind::Text && !hot_async {
-                    if let Some(mangled) = mangled {
-                        detours.push((id, mangled));
-                    }
-                }
-                if !matches!(hot.roots.get(&node), Some(Dispatch::Entry { .. })) {
-                    continue;
-                }
+            // In place only a hot `async fn`'s entry is switched (through its slot).
+            if self.input.mode == Mode::InPlace
+                && !matches!(hot.roots.get(&node), Some(Dispatch::Entry { .. }))
+            {
+                continue;
             }
             if let Some(dispatch) = hot.roots.get(&node) {
                 let original = |n: Loc| -> crate::error::Result<_> {
@@ -925,25 +1003,8 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
                 }
             }
         }
-        let mut planned: Vec<PlannedDetour> = detours
-            .into_iter()
-            .map(|(id, mangled)| {
-                let base_name = diff.base_name(mangled);
-                // Callers built against the old function pass what it took: its entry may only
-                // lead to new code that takes the same (the DWARF of both builds says).
-                let entries =
-                    match crate::layout::signature_change(layouts, &crate::map::read::demangle(base_name)) {
-                        Some(reason) => Err(crate::err!("{reason}; changed callers call the new version")),
-                        None => detour_entries(base, base_name),
-                    };
-                (id, mangled, base_name, entries)
-            })
-            .collect();
-        refuse_shared_entries(
-            &merged_functions(self.input.base_build, &diff.changed_units_base),
-            &mut planned,
-        );
-        for (id, mangled, _, entries) in planned {
+        for detours::Detour { at, mangled, entries, .. } in detours {
+            let Some(id) = self.work.find(&(Obj::Unit(at.0), at.1, None)) else { continue };
             match entries {
                 Ok(entries) => {
                     installs.extend(entries.into_iter().map(|at| (id, Install::Detour(at + bias))))
@@ -983,9 +1044,31 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
         let (eh_records, no_unwind) = self.unwind.finish();
         report.not_redirected.sort();
         report.not_redirected.dedup();
-        for (f, why) in &report.not_redirected {
+        // One note each for the first few, the program's own first; an edit of a type renames and
+        // changes dozens of the standard library's instances over it: one line for the rest.
+        let mut listed: Vec<&(String, String)> = report.not_redirected.iter().collect();
+        listed.sort_by_key(|(f, _)| (!is_own_path(f), f.contains(" as "), f.as_str()));
+        for (f, why) in listed.iter().take(NOTED) {
             report.notes.push(format!(
                 "`{f}` changed but its entry cannot be redirected ({why}); code that did not change keeps calling its old version"
+            ));
+        }
+        if listed.len() > NOTED {
+            let rest: Vec<String> = listed[NOTED..].iter().map(|(f, _)| f.clone()).collect();
+            report.notes.push(format!(
+                "{} more changed functions cannot be redirected either ({}; the manifest gives each one's reason); code that did not change keeps calling their old versions",
+                rest.len(),
+                shown_list(&rest)
+            ));
+        }
+        if !chained.is_empty() {
+            chained.sort();
+            chained.dedup();
+            report.notes.push(format!(
+                "new code reaches the new versions of what is not redirected through {} unchanged function{} carried into the patch ({})",
+                chained.len(),
+                if chained.len() == 1 { "" } else { "s" },
+                shown_list(&chained)
             ));
         }
         for f in &no_unwind {
@@ -999,9 +1082,16 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             list.dedup();
         }
         installs.sort_by_key(|&(id, i)| (i, id));
+        let sources = (0..self.work.chunks().len())
+            .map(|i| match self.work.source(ChunkId::at(i)) {
+                Some((Obj::Unit(u), sec, None)) => Some((u, sec)),
+                _ => None,
+            })
+            .collect();
         Ok(Plan {
             steps: Vec::new(),
             stats: Vec::new(),
+            sources,
             chunks: self.work.into_chunks(),
             eh_records,
             imports,
@@ -1012,71 +1102,6 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
             refusals,
         })
     }
-}
-
-/// A changed function's chunk, its mangled name now and in the image, and its entries in the image
-/// (or why none).
-type PlannedDetour<'n> = (ChunkId, &'n str, &'n str, crate::error::Result<Vec<u64>>);
-
-/// An entry that several functions share (the optimiser merged identical bodies) can only be
-/// redirected if every name there is redirected to the same new code: otherwise callers of a
-/// function that did not change would run another function's new code.
-fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [PlannedDetour]) {
-    let target: HashMap<&str, ChunkId> =
-        planned.iter().map(|&(id, _, base_name, _)| (base_name, id)).collect();
-    for (id, _, base_name, entries) in planned.iter_mut() {
-        if entries.is_err() {
-            continue;
-        }
-        let others = merged.get(*base_name).into_iter().flatten();
-        if let Some(other) = others.copied().find(|&n| target.get(n) != Some(id)) {
-            *entries = Err(crate::err!(
-                "its code is shared with `{}`, which the optimiser merged with it",
-                crate::map::read::demangle(other)
-            ));
-        }
-    }
-}
-
-/// Function names the optimiser gave one body in the running build (LLVM merges identical
-/// functions of one codegen unit into aliases): name → the other names of its body. Only the
-/// changed units are read — a merged pair lives in one unit, and a changed function's unit changed.
-fn merged_functions<'a>(base: &Build<'a>, changed_units: &[UnitId]) -> HashMap<&'a str, Vec<&'a str>> {
-    let mut out: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
-    for &u in changed_units {
-        let Ok(obj) = base.units[u].object() else { continue };
-        for sec in obj.sections.iter().filter(|s| s.kind == SectionKind::Text) {
-            let mut at: HashMap<u64, Vec<&'a str>> = HashMap::new();
-            for &i in &sec.symbols {
-                let sym = &obj.symbols[i];
-                if sym.kind == SymbolKind::Function && sym.is_named() {
-                    at.entry(sym.value).or_default().push(sym.name);
-                }
-            }
-            for names in at.into_values().filter(|n| n.len() > 1) {
-                for &n in &names {
-                    out.entry(n).or_default().extend(names.iter().copied().filter(|&m| m != n));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// The entries (unbiased) of every copy of function `mangled` in the running image (a local symbol
-/// can be defined in several codegen units, all the same code), each checked to hold a jump.
-/// None when the image does not have it (a new function).
-fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> crate::error::Result<Vec<u64>> {
-    let mut out = Vec::new();
-    for s in base.all(mangled).into_iter().filter(|s| s.kind == BaseKind::Function) {
-        let code = base.code(s.addr, s.size).context("its code is not in the image's executable segments")?;
-        let after = base.code(s.addr + s.size, entry::JUMP_LEN).unwrap_or(&[]);
-        entry::check(code, after).map_err(|e| crate::err!("{e}"))?;
-        out.push(s.addr);
-    }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
 }
 
 impl Target {

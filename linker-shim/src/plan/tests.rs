@@ -13,7 +13,7 @@ use crate::index::{LinkIndex, Symbol, Writer};
 use crate::map::schema::InputKind;
 use crate::objects::testing::{ElfObject, Kind};
 use ipbp::protocol::LedgerEntry;
-use object::elf::{R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_TPOFF32};
+use object::elf::{R_X86_64_64, R_X86_64_PC32, R_X86_64_PLT32, R_X86_64_TPOFF32};
 use std::path::Path;
 
 const BIAS: u64 = 0x5555_0000_0000;
@@ -34,6 +34,8 @@ fn data(addr: u64, size: u64) -> Symbol {
 const REFS: &[(&str, object::elf::RelocationType)] = &[
     ("h", R_X86_64_PLT32),              // a call to another changed function
     ("g", R_X86_64_PLT32),              // a call to an unchanged function of the same unit
+    ("k", R_X86_64_PLT32),              // an unchanged function that calls `h`, not redirected
+    ("TABLE", R_X86_64_PC32),           // unchanged constant data holding `h`'s address
     ("lib_fn", R_X86_64_PLT32),         // an unchanged unit's function
     ("COUNTER", R_X86_64_PC32),         // a static of the image
     ("WIDE", R_X86_64_PC32),            // a static whose size changed
@@ -50,7 +52,8 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
 ];
 
 /// The current build's changed unit: `f` (refers to everything in `refs`, then takes `h`'s
-/// address with a `lea`), `h`, `g` and the data they use.
+/// address with a `lea`), `h`, `g`, `k` (calls `h`), `HOOK` (a static holding `h`'s address),
+/// `TABLE` (a constant table holding it: a vtable) and the data they use.
 fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut o = ElfObject::new();
     let f = o.section(".text.f", Kind::Text, &[0x90; 96], 16);
@@ -61,6 +64,15 @@ fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut defined = HashMap::new();
     defined.insert("h", h_sym);
     defined.insert("g", o.global("g", g));
+    let k = o.section(".text.k", Kind::Text, &[0xe8, 0, 0, 0, 0, 0xc3], 16);
+    defined.insert("k", o.global("k", k));
+    o.reloc(k, 1, R_X86_64_PLT32, h_sym, -4);
+    let hook = o.section(".data.HOOK", Kind::Data, &[0; 8], 8);
+    defined.insert("HOOK", o.global("HOOK", hook));
+    o.reloc(hook, 0, R_X86_64_64, h_sym, 0);
+    let table = o.section(".data.rel.ro.TABLE", Kind::Data, &[0; 8], 8);
+    defined.insert("TABLE", o.global("TABLE", table));
+    o.reloc(table, 0, R_X86_64_64, h_sym, 0);
     let counter = o.section(".data.COUNTER", Kind::Data, &[0; 8], 8);
     defined.insert("COUNTER", o.global("COUNTER", counter));
     let wide = o.section(".data.WIDE", Kind::Data, &[0; 16], 8);
@@ -95,9 +107,12 @@ fn base_index() -> Vec<u8> {
     w.symbol("f", function(IMAGE));
     w.symbol("h", function(IMAGE + 0x100));
     w.symbol("g", function(IMAGE + 0x200));
+    w.symbol("k", function(IMAGE + 0x400));
     w.symbol("lib_fn", function(IMAGE + 0x300));
     w.symbol("COUNTER", data(IMAGE + 0x10_000, 8));
     w.symbol("WIDE", data(IMAGE + 0x10_100, 8));
+    w.symbol("HOOK", data(IMAGE + 0x10_200, 8));
+    w.symbol("TABLE", data(IMAGE + 0x10_300, 8));
     w.symbol("IMAGE_TLS", Symbol { addr: 0x40, size: 8, kind: BaseKind::Tls, local: false });
     w.import("write");
     w.unit("app.o", "", 0, 1, 0);
@@ -128,7 +143,7 @@ fn change(name: &str) -> (String, Change) {
 
 /// Plans the patch of `f` and `h`, in place; `lib.o` does not exist on disk (reading it fails).
 fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
-    let (plan, read) = plan_refs(dir, REFS);
+    let (plan, read) = plan_refs(dir, REFS, crate::layout::Layouts::default());
     (plan.unwrap(), read)
 }
 
@@ -136,6 +151,7 @@ fn plan_in_place(dir: &Path) -> (Plan<'static>, Vec<UnitId>) {
 fn plan_refs(
     dir: &Path,
     refs: &[(&str, object::elf::RelocationType)],
+    layouts: crate::layout::Layouts,
 ) -> (crate::error::Result<Plan<'static>>, Vec<UnitId>) {
     let arena: &'static Arena = Box::leak(Box::default());
     let app = dir.join("app.o");
@@ -164,7 +180,6 @@ fn plan_refs(
         data: vec![LedgerEntry { addr: 0x7000_0000, size: 8, name: "ADDED_BEFORE".into() }],
         ..Default::default()
     };
-    let layouts = crate::layout::Layouts::default();
     let plan_inputs = Inputs {
         current: &current,
         base_build: &base_build,
@@ -197,12 +212,20 @@ fn each_reference_of_a_changed_function_resolves_as_the_table_says() {
     };
     let h = chunk("h").expect("the other changed function is carried");
     assert_eq!(target("h"), Target::Chunk(h, 0), "a call to a changed function goes to its new copy");
+    // `h`'s entry in the image cannot be checked here (its address is not in this test binary's
+    // code), so `h` is not redirected: its image entry keeps the old code, and new code must reach
+    // the new copy also when it takes the address (for a redirected function that is the image's
+    // entry, which the detour leads on: `inplace`'s `fp_same=true`), and through the unchanged `k`.
+    assert!(plan.report.not_redirected.iter().any(|(n, _)| n == "h"), "{:?}", plan.report.not_redirected);
     let lea = f.relocs.last().unwrap();
-    assert_eq!(
-        (lea.symbol.as_str(), lea.target),
-        ("h", Target::Absolute(BIAS + IMAGE + 0x100)),
-        "taking a changed function's address gives its entry in the image, which the detour leads on"
-    );
+    assert_eq!((lea.symbol.as_str(), lea.target), ("h", Target::Chunk(h, 0)), "the address of `h`");
+    let k = chunk("k").expect("`k`, unchanged, leads to `h`: carried");
+    assert_eq!(target("k"), Target::Chunk(k, 0));
+    assert_eq!(plan.chunks[k].relocs[0].target, Target::Chunk(h, 0), "the copy of `k` calls the new `h`");
+    let table = chunk("TABLE").expect("`TABLE`, unchanged, holds `h`: carried");
+    assert_eq!(target("TABLE"), Target::Chunk(table, 0));
+    assert_eq!(plan.chunks[table].relocs[0].target, Target::Chunk(h, 0), "the copy holds the new `h`");
+    assert_eq!(plan.report.carried, ["TABLE", "k"]);
     assert_eq!(target("g"), Target::Absolute(BIAS + IMAGE + 0x200), "unchanged: the running image's");
     assert_eq!(target("lib_fn"), Target::Absolute(BIAS + IMAGE + 0x300), "an unchanged unit's: the image's");
     assert_eq!(target("COUNTER"), Target::Absolute(BIAS + IMAGE + 0x10_000), "a static keeps its state");
@@ -216,7 +239,7 @@ fn each_reference_of_a_changed_function_resolves_as_the_table_says() {
     let anon = chunk(".rodata..Lanon.fad58de7366495db.3").expect("anonymous data is part of the patch");
     assert_eq!(target(".rodata..Lanon.fad58de7366495db.3"), Target::Chunk(anon, 0));
     assert_eq!(plan.chunks[anon].data.as_ref(), b"hello");
-    assert!(chunk("g").is_none(), "nothing unchanged is carried in place");
+    assert!(chunk("g").is_none(), "nothing unchanged is carried in place unless it leads to `h`");
 
     assert_eq!(plan.new_data, [("NEW_STATIC".to_string(), new_static)]);
     let new_tls: Vec<(&str, u64, u64)> =
@@ -258,11 +281,68 @@ fn a_unit_removed_during_the_link_fails_the_plan_naming_it() {
     let dir = tempfile::tempdir().unwrap();
     // `lib_inlined` is defined by the unchanged `lib.o` and absent from the image: resolving it
     // means reading `lib.o`, which does not exist.
-    let (plan, units_read) = plan_refs(dir.path(), &[("lib_inlined", R_X86_64_PLT32)]);
+    let (plan, units_read) =
+        plan_refs(dir.path(), &[("lib_inlined", R_X86_64_PLT32)], crate::layout::Layouts::default());
     assert_eq!(units_read, [UnitId(0)], "the index itself did not need `lib.o`");
     let Err(e) = plan else { panic!("planning with `lib.o` missing succeeded") };
     let message = e.to_string();
     let lib = dir.path().join("lib.o");
     assert!(message.contains(&lib.display().to_string()), "names the file: {message}");
     assert!(message.contains("removed or rewritten while it was being linked"), "{message}");
+}
+
+/// New code reading a writable static that holds the address of a function not redirected for a
+/// layout change (its signature changed) would call the old code with values of the new shape
+/// through the pointer the process holds: refused, naming the static, the function and the change.
+/// Without a layout change (`h` is not redirected only because its entry cannot be checked here),
+/// the same static is read as it is.
+#[test]
+fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refused() {
+    use crate::layout::model::{FnRec, Model};
+    let h = |param: &str| {
+        let mut m = Model::default();
+        m.functions.push(FnRec {
+            linkage: "h".into(),
+            path: "h".into(),
+            params: vec![param.into()],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![],
+        });
+        m
+    };
+    let layouts = crate::layout::Layouts { old: h("u8"), new: h("u16"), ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, _) = plan_refs(dir.path(), &[("HOOK", R_X86_64_PC32)], layouts);
+    let plan = plan.unwrap();
+    let reason = plan.refusals.iter().find(|r| r.symbol == "HOOK").map(|r| r.reason.as_str());
+    assert!(
+        reason.is_some_and(|r| r
+            .starts_with("new code reads static `HOOK`, which points to code leading to the old `h`")
+            && r.contains("the signature of `h` changed (fn(u8) -> fn(u16))")),
+        "{:?}",
+        plan.refusals
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, _) = plan_refs(dir.path(), &[("HOOK", R_X86_64_PC32)], crate::layout::Layouts::default());
+    let plan = plan.unwrap();
+    assert!(plan.refusals.is_empty(), "{:?}", plan.refusals);
+    let f = plan.chunks.iter().find(|c| c.name == "f").unwrap();
+    assert_eq!(f.relocs[0].target, Target::Absolute(BIAS + IMAGE + 0x10_200), "the running static");
+}
+
+#[test]
+fn the_programs_own_functions_are_told_from_instances_of_std() {
+    for own in ["app::f", "<app::Mode as core::fmt::Debug>::fmt", "lib::g::{{closure}}"] {
+        assert!(is_own_path(own), "{own}");
+    }
+    for std in [
+        "alloc::vec::Vec<T,A>::extend_trusted",
+        "<(U,T) as core::fmt::Debug>::fmt",
+        "<&T as core::fmt::Debug>::fmt",
+    ] {
+        assert!(!is_own_path(std), "{std}");
+    }
 }

@@ -14,6 +14,9 @@
 //!   store/.sweep                          a sweep was put off while links were keeping inputs
 //!   fingerprints.tsv                      content-hash cache keyed by inode, size and mtime
 //!   patches/<pid>-<start>/                patches built for one running process
+//!   debug/.build-id/<xx>/<rest>.debug     each recorded build's executable, by build id (a hardlink:
+//!                                         debuggers find the build a process started from after
+//!                                         cargo replaced it; collected with the build)
 //!   ipbp.log                              every status line the shim printed
 //! ```
 //!
@@ -77,6 +80,17 @@ impl IpbpDir {
 
     pub fn patches(&self) -> PathBuf {
         self.root.join("patches")
+    }
+
+    /// A debug-file directory (gdb's `debug-file-directory`) holding [`IpbpDir::executable`].
+    pub fn debug_files(&self) -> PathBuf {
+        self.root.join("debug")
+    }
+
+    /// The executable of build `build_id`, kept by its build id as debuggers look files up.
+    pub fn executable(&self, build_id: &str) -> PathBuf {
+        let (head, rest) = build_id.split_at(build_id.len().min(2));
+        self.debug_files().join(".build-id").join(head).join(format!("{rest}.debug"))
     }
 
     pub fn log(&self) -> PathBuf {

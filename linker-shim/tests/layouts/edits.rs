@@ -104,3 +104,24 @@ pub const NEW_STRUCT: Edit = &[
 
 /// Three lines inserted at the top: every panic location below moves, no code changes.
 pub const LINES_SHIFTED: Edit = &[("use std::cell::RefCell;", "use std::cell::RefCell;\n\n\n")];
+
+/// `Mode` gains a variant that the unchanged-signature-but-changed `mode_of` (not hot) makes every
+/// third step, and `step`'s message changes: `<Mode as Debug>::fmt` and `mode_of` receive or
+/// return the changed type, so their old entries are not redirected, and the new value must still
+/// meet only new code — also through unchanged generic instances (`Argument::new_debug::<Mode>`,
+/// the helper `shown::<Mode>`, `<Vec<Mode> as Debug>::fmt`, sorting, `HashMap<Mode, u32>`).
+pub const MODE_VARIANT_ADDED: Edit = &[
+    ("    Busy,\n}", "    Busy,\n    Sleep,\n}"),
+    (
+        "    if n % 2 == 0 {\n        Mode::Idle",
+        "    if n % 3 == 0 {\n        Mode::Sleep\n    } else if n % 2 == 0 {\n        Mode::Idle",
+    ),
+    ("let msg = \"hello\";", "let msg = \"slept\";"),
+];
+
+/// `Pos`, which lives only as bytes in the type-erased `store::Store` that `main` filled at
+/// startup, gains a field (and its `x` moves: rustc puts the larger field first).
+pub const POS_FIELD_ADDED: Edit = &[
+    ("struct Pos {\n    x: f32,\n}", "struct Pos {\n    x: f32,\n    y: f64,\n}"),
+    ("Pos { x: i as f32 }", "Pos { x: i as f32, y: 0.5 }"),
+];

@@ -51,6 +51,7 @@ fn consistent(line: &str) -> bool {
         && items[1] == items[0] + 10
         && get("shape") == format!("line:{n}:5")
         && get("tally") == format!("t:{n}")
+        && get("pos") == n.to_string()
 }
 
 /// Waits for a step after `mark` with message `msg` and checks every step since `mark` is
@@ -95,7 +96,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 9] = [
+    let cells: [(&str, Edit, &[&str]); 10] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -150,6 +151,15 @@ fn layout_changes_with_live_old_values_are_refused() {
             "async fn locals across .await changed, future held by main",
             edits::ASYNC_LOCALS_CHANGED,
             &["async fn `layouts::task`", "field `spare: u64` added", "`layouts::main`'s locals"],
+        ),
+        (
+            "field added, type-erased storage (bytes, a Layout and a drop fn) filled at startup",
+            edits::POS_FIELD_ADDED,
+            &[
+                "struct `layouts::Pos`",
+                "field `y: f64` added",
+                "(values of `layouts::Pos` may live in storage of `store`, which keeps them as bytes by their `Layout`",
+            ],
         ),
     ];
     for (cell, edit, names) in cells {
@@ -232,6 +242,8 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     assert!(line.starts_with("Patched layouts") && line.contains("1 changed"), "{run}");
     healthy_step(&app, mark, "tallied");
 
+    new_enum_variant_meets_only_new_code(&project, &app, &original, false);
+
     // Back to the original, then only lines moved: nothing to patch, nothing to note.
     project.write(MAIN, &original);
     project.build();
@@ -246,4 +258,94 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     assert!(lines.iter().all(|l| !l.starts_with("Note ")), "moving lines reported a change: {run}");
     let mark = app.mark();
     healthy_step(&app, mark, "hello");
+}
+
+/// The same edit in a build with v0 symbol names (`-C symbol-mangling-version=v0`), which do not
+/// change with `Mode`'s definition: the generic instances over `Mode` that new code calls keep
+/// their names and code (`<&Mode as Debug>::fmt`, the `Map` iterator calling `mode_of`, sorting
+/// and hashing), and in the image they lead to the old `mode_of` and `<Mode as Debug>::fmt`, which
+/// are not redirected. The patch carries them (without, `recent=[Idle,Idle,Busy]` where the new
+/// code's `mode_of` says `Sleep`).
+#[test]
+fn with_v0_symbol_names_a_new_enum_variant_meets_only_new_code_through_carried_code() {
+    let project = scenario("layouts");
+    project.write(".cargo/config.toml", "[build]\nrustflags = [\"-C\", \"symbol-mangling-version=v0\"]\n");
+    project.build();
+    let app = project.start("layouts", &[("LAYOUTS_PERIOD_MS", "40")]);
+    app.wait_for(0, "a first step", |l| l.starts_with("step "));
+    let original = project.read(MAIN);
+    new_enum_variant_meets_only_new_code(&project, &app, &original, true);
+}
+
+/// What `step` prints about `Mode` for step `n`, by the original rule (`Idle` on even steps, `Busy`
+/// on odd ones) or, with `sleep`, the edited one (`Sleep` every third step): `mode=… shown=<…>
+/// described=[…] at=… recent=[…] counts=[…]`, as derived `Debug` writes them.
+fn expected_modes(n: u64, sleep: bool) -> String {
+    const NAMES: [&str; 3] = ["Idle", "Busy", "Sleep"];
+    let mode = |k: u64| {
+        if sleep && k.is_multiple_of(3) {
+            2
+        } else if k.is_multiple_of(2) {
+            0
+        } else {
+            1
+        }
+    };
+    let mut recent: Vec<usize> = (n.saturating_sub(2)..=n).map(mode).collect();
+    recent.sort();
+    let mut counts: Vec<(usize, u32)> = Vec::new();
+    for &m in &recent {
+        match counts.iter_mut().find(|(k, _)| *k == m) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((m, 1)),
+        }
+    }
+    let recent: Vec<&str> = recent.iter().map(|&m| NAMES[m]).collect();
+    let counts: Vec<String> = counts.iter().map(|&(m, c)| format!("({},{c})", NAMES[m])).collect();
+    let m = NAMES[mode(n)];
+    format!(
+        "mode={m} shown=<{m}> described=[{m}] at={m} recent=[{}] counts=[{}]",
+        recent.join(","),
+        counts.join(",")
+    )
+}
+
+/// The `Mode` part of a step line.
+fn modes_of(line: &str) -> &str {
+    line.find(" mode=").map_or("", |at| &line[at + 1..])
+}
+
+/// `Mode` gains `Sleep`, which the edited `mode_of` makes every third step. `mode_of` and `<Mode as
+/// Debug>::fmt` take or return the changed type, so their old entries stay for old callers; every
+/// value the new code makes must still be printed by new code: where new code takes the address of
+/// `<Mode as Debug>::fmt` (the case: `format_args!` inlines `Argument::new_debug`), where
+/// it passes through the workspace's generic `shown::<Mode>`, `described(&Mode)` and std's
+/// `<Vec<Mode> as Debug>::fmt`, sorting and `HashMap<Mode, u32>` (all renamed with `Mode`, whose
+/// definition their symbol hashes cover, so new code calls new copies), and through the unchanged
+/// `mode_at(u64)`, whose name and code stay: the patch carries it, and its copy calls the new
+/// `mode_of` and `Debug::fmt`. Never `Sleep` printed as an old variant (the issue's `mode=Idle`),
+/// never an old mode where the new code's is due. With `carried`, the status line must say that
+/// unchanged code was carried.
+fn new_enum_variant_meets_only_new_code(project: &Project, app: &Running, original: &str, carried: bool) {
+    apply(project, original, edits::MODE_VARIANT_ADDED);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts"), "{run}");
+    let slept = |l: &str| fields(l).is_some_and(|f| f.get("msg").is_some_and(|m| m == "slept"));
+    assert!(line.contains(" carried") || !carried, "unchanged code must be carried: {run}");
+    let after = format!("a step of the new code making Sleep, after: {line}");
+    app.wait_for(mark, &after, |l| slept(l) && l.contains(" mode=Sleep "));
+    let mark_after = app.mark();
+    app.wait_for(mark_after, "three more steps of the new code", |l| {
+        slept(l) && fields(l).is_some_and(|f| f.get("mode").is_some_and(|m| m == "Sleep"))
+    });
+    let mut new_steps = 0;
+    for l in app.lines_since(mark).iter().filter(|l| l.starts_with("step ")) {
+        let n = number(&fields(l).unwrap()["n"]);
+        let sleep = slept(l);
+        new_steps += sleep as usize;
+        assert_eq!(modes_of(l), expected_modes(n, sleep), "a value met the wrong code: {l}\n{}", app.dump());
+    }
+    assert!(new_steps >= 4, "{}", app.dump());
 }

@@ -139,15 +139,31 @@ impl Running {
         running
     }
 
-    /// Starts the program without waiting for it to register (it may not).
+    /// Starts the program without waiting for it to register (it may not). A build that cannot
+    /// be patched into it leaves it running (`Skipped`) unless `env` sets `IPBP_RESTART`: the
+    /// restart suite tests restarts.
     pub fn spawn(program: &Path, home: &Path, env: &[(&str, &str)]) -> Running {
-        let mut cmd = super::Cmd::new(program, &[] as &[&str]).env("IPBP_HOME", home);
+        Running::spawn_command(super::Cmd::new(program, &[] as &[&str]), home, env)
+    }
+
+    /// Starts `command` (a debugger's command line ending with the program), waits for the
+    /// program's `started pid=<pid>` line, then for its registration; `pid` is the program's.
+    pub fn start_under(command: super::Cmd, home: &Path) -> Running {
+        let mut running = Running::spawn_command(command, home, &[]);
+        let line = running.wait_for(0, "the program's pid", |l| l.starts_with("started pid="));
+        running.pid = line["started pid=".len()..].trim().parse().expect("a pid");
+        running.wait_until_registered();
+        running
+    }
+
+    fn spawn_command(cmd: super::Cmd, home: &Path, env: &[(&str, &str)]) -> Running {
+        let mut cmd = cmd.env("IPBP_HOME", home).env("IPBP_RESTART", "never");
         for (k, v) in env {
             cmd = cmd.env(k, v);
         }
         let mut command = cmd.into_command();
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
         let output: Arc<(Mutex<Vec<String>>, Condvar)> = Arc::default();
         let stdout = child.stdout.take().expect("piped stdout");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -302,7 +318,9 @@ pub fn status_lines(run: &Run) -> Vec<String> {
     run.stderr
         .lines()
         .map(str::trim)
-        .filter(|l| ["Patched ", "Skipped ", "Unchanged ", "Note "].iter().any(|v| l.starts_with(v)))
+        .filter(|l| {
+            ["Patched ", "Skipped ", "Unchanged ", "Restarted ", "Note "].iter().any(|v| l.starts_with(v))
+        })
         .map(str::to_string)
         .collect()
 }

@@ -28,6 +28,7 @@ mod hazard;
 mod maps;
 mod park;
 mod poke;
+mod pristine;
 pub mod signal;
 mod sync;
 mod trap;
@@ -37,6 +38,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 pub use arch::JUMP_LEN;
+/// Used by `restart` to hold every other thread while it executes the new build.
+pub(crate) use park::with_threads_parked;
 
 /// Tests that write code or run rounds take turns: rounds are one at a time per process, and a
 /// thread parked by one test would look, to another, like a thread blocking signals.
@@ -260,6 +263,9 @@ impl Detours {
                 old
             })
             .collect();
+        if signal::traced() {
+            self.no_foreign_bytes(&writes, &olds)?;
+        }
         let fallback = match prefer {
             Prefer::Park => Some("IPBP_INSTALL=park"),
             Prefer::Breakpoint => poke::usable().err().map(|why| {
@@ -322,6 +328,31 @@ impl Detours {
         installed.preparing = preparing;
         installed.fallback = fallback;
         Ok(installed)
+    }
+
+    /// Under a debugger: every entry about to be rewritten holds what ipbp expects — the jump it
+    /// wrote there, or the bytes of the file it was loaded from — and no software breakpoint
+    /// ([`pristine`]). The debugger's breakpoints stay inserted while the program runs, so
+    /// one there now would be saved as original bytes or overwritten (and later "restored"
+    /// into the jump).
+    fn no_foreign_bytes(&self, writes: &[Write], olds: &[[u8; JUMP_LEN]]) -> Result<(), String> {
+        for (w, old) in writes.iter().zip(olds) {
+            let expected = match self.current.get(&w.at) {
+                Some(&to) => arch::encode_jump(w.at, to),
+                None => pristine::file_bytes(w.at),
+            };
+            let foreign = match expected {
+                Some(expected) => expected != *old,
+                None => old.contains(&arch::BREAKPOINT),
+            };
+            if foreign {
+                return Err(format!(
+                    "a debugger has a breakpoint in the first {JUMP_LEN} bytes of `{}`, which the patch rewrites; delete or disable it (or detach) and build again",
+                    pristine::name_of(w.at)
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The fallback: every other thread parked while all entries are written.

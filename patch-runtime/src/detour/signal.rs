@@ -1,5 +1,5 @@
-//! The signal in-place patching sends to every other thread of the process ([`stop_signal`],
-//! SIGRTMIN+7), and the *rounds* built on it: the patching thread signals each thread listed in
+//! The signal in-place patching sends to every other thread of the process ([`stop_signal`]:
+//! SIGRTMIN+7, or SIGPROF while a debugger traces the process), and the *rounds* built on it: the patching thread signals each thread listed in
 //! `/proc/self/task` and waits until every one has answered from its handler.
 //!
 //! A round is one of two [`Kind`]s:
@@ -31,7 +31,7 @@
 use super::arch;
 use super::hazard::{self, Hazard, Inside};
 use super::maps::Mapping;
-use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::MutexGuard;
 use std::time::{Duration, Instant};
 
@@ -149,42 +149,84 @@ pub struct Answer {
     pub hazard: Option<Hazard>,
 }
 
-/// The signal used: a real-time signal applications rarely use.
+/// The signal of the current (or last) round; 0 until the first.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// The signal rounds use: a real-time signal applications rarely use (SIGRTMIN+7) — or, while a
+/// debugger traces the process, the first of [`TRACED_SIGNALS`] the program leaves alone.
 pub fn stop_signal() -> i32 {
+    match SIGNAL.load(Ordering::Relaxed) {
+        0 => untraced_signal(),
+        sig => sig,
+    }
+}
+
+fn untraced_signal() -> i32 {
     libc::SIGRTMIN() + 7
 }
 
-/// Installs the handler once. Fails if the application already handles the signal itself.
-fn install_handler() -> Result<(), String> {
-    static DONE: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    DONE.get_or_init(|| {
-        let sig = stop_signal();
-        // SAFETY: plain sigaction calls on zeroed, then filled, structures.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
-                return Err(format!("cannot read the handler of signal {sig}"));
-            }
-            if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
-                return Err(format!(
-                    "the program handles signal {sig} (SIGRTMIN+7) itself, which in-place patching needs"
-                ));
-            }
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = on_signal as *const () as libc::sighandler_t;
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
-            // Nothing else runs on a parked thread: every signal waits until it is released —
-            // but synchronous ones (a fault, a breakpoint), which the kernel delivers even when
-            // blocked, by killing the process. Leaving SIGTRAP open also keeps a thread inside
-            // this handler from looking like one that blocks it ([`super::poke::usable`]).
-            act.sa_mask = all_but_synchronous();
-            if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
-                return Err(format!("cannot install the handler of signal {sig}"));
-            }
+/// Signals a debugger passes to the program without stopping or printing by default, unlike the
+/// real-time one, at which gdb 13 stops ("SIG41, Real-time event 41"): a round under a debugger
+/// would stop the whole program there, and the patch would wait for the user to type `continue`.
+/// SIGPROF is silent in both gdb 13 (`info signals`: No No Yes) and lldb 14 (`process handle`:
+/// true false false); SIGURG (Go's preemption signal, for the same reason) is silent in gdb only
+/// and is the second choice, for a program that handles SIGPROF itself (a profiler). Used only
+/// while traced; a stray one arriving outside a round (a profiling timer the program set without
+/// a handler) is then ignored instead of ending the process.
+const TRACED_SIGNALS: [i32; 2] = [libc::SIGPROF, libc::SIGURG];
+
+/// The signal for a round beginning now, with ipbp's handler installed for it (a restart asks
+/// before it runs the program's hooks: a program that handles that signal cannot be parked).
+pub(crate) fn choose_signal() -> Result<i32, String> {
+    if traced() {
+        if let Some(sig) = TRACED_SIGNALS.into_iter().find(|&s| install_handler(s).is_ok()) {
+            return Ok(sig);
         }
-        Ok(())
-    })
-    .clone()
+    }
+    let sig = untraced_signal();
+    install_handler(sig)?;
+    Ok(sig)
+}
+
+/// Installs the handler for `sig` unless it is installed; fails if the application handles the
+/// signal itself (checked each time: a program may install its own handler later).
+fn install_handler(sig: i32) -> Result<(), String> {
+    // SAFETY: plain sigaction calls on zeroed, then filled, structures.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return Err(format!("cannot read the handler of signal {sig}"));
+        }
+        if old.sa_sigaction == on_signal as *const () as libc::sighandler_t {
+            return Ok(());
+        }
+        if old.sa_sigaction != libc::SIG_DFL && old.sa_sigaction != libc::SIG_IGN {
+            return Err(format!(
+                "the program handles signal {sig} ({}) itself, which in-place patching needs",
+                signal_name(sig)
+            ));
+        }
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = on_signal as *const () as libc::sighandler_t;
+        act.sa_flags = libc::SA_SIGINFO | libc::SA_RESTART;
+        // Nothing else runs on a parked thread: every signal waits until it is released —
+        // but synchronous ones (a fault, a breakpoint), which the kernel delivers even when
+        // blocked, by killing the process. Leaving SIGTRAP open also keeps a thread inside
+        // this handler from looking like one that blocks it ([`super::poke::usable`]).
+        act.sa_mask = all_but_synchronous();
+        if libc::sigaction(sig, &act, std::ptr::null_mut()) != 0 {
+            return Err(format!("cannot install the handler of signal {sig}"));
+        }
+    }
+    Ok(())
+}
+
+fn signal_name(sig: i32) -> String {
+    match sig {
+        libc::SIGPROF => "SIGPROF".into(),
+        libc::SIGURG => "SIGURG".into(),
+        _ => format!("SIGRTMIN+{}", sig - libc::SIGRTMIN()),
+    }
 }
 
 /// Every signal but the synchronous ones (a fault, a breakpoint), which the kernel delivers even
@@ -407,10 +449,10 @@ impl Round {
     /// # Safety
     /// For a check round, `spec` must stay alive until the `Round` is dropped.
     pub unsafe fn begin(kind: Kind, spec: Option<&Spec<'_>>) -> Result<Round, String> {
-        install_handler()?;
         // One round at a time per process (the epoch words are global).
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+        SIGNAL.store(choose_signal()?, Ordering::Relaxed);
         let tasks = TaskList::open()?;
         let spec_guard = SpecGuard(spec.is_some());
         if let Some(spec) = spec {

@@ -3,11 +3,12 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! tally=<..> label=<..> scratch=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n`
+//! tally=<..> label=<..> scratch=<..> pos=<..> mode=<..> shown=<..> described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n`
 //! counts steps in `main`; every other number keeps
 //! growing as long as old and new code agree on where each value's fields are.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -66,6 +67,48 @@ struct Scratch {
     b: u32,
 }
 
+/// Lives only as bytes in type-erased storage that `main` fills at startup (`store::Store`: a
+/// `Vec<u8>`, a `Layout` and a drop function): no type of the program's frames or statics names it.
+#[derive(Clone, Copy)]
+struct Pos {
+    x: f32,
+}
+
+/// Made by `mode_of` (not hot) and formatted by `step`: directly, through a generic helper of the
+/// workspace, and through std (`Vec<Mode>::sort`, `HashMap<Mode, _>`, `Debug` of a `Vec` and of a
+/// tuple). The edits add a variant that new code makes and that must meet only new code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Mode {
+    Idle,
+    Busy,
+}
+
+fn mode_of(n: u64) -> Mode {
+    if n % 2 == 0 {
+        Mode::Idle
+    } else {
+        Mode::Busy
+    }
+}
+
+/// Formats any value; the edits leave it as it is.
+fn shown<T: std::fmt::Debug>(value: &T) -> String {
+    format!("<{value:?}>")
+}
+
+/// Formats a `Mode`; the edits leave it as it is (its symbol's name changes with `Mode`, which its
+/// signature names).
+fn described(mode: &Mode) -> String {
+    format!("[{mode:?}]")
+}
+
+/// The mode of step `n`, formatted. The edits leave it as it is, and its symbol's name too (its
+/// signature does not name `Mode`): its code in the image calls the old `mode_of` and formats with
+/// the old `<Mode as Debug>::fmt`, so new code must call a copy that calls the new ones.
+fn mode_at(n: u64) -> String {
+    format!("{:?}", mode_of(n))
+}
+
 #[ipbp::hot]
 fn step(
     n: u64,
@@ -74,6 +117,7 @@ fn step(
     shape: &mut Shape,
     tally: &mut Tally,
     label: &dyn Fn() -> String,
+    positions: &mut store::Store,
 ) -> String {
     let msg = "hello";
     tally.count += 1;
@@ -103,10 +147,31 @@ fn step(
             format!("line:{a}:{b}")
         }
     };
+    let mode = mode_of(n);
+    let mut recent: Vec<Mode> = (n.saturating_sub(2)..=n).map(mode_of).collect();
+    recent.sort();
+    let mut counts: HashMap<Mode, u32> = HashMap::new();
+    for m in &recent {
+        *counts.entry(*m).or_default() += 1;
+    }
+    let mut counts: Vec<(Mode, u32)> = counts.into_iter().collect();
+    counts.sort();
+    let modes = format!(
+        "mode={mode:?} shown={} described={} at={} recent={} counts={}",
+        shown(&mode),
+        described(&mode),
+        mode_at(n),
+        format!("{recent:?}").replace(' ', ""),
+        format!("{counts:?}").replace(' ', "")
+    );
+    let pos = positions.update(0, |p: &mut Pos| {
+        p.x += 1.0;
+        p.x
+    });
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} pos={pos} {modes}",
         point.x,
         point.y,
         tally.name,
@@ -154,10 +219,14 @@ fn main() {
     let mut tally = Tally { name: String::from("t"), count: 0 };
     let name = String::from("lbl");
     let label = move || format!("{name}");
+    let mut positions = store::Store::new::<Pos>();
+    for i in 0..4 {
+        positions.push(Pos { x: i as f32 });
+    }
     let mut task = Box::pin(task());
     let mut cx = Context::from_waker(Waker::noop());
     for n in 1.. {
-        let line = step(n, &mut point, &mut items, &mut shape, &mut tally, &label);
+        let line = step(n, &mut point, &mut items, &mut shape, &mut tally, &label, &mut positions);
         println!("{line}");
         let _ = task.as_mut().poll(&mut cx);
         std::thread::sleep(Duration::from_millis(period));

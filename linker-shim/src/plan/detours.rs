@@ -1,0 +1,118 @@
+//! In place: which changed functions get a detour at their entries in the running image, and why
+//! the others cannot. Decided before anything is resolved, because what new code refers to
+//! depends on it: a function that is not redirected keeps its old code at its old entry, so new
+//! code must reach its new copy — directly, and through the unchanged code [`super::chain`]
+//! carries.
+
+use super::base::BaseImage;
+use super::graph::{Index, Loc};
+use super::{entry, is_hot_async_part, sorted, Inputs};
+use crate::error::Context;
+use crate::index::BaseKind;
+use crate::objects::units::{Build, UnitId};
+use crate::objects::{SectionKind, SymbolKind};
+use std::collections::{HashMap, HashSet};
+
+/// A changed function: its entries in the image, or why it is not redirected.
+pub(super) struct Detour<'n> {
+    pub at: Loc,
+    /// Its mangled name now, and in the image.
+    pub mangled: &'n str,
+    pub base_name: &'n str,
+    /// Unbiased entry addresses in the image, or why none is redirected.
+    pub entries: crate::error::Result<Vec<u64>>,
+    /// Not redirected because its signature, or the layout of what it receives or returns,
+    /// changed: values the new code makes would be misread by its old code.
+    pub layout: bool,
+}
+
+/// Decides for every changed function the patch copies (in place).
+pub(super) fn decide<'p, 'a: 'p>(
+    input: &Inputs<'p, 'a>,
+    index: &Index<'_, 'a>,
+    copy: &HashSet<Loc>,
+    changed: &HashSet<Loc>,
+) -> crate::error::Result<Vec<Detour<'p>>> {
+    let mut planned = Vec::new();
+    let signatures = crate::layout::Signatures::new(input.layouts);
+    for at in sorted(copy) {
+        if !changed.contains(&at) || index.kind(at)? != SectionKind::Text {
+            continue;
+        }
+        let Some(mangled) = index.name(at)? else { continue };
+        if is_hot_async_part(&crate::map::read::demangle(mangled)) {
+            continue; // switched through its slot, never detoured
+        }
+        let base_name = input.diff.base_name(mangled);
+        // Callers built against the old function pass what it took: its entry may only lead to
+        // new code that takes the same (the DWARF of both builds says).
+        let path = crate::map::read::demangle(base_name);
+        let (entries, layout) = match signatures.change(&path, Some((base_name, mangled))) {
+            Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
+            None => (detour_entries(input.base, base_name), false),
+        };
+        planned.push(Detour { at, mangled, base_name, entries, layout });
+    }
+    refuse_shared_entries(&merged_functions(input.base_build, &input.diff.changed_units_base), &mut planned);
+    Ok(planned)
+}
+
+/// An entry that several functions share (the optimiser merged identical bodies) can only be
+/// redirected if every name there is redirected to the same new code: otherwise callers of a
+/// function that did not change would run another function's new code.
+fn refuse_shared_entries(merged: &HashMap<&str, Vec<&str>>, planned: &mut [Detour]) {
+    let target: HashMap<&str, Loc> = planned.iter().map(|d| (d.base_name, d.at)).collect();
+    for d in planned.iter_mut() {
+        if d.entries.is_err() {
+            continue;
+        }
+        let others = merged.get(d.base_name).into_iter().flatten();
+        if let Some(other) = others.copied().find(|&n| target.get(n) != Some(&d.at)) {
+            d.entries = Err(crate::err!(
+                "its code is shared with `{}`, which the optimiser merged with it",
+                crate::map::read::demangle(other)
+            ));
+        }
+    }
+}
+
+/// Function names the optimiser gave one body in the running build (LLVM merges identical
+/// functions of one codegen unit into aliases): name → the other names of its body. Only the
+/// changed units are read — a merged pair lives in one unit, and a changed function's unit changed.
+fn merged_functions<'a>(base: &Build<'a>, changed_units: &[UnitId]) -> HashMap<&'a str, Vec<&'a str>> {
+    let mut out: HashMap<&'a str, Vec<&'a str>> = HashMap::new();
+    for &u in changed_units {
+        let Ok(obj) = base.units[u].object() else { continue };
+        for sec in obj.sections.iter().filter(|s| s.kind == SectionKind::Text) {
+            let mut at: HashMap<u64, Vec<&'a str>> = HashMap::new();
+            for &i in &sec.symbols {
+                let sym = &obj.symbols[i];
+                if sym.kind == SymbolKind::Function && sym.is_named() {
+                    at.entry(sym.value).or_default().push(sym.name);
+                }
+            }
+            for names in at.into_values().filter(|n| n.len() > 1) {
+                for &n in &names {
+                    out.entry(n).or_default().extend(names.iter().copied().filter(|&m| m != n));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The entries (unbiased) of every copy of function `mangled` in the running image (a local symbol
+/// can be defined in several codegen units, all the same code), each checked to hold a jump.
+/// None when the image does not have it (a new function).
+fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> crate::error::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for s in base.all(mangled).into_iter().filter(|s| s.kind == BaseKind::Function) {
+        let code = base.code(s.addr, s.size).context("its code is not in the image's executable segments")?;
+        let after = base.code(s.addr + s.size, entry::JUMP_LEN).unwrap_or(&[]);
+        entry::check(code, after).map_err(|e| crate::err!("{e}"))?;
+        out.push(s.addr);
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
