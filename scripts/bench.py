@@ -10,6 +10,8 @@
                                      first time)
     scripts/bench.py --only P11      the layout guard's cost alone (its own section of BENCHMARKS.md;
                                      builds web and scripts/gen_webscaled.py's large variant)
+    scripts/bench.py --only P12      a working day: one counter patched --patches times (default
+                                     1000, ~30 min on 2 cores) by real builds; its own section
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
     scripts/bench.py --only P3L      P3 when the link fails after the patch went live (its own
                                      section of BENCHMARKS.md; counter only)
@@ -44,6 +46,7 @@ from bench_apps import (  # noqa: E402
     HOME, ROOT, App, Patcher, Process, RebuildWorkspace, app_env, generate_scaled, generate_webscaled, http_get, log,
     median, patched_line, run, settle, step, write_wrappers,
 )
+import bench_workday  # noqa: E402
 from bench_report import (  # noqa: E402
     BENCHMARKS_MD, machine, p11_md, p1b_md, report_md, summarize, write_benchmarks_md,
 )
@@ -493,6 +496,7 @@ def main():
     ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10,P11",
                     help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    ap.add_argument("--patches", type=int, default=1000, help="patches in a row for P12 (default 1000)")
     args = ap.parse_args()
     if args.rounds < 1:
         sys.exit("bench: --rounds must be at least 1")
@@ -527,6 +531,8 @@ def main():
         needed.add("hotcall")
     if "P11" in only:
         needed |= {"web", "webscaled"}
+    if "P12" in only:
+        needed.add("counter")
     for name in sorted(needed):
         app = apps[name]
         step(f"preparing {name} ({'plain linker' if app.plain else 'through ipbp-ld'})")
@@ -542,6 +548,8 @@ def main():
         p1(args, results)
     if only & {"P2", "P3", "P7", "P8"}:
         web_rounds(args, results, apps["web"], apps["web-plain"])
+    if "P12" in only:
+        bench_workday.run(args, results, apps["counter"])
     if needed & {"counter"} and only & {"P3", "P4", "P7", "P8"}:
         counter_rounds(args, results, apps["counter"], apps["counter-plain"], apps["scaled"])
     if "P3L" in only:
@@ -564,13 +572,15 @@ def main():
     with open(RESULTS, "w") as f:
         json.dump(results, f, indent=1)
     sections = {}
-    if only - {"P1B", "P3L", "P10", "P11"}:
+    if only - {"P1B", "P3L", "P10", "P11", "P12"}:
         sections["bench"] = report_md(results, fig, args)
     if "P3L" in results:
         sections["bench:p3l"] = p3l_md(results, args)
     if "watch" in results:
         import bench_watch
         sections["bench:watch"] = bench_watch.section(results["watch"], args.rounds)
+    if "P12" in results:
+        sections["bench:p12"] = bench_workday.md(results, args)
     if "P1b" in results:
         sections["bench:p1b"] = p1b_md(results, args)
     if "guard_web" in results:

@@ -19,12 +19,17 @@ pub struct State {
     pub generation: u64,
     data: Vec<LedgerEntry>,
     tls: Vec<LedgerEntry>,
-    patches: Vec<(u64, u64, PathBuf)>,
+    /// Patches loaded whose functions no install has settled yet, in load order (normally the two
+    /// newest): the next patch settles all but the newest, and sends that one's on with live
+    /// jumps.
+    unsettled: Vec<(u64, u64, PathBuf)>,
+    /// How many patches are loaded in all.
+    loaded: u64,
 }
 
 impl State {
     pub fn new(image: Image) -> Self {
-        State { image, generation: 0, data: Vec::new(), tls: Vec::new(), patches: Vec::new() }
+        State { image, generation: 0, data: Vec::new(), tls: Vec::new(), unsettled: Vec::new(), loaded: 0 }
     }
 
     pub fn hello(&self) -> Hello {
@@ -40,7 +45,9 @@ impl State {
             detours,
             data: self.data.clone(),
             tls: self.tls.clone(),
-            patches: self.patches.clone(),
+            patches: self.unsettled.clone(),
+            loaded: self.loaded,
+            settled: install::settled() as u64,
         }
     }
 
@@ -96,14 +103,18 @@ impl State {
         };
         validate::targets(&req, sealed.as_ref().map(|s| &s.functions))?;
 
+        let mut loaded = None;
         if let (Some(file), Some(sealed), Some((start, len))) = (&req.file, sealed, new_range) {
             load(sealed, file, start, len)?;
-            self.patches.push((start, len, file.clone()));
+            self.loaded += 1;
+            loaded = Some((start, len, file.clone()));
         }
         let load_us = started.elapsed().as_micros() as u64;
 
         let installed = Instant::now();
-        let desired = Desired { slots: req.slots, redirects: req.redirects, detours: req.detours };
+        let settled_patches = req.settled_patches;
+        let desired =
+            Desired { slots: req.slots, redirects: req.redirects, detours: req.detours, settle: req.settle };
         let info = PatchInfo {
             generation: self.generation + 1,
             changed: req.changed,
@@ -112,7 +123,16 @@ impl State {
             summary: req.summary,
         };
         let log = std::env::var_os("IPBP_LOG").is_some().then(|| info.summary.clone());
-        let outcome = install::now_or_at_safe_point(desired, info)?;
+        let outcome = install::now_or_at_safe_point(desired, info);
+        // The request was planned against the patches `hello` listed unsettled. A failed install
+        // settled nothing, and leaves the new patch loaded but never live: the next one sees it.
+        if outcome.is_ok() {
+            // ipbp-ld settled the patches it names; the one live code ran in is sent on with live
+            // jumps this time (so a failed link can still return to its code) and stays listed.
+            self.unsettled.retain(|p| !settled_patches.contains(&p.0));
+        }
+        self.unsettled.extend(loaded);
+        let outcome = outcome?;
         let install_us = installed.elapsed().as_micros() as u64;
 
         self.data.extend(req.data);
@@ -227,7 +247,7 @@ fn load(sealed: Sealed, file: &Path, start: u64, len: u64) -> Result<(), String>
     if !unsafe { describe_as_library(map, start, known_as) } && std::env::var_os("IPBP_LOG").is_some() {
         eprintln!("[ipbp] backtraces will not name functions of {}", file.display());
     }
-    symbols::add_patch(functions);
+    symbols::add_patch(start, len, functions);
     Ok(())
 }
 
@@ -288,16 +308,15 @@ fn loader_sees(file: &Path, start: u64, phdrs: *const libc::Elf64_Phdr) -> bool 
     unsafe extern "C" fn visit(info: *mut libc::dl_phdr_info, _: usize, data: *mut libc::c_void) -> i32 {
         // SAFETY: dl_iterate_phdr passes valid entries and our `Want`.
         let (info, want) = unsafe { (&*info, &mut *(data as *mut Want)) };
-        if info.dlpi_name.is_null() {
+        // The rebased program headers are ours alone: one comparison per object passes over the
+        // others without reading their names (the list holds every patch loaded before).
+        if info.dlpi_name.is_null() || info.dlpi_phdr != want.phdrs {
             return 0;
         }
         // SAFETY: non-null names are NUL-terminated.
         let name = unsafe { std::ffi::CStr::from_ptr(info.dlpi_name) }.to_bytes();
-        if name == want.name {
-            want.ok = info.dlpi_addr == want.start && info.dlpi_phdr == want.phdrs;
-            return 1;
-        }
-        0
+        want.ok = name == want.name && info.dlpi_addr == want.start;
+        1
     }
     let mut want = Want { name: file.as_os_str().as_bytes(), start, phdrs, ok: false };
     // SAFETY: the callback only reads the entries during the call.
@@ -363,15 +382,38 @@ fn dlerror() -> String {
     }
 }
 
-/// The first line of `/proc/self/maps` overlapping `[start, start+len)`, if any.
+/// What is mapped in `[start, start+len)`, if anything.
+///
+/// Asked of the kernel directly rather than read from `/proc/self/maps`, whose length grows with
+/// every patch loaded (three mappings each): a `PROT_NONE` reservation with
+/// `MAP_FIXED_NOREPLACE` fails with `EEXIST` exactly when some page of the range is mapped, and
+/// is undone at once. (A kernel older than 4.17 takes the flag for a hint and may place it
+/// elsewhere: that counts as taken too.) The reservation is never touched and lives for two
+/// system calls; nothing else of the process maps into ipbp's patch range meanwhile, since the
+/// listener applies one request at a time and the loader maps the patch only after this.
 fn mapped_overlap(start: u64, len: u64) -> Option<String> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .find(|l| {
-            let range = l.split(' ').next().unwrap_or("");
-            let (a, b) = range.split_once('-').unwrap_or(("0", "0"));
-            let (a, b) = (u64::from_str_radix(a, 16).unwrap_or(0), u64::from_str_radix(b, 16).unwrap_or(0));
-            a < start.saturating_add(len) && start < b
-        })
-        .map(str::to_string)
+    let size = usize::try_from(len).ok()?;
+    // SAFETY: a fresh anonymous PROT_NONE mapping that replaces nothing (NOREPLACE); unmapped
+    // below only when it is ours (it landed at `start`).
+    let at = unsafe {
+        libc::mmap(
+            start as *mut libc::c_void,
+            size,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if at == libc::MAP_FAILED {
+        let e = std::io::Error::last_os_error();
+        return Some(if e.raw_os_error() == Some(libc::EEXIST) {
+            "something is mapped there".to_string()
+        } else {
+            format!("cannot reserve it: {e}")
+        });
+    }
+    // SAFETY: `at` is the mapping just made, of `size` bytes, which nothing uses.
+    unsafe { libc::munmap(at, size) };
+    (at as u64 != start).then(|| "the kernel placed a probe elsewhere".to_string())
 }

@@ -19,6 +19,8 @@ pub struct Desired {
     pub slots: Vec<(u64, u64)>,
     pub redirects: Vec<(u64, u64)>,
     pub detours: Vec<(u64, u64)>,
+    /// Jumps for good from functions of earlier patches to their anchors (never in a later set).
+    pub settle: Vec<(u64, u64)>,
 }
 
 /// What a patch changed, as the application's [`crate::on_patch`] callbacks see it.
@@ -90,7 +92,16 @@ pub enum Outcome {
 /// was being attempted may have run the new code: it is loaded and whole).
 pub fn now_or_at_safe_point(desired: Desired, info: PatchInfo) -> Result<Outcome, String> {
     if SAFE_POINTS.load(Ordering::Acquire) {
-        with_installer(|i| i.pending = Some((desired, info)));
+        with_installer(|i| {
+            // A set still waiting is replaced, but its settled jumps are for good: they carry over.
+            let mut desired = desired;
+            if let Some((waiting, _)) = i.pending.take() {
+                let named: std::collections::HashSet<u64> = desired.settle.iter().map(|s| s.0).collect();
+                let carried = waiting.settle.into_iter().filter(|s| !named.contains(&s.0));
+                desired.settle.extend(carried.collect::<Vec<_>>());
+            }
+            i.pending = Some((desired, info))
+        });
         PENDING.store(true, Ordering::Release);
         return Ok(Outcome::Deferred);
     }
@@ -114,6 +125,16 @@ pub fn at_safe_point() {
 /// Whether a detour is written at `entry` now.
 pub fn is_detoured(entry: u64) -> bool {
     with_installer(|i| i.detours.is_written(entry))
+}
+
+/// Whether `entry` holds a jump for good.
+pub fn is_settled(entry: u64) -> bool {
+    with_installer(|i| i.detours.is_settled(entry))
+}
+
+/// How many jumps are settled for good (functions of earlier patches sent on to their anchors).
+pub fn settled() -> usize {
+    with_installer(|i| i.detours.settled_len())
 }
 
 /// Slot → value and entry → target pairs.
@@ -144,7 +165,7 @@ impl Installer {
     fn install(&mut self, desired: &Desired) -> Result<Installed, String> {
         // Detours first: they are the step that can still fail (a thread that cannot be stopped),
         // and then no slot or table has changed yet.
-        let installed = self.detours.install(&desired.detours)?;
+        let installed = self.detours.install(&desired.detours, &desired.settle)?;
         let wanted: HashMap<u64, u64> = desired.slots.iter().copied().collect();
         for (&slot, &original) in &self.originals {
             if !wanted.contains_key(&slot) {

@@ -22,6 +22,7 @@ mod apply;
 mod detour;
 #[doc(hidden)]
 pub mod marks;
+pub mod procmap;
 
 /// How many bytes at a function's entry an in-place patch overwrites (ipbp-ld checks that they
 /// hold no call and no branch target).

@@ -13,6 +13,8 @@
 //!                         slot 0x55d1c0c41a10 0x55d140000120
 //!                         redirect 0x55d1c0a3b2f0 0x55d140001a40
 //!                         detour 0x55d1c0a3c120 0x55d140000300
+//!                         settle 0x55d140000040 0x55d1c0a3c120
+//!                         settled-patch 0x55d140010000
 //!                         data 0x55d140004000 8 _ZN4demo9NEW_STATIC17h…E
 //!                         tls 64 40 _ZN4demo5CACHE…E
 //!                         summary 2 changed, 1 added
@@ -23,7 +25,11 @@
 //! every hot slot to point somewhere other than its original function, the whole redirect
 //! table, and every function entry to redirect in place (`detour`: entry → newest version). Slots
 //! and entries it does not name go back to their original value, which is how a patch that
-//! reverts an edit undoes the earlier one. `data` and `tls` entries are new state a patch brought
+//! reverts an edit undoes the earlier one. `settle` entries are the exception: a function of an
+//! earlier patch sent on *for good* to an anchor that always leads to the newest version (the
+//! image's entry of the function, or the first copy of a function a patch added); the process
+//! keeps them without their being named again, so no request grows with the patches before it.
+//! `data` and `tls` entries are new state a patch brought
 //! in; the program keeps them in its ledger so later patches bind to the same copies.
 //! Replies start with `ok` or `error <message>`.
 //!
@@ -148,6 +154,12 @@ pub struct Apply {
     pub redirects: Vec<(u64, u64)>,
     /// Function entry → newest version: a jump written over the entry (in-place patching).
     pub detours: Vec<(u64, u64)>,
+    /// Function entry of an earlier patch → anchor: a jump written for good (never named again,
+    /// never reverted by a later set).
+    pub settle: Vec<(u64, u64)>,
+    /// Start of each earlier patch this request is done with (its functions settled, or left
+    /// with their code): the process stops listing them in `hello`.
+    pub settled_patches: Vec<u64>,
     pub data: Vec<LedgerEntry>,
     pub tls: Vec<LedgerEntry>,
     /// Human summary for the program's own log line.
@@ -182,8 +194,14 @@ pub struct Hello {
     pub detours: Vec<(u64, u64)>,
     pub data: Vec<LedgerEntry>,
     pub tls: Vec<LedgerEntry>,
-    /// Patch libraries loaded so far: start, length, path.
+    /// Patch libraries loaded whose functions are not yet sent on for good, in load order
+    /// (normally the two newest): start, length, path. The next patch settles all but the one
+    /// live code runs in (names them in `settled-patch`), whose functions it sends on live.
     pub patches: Vec<(u64, u64, PathBuf)>,
+    /// How many patch libraries the process holds in all.
+    pub loaded: u64,
+    /// How many functions of earlier patches are sent on for good.
+    pub settled: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -280,6 +298,10 @@ impl Request {
                 pairs(&mut s, "slot", &a.slots);
                 pairs(&mut s, "redirect", &a.redirects);
                 pairs(&mut s, "detour", &a.detours);
+                pairs(&mut s, "settle", &a.settle);
+                for p in &a.settled_patches {
+                    line(&mut s, "settled-patch", format_args!("{p:#x}"));
+                }
                 entries(&mut s, "data", &a.data);
                 entries(&mut s, "tls", &a.tls);
                 if !a.summary.is_empty() {
@@ -336,6 +358,8 @@ impl Request {
                     slots: all(&f, "slot", parse_pair)?,
                     redirects: all(&f, "redirect", parse_pair)?,
                     detours: all(&f, "detour", parse_pair)?,
+                    settle: all(&f, "settle", parse_pair)?,
+                    settled_patches: all(&f, "settled-patch", parse_hex)?,
                     data: all(&f, "data", parse_entry)?,
                     tls: all(&f, "tls", parse_entry)?,
                     summary: f.get("summary").unwrap_or("").to_string(),
@@ -382,6 +406,8 @@ impl Reply {
                 for (start, len, path) in &h.patches {
                     let _ = writeln!(s, "patch {start:#x} {len:#x} {}", path.display());
                 }
+                line(&mut s, "loaded", h.loaded);
+                line(&mut s, "settled", h.settled);
             }
         }
         s.push_str("end\n");
@@ -434,6 +460,8 @@ impl Reply {
             detours: all(&f, "detour", parse_pair)?,
             data: all(&f, "data", parse_entry)?,
             tls: all(&f, "tls", parse_entry)?,
+            loaded: f.get("loaded").and_then(|v| v.parse().ok()).unwrap_or(patches.len() as u64),
+            settled: f.get("settled").and_then(|v| v.parse().ok()).unwrap_or(0),
             patches,
         }))
     }
@@ -455,6 +483,8 @@ mod tests {
             slots: vec![(0x10, 0x20)],
             redirects: vec![(0x30, 0x40), (0x50, 0x60)],
             detours: vec![(0x70, 0x80)],
+            settle: vec![(0x90, 0x70)],
+            settled_patches: vec![0x5500_0000_0000],
             data: vec![LedgerEntry { addr: 0x70, size: 8, name: "_ZN3app3NEW17h0E".into() }],
             tls: vec![LedgerEntry { addr: 64, size: 40, name: "tls name".into() }],
             summary: "1 changed".into(),
@@ -481,6 +511,8 @@ mod tests {
             data: vec![],
             tls: vec![],
             patches: vec![(0x1000, 0x2000, "/x/patch-1.so".into())],
+            loaded: 3,
+            settled: 9,
         };
         assert_eq!(Reply::parse(&Reply::Hello(h.clone()).encode(), true), Ok(Reply::Hello(h)));
         let ok = Reply::Applied(Applied {

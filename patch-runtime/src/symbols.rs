@@ -13,6 +13,7 @@
 //! checked and every patch is refused.
 
 use crate::elf;
+use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::sync::{OnceLock, RwLock};
 
@@ -71,8 +72,21 @@ struct ImageCode {
 
 static IMAGE: OnceLock<Result<ImageCode, String>> = OnceLock::new();
 
-/// Functions of the patches loaded so far, one table per patch.
-static PATCHES: RwLock<Vec<FunctionTable>> = RwLock::new(Vec::new());
+/// Functions of the patches loaded so far, one table per patch, by the patch's range: start →
+/// (end, functions). A lookup finds the one patch whose range holds the address (patches never
+/// overlap: each is loaded only where nothing was mapped), so it costs the same after the
+/// thousandth patch as after the first.
+static PATCHES: RwLock<BTreeMap<u64, (u64, FunctionTable)>> = RwLock::new(BTreeMap::new());
+
+/// The function of a loaded patch whose entry is exactly `addr`.
+fn patch_function_at(addr: u64) -> Option<Function> {
+    let patches = PATCHES.read().unwrap_or_else(|p| p.into_inner());
+    let (_, (end, table)) = patches.range(..=addr).next_back()?;
+    if addr >= *end {
+        return None;
+    }
+    table.entry(addr)
+}
 
 fn image() -> Result<&'static ImageCode, &'static str> {
     IMAGE.get_or_init(read_image).as_ref().map_err(String::as_str)
@@ -131,8 +145,7 @@ pub fn function_at(addr: u64) -> Option<Function> {
     if let Some(f) = image().ok().and_then(|i| i.functions.entry(addr)) {
         return Some(f);
     }
-    let patches = PATCHES.read().unwrap_or_else(|p| p.into_inner());
-    patches.iter().find_map(|t| t.entry(addr))
+    patch_function_at(addr)
 }
 
 /// Whether `addr` is the entry of a function of the executable or of a loaded patch.
@@ -152,12 +165,26 @@ pub fn is_image_function(addr: u64) -> bool {
 
 /// Whether `addr` is the entry of a function of a loaded patch.
 pub fn is_patch_function(addr: u64) -> bool {
-    PATCHES.read().unwrap_or_else(|p| p.into_inner()).iter().any(|t| t.entry(addr).is_some())
+    patch_function_at(addr).is_some()
 }
 
-/// Adds the functions of a patch that was just loaded.
-pub(crate) fn add_patch(functions: FunctionTable) {
-    PATCHES.write().unwrap_or_else(|p| p.into_inner()).push(functions);
+/// From the lowest start to the highest end of the patches loaded, if any: ipbp's patch region,
+/// which holds nothing but patches unless the program mapped something into a gap between two.
+pub fn patch_span() -> Option<(u64, u64)> {
+    let patches = PATCHES.read().unwrap_or_else(|p| p.into_inner());
+    let (&start, _) = patches.first_key_value()?;
+    let (_, &(end, _)) = patches.last_key_value()?;
+    Some((start, end))
+}
+
+/// Adds the functions of a patch that was just loaded at `[start, start + len)` (those outside
+/// its range are not its functions and are left out).
+pub(crate) fn add_patch(start: u64, len: u64, functions: FunctionTable) {
+    let end = start.saturating_add(len);
+    let inside =
+        functions.entries.into_iter().filter(|&(a, size)| a >= start && a.saturating_add(size) <= end);
+    let table = FunctionTable { entries: inside.collect() };
+    PATCHES.write().unwrap_or_else(|p| p.into_inner()).insert(start, (end, table));
 }
 
 #[cfg(test)]

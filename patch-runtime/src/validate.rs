@@ -122,6 +122,7 @@ pub fn targets(req: &Apply, new: Option<&FunctionTable>) -> Result<(), String> {
     symbols::available()?;
     let is_patch_entry =
         |addr: u64| symbols::is_patch_function(addr) || new.is_some_and(|t| t.entry(addr).is_some());
+    let settling: std::collections::HashSet<u64> = req.settle.iter().map(|s| s.0).collect();
     for &(slot, value) in &req.slots {
         if !symbols::is_hot_slot(slot) {
             return Err(format!("{slot:#x} is not a hot slot of this program"));
@@ -150,6 +151,32 @@ pub fn targets(req: &Apply, new: Option<&FunctionTable>) -> Result<(), String> {
             && !req.detours.iter().any(|&(f, _)| f == to);
         if !is_patch_entry(to) && !back_to_image {
             return Err(format!("detour to {to:#x}: not the entry of a function of a patch"));
+        }
+        // A live jump never leads to another jump (settled ones lead to at most one more).
+        if crate::install::is_settled(to) || settling.contains(&to) {
+            return Err(format!("detour to {to:#x}: that entry is sent on itself"));
+        }
+    }
+    settles(req, &settling)
+}
+
+/// Every `settle` entry sends a function of an earlier patch on for good, to an *anchor*: the
+/// entry of a function of the executable or of an earlier patch that is not settled itself — so
+/// a call through an old copy takes at most two jumps (old copy, anchor's live jump) and no jump
+/// can lead back to where it came from (live jumps lead to no jump at all, checked above).
+fn settles(req: &Apply, settling: &std::collections::HashSet<u64>) -> Result<(), String> {
+    for &(from, to) in &req.settle {
+        if !symbols::is_patch_function(from) {
+            return Err(format!("settle from {from:#x}: not the entry of a function of an earlier patch"));
+        }
+        detour_entry(from)?;
+        if !symbols::is_image_function(to) && !symbols::is_patch_function(to) {
+            return Err(format!(
+                "settle to {to:#x}: not the entry of a function of this program or an earlier patch"
+            ));
+        }
+        if crate::install::is_settled(to) || settling.contains(&to) {
+            return Err(format!("settle to {to:#x}: that entry is settled itself"));
         }
     }
     Ok(())
@@ -253,6 +280,11 @@ mod tests {
         assert!(targets(&Apply { redirects: vec![(f, f)], ..req() }, None)
             .unwrap_err()
             .contains("of a patch"));
+        // A settled jump starts at a function of an earlier patch, never at the program's own.
+        let g = ranges_and_ledgers_are_bounded as fn() as usize as u64;
+        assert!(targets(&Apply { settle: vec![(f, g)], ..req() }, None)
+            .unwrap_err()
+            .contains("earlier patch"));
         let new = FunctionTable::new(vec![(0x5000_0000_0000, 64)]);
         assert_eq!(targets(&Apply { redirects: vec![(f, 0x5000_0000_0000)], ..req() }, Some(&new)), Ok(()));
     }

@@ -1,4 +1,5 @@
-//! `ipbp-ld <subcommand>`: inspecting binaries and recorded maps, restarting a running program.
+//! `ipbp-ld <subcommand>`: inspecting binaries, recorded maps and running programs, restarting a
+//! running program.
 //!
 //! Exit codes: 0 success, 1 nothing found, 2 bad usage or unreadable input (clap's own usage errors
 //! are 2 as well).
@@ -6,6 +7,7 @@
 mod diff;
 mod map;
 mod restart;
+mod status;
 mod symbols;
 pub mod watch;
 
@@ -19,7 +21,7 @@ use std::path::Path;
 
 /// The words that make `ipbp-ld` a command-line tool instead of a linker.
 pub const SUBCOMMANDS: &[&str] =
-    &["symbols", "map", "diff", "restart", "watch", "help", "--help", "-h", "--version", "-V"];
+    &["symbols", "map", "diff", "status", "restart", "watch", "help", "--help", "-h", "--version", "-V"];
 
 /// ipbp's linker: put `linker = "ipbp-ld"` in .cargo/config.toml and build as usual.
 ///
@@ -41,6 +43,9 @@ enum Command {
     Map(map::Args),
     /// Compare the symbols of two binaries or maps.
     Diff(diff::Args),
+    /// Show what running programs hold after their patches (patches, memory, mappings,
+    /// descriptors), to decide when to restart one.
+    Status(status::Args),
     /// Restart a running program into the newest build of it (same pid; listening sockets and
     /// its `ipbp::on_restart` state kept).
     Restart(restart::Args),
@@ -59,6 +64,7 @@ pub fn run(args: Vec<OsString>) -> ! {
         Command::Symbols(a) => symbols::run(a),
         Command::Map(a) => map::run(a),
         Command::Diff(a) => diff::run(a),
+        Command::Status(a) => status::run(a),
         Command::Restart(a) => restart::run(a),
         Command::Watch(a) => match watch::run(a) {
             Ok(code) => std::process::exit(code),

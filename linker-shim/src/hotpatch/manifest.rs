@@ -171,6 +171,7 @@ pub fn write(
         .map(|&(at, new)| ("slot", at, new))
         .chain(request.redirects.iter().map(|&(at, new)| ("redirect", at, new)))
         .chain(request.detours.iter().map(|&(at, new)| ("detour", at, new)))
+        .chain(request.settle.iter().map(|&(at, new)| ("settle", at, new)))
         .map(|(kind, at, new)| InstallRecord {
             kind,
             at: format!("{at:#x}"),

@@ -25,7 +25,7 @@ use crate::timing::Clock;
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, Hello, LedgerEntry};
 use ipbp::registry::{self, OpenError, Registration, Registry};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -339,14 +339,19 @@ fn patch_process(
     let installs =
         installs(&plan, &emitted.chunk_addr, mode, &hello, &patch_dir, &d, &loaded.image, &mut notes);
     let summary = summarize(&plan.report, plan.chunks.is_empty());
+    let homes = installs.homes.clone();
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
+    if let Some(homes) = homes {
+        let _ = fs_err::create_dir_all(&patch_dir);
+        let _ = homes.write(&patch_dir);
+    }
     // Live now, while the real linker may still fail: keep what undoes it, and the lock.
     delivered.push(revert::Delivered {
         program: program.to_string(),
         pid: reg.pid,
         _lock: lock,
-        undo: revert::undo_request(&hello, applied.generation),
+        undo: revert::undo_request(&hello, &request.settle, applied.generation),
     });
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
@@ -521,8 +526,8 @@ fn emit_patch(
     }
     let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
     let layout = emit::layout(plan, &soname);
-    let maps = deliver::address::mappings(reg.pid)?;
-    let at = deliver::address::choose(&maps, builds.image.span, layout.span)?;
+    let lowest = loaded.iter().map(|p| p.0).min();
+    let at = deliver::address::place(reg.pid, builds.image.span, layout.span, lowest)?;
     // The changed units' DWARF, so debuggers see the new code (ARCHITECTURE.md, *Debuggers*).
     let debug = emit::debug::sections(plan, &layout.chunk_offset, &builds.current);
     let emitted = emit::write_with_debug(plan, &layout, at, TlsLayout { block_tp_offset }, debug)?;
@@ -547,7 +552,12 @@ struct Installs {
     slots: Vec<(u64, u64)>,
     redirects: Vec<(u64, u64)>,
     detours: Vec<(u64, u64)>,
+    /// Functions of earlier patches sent on for good, and the patches they belong to.
+    settle: Vec<(u64, u64)>,
+    settled_patches: Vec<u64>,
     data: Vec<LedgerEntry>,
+    /// The homes of functions patches added, to record once the patch is applied.
+    homes: Option<deliver::chain::Homes>,
 }
 
 /// Maps the plan's installs to the emitted chunks' addresses; in place, also sends the functions
@@ -573,7 +583,11 @@ fn installs(
             Install::Detour(entry) => detours.push((entry, chunk_addr[chunk])),
         }
     }
-    if mode == plan::Mode::InPlace && !hello.patches.is_empty() {
+    let mut settle = Vec::new();
+    // Hot points never send earlier patches' functions on: nothing to keep listed.
+    let mut settled_patches: Vec<u64> = hello.patches.iter().map(|p| p.0).collect();
+    let mut homes = None;
+    if mode == plan::Mode::InPlace {
         // A function of an earlier patch is known there by the name of its build: the current
         // name, or the one the image has when the diff paired the two by path.
         let mut newest: HashMap<&str, u64> = HashMap::new();
@@ -583,17 +597,20 @@ fn installs(
                 newest.insert(d.base_name(name), at + offset);
             }
         }
-        let chain = deliver::chain::earlier_patches(patch_dir, &hello.patches, &newest, image);
-        // An image entry this patch redirects itself is no place to go back to: go where it goes.
-        let redirected: HashMap<u64, u64> = detours.iter().copied().collect();
-        detours.extend(
-            chain.detours.into_iter().map(|(at, to)| (at, redirected.get(&to).copied().unwrap_or(to))),
-        );
+        let live: HashSet<u64> = hello.detours.iter().map(|d| d.0).collect();
+        let known = deliver::chain::Homes::read(patch_dir, &live);
+        let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
+        let listed = (hello.patches.as_slice(), hello.detours.as_slice());
+        let chain = deliver::chain::earlier_patches(patch_dir, listed, known, &newest, &redirected, image);
+        detours.extend(chain.live);
+        settle = chain.settle;
+        settled_patches = chain.done;
         for f in chain.unfit {
             notes.push(format!(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
             ));
         }
+        homes = Some(chain.homes);
     }
     // One entry, one jump. A mangled name defined in two changed objects (a local instance two
     // codegen units each have, an object given twice) is the same code twice: either copy will do.
@@ -604,7 +621,7 @@ fn installs(
         .iter()
         .map(|(name, c)| LedgerEntry { addr: chunk_addr[*c], size: plan.chunks[*c].size, name: name.clone() })
         .collect();
-    Installs { slots, redirects, detours, data }
+    Installs { slots, redirects, detours, settle, settled_patches, data, homes }
 }
 
 /// The request that asks the process to load and install the patch.
@@ -616,7 +633,7 @@ fn request(
     installs: Installs,
     summary: &str,
 ) -> Apply {
-    let Installs { slots, redirects, detours, data } = installs;
+    let Installs { slots, redirects, detours, settle, settled_patches, data, homes: _ } = installs;
     Apply {
         build_id: reg.build_id.clone(),
         load_bias: hello.load_bias,
@@ -627,6 +644,8 @@ fn request(
         slots,
         redirects,
         detours,
+        settle,
+        settled_patches,
         data,
         tls: plan.new_tls.clone(),
         summary: summary.to_string(),

@@ -10,6 +10,12 @@
 //! loaded by earlier patches stays loaded, as it always does). Statics a patch added stay in the
 //! process's ledger, unused by the code it returns to.
 //!
+//! The one exception is the jumps the patch *settled* (functions of earlier patches sent on for
+//! good, `Apply::settle`): they stay, and the detours `hello` listed from those entries are left
+//! out of the undo. That is still exact: a settled function leads to its anchor, and the anchor
+//! returns to the last good build's target with the rest (the patch before the failed one is
+//! never settled by it — see `deliver/chain.rs` — so the code the undo returns to is whole).
+//!
 //! The process stays locked for this build from the patch to the revert, so no other build can
 //! patch it in between; its generation is checked again by the process as for any patch.
 
@@ -28,8 +34,9 @@ pub struct Delivered {
 }
 
 /// The request that returns a process from the patch it accepted as generation `applied` to the
-/// state `hello` described before it.
-pub(super) fn undo_request(hello: &Hello, applied: u64) -> Apply {
+/// state `hello` described before it; `settled`: the jumps that patch settled for good.
+pub(super) fn undo_request(hello: &Hello, settled: &[(u64, u64)], applied: u64) -> Apply {
+    let settled: std::collections::HashSet<u64> = settled.iter().map(|s| s.0).collect();
     Apply {
         build_id: hello.build_id.clone(),
         load_bias: hello.load_bias,
@@ -39,7 +46,9 @@ pub(super) fn undo_request(hello: &Hello, applied: u64) -> Apply {
         hash: None,
         slots: hello.slots.clone(),
         redirects: hello.redirects.clone(),
-        detours: hello.detours.clone(),
+        detours: hello.detours.iter().copied().filter(|d| !settled.contains(&d.0)).collect(),
+        settle: Vec::new(),
+        settled_patches: Vec::new(),
         data: Vec::new(),
         tls: Vec::new(),
         summary: "back to the last good build (the link failed)".into(),

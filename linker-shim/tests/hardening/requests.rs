@@ -103,6 +103,11 @@ fn hostile_requests_are_refused_and_the_program_runs_on() {
             "not the entry of a function of a patch",
         ),
         (
+            "a settled jump from the program's own function",
+            format!("{head}settle {tick:#x} {:#x}\nend\n", tick + 16),
+            "not the entry of a function of an earlier patch",
+        ),
+        (
             "overlapping detours",
             format!("{head}detour {tick:#x} {tick:#x}\ndetour {:#x} {tick:#x}\nend\n", tick + 2),
             "overlap",
@@ -264,6 +269,7 @@ fn generated_requests_get_ok_or_error_and_never_harm_the_program() {
         "slot",
         "redirect",
         "detour",
+        "settle",
         "changed",
         "data",
         "tls",

@@ -12,6 +12,7 @@ mod support;
 mod edits;
 mod link_failure;
 mod recording;
+mod workday;
 
 use support::live::{scenario, status_for, status_lines, Running, Tick};
 use support::Project;

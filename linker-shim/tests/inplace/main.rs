@@ -257,6 +257,31 @@ fn a_function_a_patch_added_follows_later_patches() {
             .any(|i| i["kind"] == "detour" && i["function"] == "inplace::later"),
         "the first patch's `later` was not redirected: {manifest:#}"
     );
+
+    // Two more patches: the first copy becomes the home of `later` (sent on live to each newest
+    // copy), and the second copy is then settled on it for good; the stored pointer (to the first
+    // copy) keeps reaching the newest version.
+    for (from, to) in [("second", "third"), ("third", "fourth")] {
+        project.edit(
+            MAIN,
+            &format!("format!(\"{from}{{}}\", n % 2)"),
+            &format!("format!(\"{to}{{}}\", n % 2)"),
+        );
+        let mark = app.mark();
+        build_and_expect_patched(&project, &app);
+        app.wait_for(mark, &format!("the stored pointer reaching the {to} version"), |l| {
+            l.starts_with("line ") && fields(l)["cb"].starts_with(to)
+        });
+    }
+    let installs = project.manifest(app.pid, 4)["installs"].as_array().unwrap().clone();
+    let live_later: Vec<&serde_json::Value> =
+        installs.iter().filter(|i| i["kind"] == "detour" && i["function"] == "inplace::later").collect();
+    assert!(
+        live_later
+            .iter()
+            .any(|home| installs.iter().any(|i| i["kind"] == "settle" && i["new"] == home["at"])),
+        "no copy of `later` is settled on its home: {installs:#?}"
+    );
 }
 
 /// New code whose data points at a function of a shared library (a `static` holding libc's

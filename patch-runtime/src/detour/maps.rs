@@ -28,6 +28,39 @@ impl Mapping {
     }
 }
 
+/// The mappings an install needs, sorted by address, without reading all of `/proc/self/maps`
+/// when the kernel answers queries ([`crate::procmap`]): every mapping outside ipbp's patch
+/// region (stacks live there), and the mapping of each address of `entries` (the code pages to
+/// write, in the image or in a patch). Patches hold no stack, so stepping over their region
+/// loses nothing the stack scan needs — and should the program have mapped a stack into a gap
+/// between two patches, the thread on it answers "unknown stack" and the round is retried with
+/// every mapping read. So the cost does not grow with the number of patches loaded.
+pub fn read_around(entries: &[u64]) -> Result<Vec<Mapping>, String> {
+    let Some(maps) = crate::procmap::Maps::open(None) else { return read() };
+    let skip: Vec<(u64, u64)> = crate::symbols::patch_span().into_iter().collect();
+    let failed =
+        |e: i32| format!("cannot query this process's mappings: {}", std::io::Error::from_raw_os_error(e));
+    let mut vmas = maps.all_but(&skip).map_err(failed)?;
+    for &at in entries {
+        if let Some(v) = maps.query(at).map_err(failed)?.filter(|v| v.start <= at) {
+            vmas.push(v);
+        }
+    }
+    let mut out: Vec<Mapping> = vmas
+        .into_iter()
+        .map(|v| Mapping {
+            start: v.start,
+            end: v.end,
+            readable: v.readable,
+            writable: v.writable,
+            executable: v.executable,
+        })
+        .collect();
+    out.sort_unstable_by_key(|m| m.start);
+    out.dedup_by_key(|m| m.start);
+    Ok(out)
+}
+
 /// Every mapping, sorted by address.
 pub fn read() -> Result<Vec<Mapping>, String> {
     let text = std::fs::read_to_string("/proc/self/maps")

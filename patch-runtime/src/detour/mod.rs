@@ -65,8 +65,12 @@ pub fn prepare() {
 pub struct Detours {
     /// Entry → the bytes it held before the first detour there.
     originals: BTreeMap<u64, [u8; JUMP_LEN]>,
-    /// Entry → where its jump goes now.
+    /// Entry → where its jump goes now (the live set, which each install replaces whole).
     current: BTreeMap<u64, u64>,
+    /// Entry of an earlier patch's function → its anchor: jumps written for good, which no later
+    /// set names or reverts. Kept apart from `current`, so an install's work follows the live set
+    /// and not the number of patches before it.
+    settled: BTreeMap<u64, u64>,
 }
 
 /// How the bytes were written.
@@ -128,7 +132,17 @@ enum Prefer {
 impl Detours {
     /// Whether a jump is written at `entry` now.
     pub fn is_written(&self, entry: u64) -> bool {
-        self.current.contains_key(&entry)
+        self.current.contains_key(&entry) || self.settled.contains_key(&entry)
+    }
+
+    /// Whether `entry` holds a jump for good.
+    pub fn is_settled(&self, entry: u64) -> bool {
+        self.settled.contains_key(&entry)
+    }
+
+    /// How many entries hold a jump for good.
+    pub fn settled_len(&self) -> usize {
+        self.settled.len()
     }
 
     /// `(entry, target)` of every detour in place.
@@ -142,28 +156,78 @@ impl Detours {
     ///
     /// `IPBP_INSTALL=park` in the program's environment makes every install park the threads
     /// (the fallback), e.g. to compare the two ways or to rule the breakpoint sequence out.
-    pub fn install(&mut self, desired: &[(u64, u64)]) -> Result<Installed, String> {
+    ///
+    /// `settle` adds jumps for good (entry of an earlier patch's function → its anchor): written
+    /// in the same sequence, then kept out of every later set.
+    pub fn install(&mut self, desired: &[(u64, u64)], settle: &[(u64, u64)]) -> Result<Installed, String> {
         static PREFER: std::sync::OnceLock<Prefer> = std::sync::OnceLock::new();
         let prefer = *PREFER.get_or_init(|| match std::env::var("IPBP_INSTALL").as_deref() {
             Ok("park") => Prefer::Park,
             _ => Prefer::Breakpoint,
         });
-        self.install_preferring(desired, prefer)
+        self.install_preferring(desired, settle, prefer)
     }
 
-    fn install_preferring(&mut self, desired: &[(u64, u64)], prefer: Prefer) -> Result<Installed, String> {
+    /// The settle entries not yet in place, checked: none is listed twice, named by the live set,
+    /// live now, or settled elsewhere already.
+    fn new_settles(
+        &self,
+        wanted: &BTreeMap<u64, u64>,
+        settle: &[(u64, u64)],
+    ) -> Result<BTreeMap<u64, u64>, String> {
+        let mut fresh = BTreeMap::new();
+        for &(from, to) in settle {
+            // An entry live until now may be settled (its jump is retargeted), not one the new
+            // set names.
+            if wanted.contains_key(&from) {
+                return Err(format!("entry {from:#x} holds a live detour; it cannot be settled"));
+            }
+            match self.settled.get(&from) {
+                Some(&t) if t == to => continue,
+                Some(_) => return Err(format!("entry {from:#x} is settled elsewhere already")),
+                None => {}
+            }
+            if fresh.insert(from, to).is_some() {
+                return Err(format!("settle entry {from:#x} is listed twice"));
+            }
+        }
+        Ok(fresh)
+    }
+
+    fn install_preferring(
+        &mut self,
+        desired: &[(u64, u64)],
+        settle: &[(u64, u64)],
+        prefer: Prefer,
+    ) -> Result<Installed, String> {
         let wanted: BTreeMap<u64, u64> = desired.iter().copied().collect();
         if wanted.len() != desired.len() {
             return Err("a detour entry is listed twice".into());
         }
+        let fresh = self.new_settles(&wanted, settle)?;
+        if let Some(from) = wanted.keys().find(|f| self.settled.contains_key(f)) {
+            return Err(format!("entry {from:#x} is settled for good; it cannot be live again"));
+        }
+        // No two jumps written now overlap, nor one of them a settled jump.
+        let mut written: Vec<u64> = wanted.keys().chain(fresh.keys()).copied().collect();
+        written.sort_unstable();
         let mut prev_end = 0u64;
-        for &from in wanted.keys() {
+        for &from in &written {
             if from < prev_end {
                 return Err(format!("detour entries overlap at {from:#x}"));
             }
             prev_end = from.checked_add(JUMP_LEN as u64).ok_or("detour entry out of range")?;
+            let near = from.saturating_sub(JUMP_LEN as u64 - 1)..from.saturating_add(JUMP_LEN as u64);
+            if self.settled.range(near).any(|(&at, _)| at != from) {
+                return Err(format!("detour entry {from:#x} overlaps a settled one"));
+            }
         }
         let mut writes = Vec::new();
+        for (&from, &to) in fresh.iter() {
+            let bytes = arch::encode_jump(from, to)
+                .ok_or_else(|| format!("detour {from:#x} -> {to:#x} is beyond a 32-bit jump"))?;
+            writes.push(Write { at: from, bytes });
+        }
         for (&from, &to) in &wanted {
             if self.current.get(&from) == Some(&to) {
                 continue;
@@ -173,7 +237,7 @@ impl Detours {
             writes.push(Write { at: from, bytes });
         }
         for (&from, original) in &self.originals {
-            if !wanted.contains_key(&from) && self.current.contains_key(&from) {
+            if !wanted.contains_key(&from) && !fresh.contains_key(&from) && self.current.contains_key(&from) {
                 writes.push(Write { at: from, bytes: *original });
             }
         }
@@ -184,7 +248,8 @@ impl Detours {
         writes.sort_unstable_by_key(|w| w.at);
 
         let started = std::time::Instant::now();
-        let mappings = maps::read()?;
+        let entries: Vec<u64> = writes.iter().map(|w| w.at).collect();
+        let mappings = maps::read_around(&entries)?;
         let pages = pages_to_unprotect(&writes, &mappings)?;
         // What each entry holds now (code is only written here, under the caller's lock, so
         // reading it while other threads run is a plain read).
@@ -221,7 +286,7 @@ impl Detours {
                 .zip(&olds)
                 .map(|(w, old)| {
                     let now = self.current.get(&w.at).copied();
-                    let next = wanted.get(&w.at).copied();
+                    let next = wanted.get(&w.at).or_else(|| fresh.get(&w.at)).copied();
                     poke::Poke {
                         write: *w,
                         old: *old,
@@ -250,11 +315,15 @@ impl Detours {
             }
         };
         for (w, old) in writes.iter().zip(&olds) {
-            if !self.current.contains_key(&w.at) {
+            if !self.current.contains_key(&w.at) && !fresh.contains_key(&w.at) {
                 self.originals.entry(w.at).or_insert(*old);
             }
         }
         self.current = wanted;
+        for from in fresh.keys() {
+            self.originals.remove(from); // never restored: it is settled for good
+        }
+        self.settled.extend(fresh);
         installed.written = writes.len();
         installed.preparing = preparing;
         installed.fallback = fallback;
@@ -496,7 +565,7 @@ mod tests {
         let mut installs = Vec::new();
         for step in [1, 2, 0, 2, 1, 0, 1, 0, 2, 0] {
             let desired = if step == 0 { vec![] } else { vec![(entry, versions[step] as *const () as u64)] };
-            installs.push(detours.install_preferring(&desired, prefer).unwrap());
+            installs.push(detours.install_preferring(&desired, &[], prefer).unwrap());
             assert_eq!(f(7), versions[step](7), "step {step}");
             std::thread::sleep(Duration::from_millis(3));
         }
@@ -567,7 +636,7 @@ mod tests {
         let installs: Vec<Installed> = (0..20)
             .map(|i| {
                 let desired = if i % 2 == 0 { vec![(entry, answer_c1 as *const () as u64)] } else { vec![] };
-                detours.install_preferring(&desired, Prefer::Breakpoint).unwrap()
+                detours.install_preferring(&desired, &[], Prefer::Breakpoint).unwrap()
             })
             .collect();
         stop.store(true, Ordering::Relaxed);
@@ -583,11 +652,69 @@ mod tests {
         assert!(installs.iter().all(|i| i.method == Method::Parked && i.threads >= 4), "{installs:?}");
     }
 
+    #[inline(never)]
+    extern "C" fn answer_d(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(29).wrapping_add(9)
+    }
+    #[inline(never)]
+    extern "C" fn answer_d1(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(31).wrapping_add(10)
+    }
+    #[inline(never)]
+    extern "C" fn answer_d2(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(37).wrapping_add(11)
+    }
+
+    #[inline(never)]
+    extern "C" fn answer_e(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(41).wrapping_add(12)
+    }
+    #[inline(never)]
+    extern "C" fn answer_e1(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(43).wrapping_add(13)
+    }
+
+    /// An old copy settled on its anchor follows the anchor's live jump, stays when later sets do
+    /// not name it (the anchor going back to its own code included), and cannot be moved or made
+    /// live again.
+    #[test]
+    fn settled_jumps_follow_their_anchor_and_stay_out_of_later_sets() {
+        let _turn = test_turn();
+        let (old, anchor, newest) =
+            (answer_d as *const () as u64, answer_d1 as *const () as u64, answer_d2 as *const () as u64);
+        let call = |f: u64, x: u64| {
+            // SAFETY: `f` is one of the `extern "C" fn(u64) -> u64` above.
+            let f: Answer = unsafe { std::mem::transmute(f as usize) };
+            f(x)
+        };
+        let mut d = Detours::default();
+        d.install(&[(anchor, newest)], &[(old, anchor)]).unwrap();
+        assert_eq!(call(old, 5), answer_d2(5), "old copy -> anchor -> newest");
+        assert_eq!(d.current(), vec![(anchor, newest)], "the live set does not list settled jumps");
+        assert_eq!(d.settled_len(), 1);
+        // The next set names only the anchor's jump (here: none, a revert): the old copy stays sent on.
+        d.install(&[], &[]).unwrap();
+        assert_eq!(call(old, 5), std::hint::black_box(answer_d1)(5), "old copy -> anchor's own code");
+        assert!(d.is_written(old) && !d.is_written(anchor));
+        d.install(&[], &[(old, anchor)]).unwrap(); // the same settle again: nothing to do
+        assert!(d.install(&[], &[(old, newest)]).unwrap_err().contains("settled elsewhere"));
+        assert!(d.install(&[(anchor, newest)], &[(anchor, old)]).unwrap_err().contains("live"));
+        // An entry live until now is settled by retargeting its jump.
+        let (e, e1) = (answer_e as *const () as u64, answer_e1 as *const () as u64);
+        d.install(&[(e, newest)], &[]).unwrap();
+        d.install(&[], &[(e, e1)]).unwrap();
+        assert_eq!(call(e, 4), std::hint::black_box(answer_e1)(4), "live, then settled elsewhere");
+        assert!(d.current().is_empty() && d.is_settled(e));
+        assert!(d.install(&[(old + 2, newest)], &[]).unwrap_err().contains("settled"));
+        assert!(d.install(&[(old, newest)], &[]).unwrap_err().contains("settled"));
+        assert_eq!(call(old, 6), std::hint::black_box(answer_d1)(6), "refused sets changed nothing");
+    }
+
     #[test]
     fn overlapping_or_repeated_entries_are_refused() {
         let mut d = Detours::default();
-        assert!(d.install(&[(0x1000, 0x2000), (0x1002, 0x3000)]).unwrap_err().contains("overlap"));
-        assert!(d.install(&[(0x1000, 0x2000), (0x1000, 0x3000)]).unwrap_err().contains("twice"));
-        assert!(d.install(&[(0x1000, 0x1000 + (3 << 30))]).unwrap_err().contains("32-bit"));
+        assert!(d.install(&[(0x1000, 0x2000), (0x1002, 0x3000)], &[]).unwrap_err().contains("overlap"));
+        assert!(d.install(&[(0x1000, 0x2000), (0x1000, 0x3000)], &[]).unwrap_err().contains("twice"));
+        assert!(d.install(&[(0x1000, 0x1000 + (3 << 30))], &[]).unwrap_err().contains("32-bit"));
     }
 }
