@@ -8,13 +8,19 @@
 //! edit was reverted) — back to the image's original. Earlier patches are read from the patch
 //! directory this target directory keeps for the process, and only those the process reports
 //! loaded at the address they were linked for are used.
+//!
+//! Except the functions the new patch keeps on old code for a layout change (and the unchanged code
+//! it carries because it leads to them): an earlier patch's copy of one was built for the layout
+//! that patch had, and its callers (that patch's frames, the image's entry it was redirected to)
+//! hand it values of that layout. Sent on to the new version, it would hand them to code built for
+//! another; it keeps its code, as the image's entry keeps the image's.
 
 use crate::index::BaseKind;
 use crate::plan::base::BaseImage;
 use crate::plan::entry;
 use object::read::elf::{ElfFile64, ProgramHeader};
 use object::{Endianness, Object, ObjectSymbol, SymbolKind};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 /// What chaining found.
@@ -27,11 +33,13 @@ pub struct Chain {
 }
 
 /// Detours for the functions of earlier patches loaded in the process (`loaded`: start, length,
-/// as the process reported them). `newest` maps a mangled name to its entry in the new patch.
+/// as the process reported them). `newest` maps a mangled name to its entry in the new patch;
+/// the functions named in `kept` keep their code (see the module's doc).
 pub fn earlier_patches(
     patch_dir: &Path,
     loaded: &[(u64, u64, PathBuf)],
     newest: &HashMap<&str, u64>,
+    kept: &HashSet<&str>,
     image: &BaseImage<'_>,
 ) -> Chain {
     let mut chain = Chain::default();
@@ -61,13 +69,7 @@ pub fn earlier_patches(
             }
             let Ok(name) = sym.name() else { continue };
             let at = start + sym.address();
-            let to = match newest.get(name) {
-                Some(&to) => to,
-                None => match image.lookup(name) {
-                    Some((s, _)) if s.kind == BaseKind::Function => s.addr + image.load_bias,
-                    _ => continue, // added by that patch and gone since: nothing calls it anew
-                },
-            };
+            let Some(to) = destination(name, newest, kept, image) else { continue };
             if to == at {
                 continue;
             }
@@ -83,6 +85,27 @@ pub fn earlier_patches(
     chain.detours.sort_unstable();
     chain.detours.dedup_by_key(|d| d.0);
     chain
+}
+
+/// Where an earlier patch's function `name` now goes: its version in the new patch, else the
+/// image's (an edit reverted); `None` when it keeps its code — kept for a layout change, or added
+/// by that patch and gone since (nothing calls it anew).
+fn destination(
+    name: &str,
+    newest: &HashMap<&str, u64>,
+    kept: &HashSet<&str>,
+    image: &BaseImage<'_>,
+) -> Option<u64> {
+    if kept.contains(crate::diff::names::canonical(name)) || kept.contains(name) {
+        return None;
+    }
+    match newest.get(name) {
+        Some(&to) => Some(to),
+        None => match image.lookup(name) {
+            Some((s, _)) if s.kind == BaseKind::Function => Some(s.addr + image.load_bias),
+            _ => None,
+        },
+    }
 }
 
 /// A function's bytes in a patch file (addresses relative to the patch's base, as its section

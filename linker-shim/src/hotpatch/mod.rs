@@ -25,7 +25,7 @@ use crate::timing::Clock;
 use crate::{deliver, diff};
 use ipbp::protocol::{Apply, Hello, LedgerEntry};
 use ipbp::registry::{self, OpenError, Registration, Registry};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -440,8 +440,9 @@ fn base_index<'a>(
 }
 
 /// Plans the patch. Refused type-layout changes come after the plan's reasons, which name what
-/// the user edited (a hot function's signature), and replace its reasons about the statics they
-/// name; a plan that fails reports them alone.
+/// the user edited (a hot function's signature), and before those about a path a new value could
+/// take to old code; they replace its reasons about the statics they name; a plan that fails
+/// reports them alone.
 fn make_plan<'a>(
     inputs: &plan::Inputs<'_, 'a>,
     index: &plan::graph::Index<'_, 'a>,
@@ -467,7 +468,11 @@ fn verdict(plan: &plan::Plan, layouts: &Verdict, hello: &Hello, notes: &mut Vec<
     }
     if !plan.refusals.is_empty() || !layouts.refusals.is_empty() {
         let plan_reasons = plan.refusals.iter().filter(|r| !layouts.explains(&r.symbol));
-        let reasons = plan_reasons.map(|r| r.reason.clone()).chain(layouts.refusals.clone()).collect();
+        let (secondary, first): (Vec<_>, Vec<_>) = plan_reasons.partition(|r| r.secondary);
+        let reasons = (first.into_iter().map(|r| r.reason.clone()))
+            .chain(layouts.refusals.clone())
+            .chain(secondary.into_iter().map(|r| r.reason.clone()))
+            .collect();
         return Some(Outcome::Skipped { reasons, notes: std::mem::take(notes) });
     }
     let nothing_new = plan.chunks.is_empty();
@@ -560,7 +565,8 @@ fn installs(
                 newest.insert(d.base_name(name), at + offset);
             }
         }
-        let chain = deliver::chain::earlier_patches(patch_dir, &hello.patches, &newest, image);
+        let kept: HashSet<&str> = plan.report.kept_for_layout.iter().map(String::as_str).collect();
+        let chain = deliver::chain::earlier_patches(patch_dir, &hello.patches, &newest, &kept, image);
         // An image entry this patch redirects itself is no place to go back to: go where it goes.
         let redirected: HashMap<u64, u64> = detours.iter().copied().collect();
         detours.extend(
