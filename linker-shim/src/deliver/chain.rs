@@ -26,6 +26,13 @@
 //! patches added): the work does not grow with the number of patches before it. The homes are
 //! kept in `anchors.tsv` beside the patches of the process, written when a patch was applied and
 //! taken only for homes the process still reports live.
+//!
+//! Except the functions the new patch keeps on old code for a layout change (and the unchanged code
+//! it carries because it leads to them): an earlier patch's copy of one was built for the layout
+//! that patch had, and its callers (that patch's frames, the image's entry it was redirected to)
+//! hand it values of that layout. Sent on to the new version, it would hand them to code built for
+//! another; it keeps its code, as the image's entry keeps the image's (and, once its patch is
+//! settled, for good: the conservative side).
 
 use crate::index::BaseKind;
 use crate::plan::base::BaseImage;
@@ -94,13 +101,15 @@ pub type LoadedPatch = (u64, u64, PathBuf);
 /// Jumps for the functions of the patches the process reports unsettled (`unsettled`: start,
 /// length, path, as its `hello` listed them; `live`: its live detours, whose targets show which
 /// patch live code runs in), and the live jumps of the homes. `newest` maps a mangled name to its
-/// entry in the new patch; `redirected` holds the image entries the new patch redirects.
+/// entry in the new patch; `redirected` holds the image entries the new patch redirects; the
+/// functions named in `kept` keep their code (see the module's doc).
 pub fn earlier_patches(
     patch_dir: &Path,
     (unsettled, live): (&[LoadedPatch], &[(u64, u64)]),
     mut homes: Homes,
     newest: &HashMap<&str, u64>,
     redirected: &HashSet<u64>,
+    kept: &HashSet<&str>,
     image: &BaseImage<'_>,
 ) -> Chain {
     let mut chain = Chain::default();
@@ -128,6 +137,9 @@ pub fn earlier_patches(
             }
             let Ok(name) = sym.name() else { continue };
             let at = start + sym.address();
+            if kept.contains(crate::diff::names::canonical(name)) || kept.contains(name) {
+                continue; // kept on old code for a layout change: see the module's doc
+            }
             let fits = || {
                 code_at(&file, &data, sym.address(), sym.size())
                     .is_some_and(|(code, after)| entry::check(code, after).is_ok())

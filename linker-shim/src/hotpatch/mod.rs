@@ -461,8 +461,9 @@ fn base_index<'a>(
 }
 
 /// Plans the patch. Refused type-layout changes come after the plan's reasons, which name what
-/// the user edited (a hot function's signature), and replace its reasons about the statics they
-/// name; a plan that fails reports them alone.
+/// the user edited (a hot function's signature), and before those about a path a new value could
+/// take to old code; they replace its reasons about the statics they name; a plan that fails
+/// reports them alone.
 fn make_plan<'a>(
     inputs: &plan::Inputs<'_, 'a>,
     index: &plan::graph::Index<'_, 'a>,
@@ -488,7 +489,11 @@ fn verdict(plan: &plan::Plan, layouts: &Verdict, hello: &Hello, notes: &mut Vec<
     }
     if !plan.refusals.is_empty() || !layouts.refusals.is_empty() {
         let plan_reasons = plan.refusals.iter().filter(|r| !layouts.explains(&r.symbol));
-        let reasons = plan_reasons.map(|r| r.reason.clone()).chain(layouts.refusals.clone()).collect();
+        let (secondary, first): (Vec<_>, Vec<_>) = plan_reasons.partition(|r| r.secondary);
+        let reasons = (first.into_iter().map(|r| r.reason.clone()))
+            .chain(layouts.refusals.clone())
+            .chain(secondary.into_iter().map(|r| r.reason.clone()))
+            .collect();
         return Some(Outcome::Skipped { reasons, notes: std::mem::take(notes) });
     }
     let nothing_new = plan.chunks.is_empty();
@@ -601,7 +606,9 @@ fn installs(
         let known = deliver::chain::Homes::read(patch_dir, &live);
         let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
         let listed = (hello.patches.as_slice(), hello.detours.as_slice());
-        let chain = deliver::chain::earlier_patches(patch_dir, listed, known, &newest, &redirected, image);
+        let kept: HashSet<&str> = plan.report.kept_for_layout.iter().map(String::as_str).collect();
+        let chain =
+            deliver::chain::earlier_patches(patch_dir, listed, known, &newest, &redirected, &kept, image);
         detours.extend(chain.live);
         settle = chain.settle;
         settled_patches = chain.done;

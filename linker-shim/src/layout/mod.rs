@@ -197,6 +197,53 @@ impl<'l> Signatures<'l> {
         }
         None
     }
+
+    /// Whether a caller of the function at `path` (demangled; `linkage`: its mangled names in the
+    /// running build and in the new one) hands it, or gets back from it, a value of a changed type
+    /// it did not pair with the function itself: through a parameter or the return type, the
+    /// receiver excepted — a trait method's `self` and a closure's captures, which a `dyn` vtable
+    /// or `core::fmt`'s argument pairs with the method when the pointer is made (old code pairs
+    /// old values with old methods, new code new ones). Returns the reason, naming the parameter's
+    /// type and the change. `None` when neither build's changed units describe the function: an
+    /// unchanged unit describes no changed type, so its functions receive none.
+    ///
+    /// For in-place patching: such a function whose old code stays reachable through a pointer made
+    /// at run time reads a new value with old code when new code calls through that pointer.
+    pub fn forwards(&self, path: &str, linkage: (&str, &str)) -> Option<String> {
+        let find = |model: &'l Model, name: &str| {
+            let name = crate::diff::names::canonical(name);
+            model.functions.iter().find(|f| f.linkage == name)
+        };
+        // An unchanged function can be renamed (its symbol hash covers a changed type): the new
+        // build's description under its new name; by path when neither build names it so.
+        let (old, new) = (find(&self.layouts.old, linkage.0), find(&self.layouts.new, linkage.1));
+        let at_path = || {
+            let mut described =
+                self.layouts.old.functions_at(path).chain(self.layouts.new.functions_at(path));
+            described.next()
+        };
+        let old = old.or(new).or_else(at_path)?;
+        // `<T as Trait>::method`, a closure, and the `Fn*` traits' methods a `dyn Fn*` vtable
+        // holds (`core::ops::function::FnOnce::call_once` of a closure, its `self` first).
+        let receiver = path.starts_with('<') && path.contains(" as ")
+            || path.contains("{closure")
+            || path.starts_with("core::ops::function::Fn");
+        let skip = usize::from(receiver);
+        if new
+            .is_some_and(|n| n.params.iter().skip(skip).ne(old.params.iter().skip(skip)) || n.ret != old.ret)
+        {
+            return Some(format!("the signature of `{path}` changed"));
+        }
+        for ty in old.params.iter().skip(skip).chain(old.ret.iter()) {
+            for (change, holders) in self.layouts.changes.iter().zip(&self.holders) {
+                if holders.contains(ty.as_str()) {
+                    let how = if old.ret.as_deref() == Some(ty.as_str()) { "returns" } else { "receives" };
+                    return Some(format!("`{path}` {how} `{ty}`, and {}", change.describe()));
+                }
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
@@ -261,6 +308,53 @@ mod tests {
             signature_change(&retyped, "app::step", None).as_deref(),
             Some("the signature of `app::step` changed (fn(&mut app::Point) -> u64 -> fn(u8) -> u64)")
         );
+    }
+
+    /// A method's receiver is paired with it where its address is taken (a vtable, `fmt`'s
+    /// argument): only what a caller hands it besides counts; a closure's captures are its receiver.
+    #[test]
+    fn what_callers_hand_a_function_besides_its_receiver_is_what_it_forwards() {
+        let mut old = model(&[("x", 0)], &["&mut app::Point"]);
+        let mut new = model(&[("x", 0), ("y", 4)], &["&mut app::Point"]);
+        let functions = [
+            ("<app::Point as core::fmt::Debug>::fmt", &["&app::Point", "&mut core::fmt::Formatter"][..]),
+            ("<app::Printer as app::Handler>::handle", &["&app::Printer", "&mut app::Point"][..]),
+            ("app::main::{closure#0}", &["&app::main::{closure_env#0}", "&mut app::Point"][..]),
+            ("app::main::{closure#1}", &["&mut app::Point"][..]),
+        ];
+        for m in [&mut old, &mut new] {
+            for (path, params) in functions {
+                m.functions.push(FnRec {
+                    linkage: path.into(),
+                    path: path.into(),
+                    params: params.iter().map(|p| p.to_string()).collect(),
+                    ret: None,
+                    locals: vec![],
+                    main: false,
+                    generics: vec![],
+                });
+            }
+        }
+        let l = layouts(old, new);
+        let s = Signatures::new(&l);
+        let forwards = |path: &str| s.forwards(path, (path, path));
+        assert_eq!(forwards("<app::Point as core::fmt::Debug>::fmt"), None, "only its receiver");
+        assert_eq!(forwards("app::main::{closure#1}"), None, "only its captures");
+        assert_eq!(
+            forwards("<app::Printer as app::Handler>::handle").as_deref(),
+            Some("`<app::Printer as app::Handler>::handle` receives `&mut app::Point`, and struct `app::Point` changed layout (field `y: u32` added, 4 -> 8 bytes)")
+        );
+        assert!(forwards("app::main::{closure#0}").is_some());
+        assert!(
+            s.forwards("app::step", ("_ZN3app4step17h0E", "_ZN3app4step17h1E")).is_some(),
+            "by its old name"
+        );
+        assert!(
+            s.forwards("app::step", ("_ZN3app4step17h2E", "_ZN3app4step17h0E")).is_some(),
+            "by its new name"
+        );
+        assert!(s.forwards("app::step", ("h2", "h3")).is_some(), "by its path");
+        assert_eq!(forwards("app::elsewhere"), None, "not described: receives no changed type");
     }
 
     #[test]

@@ -32,9 +32,9 @@ pub(super) fn decide<'p, 'a: 'p>(
     index: &Index<'_, 'a>,
     copy: &HashSet<Loc>,
     changed: &HashSet<Loc>,
+    signatures: &crate::layout::Signatures,
 ) -> crate::error::Result<Vec<Detour<'p>>> {
     let mut planned = Vec::new();
-    let signatures = crate::layout::Signatures::new(input.layouts);
     for at in sorted(copy) {
         if !changed.contains(&at) || index.kind(at)? != SectionKind::Text {
             continue;

@@ -18,6 +18,7 @@ mod detours;
 pub(crate) mod entry;
 pub mod graph;
 mod imports;
+mod pointers;
 mod pull;
 mod tls;
 mod unwind;
@@ -134,6 +135,9 @@ impl Mode {
 pub struct Refusal {
     pub symbol: String,
     pub reason: String,
+    /// About a path a new value could take to old code (`pointers`): listed after the layout
+    /// guard's refusals, which name where old values live.
+    pub secondary: bool,
 }
 
 /// What the plan decided, for the status line and the manifest.
@@ -157,6 +161,11 @@ pub struct Report {
     /// Changed functions that are running and never called again (`main`): only a restart runs
     /// their new code.
     pub running: Vec<String>,
+    /// In place: mangled names (now, and in the image) of the changed functions kept on old code
+    /// for a layout change, and of the unchanged code carried because it leads to them. An earlier
+    /// patch's copies of them are called with values of that patch's layout: they keep their code
+    /// (`deliver::chain`), never sent on to this patch's versions.
+    pub kept_for_layout: Vec<String>,
 }
 
 pub struct Plan<'a> {
@@ -223,6 +232,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
                 refusals.push(Refusal {
                     symbol: owner.to_string(),
                     reason: format!("the signature of hot function `{owner}` changed; callers built against the old one cannot call the new one (restart to use it)"),
+                    secondary: false,
                 });
             }
             DefKind::Data | DefKind::Tls if change.old_size != change.new_size => refusals.push(Refusal {
@@ -233,6 +243,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
                     change.old_size,
                     change.new_size
                 ),
+                secondary: false,
             }),
             DefKind::Data | DefKind::Tls => notes.push(format!(
                 "the initial value of `{pretty}` changed; the running process keeps its current value"
@@ -287,8 +298,9 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     clock.step("affected");
     // In place: which changed functions keep their old entry, and the unchanged code that leads
     // to them, which new code must reach in copies (see `chain`).
+    let signatures = crate::layout::Signatures::new(input.layouts);
     let detours = match input.mode {
-        Mode::InPlace => detours::decide(input, index, &copy, &changed_nodes)?,
+        Mode::InPlace => detours::decide(input, index, &copy, &changed_nodes, &signatures)?,
         Mode::HotPoints => Vec::new(),
     };
     clock.step("redirects");
@@ -301,6 +313,22 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         .collect();
     let chains = chain::Chains::find(index, &stale.keys().copied().collect(), &changed_nodes)?;
     clock.step("chains");
+    refusals.extend(pointers::refusals(input, index, &stale, &chains, &signatures)?);
+    let mut kept_for_layout = Vec::new();
+    let layout_stale = |at: &Loc| matches!(stale.get(at), Some(Some(_)));
+    let led = chains.carry.iter().filter(|(_, o)| layout_stale(o)).map(|(at, _)| at);
+    for &at in stale.keys().filter(|at| layout_stale(at)).chain(led) {
+        if index.kind(at)? != SectionKind::Text {
+            continue;
+        }
+        if let Some(name) = index.name(at)? {
+            kept_for_layout.push(name.to_string());
+            kept_for_layout.push(input.diff.base_name(name).to_string());
+        }
+    }
+    kept_for_layout.sort();
+    kept_for_layout.dedup();
+    clock.step("pointers");
     let stats = vec![
         ("hot points", hot.roots.len()),
         ("sections walked from the changes", visited),
@@ -336,6 +364,7 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     plan.refusals.splice(0..0, refusals);
     plan.report.notes.splice(0..0, notes);
     plan.report.running = running_changed;
+    plan.report.kept_for_layout = kept_for_layout;
     Ok(plan)
 }
 
@@ -481,7 +510,7 @@ impl<'p, 'g, 'a> Planner<'p, 'g, 'a> {
     fn refuse(&mut self, symbol: &str, reason: String) {
         let symbol = crate::map::read::demangle(symbol);
         if !self.refusals.iter().any(|r| r.symbol == symbol && r.reason == reason) {
-            self.refusals.push(Refusal { symbol, reason });
+            self.refusals.push(Refusal { symbol, reason, secondary: false });
         }
     }
 

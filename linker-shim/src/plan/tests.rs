@@ -52,7 +52,8 @@ const REFS: &[(&str, object::elf::RelocationType)] = &[
 ];
 
 /// The current build's changed unit: `f` (refers to everything in `refs`, then takes `h`'s
-/// address with a `lea`), `h`, `g`, `k` (calls `h`), `HOOK` (a static holding `h`'s address),
+/// address with a `lea`), `h`, `g`, `k` (calls `h`), `HOOK` (a static holding `h`'s address), `d`
+/// (reads `HOOK`),
 /// `TABLE` (a constant table holding it: a vtable) and the data they use.
 fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     let mut o = ElfObject::new();
@@ -68,8 +69,12 @@ fn changed_unit(refs: &[(&str, object::elf::RelocationType)]) -> Vec<u8> {
     defined.insert("k", o.global("k", k));
     o.reloc(k, 1, R_X86_64_PLT32, h_sym, -4);
     let hook = o.section(".data.HOOK", Kind::Data, &[0; 8], 8);
-    defined.insert("HOOK", o.global("HOOK", hook));
+    let hook_sym = o.global("HOOK", hook);
+    defined.insert("HOOK", hook_sym);
     o.reloc(hook, 0, R_X86_64_64, h_sym, 0);
+    let d = o.section(".text.d", Kind::Text, &[0x48, 0x8b, 0x05, 0, 0, 0, 0, 0xc3], 16);
+    defined.insert("d", o.global("d", d));
+    o.reloc(d, 3, R_X86_64_PC32, hook_sym, -4);
     let table = o.section(".data.rel.ro.TABLE", Kind::Data, &[0; 8], 8);
     defined.insert("TABLE", o.global("TABLE", table));
     o.reloc(table, 0, R_X86_64_64, h_sym, 0);
@@ -108,6 +113,7 @@ fn base_index() -> Vec<u8> {
     w.symbol("h", function(IMAGE + 0x100));
     w.symbol("g", function(IMAGE + 0x200));
     w.symbol("k", function(IMAGE + 0x400));
+    w.symbol("d", function(IMAGE + 0x500));
     w.symbol("lib_fn", function(IMAGE + 0x300));
     w.symbol("COUNTER", data(IMAGE + 0x10_000, 8));
     w.symbol("WIDE", data(IMAGE + 0x10_100, 8));
@@ -331,6 +337,50 @@ fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refuse
     assert!(plan.refusals.is_empty(), "{:?}", plan.refusals);
     let f = plan.chunks.iter().find(|c| c.name == "f").unwrap();
     assert_eq!(f.relocs[0].target, Target::Absolute(BIAS + IMAGE + 0x10_200), "the running static");
+}
+
+/// A function not redirected for a layout change whose address is taken — by constant data (a
+/// vtable: `TABLE`), by a static's initial value (`HOOK`) and by code (`f`'s `lea`) — may be
+/// called through a pointer made at run time, which no relocation of the patch shows: new code
+/// calling the unchanged `d`, which calls through `HOOK`, hands new values to the old `h` (review
+/// G1 and G2). Refused, naming the function, the change and who takes its address; without a
+/// layout change the same references are planned as they are.
+#[test]
+fn a_function_kept_on_old_code_whose_address_is_taken_is_refused() {
+    use crate::layout::model::{FnRec, Model};
+    let h = |param: &str| {
+        let mut m = Model::default();
+        m.functions.push(FnRec {
+            linkage: "h".into(),
+            path: "h".into(),
+            params: vec![param.into()],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![],
+        });
+        m
+    };
+    let layouts = crate::layout::Layouts { old: h("u8"), new: h("u16"), ..Default::default() };
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, _) = plan_refs(dir.path(), &[("d", R_X86_64_PLT32)], layouts);
+    let plan = plan.unwrap();
+    let reason = plan.refusals.iter().find(|r| r.symbol == "h").map(|r| r.reason.as_str());
+    let reason = reason.unwrap_or_else(|| panic!("`h` is not refused: {:?}", plan.refusals));
+    assert!(reason.starts_with("the signature of `h` changed; the address of `h` is taken by "), "{reason}");
+    for taker in ["data `HOOK`", "data `TABLE`", "`f`"] {
+        assert!(reason.contains(taker), "does not name {taker}: {reason}");
+    }
+    assert!(reason.ends_with("(restart to use it)"), "{reason}");
+    // An earlier patch's copies of `h` and of `k` (unchanged, calls `h`) keep their code: they are
+    // called with values of that patch's layout (`deliver::chain`, review G3).
+    assert_eq!(plan.report.kept_for_layout, ["h", "k"]);
+
+    let dir = tempfile::tempdir().unwrap();
+    let (plan, _) = plan_refs(dir.path(), &[("d", R_X86_64_PLT32)], crate::layout::Layouts::default());
+    let plan = plan.unwrap();
+    assert!(plan.refusals.is_empty(), "{:?}", plan.refusals);
+    assert!(plan.report.kept_for_layout.is_empty(), "not redirected, but not for a layout change");
 }
 
 #[test]

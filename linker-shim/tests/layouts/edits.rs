@@ -161,6 +161,18 @@ pub const MODE_VARIANT_ADDED: Edit = &[
     ("let msg = \"hello\";", "let msg = \"slept\";"),
 ];
 
+/// `Signal` gains `Surge`, which the edited `signal_of` makes every third step; `step` hands it to
+/// `<Printer as Handler>::handle` through the vtable of the `Box<dyn Handler>` that `main` pushed
+/// into `HANDLERS` at startup, which leads to the old `handle`.
+pub const SIGNAL_VARIANT_ADDED: Edit = &[
+    ("    High,\n}", "    High,\n    Surge,\n}"),
+    (
+        "    if n % 2 == 0 {\n        Signal::Low",
+        "    if n % 3 == 0 {\n        Signal::Surge\n    } else if n % 2 == 0 {\n        Signal::Low",
+    ),
+    ("let msg = \"hello\";", "let msg = \"surged\";"),
+];
+
 /// `Pos`, which lives only as bytes in the type-erased `store::Store` that `main` filled at
 /// startup, gains a field (and its `x` moves: rustc puts the larger field first).
 pub const POS_FIELD_ADDED: Edit = &[

@@ -4,7 +4,8 @@
 //!
 //! The app prints a `step` line per step whose numbers are consistent only while every value's
 //! layout is the one its code expects (`point=x/y` with y = 2x, `config=r/2`, `items=1:w,2:w+10`,
-//! `shape=line:n:5`, `tally=t:n`); a patch that let new code read old values would break them.
+//! `shape=line:n:5`, `tally=t:n`, `handled=p:Low` on even steps, `p:High` on odd ones); a patch
+//! that let new code read old values would break them.
 
 #[path = "../support/mod.rs"]
 mod support;
@@ -52,6 +53,7 @@ fn consistent(line: &str) -> bool {
         && get("shape") == format!("line:{n}:5")
         && get("tally") == format!("t:{n}")
         && get("pos") == n.to_string()
+        && get("handled") == if n.is_multiple_of(2) { "p:Low" } else { "p:High" }
 }
 
 /// Waits for a step after `mark` with message `msg` and checks every step since `mark` is
@@ -96,7 +98,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 10] = [
+    let cells: [(&str, Edit, &[&str]); 11] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -159,6 +161,16 @@ fn layout_changes_with_live_old_values_are_refused() {
                 "struct `layouts::Pos`",
                 "field `y: f64` added",
                 "(values of `layouts::Pos` may live in storage of `store`, which keeps them as bytes by their `Layout`",
+            ],
+        ),
+        (
+            "enum variant added, handed to a method through a vtable made at startup and kept",
+            edits::SIGNAL_VARIANT_ADDED,
+            &[
+                "`<layouts::Printer as layouts::Handler>::handle` receives `&layouts::Signal`",
+                "enum `layouts::Signal` changed layout",
+                "the address of `<layouts::Printer as layouts::Handler>::handle`",
+                "is taken by a vtable or table used by `layouts::main`",
             ],
         ),
     ];

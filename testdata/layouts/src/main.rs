@@ -3,10 +3,10 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> mode=<..> shown=<..> described=<..> at=<..>
-//! recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async fn. `n` counts steps
-//! in `main`; every other number keeps growing as long as old and new code agree on where each
-//! value's fields are.
+//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> handled=<..> mode=<..> shown=<..>
+//! described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async
+//! fn. `n` counts steps in `main`; every other number keeps growing as long as old and new code
+//! agree on where each value's fields are.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -172,6 +172,40 @@ enum Mode {
     Busy,
 }
 
+/// Handed by `step` to the handlers `main` registered at startup, behind `dyn Handler` in a
+/// static whose type does not name it; the edits add a variant that new code makes.
+#[derive(Clone, Copy, Debug)]
+enum Signal {
+    Low,
+    High,
+}
+
+fn signal_of(n: u64) -> Signal {
+    if n % 2 == 0 {
+        Signal::Low
+    } else {
+        Signal::High
+    }
+}
+
+/// Called through the vtables of the handlers `main` made at startup: its method receives a
+/// `Signal` from its caller.
+trait Handler: Send {
+    fn handle(&self, signal: &Signal) -> String;
+}
+
+struct Printer {
+    prefix: &'static str,
+}
+
+impl Handler for Printer {
+    fn handle(&self, signal: &Signal) -> String {
+        format!("{}{signal:?}", self.prefix)
+    }
+}
+
+static HANDLERS: Mutex<Vec<Box<dyn Handler>>> = Mutex::new(Vec::new());
+
 fn mode_of(n: u64) -> Mode {
     if n % 2 == 0 {
         Mode::Idle
@@ -259,6 +293,12 @@ fn step(
         format!("{recent:?}").replace(' ', ""),
         format!("{counts:?}").replace(' ', "")
     );
+    let signal = signal_of(n);
+    let mut handled = Vec::new();
+    for handler in HANDLERS.lock().unwrap().iter() {
+        handled.push(handler.handle(&signal));
+    }
+    let handled = handled.join(",");
     let pos = positions.update(0, |p: &mut Pos| {
         p.x += 1.0;
         p.x
@@ -266,7 +306,7 @@ fn step(
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} {modes}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} handled={handled} {modes}",
         point.x,
         point.y,
         tally.name,
@@ -318,6 +358,7 @@ fn main() {
     for i in 0..4 {
         positions.push(Pos { x: i as f32 });
     }
+    HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: "p:" }));
     let mut task = Box::pin(task());
     let mut cx = Context::from_waker(Waker::noop());
     for n in 1.. {
