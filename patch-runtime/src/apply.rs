@@ -138,7 +138,7 @@ impl State {
         self.data.extend(req.data);
         self.tls.extend(req.tls);
         self.generation += 1;
-        crate::runtime::set_generation(self.generation);
+        crate::process::set_generation(self.generation);
         let (pause_us, live_us, deferred) = match &outcome {
             Outcome::Installed(stop) => {
                 (stop.longest_pause.as_micros() as u64, stop.live.as_micros() as u64, false)

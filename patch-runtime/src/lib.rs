@@ -32,6 +32,7 @@ mod elf;
 mod image;
 mod install;
 mod listener;
+mod process;
 mod restart;
 mod runtime;
 mod seal;
@@ -215,5 +216,5 @@ pub fn listener(addr: impl std::net::ToSocketAddrs) -> std::io::Result<std::net:
 
 /// How many patches this process has applied (0 before the first, and in release builds).
 pub fn patch_generation() -> u64 {
-    runtime::generation()
+    process::generation()
 }

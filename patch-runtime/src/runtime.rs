@@ -1,49 +1,9 @@
-//! Starting the runtime: find out who we are, register, listen.
+//! Starting the runtime (the first step): find out who we are, register, listen. What the
+//! registration leaves for the later steps is kept in [`crate::process`].
 
 use crate::apply::State;
+use crate::process;
 use crate::registry::{self, OpenError, Registration, Registry};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
-
-static GENERATION: AtomicU64 = AtomicU64::new(0);
-/// The registry this process registered in, and its pid then (a forked child has another).
-static REGISTERED: OnceLock<(Registry, u32)> = OnceLock::new();
-/// What it registered (written back if a restart fails after [`withdraw`]).
-static REGISTRATION: OnceLock<Registration> = OnceLock::new();
-
-/// The registry this process registered in (`None` before `init`, or when it did not register).
-pub(crate) fn registry() -> Option<&'static Registry> {
-    REGISTERED.get().map(|(r, _)| r)
-}
-
-/// Removes this process's registration just before it restarts: ipbp-ld then waits for the new
-/// build's own, which the old one cannot be mistaken for (`execve` runs no exit handler, so the
-/// old file would stay).
-pub(crate) fn withdraw() {
-    if let Some((registry, pid)) = REGISTERED.get() {
-        registry.withdraw(*pid);
-    }
-}
-
-/// Writes the registration back (the restart failed: the program runs on, patchable).
-pub(crate) fn reinstate() {
-    if let (Some((registry, _)), Some(reg)) = (REGISTERED.get(), REGISTRATION.get()) {
-        let _ = registry.register(reg);
-    }
-}
-
-/// The build id this process runs (`None` before `init`, or when it did not register).
-pub(crate) fn build_id() -> Option<&'static str> {
-    REGISTRATION.get().map(|r| r.build_id.as_str())
-}
-
-pub fn generation() -> u64 {
-    GENERATION.load(Ordering::Relaxed)
-}
-
-pub(crate) fn set_generation(g: u64) {
-    GENERATION.store(g, Ordering::Relaxed);
-}
 
 pub fn start() {
     // What an earlier build handed over (its memfd is closed now, not whenever the program asks).
@@ -85,20 +45,9 @@ fn register(image: crate::image::Image, registry: Registry) -> std::io::Result<(
         registry.unregister(pid);
         return Err(e);
     }
-    let _ = REGISTERED.set((registry, pid));
-    let _ = REGISTRATION.set(reg);
+    process::registered(registry, reg);
     crate::detour::prepare();
     // SAFETY: registering a plain extern "C" function.
-    unsafe { libc::atexit(unregister) };
+    unsafe { libc::atexit(process::unregister) };
     crate::listener::spawn(listener, State::new(image))
-}
-
-/// Removes the registration at exit — only in the process that registered: a forked child that
-/// calls `exit()` inherits this handler, and must not remove its parent's registration.
-extern "C" fn unregister() {
-    if let Some((registry, pid)) = REGISTERED.get() {
-        if *pid == std::process::id() {
-            registry.unregister(*pid);
-        }
-    }
 }

@@ -41,15 +41,15 @@ impl Hazard {
         match self {
             Hazard::Running { tid, pc } => format!(
                 "thread {} kept executing the first bytes of a changed function (at {pc:#x}) in {attempts} attempts",
-                super::signal::thread_name(tid)
+                super::threads::thread_name(tid)
             ),
             Hazard::Returning { tid, addr } => format!(
                 "thread {} holds a return address inside the first bytes of a changed function ({addr:#x}); \
                  the function cannot be redirected while that frame is live",
-                super::signal::thread_name(tid)
+                super::threads::thread_name(tid)
             ),
             Hazard::UnknownStack { tid } => {
-                format!("the stack of thread {} could not be located", super::signal::thread_name(tid))
+                format!("the stack of thread {} could not be located", super::threads::thread_name(tid))
             }
         }
     }

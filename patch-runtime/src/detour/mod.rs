@@ -31,6 +31,7 @@ mod poke;
 mod pristine;
 pub mod signal;
 mod sync;
+mod threads;
 mod trap;
 
 use maps::Mapping;

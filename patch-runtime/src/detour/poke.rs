@@ -30,7 +30,7 @@
 
 use super::check::{self, NotClear};
 use super::maps::{self, Mapping};
-use super::{arch, signal, sync, trap, Write};
+use super::{arch, signal, sync, threads, trap, Write};
 use std::time::Duration;
 
 /// How often a check round is repeated while a thread is inside the bytes to rewrite.
@@ -50,9 +50,9 @@ pub fn usable() -> Result<(), String> {
     // round signal is no danger: the round times out and the breakpoints are taken back.)
     let deadline = std::time::Instant::now() + Duration::from_millis(50);
     loop {
-        let Some((tid, sig)) = signal::thread_blocking(&[libc::SIGTRAP])? else { return Ok(()) };
+        let Some((tid, sig)) = threads::thread_blocking(&[libc::SIGTRAP])? else { return Ok(()) };
         if std::time::Instant::now() >= deadline {
-            return Err(format!("thread {} blocks signal {sig}", signal::thread_name(tid)));
+            return Err(format!("thread {} blocks signal {sig}", threads::thread_name(tid)));
         }
         std::thread::sleep(Duration::from_millis(1));
     }

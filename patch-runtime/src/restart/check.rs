@@ -23,7 +23,7 @@ pub fn open_checked(req: &Restart) -> Result<OwnedFd, String> {
     if !path.is_absolute() {
         return Err(format!("{shown} is not an absolute path"));
     }
-    let registry = crate::runtime::registry().ok_or("this process is not registered")?;
+    let registry = crate::process::registry().ok_or("this process is not registered")?;
     match registry.build(&req.build_id) {
         Some(record) if record.output == *path => {}
         Some(record) => {
@@ -37,7 +37,7 @@ pub fn open_checked(req: &Restart) -> Result<OwnedFd, String> {
     }
     // A build of this program: where its own build was linked, under the same name (cargo's
     // `deps/<name>-<hash>`), not another program of the same user.
-    let running = crate::runtime::build_id().and_then(|id| registry.build(id));
+    let running = crate::process::build_id().and_then(|id| registry.build(id));
     if let Some(running) = running {
         if program(&running.output) != program(path) {
             return Err(format!("{shown} is not a build of this program ({})", running.output.display()));

@@ -46,9 +46,21 @@ pub fn note_taken_again(fd: RawFd) {
     }
 }
 
+/// The descriptors this process was started with by the systemd protocol (`LISTEN_PID` is this
+/// process, `LISTEN_FDS` descriptors from [`FIRST`]).
+pub(crate) fn passed() -> Vec<RawFd> {
+    let ours =
+        std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
+    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<RawFd>().ok()).unwrap_or(0);
+    if !ours || !(0..=MAX_LISTENERS as RawFd).contains(&count) {
+        return Vec::new();
+    }
+    (FIRST..FIRST + count).collect()
+}
+
 /// Notes the sockets this process was started with (`LISTEN_FDS`): it takes them from there.
 pub fn note_started_with() {
-    for fd in super::listen::passed() {
+    for fd in passed() {
         note_taken_again(fd);
     }
 }

@@ -5,23 +5,13 @@
 //! same IP), and each is given out once. Every socket given out is passed on at the next restart
 //! (see `fds`).
 
-use super::fds::FIRST;
+use super::fds::passed;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Mutex;
 
 /// Passed descriptors already given to the program.
 static TAKEN: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
-
-pub(crate) fn passed() -> Vec<RawFd> {
-    let ours =
-        std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let count = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<RawFd>().ok()).unwrap_or(0);
-    if !ours || !(0..=super::fds::MAX_LISTENERS as RawFd).contains(&count) {
-        return Vec::new();
-    }
-    (FIRST..FIRST + count).collect()
-}
 
 fn local_addr(fd: RawFd) -> Option<SocketAddr> {
     // SAFETY: getsockname into storage of ours, sized for any address.

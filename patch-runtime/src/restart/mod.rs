@@ -107,7 +107,7 @@ pub fn serve(req: Restart, stream: &mut UnixStream, connected: Instant) -> Reply
     };
     told.safe_point_us = waited.as_micros() as u64;
     // ipbp-ld waits for the new build's registration; the old one would survive `execve`.
-    crate::runtime::withdraw();
+    crate::process::withdraw();
     let _ = stream.set_write_timeout(Some(left().max(Duration::from_millis(1))));
     let e = if left().is_zero() {
         "the time ipbp-ld waits ran out".to_string()
@@ -119,7 +119,7 @@ pub fn serve(req: Restart, stream: &mut UnixStream, connected: Instant) -> Reply
         prepared.exec()
     };
     SafePoint::release();
-    crate::runtime::reinstate();
+    crate::process::reinstate();
     Reply::Error(format!("could not restart: {e}; on_restart hooks ran"))
 }
 
