@@ -7,9 +7,10 @@
 //! Each relocation of the changed function `f` checks one row of ARCHITECTURE.md's table of what a
 //! reference becomes.
 
+use super::report::is_own_path;
 use super::*;
 use crate::diff::Change;
-use crate::index::{LinkIndex, Symbol, Writer};
+use crate::index::{BaseKind, LinkIndex, Symbol, Writer};
 use crate::map::schema::InputKind;
 use crate::objects::testing::{ElfObject, Kind};
 use ipbp::protocol::LedgerEntry;
