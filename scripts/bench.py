@@ -15,7 +15,7 @@
     scripts/bench.py --no-write      print the table, leave BENCHMARKS.md alone
     scripts/bench.py --only P3L      P3 when the link fails after the patch went live (its own
                                      section of BENCHMARKS.md; counter only)
-    scripts/bench.py --only P10      save → new output under `ipbp-ld watch` vs `cargo build`
+    scripts/bench.py --only P10      save → new output under `ipbp-ld watch` vs `cargo build` and cargo-watch
                                      (scripts/bench_watch.py; its own section of BENCHMARKS.md)
 
 Workloads (testdata/): `counter` (the end-to-end tests' app), `web` (axum + tokio + serde, 125
@@ -578,7 +578,7 @@ def main():
         sections["bench:p3l"] = p3l_md(results, args)
     if "watch" in results:
         import bench_watch
-        sections["bench:watch"] = bench_watch.section(results["watch"], args.rounds)
+        sections["bench:watch"] = bench_watch.section(results["watch"], args.rounds, "scripts/bench.py --only P10")
     if "P12" in results:
         sections["bench:p12"] = bench_workday.md(results, args)
     if "P1b" in results:
