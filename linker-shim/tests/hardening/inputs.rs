@@ -7,7 +7,7 @@
 //! panic), and byte-identical executables when both succeed.
 
 use super::support::live::{scenario, CONFIG};
-use super::support::{shim, shim_warnings, Cmd, Linker, Project};
+use super::support::{self, shim, shim_warnings, Cmd, Project};
 use super::Rng;
 use std::path::{Path, PathBuf};
 
@@ -27,54 +27,13 @@ struct Captured {
     deps: PathBuf,
 }
 
-/// Links the counter once with a real linker that records rustc's command (the parent ipbp-ld's
-/// argv), the `cc` command and a copy of every object (rustc deletes its objects after the link).
-/// The build notes itself in the registry `home`.
+/// Links the counter once, capturing rustc's command, the `cc` command and a copy of every
+/// object. The build notes itself in the registry `home`.
 fn capture(project: &Project, home: &Path) -> Captured {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = project.root().join("capture");
-    std::fs::create_dir_all(dir.join("objects")).unwrap();
-    let script = project.root().join("capture-cc");
-    let text = format!(
-        "#!/bin/sh\n\
-         # Test helper: records the counter's link, then links with cc.\n\
-         out=; prev=\n\
-         for a in \"$@\"; do [ \"$prev\" = -o ] && out=$a; prev=$a; done\n\
-         case \"${{out##*/}}\" in\n\
-         counter-*)\n\
-         \x20 cat /proc/$PPID/cmdline > '{d}/ld.args'\n\
-         \x20 printf '%s\\0' \"$@\" > '{d}/cc.args'\n\
-         \x20 pwd > '{d}/cwd'\n\
-         \x20 for a in \"$@\"; do case \"$a\" in *.o) [ -f \"$a\" ] && cp \"$a\" '{d}/objects/';; esac; done\n\
-         \x20 ;;\n\
-         esac\n\
-         exec cc \"$@\"\n",
-        d = dir.display()
-    );
-    std::fs::write(&script, text).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     project.touch("src/main.rs");
-    let run = project
-        .cargo(Linker::Shim, CONFIG, &["build"])
-        .env("IPBP_LINKER", &script)
-        .env("IPBP_HOME", home)
-        .run();
-    assert!(run.success(), "the capturing build failed: {run}");
-
-    let split = |name: &str| -> Vec<String> {
-        let bytes =
-            std::fs::read(dir.join(name)).unwrap_or_else(|e| panic!("the link was not captured: {e}"));
-        bytes
-            .split(|&b| b == 0)
-            .filter(|a| !a.is_empty())
-            .map(|a| String::from_utf8(a.to_vec()).unwrap())
-            .collect()
-    };
-    let mut ld = split("ld.args");
-    ld.remove(0); // ipbp-ld's own path
-    let mut cc = split("cc.args");
+    let link = support::capture::counter_link(project, &project.root().join("capture"), home);
+    let (cwd, mut ld, mut cc) = (link.cwd, link.ld, link.cc);
     assert!(!ld.iter().chain(&cc).any(|a| a.starts_with('@')), "the link came in a response file");
-    let cwd = PathBuf::from(std::fs::read_to_string(dir.join("cwd")).unwrap().trim_end());
     let deps = project.target(CONFIG).join("debug/deps");
 
     // Objects: the captured copies stand in for rustc's (deleted) files in both commands.
@@ -82,7 +41,7 @@ fn capture(project: &Project, home: &Path) -> Captured {
     for arg in ld.clone() {
         let path = cwd.join(&arg);
         if arg.ends_with(".o") {
-            let copy = dir.join("objects").join(path.file_name().unwrap());
+            let copy = link.objects.join(path.file_name().unwrap());
             assert!(copy.is_file(), "object {arg} was not captured");
             replace_arg(&mut ld, &arg, &copy);
             replace_arg(&mut cc, &arg, &copy);

@@ -9,8 +9,8 @@
 //! copies of the one before, of a changed function (on the image's entry) and of an added one (on
 //! its home).
 
-use super::support::live::{Running, CONFIG};
-use super::support::{shim, Cmd, Linker, Project};
+use super::support::live::Running;
+use super::support::{capture, shim, Cmd, Project};
 use std::path::{Path, PathBuf};
 
 const PATCHES: usize = 300;
@@ -21,50 +21,17 @@ struct Captured {
     ld: Vec<String>,
 }
 
-/// Builds the project as it is now with a real linker that records ipbp-ld's command line and
-/// copies every object into `dir`. The build registers in a registry of its own (`dir/home`), so
-/// it patches nothing.
+/// Builds the project as it is now, capturing its link with copies of its objects. The build
+/// registers in a registry of its own (`dir/home`), so it patches nothing.
 fn capture(project: &Project, dir: &Path) -> Captured {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir.join("objects")).unwrap();
-    let script = dir.join("capture-cc");
-    let text = format!(
-        "#!/bin/sh\n\
-         # Test helper: records the counter's link, then links with cc.\n\
-         out=; prev=\n\
-         for a in \"$@\"; do [ \"$prev\" = -o ] && out=$a; prev=$a; done\n\
-         case \"${{out##*/}}\" in\n\
-         counter-*)\n\
-         \x20 cat /proc/$PPID/cmdline > '{d}/ld.args'\n\
-         \x20 pwd > '{d}/cwd'\n\
-         \x20 for a in \"$@\"; do case \"$a\" in *.o) [ -f \"$a\" ] && cp \"$a\" '{d}/objects/';; esac; done\n\
-         \x20 ;;\n\
-         esac\n\
-         exec cc \"$@\"\n",
-        d = dir.display()
-    );
-    std::fs::write(&script, text).unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let run = project
-        .cargo(Linker::Shim, CONFIG, &["build"])
-        .env("IPBP_LINKER", &script)
-        .env("IPBP_HOME", dir.join("home"))
-        .run();
-    assert!(run.success(), "the capturing build failed: {run}");
-    let bytes = std::fs::read(dir.join("ld.args")).expect("the link was captured");
-    let mut ld: Vec<String> = bytes
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8(a.to_vec()).unwrap())
-        .collect();
-    ld.remove(0); // ipbp-ld's own path
-    let cwd = PathBuf::from(std::fs::read_to_string(dir.join("cwd")).unwrap().trim_end());
+    let link = capture::counter_link(project, dir, &dir.join("home"));
+    let mut ld = link.ld;
     for arg in ld.iter_mut().filter(|a| a.ends_with(".o")) {
-        let copy = dir.join("objects").join(Path::new(arg.as_str()).file_name().unwrap());
+        let copy = link.objects.join(Path::new(arg.as_str()).file_name().unwrap());
         assert!(copy.is_file(), "object {arg} was not captured");
         *arg = copy.display().to_string();
     }
-    Captured { cwd, ld }
+    Captured { cwd: link.cwd, ld }
 }
 
 /// Replays a captured link through ipbp-ld with the project's registry: the running counter is

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod capture;
 pub mod live;
 
 use ipbp_ld::map::schema::SymbolMap;
