@@ -186,6 +186,22 @@ fn a_build_whose_link_fails_restarts_nothing_and_the_link_fails_as_it_would() {
     assert!(!app.lines_since(mark).iter().any(|l| l.starts_with("started ")) && app.alive());
 }
 
+/// Lets the load of [`load`] run 100 ms more, stops it, and asserts that every request succeeded
+/// (and that there were enough to mean something).
+fn stop_load(stop: &AtomicBool, client: std::thread::JoinHandle<(usize, Vec<String>)>) {
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (ok, failed) = client.join().expect("the client");
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 10, "too few requests were made: {ok}");
+}
+
 /// A client that connects, asks and reads the whole answer in a loop (a few hundred a second)
 /// until told to stop; returns (answers, failures with their errors). `http`: `GET /` over HTTP/1.1
 /// (a new connection each), else the restart app's one-line protocol.
@@ -258,17 +274,7 @@ fn a_server_keeps_its_port_through_ten_restarts_under_load() {
         );
         let _ = started;
     }
-    std::thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = client.join().expect("the client");
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 10, "too few requests were made: {ok}");
+    stop_load(&stop, client);
     assert!(ask(port).contains("restarts=10"));
 }
 
@@ -354,17 +360,7 @@ fn an_axum_server_using_listenfd_keeps_its_port_through_ten_restarts_under_load(
         let again = app.wait_for(mark, "the restarted build's port", |l| l.starts_with("listening "));
         assert_eq!((number(&again, "port"), number(&again, "restarts")), (port as u64, i), "{again}");
     }
-    std::thread::sleep(Duration::from_millis(100));
-    stop.store(true, Ordering::Relaxed);
-    let (ok, failed) = client.join().expect("the client");
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        ok + failed.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(ok > 10, "too few requests were made: {ok}");
+    stop_load(&stop, client);
 }
 
 #[test]
