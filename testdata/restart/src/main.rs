@@ -144,6 +144,9 @@ fn main() {
             Vec::new()
         });
     }
+    // Counted before the services start: a connection waiting in a passed socket's queue is
+    // accepted as soon as they do, and its descriptor is not one the restart left behind.
+    let fds = open_fds();
     for listener in listeners {
         std::thread::spawn(move || serve(listener));
     }
@@ -151,11 +154,10 @@ fn main() {
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc_getppid() };
     println!(
-        "started pid={} ppid={ppid} restarts={} count={} fds={}",
+        "started pid={} ppid={ppid} restarts={} count={} fds={fds}",
         std::process::id(),
         ipbp::restarts(),
         COUNT.load(Ordering::Relaxed),
-        open_fds()
     );
     let speaker: Box<dyn Speaker> = Box::new(Plain);
     loop {
