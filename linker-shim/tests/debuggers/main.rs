@@ -118,14 +118,14 @@ fn value_of(output: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// gdb attaches to `app`, breaks on `debuggee::work` by name, continues to it, checks the frame
-/// (function, `src/main.rs:10`), steps one line in that thread and reads the local, detaches.
+/// gdb attaches to `app` (`gdb -p PID` alone: it reads the executable `/proc/PID/exe` names),
+/// breaks on `debuggee::work` by name, continues to it, checks the frame (function,
+/// `src/main.rs:10`), steps one line in that thread and reads the local, detaches.
 #[track_caller]
-fn gdb_stop_in_work(app: &Running, exe: &str) -> Stop {
+fn gdb_stop_in_work(app: &Running) -> Stop {
     let gdb = gdb_attach(
         app.pid,
         &[
-            &format!("file {exe}"),
             "break debuggee::work",
             "continue",
             "bt 1",
@@ -189,8 +189,8 @@ fn lldb_stop_in_work(app: &Running) -> Stop {
     }
 }
 
-/// gdb and lldb attach to a program patched once, then 20 times: the patch is listed under its
-/// file, a breakpoint on `debuggee::work` by name stops in the newest patch with its line, the
+/// gdb and lldb attach to a program patched once, then 20 times, by its pid alone: the patch is
+/// listed under its file, a breakpoint on `debuggee::work` by name stops in the newest patch with its line, the
 /// argument and a local print, and after detaching the program goes on and takes the next patch.
 #[test]
 fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_times() {
@@ -215,7 +215,7 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
             add = next;
         }
         let newest = format!("/patch-{generation}.so");
-        let stop = gdb_stop_in_work(&app, &exe);
+        let stop = gdb_stop_in_work(&app);
         assert!(stop.object.ends_with(&newest), "gdb stopped in {stop:?}, not in {newest}");
         assert_eq!(stop.doubled, 2 * stop.n, "{stop:?}");
         goes_on(&app, &stop);
@@ -439,18 +439,44 @@ fn build_id(path: &std::path::Path) -> String {
 }
 
 /// The executable a process started from stays findable by build id after cargo replaced it, for
-/// as long as the process runs (collection keeps three builds per output, plus running ones);
-/// gdb reads its symbols from there. Once the process is gone, collection drops it.
+/// as long as the process runs (collection keeps three builds per output, plus running ones):
+/// the entry the process started from was moved there before the first link, so
+/// `/proc/PID/exe` names it and `gdb -p PID` / `lldb -p PID` alone read the running build. A
+/// link that fails loses nothing (`target/debug/<bin>` is still the started build), cargo still
+/// puts each new build at `target/debug/<bin>`. Once the process is gone, collection drops it.
 #[test]
 fn the_build_a_process_started_from_is_kept_by_build_id_while_it_runs() {
     let project = project();
     let mut app = project.start(PROGRAM, &[]);
-    let started = build_id(&std::path::PathBuf::from(format!("/proc/{}/exe", app.pid)));
+    let proc_exe = std::path::PathBuf::from(format!("/proc/{}/exe", app.pid));
+    let started = build_id(&proc_exe);
     let kept = project
         .target(support::live::CONFIG)
         .join("ipbp/debug/.build-id")
         .join(&started[..2])
         .join(format!("{}.debug", &started[2..]));
+    let program = project.program(PROGRAM);
+    assert_eq!(
+        std::fs::read_link(&proc_exe).unwrap(),
+        program.canonicalize().unwrap(),
+        "the test starts the program from cargo's path"
+    );
+
+    // A build whose link fails: the started build stays at cargo's path, and is kept.
+    let good = project.read(MAIN);
+    project.write(
+        MAIN,
+        &good.replacen(
+            "fn run(",
+            "#[link(name = \"ipbp_test_missing_library\")]\nextern \"C\" {}\n\nfn run(",
+            1,
+        ),
+    );
+    assert!(!project.cargo(support::Linker::Shim, support::live::CONFIG, &["build"]).run().success());
+    assert_eq!(build_id(&program), started, "a failed link changed {}", program.display());
+    assert_eq!(std::fs::read_link(&proc_exe).unwrap(), kept);
+    project.write(MAIN, &good);
+
     let mut add = 1;
     for next in [1000, 7, 3, 5] {
         patch(&project, &app, add, next);
@@ -458,11 +484,17 @@ fn the_build_a_process_started_from_is_kept_by_build_id_while_it_runs() {
     }
     assert!(kept.is_file(), "the started build is not kept at {}", kept.display());
     assert_eq!(build_id(&kept), started);
-    let gdb = gdb_attach(app.pid, &[&format!("file {}", kept.display()), "thread apply all bt", "detach"]);
+    assert_eq!(std::fs::read_link(&proc_exe).unwrap(), kept, "/proc/PID/exe does not name the kept build");
+    assert_ne!(build_id(&program), started, "cargo did not put the new build at {}", program.display());
+    let gdb = gdb_attach(app.pid, &["thread apply all bt", "detach"]);
     assert!(
-        gdb.stdout.contains("debuggee::run"),
-        "gdb did not name the program's frames from the kept build: {gdb}"
+        gdb.stdout.contains("debuggee::run") && !gdb.stderr.contains("Error reading attached process"),
+        "`gdb -p PID` did not read the program's frames from the kept build: {gdb}"
     );
+    let lldb = lldb_attach(app.pid, &["image list", "bt all", "process detach"]);
+    let executable = lldb.stdout.lines().find(|l| l.trim_start().starts_with("[  0]")).unwrap_or_default();
+    assert!(executable.contains(&kept.display().to_string()), "lldb did not read the kept build: {lldb}");
+    assert!(lldb.stdout.contains("debuggee::run"), "lldb did not name the program's frames: {lldb}");
 
     app.kill();
     project.edit(MAIN, &format!("doubled + {add};"), "doubled + 9;");
