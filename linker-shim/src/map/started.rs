@@ -98,6 +98,20 @@ pub fn move_started_entry(pid: u32, kept: &Path) -> io::Result<Outcome> {
     }
 }
 
+/// gdb's command file that makes `step` from unpatched code into a patched function stop in its
+/// new version (`gdb -p PID -x target/ipbp/debug/ipbp.gdb`; the file says why it is needed).
+pub const GDB_SCRIPT: &str = include_str!("ipbp.gdb");
+
+/// Writes [`GDB_SCRIPT`] to `target/ipbp/debug/ipbp.gdb` unless it is there already.
+pub fn write_gdb_script(dir: &IpbpDir) {
+    let path = dir.gdb_script();
+    if std::fs::read(&path).is_ok_and(|text| text == GDB_SCRIPT.as_bytes()) {
+        return;
+    }
+    let _ = std::fs::create_dir_all(dir.debug_files());
+    let _ = crate::store::write_atomically(&path, |out| out.write_all(GDB_SCRIPT.as_bytes()));
+}
+
 /// `rename(from, to)` failing when `to` exists (`RENAME_NOREPLACE`).
 fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
     use std::os::unix::ffi::OsStrExt;

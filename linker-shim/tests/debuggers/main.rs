@@ -433,6 +433,63 @@ fn a_program_stopped_at_a_breakpoint_in_the_patched_function_is_reported_then_pa
     patch(&project, &app, 1000, 7);
 }
 
+/// `step` from `debuggee::run` (unpatched) into `work` (patched `generation` times) with ipbp's
+/// gdb command file stops in the newest version's body, at its first line, whose local then
+/// holds the new value; the program goes on. (Without the file gdb 13 aims at the old body's
+/// prologue end, past the jump at its entry, and runs on: ARCHITECTURE.md, *Debuggers*.)
+#[track_caller]
+fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generation: u64) {
+    let script = project.target(support::live::CONFIG).join("ipbp/debug/ipbp.gdb");
+    let call =
+        project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
+    let pid = app.pid.to_string();
+    let script = script.display().to_string();
+    let run = limited(&[
+        "gdb",
+        "-nx",
+        "-q",
+        "-batch",
+        "-p",
+        &pid,
+        "-x",
+        &script,
+        "-ex",
+        &format!("break src/main.rs:{call}"),
+        "-ex",
+        "continue",
+        "-ex",
+        "delete",
+        "-ex",
+        "set scheduler-locking step",
+        "-ex",
+        "step",
+        "-ex",
+        "info symbol $pc",
+        "-ex",
+        "info args",
+        "-ex",
+        "next",
+        "-ex",
+        "info locals",
+        "-ex",
+        "detach",
+    ])
+    .run();
+    assert!(run.success(), "gdb did not finish in time or failed: {run}");
+    let out = &run.stdout;
+    let stepped =
+        out.lines().position(|l| l.starts_with("debuggee::work (n=") && l.ends_with("src/main.rs:10"));
+    assert!(stepped.is_some(), "`step` did not stop in `work` at src/main.rs:10: {run}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("debuggee::work") && l.ends_with(&format!("/patch-{generation}.so"))),
+        "`step` did not stop in the newest patch: {run}"
+    );
+    let (n, doubled) = (value_of(out, "n").unwrap_or(0), value_of(out, "doubled"));
+    assert!(n > 0 && doubled == Some(2 * n), "the new body's local does not print: {run}");
+    goes_on(app, &Stop { object: String::new(), n, doubled: 2 * n, transcript: run.to_string() });
+}
+
 /// The build id of the ELF file at `path`.
 fn build_id(path: &std::path::Path) -> String {
     support::elf_build_id(path)
@@ -491,6 +548,7 @@ fn the_build_a_process_started_from_is_kept_by_build_id_while_it_runs() {
         gdb.stdout.contains("debuggee::run") && !gdb.stderr.contains("Error reading attached process"),
         "`gdb -p PID` did not read the program's frames from the kept build: {gdb}"
     );
+    gdb_steps_into_the_newest_version(&project, &app, 4);
     let lldb = lldb_attach(app.pid, &["image list", "bt all", "process detach"]);
     let executable = lldb.stdout.lines().find(|l| l.trim_start().starts_with("[  0]")).unwrap_or_default();
     assert!(executable.contains(&kept.display().to_string()), "lldb did not read the kept build: {lldb}");
