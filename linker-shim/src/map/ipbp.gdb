@@ -17,11 +17,13 @@ _ipbp_armed = []
 
 
 def _ipbp_newest_manifest():
+    # `patch-<n>.so`, or `patch-<n>.<attempt>.so` when an earlier attempt was loaded but not
+    # installed; `patch-<n>.json` describes the last attempt.
     newest = None
     for objfile in gdb.objfiles():
-        found = _ipbp_re.search(r"/patch-(\d+)\.so$", objfile.filename or "")
-        if found and (newest is None or int(found.group(1)) > newest[0]):
-            newest = (int(found.group(1)), objfile.filename[: -len(".so")] + ".json")
+        found = _ipbp_re.search(r"^(.*)/patch-(\d+)(?:\.\d+)?\.so$", objfile.filename or "")
+        if found and (newest is None or int(found.group(2)) > newest[0]):
+            newest = (int(found.group(2)), "%s/patch-%s.json" % (found.group(1), found.group(2)))
     if newest is None:
         return None
     try:

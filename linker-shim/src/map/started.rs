@@ -102,14 +102,18 @@ pub fn move_started_entry(pid: u32, kept: &Path) -> io::Result<Outcome> {
 /// new version (`gdb -p PID -x target/ipbp/debug/ipbp.gdb`; the file says why it is needed).
 pub const GDB_SCRIPT: &str = include_str!("ipbp.gdb");
 
-/// Writes [`GDB_SCRIPT`] to `target/ipbp/debug/ipbp.gdb` unless it is there already.
-pub fn write_gdb_script(dir: &IpbpDir) {
-    let path = dir.gdb_script();
-    if std::fs::read(&path).is_ok_and(|text| text == GDB_SCRIPT.as_bytes()) {
-        return;
+/// The same for lldb, a Python module (`command script import target/ipbp/debug/ipbp_lldb.py`).
+pub const LLDB_SCRIPT: &str = include_str!("ipbp_lldb.py");
+
+/// Writes [`GDB_SCRIPT`] and [`LLDB_SCRIPT`] to `target/ipbp/debug/` unless they are there already.
+pub fn write_debugger_scripts(dir: &IpbpDir) {
+    for (path, text) in [(dir.gdb_script(), GDB_SCRIPT), (dir.lldb_script(), LLDB_SCRIPT)] {
+        if std::fs::read(&path).is_ok_and(|t| t == text.as_bytes()) {
+            continue;
+        }
+        let _ = std::fs::create_dir_all(dir.debug_files());
+        let _ = crate::store::write_atomically(&path, |out| out.write_all(text.as_bytes()));
     }
-    let _ = std::fs::create_dir_all(dir.debug_files());
-    let _ = crate::store::write_atomically(&path, |out| out.write_all(GDB_SCRIPT.as_bytes()));
 }
 
 /// `rename(from, to)` failing when `to` exists (`RENAME_NOREPLACE`).

@@ -97,6 +97,11 @@ impl IpbpDir {
         self.debug_files().join("ipbp.gdb")
     }
 
+    /// lldb's Python module for the same (`map::started::LLDB_SCRIPT`).
+    pub fn lldb_script(&self) -> PathBuf {
+        self.debug_files().join("ipbp_lldb.py")
+    }
+
     /// The executable of build `build_id`, kept by its build id as debuggers look files up.
     pub fn executable(&self, build_id: &str) -> PathBuf {
         let (head, rest) = build_id.split_at(build_id.len().min(2));

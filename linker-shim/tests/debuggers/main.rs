@@ -227,6 +227,8 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
         goes_on(&app, &stop);
         wait_for_add(&app, app.mark(), add);
     }
+    lldb_steps_into_the_newest_version(&project, &app, 20);
+    wait_for_add(&app, app.mark(), add);
     // A patch installs while gdb is attached and running the program (the parked install).
     let pid = app.pid.to_string();
     let exe = exe.as_str();
@@ -488,6 +490,58 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
     let (n, doubled) = (value_of(out, "n").unwrap_or(0), value_of(out, "doubled"));
     assert!(n > 0 && doubled == Some(2 * n), "the new body's local does not print: {run}");
     goes_on(app, &Stop { object: String::new(), n, doubled: 2 * n, transcript: run.to_string() });
+}
+
+/// The same with lldb and ipbp's Python module (one thread: see `lldb_stop_in_work`).
+#[track_caller]
+fn lldb_steps_into_the_newest_version(project: &Project, app: &Running, generation: u64) {
+    let script = project.target(support::live::CONFIG).join("ipbp/debug/ipbp_lldb.py");
+    let call =
+        project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
+    let pid = app.pid.to_string();
+    let commands = [
+        format!("command script import {}", script.display()),
+        format!("breakpoint set -f main.rs -l {call}"),
+        "continue".into(),
+        "breakpoint delete -f".into(),
+        "step".into(),
+        "frame variable n".into(),
+        "thread step-over".into(),
+        "frame variable doubled".into(),
+        "process detach".into(),
+    ];
+    let mut args = vec!["lldb", "--no-lldbinit", "-b", "-p", &pid];
+    for c in &commands {
+        args.extend(["-o", c.as_str()]);
+    }
+    let mut cmd = limited(&args);
+    if let Some(python) = lldb_python_path() {
+        cmd = cmd.env("PYTHONPATH", python);
+    }
+    let run = cmd.run();
+    assert!(run.success(), "lldb did not finish in time or failed: {run}");
+    let out = &run.stdout;
+    let newest = format!("patch-{generation}.so`debuggee::work");
+    assert!(
+        out.lines().any(|l| l.contains("frame #0") && l.contains(&newest) && l.contains("main.rs:10")),
+        "`step` did not stop in `work` of {newest} at main.rs:10: {run}"
+    );
+    let (n, doubled) = (value_of(out, "n").unwrap_or(0), value_of(out, "doubled"));
+    assert!(n > 0 && doubled == Some(2 * n), "the new body's local does not print: {run}");
+    goes_on(app, &Stop { object: String::new(), n, doubled: 2 * n, transcript: run.to_string() });
+}
+
+/// Where lldb 14's Python modules are: Debian 12's `python3-lldb-14` links
+/// `/usr/lib/python3/dist-packages/lldb` to a directory that lacks them, and lldb's Python then
+/// fails (`No module named 'lldb.embedded_interpreter'`).
+fn lldb_python_path() -> Option<std::path::PathBuf> {
+    let llvm = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"));
+    llvm.flat_map(|l| std::fs::read_dir(l.path().join("lib")).into_iter().flatten().flatten())
+        .map(|p| p.path().join("dist-packages"))
+        .find(|d| d.join("lldb/embedded_interpreter.py").is_file())
 }
 
 /// The build id of the ELF file at `path`.
