@@ -65,6 +65,12 @@ pub fn run(args: Vec<OsString>) -> ! {
     }
 
     before.step("read arguments");
+    let dir = IpbpDir::for_output(&output);
+    if role.keeps_inputs() {
+        // Before the linker can replace the output: a running process may have started from it.
+        crate::map::started::name_by_build_id(&output, &dir);
+        before.step("name running builds");
+    }
     let mut child = match real.spawn(&cmd.forward) {
         Ok(child) => child,
         Err(e) => {
@@ -73,7 +79,6 @@ pub fn run(args: Vec<OsString>) -> ! {
         }
     };
 
-    let dir = IpbpDir::for_output(&output);
     let mut status = Status::new(Some(dir.log()));
     before.step("start the linker");
     let mut inputs = inputs::resolve(&cmd, &cwd);

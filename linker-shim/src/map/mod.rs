@@ -4,3 +4,4 @@
 pub(crate) mod read;
 pub(crate) mod record;
 pub mod schema;
+pub(crate) mod started;

@@ -55,6 +55,7 @@ pub fn begin(output: &Path, inputs: &[Input], dir: &IpbpDir) -> Result<Pending> 
 /// debuggers and people for as long as the build is recorded — at least while a process runs it
 /// (collection spares those). Quietly does nothing where it cannot link (another filesystem).
 fn keep_executable(output: &Path, dir: &IpbpDir, build_id: &str) {
+    super::started::write_debugger_scripts(dir);
     let kept = dir.executable(build_id);
     if kept.exists() {
         return;

@@ -92,6 +92,16 @@ impl IpbpDir {
         self.root.join("debug")
     }
 
+    /// gdb's command file for stepping into patched functions (`map::started::GDB_SCRIPT`).
+    pub fn gdb_script(&self) -> PathBuf {
+        self.debug_files().join("ipbp.gdb")
+    }
+
+    /// lldb's Python module for the same (`map::started::LLDB_SCRIPT`).
+    pub fn lldb_script(&self) -> PathBuf {
+        self.debug_files().join("ipbp_lldb.py")
+    }
+
     /// The executable of build `build_id`, kept by its build id as debuggers look files up.
     pub fn executable(&self, build_id: &str) -> PathBuf {
         let (head, rest) = build_id.split_at(build_id.len().min(2));

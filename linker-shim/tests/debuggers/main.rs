@@ -118,14 +118,14 @@ fn value_of(output: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// gdb attaches to `app`, breaks on `debuggee::work` by name, continues to it, checks the frame
-/// (function, `src/main.rs:10`), steps one line in that thread and reads the local, detaches.
+/// gdb attaches to `app` (`gdb -p PID` alone: it reads the executable `/proc/PID/exe` names),
+/// breaks on `debuggee::work` by name, continues to it, checks the frame (function,
+/// `src/main.rs:10`), steps one line in that thread and reads the local, detaches.
 #[track_caller]
-fn gdb_stop_in_work(app: &Running, exe: &str) -> Stop {
+fn gdb_stop_in_work(app: &Running) -> Stop {
     let gdb = gdb_attach(
         app.pid,
         &[
-            &format!("file {exe}"),
             "break debuggee::work",
             "continue",
             "bt 1",
@@ -189,8 +189,8 @@ fn lldb_stop_in_work(app: &Running) -> Stop {
     }
 }
 
-/// gdb and lldb attach to a program patched once, then 20 times: the patch is listed under its
-/// file, a breakpoint on `debuggee::work` by name stops in the newest patch with its line, the
+/// gdb and lldb attach to a program patched once, then 20 times, by its pid alone: the patch is
+/// listed under its file, a breakpoint on `debuggee::work` by name stops in the newest patch with its line, the
 /// argument and a local print, and after detaching the program goes on and takes the next patch.
 #[test]
 fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_times() {
@@ -215,7 +215,7 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
             add = next;
         }
         let newest = format!("/patch-{generation}.so");
-        let stop = gdb_stop_in_work(&app, &exe);
+        let stop = gdb_stop_in_work(&app);
         assert!(stop.object.ends_with(&newest), "gdb stopped in {stop:?}, not in {newest}");
         assert_eq!(stop.doubled, 2 * stop.n, "{stop:?}");
         goes_on(&app, &stop);
@@ -227,6 +227,8 @@ fn gdb_and_lldb_break_in_the_newest_patch_of_a_program_patched_once_and_twenty_t
         goes_on(&app, &stop);
         wait_for_add(&app, app.mark(), add);
     }
+    lldb_steps_into_the_newest_version(&project, &app, 20);
+    wait_for_add(&app, app.mark(), add);
     // A patch installs while gdb is attached and running the program (the parked install).
     let pid = app.pid.to_string();
     let exe = exe.as_str();
@@ -433,24 +435,159 @@ fn a_program_stopped_at_a_breakpoint_in_the_patched_function_is_reported_then_pa
     patch(&project, &app, 1000, 7);
 }
 
+/// `step` from `debuggee::run` (unpatched) into `work` (patched `generation` times) with ipbp's
+/// gdb command file stops in the newest version's body, at its first line, whose local then
+/// holds the new value; the program goes on. (Without the file gdb 13 aims at the old body's
+/// prologue end, past the jump at its entry, and runs on: ARCHITECTURE.md, *Debuggers*.)
+#[track_caller]
+fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generation: u64) {
+    let script = project.target(support::live::CONFIG).join("ipbp/debug/ipbp.gdb");
+    let call =
+        project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
+    let pid = app.pid.to_string();
+    let script = script.display().to_string();
+    let run = limited(&[
+        "gdb",
+        "-nx",
+        "-q",
+        "-batch",
+        "-p",
+        &pid,
+        "-x",
+        &script,
+        "-ex",
+        &format!("break src/main.rs:{call}"),
+        "-ex",
+        "continue",
+        "-ex",
+        "delete",
+        "-ex",
+        "set scheduler-locking step",
+        "-ex",
+        "step",
+        "-ex",
+        "info symbol $pc",
+        "-ex",
+        "info args",
+        "-ex",
+        "next",
+        "-ex",
+        "info locals",
+        "-ex",
+        "detach",
+    ])
+    .run();
+    assert!(run.success(), "gdb did not finish in time or failed: {run}");
+    let out = &run.stdout;
+    let stepped =
+        out.lines().position(|l| l.starts_with("debuggee::work (n=") && l.ends_with("src/main.rs:10"));
+    assert!(stepped.is_some(), "`step` did not stop in `work` at src/main.rs:10: {run}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("debuggee::work") && l.ends_with(&format!("/patch-{generation}.so"))),
+        "`step` did not stop in the newest patch: {run}"
+    );
+    let (n, doubled) = (value_of(out, "n").unwrap_or(0), value_of(out, "doubled"));
+    assert!(n > 0 && doubled == Some(2 * n), "the new body's local does not print: {run}");
+    goes_on(app, &Stop { object: String::new(), n, doubled: 2 * n, transcript: run.to_string() });
+}
+
+/// The same with lldb and ipbp's Python module (one thread: see `lldb_stop_in_work`).
+#[track_caller]
+fn lldb_steps_into_the_newest_version(project: &Project, app: &Running, generation: u64) {
+    let script = project.target(support::live::CONFIG).join("ipbp/debug/ipbp_lldb.py");
+    let call =
+        project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
+    let pid = app.pid.to_string();
+    let commands = [
+        format!("command script import {}", script.display()),
+        format!("breakpoint set -f main.rs -l {call}"),
+        "continue".into(),
+        "breakpoint delete -f".into(),
+        "step".into(),
+        "frame variable n".into(),
+        "thread step-over".into(),
+        "frame variable doubled".into(),
+        "process detach".into(),
+    ];
+    let mut args = vec!["lldb", "--no-lldbinit", "-b", "-p", &pid];
+    for c in &commands {
+        args.extend(["-o", c.as_str()]);
+    }
+    let mut cmd = limited(&args);
+    if let Some(python) = lldb_python_path() {
+        cmd = cmd.env("PYTHONPATH", python);
+    }
+    let run = cmd.run();
+    assert!(run.success(), "lldb did not finish in time or failed: {run}");
+    let out = &run.stdout;
+    let newest = format!("patch-{generation}.so`debuggee::work");
+    assert!(
+        out.lines().any(|l| l.contains("frame #0") && l.contains(&newest) && l.contains("main.rs:10")),
+        "`step` did not stop in `work` of {newest} at main.rs:10: {run}"
+    );
+    let (n, doubled) = (value_of(out, "n").unwrap_or(0), value_of(out, "doubled"));
+    assert!(n > 0 && doubled == Some(2 * n), "the new body's local does not print: {run}");
+    goes_on(app, &Stop { object: String::new(), n, doubled: 2 * n, transcript: run.to_string() });
+}
+
+/// Where lldb 14's Python modules are: Debian 12's `python3-lldb-14` links
+/// `/usr/lib/python3/dist-packages/lldb` to a directory that lacks them, and lldb's Python then
+/// fails (`No module named 'lldb.embedded_interpreter'`).
+fn lldb_python_path() -> Option<std::path::PathBuf> {
+    let llvm = std::fs::read_dir("/usr/lib")
+        .ok()?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("llvm-"));
+    llvm.flat_map(|l| std::fs::read_dir(l.path().join("lib")).into_iter().flatten().flatten())
+        .map(|p| p.path().join("dist-packages"))
+        .find(|d| d.join("lldb/embedded_interpreter.py").is_file())
+}
+
 /// The build id of the ELF file at `path`.
 fn build_id(path: &std::path::Path) -> String {
     support::elf_build_id(path)
 }
 
 /// The executable a process started from stays findable by build id after cargo replaced it, for
-/// as long as the process runs (collection keeps three builds per output, plus running ones);
-/// gdb reads its symbols from there. Once the process is gone, collection drops it.
+/// as long as the process runs (collection keeps three builds per output, plus running ones):
+/// the entry the process started from was moved there before the first link, so
+/// `/proc/PID/exe` names it and `gdb -p PID` / `lldb -p PID` alone read the running build. A
+/// link that fails loses nothing (`target/debug/<bin>` is still the started build), cargo still
+/// puts each new build at `target/debug/<bin>`. Once the process is gone, collection drops it.
 #[test]
 fn the_build_a_process_started_from_is_kept_by_build_id_while_it_runs() {
     let project = project();
     let mut app = project.start(PROGRAM, &[]);
-    let started = build_id(&std::path::PathBuf::from(format!("/proc/{}/exe", app.pid)));
+    let proc_exe = std::path::PathBuf::from(format!("/proc/{}/exe", app.pid));
+    let started = build_id(&proc_exe);
     let kept = project
         .target(support::live::CONFIG)
         .join("ipbp/debug/.build-id")
         .join(&started[..2])
         .join(format!("{}.debug", &started[2..]));
+    let program = project.program(PROGRAM);
+    assert_eq!(
+        std::fs::read_link(&proc_exe).unwrap(),
+        program.canonicalize().unwrap(),
+        "the test starts the program from cargo's path"
+    );
+
+    // A build whose link fails: the started build stays at cargo's path, and is kept.
+    let good = project.read(MAIN);
+    project.write(
+        MAIN,
+        &good.replacen(
+            "fn run(",
+            "#[link(name = \"ipbp_test_missing_library\")]\nextern \"C\" {}\n\nfn run(",
+            1,
+        ),
+    );
+    assert!(!project.cargo(support::Linker::Shim, support::live::CONFIG, &["build"]).run().success());
+    assert_eq!(build_id(&program), started, "a failed link changed {}", program.display());
+    assert_eq!(std::fs::read_link(&proc_exe).unwrap(), kept);
+    project.write(MAIN, &good);
+
     let mut add = 1;
     for next in [1000, 7, 3, 5] {
         patch(&project, &app, add, next);
@@ -458,11 +595,18 @@ fn the_build_a_process_started_from_is_kept_by_build_id_while_it_runs() {
     }
     assert!(kept.is_file(), "the started build is not kept at {}", kept.display());
     assert_eq!(build_id(&kept), started);
-    let gdb = gdb_attach(app.pid, &[&format!("file {}", kept.display()), "thread apply all bt", "detach"]);
+    assert_eq!(std::fs::read_link(&proc_exe).unwrap(), kept, "/proc/PID/exe does not name the kept build");
+    assert_ne!(build_id(&program), started, "cargo did not put the new build at {}", program.display());
+    let gdb = gdb_attach(app.pid, &["thread apply all bt", "detach"]);
     assert!(
-        gdb.stdout.contains("debuggee::run"),
-        "gdb did not name the program's frames from the kept build: {gdb}"
+        gdb.stdout.contains("debuggee::run") && !gdb.stderr.contains("Error reading attached process"),
+        "`gdb -p PID` did not read the program's frames from the kept build: {gdb}"
     );
+    gdb_steps_into_the_newest_version(&project, &app, 4);
+    let lldb = lldb_attach(app.pid, &["image list", "bt all", "process detach"]);
+    let executable = lldb.stdout.lines().find(|l| l.trim_start().starts_with("[  0]")).unwrap_or_default();
+    assert!(executable.contains(&kept.display().to_string()), "lldb did not read the kept build: {lldb}");
+    assert!(lldb.stdout.contains("debuggee::run"), "lldb did not name the program's frames: {lldb}");
 
     app.kill();
     project.edit(MAIN, &format!("doubled + {add};"), "doubled + 9;");
