@@ -280,6 +280,8 @@ fn patch_process(
     clock.step("diff");
     let guard_cpu = crate::timing::thread_cpu();
     let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d, &Cache::at(dir.layouts()))?;
+    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    since_newest_patch(&mut layouts, &hello, &patch_dir, (&loaded, &d), dir);
     let guard_cpu = crate::timing::thread_cpu().saturating_sub(guard_cpu);
     clock.step("layouts");
     let t_diff = t0.elapsed();
@@ -324,7 +326,6 @@ fn patch_process(
     }
 
     let generation = hello.generation + 1;
-    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
     let emitted = emit_patch(
         &plan,
         reg,
@@ -336,15 +337,31 @@ fn patch_process(
     )?;
     let t_emit = t0.elapsed();
 
-    let installs =
-        installs(&plan, &emitted.chunk_addr, mode, &hello, &patch_dir, &d, &loaded.image, &mut notes);
+    let installs = installs(
+        &plan,
+        &emitted.chunk_addr,
+        mode,
+        &hello,
+        &patch_dir,
+        (&d, &layouts.kept),
+        &loaded.image,
+        &mut notes,
+    );
     let summary = summarize(&plan.report, plan.chunks.is_empty());
     let homes = installs.homes.clone();
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
-    if let Some(homes) = homes {
+    if let Some((homes, pins)) = homes {
         let _ = fs_err::create_dir_all(&patch_dir);
         let _ = homes.write(&patch_dir);
+        let _ = pins.write(&patch_dir);
+    }
+    if let Some(file) = &emitted.file {
+        // The build this patch was made from, for the next patch's layout check.
+        let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
+            .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
+            .collect();
+        let _ = crate::layout::since::record(file, &units);
     }
     // Live now, while the real linker may still fail: keep what undoes it, and the lock.
     delivered.push(revert::Delivered {
@@ -387,6 +404,27 @@ fn patch_process(
         deferred: applied.deferred,
         notes,
     })
+}
+
+/// Compares the build of the patch the process runs (if it took any) with the new one
+/// ([`crate::layout::since`]): a type edited again, values made by that patch's code.
+fn since_newest_patch(
+    layouts: &mut Verdict,
+    hello: &Hello,
+    patch_dir: &Path,
+    (loaded, d): (&Loaded<'_>, &diff::Diff),
+    dir: &IpbpDir,
+) {
+    use crate::layout::since;
+    let Some(file) = since::running_patch(&hello.patches, &hello.detours) else { return };
+    // Only a patch file of this process's directory, by its own name.
+    let Some(name) = file.file_name() else { return };
+    let file = patch_dir.join(name);
+    let stem = name.to_string_lossy();
+    let number = stem.strip_prefix("patch-").and_then(|n| n.strip_suffix(".so")).unwrap_or(&stem);
+    let prev =
+        since::Previous { label: format!("patch {number}"), units: since::read_record(&file), file: &file };
+    layouts.since_patch(&prev, (&loaded.base, &loaded.current), d, &Cache::at(dir.layouts()));
 }
 
 /// A step of [`patch_process`] either hands its result on or settles the outcome.
@@ -561,8 +599,9 @@ struct Installs {
     settle: Vec<(u64, u64)>,
     settled_patches: Vec<u64>,
     data: Vec<LedgerEntry>,
-    /// The homes of functions patches added, to record once the patch is applied.
-    homes: Option<deliver::chain::Homes>,
+    /// The homes of functions patches added, and the pinned copies, to record once the patch is
+    /// applied.
+    homes: Option<(deliver::chain::Homes, deliver::chain::Pins)>,
 }
 
 /// Maps the plan's installs to the emitted chunks' addresses; in place, also sends the functions
@@ -574,7 +613,7 @@ fn installs(
     mode: plan::Mode,
     hello: &Hello,
     patch_dir: &Path,
-    d: &diff::Diff,
+    (d, kept_since): (&diff::Diff, &HashSet<String>),
     image: &BaseImage<'_>,
     notes: &mut Vec<String>,
 ) -> Installs {
@@ -606,9 +645,18 @@ fn installs(
         let known = deliver::chain::Homes::read(patch_dir, &live);
         let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
         let listed = (hello.patches.as_slice(), hello.detours.as_slice());
-        let kept: HashSet<&str> = plan.report.kept_for_layout.iter().map(String::as_str).collect();
-        let chain =
-            deliver::chain::earlier_patches(patch_dir, listed, known, &newest, &redirected, &kept, image);
+        let kept: HashSet<&str> =
+            plan.report.kept_for_layout.iter().chain(kept_since).map(String::as_str).collect();
+        let pins = deliver::chain::Pins::read(patch_dir);
+        let chain = deliver::chain::earlier_patches(
+            patch_dir,
+            listed,
+            (known, pins),
+            &newest,
+            &redirected,
+            &kept,
+            image,
+        );
         detours.extend(chain.live);
         settle = chain.settle;
         settled_patches = chain.done;
@@ -617,7 +665,7 @@ fn installs(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
             ));
         }
-        homes = Some(chain.homes);
+        homes = Some((chain.homes, chain.pins));
     }
     // One entry, one jump. A mangled name defined in two changed objects (a local instance two
     // codegen units each have, an object given twice) is the same code twice: either copy will do.

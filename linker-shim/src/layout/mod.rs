@@ -20,6 +20,7 @@ pub mod compare;
 pub mod dwarf;
 pub mod live;
 pub mod model;
+pub mod since;
 
 use crate::diff::Diff;
 use crate::error::{Context, Result};
@@ -56,6 +57,9 @@ pub struct Verdict {
     pub notes: Vec<String>,
     /// Statics and thread-locals holding old values of a changed type (paths).
     pub live_statics: Vec<String>,
+    /// Mangled names of functions whose copies in earlier patches keep their code: they receive
+    /// or return a type whose layout changed since the newest patch ([`since`]).
+    pub kept: HashSet<String>,
 }
 
 impl Verdict {
@@ -82,7 +86,36 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
             "the build has no type descriptions in its debug info, so layout changes cannot be checked (keep `debug` at least `limited` in the dev profile)".into(),
         );
     }
-    Ok(Verdict { layouts, refusals, notes, live_statics })
+    Ok(Verdict { layouts, refusals, notes, live_statics, kept: HashSet::new() })
+}
+
+impl Verdict {
+    /// Adds what comparing the build of the newest patch the process holds with the new one
+    /// decides ([`since`]): its refusals, the statics they name, the functions kept.
+    pub fn since_patch<'a>(
+        &mut self,
+        prev: &since::Previous<'_>,
+        builds: (&Build<'a>, &Build<'a>),
+        diff: &Diff,
+        cache: &Cache,
+    ) {
+        let cache = unit_cache(builds.0, builds.1, cache);
+        let s = since::check(prev, builds, diff, (&self.layouts.new, &self.refusals), &cache);
+        self.refusals.extend(s.refusals);
+        self.live_statics.extend(s.statics);
+        self.kept.extend(s.kept);
+    }
+}
+
+/// The cache of unit models for the workspace of these two builds ([`Cache::for_crates`]).
+fn unit_cache<'a>(base: &Build<'a>, current: &Build<'a>, cache: &Cache) -> Cache {
+    // Every crate with a unit in either build: what a model keeps depends on them, and so does
+    // the name a unit's model is kept under.
+    let mut crates: Vec<String> =
+        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
+    crates.sort();
+    crates.dedup();
+    cache.for_crates(&crates)
 }
 
 /// The layouts the changed units describe, in both builds.
@@ -91,13 +124,7 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
 /// kept there after its DWARF is read otherwise ([`cache`]).
 pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Layouts> {
     let mut wrote = false;
-    // Every crate with a unit in either build: what a model keeps depends on them, and so does
-    // the name a unit's model is kept under.
-    let mut crates: Vec<String> =
-        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
-    crates.sort();
-    crates.dedup();
-    let cache = cache.for_crates(&crates);
+    let cache = unit_cache(base, current, cache);
     let mut layouts = Layouts::default();
     for (build, units, model) in [
         (base, &diff.changed_units_base, &mut layouts.old),

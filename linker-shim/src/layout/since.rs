@@ -1,0 +1,249 @@
+//! Layouts since the newest patch: a type edited twice, and values made by a patch's code.
+//!
+//! The rest of the guard compares the build the process started from with the new one. But a
+//! process that took patches also runs *their* code: a frame entered after patch 1 (a thread it
+//! spawned, a loop it called) runs patch 1's code with values of patch 1's layout, and patch 1's
+//! statics (`static LOG: Mutex<Vec<Mode>>`, bound by later patches through the ledger) hold
+//! them. When the next edit changes such a type again, those values must not meet the new code
+//! either — and the base build's description shows neither patch 1's frames nor its statics.
+//!
+//! So each applied patch leaves beside its file the units of the build it was made from (key and
+//! content hash, [`record`]), and the next patch compares that build with the new one on the
+//! units that differ between them (a type's layout change changes every unit describing it, as
+//! for the base comparison). Their models come from the guard's cache (the patch's own guard kept
+//! them); a model no longer kept, or a patch without a record, makes the check impossible, and
+//! the patch is refused saying so rather than risk a wrong one. For each type changed since
+//! that patch:
+//!
+//! - where values of the patch's layout can live is judged from the patch's own description, as
+//!   [`super::live`] judges the base build's: its statics (those it added included), frames
+//!   that may never return, unchanged code holding one;
+//! - every function of that build that receives or returns one (its receiver included) is
+//!   **kept**: the patch's copies of it keep their code, for good (`deliver/chain.rs` pins
+//!   them), because that patch's code calls them with values of that patch's layout.
+//!
+//! Induction covers older patches: each patch is checked against the one before it, and what
+//! it kept stays kept.
+
+use super::compare::changed_types_paired;
+use super::model::Model;
+use super::{live, Cache, Layouts};
+use crate::diff::{names, Diff};
+use crate::objects::units::Build;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+/// The record beside a patch file: `patch-3.so` → `patch-3.units`.
+pub fn record_path(patch_file: &Path) -> PathBuf {
+    patch_file.with_extension("units")
+}
+
+/// Writes the record of the build a patch was made from: each workspace unit that differs from
+/// the build the process started from, by key and content hash. Best effort: a missing record
+/// makes the next layout change refused, never wrong.
+pub fn record(patch_file: &Path, units: &[(&str, u128)]) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (key, hash) in units {
+        text.push_str(&format!("{hash:032x} {key}\n"));
+    }
+    let path = record_path(patch_file);
+    let tmp = path.with_extension("units.tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(tmp, path)
+}
+
+/// The record of `patch_file`, `None` when there is none or it does not parse.
+pub fn read_record(patch_file: &Path) -> Option<BTreeMap<String, u128>> {
+    let text = std::fs::read_to_string(record_path(patch_file)).ok()?;
+    text.lines()
+        .map(|l| {
+            let (hash, key) = l.split_once(' ')?;
+            Some((key.to_string(), u128::from_str_radix(hash, 16).ok()?))
+        })
+        .collect()
+}
+
+/// The patch whose build to compare with: of the patches a process lists unsettled (load order),
+/// the one its live jumps lead into — the code it runs now (after a failed link sent it back, an
+/// older one) — or else the newest.
+pub fn running_patch<'p>(patches: &'p [(u64, u64, PathBuf)], detours: &[(u64, u64)]) -> Option<&'p Path> {
+    let holds = |p: &(u64, u64, PathBuf)| detours.iter().any(|d| p.0 <= d.1 && d.1 < p.0.saturating_add(p.1));
+    let at = patches.iter().rposition(holds).or(patches.len().checked_sub(1))?;
+    Some(&patches[at].2)
+}
+
+/// What the comparison with the newest patch's build decided.
+#[derive(Debug, Default)]
+pub struct Since {
+    /// One reason per type changed since that patch whose values of its layout are live.
+    pub refusals: Vec<String>,
+    /// The statics and thread-locals named in them (paths).
+    pub statics: Vec<String>,
+    /// Mangled names of the functions whose copies in earlier patches keep their code.
+    pub kept: HashSet<String>,
+}
+
+/// The newest patch the process holds, as the driver found it.
+pub struct Previous<'p> {
+    /// `patch 3`: how the reasons name it.
+    pub label: String,
+    /// Its record ([`read_record`]); `None` when it has none.
+    pub units: Option<BTreeMap<String, u128>>,
+    /// Its file, for the reason when the record is missing.
+    pub file: &'p Path,
+}
+
+/// Compares the build of the newest patch (`prev`) with the new one. `base_refusals` are the
+/// base comparison's: a type already refused is not named twice.
+///
+/// `described` is what the new build's changed units describe (the base comparison read them):
+/// the new side of every unit that differs from the base build. Only a unit that differs from the
+/// patch's build but not from the base build (an edit undone) is read for the new side here.
+pub fn check<'a>(
+    prev: &Previous<'_>,
+    (base, current): (&Build<'a>, &Build<'a>),
+    diff: &Diff,
+    (described, base_refusals): (&Model, &[String]),
+    cache: &Cache,
+) -> Since {
+    let mut since = Since::default();
+    let Some(recorded) = &prev.units else {
+        since.refusals.push(format!(
+            "the types of the build {} was made from are not known ({} has no record of its units); values of its layout may be live, restart to use this build",
+            prev.label,
+            prev.file.display()
+        ));
+        return since;
+    };
+    let key_hash = |b: &Build<'a>, ids: &[crate::objects::units::UnitId]| -> HashMap<String, u128> {
+        ids.iter().map(|&u| (b.units[u].key.to_string(), b.units[u].hash)).collect()
+    };
+    let now = key_hash(current, &diff.changed_units_current);
+    // The units that differ between that patch's build and this one: a unit not in a record is
+    // the base build's, on either side.
+    let keys: std::collections::BTreeSet<&str> =
+        recorded.keys().map(String::as_str).chain(now.keys().map(String::as_str)).collect();
+    let mut old = Model::default();
+    let mut undone = Model::default();
+    let mut any_undone = false;
+    let mut missing = Vec::new();
+    let mut crates = HashSet::new();
+    for key in keys {
+        let then = recorded.get(key).copied().or_else(|| base.get(key).map(|u| u.hash));
+        let next = now.get(key).copied().or_else(|| current.get(key).map(|u| u.hash));
+        if then == next {
+            continue;
+        }
+        if let Some(u) = current.get(key).or_else(|| base.get(key)) {
+            crates.insert(u.crate_name().to_string());
+        }
+        if let Some(hash) = then {
+            // The patch's own unit is kept only as a model; the base build's can be read again.
+            let bytes = if recorded.contains_key(key) { None } else { base.get(key) };
+            if !load(cache, hash, bytes.and_then(|u| u.bytes().ok()), &mut old) {
+                missing.push(key.to_string());
+            }
+        }
+        match next {
+            Some(hash) if !now.contains_key(key) => {
+                any_undone = true;
+                let bytes = current.get(key).and_then(|u| u.bytes().ok());
+                if !load(cache, hash, bytes, &mut undone) {
+                    missing.push(key.to_string());
+                }
+            }
+            _ => {} // in `described`, or gone
+        }
+    }
+    if let Some(first) = missing.first() {
+        since.refusals.push(format!(
+            "the type descriptions of the build {} was made from are no longer kept ({first}); values of its layout may be live, restart to use this build",
+            prev.label
+        ));
+        return since;
+    }
+    let new = if any_undone {
+        let mut all = described.clone();
+        all.absorb(undone);
+        std::borrow::Cow::Owned(all)
+    } else {
+        std::borrow::Cow::Borrowed(described)
+    };
+    let changes = changed_types_paired(&old, &new, &HashMap::new());
+    if changes.is_empty() {
+        return since;
+    }
+    let reach = live::Reach::new(&old);
+    for change in &changes {
+        let holders = reach.holders(&change.name, false);
+        for f in &old.functions {
+            if f.params.iter().chain(f.ret.iter()).any(|t| holders.contains(t.as_str())) {
+                since.kept.insert(names::canonical(&f.linkage).to_string());
+            }
+        }
+    }
+    let already: Vec<String> = changes
+        .iter()
+        .map(|c| c.subject())
+        .filter(|s| base_refusals.iter().any(|r| r.starts_with(&format!("{s} changed layout"))))
+        .collect();
+    // `live` reads only the old side.
+    let layouts = Layouts { old, changes, crates, units_with_types: 1, ..Default::default() };
+    let (reasons, statics) = live::refusals(&layouts, diff);
+    since.statics = statics;
+    since.refusals = reasons
+        .into_iter()
+        .filter(|r| !already.iter().any(|s| r.starts_with(&format!("{s} changed layout"))))
+        .map(|r| {
+            r.replacen(
+                " and old values are live (",
+                &format!(" since {}, and values of that patch's layout are live (", prev.label),
+                1,
+            )
+        })
+        .collect();
+    since
+}
+
+/// Adds the model of the unit with content hash `hash` to `model`: from the cache, or read from
+/// `bytes` (and kept). `false` when neither has it.
+fn load(cache: &Cache, hash: u128, bytes: Option<&[u8]>, model: &mut Model) -> bool {
+    if cache.load_into(hash, model).is_some() {
+        return true;
+    }
+    let Some(bytes) = bytes else { return false };
+    let mut one = Model::default();
+    match super::dwarf::read(bytes, &mut one) {
+        Ok(described) => {
+            cache.save(hash, &one, described);
+            model.absorb(one);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_round_trips_beside_its_patch() {
+        let dir = tempfile::tempdir().unwrap();
+        let so = dir.path().join("patch-3.so");
+        record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)]).unwrap();
+        assert_eq!(record_path(&so), dir.path().join("patch-3.units"));
+        let back = read_record(&so).unwrap();
+        assert_eq!(back.get("app.a.rcgu.o"), Some(&0xabc));
+        assert_eq!(back.get("libw.rlib(w.o)"), Some(&7));
+        assert!(read_record(&dir.path().join("patch-4.so")).is_none());
+    }
+
+    #[test]
+    fn the_running_patch_is_the_one_live_jumps_lead_into() {
+        let patches = vec![(0x1000, 0x100, PathBuf::from("p1.so")), (0x800, 0x100, PathBuf::from("p2.so"))];
+        assert_eq!(running_patch(&patches, &[]), Some(Path::new("p2.so")));
+        assert_eq!(running_patch(&patches, &[(0x50, 0x1010)]), Some(Path::new("p1.so")));
+        assert_eq!(running_patch(&[], &[]), None);
+    }
+}

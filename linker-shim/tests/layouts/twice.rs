@@ -1,0 +1,188 @@
+//! A type edited twice in one process, and a static an earlier patch added (EDIT-MATRIX.md,
+//! *Across patches*). The layouts app's `src/main.rs` is replaced by a small program of its own
+//! (the template's dependencies stay built): `main` calls `tick` every 30 ms, and `Mode` is
+//! `#[repr(C)]`, so the edits below move its fields where a test can see them.
+//!
+//! Every line the program prints about a `Mode` says `id=<i> level=<l>`; while every value meets
+//! the code of its own layout, `l == 10 * i` (or `l == 0` before `level` exists).
+
+use super::support::live::{scenario, status_for, Running};
+use super::support::Project;
+use super::MAIN;
+
+const BASE: &str = r#"//! ipbp's test of a type edited twice (linker-shim/tests/layouts/twice.rs).
+#![allow(dead_code, unused_imports)]
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+#[repr(C)]
+struct Mode {
+    id: u64,
+}
+
+static STARTED: AtomicBool = AtomicBool::new(false);
+
+#[inline(never)]
+fn next(n: u64) -> Mode {
+    Mode { id: n }
+}
+
+#[inline(never)]
+fn tick(n: u64) {
+    let m = next(n);
+    println!("tick v0 id={} level=0", m.id);
+}
+
+fn main() {
+    ipbp::init();
+    println!("started pid={}", std::process::id());
+    for n in 1.. {
+        tick(n);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+"#;
+
+/// Patch 1 of the worker case: `Mode` gains `level`, read by `show`, a function this patch adds,
+/// and the new `tick` starts a worker thread (once) whose frame runs this patch's code for good,
+/// with values of this patch's layout.
+const WORKER_1: &[(&str, &str)] = &[
+    ("struct Mode {\n    id: u64,\n}", "struct Mode {\n    id: u64,\n    level: u64,\n}"),
+    ("Mode { id: n }", "Mode { id: n, level: 10 * n }"),
+    (
+        "#[inline(never)]\nfn tick(n: u64) {\n    let m = next(n);\n    println!(\"tick v0 id={} level=0\", m.id);\n}",
+        r#"#[inline(never)]
+fn show(m: &Mode) -> String {
+    format!("id={} level={}", m.id, m.level)
+}
+
+#[inline(never)]
+fn tick(n: u64) {
+    if !STARTED.swap(true, Ordering::SeqCst) {
+        std::thread::spawn(|| {
+            for k in 1.. {
+                let m = next(k);
+                println!("worker {}", show(&m));
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        });
+    }
+    let m = next(n);
+    println!("tick v1 {}", show(&m));
+}"#,
+    ),
+];
+
+/// Patch 2 of the worker case: `Mode`'s fields swap places (`show`'s code reads `id` at offset
+/// 8 now), and `tick` says `v2`.
+const WORKER_2: &[(&str, &str)] = &[
+    ("struct Mode {\n    id: u64,\n    level: u64,\n}", "struct Mode {\n    level: u64,\n    id: u64,\n}"),
+    ("println!(\"tick v1 {}\"", "println!(\"tick v2 {}\""),
+];
+
+/// Patch 1 of the static case: a static of `Mode`s, filled and read by the new `tick`.
+const LOG_1: &[(&str, &str)] = &[
+    ("static STARTED", "static LOG: Mutex<Vec<Mode>> = Mutex::new(Vec::new());\n\nstatic STARTED"),
+    (
+        "    let m = next(n);\n    println!(\"tick v0 id={} level=0\", m.id);",
+        "    let mut log = LOG.lock().unwrap();\n    log.push(next(n));\n    let m = &log[log.len() - 1];\n    println!(\"tick v1 id={} level=0 logged={}\", m.id, log.len());",
+    ),
+];
+
+/// Patch 2 of the static case: `Mode` gains `level` before `id`: the values in `LOG` are patch 1's.
+const LOG_2: &[(&str, &str)] = &[
+    ("struct Mode {\n    id: u64,\n}", "struct Mode {\n    level: u64,\n    id: u64,\n}"),
+    ("Mode { id: n }", "Mode { id: n, level: 10 * n }"),
+    (
+        "println!(\"tick v1 id={} level=0 logged={}\", m.id, log.len());",
+        "println!(\"tick v2 id={} level={} logged={}\", m.id, m.level, log.len());",
+    ),
+];
+
+/// Starts the program as `BASE` has it, built, and waits for its first tick.
+fn start_base(project: &Project) -> Running {
+    project.write(MAIN, BASE);
+    project.build();
+    let app = project.start("layouts", &[]);
+    app.wait_for(0, "a first tick", |l| l.starts_with("tick v0 "));
+    app
+}
+
+fn edit(project: &Project, edits: &[(&str, &str)]) {
+    for (from, to) in edits {
+        project.edit(MAIN, from, to);
+    }
+}
+
+/// `(id, level)` of a line about a `Mode`.
+fn mode(line: &str) -> Option<(u64, u64)> {
+    let field = |k: &str| line.split(' ').find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok());
+    Some((field("id=")?, field("level=")?))
+}
+
+/// Every line about a `Mode` agrees with the layout its code expects.
+#[track_caller]
+fn all_consistent(app: &Running) {
+    for l in app.lines_since(0) {
+        let Some((id, level)) = mode(&l) else { continue };
+        let ok = if l.starts_with("tick v0 ") || (l.contains(" logged=") && l.starts_with("tick v1 ")) {
+            level == 0
+        } else {
+            level == 10 * id
+        };
+        assert!(ok, "a value met code of another layout: {l}\n{}", app.dump());
+    }
+}
+
+/// Built with v0 symbol names (`-C symbol-mangling-version=v0`), which do not change with
+/// `Mode`'s definition (with legacy names, `show` and `LOG` get new names when `Mode` changes, and
+/// the earlier patch's copies are not taken for the new ones), two processes in turn:
+///
+/// - `Mode` gains a field (patch 1) and then swaps its fields (patch 2), while a thread patch 1
+///   started runs patch 1's code for good, with values of patch 1's layout, calling `show`, a
+///   function patch 1 added. Patch 2 is applied: new ticks run its code, and the worker keeps
+///   patch 1's `show` (without the check against patch 1's build it was sent on to patch 2's,
+///   which read `id` where patch 1's values keep `level`: `worker id=50 level=5`).
+/// - Patch 1 adds `static LOG: Mutex<Vec<Mode>>`; patch 2 changes `Mode`'s layout. Patch 2's code
+///   would bind to patch 1's `LOG` (the ledger matches it by name and size, which the edit keeps)
+///   and read its values with the new layout: refused, naming the static and the patch.
+#[test]
+fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() {
+    let project = scenario("layouts");
+    project.write(".cargo/config.toml", "[build]\nrustflags = [\"-C\", \"symbol-mangling-version=v0\"]\n");
+
+    let mut app = start_base(&project);
+    edit(&project, WORKER_1);
+    let mark = app.mark();
+    let line = project.build_and_expect_patched(&app, "layouts");
+    app.wait_for(mark, &format!("the worker patch 1 started, after: {line}"), |l| l.starts_with("worker "));
+    edit(&project, WORKER_2);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts"), "{run}");
+    let after = app.mark();
+    app.wait_for(after, "patch 2's tick", |l| l.starts_with("tick v2 "));
+    for _ in 0..3 {
+        let again = app.mark();
+        app.wait_for(again, "the worker going on", |l| l.starts_with("worker "));
+    }
+    all_consistent(&app);
+    app.kill();
+
+    let app = start_base(&project);
+    edit(&project, LOG_1);
+    let mark = app.mark();
+    project.build_and_expect_patched(&app, "layouts");
+    app.wait_for(mark, "patch 1's tick", |l| l.contains(" logged=3"));
+    edit(&project, LOG_2);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    for name in ["struct `layouts::Mode` changed layout", "since patch 1", "static `layouts::LOG`"] {
+        assert!(line.contains(name), "the reason does not name {name:?}: {line}");
+    }
+    let after = app.mark();
+    app.wait_for(after, "patch 1's ticks go on", |l| l.starts_with("tick v1 "));
+    all_consistent(&app);
+}
