@@ -336,6 +336,14 @@ fn patch_process(
         tls.block_tp_offset,
     )?;
     let t_emit = t0.elapsed();
+    if let Some(file) = &emitted.file {
+        // The build this patch is made from, for the next patch's layout check — written before
+        // the apply: a patch loaded but never installed is listed by the process too.
+        let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
+            .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
+            .collect();
+        let _ = crate::layout::since::record(file, &units);
+    }
 
     let installs = installs(
         &plan,
@@ -355,13 +363,6 @@ fn patch_process(
         let _ = fs_err::create_dir_all(&patch_dir);
         let _ = homes.write(&patch_dir);
         let _ = pins.write(&patch_dir);
-    }
-    if let Some(file) = &emitted.file {
-        // The build this patch was made from, for the next patch's layout check.
-        let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
-            .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
-            .collect();
-        let _ = crate::layout::since::record(file, &units);
     }
     // Live now, while the real linker may still fail: keep what undoes it, and the lock.
     delivered.push(revert::Delivered {

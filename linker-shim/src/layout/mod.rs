@@ -237,6 +237,17 @@ impl<'l> Signatures<'l> {
     /// For in-place patching: such a function whose old code stays reachable through a pointer made
     /// at run time reads a new value with old code when new code calls through that pointer.
     pub fn forwards(&self, path: &str, linkage: (&str, &str)) -> Option<String> {
+        self.handed(path, linkage, true)
+    }
+
+    /// [`Self::forwards`], the receiver included: what a caller hands the function through a
+    /// bare `fn` pointer to a trait method (`let f: fn(&Mode) -> String = <Mode as
+    /// Describe>::describe;`), which pairs it with no receiver.
+    pub fn forwards_with_receiver(&self, path: &str, linkage: (&str, &str)) -> Option<String> {
+        self.handed(path, linkage, false)
+    }
+
+    fn handed(&self, path: &str, linkage: (&str, &str), skip_receiver: bool) -> Option<String> {
         let find = |model: &'l Model, name: &str| {
             let name = crate::diff::names::canonical(name);
             model.functions.iter().find(|f| f.linkage == name)
@@ -252,9 +263,10 @@ impl<'l> Signatures<'l> {
         let old = old.or(new).or_else(at_path)?;
         // `<T as Trait>::method`, a closure, and the `Fn*` traits' methods a `dyn Fn*` vtable
         // holds (`core::ops::function::FnOnce::call_once` of a closure, its `self` first).
-        let receiver = path.starts_with('<') && path.contains(" as ")
-            || path.contains("{closure")
-            || path.starts_with("core::ops::function::Fn");
+        let receiver = skip_receiver
+            && (path.starts_with('<') && path.contains(" as ")
+                || path.contains("{closure")
+                || path.starts_with("core::ops::function::Fn"));
         let skip = usize::from(receiver);
         if new
             .is_some_and(|n| n.params.iter().skip(skip).ne(old.params.iter().skip(skip)) || n.ret != old.ret)

@@ -15,12 +15,15 @@
 //! the patch is refused saying so rather than risk a wrong one. For each type changed since
 //! that patch:
 //!
-//! - where values of the patch's layout can live is judged from the patch's own description, as
-//!   [`super::live`] judges the base build's: its statics (those it added included), frames
-//!   that may never return, unchanged code holding one;
 //! - every function of that build that receives or returns one (its receiver included) is
 //!   **kept**: the patch's copies of it keep their code, for good (`deliver/chain.rs` pins
-//!   them), because that patch's code calls them with values of that patch's layout.
+//!   them), because that patch's code calls them with values of that patch's layout. So a frame
+//!   of that patch's code (a thread it started, a loop it entered) goes on with its values and
+//!   its own copies, consistent; new code calls only new copies or the image's entries;
+//! - what outlives a frame is judged from the patch's own description, as [`super::live`]
+//!   judges the base build's: its statics and thread-locals (those it added, which later
+//!   patches bind through the ledger, included), type-erased storage, futures in flight —
+//!   refused, naming them. (Its `main` never runs, and its frames are consistent, above.)
 //!
 //! Induction covers older patches: each patch is checked against the one before it, and what
 //! it kept stays kept.
@@ -189,7 +192,7 @@ pub fn check<'a>(
         .collect();
     // `live` reads only the old side.
     let layouts = Layouts { old, changes, crates, units_with_types: 1, ..Default::default() };
-    let (reasons, statics) = live::refusals(&layouts, diff);
+    let (reasons, statics) = live::refusals_in(&layouts, diff, false);
     since.statics = statics;
     since.refusals = reasons
         .into_iter()

@@ -23,6 +23,57 @@ struct Mode {
 
 static STARTED: AtomicBool = AtomicBool::new(false);
 
+/// Described through a trait method whose address `main` keeps as a bare `fn` pointer.
+#[repr(C)]
+struct Kind {
+    a: u64,
+}
+
+trait Describe {
+    fn describe(&self) -> String;
+}
+
+impl Describe for Kind {
+    fn describe(&self) -> String {
+        format!("a={} b=0", self.a)
+    }
+}
+
+/// No type here names `Kind` but the pointer's.
+struct Hooks {
+    describe: fn(&Kind) -> String,
+}
+
+static HOOKS: Mutex<Option<Hooks>> = Mutex::new(None);
+
+/// Made and formatted by `print_all` alone, which `ON_TICK` points at since the build.
+#[derive(Clone, Copy, Debug)]
+enum Mood {
+    Calm,
+    Busy,
+}
+
+#[inline(never)]
+fn print_all(n: u64) {
+    let m = if n % 2 == 0 { Mood::Calm } else { Mood::Busy };
+    println!("hook n={n} mood={m:?}");
+}
+
+static ON_TICK: Mutex<fn(u64)> = Mutex::new(print_all);
+
+#[inline(never)]
+fn hook(n: u64) {
+    let f = *ON_TICK.lock().unwrap();
+    f(n);
+}
+
+#[inline(never)]
+fn kind(n: u64) {
+    let k = Kind { a: n };
+    let describe = HOOKS.lock().unwrap().as_ref().unwrap().describe;
+    println!("kind v0 {}", describe(&k));
+}
+
 #[inline(never)]
 fn next(n: u64) -> Mode {
     Mode { id: n }
@@ -37,8 +88,11 @@ fn tick(n: u64) {
 fn main() {
     ipbp::init();
     println!("started pid={}", std::process::id());
+    *HOOKS.lock().unwrap() = Some(Hooks { describe: <Kind as Describe>::describe });
     for n in 1.. {
         tick(n);
+        kind(n);
+        hook(n);
         std::thread::sleep(Duration::from_millis(30));
     }
 }
@@ -100,6 +154,27 @@ const LOG_2: &[(&str, &str)] = &[
     ),
 ];
 
+/// `Kind` gains `b` before `a`, which `kind` sets and `describe` prints: `kind` calls `describe`
+/// through the `fn` pointer `main` stored at startup, which leads to the old code (not redirected:
+/// it receives `&Kind`), which would read `a` where the new value keeps `b` (`a=50 b=0`).
+const KIND_FIELD_ADDED: &[(&str, &str)] = &[
+    ("struct Kind {\n    a: u64,\n}", "struct Kind {\n    b: u64,\n    a: u64,\n}"),
+    ("format!(\"a={} b=0\", self.a)", "format!(\"a={} b={}\", self.a, self.b)"),
+    ("Kind { a: n }", "Kind { a: n, b: 10 * n }"),
+    ("println!(\"kind v0 {}\"", "println!(\"kind v1 {}\""),
+];
+
+/// `Mood` gains a variant, which the new `hook` makes and formats itself; it also calls through
+/// `ON_TICK`, whose `print_all` leads to the old `<Mood as Debug>::fmt` (not redirected: its
+/// receiver is the changed type) but hands it only values it made itself.
+const MOOD_VARIANT_ADDED: &[(&str, &str)] = &[
+    ("    Calm,\n    Busy,\n}", "    Calm,\n    Busy,\n    Sleepy,\n}"),
+    (
+        "    f(n);\n}",
+        "    f(n);\n    if n % 3 == 0 {\n        println!(\"hook v1 mood={:?}\", Mood::Sleepy);\n    }\n}",
+    ),
+];
+
 /// Starts the program as `BASE` has it, built, and waits for its first tick.
 fn start_base(project: &Project) -> Running {
     project.write(MAIN, BASE);
@@ -115,9 +190,12 @@ fn edit(project: &Project, edits: &[(&str, &str)]) {
     }
 }
 
-/// `(id, level)` of a line about a `Mode`.
+/// `(id, level)` of a line about a `Mode`, `(a, b)` of one about a `Kind`.
 fn mode(line: &str) -> Option<(u64, u64)> {
     let field = |k: &str| line.split(' ').find_map(|w| w.strip_prefix(k)).and_then(|v| v.parse::<u64>().ok());
+    if line.starts_with("kind ") {
+        return Some((field("a=")?, field("b=")?));
+    }
     Some((field("id=")?, field("level=")?))
 }
 
@@ -126,18 +204,27 @@ fn mode(line: &str) -> Option<(u64, u64)> {
 fn all_consistent(app: &Running) {
     for l in app.lines_since(0) {
         let Some((id, level)) = mode(&l) else { continue };
-        let ok = if l.starts_with("tick v0 ") || (l.contains(" logged=") && l.starts_with("tick v1 ")) {
+        let old = ["tick v0 ", "kind v0 "].iter().any(|p| l.starts_with(p));
+        let ok = if old || (l.contains(" logged=") && l.starts_with("tick v1 ")) {
             level == 0
         } else {
             level == 10 * id
         };
         assert!(ok, "a value met code of another layout: {l}\n{}", app.dump());
     }
+    for l in app.lines_since(0).iter().filter(|l| l.starts_with("hook ")) {
+        let n = l.split(' ').find_map(|w| w.strip_prefix("n=")).and_then(|v| v.parse::<u64>().ok());
+        let ok = match n {
+            Some(n) => l.ends_with(if n % 2 == 0 { " mood=Calm" } else { " mood=Busy" }),
+            None => l == "hook v1 mood=Sleepy",
+        };
+        assert!(ok, "a value met code of another layout: {l}\n{}", app.dump());
+    }
 }
 
-/// Built with v0 symbol names (`-C symbol-mangling-version=v0`), which do not change with
-/// `Mode`'s definition (with legacy names, `show` and `LOG` get new names when `Mode` changes, and
-/// the earlier patch's copies are not taken for the new ones), two processes in turn:
+/// Built with v0 symbol names (`-C symbol-mangling-version=v0`), which do not change with a
+/// type's definition (with legacy names, `show` and `LOG` get new names when `Mode` changes, and
+/// the earlier patch's copies are not taken for the new ones), four processes in turn:
 ///
 /// - `Mode` gains a field (patch 1) and then swaps its fields (patch 2), while a thread patch 1
 ///   started runs patch 1's code for good, with values of patch 1's layout, calling `show`, a
@@ -147,6 +234,12 @@ fn all_consistent(app: &Running) {
 /// - Patch 1 adds `static LOG: Mutex<Vec<Mode>>`; patch 2 changes `Mode`'s layout. Patch 2's code
 ///   would bind to patch 1's `LOG` (the ledger matches it by name and size, which the edit keeps)
 ///   and read its values with the new layout: refused, naming the static and the patch.
+/// - `Kind` changes layout, and `kind` calls the trait method `<Kind as Describe>::describe`
+///   through a bare `fn` pointer `main` stored at startup: refused, naming the method and `main`
+///   (without, `Patched` and `kind v1 a=70 b=0`: the old method read the new value).
+/// - `Mood` gains a variant; the new `hook` calls through `static ON_TICK: Mutex<fn(u64)> =
+///   Mutex::new(print_all)`, whose unchanged `print_all` leads to the old `<Mood as Debug>::fmt`
+///   but makes every value it formats: `Patched` (was refused), its lines as before.
 #[test]
 fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() {
     let project = scenario("layouts");
@@ -184,5 +277,38 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     }
     let after = app.mark();
     app.wait_for(after, "patch 1's ticks go on", |l| l.starts_with("tick v1 "));
+    all_consistent(&app);
+    drop(app);
+
+    let app = start_base(&project);
+    edit(&project, KIND_FIELD_ADDED);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    for _ in 0..3 {
+        let after = app.mark();
+        app.wait_for(after, "kind going on", |l| l.starts_with("kind "));
+    }
+    all_consistent(&app);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    for name in [
+        "`<layouts::Kind as layouts::Describe>::describe` receives `&layouts::Kind`",
+        "struct `layouts::Kind` changed layout",
+        "is taken by `layouts::main`",
+    ] {
+        assert!(line.contains(name), "the reason does not name {name:?}: {line}");
+    }
+    drop(app);
+
+    // A writable static pointing at code that leads to old code, but hands it only values of its
+    // own making (review G4): `Patched`, where it was refused.
+    let app = start_base(&project);
+    edit(&project, MOOD_VARIANT_ADDED);
+    let mark = app.mark();
+    project.build_and_expect_patched(&app, "layouts");
+    app.wait_for(mark, "the new hook's Sleepy", |l| l.starts_with("hook v1 "));
+    for _ in 0..3 {
+        let after = app.mark();
+        app.wait_for(after, "print_all going on", |l| l.starts_with("hook n="));
+    }
     all_consistent(&app);
 }
