@@ -6,7 +6,7 @@
 //! Every line the program prints about a `Mode` says `id=<i> level=<l>`; while every value meets
 //! the code of its own layout, `l == 10 * i` (or `l == 0` before `level` exists).
 
-use super::support::live::{scenario, status_for, Running};
+use super::support::live::{scenario, status_for, Running, CONFIG};
 use super::support::Project;
 use super::MAIN;
 
@@ -311,4 +311,20 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
         app.wait_for(after, "print_all going on", |l| l.starts_with("hook n="));
     }
     all_consistent(&app);
+
+    // Without the record of the build patch 1 was made from, the next patch cannot be compared
+    // with it: refused, saying so.
+    let patches = project.target(CONFIG).join("ipbp/patches");
+    let dir = std::fs::read_dir(&patches)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}-", app.pid))))
+        .expect("the patches of the process");
+    std::fs::remove_file(dir.join("patch-1.units")).expect("patch 1's record");
+    project.edit(MAIN, "hook v1 mood", "hook v2 mood");
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    assert!(line.contains("the types of the build patch 1 was made from are not known"), "{line}");
 }
