@@ -100,7 +100,9 @@ impl Verdict {
         cache: &Cache,
     ) {
         let cache = unit_cache(builds.0, builds.1, cache);
-        let s = since::check(prev, builds, diff, (&self.layouts.new, &self.refusals), &cache);
+        // `guard` reads the changed units only when a definition changed.
+        let described = (!diff.changed.is_empty()).then_some(&self.layouts.new);
+        let s = since::check(prev, builds, diff, (described, &self.refusals), &cache);
         self.refusals.extend(s.refusals);
         self.live_statics.extend(s.statics);
         self.kept.extend(s.kept);

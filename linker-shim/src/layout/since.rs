@@ -99,14 +99,15 @@ pub struct Previous<'p> {
 /// Compares the build of the newest patch (`prev`) with the new one. `base_refusals` are the
 /// base comparison's: a type already refused is not named twice.
 ///
-/// `described` is what the new build's changed units describe (the base comparison read them):
-/// the new side of every unit that differs from the base build. Only a unit that differs from the
-/// patch's build but not from the base build (an edit undone) is read for the new side here.
+/// `described` is what the new build's changed units describe, when the base comparison read
+/// them (it does not when no definition changed): the new side of every unit that differs from
+/// the base build. Only the other units that differ from the patch's build (an edit undone) are
+/// read for the new side here.
 pub fn check<'a>(
     prev: &Previous<'_>,
     (base, current): (&Build<'a>, &Build<'a>),
     diff: &Diff,
-    (described, base_refusals): (&Model, &[String]),
+    (described, base_refusals): (Option<&Model>, &[String]),
     cache: &Cache,
 ) -> Since {
     let mut since = Since::default();
@@ -148,7 +149,7 @@ pub fn check<'a>(
             }
         }
         match next {
-            Some(hash) if !now.contains_key(key) => {
+            Some(hash) if described.is_none() || !now.contains_key(key) => {
                 any_undone = true;
                 let bytes = current.get(key).and_then(|u| u.bytes().ok());
                 if !load(cache, hash, bytes, &mut undone) {
@@ -165,12 +166,14 @@ pub fn check<'a>(
         ));
         return since;
     }
-    let new = if any_undone {
-        let mut all = described.clone();
-        all.absorb(undone);
-        std::borrow::Cow::Owned(all)
-    } else {
-        std::borrow::Cow::Borrowed(described)
+    let new = match described {
+        Some(described) if any_undone => {
+            let mut all = described.clone();
+            all.absorb(undone);
+            std::borrow::Cow::Owned(all)
+        }
+        Some(described) => std::borrow::Cow::Borrowed(described),
+        None => std::borrow::Cow::Owned(undone),
     };
     let changes = changed_types_paired(&old, &new, &HashMap::new());
     if changes.is_empty() {

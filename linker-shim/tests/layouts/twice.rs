@@ -224,13 +224,15 @@ fn all_consistent(app: &Running) {
 
 /// Built with v0 symbol names (`-C symbol-mangling-version=v0`), which do not change with a
 /// type's definition (with legacy names, `show` and `LOG` get new names when `Mode` changes, and
-/// the earlier patch's copies are not taken for the new ones), four processes in turn:
+/// the earlier patch's copies are not taken for the new ones), five processes in turn:
 ///
 /// - `Mode` gains a field (patch 1) and then swaps its fields (patch 2), while a thread patch 1
 ///   started runs patch 1's code for good, with values of patch 1's layout, calling `show`, a
 ///   function patch 1 added. Patch 2 is applied: new ticks run its code, and the worker keeps
 ///   patch 1's `show` (without the check against patch 1's build it was sent on to patch 2's,
 ///   which read `id` where patch 1's values keep `level`: `worker id=50 level=5`).
+/// - The same patch 1, then every edit undone and the lines moved (no definition differs from the
+///   running build's, its units do): the worker goes on with patch 1's code and values.
 /// - Patch 1 adds `static LOG: Mutex<Vec<Mode>>`; patch 2 changes `Mode`'s layout. Patch 2's code
 ///   would bind to patch 1's `LOG` (the ledger matches it by name and size, which the edit keeps)
 ///   and read its values with the new layout: refused, naming the static and the patch.
@@ -256,6 +258,29 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     assert!(line.starts_with("Patched layouts"), "{run}");
     let after = app.mark();
     app.wait_for(after, "patch 2's tick", |l| l.starts_with("tick v2 "));
+    for _ in 0..3 {
+        let again = app.mark();
+        app.wait_for(again, "the worker going on", |l| l.starts_with("worker "));
+    }
+    all_consistent(&app);
+    app.kill();
+
+    // Patch 1, then every edit undone: the diff against the build the process started from is
+    // empty ("back to the code it started with"), but patch 1's worker goes on with patch 1's
+    // values, and its `next` and `show` keep their code (without, its `next` was sent on to the
+    // image's, which returns the old, smaller `Mode`).
+    let mut app = start_base(&project);
+    edit(&project, WORKER_1);
+    let mark = app.mark();
+    project.build_and_expect_patched(&app, "layouts");
+    app.wait_for(mark, "the worker patch 1 started", |l| l.starts_with("worker "));
+    // A line more at the top: the units differ from the running build's (their line tables), no
+    // definition does.
+    project.write(MAIN, &BASE.replacen('\n', "\n// every edit undone, the lines below moved\n", 1));
+    let line = project.build_and_expect_patched(&app, "layouts");
+    assert!(line.contains("back to the code it started with"), "{line}");
+    let after = app.mark();
+    app.wait_for(after, "the original tick", |l| l.starts_with("tick v0 "));
     for _ in 0..3 {
         let again = app.mark();
         app.wait_for(again, "the worker going on", |l| l.starts_with("worker "));
