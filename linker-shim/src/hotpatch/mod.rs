@@ -342,7 +342,9 @@ fn patch_process(
         let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
             .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
             .collect();
-        let _ = crate::layout::since::record(file, &units);
+        let crates = crate::layout::workspace_crates(&loaded.base, &loaded.current);
+        let types = crate::layout::since::digests(&layouts.layouts.new, &crates);
+        let _ = crate::layout::since::record(file, &units, &types);
     }
 
     let installs = installs(
@@ -424,7 +426,7 @@ fn since_newest_patch(
     let stem = name.to_string_lossy();
     let number = stem.strip_prefix("patch-").and_then(|n| n.strip_suffix(".so")).unwrap_or(&stem);
     let prev =
-        since::Previous { label: format!("patch {number}"), units: since::read_record(&file), file: &file };
+        since::Previous { label: format!("patch {number}"), record: since::read_record(&file), file: &file };
     layouts.since_patch(&prev, (&loaded.base, &loaded.current), d, &Cache::at(dir.layouts()));
 }
 

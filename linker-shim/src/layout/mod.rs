@@ -99,10 +99,12 @@ impl Verdict {
         diff: &Diff,
         cache: &Cache,
     ) {
-        let cache = unit_cache(builds.0, builds.1, cache);
+        let crates = workspace_crates(builds.0, builds.1);
+        let cache = cache.for_crates(&crates);
         // `guard` reads the changed units only when a definition changed.
         let described = (!diff.changed.is_empty()).then_some(&self.layouts.new);
-        let s = since::check(prev, builds, diff, (described, &self.refusals), &cache);
+        let sides = (described, &self.layouts.old, &self.refusals[..]);
+        let s = since::check(prev, builds, diff, sides, (&cache, &crates));
         self.refusals.extend(s.refusals);
         self.live_statics.extend(s.statics);
         self.kept.extend(s.kept);
@@ -111,13 +113,18 @@ impl Verdict {
 
 /// The cache of unit models for the workspace of these two builds ([`Cache::for_crates`]).
 fn unit_cache<'a>(base: &Build<'a>, current: &Build<'a>, cache: &Cache) -> Cache {
-    // Every crate with a unit in either build: what a model keeps depends on them, and so does
-    // the name a unit's model is kept under.
+    // What a model keeps depends on the workspace's crates, and so does the name a unit's model
+    // is kept under.
+    cache.for_crates(&workspace_crates(base, current))
+}
+
+/// Every crate with a unit in either build, sorted.
+pub fn workspace_crates<'a>(base: &Build<'a>, current: &Build<'a>) -> Vec<String> {
     let mut crates: Vec<String> =
         base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
     crates.sort();
     crates.dedup();
-    cache.for_crates(&crates)
+    crates
 }
 
 /// The layouts the changed units describe, in both builds.

@@ -41,13 +41,26 @@ pub fn record_path(patch_file: &Path) -> PathBuf {
     patch_file.with_extension("units")
 }
 
-/// Writes the record of the build a patch was made from: each workspace unit that differs from
-/// the build the process started from, by key and content hash. Best effort: a missing record
-/// makes the next layout change refused, never wrong.
-pub fn record(patch_file: &Path, units: &[(&str, u128)]) -> std::io::Result<()> {
+/// What a patch leaves beside its file about the build it was made from.
+#[derive(Debug, Default, PartialEq)]
+pub struct Record {
+    /// Each workspace unit that differs from the build the process started from: key → content
+    /// hash.
+    pub units: BTreeMap<String, u128>,
+    /// The layout digest ([`digests`]) of each type naming a workspace crate that those units
+    /// describe: most patches change no type, and this tells so without reading a model.
+    pub types: HashMap<String, u64>,
+}
+
+/// Writes the record of the build a patch was made from. Best effort: a missing record makes the
+/// next patch refused, never wrong.
+pub fn record(patch_file: &Path, units: &[(&str, u128)], types: &BTreeMap<&str, u64>) -> std::io::Result<()> {
     let mut text = String::new();
     for (key, hash) in units {
         text.push_str(&format!("{hash:032x} {key}\n"));
+    }
+    for (name, digest) in types {
+        text.push_str(&format!("T\t{digest:016x}\t{name}\n"));
     }
     let path = record_path(patch_file);
     let tmp = path.with_extension("units.tmp");
@@ -56,14 +69,61 @@ pub fn record(patch_file: &Path, units: &[(&str, u128)]) -> std::io::Result<()> 
 }
 
 /// The record of `patch_file`, `None` when there is none or it does not parse.
-pub fn read_record(patch_file: &Path) -> Option<BTreeMap<String, u128>> {
+pub fn read_record(patch_file: &Path) -> Option<Record> {
     let text = std::fs::read_to_string(record_path(patch_file)).ok()?;
-    text.lines()
-        .map(|l| {
+    let mut record = Record::default();
+    for l in text.lines() {
+        if let Some(t) = l.strip_prefix("T\t") {
+            let (digest, name) = t.split_once('\t')?;
+            record.types.insert(name.to_string(), u64::from_str_radix(digest, 16).ok()?);
+        } else {
             let (hash, key) = l.split_once(' ')?;
-            Some((key.to_string(), u128::from_str_radix(hash, 16).ok()?))
-        })
-        .collect()
+            record.units.insert(key.to_string(), u128::from_str_radix(hash, 16).ok()?);
+        }
+    }
+    Some(record)
+}
+
+/// The layout digest of every type of `model` whose name mentions one of the workspace's
+/// `crates` (`app::Mode`, `alloc::vec::Vec<app::Mode>`, `app::main::{closure_env#0}`): what
+/// [`super::compare`] compares — kind, size, alignment, fields, tag, variants. A type of another
+/// crate changes layout between two builds of one workspace only with a workspace type it holds,
+/// whose name it then mentions.
+pub fn digests<'m>(model: &'m Model, crates: &[String]) -> BTreeMap<&'m str, u64> {
+    let needles: Vec<String> = crates.iter().map(|c| format!("{c}::")).collect();
+    let ours = |name: &str| needles.iter().any(|n| name.contains(n.as_str()));
+    model.types.iter().filter(|(n, _)| ours(n)).map(|(n, rec)| (n.as_str(), digest(rec))).collect()
+}
+
+fn digest(rec: &super::model::TypeRec) -> u64 {
+    let mut b = Vec::with_capacity(128);
+    let field = |b: &mut Vec<u8>, f: &super::model::Field| {
+        b.extend_from_slice(f.name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&f.offset.to_le_bytes());
+        b.extend_from_slice(f.ty.as_bytes());
+        b.push(0);
+    };
+    b.push(rec.kind as u8);
+    b.extend_from_slice(&rec.size.unwrap_or(u64::MAX).to_le_bytes());
+    b.extend_from_slice(&rec.align.unwrap_or(u64::MAX).to_le_bytes());
+    for f in &rec.fields {
+        field(&mut b, f);
+    }
+    b.push(1);
+    if let Some(t) = &rec.tag {
+        field(&mut b, t);
+    }
+    for v in &rec.variants {
+        b.push(2);
+        b.extend_from_slice(v.name.as_bytes());
+        b.push(0);
+        b.extend_from_slice(&v.discr.unwrap_or(u64::MAX).to_le_bytes());
+        for f in &v.fields {
+            field(&mut b, f);
+        }
+    }
+    xxhash_rust::xxh3::xxh3_64(&b)
 }
 
 /// The patch whose build to compare with: of the patches a process lists unsettled (load order),
@@ -91,7 +151,7 @@ pub struct Previous<'p> {
     /// `patch 3`: how the reasons name it.
     pub label: String,
     /// Its record ([`read_record`]); `None` when it has none.
-    pub units: Option<BTreeMap<String, u128>>,
+    pub record: Option<Record>,
     /// Its file, for the reason when the record is missing.
     pub file: &'p Path,
 }
@@ -103,15 +163,17 @@ pub struct Previous<'p> {
 /// them (it does not when no definition changed): the new side of every unit that differs from
 /// the base build. Only the other units that differ from the patch's build (an edit undone) are
 /// read for the new side here.
+///
+/// `base_described` is the base comparison's old side, `crates` the workspace's crates.
 pub fn check<'a>(
     prev: &Previous<'_>,
     (base, current): (&Build<'a>, &Build<'a>),
     diff: &Diff,
-    (described, base_refusals): (Option<&Model>, &[String]),
-    cache: &Cache,
+    (described, base_described, base_refusals): (Option<&Model>, &Model, &[String]),
+    (cache, crates): (&Cache, &[String]),
 ) -> Since {
     let mut since = Since::default();
-    let Some(recorded) = &prev.units else {
+    let Some(Record { units: recorded, types: digested }) = &prev.record else {
         since.refusals.push(format!(
             "the types of the build {} was made from are not known ({} has no record of its units); values of its layout may be live, restart to use this build",
             prev.label,
@@ -123,6 +185,11 @@ pub fn check<'a>(
         ids.iter().map(|&u| (b.units[u].key.to_string(), b.units[u].hash)).collect()
     };
     let now = key_hash(current, &diff.changed_units_current);
+    if let Some(described) = described {
+        if unchanged_since(digested, recorded, (&now, described, base_described), crates) {
+            return since;
+        }
+    }
     // The units that differ between that patch's build and this one: a unit not in a record is
     // the base build's, on either side.
     let keys: std::collections::BTreeSet<&str> =
@@ -211,6 +278,28 @@ pub fn check<'a>(
     since
 }
 
+/// Whether no type the differing units describe changed layout since the patch's build, told
+/// from digests alone: each type naming a workspace crate that the new side describes
+/// (`described`, when every differing unit is among `now`, the units that differ from the base
+/// build) has the digest the patch recorded — or, for a type the patch's own units did not
+/// describe, the digest of the base build's description (a unit the patch did not change is the
+/// base build's, and the base comparison read it when it differs from the new one). `false`
+/// sends the check to the models.
+fn unchanged_since(
+    digested: &HashMap<String, u64>,
+    recorded: &BTreeMap<String, u128>,
+    (now, described, base_described): (&HashMap<String, u128>, &Model, &Model),
+    crates: &[String],
+) -> bool {
+    if recorded.keys().any(|k| !now.contains_key(k)) {
+        return false; // an edit undone: its new side is not in `described`
+    }
+    digests(described, crates).into_iter().all(|(name, d)| {
+        let then = digested.get(name).copied().or_else(|| base_described.types.get(name).map(digest));
+        then.is_none_or(|t| t == d)
+    })
+}
+
 /// Adds the model of the unit with content hash `hash` to `model`: from the cache, or read from
 /// `bytes` (and kept). `false` when neither has it.
 fn load(cache: &Cache, hash: u128, bytes: Option<&[u8]>, model: &mut Model) -> bool {
@@ -237,12 +326,59 @@ mod tests {
     fn a_record_round_trips_beside_its_patch() {
         let dir = tempfile::tempdir().unwrap();
         let so = dir.path().join("patch-3.so");
-        record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)]).unwrap();
+        let types = BTreeMap::from([("app::Mode", 5u64), ("&mut app::Mode", u64::MAX)]);
+        record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)], &types).unwrap();
         assert_eq!(record_path(&so), dir.path().join("patch-3.units"));
         let back = read_record(&so).unwrap();
-        assert_eq!(back.get("app.a.rcgu.o"), Some(&0xabc));
-        assert_eq!(back.get("libw.rlib(w.o)"), Some(&7));
+        assert_eq!(back.units.get("app.a.rcgu.o"), Some(&0xabc));
+        assert_eq!(back.units.get("libw.rlib(w.o)"), Some(&7));
+        assert_eq!(back.types.get("&mut app::Mode"), Some(&u64::MAX));
+        assert_eq!(back.types.len(), 2);
         assert!(read_record(&dir.path().join("patch-4.so")).is_none());
+    }
+
+    /// Digests tell a changed layout from an unchanged one, for the workspace's types alone.
+    #[test]
+    fn digests_follow_layouts_of_the_workspaces_types() {
+        use crate::layout::model::{Field, Kind, TypeRec};
+        let strukt = |fields: &[(&str, u64)]| TypeRec {
+            kind: Kind::Struct,
+            size: Some(8 * fields.len() as u64),
+            align: Some(8),
+            fields: fields
+                .iter()
+                .map(|&(n, o)| Field { name: n.into(), offset: o, ty: "u64".into() })
+                .collect(),
+            tag: None,
+            variants: vec![],
+            edges: vec![],
+        };
+        let model = |fields: &[(&str, u64)]| {
+            let mut m = Model::default();
+            m.types.insert("app::Mode".into(), strukt(fields));
+            m.types.insert("core::time::Duration".into(), strukt(&[("secs", 0)]));
+            m
+        };
+        let crates = ["app".to_string()];
+        let (one, again) = (model(&[("id", 0)]), model(&[("id", 0)]));
+        let (swapped, grown) = (model(&[("id", 8), ("level", 0)]), model(&[("id", 0), ("level", 8)]));
+        let d = |m: &Model| digests(m, &crates).get("app::Mode").copied();
+        assert_eq!(d(&one), d(&again));
+        assert_ne!(d(&one), d(&grown));
+        assert_ne!(d(&grown), d(&swapped));
+        assert_eq!(digests(&one, &crates).len(), 1, "another crate's type is not recorded");
+
+        let recorded = BTreeMap::from([("u".to_string(), 1u128)]);
+        let now = HashMap::from([("u".to_string(), 2u128)]);
+        let digested: HashMap<String, u64> =
+            digests(&grown, &crates).into_iter().map(|(n, d)| (n.to_string(), d)).collect();
+        let base = Model::default();
+        assert!(unchanged_since(&digested, &recorded, (&now, &grown, &base), &crates));
+        assert!(!unchanged_since(&digested, &recorded, (&now, &swapped, &base), &crates));
+        assert!(!unchanged_since(&digested, &recorded, (&HashMap::new(), &grown, &base), &crates), "undone");
+        // Not described by the patch's units: the base build's description is the patch's.
+        assert!(unchanged_since(&HashMap::new(), &recorded, (&now, &grown, &grown), &crates));
+        assert!(!unchanged_since(&HashMap::new(), &recorded, (&now, &grown, &one), &crates));
     }
 
     #[test]
