@@ -342,8 +342,10 @@ fn patch_process(
         let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
             .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
             .collect();
-        let crates = crate::layout::workspace_crates(&loaded.base, &loaded.current);
-        let types = crate::layout::since::digests(&layouts.layouts.new, &crates);
+        let types = layouts.digests.take().unwrap_or_else(|| {
+            let crates = crate::layout::workspace_crates(&loaded.base, &loaded.current);
+            crate::layout::since::digests(&layouts.layouts.new, &crates)
+        });
         let _ = crate::layout::since::record(file, &units, &types);
     }
 

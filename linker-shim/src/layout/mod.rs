@@ -60,6 +60,8 @@ pub struct Verdict {
     /// Mangled names of functions whose copies in earlier patches keep their code: they receive
     /// or return a type whose layout changed since the newest patch ([`since`]).
     pub kept: HashSet<String>,
+    /// The layout digests of the new side, when [`since`] computed them (for this patch's record).
+    pub digests: Option<std::collections::HashMap<u64, u64>>,
 }
 
 impl Verdict {
@@ -86,7 +88,7 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
             "the build has no type descriptions in its debug info, so layout changes cannot be checked (keep `debug` at least `limited` in the dev profile)".into(),
         );
     }
-    Ok(Verdict { layouts, refusals, notes, live_statics, kept: HashSet::new() })
+    Ok(Verdict { layouts, refusals, notes, live_statics, kept: HashSet::new(), digests: None })
 }
 
 impl Verdict {
@@ -108,6 +110,7 @@ impl Verdict {
         self.refusals.extend(s.refusals);
         self.live_statics.extend(s.statics);
         self.kept.extend(s.kept);
+        self.digests = s.digests;
     }
 }
 

@@ -47,20 +47,21 @@ pub struct Record {
     /// Each workspace unit that differs from the build the process started from: key → content
     /// hash.
     pub units: BTreeMap<String, u128>,
-    /// The layout digest ([`digests`]) of each type naming a workspace crate that those units
-    /// describe: most patches change no type, and this tells so without reading a model.
-    pub types: HashMap<String, u64>,
+    /// The layout digest of each type naming a workspace crate that those units describe, by
+    /// the hash of its name ([`digests`]): most patches change no type, and this tells so
+    /// without reading a model.
+    pub types: HashMap<u64, u64>,
 }
 
 /// Writes the record of the build a patch was made from. Best effort: a missing record makes the
 /// next patch refused, never wrong.
-pub fn record(patch_file: &Path, units: &[(&str, u128)], types: &BTreeMap<&str, u64>) -> std::io::Result<()> {
+pub fn record(patch_file: &Path, units: &[(&str, u128)], types: &HashMap<u64, u64>) -> std::io::Result<()> {
     let mut text = String::new();
     for (key, hash) in units {
         text.push_str(&format!("{hash:032x} {key}\n"));
     }
     for (name, digest) in types {
-        text.push_str(&format!("T\t{digest:016x}\t{name}\n"));
+        text.push_str(&format!("T {name:016x} {digest:016x}\n"));
     }
     let path = record_path(patch_file);
     let tmp = path.with_extension("units.tmp");
@@ -73,9 +74,10 @@ pub fn read_record(patch_file: &Path) -> Option<Record> {
     let text = std::fs::read_to_string(record_path(patch_file)).ok()?;
     let mut record = Record::default();
     for l in text.lines() {
-        if let Some(t) = l.strip_prefix("T\t") {
-            let (digest, name) = t.split_once('\t')?;
-            record.types.insert(name.to_string(), u64::from_str_radix(digest, 16).ok()?);
+        if let Some(t) = l.strip_prefix("T ") {
+            let (name, digest) = t.split_once(' ')?;
+            let hex = |h: &str| u64::from_str_radix(h, 16).ok();
+            record.types.insert(hex(name)?, hex(digest)?);
         } else {
             let (hash, key) = l.split_once(' ')?;
             record.units.insert(key.to_string(), u128::from_str_radix(hash, 16).ok()?);
@@ -84,19 +86,37 @@ pub fn read_record(patch_file: &Path) -> Option<Record> {
     Some(record)
 }
 
-/// The layout digest of every type of `model` whose name mentions one of the workspace's
-/// `crates` (`app::Mode`, `alloc::vec::Vec<app::Mode>`, `app::main::{closure_env#0}`): what
-/// [`super::compare`] compares — kind, size, alignment, fields, tag, variants. A type of another
-/// crate changes layout between two builds of one workspace only with a workspace type it holds,
-/// whose name it then mentions.
-pub fn digests<'m>(model: &'m Model, crates: &[String]) -> BTreeMap<&'m str, u64> {
-    let needles: Vec<String> = crates.iter().map(|c| format!("{c}::")).collect();
-    let ours = |name: &str| needles.iter().any(|n| name.contains(n.as_str()));
-    model.types.iter().filter(|(n, _)| ours(n)).map(|(n, rec)| (n.as_str(), digest(rec))).collect()
+/// The layout digest of every type of `model` that [`super::compare`] compares (structs, enums,
+/// unions) whose name mentions one of the workspace's `crates` (`app::Mode`,
+/// `alloc::vec::Vec<app::Mode>`, `app::main::{closure_env#0}`), by the hash of its name: what
+/// `compare` looks at — kind, size, alignment, fields, tag, variants. A type of another crate
+/// changes layout between two builds of one workspace only with a workspace type it holds, whose
+/// name it then mentions.
+pub fn digests(model: &Model, crates: &[String]) -> HashMap<u64, u64> {
+    let mut buf = Vec::with_capacity(256);
+    ours(model, crates).map(|(n, rec)| (name_hash(n), digest(rec, &mut buf))).collect()
 }
 
-fn digest(rec: &super::model::TypeRec) -> u64 {
-    let mut b = Vec::with_capacity(128);
+/// The types of `model` [`digests`] covers.
+fn ours<'m>(
+    model: &'m Model,
+    crates: &[String],
+) -> impl Iterator<Item = (&'m str, &'m super::model::TypeRec)> + 'm {
+    let needles: Vec<String> = crates.iter().map(|c| format!("{c}::")).collect();
+    model.types.iter().filter_map(move |(n, rec)| {
+        let compared = rec.kind != super::model::Kind::Other
+            && needles.iter().any(|c| n.contains(c.as_str()))
+            && !model.variant_types.contains(n);
+        compared.then_some((n.as_str(), rec))
+    })
+}
+
+fn name_hash(name: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(name.as_bytes())
+}
+
+fn digest(rec: &super::model::TypeRec, b: &mut Vec<u8>) -> u64 {
+    b.clear();
     let field = |b: &mut Vec<u8>, f: &super::model::Field| {
         b.extend_from_slice(f.name.as_bytes());
         b.push(0);
@@ -108,11 +128,11 @@ fn digest(rec: &super::model::TypeRec) -> u64 {
     b.extend_from_slice(&rec.size.unwrap_or(u64::MAX).to_le_bytes());
     b.extend_from_slice(&rec.align.unwrap_or(u64::MAX).to_le_bytes());
     for f in &rec.fields {
-        field(&mut b, f);
+        field(b, f);
     }
     b.push(1);
     if let Some(t) = &rec.tag {
-        field(&mut b, t);
+        field(b, t);
     }
     for v in &rec.variants {
         b.push(2);
@@ -120,10 +140,10 @@ fn digest(rec: &super::model::TypeRec) -> u64 {
         b.push(0);
         b.extend_from_slice(&v.discr.unwrap_or(u64::MAX).to_le_bytes());
         for f in &v.fields {
-            field(&mut b, f);
+            field(b, f);
         }
     }
-    xxhash_rust::xxh3::xxh3_64(&b)
+    xxhash_rust::xxh3::xxh3_64(b)
 }
 
 /// The patch whose build to compare with: of the patches a process lists unsettled (load order),
@@ -144,6 +164,8 @@ pub struct Since {
     pub statics: Vec<String>,
     /// Mangled names of the functions whose copies in earlier patches keep their code.
     pub kept: HashSet<String>,
+    /// The new side's digests ([`digests`]), when computed: the record of this patch.
+    pub digests: Option<HashMap<u64, u64>>,
 }
 
 /// The newest patch the process holds, as the driver found it.
@@ -186,7 +208,11 @@ pub fn check<'a>(
     };
     let now = key_hash(current, &diff.changed_units_current);
     if let Some(described) = described {
-        if unchanged_since(digested, recorded, (&now, described, base_described), crates) {
+        let digests = digests(described, crates);
+        let unchanged =
+            unchanged_since(digested, recorded, (&now, described, base_described), (&digests, crates));
+        since.digests = Some(digests);
+        if unchanged {
             return since;
         }
     }
@@ -286,17 +312,22 @@ pub fn check<'a>(
 /// base build's, and the base comparison read it when it differs from the new one). `false`
 /// sends the check to the models.
 fn unchanged_since(
-    digested: &HashMap<String, u64>,
+    digested: &HashMap<u64, u64>,
     recorded: &BTreeMap<String, u128>,
     (now, described, base_described): (&HashMap<String, u128>, &Model, &Model),
-    crates: &[String],
+    (digests, crates): (&HashMap<u64, u64>, &[String]),
 ) -> bool {
     if recorded.keys().any(|k| !now.contains_key(k)) {
         return false; // an edit undone: its new side is not in `described`
     }
-    digests(described, crates).into_iter().all(|(name, d)| {
-        let then = digested.get(name).copied().or_else(|| base_described.types.get(name).map(digest));
-        then.is_none_or(|t| t == d)
+    let mut buf = Vec::new();
+    ours(described, crates).all(|(name, _)| {
+        let hash = name_hash(name);
+        let then = digested
+            .get(&hash)
+            .copied()
+            .or_else(|| base_described.types.get(name).map(|r| digest(r, &mut buf)));
+        then.is_none_or(|t| Some(t) == digests.get(&hash).copied())
     })
 }
 
@@ -326,13 +357,13 @@ mod tests {
     fn a_record_round_trips_beside_its_patch() {
         let dir = tempfile::tempdir().unwrap();
         let so = dir.path().join("patch-3.so");
-        let types = BTreeMap::from([("app::Mode", 5u64), ("&mut app::Mode", u64::MAX)]);
+        let types = HashMap::from([(name_hash("app::Mode"), 5u64), (7, u64::MAX)]);
         record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)], &types).unwrap();
         assert_eq!(record_path(&so), dir.path().join("patch-3.units"));
         let back = read_record(&so).unwrap();
         assert_eq!(back.units.get("app.a.rcgu.o"), Some(&0xabc));
         assert_eq!(back.units.get("libw.rlib(w.o)"), Some(&7));
-        assert_eq!(back.types.get("&mut app::Mode"), Some(&u64::MAX));
+        assert_eq!(back.types.get(&7), Some(&u64::MAX));
         assert_eq!(back.types.len(), 2);
         assert!(read_record(&dir.path().join("patch-4.so")).is_none());
     }
@@ -362,7 +393,7 @@ mod tests {
         let crates = ["app".to_string()];
         let (one, again) = (model(&[("id", 0)]), model(&[("id", 0)]));
         let (swapped, grown) = (model(&[("id", 8), ("level", 0)]), model(&[("id", 0), ("level", 8)]));
-        let d = |m: &Model| digests(m, &crates).get("app::Mode").copied();
+        let d = |m: &Model| digests(m, &crates).get(&name_hash("app::Mode")).copied();
         assert_eq!(d(&one), d(&again));
         assert_ne!(d(&one), d(&grown));
         assert_ne!(d(&grown), d(&swapped));
@@ -370,15 +401,18 @@ mod tests {
 
         let recorded = BTreeMap::from([("u".to_string(), 1u128)]);
         let now = HashMap::from([("u".to_string(), 2u128)]);
-        let digested: HashMap<String, u64> =
-            digests(&grown, &crates).into_iter().map(|(n, d)| (n.to_string(), d)).collect();
+        let digested = digests(&grown, &crates);
         let base = Model::default();
-        assert!(unchanged_since(&digested, &recorded, (&now, &grown, &base), &crates));
-        assert!(!unchanged_since(&digested, &recorded, (&now, &swapped, &base), &crates));
-        assert!(!unchanged_since(&digested, &recorded, (&HashMap::new(), &grown, &base), &crates), "undone");
+        let same =
+            |m: &Model, recorded_types: &HashMap<u64, u64>, now: &HashMap<String, u128>, base: &Model| {
+                unchanged_since(recorded_types, &recorded, (now, m, base), (&digests(m, &crates), &crates))
+            };
+        assert!(same(&grown, &digested, &now, &base));
+        assert!(!same(&swapped, &digested, &now, &base));
+        assert!(!same(&grown, &digested, &HashMap::new(), &base), "undone");
         // Not described by the patch's units: the base build's description is the patch's.
-        assert!(unchanged_since(&HashMap::new(), &recorded, (&now, &grown, &grown), &crates));
-        assert!(!unchanged_since(&HashMap::new(), &recorded, (&now, &grown, &one), &crates));
+        assert!(same(&grown, &HashMap::new(), &now, &grown));
+        assert!(!same(&grown, &HashMap::new(), &now, &one));
     }
 
     #[test]
