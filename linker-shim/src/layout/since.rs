@@ -7,13 +7,15 @@
 //! them. When the next edit changes such a type again, those values must not meet the new code
 //! either — and the base build's description shows neither patch 1's frames nor its statics.
 //!
-//! So each applied patch leaves beside its file the units of the build it was made from (key and
-//! content hash, [`record`]), and the next patch compares that build with the new one on the
-//! units that differ between them (a type's layout change changes every unit describing it, as
-//! for the base comparison). Their models come from the guard's cache (the patch's own guard kept
-//! them); a model no longer kept, or a patch without a record, makes the check impossible, and
-//! the patch is refused saying so rather than risk a wrong one. For each type changed since
-//! that patch:
+//! So each patch leaves beside its file the units of the build it was made from (key and content
+//! hash) and a layout digest of each workspace type they describe ([`record`], written before
+//! the apply), and the next patch compares that build with the new one on the units that differ
+//! between them (a type's layout change changes every unit describing it, as for the base
+//! comparison). Most patches change no type: the digests of what the new side describes (read
+//! by the base comparison already) equal the recorded ones, and nothing more is read. Otherwise
+//! the patch's unit models come from the guard's cache (the patch's own guard kept them); a model
+//! no longer kept, or a patch without a record, makes the check impossible, and the patch is
+//! refused saying so rather than risk a wrong one. For each type changed since that patch:
 //!
 //! - every function of that build that receives or returns one (its receiver included) is
 //!   **kept**: the patch's copies of it keep their code, for good (`deliver/chain.rs` pins
