@@ -342,11 +342,12 @@ fn patch_process(
         let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
             .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
             .collect();
-        let types = layouts.digests.take().unwrap_or_else(|| {
-            let crates = crate::layout::workspace_crates(&loaded.base, &loaded.current);
-            crate::layout::since::digests(&layouts.layouts.new, &crates)
-        });
-        let _ = crate::layout::since::record(file, &units, &types);
+        let crates = crate::layout::workspace_crates(&loaded.base, &loaded.current);
+        let types = layouts
+            .digests
+            .take()
+            .unwrap_or_else(|| crate::layout::since::digests(&layouts.layouts.new, &crates));
+        let _ = crate::layout::since::record(file, &units, &types, &crates);
     }
 
     let installs = installs(
@@ -421,15 +422,29 @@ fn since_newest_patch(
     dir: &IpbpDir,
 ) {
     use crate::layout::since;
-    let Some(file) = since::running_patch(&hello.patches, &hello.detours) else { return };
-    // Only a patch file of this process's directory, by its own name.
-    let Some(name) = file.file_name() else { return };
-    let file = patch_dir.join(name);
+    let Some(listed) = since::running_patch(&hello.patches, &hello.detours) else { return };
+    let Some(name) = listed.file_name() else { return };
+    // A patch file of this process's directory, by its own name — or of the process's directory
+    // in the target directory of another build of the program (`<target>/ipbp/patches/<pid>-
+    // <start time>/`: builds in either patch it), whose unit models are kept beside it.
+    let own = patch_dir.file_name();
+    let other = listed.parent().filter(|d| {
+        d.file_name() == own
+            && d.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("patches"))
+    });
+    let (file, prev_cache) = match other {
+        Some(d) if d != patch_dir && !patch_dir.join(name).exists() => {
+            let layouts = d.parent().and_then(Path::parent).map(|ipbp| ipbp.join("layouts"));
+            (d.join(name), layouts.map_or_else(Cache::none, Cache::at))
+        }
+        _ => (patch_dir.join(name), Cache::at(dir.layouts())),
+    };
     let stem = name.to_string_lossy();
     let number = stem.strip_prefix("patch-").and_then(|n| n.strip_suffix(".so")).unwrap_or(&stem);
     let prev =
         since::Previous { label: format!("patch {number}"), record: since::read_record(&file), file: &file };
-    layouts.since_patch(&prev, (&loaded.base, &loaded.current), d, &Cache::at(dir.layouts()));
+    let caches = (&prev_cache, &Cache::at(dir.layouts()));
+    layouts.since_patch(&prev, (&loaded.base, &loaded.current), d, caches);
 }
 
 /// A step of [`patch_process`] either hands its result on or settles the outcome.

@@ -93,20 +93,22 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
 
 impl Verdict {
     /// Adds what comparing the build of the newest patch the process holds with the new one
-    /// decides ([`since`]): its refusals, the statics they name, the functions kept.
+    /// decides ([`since`]): its refusals, the statics they name, the functions kept. The patch's
+    /// unit models are in `prev_cache` (the cache of the target directory that made it), the new
+    /// build's in `cache`.
     pub fn since_patch<'a>(
         &mut self,
         prev: &since::Previous<'_>,
         builds: (&Build<'a>, &Build<'a>),
         diff: &Diff,
-        cache: &Cache,
+        (prev_cache, cache): (&Cache, &Cache),
     ) {
         let crates = workspace_crates(builds.0, builds.1);
-        let cache = cache.for_crates(&crates);
+        let cache = (prev_cache.for_crates(&crates), cache.for_crates(&crates));
         // `guard` reads the changed units only when a definition changed.
         let described = (!diff.changed.is_empty()).then_some(&self.layouts.new);
         let sides = (described, &self.layouts.old, &self.refusals[..]);
-        let s = since::check(prev, builds, diff, sides, (&cache, &crates));
+        let s = since::check(prev, builds, diff, sides, ((&cache.0, &cache.1), &crates));
         self.refusals.extend(s.refusals);
         self.live_statics.extend(s.statics);
         self.kept.extend(s.kept);

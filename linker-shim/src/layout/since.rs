@@ -53,12 +53,23 @@ pub struct Record {
     /// the hash of its name ([`digests`]): most patches change no type, and this tells so
     /// without reading a model.
     pub types: HashMap<u64, u64>,
+    /// The workspace's crates in that build: the name its unit models are kept under in the
+    /// cache depends on them ([`Cache::for_crates`]).
+    pub crates: Vec<String>,
 }
 
 /// Writes the record of the build a patch was made from. Best effort: a missing record makes the
 /// next patch refused, never wrong.
-pub fn record(patch_file: &Path, units: &[(&str, u128)], types: &HashMap<u64, u64>) -> std::io::Result<()> {
+pub fn record(
+    patch_file: &Path,
+    units: &[(&str, u128)],
+    types: &HashMap<u64, u64>,
+    crates: &[String],
+) -> std::io::Result<()> {
     let mut text = String::new();
+    for c in crates {
+        text.push_str(&format!("C {c}\n"));
+    }
     for (key, hash) in units {
         text.push_str(&format!("{hash:032x} {key}\n"));
     }
@@ -76,7 +87,9 @@ pub fn read_record(patch_file: &Path) -> Option<Record> {
     let text = std::fs::read_to_string(record_path(patch_file)).ok()?;
     let mut record = Record::default();
     for l in text.lines() {
-        if let Some(t) = l.strip_prefix("T ") {
+        if let Some(c) = l.strip_prefix("C ") {
+            record.crates.push(c.to_string());
+        } else if let Some(t) = l.strip_prefix("T ") {
             let (name, digest) = t.split_once(' ')?;
             let hex = |h: &str| u64::from_str_radix(h, 16).ok();
             record.types.insert(hex(name)?, hex(digest)?);
@@ -194,10 +207,10 @@ pub fn check<'a>(
     (base, current): (&Build<'a>, &Build<'a>),
     diff: &Diff,
     (described, base_described, base_refusals): (Option<&Model>, &Model, &[String]),
-    (cache, crates): (&Cache, &[String]),
+    ((prev_cache, cache), crates): ((&Cache, &Cache), &[String]),
 ) -> Since {
     let mut since = Since::default();
-    let Some(Record { units: recorded, types: digested }) = &prev.record else {
+    let Some(Record { units: recorded, types: digested, crates: then_crates }) = &prev.record else {
         since.refusals.push(format!(
             "the types of the build {} was made from are not known ({} has no record of its units); values of its layout may be live, restart to use this build",
             prev.label,
@@ -238,9 +251,16 @@ pub fn check<'a>(
         }
         if let Some(hash) = then {
             // The patch's own unit is kept only as a model; the base build's can be read again.
-            let bytes = if recorded.contains_key(key) { None } else { base.get(key) };
-            if !load(cache, hash, bytes.and_then(|u| u.bytes().ok()), &mut old) {
-                missing.push(key.to_string());
+            let loaded = match recorded.contains_key(key) {
+                true => {
+                    // Kept under the name the patch's own workspace gave it.
+                    let kept = prev_cache.for_crates(then_crates);
+                    load(&kept, hash, None, &mut old) || load(prev_cache, hash, None, &mut old)
+                }
+                false => load(cache, hash, base.get(key).and_then(|u| u.bytes().ok()), &mut old),
+            };
+            if !loaded {
+                missing.push(format!("its {key}"));
             }
         }
         match next {
@@ -248,7 +268,7 @@ pub fn check<'a>(
                 any_undone = true;
                 let bytes = current.get(key).and_then(|u| u.bytes().ok());
                 if !load(cache, hash, bytes, &mut undone) {
-                    missing.push(key.to_string());
+                    missing.push(format!("this build's {key}"));
                 }
             }
             _ => {} // in `described`, or gone
@@ -360,13 +380,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let so = dir.path().join("patch-3.so");
         let types = HashMap::from([(name_hash("app::Mode"), 5u64), (7, u64::MAX)]);
-        record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)], &types).unwrap();
+        record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)], &types, &["app".into(), "w".into()])
+            .unwrap();
         assert_eq!(record_path(&so), dir.path().join("patch-3.units"));
         let back = read_record(&so).unwrap();
         assert_eq!(back.units.get("app.a.rcgu.o"), Some(&0xabc));
         assert_eq!(back.units.get("libw.rlib(w.o)"), Some(&7));
         assert_eq!(back.types.get(&7), Some(&u64::MAX));
         assert_eq!(back.types.len(), 2);
+        assert_eq!(back.crates, ["app", "w"]);
         assert!(read_record(&dir.path().join("patch-4.so")).is_none());
     }
 
