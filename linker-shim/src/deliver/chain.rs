@@ -75,9 +75,8 @@ pub struct Chain {
 pub struct Pins(pub std::collections::BTreeSet<u64>);
 
 impl Pins {
-    /// The copies pinned in `patch_dir`. A line that does not parse is skipped: the file only
-    /// ever keeps code as it is, so a lost line sends a copy on that should have stayed, and is
-    /// why it is written whole and renamed into place.
+    /// The copies pinned in `patch_dir`. The file is written whole and renamed into place, so it
+    /// is read whole or not at all; a line that does not parse is skipped.
     pub fn read(patch_dir: &Path) -> Pins {
         let text = std::fs::read_to_string(patch_dir.join(PINNED)).unwrap_or_default();
         Pins(text.lines().filter_map(|l| u64::from_str_radix(l.strip_prefix("0x")?, 16).ok()).collect())
@@ -134,7 +133,6 @@ pub type LoadedPatch = (u64, u64, PathBuf);
 /// patch live code runs in), and the live jumps of the homes. `newest` maps a mangled name to its
 /// entry in the new patch; `redirected` holds the image entries the new patch redirects; the
 /// functions named in `kept`, and the copies `pins` names, keep their code (see the module's doc).
-#[allow(clippy::too_many_arguments)]
 pub fn earlier_patches(
     patch_dir: &Path,
     (unsettled, live): (&[LoadedPatch], &[(u64, u64)]),
