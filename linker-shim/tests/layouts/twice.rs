@@ -337,6 +337,19 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     }
     all_consistent(&app);
 
+    // `Mood` changed again since patch 1, whose unit models are gone from the cache: the two
+    // builds cannot be compared, refused, saying so.
+    std::fs::remove_dir_all(project.target(CONFIG).join("ipbp/layouts")).expect("the unit models");
+    project.edit(MAIN, "    Sleepy,\n}", "    Sleepy,\n    Grumpy,\n}");
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    assert!(
+        line.contains("the type descriptions of the build patch 1 was made from are no longer kept"),
+        "{line}"
+    );
+    project.edit(MAIN, "    Sleepy,\n    Grumpy,\n}", "    Sleepy,\n}");
+
     // Without the record of the build patch 1 was made from, the next patch cannot be compared
     // with it: refused, saying so.
     let patches = project.target(CONFIG).join("ipbp/patches");
