@@ -31,8 +31,12 @@
 //! it carries because it leads to them): an earlier patch's copy of one was built for the layout
 //! that patch had, and its callers (that patch's frames, the image's entry it was redirected to)
 //! hand it values of that layout. Sent on to the new version, it would hand them to code built for
-//! another; it keeps its code, as the image's entry keeps the image's (and, once its patch is
-//! settled, for good: the conservative side).
+//! another; it keeps its code, as the image's entry keeps the image's. So do the functions whose
+//! types changed layout since the newest patch (`layout::since`: a type edited twice). Such a copy
+//! is **pinned**: it keeps its code for good, in this patch and every later one (`pinned.tsv`
+//! beside the patches lists them), since the frames that call it hold values of its layout
+//! whatever later edits do; and a home of such a function loses its live jump (the copies settled
+//! on it, all made while the home's layout was the newest, run the home's code).
 
 use crate::index::BaseKind;
 use crate::plan::base::BaseImage;
@@ -44,6 +48,9 @@ use std::path::{Path, PathBuf};
 
 /// The file beside a process's patches that lists the homes of functions patches added.
 const ANCHORS: &str = "anchors.tsv";
+
+/// The file beside a process's patches that lists the pinned copies (see the module's doc).
+const PINNED: &str = "pinned.tsv";
 
 /// What chaining found.
 #[derive(Debug, Default)]
@@ -59,6 +66,29 @@ pub struct Chain {
     pub unfit: Vec<String>,
     /// The homes after this patch, to keep once it is applied ([`Homes::write`]).
     pub homes: Homes,
+    /// The pinned copies after this patch, to keep once it is applied ([`Pins::write`]).
+    pub pins: Pins,
+}
+
+/// Entries of copies in earlier patches that keep their code for good (see the module's doc).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pins(pub std::collections::BTreeSet<u64>);
+
+impl Pins {
+    /// The copies pinned in `patch_dir`. The file is written whole and renamed into place, so it
+    /// is read whole or not at all; a line that does not parse is skipped.
+    pub fn read(patch_dir: &Path) -> Pins {
+        let text = std::fs::read_to_string(patch_dir.join(PINNED)).unwrap_or_default();
+        Pins(text.lines().filter_map(|l| u64::from_str_radix(l.strip_prefix("0x")?, 16).ok()).collect())
+    }
+
+    /// Records the pins (after the patch that made them was applied).
+    pub fn write(&self, patch_dir: &Path) -> std::io::Result<()> {
+        let text: String = self.0.iter().map(|a| format!("{a:#x}\n")).collect();
+        let tmp = patch_dir.join(format!(".{PINNED}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(tmp, patch_dir.join(PINNED))
+    }
 }
 
 /// Mangled name → the entry of its home (the first copy still loaded of a function a patch
@@ -102,11 +132,11 @@ pub type LoadedPatch = (u64, u64, PathBuf);
 /// length, path, as its `hello` listed them; `live`: its live detours, whose targets show which
 /// patch live code runs in), and the live jumps of the homes. `newest` maps a mangled name to its
 /// entry in the new patch; `redirected` holds the image entries the new patch redirects; the
-/// functions named in `kept` keep their code (see the module's doc).
+/// functions named in `kept`, and the copies `pins` names, keep their code (see the module's doc).
 pub fn earlier_patches(
     patch_dir: &Path,
     (unsettled, live): (&[LoadedPatch], &[(u64, u64)]),
-    mut homes: Homes,
+    (mut homes, mut pins): (Homes, Pins),
     newest: &HashMap<&str, u64>,
     redirected: &HashSet<u64>,
     kept: &HashSet<&str>,
@@ -138,7 +168,11 @@ pub fn earlier_patches(
             let Ok(name) = sym.name() else { continue };
             let at = start + sym.address();
             if kept.contains(crate::diff::names::canonical(name)) || kept.contains(name) {
-                continue; // kept on old code for a layout change: see the module's doc
+                pins.0.insert(at); // kept on old code for a layout change: see the module's doc
+                continue;
+            }
+            if pins.0.contains(&at) {
+                continue;
             }
             let fits = || {
                 code_at(&file, &data, sym.address(), sym.size())
@@ -181,8 +215,13 @@ pub fn earlier_patches(
             }
         }
     }
-    // Homes of functions no longer in the newest patch go back to their own code.
-    homes.0.retain(|name, _| newest.contains_key(name.as_str()));
+    // Homes of functions no longer in the newest patch go back to their own code, and so do
+    // those of functions kept for a layout change.
+    homes.0.retain(|name, _| {
+        newest.contains_key(name.as_str())
+            && !kept.contains(crate::diff::names::canonical(name))
+            && !kept.contains(name.as_str())
+    });
     chain.live = homes.0.iter().map(|(name, &home)| (home, newest[name.as_str()])).collect();
     chain.live.extend(sent_on);
     chain.live.sort_unstable();
@@ -197,6 +236,7 @@ pub fn earlier_patches(
     chain.settle.retain(|(_, to)| !settling.contains(to));
     chain.live.retain(|(from, _)| !settling.contains(from));
     chain.homes = homes;
+    chain.pins = pins;
     chain
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod link_index;
 mod manifest;
 pub mod restart;
 pub mod revert;
+mod since;
 
 use crate::emit::{self, TlsLayout};
 use crate::error::{Context, Result};
@@ -280,6 +281,8 @@ fn patch_process(
     clock.step("diff");
     let guard_cpu = crate::timing::thread_cpu();
     let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d, &Cache::at(dir.layouts()))?;
+    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    since::since_newest_patch(&mut layouts, &hello, &patch_dir, (&loaded, &d), dir);
     let guard_cpu = crate::timing::thread_cpu().saturating_sub(guard_cpu);
     clock.step("layouts");
     let t_diff = t0.elapsed();
@@ -324,7 +327,6 @@ fn patch_process(
     }
 
     let generation = hello.generation + 1;
-    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
     let emitted = emit_patch(
         &plan,
         reg,
@@ -335,16 +337,38 @@ fn patch_process(
         tls.block_tp_offset,
     )?;
     let t_emit = t0.elapsed();
+    if let Some(file) = &emitted.file {
+        // The build this patch is made from, for the next patch's layout check — written before
+        // the apply: a patch loaded but never installed is listed by the process too.
+        let units: Vec<(&str, u128)> = (d.changed_units_current.iter())
+            .map(|&u| (loaded.current.units[u].key.as_ref(), loaded.current.units[u].hash))
+            .collect();
+        let crates = crate::layout::workspace_crates(&loaded.base, &loaded.current);
+        let types = layouts
+            .digests
+            .take()
+            .unwrap_or_else(|| crate::layout::since::digests(&layouts.layouts.new, &crates));
+        let _ = crate::layout::since::record(file, &units, &types, &crates);
+    }
 
-    let installs =
-        installs(&plan, &emitted.chunk_addr, mode, &hello, &patch_dir, &d, &loaded.image, &mut notes);
+    let installs = installs(
+        &plan,
+        &emitted.chunk_addr,
+        mode,
+        &hello,
+        &patch_dir,
+        (&d, &layouts.kept),
+        &loaded.image,
+        &mut notes,
+    );
     let summary = summarize(&plan.report, plan.chunks.is_empty());
     let homes = installs.homes.clone();
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
-    if let Some(homes) = homes {
+    if let Some((homes, pins)) = homes {
         let _ = fs_err::create_dir_all(&patch_dir);
         let _ = homes.write(&patch_dir);
+        let _ = pins.write(&patch_dir);
     }
     // Live now, while the real linker may still fail: keep what undoes it, and the lock.
     delivered.push(revert::Delivered {
@@ -561,8 +585,9 @@ struct Installs {
     settle: Vec<(u64, u64)>,
     settled_patches: Vec<u64>,
     data: Vec<LedgerEntry>,
-    /// The homes of functions patches added, to record once the patch is applied.
-    homes: Option<deliver::chain::Homes>,
+    /// The homes of functions patches added, and the pinned copies, to record once the patch is
+    /// applied.
+    homes: Option<(deliver::chain::Homes, deliver::chain::Pins)>,
 }
 
 /// Maps the plan's installs to the emitted chunks' addresses; in place, also sends the functions
@@ -574,7 +599,7 @@ fn installs(
     mode: plan::Mode,
     hello: &Hello,
     patch_dir: &Path,
-    d: &diff::Diff,
+    (d, kept_since): (&diff::Diff, &HashSet<String>),
     image: &BaseImage<'_>,
     notes: &mut Vec<String>,
 ) -> Installs {
@@ -606,9 +631,18 @@ fn installs(
         let known = deliver::chain::Homes::read(patch_dir, &live);
         let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
         let listed = (hello.patches.as_slice(), hello.detours.as_slice());
-        let kept: HashSet<&str> = plan.report.kept_for_layout.iter().map(String::as_str).collect();
-        let chain =
-            deliver::chain::earlier_patches(patch_dir, listed, known, &newest, &redirected, &kept, image);
+        let kept: HashSet<&str> =
+            plan.report.kept_for_layout.iter().chain(kept_since).map(String::as_str).collect();
+        let pins = deliver::chain::Pins::read(patch_dir);
+        let chain = deliver::chain::earlier_patches(
+            patch_dir,
+            listed,
+            (known, pins),
+            &newest,
+            &redirected,
+            &kept,
+            image,
+        );
         detours.extend(chain.live);
         settle = chain.settle;
         settled_patches = chain.done;
@@ -617,7 +651,7 @@ fn installs(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
             ));
         }
-        homes = Some(chain.homes);
+        homes = Some((chain.homes, chain.pins));
     }
     // One entry, one jump. A mangled name defined in two changed objects (a local instance two
     // codegen units each have, an object given twice) is the same code twice: either copy will do.

@@ -7,12 +7,15 @@
 //!   (thread bodies, callbacks made at startup) — their parameters and locals, however indirect,
 //!   since such frames may never return. A closure's captures or an async fn's state changed while
 //!   its maker is `main` counts too: the value was made before the patch;
-//! - an **unchanged function** of the workspace that holds the type by value (parameter, local,
-//!   return value, or owned through a field, `Box`, `Vec`): its frame may be running and keep an
-//!   old value (a worker loop that moves values along compiles the same for a same-size change).
-//!   Unchanged code that only borrows one reads it as it did; code of other crates (`Vec<T>::push`)
-//!   and implementations of the standard library's traits (a derived `Clone`) move or copy a value
-//!   for the moment of a call.
+//! - an **unchanged function** of the workspace that receives or returns the type by value
+//!   (directly or owned through a field, `Box`, `Vec`): its code moves values along and compiles
+//!   the same for a same-size change, so its callers — new code among them — and it trade values
+//!   of two layouts. One that holds values only in its own locals (`fn print_all() { for m in
+//!   [Mode::Idle, Mode::Busy] { println!("{m:?}") } }`) makes them in old code and hands them
+//!   only to old code: every function receiving the type is kept on its old code for old callers
+//!   (review G4). Unchanged code that only borrows one reads it as it did; code of other crates
+//!   (`Vec<T>::push`) and implementations of the standard library's traits (a derived `Clone`)
+//!   move or copy a value for the moment of a call.
 //!
 //! - **type-erased storage** of another crate ([`erased_storage`]): ECS tables, arenas and type
 //!   maps keep values as bytes with their `Layout` and a drop function, in types that do not name
@@ -118,6 +121,14 @@ fn mentions_dyn(ty: &str, tr: &str) -> bool {
 /// One reason per changed type with live old values, and the statics and thread-locals found
 /// holding old values.
 pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
+    refusals_in(layouts, diff, true)
+}
+
+/// [`refusals`]; without `frames`, only what outlives a frame counts — statics and
+/// thread-locals, type-erased storage, futures in flight — not `main`'s frames nor unchanged code
+/// holding a value: for the build of an earlier patch (`super::since`), whose `main` never runs
+/// and whose frames call only that patch's copies of what handles the type, which keep their code.
+pub fn refusals_in(layouts: &Layouts, diff: &Diff, frames: bool) -> (Vec<String>, Vec<String>) {
     let mut statics = Vec::new();
     if layouts.changes.is_empty() {
         return (Vec::new(), statics);
@@ -165,7 +176,7 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
             }
         }
         if let Some(maker) = maker(&change.name) {
-            if running(maker) {
+            if frames && running(maker) {
                 // Made by a frame that never returned: kept in its locals or moved on from there.
                 add(format!("`{maker}`'s locals"));
             }
@@ -177,19 +188,17 @@ pub fn refusals(layouts: &Layouts, diff: &Diff) -> (Vec<String>, Vec<String>) {
                 add(format!("futures of `{maker}` in flight (tasks, boxed futures)"));
             }
         }
-        for f in &old.functions {
+        for f in old.functions.iter().filter(|_| frames) {
             let holds = |set: &HashSet<&str>| {
                 f.params.iter().chain(&f.locals).chain(f.ret.iter()).any(|t| set.contains(t.as_str()))
             };
+            let trades = || f.params.iter().chain(f.ret.iter()).any(|t| owned.contains(t.as_str()));
             if running(&f.path) {
                 if holds(&any) {
                     add(format!("`{}`'s locals", f.path));
                 }
-            } else if own_code(&f.path)
-                && diff.unchanged.contains(names::canonical(&f.linkage))
-                && holds(&owned)
-            {
-                add(format!("unchanged `{}`'s locals", f.path));
+            } else if own_code(&f.path) && diff.unchanged.contains(names::canonical(&f.linkage)) && trades() {
+                add(format!("unchanged `{}`'s parameters or return value", f.path));
             }
         }
         if places.is_empty() {
@@ -372,7 +381,8 @@ mod tests {
         // Unchanged code of the workspace holding a value keeps making old ones; borrowing one, or
         // changed code, or another crate's code, does not count.
         let l = layouts(|m| {
-            m.functions.push(function("app::keep", &[], &["app::Holder"], false));
+            m.functions.push(function("app::keep", &["app::Holder"], &[], false));
+            m.functions.push(function("app::print_all", &[], &["app::Holder"], false));
             m.functions.push(function(
                 "<app::A as core::clone::Clone>::clone",
                 &["&app::A"],
@@ -384,7 +394,9 @@ mod tests {
         });
         let all = ["app::keep#sym", "app::peek#sym", "alloc::vec::Vec<T>::push#sym"];
         let r = reasons(&l, &all);
-        assert!(r[0].contains("(unchanged `app::keep`'s locals)"), "{r:?}");
+        assert!(r[0].contains("(unchanged `app::keep`'s parameters or return value)"), "{r:?}");
+        // Values made and used in an unchanged frame alone meet only old code.
+        assert!(reasons(&l, &["app::print_all#sym"]).is_empty());
         assert!(reasons(&l, &["app::peek#sym"]).is_empty());
         assert!(reasons(&l, &["<app::A as core::clone::Clone>::clone#sym"]).is_empty());
     }

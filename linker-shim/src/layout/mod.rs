@@ -20,6 +20,7 @@ pub mod compare;
 pub mod dwarf;
 pub mod live;
 pub mod model;
+pub mod since;
 
 use crate::diff::Diff;
 use crate::error::{Context, Result};
@@ -56,6 +57,11 @@ pub struct Verdict {
     pub notes: Vec<String>,
     /// Statics and thread-locals holding old values of a changed type (paths).
     pub live_statics: Vec<String>,
+    /// Mangled names of functions whose copies in earlier patches keep their code: they receive
+    /// or return a type whose layout changed since the newest patch ([`since`]).
+    pub kept: HashSet<String>,
+    /// The layout digests of the new side, when [`since`] computed them (for this patch's record).
+    pub digests: Option<std::collections::HashMap<u64, u64>>,
 }
 
 impl Verdict {
@@ -82,7 +88,48 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
             "the build has no type descriptions in its debug info, so layout changes cannot be checked (keep `debug` at least `limited` in the dev profile)".into(),
         );
     }
-    Ok(Verdict { layouts, refusals, notes, live_statics })
+    Ok(Verdict { layouts, refusals, notes, live_statics, kept: HashSet::new(), digests: None })
+}
+
+impl Verdict {
+    /// Adds what comparing the build of the newest patch the process holds with the new one
+    /// decides ([`since`]): its refusals, the statics they name, the functions kept. The patch's
+    /// unit models are in `prev_cache` (the cache of the target directory that made it), the new
+    /// build's in `cache`.
+    pub fn since_patch<'a>(
+        &mut self,
+        prev: &since::Previous<'_>,
+        builds: (&Build<'a>, &Build<'a>),
+        diff: &Diff,
+        (prev_cache, cache): (&Cache, &Cache),
+    ) {
+        let crates = workspace_crates(builds.0, builds.1);
+        let cache = (prev_cache.for_crates(&crates), cache.for_crates(&crates));
+        // `guard` reads the changed units only when a definition changed.
+        let described = (!diff.changed.is_empty()).then_some(&self.layouts.new);
+        let sides = (described, &self.layouts.old, &self.refusals[..]);
+        let s = since::check(prev, builds, diff, sides, ((&cache.0, &cache.1), &crates));
+        self.refusals.extend(s.refusals);
+        self.live_statics.extend(s.statics);
+        self.kept.extend(s.kept);
+        self.digests = s.digests;
+    }
+}
+
+/// The cache of unit models for the workspace of these two builds ([`Cache::for_crates`]).
+fn unit_cache<'a>(base: &Build<'a>, current: &Build<'a>, cache: &Cache) -> Cache {
+    // What a model keeps depends on the workspace's crates, and so does the name a unit's model
+    // is kept under.
+    cache.for_crates(&workspace_crates(base, current))
+}
+
+/// Every crate with a unit in either build, sorted.
+pub fn workspace_crates<'a>(base: &Build<'a>, current: &Build<'a>) -> Vec<String> {
+    let mut crates: Vec<String> =
+        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
+    crates.sort();
+    crates.dedup();
+    crates
 }
 
 /// The layouts the changed units describe, in both builds.
@@ -91,13 +138,7 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
 /// kept there after its DWARF is read otherwise ([`cache`]).
 pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Layouts> {
     let mut wrote = false;
-    // Every crate with a unit in either build: what a model keeps depends on them, and so does
-    // the name a unit's model is kept under.
-    let mut crates: Vec<String> =
-        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
-    crates.sort();
-    crates.dedup();
-    let cache = cache.for_crates(&crates);
+    let cache = unit_cache(base, current, cache);
     let mut layouts = Layouts::default();
     for (build, units, model) in [
         (base, &diff.changed_units_base, &mut layouts.old),
@@ -210,6 +251,17 @@ impl<'l> Signatures<'l> {
     /// For in-place patching: such a function whose old code stays reachable through a pointer made
     /// at run time reads a new value with old code when new code calls through that pointer.
     pub fn forwards(&self, path: &str, linkage: (&str, &str)) -> Option<String> {
+        self.handed(path, linkage, true)
+    }
+
+    /// [`Self::forwards`], the receiver included: what a caller hands the function through a
+    /// bare `fn` pointer to a trait method (`let f: fn(&Mode) -> String = <Mode as
+    /// Describe>::describe;`), which pairs it with no receiver.
+    pub fn forwards_with_receiver(&self, path: &str, linkage: (&str, &str)) -> Option<String> {
+        self.handed(path, linkage, false)
+    }
+
+    fn handed(&self, path: &str, linkage: (&str, &str), skip_receiver: bool) -> Option<String> {
         let find = |model: &'l Model, name: &str| {
             let name = crate::diff::names::canonical(name);
             model.functions.iter().find(|f| f.linkage == name)
@@ -225,9 +277,10 @@ impl<'l> Signatures<'l> {
         let old = old.or(new).or_else(at_path)?;
         // `<T as Trait>::method`, a closure, and the `Fn*` traits' methods a `dyn Fn*` vtable
         // holds (`core::ops::function::FnOnce::call_once` of a closure, its `self` first).
-        let receiver = path.starts_with('<') && path.contains(" as ")
-            || path.contains("{closure")
-            || path.starts_with("core::ops::function::Fn");
+        let receiver = skip_receiver
+            && (path.starts_with('<') && path.contains(" as ")
+                || path.contains("{closure")
+                || path.starts_with("core::ops::function::Fn"));
         let skip = usize::from(receiver);
         if new
             .is_some_and(|n| n.params.iter().skip(skip).ne(old.params.iter().skip(skip)) || n.ret != old.ret)

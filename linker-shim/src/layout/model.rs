@@ -109,7 +109,7 @@ pub struct ClosureFn {
 pub type Names = std::hash::BuildHasherDefault<crate::objects::units::KeyHasher>;
 
 /// One build's side of the comparison.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Model {
     /// By qualified name (namespace path + name).
     pub types: HashMap<String, TypeRec, Names>,

@@ -21,7 +21,11 @@
 //! (a `fn` pointer or a vtable stored at build time) is read by new code as the process holds it,
 //! and leads to the old code. When that chain ends in a function that is not redirected because
 //! of a layout change, new code referring to the static is refused, naming the static, the
-//! function and the type ([`Chains::state`]).
+//! function and the type ([`Chains::state`]). Unless what the static points at is a function
+//! whose callers hand it no value of a changed type and get none back (its parameters, receiver
+//! and return type hold none: `static mut ON_TICK: fn() = print_all;`): it makes its own values,
+//! old ones in old code, and hands them to old code, which is consistent; no new value can go
+//! through the static's pointer to old code (review G4).
 
 use super::graph::{Index, Loc};
 use crate::objects::SectionKind;
@@ -39,25 +43,40 @@ pub struct Chains {
 impl Chains {
     /// Walks up from `stale` (changed functions that are not redirected) through referrers, not
     /// through changed code (which the patch replaces, or redirects to code that calls the new
-    /// versions) and not through writable statics (recorded in [`Chains::state`]).
-    pub fn find(index: &Index, stale: &HashSet<Loc>, changed: &HashSet<Loc>) -> crate::error::Result<Chains> {
+    /// versions) and not through writable statics (recorded in [`Chains::state`] when the code
+    /// they point at is `forwards`: it may be handed or return a value of a changed type).
+    pub fn find(
+        index: &Index,
+        stale: &HashSet<Loc>,
+        changed: &HashSet<Loc>,
+        forwards: &dyn Fn(Loc) -> crate::error::Result<bool>,
+    ) -> crate::error::Result<Chains> {
         let mut chains = Chains::default();
         let mut queue: VecDeque<(Loc, Loc)> = stale.iter().map(|&s| (s, s)).collect();
         let mut seen: HashSet<Loc> = stale.clone();
         while let Some((v, origin)) = queue.pop_front() {
             for u in index.referrers(v)? {
-                if changed.contains(&u) || !seen.insert(u) {
+                if changed.contains(&u) {
                     continue;
                 }
-                match index.kind(u)? {
-                    SectionKind::Text | SectionKind::ReadOnly | SectionKind::ReadOnlyAfterReloc => {
-                        chains.carry.insert(u, origin);
-                        queue.push_back((u, origin));
-                    }
-                    kind if kind.is_writable_state() => {
+                let kind = index.kind(u)?;
+                if kind.is_writable_state() {
+                    // Decided per pointer: a static may point at several links.
+                    let forwarded = || -> crate::error::Result<bool> {
+                        Ok(index.kind(v)? != SectionKind::Text || stale.contains(&v) || forwards(v)?)
+                    };
+                    if !chains.state.contains_key(&u) && forwarded()? {
                         chains.state.insert(u, origin);
                     }
-                    _ => {}
+                    continue;
+                }
+                if !seen.insert(u) {
+                    continue;
+                }
+                if matches!(kind, SectionKind::Text | SectionKind::ReadOnly | SectionKind::ReadOnlyAfterReloc)
+                {
+                    chains.carry.insert(u, origin);
+                    queue.push_back((u, origin));
                 }
             }
         }

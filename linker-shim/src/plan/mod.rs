@@ -279,7 +279,14 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
             Some((d.at, d.layout.then(|| why.to_string())))
         })
         .collect();
-    let chains = chain::Chains::find(index, &stale.keys().copied().collect(), &changed_nodes)?;
+    // Whether callers of the function at `at` may hand it, or get back, a value of a changed type.
+    let forwards = |at: Loc| -> crate::error::Result<bool> {
+        let Some(mangled) = index.name(at)? else { return Ok(true) };
+        let base_name = input.diff.base_name(mangled);
+        let path = crate::map::read::demangle(base_name);
+        Ok(signatures.forwards_with_receiver(&path, (base_name, mangled)).is_some())
+    };
+    let chains = chain::Chains::find(index, &stale.keys().copied().collect(), &changed_nodes, &forwards)?;
     clock.step("chains");
     refusals.extend(pointers::refusals(input, index, &stale, &chains, &signatures)?);
     let mut kept_for_layout = Vec::new();

@@ -24,6 +24,12 @@
 //!
 //! This also covers readers of a writable static that points into a chain (review G2): the static's
 //! initial value is data taking the address of the function it points at.
+//!
+//! A bare `fn` pointer to a trait method (`let f: fn(&Mode) -> String = <Mode as
+//! Describe>::describe;`, kept in a struct or a static) pairs it with no receiver: the method's
+//! receiver counts when code or a named static takes its address — anything but a vtable and
+//! `core::fmt`'s own code (formatting methods are left out: `format_args!` takes their address
+//! next to their receiver, in the caller's code once inlined).
 
 use super::chain::Chains;
 use super::graph::{Index, Loc};
@@ -54,6 +60,16 @@ struct Candidate {
     forwards: String,
     /// The function not redirected it leads to, when it is unchanged code of a chain.
     leads_to: Option<String>,
+    /// Only its receiver is of a changed type: a vtable taking its address pairs the two, a bare
+    /// `fn` pointer does not (see the module's doc).
+    receiver_only: bool,
+}
+
+/// Whether code or data named `taker` (demangled; `None`: without a name, a vtable or table)
+/// takes the address of a method whose receiver alone is of a changed type as a bare `fn`
+/// pointer, rather than as `core::fmt` does, next to its receiver.
+fn takes_bare(taker: Option<&str>) -> bool {
+    taker.is_some_and(|t| !t.starts_with("core::fmt::") && !t.starts_with("<core::fmt::"))
 }
 
 /// The refusals: one per function whose address is taken and whose callers hand it values of a
@@ -78,13 +94,21 @@ pub(super) fn refusals(
         let Some(mangled) = index.name(at)? else { continue };
         let base_name = input.diff.base_name(mangled);
         let path = crate::map::read::demangle(base_name);
-        let Some(forwards) = signatures.forwards(&path, (base_name, mangled)) else { continue };
+        let formatting = path.starts_with('<') && path.contains(" as core::fmt::");
+        let (forwards, receiver_only) = match signatures.forwards(&path, (base_name, mangled)) {
+            Some(f) => (f, false),
+            None if formatting => continue,
+            None => match signatures.forwards_with_receiver(&path, (base_name, mangled)) {
+                Some(f) => (f, true),
+                None => continue,
+            },
+        };
         let leads_to = match origin {
             Some(o) => index.name(o)?.map(crate::map::read::demangle),
             None => None,
         };
         by_base_name.insert(base_name, candidates.len());
-        candidates.push(Candidate { at, path, forwards, leads_to });
+        candidates.push(Candidate { at, path, forwards, leads_to, receiver_only });
     }
     if candidates.is_empty() {
         return Ok(Vec::new());
@@ -102,7 +126,10 @@ pub(super) fn refusals(
                 index.resolve_symbol(r.0, rel.symbol).ok().flatten() == Some(c.at)
                     && takes_address(rel, obj.symbols[rel.symbol].value, sec.kind)
             });
-            if takes {
+            let bare = || -> crate::error::Result<bool> {
+                Ok(takes_bare(index.name(r)?.map(crate::map::read::demangle).as_deref()))
+            };
+            if takes && (!c.receiver_only || bare()?) {
                 takers[i].push(who(index, r)?);
             }
         }
@@ -116,7 +143,13 @@ pub(super) fn refusals(
             for rel in sec.relocs() {
                 let Some(target) = target_name(obj, rel.symbol) else { continue };
                 let Some(&i) = by_base_name.get(crate::diff::names::canonical(target)) else { continue };
-                if takes_address(rel, obj.symbols[rel.symbol].value, sec.kind) {
+                let bare = || {
+                    let name = obj.primary_symbol(s).map(|p| crate::map::read::demangle(p.name));
+                    takes_bare(name.as_deref())
+                };
+                if takes_address(rel, obj.symbols[rel.symbol].value, sec.kind)
+                    && (!candidates[i].receiver_only || bare())
+                {
                     takers_before[i].push(described(obj, s, "running"));
                 }
             }

@@ -11,6 +11,7 @@
 mod support;
 
 mod edits;
+mod twice;
 
 use edits::Edit;
 use std::collections::HashMap;
