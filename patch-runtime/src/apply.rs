@@ -11,6 +11,7 @@ use crate::{symbols, validate};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// What patches have done to this process so far.
@@ -260,9 +261,12 @@ fn load(sealed: Sealed, file: &Path, start: u64, len: u64) -> Result<(), String>
 /// written relative to `start`; here the link map entry gets `l_addr = start` and program headers
 /// rebased to 0 (a copy, leaked: the entry keeps pointing at it). Every consumer then computes the
 /// same absolute addresses. `l_phdr` is not a public field of `struct link_map`, so it is found
-/// by value, and the change is checked through `dl_iterate_phdr` and undone if anything disagrees.
-/// The unwinder is not affected either way (glibc's `_dl_find_object` recorded the patch at
-/// `dlopen`).
+/// by value, and the first time the change is checked through `dl_iterate_phdr` and undone if
+/// anything disagrees. That check proves where this process's loader keeps `l_phdr`, which cannot
+/// change while it runs: later patches use the same field, again only if it holds their program
+/// headers, without the check — `dl_iterate_phdr` walks every loaded object, so it cost more with
+/// every patch loaded (BENCHMARKS.md P12). The unwinder is not affected either way (glibc's
+/// `_dl_find_object` recorded the patch at `dlopen`).
 unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> bool {
     // SAFETY (whole function): `start` is the patch's first page, holding its ELF and program
     // headers (checked by `seal::check`); `map` points at a live link map entry of at least the
@@ -271,7 +275,18 @@ unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> boo
     let phnum = unsafe { std::ptr::read_unaligned((start + 56) as *const u16) } as usize;
     let phdrs = (start + phoff) as *const libc::Elf64_Phdr;
     let words = map as *mut usize;
-    let Some(field) = (5..160).find(|&i| unsafe { *words.add(i) } == phdrs as usize) else { return false };
+    let proven = PHDR_FIELD.load(Ordering::Relaxed);
+    let field = if proven != 0 {
+        if unsafe { *words.add(proven) } != phdrs as usize {
+            return false;
+        }
+        proven
+    } else {
+        let Some(field) = (5..160).find(|&i| unsafe { *words.add(i) } == phdrs as usize) else {
+            return false;
+        };
+        field
+    };
     let rebased: Vec<libc::Elf64_Phdr> = (0..phnum)
         .map(|i| {
             let mut p = unsafe { *phdrs.add(i) };
@@ -287,7 +302,11 @@ unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> boo
         *words.add(field) = rebased as usize;
         (*map).l_addr = start as usize;
     }
+    if proven != 0 {
+        return true;
+    }
     if loader_sees(file, start, rebased) {
+        PHDR_FIELD.store(field, Ordering::Relaxed);
         return true;
     }
     unsafe {
@@ -296,6 +315,10 @@ unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> boo
     }
     false
 }
+
+/// The word of glibc's `struct link_map` that holds `l_phdr`, once [`describe_as_library`] has
+/// seen `dl_iterate_phdr` report a value stored there; 0 until then.
+static PHDR_FIELD: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether `dl_iterate_phdr` reports `file` at bias `start` with the rebased program headers.
 fn loader_sees(file: &Path, start: u64, phdrs: *const libc::Elf64_Phdr) -> bool {

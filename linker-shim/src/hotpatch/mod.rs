@@ -325,15 +325,8 @@ fn patch_process(
 
     let generation = hello.generation + 1;
     let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
-    let emitted = emit_patch(
-        &plan,
-        reg,
-        &loaded,
-        program,
-        (generation, &hello.patches),
-        &patch_dir,
-        tls.block_tp_offset,
-    )?;
+    let emitted =
+        emit_patch(&plan, reg, &loaded, (generation, &hello.patches), &patch_dir, tls.block_tp_offset)?;
     let t_emit = t0.elapsed();
 
     let installs =
@@ -521,7 +514,6 @@ fn emit_patch(
     plan: &plan::Plan,
     reg: &Registration,
     builds: &Loaded<'_>,
-    program: &str,
     (generation, loaded): (u64, &[(u64, u64, PathBuf)]),
     patch_dir: &Path,
     block_tp_offset: i64,
@@ -529,8 +521,7 @@ fn emit_patch(
     if plan.chunks.is_empty() {
         return Ok(Emitted { file: None, range: None, hash: None, chunk_addr: Vec::new() });
     }
-    let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
-    let layout = emit::layout(plan, &soname);
+    let layout = emit::layout(plan);
     let lowest = loaded.iter().map(|p| p.0).min();
     let at = deliver::address::place(reg.pid, builds.image.span, layout.span, lowest)?;
     // The changed units' DWARF, so debuggers see the new code (ARCHITECTURE.md, *Debuggers*).
