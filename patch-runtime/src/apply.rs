@@ -377,11 +377,75 @@ unsafe fn name_by_file(map: *mut LinkMap, loaded_as: &CString, file: &Path) -> b
         {
             return false;
         }
-        let file = file.into_raw() as *const libc::c_char;
+        let file = names::keep(&file);
         *libname = file;
         (*map).l_name = file;
     }
     true
+}
+
+/// The names the loader knows patches by, kept for good and packed one after another.
+///
+/// Every `dlopen` compares its name with every loaded object's names (`_dl_map_object`), in load
+/// order. Allocated one by one, each patch's name sat on its own heap page, and the comparison
+/// with it cost a cold page walk per patch already loaded (BENCHMARKS.md P12); packed in load
+/// order, the names of a thousand patches fill a few pages, read front to back.
+mod names {
+    use std::ffi::CStr;
+    use std::sync::Mutex;
+
+    const CHUNK: usize = 64 << 10;
+
+    /// The free part of the current chunk: its start and length.
+    static FREE: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
+    /// A copy of `name` that lives as long as the process.
+    pub fn keep(name: &CStr) -> *const libc::c_char {
+        let bytes = name.to_bytes_with_nul();
+        if bytes.len() > CHUNK / 4 {
+            return name.to_owned().into_raw();
+        }
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        if free.1 < bytes.len() {
+            let chunk: &'static mut [u8] = Box::leak(vec![0u8; CHUNK].into_boxed_slice());
+            *free = (chunk.as_mut_ptr() as usize, CHUNK);
+        }
+        let at = free.0 as *mut u8;
+        // SAFETY: `[at, at + len)` is an unused part of a leaked chunk, handed out once (the lock
+        // is held), and never written again: the copy is a valid C string for good.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
+        *free = (free.0 + bytes.len(), free.1 - bytes.len());
+        at as *const libc::c_char
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_are_kept_whole_and_packed_in_order() {
+            let kept: Vec<_> = (0..2000)
+                .map(|i| (i, keep(&std::ffi::CString::new(format!("/p/patch-{i}.so")).unwrap())))
+                .collect();
+            for (i, at) in &kept {
+                // SAFETY: `keep` returns C strings that live for good.
+                assert_eq!(unsafe { CStr::from_ptr(*at) }.to_str().unwrap(), format!("/p/patch-{i}.so"));
+            }
+            // Consecutive names are neighbours (other tests may keep names meanwhile: most, not all).
+            let adjacent = kept
+                .windows(2)
+                .filter(|w| w[1].1 as usize == w[0].1 as usize + format!("/p/patch-{}.so", w[0].0).len() + 1)
+                .count();
+            assert!(adjacent > 1900, "{adjacent}");
+            let long = "x".repeat(CHUNK);
+            assert_eq!(
+                unsafe { CStr::from_ptr(keep(&std::ffi::CString::new(long.clone()).unwrap())) }
+                    .to_str()
+                    .unwrap(),
+                long
+            );
+        }
+    }
 }
 
 /// The public prefix of glibc's `struct link_map`.
