@@ -15,6 +15,17 @@ from bench_apps import App, Patcher, Process, app_env, log, step
 EDIT = ("src/main.rs", 'let msg = "hello";', 'let msg = "{v}";')
 WINDOW = 20
 
+# The figures of the last run before issue 19's apply changes (patches without `DT_SONAME`, no
+# `dl_iterate_phdr` walk per load, the loader's names packed): `scripts/bench.py --only P12
+# --patches 1000` on this machine, idle, 2026-12-07 19:24 (commit 89fabd8), medians of patches
+# 1-20 and 981-1000. Shown beside each new run so the table keeps what the changes did.
+BEFORE = {
+    "label": "before the changes (idle 19:24 run): first → last (ratio)",
+    "applied_ms": (6, 7, 1.04), "apply_ms": (1.03, 1.54, 1.49), "diff_ms": (1.3, 1.1, 0.86),
+    "deliver_ms": (1.5, 2.1, 1.42), "detours": (3, 3, 1.00), "fds": (5, 5, 1.00),
+    "maps": (92, 3036, 32.83), "rss_kib": (4198, 18114, 4.31),
+}
+
 
 def resources(pid):
     """(open descriptors, mappings, RSS in KiB) of a running process, from /proc."""
@@ -49,6 +60,7 @@ def run(args, results, counter):
                 "patch": i + 1,
                 "applied_ms": t["applied_ms"],
                 "apply_ms": (t["load_us"] + t["install_us"]) / 1000.0,
+                "load_ms": t["load_us"] / 1000.0, "install_ms": t["install_us"] / 1000.0,
                 "diff_ms": t["diff_ms"], "plan_ms": t["plan_ms"], "emit_ms": t["emit_ms"],
                 "deliver_ms": t["deliver_ms"],
                 "detours": len(p["manifest"].get("installs", [])),
@@ -85,12 +97,14 @@ def md(results, args):
         f"RSS {start['rss_kib'] / 1024:.1f} MB).",
         "",
         f"| | patches 1–{w}: median (fastest) | patches {n - w + 1}–{n}: median (fastest) | last ÷ first "
-        f"(medians) | patch {tenth['patch']} | patch {nth['patch']} |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"(medians) | patch {tenth['patch']} | patch {nth['patch']} | {BEFORE['label']} |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, label, fmt in [
         ("applied_ms", "rustc calls ipbp-ld → new code runs, ms", "{:.0f}"),
         ("apply_ms", "apply in the process (load + install), ms", "{:.2f}"),
+        ("load_ms", "of which the checks and the load (`dlopen`), ms", "{:.2f}"),
+        ("install_ms", "of which the install, ms", "{:.2f}"),
         ("diff_ms", "ipbp-ld: diff (with loading), ms", "{:.1f}"),
         ("deliver_ms", "ipbp-ld: until the reply (cumulative), ms", "{:.1f}"),
         ("detours", "entries in the install set", "{:.0f}"),
@@ -98,10 +112,14 @@ def md(results, args):
         ("maps", "memory mappings of the program", "{:.0f}"),
         ("rss_kib", "RSS, KiB", "{:.0f}"),
     ]:
+        if key not in rows[0]:
+            continue
         low = lambda rs: fmt.format(min(r[key] for r in rs))
+        before = BEFORE.get(key)
+        before = f"{fmt.format(before[0])} → {fmt.format(before[1])} ({before[2]:.2f})" if before else "—"
         lines.append(
             f"| {label} | {fmt.format(med(first, key))} ({low(first)}) | {fmt.format(med(last, key))} "
-            f"({low(last)}) | {ratio(key):.2f} | {fmt.format(tenth[key])} | {fmt.format(nth[key])} |"
+            f"({low(last)}) | {ratio(key):.2f} | {fmt.format(tenth[key])} | {fmt.format(nth[key])} | {before} |"
         )
     growth = (nth["maps"] - tenth["maps"]) / max(1, nth["patch"] - tenth["patch"])
     rss = (nth["rss_kib"] - tenth["rss_kib"]) / max(1, nth["patch"] - tenth["patch"])

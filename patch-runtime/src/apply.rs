@@ -11,6 +11,7 @@ use crate::{symbols, validate};
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 /// What patches have done to this process so far.
@@ -260,9 +261,12 @@ fn load(sealed: Sealed, file: &Path, start: u64, len: u64) -> Result<(), String>
 /// written relative to `start`; here the link map entry gets `l_addr = start` and program headers
 /// rebased to 0 (a copy, leaked: the entry keeps pointing at it). Every consumer then computes the
 /// same absolute addresses. `l_phdr` is not a public field of `struct link_map`, so it is found
-/// by value, and the change is checked through `dl_iterate_phdr` and undone if anything disagrees.
-/// The unwinder is not affected either way (glibc's `_dl_find_object` recorded the patch at
-/// `dlopen`).
+/// by value, and the first time the change is checked through `dl_iterate_phdr` and undone if
+/// anything disagrees. That check proves where this process's loader keeps `l_phdr`, which cannot
+/// change while it runs: later patches use the same field, again only if it holds their program
+/// headers, without the check — `dl_iterate_phdr` walks every loaded object, so it cost more with
+/// every patch loaded (BENCHMARKS.md P12). The unwinder is not affected either way (glibc's
+/// `_dl_find_object` recorded the patch at `dlopen`).
 unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> bool {
     // SAFETY (whole function): `start` is the patch's first page, holding its ELF and program
     // headers (checked by `seal::check`); `map` points at a live link map entry of at least the
@@ -271,7 +275,18 @@ unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> boo
     let phnum = unsafe { std::ptr::read_unaligned((start + 56) as *const u16) } as usize;
     let phdrs = (start + phoff) as *const libc::Elf64_Phdr;
     let words = map as *mut usize;
-    let Some(field) = (5..160).find(|&i| unsafe { *words.add(i) } == phdrs as usize) else { return false };
+    let proven = PHDR_FIELD.load(Ordering::Relaxed);
+    let field = if proven != 0 {
+        if unsafe { *words.add(proven) } != phdrs as usize {
+            return false;
+        }
+        proven
+    } else {
+        let Some(field) = (5..160).find(|&i| unsafe { *words.add(i) } == phdrs as usize) else {
+            return false;
+        };
+        field
+    };
     let rebased: Vec<libc::Elf64_Phdr> = (0..phnum)
         .map(|i| {
             let mut p = unsafe { *phdrs.add(i) };
@@ -287,7 +302,11 @@ unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> boo
         *words.add(field) = rebased as usize;
         (*map).l_addr = start as usize;
     }
+    if proven != 0 {
+        return true;
+    }
     if loader_sees(file, start, rebased) {
+        PHDR_FIELD.store(field, Ordering::Relaxed);
         return true;
     }
     unsafe {
@@ -296,6 +315,10 @@ unsafe fn describe_as_library(map: *mut LinkMap, start: u64, file: &Path) -> boo
     }
     false
 }
+
+/// The word of glibc's `struct link_map` that holds `l_phdr`, once [`describe_as_library`] has
+/// seen `dl_iterate_phdr` report a value stored there; 0 until then.
+static PHDR_FIELD: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether `dl_iterate_phdr` reports `file` at bias `start` with the rebased program headers.
 fn loader_sees(file: &Path, start: u64, phdrs: *const libc::Elf64_Phdr) -> bool {
@@ -354,11 +377,75 @@ unsafe fn name_by_file(map: *mut LinkMap, loaded_as: &CString, file: &Path) -> b
         {
             return false;
         }
-        let file = file.into_raw() as *const libc::c_char;
+        let file = names::keep(&file);
         *libname = file;
         (*map).l_name = file;
     }
     true
+}
+
+/// The names the loader knows patches by, kept for good and packed one after another.
+///
+/// Every `dlopen` compares its name with every loaded object's names (`_dl_map_object`), in load
+/// order. Allocated one by one, each patch's name sat on its own heap page, and the comparison
+/// with it cost a cold page walk per patch already loaded (BENCHMARKS.md P12); packed in load
+/// order, the names of a thousand patches fill a few pages, read front to back.
+mod names {
+    use std::ffi::CStr;
+    use std::sync::Mutex;
+
+    const CHUNK: usize = 64 << 10;
+
+    /// The free part of the current chunk: its start and length.
+    static FREE: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
+    /// A copy of `name` that lives as long as the process.
+    pub fn keep(name: &CStr) -> *const libc::c_char {
+        let bytes = name.to_bytes_with_nul();
+        if bytes.len() > CHUNK / 4 {
+            return name.to_owned().into_raw();
+        }
+        let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+        if free.1 < bytes.len() {
+            let chunk: &'static mut [u8] = Box::leak(vec![0u8; CHUNK].into_boxed_slice());
+            *free = (chunk.as_mut_ptr() as usize, CHUNK);
+        }
+        let at = free.0 as *mut u8;
+        // SAFETY: `[at, at + len)` is an unused part of a leaked chunk, handed out once (the lock
+        // is held), and never written again: the copy is a valid C string for good.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), at, bytes.len()) };
+        *free = (free.0 + bytes.len(), free.1 - bytes.len());
+        at as *const libc::c_char
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn names_are_kept_whole_and_packed_in_order() {
+            let kept: Vec<_> = (0..2000)
+                .map(|i| (i, keep(&std::ffi::CString::new(format!("/p/patch-{i}.so")).unwrap())))
+                .collect();
+            for (i, at) in &kept {
+                // SAFETY: `keep` returns C strings that live for good.
+                assert_eq!(unsafe { CStr::from_ptr(*at) }.to_str().unwrap(), format!("/p/patch-{i}.so"));
+            }
+            // Consecutive names are neighbours (other tests may keep names meanwhile: most, not all).
+            let adjacent = kept
+                .windows(2)
+                .filter(|w| w[1].1 as usize == w[0].1 as usize + format!("/p/patch-{}.so", w[0].0).len() + 1)
+                .count();
+            assert!(adjacent > 1900, "{adjacent}");
+            let long = "x".repeat(CHUNK);
+            assert_eq!(
+                unsafe { CStr::from_ptr(keep(&std::ffi::CString::new(long.clone()).unwrap())) }
+                    .to_str()
+                    .unwrap(),
+                long
+            );
+        }
+    }
 }
 
 /// The public prefix of glibc's `struct link_map`.

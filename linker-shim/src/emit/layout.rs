@@ -168,9 +168,8 @@ pub struct Layout {
     /// Memory span from the base address.
     pub span: u64,
     pub dynstr: Vec<u8>,
-    /// Import index → name offset in `.dynstr`; `soname` offset.
+    /// Import index → name offset in `.dynstr`.
     pub import_name: Vec<u32>,
-    pub soname: u32,
 }
 
 impl Layout {
@@ -198,7 +197,7 @@ pub fn cell_of(kind: RelocationType, target: Target) -> Option<Cell> {
     })
 }
 
-pub fn compute(plan: &Plan, soname: &str) -> Layout {
+pub fn compute(plan: &Plan) -> Layout {
     let mut cells: HashMap<Cell, u64> = HashMap::new();
     let mut cell_order = Vec::new();
     let relocs = plan
@@ -219,11 +218,11 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         }
     }
 
-    // .dynstr: "\0" soname "\0" imports...
+    // .dynstr: "\0" imports... No `DT_SONAME`: every later `dlopen` in the process would read
+    // each loaded patch's soname from the patch's own pages (two cold pages per patch per
+    // `dlopen`: the apply grew with every patch loaded, BENCHMARKS.md P12), and nothing asks for
+    // a patch by its soname.
     let mut dynstr = vec![0u8];
-    let soname_off = dynstr.len() as u32;
-    dynstr.extend_from_slice(soname.as_bytes());
-    dynstr.push(0);
     let mut import_name = Vec::new();
     for name in &plan.imports {
         import_name.push(dynstr.len() as u32);
@@ -232,8 +231,8 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
     }
     let nsyms = plan.imports.len() as u64 + 1;
     let has_imports = !plan.imports.is_empty();
-    // HASH STRTAB SYMTAB STRSZ SYMENT SONAME FLAGS_1 NULL, plus RELA RELASZ RELAENT.
-    let dynamic_entries = 8 + if has_imports { 3 } else { 0 };
+    // HASH STRTAB SYMTAB STRSZ SYMENT FLAGS_1 NULL, plus RELA RELASZ RELAENT.
+    let dynamic_entries = 7 + if has_imports { 3 } else { 0 };
 
     let mut sizes: HashMap<Out, (u64, u64)> = HashMap::new(); // size, align
     sizes.insert(Out::DynSym, (nsyms * SYM_SIZE, 8));
@@ -333,7 +332,6 @@ pub fn compute(plan: &Plan, soname: &str) -> Layout {
         span: mem.next_multiple_of(PAGE),
         dynstr,
         import_name,
-        soname: soname_off,
     }
 }
 
@@ -428,7 +426,7 @@ mod tests {
 
     #[test]
     fn three_segments_on_fresh_pages_packed_in_the_file() {
-        let lay = compute(&plan(), "libpatch.so");
+        let lay = compute(&plan());
         let [ro, code, rw] = lay.segments;
         assert_eq!((ro.mem, ro.file), (0, 0), "the read-only segment maps the headers");
         assert!(ro.mem_size >= EHDR_SIZE + PHDR_SIZE * PHDR_COUNT);
@@ -453,7 +451,7 @@ mod tests {
     #[test]
     fn output_sections_lie_in_their_segment_aligned_in_file_order() {
         let plan = plan();
-        let lay = compute(&plan, "libpatch.so");
+        let lay = compute(&plan);
         let mut last_end = 0;
         for out in Out::ALL {
             let Some(&(at, size)) = lay.sections.get(&out) else { continue };
@@ -485,7 +483,7 @@ mod tests {
     #[test]
     fn chunks_go_to_their_section_aligned_without_overlap() {
         let plan = plan();
-        let lay = compute(&plan, "libpatch.so");
+        let lay = compute(&plan);
         let outs: Vec<Out> = lay.chunk_out.clone();
         assert_eq!(
             outs,
@@ -508,7 +506,7 @@ mod tests {
 
     #[test]
     fn each_indirect_reference_gets_one_cell_in_the_got() {
-        let lay = compute(&plan(), "libpatch.so");
+        let lay = compute(&plan());
         let expected = [
             Cell::Address(Target::Import(0)),
             Cell::Address(Target::Import(1)),

@@ -42,8 +42,8 @@ pub struct Emitted {
 }
 
 /// Lays the patch out without an address (to learn its size before choosing one).
-pub fn layout(plan: &Plan, soname: &str) -> Layout {
-    layout::compute(plan, soname)
+pub fn layout(plan: &Plan) -> Layout {
+    layout::compute(plan)
 }
 
 /// Writes the patch for loading at `base` (page aligned), without debug sections.
@@ -309,7 +309,6 @@ impl Writer<'_, '_> {
             records::dynamic(DT_SYMTAB, b + sec(Out::DynSym).0),
             records::dynamic(DT_STRSZ, lay.dynstr.len() as u64),
             records::dynamic(DT_SYMENT, records::SYM_SIZE),
-            records::dynamic(DT_SONAME, lay.soname as u64),
         ];
         if !lay.import_name.is_empty() {
             entries.push(records::dynamic(DT_RELA, b + sec(Out::RelaDyn).0));
@@ -626,7 +625,7 @@ mod tests {
     #[test]
     fn a_synthetic_plan_reads_back_as_the_library_it_describes() {
         let plan = plan();
-        let lay = layout(&plan, "libpatch.so");
+        let lay = layout(&plan);
         let out = write(&plan, &lay, BASE, TlsLayout { block_tp_offset: -64 }).unwrap();
         assert_eq!(out.span % layout::PAGE, 0);
         assert_eq!(out.chunk_addr, lay.chunk_offset.iter().map(|o| BASE + o).collect::<Vec<_>>());
@@ -708,10 +707,10 @@ mod tests {
         assert_eq!(tag(DT_SYMTAB), Some(BASE + lay.sections[&Out::DynSym].0));
         assert_eq!(tag(DT_RELA), Some(BASE + lay.sections[&Out::RelaDyn].0));
         assert_eq!(tag(DT_RELASZ), Some(2 * RELA_SIZE));
-        assert_eq!(tag(DT_SONAME), Some(u64::from(lay.soname)));
+        assert_eq!(tag(DT_SONAME), None);
         assert_eq!(dynamic.last().map(|d| d.d_tag.get(e)), Some(DT_NULL));
-        // HASH STRTAB SYMTAB STRSZ SYMENT SONAME, RELA RELASZ RELAENT, FLAGS_1, NULL.
-        assert_eq!(dynamic.len(), 11);
+        // HASH STRTAB SYMTAB STRSZ SYMENT, RELA RELASZ RELAENT, FLAGS_1, NULL.
+        assert_eq!(dynamic.len(), 10);
 
         // `.symtab` names the chunks at base-relative addresses.
         let symtab = sections.symbols(e, data, SHT_SYMTAB).unwrap();
@@ -767,7 +766,7 @@ mod tests {
         let tls = TlsLayout { block_tp_offset: -64 };
         for target in [BASE + 0x7000_0000, BASE - 0x7000_0000] {
             let plan = reaching(target);
-            let lay = layout(&plan, "libpatch.so");
+            let lay = layout(&plan);
             let out = write(&plan, &lay, BASE, tls).expect("within reach");
             let at = lay.segment(SegmentKind::Code).file_of(lay.chunk_offset[0]) as usize;
             let rel = i32::from_le_bytes(out.bytes[at + 1..at + 5].try_into().unwrap());
@@ -775,7 +774,7 @@ mod tests {
         }
         for target in [BASE + 0x8010_0000, BASE - 0x8010_0000] {
             let plan = reaching(target);
-            let lay = layout(&plan, "libpatch.so");
+            let lay = layout(&plan);
             let Err(e) = write(&plan, &lay, BASE, tls) else { panic!("{target:#x} cannot be reached") };
             let e = e.to_string();
             assert!(e.contains("`app::helper`") && e.contains("does not reach"), "{e}");

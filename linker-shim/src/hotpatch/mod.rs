@@ -327,15 +327,8 @@ fn patch_process(
     }
 
     let generation = hello.generation + 1;
-    let emitted = emit_patch(
-        &plan,
-        reg,
-        &loaded,
-        program,
-        (generation, &hello.patches),
-        &patch_dir,
-        tls.block_tp_offset,
-    )?;
+    let emitted =
+        emit_patch(&plan, reg, &loaded, (generation, &hello.patches), &patch_dir, tls.block_tp_offset)?;
     let t_emit = t0.elapsed();
     if let Some(file) = &emitted.file {
         // The build this patch is made from, for the next patch's layout check — written before
@@ -545,7 +538,6 @@ fn emit_patch(
     plan: &plan::Plan,
     reg: &Registration,
     builds: &Loaded<'_>,
-    program: &str,
     (generation, loaded): (u64, &[(u64, u64, PathBuf)]),
     patch_dir: &Path,
     block_tp_offset: i64,
@@ -553,8 +545,7 @@ fn emit_patch(
     if plan.chunks.is_empty() {
         return Ok(Emitted { file: None, range: None, hash: None, chunk_addr: Vec::new() });
     }
-    let soname = format!("ipbp-{program}-{}-{generation}.so", reg.pid);
-    let layout = emit::layout(plan, &soname);
+    let layout = emit::layout(plan);
     let lowest = loaded.iter().map(|p| p.0).min();
     let at = deliver::address::place(reg.pid, builds.image.span, layout.span, lowest)?;
     // The changed units' DWARF, so debuggers see the new code (ARCHITECTURE.md, *Debuggers*).
