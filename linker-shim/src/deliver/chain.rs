@@ -146,6 +146,13 @@ pub fn earlier_patches(
     // The patch live code runs in: the one holding the live jumps' targets, or else the newest.
     let holds = |p: &LoadedPatch| live.iter().any(|d| p.0 <= d.1 && d.1 < p.0.saturating_add(p.1));
     let current = unsettled.iter().rposition(holds).or(unsettled.len().checked_sub(1));
+    // A pin is made by a plan for the copies of the patch live at the time, and holds once that
+    // plan's patch has replaced it. Pins inside the patch still live now were made by a plan that
+    // never took (its link failed and it was undone): they are decided anew below (`kept`), or a
+    // later edit would leave a frame of this patch calling a copy that never learns new code.
+    if let Some(&(start, len, _)) = current.and_then(|c| unsettled.get(c)) {
+        pins.0.retain(|&at| !(start <= at && at < start.saturating_add(len)));
+    }
     let mut sent_on: Vec<(u64, u64)> = Vec::new();
     for (i, (start, _, path)) in unsettled.iter().enumerate() {
         let settling = Some(i) != current;

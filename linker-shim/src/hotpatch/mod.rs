@@ -357,6 +357,9 @@ fn patch_process(
     let summary = summarize(&plan.report, plan.chunks.is_empty());
     let homes = installs.homes.clone();
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
+    // What the pins were before this patch: a link that fails undoes the patch, and its pins
+    // with it (a pin that outlived its patch would keep a copy on old code after later edits).
+    let pins_before = homes.as_ref().map(|_| deliver::chain::Pins::read(&patch_dir));
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
     if let Some((homes, pins)) = homes {
         let _ = fs_err::create_dir_all(&patch_dir);
@@ -369,6 +372,7 @@ fn patch_process(
         pid: reg.pid,
         _lock: lock,
         undo: revert::undo_request(&hello, &request.settle, applied.generation),
+        pins_before: pins_before.map(|p| (patch_dir.clone(), p)),
     });
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");

@@ -16,6 +16,9 @@
 //! returns to the last good build's target with the rest (the patch before the failed one is
 //! never settled by it — see `deliver/chain.rs` — so the code the undo returns to is whole).
 //!
+//! The pins the patch recorded (`pinned.tsv`, copies kept on old code for a layout change) are
+//! put back as they were before it: they belonged to a plan that did not take.
+//!
 //! The process stays locked for this build from the patch to the revert, so no other build can
 //! patch it in between; its generation is checked again by the process as for any patch.
 
@@ -31,6 +34,9 @@ pub struct Delivered {
     /// The process's lock for this build, held until the link's result is known.
     pub(super) _lock: std::fs::File,
     pub(super) undo: Apply,
+    /// The process's patch directory and the pins it held before this patch, put back when the
+    /// patch is undone.
+    pub(super) pins_before: Option<(std::path::PathBuf, crate::deliver::chain::Pins)>,
 }
 
 /// The request that returns a process from the patch it accepted as generation `applied` to the
@@ -76,6 +82,9 @@ pub fn link_failed(called: Instant, delivered: Vec<Delivered>, status: &mut Stat
             Some(r) => crate::deliver::apply(r, d.pid, d.undo),
             None => Err(crate::err!("the registry cannot be opened")),
         };
+        if let Some((dir, pins)) = &d.pins_before {
+            let _ = pins.write(dir);
+        }
         match sent {
             Ok(applied) => {
                 let took = (applied.load_us + applied.install_us) as f64 / 1000.0;

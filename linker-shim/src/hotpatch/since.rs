@@ -29,7 +29,9 @@ pub(super) fn since_newest_patch(
             && d.parent().and_then(|p| p.file_name()) == Some(std::ffi::OsStr::new("patches"))
     });
     let (file, prev_cache) = match other {
-        Some(d) if d != patch_dir && !patch_dir.join(name).exists() => {
+        // Told apart by what the paths lead to, not by a file of the same name here: after a
+        // restart by another target directory, this one may still hold an older `patch-1`.
+        Some(d) if !same_dir(d, patch_dir) => {
             let layouts = d.parent().and_then(Path::parent).map(|ipbp| ipbp.join("layouts"));
             (d.join(name), layouts.map_or_else(Cache::none, Cache::at))
         }
@@ -41,4 +43,9 @@ pub(super) fn since_newest_patch(
         since::Previous { label: format!("patch {number}"), record: since::read_record(&file), file: &file };
     let caches = (&prev_cache, &Cache::at(dir.layouts()));
     layouts.since_patch(&prev, (&loaded.base, &loaded.current), d, caches);
+}
+
+/// Whether `a` and `b` name one directory (however spelled).
+fn same_dir(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
 }

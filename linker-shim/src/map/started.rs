@@ -31,9 +31,12 @@ use std::path::{Path, PathBuf};
 pub fn name_by_build_id(output: &Path, dir: &IpbpDir) {
     let Ok(registry) = Registry::existing() else { return };
     let name = output_name(output);
+    // Only entries inside this target directory are moved: a copy the user installed elsewhere
+    // (`~/bin`) is theirs, and keeps its name.
+    let Some(target) = dir.root.parent().and_then(|t| t.canonicalize().ok()) else { return };
     for reg in registry.list() {
         if reg.is_alive() && dir.inputs_path(&name, &reg.build_id).is_file() {
-            let _ = move_started_entry(reg.pid, &dir.executable(&reg.build_id));
+            let _ = move_started_entry(reg.pid, &dir.executable(&reg.build_id), &target);
         }
     }
 }
@@ -53,7 +56,7 @@ pub enum Outcome {
 
 /// Moves the entry process `pid` started from to `kept` and links the same file back at the old
 /// name (module doc).
-pub fn move_started_entry(pid: u32, kept: &Path) -> io::Result<Outcome> {
+pub fn move_started_entry(pid: u32, kept: &Path, within: &Path) -> io::Result<Outcome> {
     let exe = PathBuf::from(format!("/proc/{pid}/exe"));
     let started = std::fs::read_link(&exe)?;
     if started == kept {
@@ -61,6 +64,9 @@ pub fn move_started_entry(pid: u32, kept: &Path) -> io::Result<Outcome> {
     }
     if started.as_os_str().as_encoded_bytes().ends_with(b" (deleted)") {
         return Ok(Outcome::Gone);
+    }
+    if !started.starts_with(within) {
+        return Ok(Outcome::LeftAlone);
     }
     let running = std::fs::metadata(&exe)?;
     let same = |m: &std::fs::Metadata| m.dev() == running.dev() && m.ino() == running.ino();
@@ -93,7 +99,15 @@ pub fn move_started_entry(pid: u32, kept: &Path) -> io::Result<Outcome> {
     }
     match std::fs::hard_link(kept, &started) {
         // A new file there meanwhile is what the name would hold after cargo anyway.
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            // No hard links here (a filesystem without them, `protected_hardlinks`, a full
+            // disk): the user's file goes back under its own name, never left only in the kept
+            // place, which is removed when the process exits.
+            if rename_no_replace(kept, &started).is_ok() {
+                let _ = std::fs::hard_link(&started, kept);
+            }
+            Err(e)
+        }
         _ => Ok(Outcome::Moved),
     }
 }
@@ -152,17 +166,40 @@ mod tests {
         let exe = format!("/proc/{}/exe", child.id());
         assert_eq!(std::fs::read_link(&exe).unwrap(), program);
 
-        assert_eq!(move_started_entry(child.id(), &kept).unwrap(), Outcome::Moved);
+        assert_eq!(move_started_entry(child.id(), &kept, &within(&dir)).unwrap(), Outcome::Moved);
         assert_eq!(std::fs::read_link(&exe).unwrap(), kept);
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         assert_eq!(ino(&program), ino(Path::new(&exe)));
         assert_eq!(ino(&kept), ino(Path::new(&exe)));
-        assert_eq!(move_started_entry(child.id(), &kept).unwrap(), Outcome::Already);
+        assert_eq!(move_started_entry(child.id(), &kept, &within(&dir)).unwrap(), Outcome::Already);
 
         // The user's name replaced (as cargo does): the process still names the kept file.
         std::fs::remove_file(&program).unwrap();
         std::fs::write(&program, b"new build").unwrap();
         assert_eq!(std::fs::read_link(&exe).unwrap(), kept);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn within(dir: &Path) -> PathBuf {
+        dir.canonicalize().unwrap()
+    }
+
+    /// A copy started from outside the target directory (the user installed it) keeps its name.
+    #[test]
+    fn an_entry_outside_the_target_directory_is_left_alone() {
+        let dir = std::env::temp_dir().join(format!("ipbp-started-outside-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("target")).unwrap();
+        let program = dir.join("sleeper");
+        std::fs::copy("/bin/sleep", &program).unwrap();
+        let mut child = std::process::Command::new(&program).arg("30").spawn().unwrap();
+        let kept = dir.join("target/ipbp/debug/.build-id/ab/cdef.debug");
+        let target = within(&dir.join("target"));
+        assert_eq!(move_started_entry(child.id(), &kept, &target).unwrap(), Outcome::LeftAlone);
+        assert_eq!(std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap(), program);
+        assert!(!kept.exists());
         child.kill().unwrap();
         child.wait().unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -179,7 +216,7 @@ mod tests {
         let mut child = std::process::Command::new(&program).arg("30").spawn().unwrap();
         std::fs::remove_file(&program).unwrap();
         let kept = dir.join("kept/x.debug");
-        assert_eq!(move_started_entry(child.id(), &kept).unwrap(), Outcome::Gone);
+        assert_eq!(move_started_entry(child.id(), &kept, &within(&dir)).unwrap(), Outcome::Gone);
         assert!(!kept.exists());
         child.kill().unwrap();
         child.wait().unwrap();
