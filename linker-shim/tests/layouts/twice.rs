@@ -7,7 +7,7 @@
 //! the code of its own layout, `l == 10 * i` (or `l == 0` before `level` exists).
 
 use super::support::live::{scenario, status_for, Running, CONFIG};
-use super::support::Project;
+use super::support::{Linker, Project};
 use super::MAIN;
 
 const BASE: &str = r#"//! ipbp's test of a type edited twice (linker-shim/tests/layouts/twice.rs).
@@ -262,6 +262,37 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
         let again = app.mark();
         app.wait_for(again, "the worker going on", |l| l.starts_with("worker "));
     }
+    all_consistent(&app);
+    app.kill();
+
+    // Patch 1, then a build that changes `Mode` again and whose link fails: it is undone, and with
+    // it the pins it made on patch 1's copies. A later edit of `show` alone reaches the worker
+    // (without, patch 1's `show` stayed pinned on its old code after `Patched`).
+    let mut app = start_base(&project);
+    edit(&project, WORKER_1);
+    let mark = app.mark();
+    project.build_and_expect_patched(&app, "layouts");
+    app.wait_for(mark, "the worker patch 1 started", |l| l.starts_with("worker "));
+    let good = project.read(MAIN);
+    let mut broken = good.clone();
+    for (from, to) in WORKER_2 {
+        broken = broken.replacen(from, to, 1);
+    }
+    let broken = broken.replacen(
+        "static STARTED",
+        "#[link(name = \"ipbp_test_missing_library\")]\nextern \"C\" {}\n\nstatic STARTED",
+        1,
+    );
+    project.write(MAIN, &broken);
+    let run = project.cargo(Linker::Shim, CONFIG, &["build"]).run();
+    assert!(!run.success(), "the link was meant to fail: {run}");
+    assert!(run.stderr.contains(&format!("Reverted layouts (pid {})", app.pid)), "{run}");
+    project.write(MAIN, &good.replacen("\"id={} level={}\", m.id", "\"id={} level={} v=3\", m.id", 1));
+    let line = project.build_and_expect_patched(&app, "layouts");
+    let after = app.mark();
+    app.wait_for(after, &format!("the worker running the new `show`, after: {line}"), |l| {
+        l.starts_with("worker ") && l.ends_with(" v=3")
+    });
     all_consistent(&app);
     app.kill();
 
