@@ -103,10 +103,29 @@ pub struct ClosureFn {
     pub linkage: String,
 }
 
-/// Type names are hashed with xxh3 (`KeyHasher`): loading a patch's unit models looks up every
+/// Type names are hashed with xxh3 ([`NameHasher`]): loading a patch's unit models looks up every
 /// type of every changed unit, several times faster than with SipHash. The names come from our
 /// own builds' debug info: hash flooding is not a concern.
-pub type Names = std::hash::BuildHasherDefault<crate::objects::units::KeyHasher>;
+pub type Names = std::hash::BuildHasherDefault<NameHasher>;
+
+/// One xxh3 of a name's bytes. A `str` is hashed as its bytes then a `0xff` byte: that byte is
+/// mixed in without a second xxh3 (a bijection of the hash, so it adds no collision).
+#[derive(Default)]
+pub struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = self.0.rotate_left(5) ^ xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = self.0.rotate_left(5) ^ u64::from(byte);
+    }
+}
 
 /// One build's side of the comparison.
 #[derive(Debug, Default)]
