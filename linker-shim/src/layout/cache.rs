@@ -47,7 +47,7 @@ impl Cache {
     /// The same cache, for models kept for a workspace of these crates by this version of
     /// ipbp-ld (a model's content follows `dwarf` and `model`: [`MAGIC`] names the encoding and
     /// changes with what a model holds).
-    pub fn for_crates(&self, crates: &[String]) -> Cache {
+    pub fn for_crates(&self, crates: &[&str]) -> Cache {
         let key = format!(
             "{}\n{}\n{}",
             String::from_utf8_lossy(MAGIC),
@@ -583,5 +583,15 @@ mod tests {
         assert_eq!(left, 3);
         assert!(cache.load(7).is_some());
         assert!(Cache::none().load(7).is_none());
+        // Written on their own thread: there once the writes are dropped, with nothing left over.
+        let writes = cache.write_later(vec![(200, encode(&sample(), 2)), (201, encode(&sample(), 3))]);
+        drop(writes);
+        assert_eq!(cache.load(201).map(|(_, described)| described), Some(3));
+        assert!(cache.load(200).is_some());
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("layouts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(".model")), "{names:?}");
     }
 }

@@ -97,9 +97,9 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
     let mut to_keep = Vec::new();
     // Every crate with a unit in either build: what a model keeps depends on them, and so does
     // the name a unit's model is kept under.
-    let mut crates: Vec<String> =
-        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name().to_string()).collect();
-    crates.sort();
+    let mut crates: Vec<&str> =
+        base.units.iter().chain(current.units.iter()).map(|u| u.crate_name()).collect();
+    crates.sort_unstable();
     crates.dedup();
     let cache = cache.for_crates(&crates);
     let mut layouts = Layouts::default();
