@@ -389,9 +389,17 @@ impl<'b> Reader<'b> {
         let n = self.u32()? as usize;
         (n <= self.bytes.len() - self.at).then_some(n)
     }
-    fn strs(&mut self) -> Option<Vec<String>> {
+    /// A list of `n` items, allocated once (collecting into an `Option<Vec>` would grow it).
+    fn list<T>(&mut self, item: impl Fn(&mut Self) -> Option<T>) -> Option<Vec<T>> {
         let n = self.count()?;
-        (0..n).map(|_| self.str()).collect()
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Some(out)
+    }
+    fn strs(&mut self) -> Option<Vec<String>> {
+        self.list(Self::str)
     }
     fn field(&mut self) -> Option<Field> {
         Some(Field { name: self.str()?, offset: self.u64()?, ty: self.str()? })
@@ -419,8 +427,7 @@ impl<'b> Reader<'b> {
     }
 
     fn fields(&mut self) -> Option<Vec<Field>> {
-        let n = self.count()?;
-        (0..n).map(|_| self.field()).collect()
+        self.list(Self::field)
     }
 }
 
@@ -471,12 +478,8 @@ pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
         };
         let (size, align, fields) = (r.opt()?, r.opt()?, r.fields()?);
         let tag = if r.flag()? { Some(r.field()?) } else { None };
-        let nv = r.count()?;
-        let variants = (0..nv)
-            .map(|_| Some(Variant { name: r.str()?, discr: r.opt()?, fields: r.fields()? }))
-            .collect::<Option<Vec<_>>>()?;
-        let ne = r.count()?;
-        let edges = (0..ne).map(|_| Some((r.str()?, r.flag()?))).collect::<Option<Vec<_>>>()?;
+        let variants = r.list(|r| Some(Variant { name: r.str()?, discr: r.opt()?, fields: r.fields()? }))?;
+        let edges = r.list(|r| Some((r.str()?, r.flag()?)))?;
         m.types.insert(name, TypeRec { kind, size, align, fields, tag, variants, edges });
     }
     let n = r.count()?;

@@ -190,8 +190,11 @@ impl<'d> Nodes<'d> {
     /// Walks the unit's entries once, reading the attributes of those the model needs and
     /// skipping the others' (by their forms' sizes, without decoding them).
     fn collect(dwarf: &gimli::Dwarf<R<'d>>, unit: &gimli::Unit<R<'d>>) -> gimli::Result<Self> {
-        let mut nodes: Vec<Node<'d>> = Vec::new();
-        let mut at = Vec::new();
+        // rustc's entries take about ten bytes each: room for them all at once (the part never
+        // used is never touched).
+        let room = unit.header.unit_length() / 8;
+        let mut nodes: Vec<Node<'d>> = Vec::with_capacity(room);
+        let mut at = Vec::with_capacity(room);
         // The open ancestors: (depth, the nearest kept node at or above it, whether it is that
         // node). An entry not kept still has its subtree walked, attached to the nearest kept
         // ancestor.
@@ -455,7 +458,12 @@ impl<'d> Nodes<'d> {
     }
 
     fn fields(&mut self, of: usize) -> Vec<Field> {
-        let mut fields = Vec::new();
+        let mut members = 0;
+        let mut kids = self.kids(of);
+        while let Some(m) = kids.next(self) {
+            members += usize::from(self.nodes[m].tag == DW_TAG_member);
+        }
+        let mut fields = Vec::with_capacity(members);
         let mut kids = self.kids(of);
         while let Some(m) = kids.next(self) {
             if self.nodes[m].tag == DW_TAG_member {
