@@ -496,6 +496,9 @@ def main():
     ap.add_argument("--only", default="P1,P1b,P2,P3,P4,P5,P6,P7,P8,P9,P10,P11",
                     help="comma-separated figures (P9 comes with P6)")
     ap.add_argument("--no-write", action="store_true", help="leave BENCHMARKS.md alone")
+    ap.add_argument("--p11-before", metavar="JSON",
+                    help="P11: the results (scripts/out/bench.json) of an earlier build's run, shown beside")
+    ap.add_argument("--p11-before-label", default="an earlier build", help="P11: what --p11-before measured")
     ap.add_argument("--patches", type=int, default=1000, help="patches in a row for P12 (default 1000)")
     args = ap.parse_args()
     if args.rounds < 1:
@@ -584,7 +587,12 @@ def main():
     if "P1b" in results:
         sections["bench:p1b"] = p1b_md(results, args)
     if "guard_web" in results:
-        sections["bench:p11"] = p11_md(results, args)
+        before = None
+        if args.p11_before:
+            with open(args.p11_before) as f:
+                before = json.load(f)
+            before["label"] = args.p11_before_label
+        sections["bench:p11"] = p11_md(results, args, before)
     for section in sections.values():
         print("\n" + section)
     if not args.no_write:

@@ -213,8 +213,9 @@ def p1b_md(results, args):
     return "\n".join(lines)
 
 
-def p11_md(results, args):
-    """The P11 section: the layout guard's share of patches made one after another."""
+def p11_md(results, args, before=None):
+    """The P11 section: the layout guard's share of patches made one after another. `before`: the
+    results of the same run of an earlier build (`--p11-before`), shown beside."""
     m = results["machine"]
     lines = [
         f"Measured {m['date']} by `scripts/bench.py --only P11 --rounds {args.rounds}` on {m['cpu']} "
@@ -230,23 +231,35 @@ def p11_md(results, args):
         "for a CPU that other work on a busy machine adds. The target applies to the wall time.",
         "",
         "| program | first patch: wall ms, CPU ms (changed units) | **P11**: patches 2+, wall, median ms (max) | "
-        "patches 2+, CPU, median ms (max) | changed units at the last patch | plan, median ms | target |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "patches 2+, CPU, median ms (max) |" + (" before: P11 wall, CPU, median ms |" if before else "")
+        + " changed units at the last patch | plan, median ms | target |",
+        "|---|---:|---:|---:|" + ("---:|" if before else "") + "---:|---:|---|",
     ]
+
+    def later(rows, field):
+        return [r.get(field, float("nan")) for r in rows[1:]] or [float("nan")]
+
     for key, name, target in (("guard_web", "web (487 units)", 5.0),
                               ("guard_webscaled", "web + 80 page modules (gen_webscaled.py)", 50.0)):
         rows = results.get(key)
         if not rows:
             continue
-        later = [r["layouts_ms"] for r in rows[1:]] or [float("nan")]
-        cpu = [r.get("cpu_ms", float("nan")) for r in rows[1:]] or [float("nan")]
-        v = median(later)
+        wall, cpu = later(rows, "layouts_ms"), later(rows, "cpu_ms")
+        v = median(wall)
         ok = "✅" if v <= target else "❌"
         first = rows[0]
+        was = ""
+        if before:
+            old = before.get(key) or [{}]
+            was = f" {median(later(old, 'layouts_ms')):.1f}, {median(later(old, 'cpu_ms')):.1f} |"
         lines.append(f"| {name} | {first['layouts_ms']:.1f}, {first.get('cpu_ms', float('nan')):.1f} "
-                     f"({first['changed_objects']}) | **{v:.1f}** ({max(later):.1f}) | {median(cpu):.1f} "
-                     f"({max(cpu):.1f}) | {rows[-1]['changed_objects']} | "
+                     f"({first['changed_objects']}) | **{v:.1f}** ({max(wall):.1f}) | {median(cpu):.1f} "
+                     f"({max(cpu):.1f}) |{was} {rows[-1]['changed_objects']} | "
                      f"{median([r['plan_ms'] for r in rows]):.1f} | ≤ {target:.0f} ms {ok} |")
+    if before:
+        bm = before["machine"]
+        lines += ["", f"Before: {before.get('label', 'an earlier build')}, measured {bm['date']} in the same way "
+                  f"(load average {bm['load_average']:.2f} at its start)."]
     lines.append("")
     return "\n".join(lines)
 

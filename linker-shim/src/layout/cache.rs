@@ -47,12 +47,13 @@ impl Cache {
     /// The same cache, for models kept for a workspace of these crates by this version of
     /// ipbp-ld (a model's content follows `dwarf` and `model`: [`MAGIC`] names the encoding and
     /// changes with what a model holds).
-    pub fn for_crates(&self, crates: &[String]) -> Cache {
+    pub fn for_crates<S: AsRef<str>>(&self, crates: &[S]) -> Cache {
+        let names: Vec<&str> = crates.iter().map(AsRef::as_ref).collect();
         let key = format!(
             "{}\n{}\n{}",
             String::from_utf8_lossy(MAGIC),
             env!("CARGO_PKG_VERSION"),
-            crates.join("\n")
+            names.join("\n")
         );
         let crates = xxhash_rust::xxh3::xxh3_64(key.as_bytes());
         Cache { dir: self.dir.clone(), crates }
@@ -84,15 +85,55 @@ impl Cache {
         decode_into(&bytes, model)
     }
 
-    /// Keeps `model` (what the unit with content hash `hash` describes). Best effort.
+    /// Keeps `model` (what the unit with content hash `hash` describes) at once. Best effort.
     pub fn save(&self, hash: u128, model: &Model, described: usize) {
+        self.write(hash, &encode(model, described));
+        self.bound();
+    }
+
+    /// Writes an encoded unit model ([`encode`]). Best effort: a temporary file, named for this
+    /// process, renamed into place, so a reader (another ipbp-ld patching another process) finds
+    /// no file or a whole one.
+    fn write(&self, hash: u128, bytes: &[u8]) {
         let (Some(dir), Some(path)) = (self.dir.as_ref(), self.path(hash)) else { return };
         if std::fs::create_dir_all(dir).is_err() {
             return;
         }
         let tmp = dir.join(format!(".{hash:032x}.{}.tmp", std::process::id()));
-        if std::fs::write(&tmp, encode(model, described)).is_err() || std::fs::rename(&tmp, &path).is_err() {
+        if std::fs::write(&tmp, bytes).is_err() || std::fs::rename(&tmp, &path).is_err() {
             let _ = std::fs::remove_file(&tmp);
+        }
+    }
+
+    /// Keeps unit models, encoded by the caller ([`encode`]: `(content hash, bytes)`), then bounds
+    /// the directory — on a thread of its own, because creating files waits on the file system
+    /// (a millisecond on a busy disk) while nothing in this patch reads them: the patch goes on,
+    /// and the returned [`Writes`] waits for the thread when dropped, so the process never leaves
+    /// a file half written. Written here when no thread can be started.
+    pub fn write_later(&self, models: Vec<(u128, Vec<u8>)>) -> Writes {
+        if models.is_empty() || self.dir.is_none() {
+            return Writes::default();
+        }
+        let cache = self.clone();
+        let models = std::sync::Arc::new(models);
+        let work = {
+            let (cache, models) = (cache.clone(), models.clone());
+            move || {
+                for (hash, bytes) in models.iter() {
+                    cache.write(*hash, bytes);
+                }
+                cache.bound();
+            }
+        };
+        match std::thread::Builder::new().name("ipbp-layouts".into()).spawn(work) {
+            Ok(thread) => Writes { thread: Some(thread) },
+            Err(_) => {
+                for (hash, bytes) in models.iter() {
+                    cache.write(*hash, bytes);
+                }
+                cache.bound();
+                Writes::default()
+            }
         }
     }
 
@@ -101,6 +142,28 @@ impl Cache {
     pub fn bound(&self) {
         let Some(dir) = &self.dir else { return };
         bound(dir, MAX_FILES, MAX_BYTES);
+    }
+}
+
+/// Unit models being written ([`Cache::write_later`]): dropping it waits until they are.
+#[derive(Debug, Default)]
+pub struct Writes {
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Writes {
+    /// Waits until the models are written.
+    pub fn wait(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            // The thread only writes files; a panic there leaves at most a temporary file.
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writes {
+    fn drop(&mut self) {
+        self.wait();
     }
 }
 
@@ -133,13 +196,14 @@ fn bound(dir: &Path, max_files: usize, max_bytes: u64) {
 
 // The encoding: little-endian integers; strings by number in a table written first.
 
-struct Writer {
-    strings: HashMap<String, u32>,
+/// Strings are numbered by a map of the model's own strings (nothing copied), hashed with xxh3.
+struct Writer<'m> {
+    strings: HashMap<&'m str, u32, super::model::Names>,
     table: Vec<u8>,
     body: Vec<u8>,
 }
 
-impl Writer {
+impl<'m> Writer<'m> {
     fn u8(&mut self, v: u8) {
         self.body.push(v);
     }
@@ -158,27 +222,27 @@ impl Writer {
             None => self.u8(0),
         }
     }
-    fn str(&mut self, s: &str) {
+    fn str(&mut self, s: &'m str) {
         let next = self.strings.len() as u32;
-        let id = *self.strings.entry(s.to_string()).or_insert_with(|| {
+        let id = *self.strings.entry(s).or_insert_with(|| {
             self.table.extend_from_slice(&(s.len() as u32).to_le_bytes());
             self.table.extend_from_slice(s.as_bytes());
             next
         });
         self.u32(id);
     }
-    fn strs(&mut self, v: &[String]) {
+    fn strs(&mut self, v: &'m [String]) {
         self.u32(v.len() as u32);
         for s in v {
             self.str(s);
         }
     }
-    fn field(&mut self, f: &Field) {
+    fn field(&mut self, f: &'m Field) {
         self.str(&f.name);
         self.u64(f.offset);
         self.str(&f.ty);
     }
-    fn fields(&mut self, v: &[Field]) {
+    fn fields(&mut self, v: &'m [Field]) {
         self.u32(v.len() as u32);
         for f in v {
             self.field(f);
@@ -198,7 +262,7 @@ fn kind_code(k: Kind) -> u8 {
 
 /// The bytes of a unit model file.
 pub fn encode(m: &Model, described: usize) -> Vec<u8> {
-    let mut w = Writer { strings: HashMap::new(), table: Vec::new(), body: Vec::new() };
+    let mut w = Writer { strings: HashMap::default(), table: Vec::new(), body: Vec::with_capacity(64 << 10) };
     w.u64(described as u64);
     w.u32(m.types.len() as u32);
     for (name, t) in &m.types {
@@ -248,8 +312,10 @@ pub fn encode(m: &Model, described: usize) -> Vec<u8> {
         w.u8(f.main as u8);
         w.strs(&f.generics);
     }
-    let variant_types: Vec<String> = m.variant_types.iter().cloned().collect();
-    w.strs(&variant_types);
+    w.u32(m.variant_types.len() as u32);
+    for s in &m.variant_types {
+        w.str(s);
+    }
     w.u32(m.vtables.len() as u32);
     for (ty, tr) in &m.vtables {
         w.str(ty);
@@ -273,6 +339,8 @@ struct Reader<'b> {
     at: usize,
     /// Each string's bytes, checked as UTF-8 when first used (most belong to skipped types).
     strings: Vec<&'b [u8]>,
+    /// Each string once checked (`None`: not yet).
+    checked: Vec<Option<&'b str>>,
 }
 
 impl<'b> Reader<'b> {
@@ -305,8 +373,12 @@ impl<'b> Reader<'b> {
             _ => None,
         }
     }
-    fn string(&self, id: usize) -> Option<&'b str> {
-        std::str::from_utf8(self.strings.get(id)?).ok()
+    fn string(&mut self, id: usize) -> Option<&'b str> {
+        let slot = self.checked.get_mut(id)?;
+        if slot.is_none() {
+            *slot = Some(std::str::from_utf8(self.strings[id]).ok()?);
+        }
+        *slot
     }
     fn str(&mut self) -> Option<String> {
         let id = self.u32()? as usize;
@@ -317,9 +389,17 @@ impl<'b> Reader<'b> {
         let n = self.u32()? as usize;
         (n <= self.bytes.len() - self.at).then_some(n)
     }
-    fn strs(&mut self) -> Option<Vec<String>> {
+    /// A list of `n` items, allocated once (collecting into an `Option<Vec>` would grow it).
+    fn list<T>(&mut self, item: impl Fn(&mut Self) -> Option<T>) -> Option<Vec<T>> {
         let n = self.count()?;
-        (0..n).map(|_| self.str()).collect()
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(item(self)?);
+        }
+        Some(out)
+    }
+    fn strs(&mut self) -> Option<Vec<String>> {
+        self.list(Self::str)
     }
     fn field(&mut self) -> Option<Field> {
         Some(Field { name: self.str()?, offset: self.u64()?, ty: self.str()? })
@@ -347,8 +427,7 @@ impl<'b> Reader<'b> {
     }
 
     fn fields(&mut self) -> Option<Vec<Field>> {
-        let n = self.count()?;
-        (0..n).map(|_| self.field()).collect()
+        self.list(Self::field)
     }
 }
 
@@ -365,7 +444,12 @@ pub fn decode(bytes: &[u8]) -> Option<(Model, usize)> {
 /// Returns the count of described types; `None` if it is not a unit model file (then `m` may have
 /// part of it: the caller reads the unit's DWARF into a fresh model instead).
 pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
-    let mut r = Reader { bytes: bytes.strip_prefix(MAGIC.as_slice())?, at: 0, strings: Vec::new() };
+    let mut r = Reader {
+        bytes: bytes.strip_prefix(MAGIC.as_slice())?,
+        at: 0,
+        strings: Vec::new(),
+        checked: Vec::new(),
+    };
     let n = r.count()?;
     r.strings.reserve(n);
     for _ in 0..n {
@@ -373,6 +457,7 @@ pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
         let s = r.take(len)?;
         r.strings.push(s);
     }
+    r.checked = vec![None; n];
     let described = r.u64()? as usize;
     let n = r.count()?;
     for _ in 0..n {
@@ -393,12 +478,8 @@ pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
         };
         let (size, align, fields) = (r.opt()?, r.opt()?, r.fields()?);
         let tag = if r.flag()? { Some(r.field()?) } else { None };
-        let nv = r.count()?;
-        let variants = (0..nv)
-            .map(|_| Some(Variant { name: r.str()?, discr: r.opt()?, fields: r.fields()? }))
-            .collect::<Option<Vec<_>>>()?;
-        let ne = r.count()?;
-        let edges = (0..ne).map(|_| Some((r.str()?, r.flag()?))).collect::<Option<Vec<_>>>()?;
+        let variants = r.list(|r| Some(Variant { name: r.str()?, discr: r.opt()?, fields: r.fields()? }))?;
+        let edges = r.list(|r| Some((r.str()?, r.flag()?)))?;
         m.types.insert(name, TypeRec { kind, size, align, fields, tag, variants, edges });
     }
     let n = r.count()?;
@@ -505,5 +586,15 @@ mod tests {
         assert_eq!(left, 3);
         assert!(cache.load(7).is_some());
         assert!(Cache::none().load(7).is_none());
+        // Written on their own thread: there once the writes are dropped, with nothing left over.
+        let writes = cache.write_later(vec![(200, encode(&sample(), 2)), (201, encode(&sample(), 3))]);
+        drop(writes);
+        assert_eq!(cache.load(201).map(|(_, described)| described), Some(3));
+        assert!(cache.load(200).is_some());
+        let names: Vec<String> = std::fs::read_dir(dir.path().join("layouts"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| n.ends_with(".model")), "{names:?}");
     }
 }

@@ -42,6 +42,10 @@ type Family<'m> = BTreeMap<u32, Side<'m>>;
 
 /// `app::main::{closure#2}` → (`app::main`, 2); also `{async_block#N}`.
 fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32)> {
+    // Every numbered path ends with its number's `}` (most type names do not: a quick no).
+    if !path.ends_with('}') {
+        return None;
+    }
     for (kind, tag) in kinds.iter().zip(["closure", "async_block"]) {
         if let Some(at) = path.rfind(kind) {
             let rest = &path[at + kind.len()..];

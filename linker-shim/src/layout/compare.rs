@@ -79,6 +79,10 @@ pub fn changed_types_paired(
             None => new.types.get(name),
         };
         let Some(n) = counterpart else { continue };
+        // Most types are described alike on both sides: nothing to tell.
+        if identical(o, n) {
+            continue;
+        }
         let details = own_differences(o, n);
         let resized = size_and_alignment(o, n);
         if !details.is_empty() || !resized.is_empty() {
@@ -112,6 +116,16 @@ pub fn changed_types_paired(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Whether two descriptions are the same in everything [`own_differences`] and
+/// [`size_and_alignment`] compare (then both find nothing).
+fn identical(o: &TypeRec, n: &TypeRec) -> bool {
+    o.size == n.size
+        && o.align == n.align
+        && o.fields == n.fields
+        && o.tag == n.tag
+        && o.variants == n.variants
 }
 
 /// Whether type name `ty` mentions type `name` as a whole path.

@@ -23,22 +23,34 @@ type R<'d> = EndianSlice<'d, LittleEndian>;
 /// describes: 0 for an object built without debug info, or with line tables only.
 pub fn read(data: &[u8], model: &mut Model) -> Result<usize> {
     let file = ElfFile64::<object::LittleEndian>::parse(data).context("malformed ELF object")?;
-    if file.section_by_name(".debug_info").is_none() {
+    // The debug sections, found in one pass: a unit has a section per function, and looking each
+    // of gimli's twenty-odd sections up by name would scan them all every time.
+    let debug: Vec<_> = file
+        .sections()
+        .filter(|s| s.name_bytes().is_ok_and(|n| n.starts_with(b".debug_") || n.starts_with(b".zdebug_")))
+        .collect();
+    // By name as `section_by_name` finds it: the first of that name, else its `.zdebug_` form.
+    let by_name = |name: &str| {
+        let zname = name.strip_prefix(".debug_").map(|rest| format!(".zdebug_{rest}"));
+        let named = |n: &str| debug.iter().find(|s| s.name_bytes().is_ok_and(|b| b == n.as_bytes()));
+        named(name).or_else(|| zname.as_deref().and_then(named))
+    };
+    if by_name(".debug_info").is_none() {
         return Ok(0);
     }
     // The sections holding offsets into others: `.debug_info` (DWARF 4 and 5), and DWARF 5's
     // string-offset and address tables.
     let mut relocated: HashMap<&str, Vec<u8>> = HashMap::new();
     for name in [".debug_info", ".debug_str_offsets", ".debug_addr"] {
-        let Some(section) = file.section_by_name(name) else { continue };
+        let Some(section) = by_name(name) else { continue };
         let mut bytes = section.data().with_context(|| format!("cannot read {name}"))?.to_vec();
-        apply_relocations(&file, &section, &mut bytes);
+        apply_relocations(&file, section, &mut bytes);
         relocated.insert(name, bytes);
     }
     let section = |name: &str| -> &[u8] {
         match relocated.get(name) {
             Some(bytes) => bytes,
-            None => file.section_by_name(name).and_then(|s| s.data().ok()).unwrap_or(&[]),
+            None => by_name(name).and_then(|s| s.data().ok()).unwrap_or(&[]),
         }
     };
     let dwarf = gimli::Dwarf::load(|id| -> std::result::Result<R<'_>, gimli::Error> {
@@ -86,7 +98,9 @@ fn apply_relocations(
     }
 }
 
-/// The entries of one compilation unit that the model needs, as a tree.
+/// The entries of one compilation unit that the model needs, as a tree kept in the order of the
+/// walk (depth first): a node's subtree is the nodes after it up to its `end`, so its children are
+/// the next node, the node at that one's `end`, and so on ([`Kids`]).
 struct Node<'d> {
     tag: DwTag,
     name: Option<&'d str>,
@@ -106,14 +120,40 @@ struct Node<'d> {
     located: bool,
     tls: bool,
     parent: Option<usize>,
-    children: Vec<usize>,
+    /// One past the last node of its subtree.
+    end: usize,
 }
 
 struct Nodes<'d> {
     nodes: Vec<Node<'d>>,
-    /// Each kept entry's offset and node, in the order of the walk (increasing offsets).
-    at: Vec<(UnitOffset, usize)>,
-    names: Vec<Option<String>>,
+    /// Each node's entry offset (increasing: nodes are in the order of the walk).
+    at: Vec<UnitOffset>,
+    names: Vec<Memo>,
+}
+
+/// A node's type name, while and once it is made.
+#[derive(Clone)]
+enum Memo {
+    Unknown,
+    Naming,
+    Known(String),
+}
+
+/// The children of a node, in order: a cursor that holds no borrow, so the walk can update the
+/// nodes' memoised names between steps.
+struct Kids {
+    next: usize,
+    end: usize,
+}
+
+impl Kids {
+    fn next(&mut self, nodes: &Nodes<'_>) -> Option<usize> {
+        (self.next < self.end).then(|| {
+            let c = self.next;
+            self.next = nodes.nodes[c].end;
+            c
+        })
+    }
 }
 
 fn wanted(tag: DwTag) -> bool {
@@ -147,22 +187,38 @@ fn wanted(tag: DwTag) -> bool {
 }
 
 impl<'d> Nodes<'d> {
+    /// Walks the unit's entries once, reading the attributes of those the model needs and
+    /// skipping the others' (by their forms' sizes, without decoding them).
     fn collect(dwarf: &gimli::Dwarf<R<'d>>, unit: &gimli::Unit<R<'d>>) -> gimli::Result<Self> {
-        let mut nodes: Vec<Node<'d>> = Vec::new();
-        let mut at = Vec::new();
-        // (depth, node) of the open ancestors; `None` for entries not kept (their subtree is
-        // still walked, attached to the nearest kept ancestor).
-        let mut stack: Vec<(isize, Option<usize>)> = Vec::new();
-        let mut cursor = unit.entries();
-        while let Some(entry) = cursor.next_dfs()? {
-            let depth = entry.depth();
-            while stack.last().is_some_and(|&(d, _)| d >= depth) {
+        // rustc's entries take about ten bytes each: room for them all at once (the part never
+        // used is never touched).
+        let room = unit.header.unit_length() / 8;
+        let mut nodes: Vec<Node<'d>> = Vec::with_capacity(room);
+        let mut at = Vec::with_capacity(room);
+        // The open ancestors: (depth, the nearest kept node at or above it, whether it is that
+        // node). An entry not kept still has its subtree walked, attached to the nearest kept
+        // ancestor.
+        let mut stack: Vec<(isize, Option<usize>, bool)> = Vec::new();
+        let mut raw = unit.entries_raw(None)?;
+        while !raw.is_empty() {
+            let depth = raw.next_depth();
+            let offset = raw.next_offset();
+            // `None`: the null entry that ends a list of children.
+            let Some(abbrev) = raw.read_abbreviation()? else { continue };
+            while let Some(&(d, n, own)) = stack.last() {
+                if d < depth {
+                    break;
+                }
+                if let (Some(n), true) = (n, own) {
+                    nodes[n].end = nodes.len();
+                }
                 stack.pop();
             }
-            let parent = stack.iter().rev().find_map(|&(_, n)| n);
-            let tag = entry.tag();
+            let parent = stack.last().and_then(|&(_, n, _)| n);
+            let tag = abbrev.tag();
             if !wanted(tag) {
-                stack.push((depth, None));
+                raw.skip_attributes(abbrev.attributes())?;
+                stack.push((depth, parent, false));
                 continue;
             }
             let mut node = Node {
@@ -182,9 +238,10 @@ impl<'d> Nodes<'d> {
                 located: false,
                 tls: false,
                 parent,
-                children: Vec::new(),
+                end: 0,
             };
-            for attr in entry.attrs() {
+            for spec in abbrev.attributes() {
+                let attr = raw.read_attribute_inline(*spec)?;
                 let value = attr.value();
                 match attr.name() {
                     DW_AT_name => node.name = string(dwarf, unit, value),
@@ -211,32 +268,53 @@ impl<'d> Nodes<'d> {
                 }
             }
             let index = nodes.len();
-            if let Some(p) = parent {
-                nodes[p].children.push(index);
-            }
-            at.push((entry.offset(), index));
+            at.push(offset);
             nodes.push(node);
-            stack.push((depth, Some(index)));
+            stack.push((depth, Some(index), true));
         }
-        let names = vec![None; nodes.len()];
+        let len = nodes.len();
+        for (_, n, own) in stack {
+            if let (Some(n), true) = (n, own) {
+                nodes[n].end = len;
+            }
+        }
+        let names = vec![Memo::Unknown; nodes.len()];
         Ok(Nodes { nodes, at, names })
     }
 
     fn get(&self, offset: Option<UnitOffset>) -> Option<usize> {
         let o = offset?;
-        self.at.binary_search_by_key(&o.0, |&(at, _)| at.0).ok().map(|i| self.at[i].1)
+        self.at.binary_search_by_key(&o.0, |at| at.0).ok()
+    }
+
+    fn kids(&self, i: usize) -> Kids {
+        Kids { next: i + 1, end: self.nodes[i].end }
     }
 
     /// The qualified name of the type at node `i` (memoised).
-    fn type_name(&mut self, i: usize) -> String {
-        if let Some(n) = &self.names[i] {
-            return n.clone();
+    fn name(&mut self, i: usize) -> &str {
+        if matches!(self.names[i], Memo::Unknown) {
+            // A cycle (a pointer type naming itself through an unnamed chain) ends here: the
+            // type being named is `?` to the names made while naming it.
+            self.names[i] = Memo::Naming;
+            let name = self.make_name(i);
+            self.names[i] = Memo::Known(name);
         }
-        // A cycle (a pointer type naming itself through an unnamed chain) ends here.
-        self.names[i] = Some("?".into());
+        match &self.names[i] {
+            Memo::Known(name) => name,
+            _ => "?",
+        }
+    }
+
+    fn type_name(&mut self, i: usize) -> String {
+        self.name(i).to_string()
+    }
+
+    fn make_name(&mut self, i: usize) -> String {
         let node = &self.nodes[i];
-        let (tag, name, ty, count_of) = (node.tag, node.name, node.ty, node.children.first().copied());
-        let name = match tag {
+        let count = (node.end > i + 1).then(|| self.nodes[i + 1].count).flatten();
+        let (tag, name, ty) = (node.tag, node.name, node.ty);
+        match tag {
             DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type | DW_TAG_typedef => {
                 match name {
                     Some(n) => {
@@ -248,74 +326,84 @@ impl<'d> Nodes<'d> {
                             path
                         }
                     }
-                    None => self.target_name(ty),
+                    None => self.target(ty).to_string(),
                 }
             }
             DW_TAG_array_type => {
-                let elem = self.target_name(ty);
-                match count_of.and_then(|c| self.nodes[c].count) {
+                let elem = self.target(ty);
+                match count {
                     Some(n) => format!("[{elem}; {n}]"),
                     None => format!("[{elem}]"),
                 }
             }
             DW_TAG_pointer_type | DW_TAG_reference_type | DW_TAG_rvalue_reference_type => match name {
                 Some(n) => n.to_string(),
-                None => format!("*{}", self.target_name(ty)),
+                None => format!("*{}", self.target(ty)),
             },
-            DW_TAG_const_type | DW_TAG_volatile_type => self.target_name(ty),
+            DW_TAG_const_type | DW_TAG_volatile_type => self.target(ty).to_string(),
             DW_TAG_subroutine_type => name.map_or_else(|| "fn".to_string(), str::to_string),
             _ => name.map_or_else(|| "?".to_string(), str::to_string),
-        };
-        self.names[i] = Some(name.clone());
-        name
+        }
     }
 
     /// A hash of what the layout guard compares of the type at node `i`: size, alignment, and
     /// every member's name, offset and type, variants and enumerators included. Names a type
     /// declared in an anonymous `const _` block (see [`in_anonymous_block`]).
     fn layout_digest(&mut self, i: usize) -> u64 {
+        use std::fmt::Write as _;
         let mut text = String::new();
-        let mut todo = vec![i];
-        while let Some(at) = todo.pop() {
+        // The subtree in the order of the walk: each node, then its children's subtrees.
+        // A variant's struct is described beside its enum, not inside it: it is reached through
+        // the member's type, whose name carries its own digest.
+        for at in i..self.nodes[i].end {
             let node = &self.nodes[at];
             let (tag, name, size, align, offset, discr, ty) =
                 (node.tag, node.name, node.size, node.align, node.member_offset, node.discr_value, node.ty);
-            let ty = if tag == DW_TAG_member { self.target_name(ty) } else { String::new() };
-            text.push_str(&format!(
+            let ty = if tag == DW_TAG_member { self.target(ty) } else { "" };
+            let _ = write!(
+                text,
                 "{}:{}:{size:?}:{align:?}:{offset:?}:{discr:?}:{ty};",
                 tag.0,
                 name.unwrap_or("")
-            ));
-            // A variant's struct is described beside its enum, not inside it: it is reached
-            // through the member's type, whose name carries its own digest.
-            todo.extend(self.nodes[at].children.iter().rev().copied());
+            );
         }
         xxhash_rust::xxh3::xxh3_64(text.as_bytes())
     }
 
-    fn target_name(&mut self, ty: Option<UnitOffset>) -> String {
+    /// The name of the type at `ty`: `()` when there is none.
+    fn target(&mut self, ty: Option<UnitOffset>) -> &str {
         match self.get(ty) {
-            Some(t) => self.type_name(t),
-            None => "()".into(),
+            Some(t) => self.name(t),
+            None => "()",
         }
+    }
+
+    fn target_name(&mut self, ty: Option<UnitOffset>) -> String {
+        self.target(ty).to_string()
     }
 
     /// `name` under the namespaces and types that enclose node `i`.
     fn qualified(&self, i: usize, name: &str) -> String {
-        let mut parts = vec![name];
-        let mut at = self.nodes[i].parent;
-        while let Some(p) = at {
-            let node = &self.nodes[p];
-            if matches!(
-                node.tag,
-                DW_TAG_namespace | DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type
-            ) {
-                parts.push(node.name.unwrap_or("{anon}"));
-            }
-            at = node.parent;
+        let enclosing = |at: Option<usize>| {
+            std::iter::successors(at, |&p| self.nodes[p].parent).filter(|&p| {
+                matches!(
+                    self.nodes[p].tag,
+                    DW_TAG_namespace | DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type
+                )
+            })
+        };
+        let part = |p: usize| self.nodes[p].name.unwrap_or("{anon}");
+        let parent = self.nodes[i].parent;
+        let len = enclosing(parent).map(|p| part(p).len() + 2).sum::<usize>() + name.len();
+        // Written from the end: the innermost part is found first.
+        let mut out = vec![0u8; len];
+        let mut end = len;
+        for piece in std::iter::once(name).chain(enclosing(parent).flat_map(|p| ["::", part(p)])) {
+            out[end - piece.len()..end].copy_from_slice(piece.as_bytes());
+            end -= piece.len();
         }
-        parts.reverse();
-        parts.join("::")
+        // Whole `str`s copied into a buffer of their total length.
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// The node's own type, or its abstract origin's / declaration's.
@@ -370,16 +458,24 @@ impl<'d> Nodes<'d> {
     }
 
     fn fields(&mut self, of: usize) -> Vec<Field> {
-        let members: Vec<usize> =
-            self.nodes[of].children.iter().copied().filter(|&c| self.nodes[c].tag == DW_TAG_member).collect();
-        members
-            .into_iter()
-            .map(|m| Field {
-                name: self.nodes[m].name.unwrap_or("").to_string(),
-                offset: self.nodes[m].member_offset.unwrap_or(0),
-                ty: self.target_name(self.nodes[m].ty),
-            })
-            .collect()
+        let mut members = 0;
+        let mut kids = self.kids(of);
+        while let Some(m) = kids.next(self) {
+            members += usize::from(self.nodes[m].tag == DW_TAG_member);
+        }
+        let mut fields = Vec::with_capacity(members);
+        let mut kids = self.kids(of);
+        while let Some(m) = kids.next(self) {
+            if self.nodes[m].tag == DW_TAG_member {
+                let (name, offset, ty) = (self.nodes[m].name, self.nodes[m].member_offset, self.nodes[m].ty);
+                fields.push(Field {
+                    name: name.unwrap_or("").to_string(),
+                    offset: offset.unwrap_or(0),
+                    ty: self.target_name(ty),
+                });
+            }
+        }
+        fields
     }
 
     fn into_model(mut self, model: &mut Model) {
@@ -420,8 +516,7 @@ impl<'d> Nodes<'d> {
         if self.nodes[i].declaration {
             return;
         }
-        let name = self.type_name(i);
-        if model.types.contains_key(&name) {
+        if model.types.contains_key(self.name(i)) {
             return;
         }
         let node = &self.nodes[i];
@@ -440,8 +535,8 @@ impl<'d> Nodes<'d> {
                 rec.kind = if tag == DW_TAG_union_type { Kind::Union } else { Kind::Struct };
                 rec.fields = self.fields(i);
                 rec.edges.extend(rec.fields.iter().map(|f| (f.ty.clone(), true)));
-                let children = self.nodes[i].children.clone();
-                for c in children {
+                let mut kids = self.kids(i);
+                while let Some(c) = kids.next(self) {
                     match self.nodes[c].tag {
                         DW_TAG_template_type_parameter => {
                             let t = self.nodes[c].ty;
@@ -457,8 +552,8 @@ impl<'d> Nodes<'d> {
             }
             DW_TAG_enumeration_type => {
                 rec.kind = Kind::CEnum;
-                let children = self.nodes[i].children.clone();
-                for c in children {
+                let mut kids = self.kids(i);
+                while let Some(c) = kids.next(self) {
                     if self.nodes[c].tag == DW_TAG_enumerator {
                         rec.variants.push(Variant {
                             name: self.nodes[c].name.unwrap_or("").to_string(),
@@ -473,13 +568,14 @@ impl<'d> Nodes<'d> {
             }
             _ => rec.edges.push((self.target_name(ty), true)),
         }
+        let name = self.type_name(i);
         model.types.insert(name, rec);
     }
 
     /// An enum's tag and variants; each variant's struct is folded into the enum.
     fn variants(&mut self, part: usize, rec: &mut TypeRec, model: &mut Model) {
-        let children = self.nodes[part].children.clone();
-        for c in children {
+        let mut kids = self.kids(part);
+        while let Some(c) = kids.next(self) {
             match self.nodes[c].tag {
                 DW_TAG_member => {
                     let t = self.nodes[c].ty;
@@ -491,13 +587,11 @@ impl<'d> Nodes<'d> {
                 }
                 DW_TAG_variant => {
                     let discr = self.nodes[c].discr_value;
-                    let members: Vec<usize> = self.nodes[c]
-                        .children
-                        .iter()
-                        .copied()
-                        .filter(|&m| self.nodes[m].tag == DW_TAG_member)
-                        .collect();
-                    for m in members {
+                    let mut members = self.kids(c);
+                    while let Some(m) = members.next(self) {
+                        if self.nodes[m].tag != DW_TAG_member {
+                            continue;
+                        }
                         let Some(vt) = self.get(self.nodes[m].ty) else { continue };
                         let vt_name = self.type_name(vt);
                         let fields = self.fields(vt);
@@ -518,7 +612,12 @@ impl<'d> Nodes<'d> {
         let ret = self.ty_of(i).map(|t| self.target_name(Some(t)));
         let mut params = Vec::new();
         let mut locals = Vec::new();
-        let mut todo: Vec<(usize, bool)> = self.nodes[i].children.iter().map(|&c| (c, true)).collect();
+        // Parameters in order; locals of nested blocks and inlined calls in any order (sorted below).
+        let mut todo: Vec<(usize, bool)> = Vec::new();
+        let mut kids = self.kids(i);
+        while let Some(c) = kids.next(self) {
+            todo.push((c, true));
+        }
         todo.reverse();
         while let Some((c, top)) = todo.pop() {
             match self.nodes[c].tag {
@@ -531,7 +630,10 @@ impl<'d> Nodes<'d> {
                     locals.push(name);
                 }
                 DW_TAG_lexical_block | DW_TAG_inlined_subroutine => {
-                    todo.extend(self.nodes[c].children.iter().map(|&g| (g, false)));
+                    let mut kids = self.kids(c);
+                    while let Some(g) = kids.next(self) {
+                        todo.push((g, false));
+                    }
                 }
                 _ => {}
             }
@@ -559,14 +661,16 @@ impl<'d> Nodes<'d> {
     fn generics_of(&mut self, i: usize) -> Vec<String> {
         let mut at = i;
         for _ in 0..3 {
-            let params: Vec<Option<UnitOffset>> = self.nodes[at]
-                .children
-                .iter()
-                .filter(|&&c| self.nodes[c].tag == DW_TAG_template_type_parameter)
-                .map(|&c| self.nodes[c].ty)
-                .collect();
+            let mut params = Vec::new();
+            let mut kids = self.kids(at);
+            while let Some(c) = kids.next(self) {
+                if self.nodes[c].tag == DW_TAG_template_type_parameter {
+                    let ty = self.nodes[c].ty;
+                    params.push(self.target_name(ty));
+                }
+            }
             if !params.is_empty() {
-                return params.into_iter().map(|t| self.target_name(t)).collect();
+                return params;
             }
             match self.get(self.nodes[at].origin) {
                 Some(o) => at = o,

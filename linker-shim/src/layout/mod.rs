@@ -46,6 +46,9 @@ pub struct Layouts {
     /// Changed units that describe types in their debug info (none when the build has no debug
     /// info, or line tables only: then layout changes cannot be seen).
     pub units_with_types: usize,
+    /// The unit models this patch read from DWARF, being kept in the cache (waited for when
+    /// dropped).
+    pub writes: cache::Writes,
 }
 
 /// What the guard decided for one patch.
@@ -137,7 +140,8 @@ pub fn workspace_crates<'a>(base: &Build<'a>, current: &Build<'a>) -> Vec<String
 /// Each unit's model is read from `cache` when it holds one for the unit's content hash, and
 /// kept there after its DWARF is read otherwise ([`cache`]).
 pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cache) -> Result<Layouts> {
-    let mut wrote = false;
+    // The models read from DWARF, encoded, to be kept.
+    let mut to_keep = Vec::new();
     let cache = unit_cache(base, current, cache);
     let mut layouts = Layouts::default();
     for (build, units, model) in [
@@ -153,8 +157,7 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
                     let mut one = Model::default();
                     let described = dwarf::read(unit.bytes()?, &mut one)
                         .with_context(|| format!("the debug info of {}", unit.origin()))?;
-                    cache.save(unit.hash, &one, described);
-                    wrote = true;
+                    to_keep.push((unit.hash, cache::encode(&one, described)));
                     model.absorb(one);
                     described
                 }
@@ -164,9 +167,7 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
             }
         }
     }
-    if wrote {
-        cache.bound();
-    }
+    layouts.writes = cache.write_later(to_keep);
     layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
     layouts.changes = compare::changed_types_paired(&layouts.old, &layouts.new, &layouts.closures.envs);
     Ok(layouts)

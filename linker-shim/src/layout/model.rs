@@ -103,10 +103,29 @@ pub struct ClosureFn {
     pub linkage: String,
 }
 
-/// Type names are hashed with xxh3 (`KeyHasher`): loading a patch's unit models looks up every
+/// Type names are hashed with xxh3 ([`NameHasher`]): loading a patch's unit models looks up every
 /// type of every changed unit, several times faster than with SipHash. The names come from our
 /// own builds' debug info: hash flooding is not a concern.
-pub type Names = std::hash::BuildHasherDefault<crate::objects::units::KeyHasher>;
+pub type Names = std::hash::BuildHasherDefault<NameHasher>;
+
+/// One xxh3 of a name's bytes. A `str` is hashed as its bytes then a `0xff` byte: that byte is
+/// mixed in without a second xxh3 (a bijection of the hash, so it adds no collision).
+#[derive(Default)]
+pub struct NameHasher(u64);
+
+impl std::hash::Hasher for NameHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = self.0.rotate_left(5) ^ xxhash_rust::xxh3::xxh3_64(bytes);
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.0 = self.0.rotate_left(5) ^ u64::from(byte);
+    }
+}
 
 /// One build's side of the comparison.
 #[derive(Debug, Default, Clone)]
@@ -151,6 +170,11 @@ impl Model {
     /// Adds what another unit describes. A type described by several units is the same type
     /// (anonymous ones are named by their layout: `dwarf`), so the first description is kept.
     pub fn absorb(&mut self, unit: Model) {
+        if self.is_empty() {
+            // The first unit of a side: its model is the side's, as it is.
+            *self = unit;
+            return;
+        }
         for (name, rec) in unit.types {
             self.types.entry(name).or_insert(rec);
         }
@@ -161,6 +185,15 @@ impl Model {
         self.closures.extend(unit.closures);
     }
 
+    fn is_empty(&self) -> bool {
+        self.types.is_empty()
+            && self.statics.is_empty()
+            && self.functions.is_empty()
+            && self.variant_types.is_empty()
+            && self.closures.is_empty()
+            && self.vtables.is_empty()
+    }
+
     /// The functions of the model with this path.
     pub fn functions_at<'m>(&'m self, path: &'m str) -> impl Iterator<Item = &'m FnRec> + 'm {
         self.functions.iter().filter(move |f| f.path == path)
@@ -169,6 +202,28 @@ impl Model {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn absorbing_units_keeps_the_first_description_of_a_type() {
+        let unit = |size: u64, f: &str| {
+            let mut m = Model::default();
+            let mut t = TypeRec::pointer_to("u8");
+            t.size = Some(size);
+            m.types.insert("app::T".into(), t);
+            m.types.insert(format!("app::{f}"), TypeRec::pointer_to("u8"));
+            m.statics.push(StaticRec { path: format!("app::S{f}"), ty: "app::T".into(), tls: false });
+            m
+        };
+        let mut all = Model::default();
+        all.absorb(unit(1, "a"));
+        all.absorb(unit(2, "b"));
+        assert_eq!(all.types["app::T"].size, Some(1));
+        assert!(all.types.contains_key("app::a") && all.types.contains_key("app::b"));
+        let statics: Vec<&str> = all.statics.iter().map(|s| s.path.as_str()).collect();
+        assert_eq!(statics, ["app::Sa", "app::Sb"]);
+    }
+
     #[test]
     fn vtable_names_name_a_type_and_a_trait() {
         assert_eq!(
