@@ -195,7 +195,11 @@ pub fn refusals_in(layouts: &Layouts, diff: &Diff, frames: bool) -> (Vec<String>
             let trades = || f.params.iter().chain(f.ret.iter()).any(|t| owned.contains(t.as_str()));
             if running(&f.path) {
                 if holds(&any) {
-                    add(format!("`{}`'s locals", f.path));
+                    // A closure `main` made may be a thread's body, running for as long.
+                    match f.path.split_once("::{{closure}}") {
+                        Some((maker, _)) => add(format!("locals of closures in `{maker}`")),
+                        None => add(format!("`{}`'s locals", f.path)),
+                    }
                 }
             } else if own_code(&f.path) && diff.unchanged.contains(names::canonical(&f.linkage)) && trades() {
                 add(format!("unchanged `{}`'s parameters or return value", f.path));
@@ -377,6 +381,16 @@ mod tests {
         assert!(reasons(&l, &[])[0].contains("`app::main`'s locals"));
         let l = layouts(|m| m.functions.push(function("app::main::{{closure}}", &["&app::A"], &[], false)));
         assert!(reasons(&l, &[]).is_empty(), "no main: a closure of a function that is not running");
+        let l = layouts(|m| {
+            m.functions.push(function("app::main", &[], &[], true));
+            m.functions.push(function("app::main::{{closure}}", &["&app::A"], &[], false));
+            m.functions.push(function("app::main::{{closure}}::{{closure}}", &["&app::A"], &[], false));
+        });
+        let r = reasons(&l, &[]);
+        assert!(
+            r[0].contains("are live (locals of closures in `app::main`);"),
+            "one place, named by its maker: {r:?}"
+        );
 
         // Unchanged code of the workspace holding a value keeps making old ones; borrowing one, or
         // changed code, or another crate's code, does not count.
