@@ -93,7 +93,27 @@ fn describe(registry: &Registry, reg: &Registration) -> String {
         }
         None => out.push_str("  process: /proc cannot be read"),
     }
+    if let Some(line) = debug_line(registry, reg) {
+        out.push_str(&line);
+    }
     out
+}
+
+/// How to attach a debugger that steps into patched code (README, *Debugging a patched
+/// program*): ipbp's scripts of the target directory the process's build was linked in.
+fn debug_line(registry: &Registry, reg: &Registration) -> Option<String> {
+    let build = registry.build(&reg.build_id)?;
+    let dir = crate::store::IpbpDir::for_output(&build.output);
+    let (gdb, lldb) = (dir.gdb_script(), dir.lldb_script());
+    if !gdb.is_file() || !lldb.is_file() {
+        return None;
+    }
+    Some(format!(
+        "\n  debug: gdb -p {pid} -x {}   or   lldb -p {pid} -o 'command script import {}'",
+        gdb.display(),
+        lldb.display(),
+        pid = reg.pid
+    ))
 }
 
 fn patches_line(h: &Hello) -> String {

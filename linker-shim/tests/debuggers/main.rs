@@ -441,11 +441,15 @@ fn a_program_stopped_at_a_breakpoint_in_the_patched_function_is_reported_then_pa
 /// prologue end, past the jump at its entry, and runs on: ARCHITECTURE.md, *Debuggers*.)
 #[track_caller]
 fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generation: u64) {
-    let script = project.target(support::live::CONFIG).join("ipbp/debug/ipbp.gdb");
+    // The command `ipbp-ld status` gives for attaching.
+    let status = project.ipbp_ld(&["status", &app.pid.to_string()]);
+    let script = (status.stdout.split_once(" -x ").and_then(|(_, rest)| rest.split_whitespace().next()))
+        .unwrap_or_else(|| panic!("`ipbp-ld status` names no gdb script: {status}"))
+        .to_string();
+    assert!(script.ends_with("ipbp/debug/ipbp.gdb"), "{status}");
     let call =
         project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
     let pid = app.pid.to_string();
-    let script = script.display().to_string();
     let run = limited(&[
         "gdb",
         "-nx",
