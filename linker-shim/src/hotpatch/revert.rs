@@ -82,11 +82,13 @@ pub fn link_failed(called: Instant, delivered: Vec<Delivered>, status: &mut Stat
             Some(r) => crate::deliver::apply(r, d.pid, d.undo),
             None => Err(crate::err!("the registry cannot be opened")),
         };
-        if let Some((dir, pins)) = &d.pins_before {
-            let _ = pins.write(dir);
-        }
         match sent {
             Ok(applied) => {
+                // Undone: its pins go too. (Not when the undo failed: the process then still runs
+                // the patch, and its pins hold.)
+                if let Some((dir, pins)) = &d.pins_before {
+                    let _ = pins.write(dir);
+                }
                 let took = (applied.load_us + applied.install_us) as f64 / 1000.0;
                 let total = called.elapsed().as_secs_f64() * 1000.0;
                 let how = if applied.deferred {
