@@ -281,7 +281,7 @@ fn patch_process(
     clock.step("diff");
     let guard_cpu = crate::timing::thread_cpu();
     let mut layouts = crate::layout::guard(&loaded.base, &loaded.current, &d, &Cache::at(dir.layouts()))?;
-    let patch_dir = dir.patches().join(format!("{}-{}", reg.pid, reg.start_time));
+    let patch_dir = dir.process_patches(reg.pid, reg.start_time);
     since::since_newest_patch(&mut layouts, &hello, &patch_dir, (&loaded, &d), dir);
     let guard_cpu = crate::timing::thread_cpu().saturating_sub(guard_cpu);
     clock.step("layouts");
@@ -344,7 +344,7 @@ fn patch_process(
         let _ = crate::layout::since::record(file, &units, &types, &crates);
     }
 
-    let installs = installs(
+    let mut installs = installs(
         &plan,
         &emitted.chunk_addr,
         mode,
@@ -355,13 +355,14 @@ fn patch_process(
         &mut notes,
     );
     let summary = summarize(&plan.report, plan.chunks.is_empty());
-    let homes = installs.homes.clone();
+    let homes = installs.homes.take();
     let request = request(reg, &hello, &plan, &emitted, installs, &summary);
-    // What the pins were before this patch: a link that fails undoes the patch, and its pins
-    // with it (a pin that outlived its patch would keep a copy on old code after later edits).
-    let pins_before = homes.as_ref().map(|_| deliver::chain::Pins::read(&patch_dir));
     let applied = deliver::apply(registry, reg.pid, request.clone())?;
-    if let Some((homes, pins)) = homes {
+    // A link that fails undoes the patch, and its pins with it (a pin that outlived its patch
+    // would keep a copy on old code after later edits).
+    let mut pins_before = None;
+    if let Some((homes, pins, before)) = homes {
+        pins_before = Some((patch_dir.clone(), before));
         let _ = fs_err::create_dir_all(&patch_dir);
         let _ = homes.write(&patch_dir);
         let _ = pins.write(&patch_dir);
@@ -372,7 +373,7 @@ fn patch_process(
         pid: reg.pid,
         _lock: lock,
         undo: revert::undo_request(&hello, &request.settle, applied.generation),
-        pins_before: pins_before.map(|p| (patch_dir.clone(), p)),
+        pins_before,
     });
     let t_deliver = t0.elapsed();
     clock.step("emit and deliver");
@@ -581,8 +582,8 @@ struct Installs {
     settled_patches: Vec<u64>,
     data: Vec<LedgerEntry>,
     /// The homes of functions patches added, and the pinned copies, to record once the patch is
-    /// applied.
-    homes: Option<(deliver::chain::Homes, deliver::chain::Pins)>,
+    /// applied; and the pinned copies before it, put back if it is undone (its link fails).
+    homes: Option<(deliver::chain::Homes, deliver::chain::Pins, deliver::chain::Pins)>,
 }
 
 /// Maps the plan's installs to the emitted chunks' addresses; in place, also sends the functions
@@ -629,6 +630,7 @@ fn installs(
         let kept: HashSet<&str> =
             plan.report.kept_for_layout.iter().chain(kept_since).map(String::as_str).collect();
         let pins = deliver::chain::Pins::read(patch_dir);
+        let pins_before = pins.clone();
         let chain = deliver::chain::earlier_patches(
             patch_dir,
             listed,
@@ -646,7 +648,7 @@ fn installs(
                 "`{f}` of an earlier patch cannot be redirected to its newest version; pointers to that copy keep its code"
             ));
         }
-        homes = Some((chain.homes, chain.pins));
+        homes = Some((chain.homes, chain.pins, pins_before));
     }
     // One entry, one jump. A mangled name defined in two changed objects (a local instance two
     // codegen units each have, an object given twice) is the same code twice: either copy will do.

@@ -158,9 +158,7 @@ pub fn restart(registry: &Registry, p: &Pending, exe: &Path, build_id: &str) -> 
     // The old image is gone (`execve` succeeded) and with it every patch it held; `execve` keeps
     // the pid and the start time, so the new image would inherit their directory — its records
     // (pins, homes, the builds patches were made from) describe code no longer there. Gone too.
-    let _ = std::fs::remove_dir_all(
-        IpbpDir::for_output(exe).patches().join(format!("{}-{}", p.pid, p.start_time)),
-    );
+    let _ = std::fs::remove_dir_all(IpbpDir::for_output(exe).process_patches(p.pid, p.start_time));
     // The program withdrew its registration before it answered `restarting`: the one awaited is
     // the new build's (the old image's would otherwise survive `execve`, which runs no exit
     // handler, and a restart into the same build would seem done at once).

@@ -87,6 +87,12 @@ impl IpbpDir {
         self.root.join("patches")
     }
 
+    /// The patches of one process and what is recorded about them (`<pid>-<start time>`: a pid
+    /// reused by another process names another directory).
+    pub fn process_patches(&self, pid: u32, start_time: u64) -> PathBuf {
+        self.patches().join(format!("{pid}-{start_time}"))
+    }
+
     /// A debug-file directory (gdb's `debug-file-directory`) holding [`IpbpDir::executable`].
     pub fn debug_files(&self) -> PathBuf {
         self.root.join("debug")
