@@ -347,6 +347,11 @@ mod tests {
         old_extra(&mut old);
         let mut new = Model::default();
         new.types.insert("app::A".into(), strukt(16, &[("x", 0, "u64"), ("y", 8, "u64")]));
+        compared(old, new)
+    }
+
+    /// The two models of crate `app`, their changed types found.
+    fn compared(old: Model, new: Model) -> Layouts {
         let changes = changed_types(&old, &new);
         Layouts {
             old,
@@ -445,16 +450,9 @@ mod tests {
             old.functions.push(function("app::run", &[], &["app::Task"], false));
             let mut new = Model::default();
             new.types.insert(name.into(), strukt(16, &[("n", 0, "u64"), ("kept", 8, "u64")]));
-            let changes = changed_types(&old, &new);
-            assert_eq!(changes.len(), 1);
-            Layouts {
-                old,
-                new,
-                changes,
-                crates: HashSet::from(["app".to_string()]),
-                units_with_types: 1,
-                ..Default::default()
-            }
+            let layouts = compared(old, new);
+            assert_eq!(layouts.changes.len(), 1);
+            layouts
         };
         let hot = changed("app::job::{async_fn#0}::__ipbp_body::{async_fn_env#0}");
         assert!(reasons(&hot, &["app::run#sym"]).is_empty(), "{:?}", reasons(&hot, &["app::run#sym"]));

@@ -150,76 +150,85 @@ fn rename_no_replace(from: &Path, to: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A copy of `sleep` in a fresh directory, running; killed when dropped.
+    struct Sleeper {
+        dir: tempfile::TempDir,
+        program: PathBuf,
+        child: std::process::Child,
+    }
+
+    impl Sleeper {
+        fn start() -> Sleeper {
+            let dir = tempfile::tempdir().unwrap();
+            let program = dir.path().join("sleeper");
+            std::fs::copy("/bin/sleep", &program).unwrap();
+            let child = std::process::Command::new(&program).arg("30").spawn().unwrap();
+            Sleeper { dir, program, child }
+        }
+
+        fn pid(&self) -> u32 {
+            self.child.id()
+        }
+
+        /// `path` inside the directory, as `/proc/<pid>/exe` spells it.
+        fn at(&self, path: &str) -> PathBuf {
+            self.dir.path().canonicalize().unwrap().join(path)
+        }
+
+        fn exe(&self) -> PathBuf {
+            std::fs::read_link(format!("/proc/{}/exe", self.pid())).unwrap()
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
     /// A child started from a file: its entry moves to `kept`, `/proc/<pid>/exe` names `kept`,
     /// the old name holds the same file, and a second call finds it done.
     #[test]
     fn the_started_entry_moves_to_the_kept_name_and_the_old_name_stays() {
-        let dir = std::env::temp_dir().join(format!("ipbp-started-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let program = dir.join("sleeper");
-        std::fs::copy("/bin/sleep", &program).unwrap();
-        let kept = dir.join("debug/.build-id/ab/cdef.debug");
+        let s = Sleeper::start();
+        let (program, kept, within) = (s.at("sleeper"), s.at("debug/.build-id/ab/cdef.debug"), s.at(""));
         std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
         std::fs::hard_link(&program, &kept).unwrap();
-        let mut child = std::process::Command::new(&program).arg("30").spawn().unwrap();
-        let exe = format!("/proc/{}/exe", child.id());
-        assert_eq!(std::fs::read_link(&exe).unwrap(), program);
+        assert_eq!(s.exe(), program);
 
-        assert_eq!(move_started_entry(child.id(), &kept, &within(&dir)).unwrap(), Outcome::Moved);
-        assert_eq!(std::fs::read_link(&exe).unwrap(), kept);
+        assert_eq!(move_started_entry(s.pid(), &kept, &within).unwrap(), Outcome::Moved);
+        assert_eq!(s.exe(), kept);
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
-        assert_eq!(ino(&program), ino(Path::new(&exe)));
-        assert_eq!(ino(&kept), ino(Path::new(&exe)));
-        assert_eq!(move_started_entry(child.id(), &kept, &within(&dir)).unwrap(), Outcome::Already);
+        let running = PathBuf::from(format!("/proc/{}/exe", s.pid()));
+        assert_eq!(ino(&program), ino(&running));
+        assert_eq!(ino(&kept), ino(&running));
+        assert_eq!(move_started_entry(s.pid(), &kept, &within).unwrap(), Outcome::Already);
 
         // The user's name replaced (as cargo does): the process still names the kept file.
         std::fs::remove_file(&program).unwrap();
         std::fs::write(&program, b"new build").unwrap();
-        assert_eq!(std::fs::read_link(&exe).unwrap(), kept);
-        child.kill().unwrap();
-        child.wait().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    fn within(dir: &Path) -> PathBuf {
-        dir.canonicalize().unwrap()
+        assert_eq!(s.exe(), kept);
     }
 
     /// A copy started from outside the target directory (the user installed it) keeps its name.
     #[test]
     fn an_entry_outside_the_target_directory_is_left_alone() {
-        let dir = std::env::temp_dir().join(format!("ipbp-started-outside-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("target")).unwrap();
-        let program = dir.join("sleeper");
-        std::fs::copy("/bin/sleep", &program).unwrap();
-        let mut child = std::process::Command::new(&program).arg("30").spawn().unwrap();
-        let kept = dir.join("target/ipbp/debug/.build-id/ab/cdef.debug");
-        let target = within(&dir.join("target"));
-        assert_eq!(move_started_entry(child.id(), &kept, &target).unwrap(), Outcome::LeftAlone);
-        assert_eq!(std::fs::read_link(format!("/proc/{}/exe", child.id())).unwrap(), program);
+        let s = Sleeper::start();
+        std::fs::create_dir_all(s.at("target")).unwrap();
+        let kept = s.at("target/ipbp/debug/.build-id/ab/cdef.debug");
+        assert_eq!(move_started_entry(s.pid(), &kept, &s.at("target")).unwrap(), Outcome::LeftAlone);
+        assert_eq!(s.exe(), s.at("sleeper"));
         assert!(!kept.exists());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// An entry deleted before is reported gone, nothing is created.
     #[test]
     fn a_deleted_entry_is_left_alone() {
-        let dir = std::env::temp_dir().join(format!("ipbp-started-gone-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let program = dir.join("sleeper");
-        std::fs::copy("/bin/sleep", &program).unwrap();
-        let mut child = std::process::Command::new(&program).arg("30").spawn().unwrap();
-        std::fs::remove_file(&program).unwrap();
-        let kept = dir.join("kept/x.debug");
-        assert_eq!(move_started_entry(child.id(), &kept, &within(&dir)).unwrap(), Outcome::Gone);
+        let s = Sleeper::start();
+        std::fs::remove_file(&s.program).unwrap();
+        let kept = s.at("kept/x.debug");
+        assert_eq!(move_started_entry(s.pid(), &kept, &s.at("")).unwrap(), Outcome::Gone);
         assert!(!kept.exists());
-        child.kill().unwrap();
-        child.wait().unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

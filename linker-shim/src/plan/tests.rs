@@ -298,13 +298,9 @@ fn a_unit_removed_during_the_link_fails_the_plan_naming_it() {
     assert!(message.contains("removed or rewritten while it was being linked"), "{message}");
 }
 
-/// New code reading a writable static that holds the address of a function not redirected for a
-/// layout change (its signature changed) would call the old code with values of the new shape
-/// through the pointer the process holds: refused, naming the static, the function and the change.
-/// Without a layout change (`h` is not redirected only because its entry cannot be checked here),
-/// the same static is read as it is.
-#[test]
-fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refused() {
+/// Layouts in which `h` takes a `u16` where it took a `u8`: a signature change, so `h` is not
+/// redirected (its old entry keeps its code).
+fn h_changes_signature() -> crate::layout::Layouts {
     use crate::layout::model::{FnRec, Model};
     let h = |param: &str| {
         let mut m = Model::default();
@@ -319,7 +315,17 @@ fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refuse
         });
         m
     };
-    let layouts = crate::layout::Layouts { old: h("u8"), new: h("u16"), ..Default::default() };
+    crate::layout::Layouts { old: h("u8"), new: h("u16"), ..Default::default() }
+}
+
+/// New code reading a writable static that holds the address of a function not redirected for a
+/// layout change (its signature changed) would call the old code with values of the new shape
+/// through the pointer the process holds: refused, naming the static, the function and the change.
+/// Without a layout change (`h` is not redirected only because its entry cannot be checked here),
+/// the same static is read as it is.
+#[test]
+fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refused() {
+    let layouts = h_changes_signature();
     let dir = tempfile::tempdir().unwrap();
     let (plan, _) = plan_refs(dir.path(), &[("HOOK", R_X86_64_PC32)], layouts);
     let plan = plan.unwrap();
@@ -348,21 +354,7 @@ fn new_code_reading_a_static_that_leads_to_old_code_of_a_changed_shape_is_refuse
 /// layout change the same references are planned as they are.
 #[test]
 fn a_function_kept_on_old_code_whose_address_is_taken_is_refused() {
-    use crate::layout::model::{FnRec, Model};
-    let h = |param: &str| {
-        let mut m = Model::default();
-        m.functions.push(FnRec {
-            linkage: "h".into(),
-            path: "h".into(),
-            params: vec![param.into()],
-            ret: None,
-            locals: vec![],
-            main: false,
-            generics: vec![],
-        });
-        m
-    };
-    let layouts = crate::layout::Layouts { old: h("u8"), new: h("u16"), ..Default::default() };
+    let layouts = h_changes_signature();
     let dir = tempfile::tempdir().unwrap();
     let (plan, _) = plan_refs(dir.path(), &[("d", R_X86_64_PLT32)], layouts);
     let plan = plan.unwrap();

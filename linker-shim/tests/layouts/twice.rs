@@ -184,6 +184,25 @@ fn start_base(project: &Project) -> Running {
     app
 }
 
+/// `start_base`, then patch 1 of the worker case, its worker running.
+fn with_worker(project: &Project) -> Running {
+    let app = start_base(project);
+    edit(project, WORKER_1);
+    let mark = app.mark();
+    let line = project.build_and_expect_patched(&app, "layouts");
+    app.wait_for(mark, &format!("the worker patch 1 started, after: {line}"), |l| l.starts_with("worker "));
+    app
+}
+
+/// Three more lines starting with `prefix`, one after the other: the program goes on.
+#[track_caller]
+fn goes_on(app: &Running, description: &str, prefix: &str) {
+    for _ in 0..3 {
+        let mark = app.mark();
+        app.wait_for(mark, description, |l| l.starts_with(prefix));
+    }
+}
+
 fn edit(project: &Project, edits: &[(&str, &str)]) {
     for (from, to) in edits {
         project.edit(MAIN, from, to);
@@ -247,32 +266,21 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     let project = scenario("layouts");
     project.write(".cargo/config.toml", "[build]\nrustflags = [\"-C\", \"symbol-mangling-version=v0\"]\n");
 
-    let mut app = start_base(&project);
-    edit(&project, WORKER_1);
-    let mark = app.mark();
-    let line = project.build_and_expect_patched(&app, "layouts");
-    app.wait_for(mark, &format!("the worker patch 1 started, after: {line}"), |l| l.starts_with("worker "));
+    let mut app = with_worker(&project);
     edit(&project, WORKER_2);
     let run = project.build();
     let line = status_for(&run, app.pid);
     assert!(line.starts_with("Patched layouts"), "{run}");
     let after = app.mark();
     app.wait_for(after, "patch 2's tick", |l| l.starts_with("tick v2 "));
-    for _ in 0..3 {
-        let again = app.mark();
-        app.wait_for(again, "the worker going on", |l| l.starts_with("worker "));
-    }
+    goes_on(&app, "the worker going on", "worker ");
     all_consistent(&app);
     app.kill();
 
     // Patch 1, then a build that changes `Mode` again and whose link fails: it is undone, and with
     // it the pins it made on patch 1's copies. A later edit of `show` alone reaches the worker
     // (without, patch 1's `show` stayed pinned on its old code after `Patched`).
-    let mut app = start_base(&project);
-    edit(&project, WORKER_1);
-    let mark = app.mark();
-    project.build_and_expect_patched(&app, "layouts");
-    app.wait_for(mark, "the worker patch 1 started", |l| l.starts_with("worker "));
+    let mut app = with_worker(&project);
     let good = project.read(MAIN);
     let mut broken = good.clone();
     for (from, to) in WORKER_2 {
@@ -300,11 +308,7 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     // empty ("back to the code it started with"), but patch 1's worker goes on with patch 1's
     // values, and its `next` and `show` keep their code (without, its `next` was sent on to the
     // image's, which returns the old, smaller `Mode`).
-    let mut app = start_base(&project);
-    edit(&project, WORKER_1);
-    let mark = app.mark();
-    project.build_and_expect_patched(&app, "layouts");
-    app.wait_for(mark, "the worker patch 1 started", |l| l.starts_with("worker "));
+    let mut app = with_worker(&project);
     // A line more at the top: the units differ from the running build's (their line tables), no
     // definition does.
     project.write(MAIN, &BASE.replacen('\n', "\n// every edit undone, the lines below moved\n", 1));
@@ -312,10 +316,7 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     assert!(line.contains("back to the code it started with"), "{line}");
     let after = app.mark();
     app.wait_for(after, "the original tick", |l| l.starts_with("tick v0 "));
-    for _ in 0..3 {
-        let again = app.mark();
-        app.wait_for(again, "the worker going on", |l| l.starts_with("worker "));
-    }
+    goes_on(&app, "the worker going on", "worker ");
     all_consistent(&app);
     app.kill();
 
@@ -340,10 +341,7 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     edit(&project, KIND_FIELD_ADDED);
     let run = project.build();
     let line = status_for(&run, app.pid);
-    for _ in 0..3 {
-        let after = app.mark();
-        app.wait_for(after, "kind going on", |l| l.starts_with("kind "));
-    }
+    goes_on(&app, "kind going on", "kind ");
     all_consistent(&app);
     assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
     for name in [
@@ -362,10 +360,7 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
     let mark = app.mark();
     project.build_and_expect_patched(&app, "layouts");
     app.wait_for(mark, "the new hook's Sleepy", |l| l.starts_with("hook v1 "));
-    for _ in 0..3 {
-        let after = app.mark();
-        app.wait_for(after, "print_all going on", |l| l.starts_with("hook n="));
-    }
+    goes_on(&app, "print_all going on", "hook n=");
     all_consistent(&app);
 
     // `Mood` changed again since patch 1, whose unit models are gone from the cache: the two
