@@ -9,7 +9,7 @@
 //! numbers free again); with `RESTART_EXIT_IF=<file>`, it exits at once (status 3) when it starts
 //! while that file exists.
 //!
-//! Lines: `started pid=<pid> ppid=<ppid> restarts=<n> count=<c> fds=<open descriptors>`, then
+//! Lines: `started pid=<pid> ppid=<ppid> restarts=<n> count=<c>`, then
 //! `tick count=<c> version=<v> restarts=<n> word=<w>` every `RESTART_PERIOD_MS` (default 50) ms; with a
 //! listener, `listening port=<port>` (`bound port=<port>` for `RESTART_BIND`) and, per connection, one reply line
 //! `count=<c> version=<v> restarts=<n>`.
@@ -49,10 +49,6 @@ impl Speaker for Plain {
 
 fn version() -> &'static str {
     "one"
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
 }
 
 fn serve(listener: TcpListener) {
@@ -144,9 +140,6 @@ fn main() {
             Vec::new()
         });
     }
-    // Counted before the services start: a connection waiting in a passed socket's queue is
-    // accepted as soon as they do, and its descriptor is not one the restart left behind.
-    let fds = open_fds();
     for listener in listeners {
         std::thread::spawn(move || serve(listener));
     }
@@ -154,7 +147,7 @@ fn main() {
     // SAFETY: getppid has no preconditions.
     let ppid = unsafe { libc_getppid() };
     println!(
-        "started pid={} ppid={ppid} restarts={} count={} fds={fds}",
+        "started pid={} ppid={ppid} restarts={} count={}",
         std::process::id(),
         ipbp::restarts(),
         COUNT.load(Ordering::Relaxed),
