@@ -199,7 +199,8 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
     out.renamed = renames.iter().map(|(b, c)| (b.to_string(), c.to_string())).collect();
     out.renamed.sort();
     let mut cur_sem = Semantics::new(parsed(current));
-    let mut base_sem = Semantics::new(parsed(base)).renamed(renames);
+    let base_renames = renames;
+    let mut base_sem = Semantics::new(parsed(base)).renamed(base_renames.clone());
 
     let mut seen_base = HashSet::new();
     for &(name, base_name) in &pairs {
@@ -225,23 +226,70 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
         };
         out.changed.insert(name.to_string(), change);
     }
-    for (bodies, defs, sem, build) in
-        [(0, &base_defs, &mut base_sem, base), (1, &cur_defs, &mut cur_sem, current)]
-    {
-        for (&name, places) in defs {
-            let (u, sec) = places[0];
-            if names::is_closure(name) && build.units[u].object()?.sections[sec].kind == SectionKind::Text {
-                let hash = sem.section_hash(u.index(), sec);
-                out.closure_bodies[bodies].insert(names::canonical(name).to_string(), hash);
-            }
-        }
-    }
+    out.closure_bodies = closure_bodies(
+        [base, current],
+        [&base_defs, &cur_defs],
+        [&mut base_sem, &mut cur_sem],
+        [&base_renames, &HashMap::new()],
+    )?;
     for &name in base_defs.keys() {
         if !seen_base.contains(name) && !defined_now(name) {
             out.removed.push(name.to_string());
         }
     }
     out.removed.sort();
+    Ok(out)
+}
+
+/// What the code of each closure and async block of the changed units means, by
+/// [`names::canonical`] name, in each build ([`Diff::closure_bodies`]). First as every definition
+/// is compared, references by name (`sems`, their memos already filled); then, for each function
+/// whose closures do not all keep their names and meanings across the builds (one was added,
+/// removed, moved or edited), once more with references among its closures by content
+/// ([`Semantics::closures_of`]): their names follow their numbers, so the layout guard could not
+/// pair the same closure under another number by its code.
+fn closure_bodies<'a>(
+    builds: [&Build<'a>; 2],
+    defs: [&HashMap<&'a str, Vec<DefAt>>; 2],
+    sems: [&mut Semantics<'_, 'a>; 2],
+    renames: [&HashMap<&'a str, &'a str>; 2],
+) -> Result<[HashMap<String, u128>; 2]> {
+    type Side<'a> = Vec<(&'a str, DefAt, u128)>;
+    // Outermost function (`app::main` of `app::main::{{closure}}::{{closure}}`) → each side's closures.
+    let mut by_owner: HashMap<String, [Side<'a>; 2]> = HashMap::new();
+    for (side, sem) in sems.into_iter().enumerate() {
+        for (&name, places) in defs[side] {
+            let (u, sec) = places[0];
+            if !names::is_closure(name)
+                || builds[side].units[u].object()?.sections[sec].kind != SectionKind::Text
+            {
+                continue;
+            }
+            let path = names::path(name);
+            let owner = path.find("::{{closure}}").map_or(path.as_str(), |at| &path[..at]);
+            let hash = sem.section_hash(u.index(), sec);
+            by_owner.entry(owner.to_string()).or_default()[side].push((name, (u, sec), hash));
+        }
+    }
+    let mut out: [HashMap<String, u128>; 2] = Default::default();
+    for (owner, mut sides) in by_owner {
+        let keyed = |side: &Side| -> BTreeMap<String, u128> {
+            side.iter().map(|&(n, _, h)| (names::canonical(n).to_string(), h)).collect()
+        };
+        if keyed(&sides[0]) != keyed(&sides[1]) {
+            for (side, closures) in sides.iter_mut().enumerate() {
+                let renamed = renames[side].clone();
+                let mut sem =
+                    Semantics::new(parsed(builds[side])).renamed(renamed).closures_of(&owner, defs[side]);
+                for (_, (u, sec), hash) in closures.iter_mut() {
+                    *hash = sem.section_hash(u.index(), *sec);
+                }
+            }
+        }
+        for (side, closures) in sides.into_iter().enumerate() {
+            out[side].extend(closures.into_iter().map(|(n, _, h)| (names::canonical(n).to_string(), h)));
+        }
+    }
     Ok(out)
 }
 

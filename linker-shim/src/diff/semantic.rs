@@ -37,11 +37,71 @@ pub struct Semantics<'o, 'a> {
     memo: HashMap<(usize, SecIdx), u128>,
     /// Canonical names of this build → the name the other build knows the same definition by.
     renames: HashMap<&'a str, &'a str>,
+    /// Set by [`Semantics::closures_of`]: references to what rustc names after these closures are
+    /// compared by content, and where to find the ones defined in other units.
+    numbered: Option<Numbered<'o, 'a>>,
+}
+
+/// The closures of one function, whose names follow their numbers ([`Semantics::closures_of`]).
+struct Numbered<'o, 'a> {
+    /// `app::main::{{closure}}`: every name whose demangled path contains it.
+    path: String,
+    /// `main`: the function's own name, which every such symbol spells (a quick no for the others).
+    last: String,
+    defs: &'o HashMap<&'a str, Vec<super::DefAt>>,
+    /// The names asked about so far, and the answers.
+    seen: HashMap<&'a str, bool>,
 }
 
 impl<'o, 'a> Semantics<'o, 'a> {
     pub fn new(objects: Vec<Option<&'o Object<'a>>>) -> Self {
-        Semantics { objects, memo: HashMap::new(), renames: HashMap::new() }
+        Semantics { objects, memo: HashMap::new(), renames: HashMap::new(), numbered: None }
+    }
+
+    /// Compares the code of the closures of the function at `owner` (`app::main`) by what it
+    /// does rather than by the numbers rustc gave them: a reference to anything named after a
+    /// closure of that function — another of its closures, or the drop glue of a closure's own
+    /// type, which an async block's code calls — counts by the referenced code's meaning, not by
+    /// its name. Such names follow the closures' numbers (and the legacy symbol hash follows the
+    /// type's number even where the demangled name does not show it), so adding a closure before
+    /// others would otherwise change the meaning of every closure after it. `defs` finds those
+    /// defined in other units.
+    pub fn closures_of(mut self, owner: &str, defs: &'o HashMap<&'a str, Vec<super::DefAt>>) -> Self {
+        let plain = owner.split('<').next().unwrap_or(owner);
+        let last = plain.rsplit("::").next().unwrap_or(plain).to_string();
+        self.numbered =
+            Some(Numbered { path: format!("{owner}::{{{{closure}}}}"), last, defs, seen: HashMap::new() });
+        self
+    }
+
+    /// Under [`Semantics::closures_of`], whether `name` is named after one of those closures.
+    fn follows_numbers(&mut self, name: &'a str) -> bool {
+        let Some(n) = self.numbered.as_mut() else { return false };
+        if !name.contains("closure") || !name.contains(n.last.as_str()) {
+            return false;
+        }
+        *n.seen.entry(name).or_insert_with(|| names::path(name).contains(n.path.as_str()))
+    }
+
+    /// A reference to `name` (`offset` from its start), by the meaning of its definition when it
+    /// follows closure numbers and is defined in one of the units compared.
+    fn by_content(
+        &mut self,
+        obj: usize,
+        name: &'a str,
+        defined: Option<(SecIdx, u64)>,
+        offset: i64,
+    ) -> Target<'a> {
+        if self.follows_numbers(name) {
+            if let Some((sec, value)) = defined {
+                return Target::Anon(self.section_hash(obj, sec), offset + value as i64);
+            }
+            let elsewhere = self.numbered.as_ref().and_then(|n| n.defs.get(name)).map(|places| places[0]);
+            if let Some((unit, sec)) = elsewhere.filter(|&(u, _)| self.objects[u.index()].is_some()) {
+                return Target::Anon(self.section_hash(unit.index(), sec), offset);
+            }
+        }
+        Target::Named(self.named(name), offset)
     }
 
     /// References to these (canonical) names count as references to their counterparts: the
@@ -68,7 +128,7 @@ impl<'o, 'a> Semantics<'o, 'a> {
         let o = self.object(obj);
         let sym = &o.symbols[r.symbol];
         if sym.is_named() && !names::is_promoted_anon(sym.name) {
-            return Target::Named(self.named(sym.name), r.addend);
+            return self.by_content(obj, sym.name, sym.section().map(|s| (s, sym.value)), r.addend);
         }
         if let (true, Some(sec)) = (names::is_promoted_anon(sym.name), sym.section()) {
             let section = &o.sections[sec];
@@ -87,7 +147,7 @@ impl<'o, 'a> Semantics<'o, 'a> {
         let Some(sec) = sym.section() else { return Target::Named(self.named(sym.name), r.addend) };
         let offset = r.addend + sym.value as i64;
         match o.primary_symbol(sec).filter(|p| !names::is_promoted_anon(p.name)) {
-            Some(p) => Target::Named(self.named(p.name), offset - p.value as i64),
+            Some(p) => self.by_content(obj, p.name, Some((sec, p.value)), offset - p.value as i64),
             None => Target::Anon(self.section_hash(obj, sec), offset),
         }
     }
@@ -257,6 +317,42 @@ mod tests {
             o.reloc(text, 1, R_X86_64_PLT32, s, 4);
         });
         assert_ne!(hash(&calls("g")), hash(&other_addend));
+    }
+
+    /// An async block's code calling its own type's drop glue, whose legacy symbol hash follows
+    /// the block's number (`drop_in_place<app::run::{{closure}}>`), and the glue defined beside it.
+    fn block_dropping_itself(glue: &'static str, glue_code: &[u8]) -> Vec<u8> {
+        unit(&CODE, |o, text| {
+            let g = o.section(".text.glue", Kind::Text, glue_code, 16);
+            let s = o.global(glue, g);
+            o.reloc(text, 1, R_X86_64_PLT32, s, -4);
+        })
+    }
+
+    fn hash_of_closures_of(bytes: &[u8], owner: &str) -> u128 {
+        let obj = ElfObject::parse(bytes);
+        let f = obj.sections.iter().position(|s| s.name == ".text.f").unwrap();
+        let defs = HashMap::new();
+        let mut sem = Semantics::new(vec![Some(&obj)]).closures_of(owner, &defs);
+        sem.section_hash(0, f)
+    }
+
+    #[test]
+    fn among_a_functions_closures_references_count_by_content_not_by_number() {
+        const GLUE_0: &str =
+            "_ZN4core3ptr58drop_in_place$LT$app..run..$u7b$$u7b$closure$u7d$$u7d$$GT$17h1111111111111111E";
+        const GLUE_1: &str =
+            "_ZN4core3ptr58drop_in_place$LT$app..run..$u7b$$u7b$closure$u7d$$u7d$$GT$17h2222222222222222E";
+        let (a, b) = (block_dropping_itself(GLUE_0, &[0xc3]), block_dropping_itself(GLUE_1, &[0xc3]));
+        // By name (every other comparison), renumbered glue is another function.
+        assert_ne!(hash(&a), hash(&b));
+        // Among `app::run`'s closures, the same glue under another number is the same.
+        assert_eq!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&b, "app::run"));
+        // Glue that does something else is not.
+        let other = block_dropping_itself(GLUE_1, &[0x90, 0xc3]);
+        assert_ne!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&other, "app::run"));
+        // Another function's closures' names are compared by name.
+        assert_ne!(hash_of_closures_of(&a, "app::other"), hash_of_closures_of(&b, "app::other"));
     }
 
     #[test]

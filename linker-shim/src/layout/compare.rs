@@ -8,6 +8,7 @@
 //! own; the innermost type is.
 
 use super::model::{Field, Kind, Model, TypeRec, Variant};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
 /// One type whose layout differs between the builds.
@@ -76,15 +77,25 @@ pub fn changed_types_paired(
         let counterpart = match paired.get(name) {
             Some(Some(other)) => new.types.get(other),
             Some(None) => None,
-            None => new.types.get(name),
+            None => match renamed(name, paired) {
+                Some(Some(other)) => new.types.get(&other),
+                Some(None) => None,
+                None => new.types.get(name),
+            },
         };
         let Some(n) = counterpart else { continue };
+        // Fields of types named after renumbered closures, as the new build names them.
+        let o: Cow<TypeRec> = match renamed_fields(o, paired) {
+            Some(Some(r)) => Cow::Owned(r),
+            Some(None) => continue,
+            None => Cow::Borrowed(o),
+        };
         // Most types are described alike on both sides: nothing to tell.
-        if identical(o, n) {
+        if identical(&o, n) {
             continue;
         }
-        let details = own_differences(o, n);
-        let resized = size_and_alignment(o, n);
+        let details = own_differences(&o, n);
+        let resized = size_and_alignment(&o, n);
         if !details.is_empty() || !resized.is_empty() {
             candidates.push((name, o, n, details, resized));
         }
@@ -116,6 +127,53 @@ pub fn changed_types_paired(
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// The new name of a type that mentions paired closures whose numbers changed
+/// (`tokio::…::Cell<app::run::{async_block_env#0}, S>` → `…{async_block_env#1}…`): `None` when
+/// it mentions none, `Some(None)` when one of them has no counterpart. All are replaced in one
+/// pass, so closures that swapped numbers are each replaced once.
+fn renamed(name: &str, paired: &HashMap<String, Option<String>>) -> Option<Option<String>> {
+    let renumbered = || paired.iter().filter(|(o, n)| n.as_ref() != Some(*o));
+    if !renumbered().any(|(o, _)| name.contains(o.as_str())) {
+        return None;
+    }
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    'scan: while !rest.is_empty() {
+        for (old, new) in renumbered() {
+            if let Some(after) = rest.strip_prefix(old.as_str()) {
+                let Some(new) = new else { return Some(None) };
+                out.push_str(new);
+                rest = after;
+                continue 'scan;
+            }
+        }
+        let c = rest.chars().next().expect("not empty");
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    Some(Some(out))
+}
+
+/// `o` with the types of its fields and tag as the new build names them ([`renamed`]): `None`
+/// when none mentions a renumbered closure, `Some(None)` when one has no counterpart.
+fn renamed_fields(o: &TypeRec, paired: &HashMap<String, Option<String>>) -> Option<Option<TypeRec>> {
+    let fields = || o.fields.iter().chain(&o.tag).chain(o.variants.iter().flat_map(|v| &v.fields));
+    if !fields().any(|f| renamed(&f.ty, paired).is_some()) {
+        return None;
+    }
+    let mut out = o.clone();
+    let all =
+        out.fields.iter_mut().chain(&mut out.tag).chain(out.variants.iter_mut().flat_map(|v| &mut v.fields));
+    for f in all {
+        match renamed(&f.ty, paired) {
+            Some(Some(ty)) => f.ty = ty,
+            Some(None) => return Some(None),
+            None => {}
+        }
+    }
+    Some(Some(out))
 }
 
 /// Whether two descriptions are the same in everything [`own_differences`] and
@@ -245,6 +303,25 @@ mod tests {
 
     fn field(name: &str, offset: u64, ty: &str) -> Field {
         Field { name: name.into(), offset, ty: ty.into() }
+    }
+
+    #[test]
+    fn types_named_after_renumbered_closures_are_named_as_the_new_build_names_them() {
+        let env = |n: u32| format!("app::run::{{async_block_env#{n}}}");
+        // #0 and #1 swapped; #2 edited or removed; #3 kept its number.
+        let paired: HashMap<String, Option<String>> =
+            [(env(0), Some(env(1))), (env(1), Some(env(0))), (env(2), None), (env(3), Some(env(3)))]
+                .into_iter()
+                .collect();
+        let cell = |a: u32, b: u32| format!("tokio::Cell<{}, (Stage<{}>, u8)>", env(a), env(b));
+        assert_eq!(renamed(&cell(0, 1), &paired), Some(Some(cell(1, 0))));
+        assert_eq!(renamed(&cell(0, 3), &paired), Some(Some(cell(1, 3))));
+        assert_eq!(renamed(&cell(0, 2), &paired), Some(None));
+        assert_eq!(renamed(&cell(3, 3), &paired), None);
+        assert_eq!(renamed("app::Config", &paired), None);
+        // `#1` is not a prefix of `#10`.
+        let ten = format!("Vec<{}>", env(10));
+        assert_eq!(renamed(&ten, &paired), None);
     }
 
     fn strukt(size: u64, fields: Vec<Field>) -> TypeRec {

@@ -175,3 +175,49 @@ fn a_hot_async_fn_whose_state_machine_changed_switches_new_calls_and_lets_old_fu
     }
     assert!(threads.len() > 1, "the old futures ran on one worker thread only: {}", app.dump());
 }
+
+/// An async block added before another in the same function renumbers it (`{async_block#0}`
+/// becomes `#1`), and its code names its own drop glue, whose symbol follows the number. The
+/// blocks are paired by what their code does: the existing block's futures in flight, parked on
+/// the gate since before the patch, finish in their own code, and new calls run both blocks.
+#[test]
+fn an_async_block_added_before_another_leaves_the_others_futures_in_flight_running() {
+    let project = scenario("asyncapp");
+    project.build();
+    let gate = project.root().join("gate");
+    let mut app = project.start("asyncapp", &[("ASYNCAPP_GATE", &gate.display().to_string())]);
+    for kind in ["hot", "plain"] {
+        for id in 0..8 {
+            app.wait_for(0, &format!("{kind} job {id} parked"), |l| {
+                job_line(l)
+                    .is_some_and(|(k, i, rest)| k == kind && i == id && rest.starts_with("parked v=old "))
+            });
+        }
+    }
+    let existing = "fn spawn_job(hot: bool, id: u64) {\n    tokio::spawn(async move {\n";
+    project.edit(
+        MAIN,
+        existing,
+        "fn spawn_job(hot: bool, id: u64) {\n    tokio::spawn(async move {\n        println!(\"job extra id={id} spawned first\");\n    });\n    tokio::spawn(async move {\n",
+    );
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched asyncapp"), "{run}");
+    let mark = app.mark();
+    let extra = app.wait_for(mark, "the added block's line", |l| l.starts_with("job extra id="));
+    std::fs::write(&gate, "").expect("cannot open the gate");
+    for kind in ["hot", "plain"] {
+        for id in 0..8 {
+            let done = app.wait_for(0, &format!("{kind} job {id} done"), |l| {
+                job_line(l).is_some_and(|(k, i, rest)| k == kind && i == id && rest.starts_with("done "))
+            });
+            assert!(done.contains(" done v=old "), "a future in flight lost its code: {done}");
+        }
+    }
+    // The job spawned beside the added block's line runs the existing block's new code.
+    let id = number(&extra, "id");
+    app.wait_for(mark, "the job spawned with the added block", |l| {
+        job_line(l).is_some_and(|(k, i, rest)| k == "hot" && i == id && rest.starts_with("done "))
+    });
+    assert!(app.alive(), "{}", app.dump());
+}
