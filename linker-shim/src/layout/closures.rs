@@ -18,7 +18,7 @@
 use super::compare::same_layout;
 use super::model::{Model, TypeRec};
 use crate::diff::{names, Diff};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// The closures of the changed units, paired across builds.
 #[derive(Debug, Default)]
@@ -29,6 +29,25 @@ pub struct Closures {
     /// The old code of closures whose symbol now names another closure (canonical old symbol →
     /// why its entry keeps its code).
     pub kept: HashMap<String, String>,
+    /// Renumbered captures types (old name) whose number the new build gives to another closure
+    /// under the same symbol: the instances of generic code over the two share their symbols too
+    /// (a closure's symbol hash covers its captures' types but not an async block's state across
+    /// `.await`s), so the diff takes one's old instances for the other's new ones. Types named
+    /// after them (`tokio::…::Cell<f::{async_block_env#0}, S>`) are compared by name, as they are
+    /// named: where the two differ, the old values are refused rather than met by that code.
+    pub shared_symbols: HashSet<String>,
+}
+
+impl Closures {
+    /// The renumbered captures types whose name other types may be read under
+    /// ([`super::compare::changed_types_paired`]): all but [`Closures::shared_symbols`].
+    pub fn renames(&self) -> HashMap<String, Option<String>> {
+        self.envs
+            .iter()
+            .filter(|(old, _)| !self.shared_symbols.contains(*old))
+            .map(|(o, n)| (o.clone(), n.clone()))
+            .collect()
+    }
 }
 
 /// One closure: its code's meaning and its captures' layout.
@@ -135,6 +154,10 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
             out.envs.insert(env_name(owner, tag, k), j.map(|j| env_name(owner, tag, j)));
             if j == Some(k) {
                 continue;
+            }
+            let now = n.get(&k).and_then(|t| t.linkage).map(names::canonical);
+            if now.is_some() && now == o[&k].linkage.map(names::canonical) {
+                out.shared_symbols.insert(env_name(owner, tag, k));
             }
             let Some(linkage) = o[&k].linkage else { continue };
             let now = match j {

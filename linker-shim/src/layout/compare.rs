@@ -53,7 +53,7 @@ impl TypeChange {
 /// a changed field type alone is left out.
 #[cfg(test)]
 pub fn changed_types(old: &Model, new: &Model) -> Vec<TypeChange> {
-    changed_types_paired(old, new, &HashMap::new())
+    changed_types_paired(old, new, &HashMap::new(), &HashMap::new())
 }
 
 /// Whether two descriptions of a type have the same layout.
@@ -63,11 +63,13 @@ pub fn same_layout(o: &TypeRec, n: &TypeRec) -> bool {
 
 /// [`changed_types`], where the types named in `paired` (old name → the new name of the same
 /// type, or `None`: no counterpart) are compared with that counterpart instead of by name
-/// (closures' captures: see [`super::closures`]).
+/// (closures' captures: see [`super::closures`]), and types named after those in `renames` (a
+/// part of `paired`) are compared with the type the new build names after their counterparts.
 pub fn changed_types_paired(
     old: &Model,
     new: &Model,
     paired: &HashMap<String, Option<String>>,
+    renames: &HashMap<String, Option<String>>,
 ) -> Vec<TypeChange> {
     let mut candidates = Vec::new();
     for (name, o) in &old.types {
@@ -77,7 +79,7 @@ pub fn changed_types_paired(
         let counterpart = match paired.get(name) {
             Some(Some(other)) => new.types.get(other),
             Some(None) => None,
-            None => match renamed(name, paired) {
+            None => match renamed(name, renames) {
                 Some(Some(other)) => new.types.get(&other),
                 Some(None) => None,
                 None => new.types.get(name),
@@ -85,7 +87,7 @@ pub fn changed_types_paired(
         };
         let Some(n) = counterpart else { continue };
         // Fields of types named after renumbered closures, as the new build names them.
-        let o: Cow<TypeRec> = match renamed_fields(o, paired) {
+        let o: Cow<TypeRec> = match renamed_fields(o, renames) {
             Some(Some(r)) => Cow::Owned(r),
             Some(None) => continue,
             None => Cow::Borrowed(o),

@@ -169,7 +169,12 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
     }
     layouts.writes = cache.write_later(to_keep);
     layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
-    layouts.changes = compare::changed_types_paired(&layouts.old, &layouts.new, &layouts.closures.envs);
+    layouts.changes = compare::changed_types_paired(
+        &layouts.old,
+        &layouts.new,
+        &layouts.closures.envs,
+        &layouts.closures.renames(),
+    );
     Ok(layouts)
 }
 

@@ -290,7 +290,7 @@ pub fn check<'a>(
         Some(described) => std::borrow::Cow::Borrowed(described),
         None => std::borrow::Cow::Owned(undone),
     };
-    let changes = changed_types_paired(&old, &new, &HashMap::new());
+    let changes = changed_types_paired(&old, &new, &HashMap::new(), &HashMap::new());
     if changes.is_empty() {
         return since;
     }

@@ -179,7 +179,8 @@ fn a_hot_async_fn_whose_state_machine_changed_switches_new_calls_and_lets_old_fu
 /// An async block added before another in the same function renumbers it (`{async_block#0}`
 /// becomes `#1`), and its code names its own drop glue, whose symbol follows the number. The
 /// blocks are paired by what their code does: the existing block's futures in flight, parked on
-/// the gate since before the patch, finish in their own code, and new calls run both blocks.
+/// the gate since before the patch, finish in their own code, and new calls run both blocks —
+/// unless the added block takes the other's symbols (below).
 #[test]
 fn an_async_block_added_before_another_leaves_the_others_futures_in_flight_running() {
     let project = scenario("asyncapp");
@@ -195,11 +196,19 @@ fn an_async_block_added_before_another_leaves_the_others_futures_in_flight_runni
         }
     }
     let existing = "fn spawn_job(hot: bool, id: u64) {\n    tokio::spawn(async move {\n";
-    project.edit(
-        MAIN,
-        existing,
-        "fn spawn_job(hot: bool, id: u64) {\n    tokio::spawn(async move {\n        println!(\"job extra id={id} spawned first\");\n    });\n    tokio::spawn(async move {\n",
-    );
+    let added = |captures: &str| {
+        format!("{existing}        {captures}println!(\"job extra id={{id}} spawned first\");\n    }});\n    tokio::spawn(async move {{\n")
+    };
+    // Capturing what the other captures (`hot` and `id`), the added block gets the other's old
+    // symbol and so do tokio's instances over it, with another state layout: the old futures
+    // would be run by the new block's instances. Refused, as a layout change of live values.
+    project.edit(MAIN, existing, &added("let _hot = hot; "));
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped asyncapp") && line.contains("asyncapp::spawn_job"), "{run}");
+    project.edit(MAIN, &added("let _hot = hot; "), existing);
+    // Capturing only `id`: its own symbols.
+    project.edit(MAIN, existing, &added(""));
     let run = project.build();
     let line = status_for(&run, app.pid);
     assert!(line.starts_with("Patched asyncapp"), "{run}");
