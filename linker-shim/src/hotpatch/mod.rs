@@ -341,7 +341,8 @@ fn patch_process(
             .digests
             .take()
             .unwrap_or_else(|| crate::layout::since::digests(&layouts.layouts.new, &crates));
-        let _ = crate::layout::since::record(file, &units, &types, &crates);
+        let closures = &layouts.layouts.closures.envs;
+        let _ = crate::layout::since::record(file, &units, (&types, closures), &crates);
     }
 
     let mut installs = installs(

@@ -20,6 +20,10 @@ use super::model::{Model, TypeRec};
 use crate::diff::{names, Diff};
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+/// Captures types paired across builds: old name → the new name of the same closure (`None`:
+/// it has no counterpart to be compared with).
+pub type Pairing = HashMap<String, Option<String>>;
+
 /// The closures of the changed units, paired across builds.
 #[derive(Debug, Default)]
 pub struct Closures {
@@ -175,6 +179,100 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
     out
 }
 
+/// The closures of an earlier patch's build paired with the new build's, for the check against
+/// that build ([`super::since`]), through the build the process started from: `then` is how
+/// that patch's guard paired the base build's closures with its build's ([`Closures::envs`], kept
+/// in its record), `now` how this guard pairs them with the new build's. A closure both pair
+/// with the same base closure is the same closure (same code, same captures). A closure that
+/// patch added (paired with no base closure), whose number the new build gives to a base
+/// closure that patch knew under another number, is gone (the edit was undone): it has no
+/// counterpart — unless its symbol is that other closure's too (generic code over the two would
+/// share symbols, see [`Closures::shared_symbols`]), when it stays compared by name. Closures
+/// left out of both pairings are compared by name, as before.
+///
+/// Returns `(paired, renames)`, as [`super::compare::changed_types_paired`] takes them: the
+/// closures' own captures types old name → new, and those other types may be read under.
+pub fn through_base(
+    then: &HashMap<String, Option<String>>,
+    now: &HashMap<String, Option<String>>,
+    old: &Model,
+    new: &Model,
+) -> (HashMap<String, Option<String>>, HashMap<String, Option<String>>) {
+    let mut paired = HashMap::new();
+    let mut shared = HashSet::new();
+    if then.is_empty() && now.is_empty() {
+        return (paired.clone(), paired);
+    }
+    // A base closure's name in each build: its counterpart where its family was renumbered,
+    // else its own (`None`: removed or edited there).
+    let in_then = |b: &String| then.get(b).cloned().unwrap_or_else(|| Some(b.clone()));
+    let in_now = |b: &String| now.get(b).cloned().unwrap_or_else(|| Some(b.clone()));
+    let bases: HashSet<&String> = then.keys().chain(now.keys()).collect();
+    let mut from_base_then = HashSet::new();
+    let mut from_base_now: HashMap<String, String> = HashMap::new();
+    for b in &bases {
+        let (p, n) = (in_then(b), in_now(b));
+        if let Some(p) = &p {
+            from_base_then.insert(p.clone());
+        }
+        if let Some(n) = &n {
+            from_base_now.insert(n.clone(), p.clone().unwrap_or_default());
+        }
+        if let (Some(p), Some(n)) = (p, n) {
+            if p != n {
+                paired.insert(p, Some(n));
+            }
+        }
+    }
+    let linkage = |model: &Model, env: &str| -> Option<String> {
+        let path = env.replace("{closure_env#", "{closure#").replace("{async_block_env#", "{async_block#");
+        model.closures.iter().find(|c| c.path == path).map(|c| names::canonical(&c.linkage).to_string())
+    };
+    // Closures that patch added: gone when their number now names a base closure it knew
+    // under another number.
+    let added_then: Vec<&String> = old
+        .types
+        .keys()
+        .filter(|t| t.contains("_env#") && t.ends_with('}') && !from_base_then.contains(*t))
+        .filter(|t| bases.iter().any(|b| same_family(b, t)))
+        .collect();
+    for p in added_then {
+        // (A base closure that patch edited or removed, `""`, may be this one, edited.)
+        let Some(known_as) = from_base_now.get(p) else { continue };
+        if known_as.is_empty() || known_as == p || paired.contains_key(p) {
+            continue;
+        }
+        let (l_then, l_now) = (linkage(old, p), linkage(new, p));
+        if l_then.is_some() && l_then == l_now {
+            shared.insert(p.clone());
+            continue;
+        }
+        paired.insert(p.clone(), None);
+    }
+    // A closure's symbol that the new build gives to another closure: types named after it are
+    // compared by name.
+    for (p, n) in &paired {
+        if n.as_ref().is_some_and(|n| n != p) {
+            let (l_then, l_now) = (linkage(old, p), linkage(new, p));
+            if l_then.is_some() && l_then == l_now {
+                shared.insert(p.clone());
+            }
+        }
+    }
+    let renames =
+        paired.iter().filter(|(p, _)| !shared.contains(*p)).map(|(p, n)| (p.clone(), n.clone())).collect();
+    (paired, renames)
+}
+
+/// Whether two captures types are of the same function's closures of one kind
+/// (`app::main::{closure_env#0}`, `app::main::{closure_env#3}`).
+fn same_family(a: &str, b: &str) -> bool {
+    fn family(t: &str) -> Option<&str> {
+        t.rfind('#').map(|at| &t[..at])
+    }
+    family(a).is_some() && family(a) == family(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +312,48 @@ mod tests {
         let mut diff = Diff::default();
         let (o, n) = (build(old, 0, &mut diff), build(new, 1, &mut diff));
         pair(&o, &n, &diff)
+    }
+
+    /// A model of `app::run`'s async blocks: (number, symbol).
+    fn blocks(numbered: &[(u32, &str)]) -> Model {
+        let mut m = Model::default();
+        for &(n, linkage) in numbered {
+            m.types.insert(format!("app::run::{{async_block_env#{n}}}"), env(&[]));
+            m.closures
+                .push(ClosureFn { path: format!("app::run::{{async_block#{n}}}"), linkage: linkage.into() });
+        }
+        m
+    }
+
+    #[test]
+    fn an_earlier_patchs_closures_pair_with_the_new_builds_through_the_base_build() {
+        let env = |n: u32| format!("app::run::{{async_block_env#{n}}}");
+        // Patch 1 added a block before the base's #0 (now #1); the new build takes it out again.
+        let then = HashMap::from([(env(0), Some(env(1)))]);
+        let now = HashMap::new();
+        let (paired, renames) =
+            through_base(&then, &now, &blocks(&[(0, "added"), (1, "real")]), &blocks(&[(0, "real")]));
+        assert_eq!(paired, HashMap::from([(env(1), Some(env(0))), (env(0), None)]));
+        assert_eq!(renames, paired);
+        // The added block had the other's symbol (same captures): types named after it are
+        // compared by name.
+        let (paired, renames) =
+            through_base(&then, &now, &blocks(&[(0, "real"), (1, "real1")]), &blocks(&[(0, "real")]));
+        assert_eq!(paired, HashMap::from([(env(1), Some(env(0)))]));
+        assert_eq!(renames, paired);
+        // Kept in the new build too (another edit): paired by name, as before.
+        let now = then.clone();
+        let (paired, _) = through_base(
+            &then,
+            &now,
+            &blocks(&[(0, "added"), (1, "real")]),
+            &blocks(&[(0, "added"), (1, "real")]),
+        );
+        assert!(paired.is_empty(), "{paired:?}");
+        // Nothing renumbered anywhere: nothing to say.
+        assert!(through_base(&HashMap::new(), &HashMap::new(), &Model::default(), &Model::default())
+            .0
+            .is_empty());
     }
 
     const LABEL: (&[(&str, &str)], u128) = (&[("name", "alloc::string::String")], 1);

@@ -30,6 +30,7 @@
 //! Induction covers older patches: each patch is checked against the one before it, and what
 //! it kept stays kept.
 
+use super::closures::Pairing;
 use super::compare::changed_types_paired;
 use super::model::Model;
 use super::{live, Cache, Layouts};
@@ -56,6 +57,9 @@ pub struct Record {
     /// The workspace's crates in that build: the name its unit models are kept under in the
     /// cache depends on them ([`Cache::for_crates`]).
     pub crates: Vec<String>,
+    /// How that patch's guard paired the base build's renumbered closures with its build's
+    /// ([`super::closures::Closures::envs`]): the next check pairs through them.
+    pub closures: Pairing,
 }
 
 /// Writes the record of the build a patch was made from. Best effort: a missing record makes the
@@ -63,10 +67,14 @@ pub struct Record {
 pub fn record(
     patch_file: &Path,
     units: &[(&str, u128)],
-    types: &HashMap<u64, u64>,
+    (types, closures): (&HashMap<u64, u64>, &HashMap<String, Option<String>>),
     crates: &[String],
 ) -> std::io::Result<()> {
     let mut text = String::new();
+    // Type names may hold spaces (`<T as Trait>`), never tabs.
+    for (old, new) in closures {
+        text.push_str(&format!("E {old}\t{}\n", new.as_deref().unwrap_or("")));
+    }
     for c in crates {
         text.push_str(&format!("C {c}\n"));
     }
@@ -87,7 +95,10 @@ pub fn read_record(patch_file: &Path) -> Option<Record> {
     let text = std::fs::read_to_string(record_path(patch_file)).ok()?;
     let mut record = Record::default();
     for l in text.lines() {
-        if let Some(c) = l.strip_prefix("C ") {
+        if let Some(e) = l.strip_prefix("E ") {
+            let (old, new) = e.split_once('\t')?;
+            record.closures.insert(old.to_string(), (!new.is_empty()).then(|| new.to_string()));
+        } else if let Some(c) = l.strip_prefix("C ") {
             record.crates.push(c.to_string());
         } else if let Some(t) = l.strip_prefix("T ") {
             let (name, digest) = t.split_once(' ')?;
@@ -206,11 +217,13 @@ pub fn check<'a>(
     prev: &Previous<'_>,
     (base, current): (&Build<'a>, &Build<'a>),
     diff: &Diff,
-    (described, base_described, base_refusals): (Option<&Model>, &Model, &[String]),
+    (described, base_described, base_refusals, now_closures): (Option<&Model>, &Model, &[String], &Pairing),
     ((prev_cache, cache), crates): ((&Cache, &Cache), &[String]),
 ) -> Since {
     let mut since = Since::default();
-    let Some(Record { units: recorded, types: digested, crates: then_crates }) = &prev.record else {
+    let Some(Record { units: recorded, types: digested, crates: then_crates, closures: then_closures }) =
+        &prev.record
+    else {
         since.refusals.push(format!(
             "the types of the build {} was made from are not known ({} has no record of its units); values of its layout may be live, restart to use this build",
             prev.label,
@@ -290,7 +303,8 @@ pub fn check<'a>(
         Some(described) => std::borrow::Cow::Borrowed(described),
         None => std::borrow::Cow::Owned(undone),
     };
-    let changes = changed_types_paired(&old, &new, &HashMap::new(), &HashMap::new());
+    let (paired, renames) = super::closures::through_base(then_closures, now_closures, &old, &new);
+    let changes = changed_types_paired(&old, &new, &paired, &renames);
     if changes.is_empty() {
         return since;
     }
@@ -380,8 +394,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let so = dir.path().join("patch-3.so");
         let types = HashMap::from([(name_hash("app::Mode"), 5u64), (7, u64::MAX)]);
-        record(&so, &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)], &types, &["app".into(), "w".into()])
-            .unwrap();
+        let closures = HashMap::from([
+            (
+                "<T as app::Run>::go::{closure_env#0}".to_string(),
+                Some("<T as app::Run>::go::{closure_env#1}".to_string()),
+            ),
+            ("app::main::{closure_env#2}".to_string(), None),
+        ]);
+        record(
+            &so,
+            &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)],
+            (&types, &closures),
+            &["app".into(), "w".into()],
+        )
+        .unwrap();
         assert_eq!(record_path(&so), dir.path().join("patch-3.units"));
         let back = read_record(&so).unwrap();
         assert_eq!(back.units.get("app.a.rcgu.o"), Some(&0xabc));
@@ -389,6 +415,7 @@ mod tests {
         assert_eq!(back.types.get(&7), Some(&u64::MAX));
         assert_eq!(back.types.len(), 2);
         assert_eq!(back.crates, ["app", "w"]);
+        assert_eq!(back.closures, closures);
         assert!(read_record(&dir.path().join("patch-4.so")).is_none());
     }
 

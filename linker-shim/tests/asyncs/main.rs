@@ -228,5 +228,39 @@ fn an_async_block_added_before_another_leaves_the_others_futures_in_flight_runni
     app.wait_for(mark, "the job spawned with the added block", |l| {
         job_line(l).is_some_and(|(k, i, rest)| k == "hot" && i == id && rest.starts_with("done "))
     });
+
+    // Jobs the patched code spawns park again; the block is taken out (back to the source the
+    // program started from): the parked futures, made by the patch's code, finish in it, and new
+    // jobs come without the added block's line.
+    std::fs::remove_file(&gate).expect("cannot close the gate");
+    let mark = app.mark();
+    let parked = app.wait_for(mark, "a job spawned by the patch, parked", |l| {
+        job_line(l).is_some_and(|(k, _, rest)| k == "hot" && rest.starts_with("parked "))
+    });
+    let parked = job_line(&parked).expect("a job line").1;
+    project.edit(MAIN, &added(""), existing);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched asyncapp") || line.starts_with("Reverted asyncapp"), "{run}");
+    let after = app.mark();
+    std::fs::write(&gate, "").expect("cannot open the gate");
+    let done = app.wait_for(mark, "the job parked by the patch's code, done", |l| {
+        job_line(l).is_some_and(|(k, i, rest)| k == "hot" && i == parked && rest.starts_with("done "))
+    });
+    assert!(done.contains(" done v=old "), "{done}");
+    // The second job to start after the patch (the first might have been spawned just before).
+    let first = app.wait_for(after, "a job started after the block was taken out", |l| {
+        job_line(l).is_some_and(|(k, _, rest)| k == "hot" && rest.starts_with("parked "))
+    });
+    let first = job_line(&first).expect("a job line").1;
+    let next = app.wait_for(after, "another job started after the block was taken out", |l| {
+        job_line(l).is_some_and(|(k, i, rest)| k == "hot" && i > first && rest.starts_with("parked "))
+    });
+    let next = job_line(&next).expect("a job line").1;
+    app.wait_for(after, "that job done", |l| {
+        job_line(l).is_some_and(|(k, i, rest)| k == "hot" && i == next && rest.starts_with("done "))
+    });
+    let extra = format!("job extra id={next} spawned first");
+    assert!(!app.lines_since(0).contains(&extra), "the block taken out still runs: {}", app.dump());
     assert!(app.alive(), "{}", app.dump());
 }
