@@ -256,7 +256,7 @@ fn closure_bodies<'a>(
 ) -> Result<[HashMap<String, u128>; 2]> {
     type Side<'a> = Vec<(&'a str, DefAt, u128)>;
     // Outermost function (`app::main` of `app::main::{{closure}}::{{closure}}`) → each side's closures.
-    let mut by_owner: HashMap<String, [Side<'a>; 2]> = HashMap::new();
+    let mut by_owner: HashMap<&'a str, [Side<'a>; 2]> = HashMap::new();
     for (side, sem) in sems.into_iter().enumerate() {
         for (&name, places) in defs[side] {
             let (u, sec) = places[0];
@@ -265,22 +265,23 @@ fn closure_bodies<'a>(
             {
                 continue;
             }
-            let path = names::path(name);
-            let owner = path.find("::{{closure}}").map_or(path.as_str(), |at| &path[..at]);
             let hash = sem.section_hash(u.index(), sec);
-            by_owner.entry(owner.to_string()).or_default()[side].push((name, (u, sec), hash));
+            by_owner.entry(names::closure_owner(name)).or_default()[side].push((name, (u, sec), hash));
         }
     }
     let mut out: [HashMap<String, u128>; 2] = Default::default();
-    for (owner, mut sides) in by_owner {
+    for (_, mut sides) in by_owner {
         let keyed = |side: &Side| -> BTreeMap<String, u128> {
             side.iter().map(|&(n, _, h)| (names::canonical(n).to_string(), h)).collect()
         };
         if keyed(&sides[0]) != keyed(&sides[1]) {
+            let any = sides.iter().flatten().next().map_or("", |c| c.0);
+            let path = names::path(any);
+            let owner = path.find("::{{closure}}").map_or(path.as_str(), |at| &path[..at]);
             for (side, closures) in sides.iter_mut().enumerate() {
                 let renamed = renames[side].clone();
                 let mut sem =
-                    Semantics::new(parsed(builds[side])).renamed(renamed).closures_of(&owner, defs[side]);
+                    Semantics::new(parsed(builds[side])).renamed(renamed).closures_of(owner, defs[side]);
                 for (_, (u, sec), hash) in closures.iter_mut() {
                     *hash = sem.section_hash(u.index(), *sec);
                 }

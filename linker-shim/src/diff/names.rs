@@ -34,6 +34,13 @@ pub fn is_closure(name: &str) -> bool {
     name.contains("$u7b$$u7b$closure$u7d$$u7d$17h")
 }
 
+/// The mangled part of a closure's legacy symbol that names its outermost function, the same in
+/// every build (`_ZN3app4main28` of `_ZN3app4main28_$u7b$$u7b$closure$u7d$$u7d$17h…E`, with the
+/// closure segment's length): the closures of one function, told without demangling them.
+pub fn closure_owner(name: &str) -> &str {
+    name.find("_$u7b$$u7b$closure$u7d$$u7d$").map_or(name, |at| &name[..at])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +60,10 @@ mod tests {
         assert_eq!(path("_ZN7counter4tick17h1111111111111111E"), "counter::tick");
         assert!(is_closure("_ZN7layouts4main28_$u7b$$u7b$closure$u7d$$u7d$17h0c3e0a0f8f4b1b2aE"));
         assert!(!is_closure("_ZN7layouts4main17h0c3e0a0f8f4b1b2aE"));
+        assert_eq!(
+            closure_owner("_ZN7layouts4main28_$u7b$$u7b$closure$u7d$$u7d$28_$u7b$$u7b$closure$u7d$$u7d$17h0c3e0a0f8f4b1b2aE"),
+            "_ZN7layouts4main28"
+        );
         assert!(is_promoted_anon("anon.ebafb60624fd0317f0e5ca3f8fe5763b.29.llvm.4687289052701356509"));
     }
 }
