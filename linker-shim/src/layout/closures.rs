@@ -59,8 +59,38 @@ struct Side<'m> {
 
 type Family<'m> = BTreeMap<u32, Side<'m>>;
 
-/// `app::main::{closure#2}` → (`app::main`, 2); also `{async_block#N}`.
-fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32)> {
+/// The closures of one function (`app::main`, or a closure: `app::main::{closure#1}`) of one kind
+/// (`closure`, `async_block`), in one instance of it: the generic arguments the DWARF names a
+/// generic function's closures with (`<u32>` of `app::make::{closure#0}<u32>`; empty when the
+/// function is not generic).
+type Key = (String, &'static str, String);
+
+/// `path` without the generic arguments it ends with, and those (`app::make::{closure#0}<u32>` →
+/// `app::make::{closure#0}`, `<u32>`); the arguments may name closures themselves.
+pub fn split_args(path: &str) -> (&str, &str) {
+    if !path.ends_with('>') {
+        return (path, "");
+    }
+    let mut depth = 0usize;
+    for (at, c) in path.char_indices().rev() {
+        match c {
+            '>' => depth += 1,
+            '<' => {
+                depth -= 1;
+                if depth == 0 {
+                    return (&path[..at], &path[at..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    (path, "")
+}
+
+/// `app::main::{closure#2}` → (`app::main`, 2, ``); also `{async_block#N}`, and a generic
+/// function's `app::make::{closure#0}<u32>` → (`app::make`, 0, `<u32>`).
+fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32, String)> {
+    let (path, args) = split_args(path);
     // Every numbered path ends with its number's `}` (most type names do not: a quick no).
     if !path.ends_with('}') {
         return None;
@@ -69,36 +99,28 @@ fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32)> {
         if let Some(at) = path.rfind(kind) {
             let rest = &path[at + kind.len()..];
             let n = rest.strip_suffix('}')?.parse().ok()?;
-            return Some((path[..at].to_string(), tag, n));
+            return Some((path[..at].to_string(), tag, n, args.to_string()));
         }
     }
     None
 }
 
-fn side<'a, 'm>(
-    out: &'a mut HashMap<(String, &'static str), Family<'m>>,
-    owner: String,
-    tag: &'static str,
-    n: u32,
-) -> &'a mut Side<'m> {
-    out.entry((owner, tag)).or_default().entry(n).or_insert(Side { body: None, env: None, linkage: None })
+fn side<'a, 'm>(out: &'a mut HashMap<Key, Family<'m>>, key: Key, n: u32) -> &'a mut Side<'m> {
+    out.entry(key).or_default().entry(n).or_insert(Side { body: None, env: None, linkage: None })
 }
 
-fn families<'m>(
-    model: &'m Model,
-    bodies: &HashMap<String, u128>,
-) -> HashMap<(String, &'static str), Family<'m>> {
-    let mut out: HashMap<(String, &'static str), Family<'m>> = HashMap::new();
+fn families<'m>(model: &'m Model, bodies: &HashMap<String, u128>) -> HashMap<Key, Family<'m>> {
+    let mut out: HashMap<Key, Family<'m>> = HashMap::new();
     for c in &model.closures {
-        if let Some((owner, tag, n)) = numbered(&c.path, &["::{closure#", "::{async_block#"]) {
-            let s = side(&mut out, owner, tag, n);
+        if let Some((owner, tag, n, args)) = numbered(&c.path, &["::{closure#", "::{async_block#"]) {
+            let s = side(&mut out, (owner, tag, args), n);
             s.body = bodies.get(names::canonical(&c.linkage)).copied();
             s.linkage = Some(&c.linkage);
         }
     }
     for (name, rec) in &model.types {
-        if let Some((owner, tag, n)) = numbered(name, &["::{closure_env#", "::{async_block_env#"]) {
-            side(&mut out, owner, tag, n).env = Some(rec);
+        if let Some((owner, tag, n, args)) = numbered(name, &["::{closure_env#", "::{async_block_env#"]) {
+            side(&mut out, (owner, tag, args), n).env = Some(rec);
         }
     }
     out
@@ -114,17 +136,47 @@ fn same(a: &Side, b: &Side) -> bool {
     a.body.is_some() && a.body == b.body && envs
 }
 
-fn env_name(owner: &str, tag: &str, n: u32) -> String {
-    format!("{owner}::{{{tag}_env#{n}}}")
+fn env_name(owner: &str, tag: &str, n: u32, args: &str) -> String {
+    format!("{owner}::{{{tag}_env#{n}}}{args}")
+}
+
+fn closure_name(owner: &str, tag: &str, n: u32) -> String {
+    format!("{owner}::{{{tag}#{n}}}")
 }
 
 /// Pairs the closures of the changed units (see the module's doc).
+///
+/// A renumbered closure's own closures are named after it (`app::f::{closure#0}::{closure#0}`),
+/// so they are renumbered with it: their counterparts are those of its counterpart, and their old
+/// symbols may name the closures of the closure that took its number (`thread::spawn(move || …)`
+/// added before another, each with a closure inside: the running thread's old closure would call
+/// the added one's). Functions are taken before the closures in them for that.
 pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
     let mut out = Closures::default();
     let olds = families(old, &diff.closure_bodies[0]);
     let news = families(new, &diff.closure_bodies[1]);
-    for ((owner, tag), o) in &olds {
-        let Some(n) = news.get(&(owner.clone(), *tag)) else { continue };
+    let none = Family::new();
+    let mut keys: Vec<&Key> = olds.keys().collect();
+    keys.sort_by(|a, b| (a.0.len(), a).cmp(&(b.0.len(), b)));
+    // Old closures (path, generic arguments) now under another path: the path of the same
+    // closure in the new build (`None`: it was edited or removed).
+    let mut moved: HashMap<(String, String), Option<String>> = HashMap::new();
+    for key in keys {
+        let (owner, tag, args) = key;
+        let o = &olds[key];
+        // Where this family is now: under its owner's counterpart when the owner is a renumbered
+        // closure (no counterpart: nowhere).
+        let (now_owner, owner_moved) = match moved.get(&(owner.clone(), args.clone())) {
+            Some(to) => (to.clone(), true),
+            None => (Some(owner.clone()), false),
+        };
+        let n = match &now_owner {
+            Some(no) => news.get(&(no.clone(), *tag, args.clone())).unwrap_or(&none),
+            None => &none,
+        };
+        if !owner_moved && n.is_empty() {
+            continue;
+        }
         // Each old closure's counterpart: itself under its own number if unchanged there, else
         // the same closure under the nearest other number not taken yet.
         let mut taken: Vec<u32> =
@@ -145,34 +197,65 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
             }
             pairs.insert(k, found);
         }
-        let renumbered = pairs.iter().any(|(k, j)| j.is_some_and(|j| j != *k));
-        if !renumbered {
+        // A closure without a counterpart in a family that gained or lost closures may be edited
+        // in place or replaced by another under its number: the two cannot be told apart (a
+        // closure passing one of its own closures to generic code, `iter().map(|x| …)`, refers to
+        // an instance whose symbol follows that closure's number, so its code differs when
+        // renumbered), and its old values must not meet another closure's code.
+        let shifted = pairs.iter().any(|(k, j)| j.is_some_and(|j| j != *k));
+        let counted = pairs.values().any(Option::is_none) && !o.keys().eq(n.keys());
+        if !(owner_moved || shifted || counted) {
             continue;
         }
         let what = if *tag == "closure" { "closures" } else { "async blocks" };
+        // The closures under the old path in the new build: other closures, when it moved.
+        let at_old_path = news.get(key).unwrap_or(&none);
         for (&k, &j) in &pairs {
-            out.envs.insert(env_name(owner, tag, k), j.map(|j| env_name(owner, tag, j)));
-            if j == Some(k) {
+            let old_path = closure_name(owner, tag, k);
+            let now_path = j.zip(now_owner.as_deref()).map(|(j, no)| closure_name(no, tag, j));
+            let now_env = j.zip(now_owner.as_deref()).map(|(j, no)| env_name(no, tag, j, args));
+            out.envs.insert(env_name(owner, tag, k, args), now_env);
+            if now_path.as_deref() == Some(old_path.as_str()) {
                 continue;
             }
-            let now = n.get(&k).and_then(|t| t.linkage).map(names::canonical);
+            moved.insert((old_path.clone(), args.clone()), now_path.clone());
+            let now = at_old_path.get(&k).and_then(|t| t.linkage).map(names::canonical);
             if now.is_some() && now == o[&k].linkage.map(names::canonical) {
-                out.shared_symbols.insert(env_name(owner, tag, k));
+                out.shared_symbols.insert(env_name(owner, tag, k, args));
             }
             let Some(linkage) = o[&k].linkage else { continue };
-            let now = match j {
-                Some(j) => format!("is `{owner}::{{{tag}#{j}}}` now"),
+            let now = match &now_path {
+                Some(p) => format!("is `{p}{args}` now"),
                 None => "was edited or removed".to_string(),
+            };
+            let whose = match (owner_moved, &now_owner) {
+                (false, _) if shifted => format!("the {what} of `{owner}` were renumbered"),
+                (false, _) => format!("`{owner}` gained or lost {what}"),
+                (true, Some(no)) => format!("`{owner}` was renumbered to `{no}`, and with it its {what}"),
+                (true, None) => format!("`{owner}` was edited or removed, and with it its {what}"),
             };
             out.kept.insert(
                 names::canonical(linkage).to_string(),
-                format!(
-                    "the {what} of `{owner}` were renumbered and `{owner}::{{{tag}#{k}}}` {now}: those made before the patch keep their code"
-                ),
+                format!("{whose} and `{old_path}{args}` {now}: those made before the patch keep their code"),
             );
         }
     }
     out
+}
+
+/// A captures type with no fields, for tests.
+#[cfg(test)]
+fn tests_env() -> TypeRec {
+    use super::model::Kind;
+    TypeRec {
+        kind: Kind::Struct,
+        size: Some(0),
+        align: Some(1),
+        edges: vec![],
+        fields: vec![],
+        tag: None,
+        variants: vec![],
+    }
 }
 
 #[cfg(test)]
@@ -249,5 +332,112 @@ mod tests {
         let c = paired(&[MAP, LABEL], &[ADDED, MAP, (LABEL.0, 9)]);
         assert_eq!(c.envs[&env(1)], None);
         assert!(c.kept.contains_key("main-closure-0-1"));
+    }
+}
+
+#[cfg(test)]
+mod nested_and_generic {
+    use super::*;
+    use crate::layout::model::ClosureFn;
+
+    /// Closures by path (`…::{closure#N}`, with generic arguments if any): (path, symbol, code).
+    /// Every one captures nothing.
+    fn model(closures: &[(&str, &str, u128)], side: usize, diff: &mut Diff) -> Model {
+        let mut m = Model::default();
+        for &(path, linkage, body) in closures {
+            let (plain, args) = split_args(path);
+            let env = plain.replace("{closure#", "{closure_env#") + args;
+            m.types.insert(env, super::tests_env());
+            m.closures.push(ClosureFn { path: path.into(), linkage: linkage.into() });
+            diff.closure_bodies[side].insert(linkage.into(), body);
+        }
+        m
+    }
+
+    fn paired(old: &[(&str, &str, u128)], new: &[(&str, &str, u128)]) -> Closures {
+        let mut diff = Diff::default();
+        let (o, n) = (model(old, 0, &mut diff), model(new, 1, &mut diff));
+        pair(&o, &n, &diff)
+    }
+
+    #[test]
+    fn generic_arguments_are_split_off_a_closures_path() {
+        assert_eq!(split_args("app::make::{closure#0}<u32>"), ("app::make::{closure#0}", "<u32>"));
+        assert_eq!(
+            split_args("std::spawn::{closure#0}<app::f::{closure_env#1}, ()>"),
+            ("std::spawn::{closure#0}", "<app::f::{closure_env#1}, ()>")
+        );
+        assert_eq!(split_args("app::main::{closure#2}"), ("app::main::{closure#2}", ""));
+        assert_eq!(split_args("<app::S as core::fmt::Debug>"), ("", "<app::S as core::fmt::Debug>"));
+    }
+
+    /// A generic function's closures are paired per instance: a closure added before the boxed
+    /// one (`make::<u32>`, run at startup) takes its number and symbol, and its old code stays.
+    #[test]
+    fn a_generic_functions_closures_are_paired_in_each_instance() {
+        let c = paired(
+            &[("app::make::{closure#0}<u32>", "boxed", 1), ("app::make::{closure#0}<u8>", "boxed8", 1)],
+            &[
+                ("app::make::{closure#0}<u32>", "boxed", 2),
+                ("app::make::{closure#1}<u32>", "boxed-now", 1),
+                ("app::make::{closure#0}<u8>", "boxed8", 2),
+                ("app::make::{closure#1}<u8>", "boxed8-now", 1),
+            ],
+        );
+        assert!(
+            c.kept["boxed"].contains("`app::make::{closure#0}<u32>` is `app::make::{closure#1}<u32>` now")
+        );
+        assert!(c.kept["boxed8"].contains("`app::make::{closure#0}<u8>` is `app::make::{closure#1}<u8>` now"));
+        assert_eq!(
+            c.envs["app::make::{closure_env#0}<u32>"].as_deref(),
+            Some("app::make::{closure_env#1}<u32>")
+        );
+        assert!(c.shared_symbols.contains("app::make::{closure_env#0}<u32>"));
+    }
+
+    /// A thread's closure (`f::{closure#0}`) with a closure inside, and another such added before
+    /// it: the inner closures follow their outer one, and the old inner one's symbol, now the added
+    /// thread's inner closure's, keeps its code (the running thread calls it).
+    #[test]
+    fn the_closures_of_a_renumbered_closure_follow_it() {
+        let old = [("app::f::{closure#0}", "outer", 1), ("app::f::{closure#0}::{closure#0}", "inner", 10)];
+        let c = paired(
+            &old,
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 1),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("is `app::f::{closure#1}` now"), "{:?}", c.kept);
+        assert!(c.kept["inner"].contains("`app::f::{closure#0}` was renumbered to `app::f::{closure#1}`"));
+        assert!(c.kept["inner"].contains("is `app::f::{closure#1}::{closure#0}` now"));
+        assert_eq!(
+            c.envs["app::f::{closure#0}::{closure_env#0}"].as_deref(),
+            Some("app::f::{closure#1}::{closure_env#0}")
+        );
+
+        // The outer closure's code differs once renumbered (it refers to generic code over its
+        // own closure, whose symbol follows the number): it has no counterpart, and neither has
+        // its inner one; both keep their code.
+        let c = paired(
+            &old,
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 3),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("`app::f` gained or lost closures"), "{:?}", c.kept);
+        assert!(c.kept["inner"].contains("`app::f::{closure#0}` was edited or removed"));
+
+        // Edited in place, same number of closures: compared by name, as before.
+        let c = paired(
+            &old,
+            &[("app::f::{closure#0}", "outer", 2), ("app::f::{closure#0}::{closure#0}", "inner", 20)],
+        );
+        assert!(c.kept.is_empty() && c.envs.is_empty());
     }
 }
