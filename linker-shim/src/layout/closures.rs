@@ -95,14 +95,14 @@ fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32, St
     if !path.ends_with('}') {
         return None;
     }
-    for (kind, tag) in kinds.iter().zip(["closure", "async_block"]) {
-        if let Some(at) = path.rfind(kind) {
-            let rest = &path[at + kind.len()..];
-            let n = rest.strip_suffix('}')?.parse().ok()?;
-            return Some((path[..at].to_string(), tag, n, args.to_string()));
-        }
-    }
-    None
+    // The last segment's kind: an async block in a closure is `f::{closure#0}::{async_block#0}`.
+    let (at, kind, tag) = kinds
+        .iter()
+        .zip(["closure", "async_block"])
+        .filter_map(|(kind, tag)| Some((path.rfind(kind)?, kind, tag)))
+        .max_by_key(|&(at, _, _)| at)?;
+    let n = path[at + kind.len()..].strip_suffix('}')?.parse().ok()?;
+    Some((path[..at].to_string(), tag, n, args.to_string()))
 }
 
 fn side<'a, 'm>(out: &'a mut HashMap<Key, Family<'m>>, key: Key, n: u32) -> &'a mut Side<'m> {
@@ -161,6 +161,10 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
     // Old closures (path, generic arguments) now under another path: the path of the same
     // closure in the new build (`None`: it was edited or removed).
     let mut moved: HashMap<(String, String), Option<String>> = HashMap::new();
+    // Old closures (path, generic arguments) in a function that gained or lost closures, or in
+    // such a closure: their own closures' code may look the same as other closures' (see
+    // `counted` below), so none of those without a counterpart is taken as edited in place.
+    let mut suspect: HashSet<(String, String)> = HashSet::new();
     for key in keys {
         let (owner, tag, args) = key;
         let o = &olds[key];
@@ -203,7 +207,16 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
         // an instance whose symbol follows that closure's number, so its code differs when
         // renumbered), and its old values must not meet another closure's code.
         let shifted = pairs.iter().any(|(k, j)| j.is_some_and(|j| j != *k));
-        let counted = pairs.values().any(Option::is_none) && !o.keys().eq(n.keys());
+        // The same in a closure of such a family, though it kept its number: an outer closure
+        // spawning `async move { … }` compiles to the same code as the one that took its number
+        // (they call `tokio::spawn` over their own blocks, whose symbols follow the numbers), and
+        // is paired with it; its block is not the other's.
+        let changed_number = !o.keys().eq(n.keys());
+        let owner_suspect = suspect.contains(&(owner.clone(), args.clone()));
+        if changed_number || owner_suspect || owner_moved {
+            suspect.extend(o.keys().map(|&k| (closure_name(owner, tag, k), args.clone())));
+        }
+        let counted = pairs.values().any(Option::is_none) && (changed_number || owner_suspect);
         if !(owner_moved || shifted || counted) {
             continue;
         }
@@ -230,7 +243,8 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
             };
             let whose = match (owner_moved, &now_owner) {
                 (false, _) if shifted => format!("the {what} of `{owner}` were renumbered"),
-                (false, _) => format!("`{owner}` gained or lost {what}"),
+                (false, _) if changed_number => format!("`{owner}` gained or lost {what}"),
+                (false, _) => format!("a function holding `{owner}` gained or lost closures"),
                 (true, Some(no)) => format!("`{owner}` was renumbered to `{no}`, and with it its {what}"),
                 (true, None) => format!("`{owner}` was edited or removed, and with it its {what}"),
             };
@@ -346,7 +360,9 @@ mod nested_and_generic {
         let mut m = Model::default();
         for &(path, linkage, body) in closures {
             let (plain, args) = split_args(path);
-            let env = plain.replace("{closure#", "{closure_env#") + args;
+            let env =
+                plain.replace("{closure#", "{closure_env#").replace("{async_block#", "{async_block_env#")
+                    + args;
             m.types.insert(env, super::tests_env());
             m.closures.push(ClosureFn { path: path.into(), linkage: linkage.into() });
             diff.closure_bodies[side].insert(linkage.into(), body);
@@ -432,6 +448,22 @@ mod nested_and_generic {
         );
         assert!(c.kept["outer"].contains("`app::f` gained or lost closures"), "{:?}", c.kept);
         assert!(c.kept["inner"].contains("`app::f::{closure#0}` was edited or removed"));
+
+        // A closure added before one spawning an async block, with the same code (`tokio::spawn`
+        // over its own block, whose symbol follows the number): the outer ones pair at their
+        // number, the blocks do not, and the old block keeps its code.
+        let c = paired(
+            &[("app::g::{closure#0}", "outer", 1), ("app::g::{closure#0}::{async_block#0}", "block", 10)],
+            &[
+                ("app::g::{closure#0}", "outer", 1),
+                ("app::g::{closure#0}::{async_block#0}", "block", 20),
+                ("app::g::{closure#1}", "outer-now", 2),
+                ("app::g::{closure#1}::{async_block#0}", "block-now", 10),
+            ],
+        );
+        assert!(!c.kept.contains_key("outer"), "{:?}", c.kept);
+        assert!(c.kept["block"].contains("a function holding `app::g::{closure#0}` gained or lost closures"));
+        assert!(c.shared_symbols.contains("app::g::{closure#0}::{async_block_env#0}"));
 
         // Edited in place, same number of closures: compared by name, as before.
         let c = paired(
