@@ -28,6 +28,22 @@ pub fn path(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(canonical(name)))
 }
 
+/// A legacy symbol without its hash (`_ZN3app5apply17h0123456789abcdefE` → `_ZN3app5apply`): what
+/// the instances of one generic function share. Other names as they are.
+pub fn without_hash(name: &str) -> &str {
+    let b = name.as_bytes();
+    let legacy = name.starts_with("_ZN")
+        && b.len() > 23
+        && b[b.len() - 1] == b'E'
+        && &b[b.len() - 20..b.len() - 17] == b"17h"
+        && b[b.len() - 17..b.len() - 1].iter().all(u8::is_ascii_hexdigit);
+    if legacy {
+        &name[..name.len() - 20]
+    } else {
+        name
+    }
+}
+
 /// Whether a legacy symbol is a closure's or an async block's code (`…::{{closure}}`, the last
 /// segment of its path: rustc numbers them only in debug info).
 pub fn is_closure(name: &str) -> bool {
@@ -37,6 +53,13 @@ pub fn is_closure(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_hashes_are_dropped_on_request() {
+        assert_eq!(without_hash("_ZN3app5apply17h0123456789abcdefE"), "_ZN3app5apply");
+        assert_eq!(without_hash("_ZN3app5apply17hxyz"), "_ZN3app5apply17hxyz");
+        assert_eq!(without_hash("getpid"), "getpid");
+    }
 
     #[test]
     fn llvm_suffixes_and_hashes_are_dropped() {

@@ -101,7 +101,20 @@ impl<'o, 'a> Semantics<'o, 'a> {
                 return Target::Anon(self.section_hash(unit.index(), sec), offset);
             }
         }
-        Target::Named(self.named(name), offset)
+        let named = self.named(name);
+        // Among the closures, a generic instance compiled here (`apply::<f::{closure#0}::
+        // {closure#0}>`, `Iterator::map::<_, …>` over a closure's own closure) has a symbol hash
+        // that follows the numbers of the closures in its arguments although its path does not
+        // show them: known by its path alone, so that a closure handing its own closures to
+        // generic code is still the same closure under another number. Two closures that differ
+        // only in which instance of one generic function they call look the same here; this
+        // only pairs closures (`layout::closures`), and a closure paired under another number
+        // keeps its code.
+        let local = defined.is_some() || self.numbered.as_ref().is_some_and(|n| n.defs.contains_key(name));
+        if self.numbered.is_some() && local {
+            return Target::Named(names::without_hash(named), offset);
+        }
+        Target::Named(named, offset)
     }
 
     /// References to these (canonical) names count as references to their counterparts: the
@@ -351,8 +364,29 @@ mod tests {
         // Glue that does something else is not.
         let other = block_dropping_itself(GLUE_1, &[0x90, 0xc3]);
         assert_ne!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&other, "app::run"));
-        // Another function's closures' names are compared by name.
-        assert_ne!(hash_of_closures_of(&a, "app::other"), hash_of_closures_of(&b, "app::other"));
+        // Another function's closures' names are compared by name (defined elsewhere), or by
+        // path (defined here, as generic instances are: the next test).
+        let (x, y) = (calls(GLUE_0), calls(GLUE_1));
+        assert_ne!(hash_of_closures_of(&x, "app::other"), hash_of_closures_of(&y, "app::other"));
+    }
+
+    /// `apply::<run::{closure#0}::{closure#0}>` compiled in the unit: its symbol hash follows the
+    /// inner closure's number, its path does not. Among `app::run`'s closures it is known by path.
+    #[test]
+    fn among_a_functions_closures_generic_instances_compiled_here_count_by_path() {
+        const APPLY_0: &str = "_ZN3app5apply17h1111111111111111E";
+        const APPLY_1: &str = "_ZN3app5apply17h2222222222222222E";
+        let (a, b) = (block_dropping_itself(APPLY_0, &[0xc3]), block_dropping_itself(APPLY_1, &[0xc3]));
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&b, "app::run"));
+        // Another function is not.
+        let other = block_dropping_itself("_ZN3app5other17h1111111111111111E", &[0xc3]);
+        assert_ne!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&other, "app::run"));
+        // Defined elsewhere (not compiled for this crate): by name.
+        assert_ne!(
+            hash_of_closures_of(&calls(APPLY_0), "app::run"),
+            hash_of_closures_of(&calls(APPLY_1), "app::run")
+        );
     }
 
     #[test]
