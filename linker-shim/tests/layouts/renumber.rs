@@ -44,6 +44,14 @@ fn nest(k: u64) -> Box<dyn Fn(u64) -> u64> {
     Box::new(move |x| apply(move |y| y + x + k, 1))
 }
 
+/// Two boxed closures made at startup, each handing a closure of its own to generic code.
+#[inline(never)]
+fn pair(k: u64) -> (Box<dyn Fn(u64) -> u64>, Box<dyn Fn(u64) -> u64>) {
+    let x = move |n: u64| apply(move |y| y + n + k, 1);
+    let y = move |n: u64| apply(move |y| y * n * k, 1);
+    (Box::new(x), Box::new(y))
+}
+
 /// Closures handed to a generic function and to iterator adapters, made on every call.
 #[inline(never)]
 fn step(n: u64) -> String {
@@ -83,6 +91,7 @@ fn main() {
     let g = make(7u32);
     let p = make_plain(100);
     let q = nest(10);
+    let (x, y) = pair(10);
     install(5);
     start_worker(3);
     let mut cnt = counter(50);
@@ -91,11 +100,13 @@ fn main() {
         n += 1;
         let h = HOOKS.lock().unwrap()[0](n);
         println!(
-            "tick n={n} {} g={} p={} q={} h={h} w={} c={}",
+            "tick n={n} {} g={} p={} q={} x={} y={} h={h} w={} c={}",
             step(n),
             g(),
             p(n),
             q(n),
+            x(n),
+            y(n),
             WORKER.load(Ordering::Relaxed) % 1000,
             cnt()
         );
@@ -105,7 +116,8 @@ fn main() {
 "#;
 
 /// Before each closure above, another with the same captures' types and signature, which takes
-/// its number and symbol; `step`'s `b` is now computed by the added closure.
+/// its number and symbol (`pair`'s two swap theirs); `step`'s `b` is now computed by the added
+/// closure.
 const ADDED_BEFORE: &[(&str, &str)] = &[
     (
         "    Box::new(move || format!(\"A{t}\"))",
@@ -130,6 +142,10 @@ const ADDED_BEFORE: &[(&str, &str)] = &[
         "    let other = move |x: u64| apply(move |y| y + x + k + 5, 1);\n    let _ = other(0);\n    Box::new(move |x| apply(move |y| y + x + k, 1))",
     ),
     (
+        "    let x = move |n: u64| apply(move |y| y + n + k, 1);\n    let y = move |n: u64| apply(move |y| y * n * k, 1);\n",
+        "    let y = move |n: u64| apply(move |y| y * n * k, 1);\n    let x = move |n: u64| apply(move |y| y + n + k, 1);\n",
+    ),
+    (
         "    let mut c = start;\n",
         "    let mut d = start;\n    let mut bump = move || {\n        d += 2;\n        d\n    };\n    let _ = bump();\n    let mut c = start;\n",
     ),
@@ -150,6 +166,8 @@ fn right(line: &str) -> bool {
         && field(line, "g") == "A7"
         && field(line, "p") == (n + 100).to_string()
         && field(line, "q") == (n + 11).to_string()
+        && field(line, "x") == (n + 11).to_string()
+        && field(line, "y") == (10 * n).to_string()
         && field(line, "h") == (1000 * n + 5).to_string()
         && field(line, "w") == "3"
         && field(line, "c") == (50 + n).to_string()
@@ -161,7 +179,9 @@ fn right(line: &str) -> bool {
 /// closure (a generic function's, never paired) answered `g=B7`, the worker's inner closure,
 /// whose symbol the added thread's took, `w=903`, and `nest`'s closure — paired with the added
 /// one, whose code is the same but for the closure it hands to `apply` — called the added one's
-/// inner closure (`q=n+16`), after `Patched`.
+/// inner closure (`q=n+16`), and `pair`'s two closures, swapped (each then differs from the other
+/// only in the closure it hands to `apply`), answered each other's (`x=10n y=n+11`), after
+/// `Patched`.
 #[test]
 fn closures_added_before_live_ones_with_the_same_captures_keep_their_code() {
     let project = scenario("layouts");
