@@ -266,7 +266,7 @@ fn closure_bodies<'a>(
                 continue;
             }
             let path = names::path(name);
-            let owner = path.find("::{{closure}}").map_or(path.as_str(), |at| &path[..at]);
+            let owner = names::closure_owner(&path);
             let hash = sem.section_hash(u.index(), sec);
             by_owner.entry(owner.to_string()).or_default()[side].push((name, (u, sec), hash));
         }

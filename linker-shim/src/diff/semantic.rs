@@ -44,8 +44,9 @@ pub struct Semantics<'o, 'a> {
 
 /// The closures of one function, whose names follow their numbers ([`Semantics::closures_of`]).
 struct Numbered<'o, 'a> {
-    /// `app::main::{{closure}}`: every name whose demangled path contains it.
-    path: String,
+    /// `app::main::{{closure}}` (legacy) and `app::main::{closure#` (v0): every name whose
+    /// demangled path contains either.
+    paths: [String; 2],
     /// `main`: the function's own name, which every such symbol spells (a quick no for the others).
     last: String,
     defs: &'o HashMap<&'a str, Vec<super::DefAt>>,
@@ -67,20 +68,24 @@ impl<'o, 'a> Semantics<'o, 'a> {
     /// others would otherwise change the meaning of every closure after it. `defs` finds those
     /// defined in other units.
     pub fn closures_of(mut self, owner: &str, defs: &'o HashMap<&'a str, Vec<super::DefAt>>) -> Self {
-        let plain = owner.split('<').next().unwrap_or(owner);
+        let plain = owner.split('<').next().unwrap_or(owner).trim_end_matches("::");
         let last = plain.rsplit("::").next().unwrap_or(plain).to_string();
-        self.numbered =
-            Some(Numbered { path: format!("{owner}::{{{{closure}}}}"), last, defs, seen: HashMap::new() });
+        let paths = [format!("{owner}::{{{{closure}}}}"), format!("{owner}::{{closure#")];
+        self.numbered = Some(Numbered { paths, last, defs, seen: HashMap::new() });
         self
     }
 
     /// Under [`Semantics::closures_of`], whether `name` is named after one of those closures.
     fn follows_numbers(&mut self, name: &'a str) -> bool {
         let Some(n) = self.numbered.as_mut() else { return false };
-        if !name.contains("closure") || !name.contains(n.last.as_str()) {
+        // v0 names spell no `closure`, but their numbers in the demangled path.
+        if !(name.contains("closure") || name.starts_with("_R")) || !name.contains(n.last.as_str()) {
             return false;
         }
-        *n.seen.entry(name).or_insert_with(|| names::path(name).contains(n.path.as_str()))
+        *n.seen.entry(name).or_insert_with(|| {
+            let path = names::path(name);
+            n.paths.iter().any(|p| path.contains(p.as_str()))
+        })
     }
 
     /// A reference to `name` (`offset` from its start), by the meaning of its definition when it
