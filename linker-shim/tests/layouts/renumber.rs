@@ -184,7 +184,22 @@ fn right(line: &str) -> bool {
 /// `Patched`.
 #[test]
 fn closures_added_before_live_ones_with_the_same_captures_keep_their_code() {
+    added_before(false);
+}
+
+/// The same with v0 symbol names, which show the closures' numbers: before, no closure was
+/// recognised as one, none paired, and the swapped closures answered each other's.
+#[test]
+fn with_v0_symbol_names_closures_added_before_live_ones_keep_their_code() {
+    added_before(true);
+}
+
+fn added_before(v0: bool) {
     let project = scenario("layouts");
+    if v0 {
+        project
+            .write(".cargo/config.toml", "[build]\nrustflags = [\"-C\", \"symbol-mangling-version=v0\"]\n");
+    }
     project.write(MAIN, BASE);
     project.build();
     let app = project.start("layouts", &[]);
