@@ -36,6 +36,9 @@ pub struct Closures {
     /// after them (`tokio::…::Cell<f::{async_block_env#0}, S>`) are compared by name, as they are
     /// named: where the two differ, the old values are refused rather than met by that code.
     pub shared_symbols: HashSet<String>,
+    /// Captures types (old name) of old closures that are not where they were: renumbered, or
+    /// without a counterpart in a function that gained or lost closures ([`Closures::kept`]'s).
+    pub moved: HashSet<String>,
 }
 
 impl Closures {
@@ -127,11 +130,13 @@ fn families<'m>(model: &'m Model, bodies: &HashMap<String, u128>) -> HashMap<Key
     out
 }
 
-/// Gives each closure's code the meaning of its own closures' too, in order: the diff knows a
-/// closure's code with the generic code it hands its own closures to by path
+/// Gives each closure's code the meaning of its own closures' too, in order: the diff knows the
+/// generic code a closure hands its own closures to only a few references deep
 /// ([`crate::diff::Diff::closure_bodies`]: `apply::<f::{closure#0}::{closure#0}>`'s symbol
-/// follows the number), so two closures that differ only in the closures they hand on would look
-/// the same. A closure whose own closures' code is not known has none either.
+/// follows the number), so two closures that differ only in the closures they hand on could look
+/// the same. A closure whose own closures' code is not known has none either; one with no code
+/// of its own (inlined wherever it is called, as optimised builds do) is known through the code
+/// it was inlined into.
 fn deepen(families: &mut HashMap<Key, Family<'_>>) {
     let mut keys: Vec<Key> = families.keys().cloned().collect();
     // The innermost first: a family's owner is a closure of a family with a shorter owner.
@@ -139,7 +144,10 @@ fn deepen(families: &mut HashMap<Key, Family<'_>>) {
     for key in keys {
         let (owner, tag, args) = &key;
         let Some((up, up_tag, n, _)) = numbered(owner, &["::{closure#", "::{async_block#"]) else { continue };
-        let inner: Vec<Option<u128>> = families[&key].values().map(|s| s.body).collect();
+        // A closure without code of its own (inlined wherever it is called, as optimised builds
+        // do) is known through the code it was inlined into, which the diff reads by content.
+        let inner: Vec<Option<u128>> =
+            families[&key].values().filter(|s| s.linkage.is_some()).map(|s| s.body).collect();
         let Some(closure) = families.get_mut(&(up, up_tag, args.clone())).and_then(|f| f.get_mut(&n)) else {
             continue;
         };
@@ -172,6 +180,44 @@ fn env_name(owner: &str, tag: &str, n: u32, args: &str) -> String {
 
 fn closure_name(owner: &str, tag: &str, n: u32) -> String {
     format!("{owner}::{{{tag}#{n}}}")
+}
+
+/// Adds to [`Closures::kept`] the old generic instances over moved closures' types
+/// ([`Closures::moved`]): `apply::<f::{closure#0}::{closure_env#0}>`, whose symbol the instance
+/// over the closure that took that number shares. In an optimised build they hold the closure's
+/// code inlined (the closure has no code of its own), and their new version is the other
+/// closure's: old code calling them must keep reaching the old closure's.
+pub fn keep_instances(closures: &mut Closures, old: &Model) {
+    if closures.moved.is_empty() {
+        return;
+    }
+    let names =
+        |ty: &str| -> Option<String> { closures.moved.iter().find(|env| names_type(ty, env)).cloned() };
+    let mut found = Vec::new();
+    for f in &old.functions {
+        let canonical = names::canonical(&f.linkage);
+        if closures.kept.contains_key(canonical)
+            || !f.generics.iter().chain(&f.params).any(|t| t.contains("_env#"))
+        {
+            continue;
+        }
+        if let Some(env) = f.generics.iter().chain(&f.params).find_map(|t| names(t)) {
+            found.push((canonical.to_string(), format!(
+                "it is an instance over `{env}`, a closure that is not where it was (renumbered, or edited in a function that gained or lost closures): under this symbol the new build may have another closure's instance, so old code keeps reaching this one"
+            )));
+        }
+    }
+    closures.kept.extend(found);
+}
+
+/// Whether type name `ty` names type `name` (`&app::f::{closure_env#0}` does; `app::f::
+/// {closure_env#0}<u8>` and `xapp::f::{closure_env#0}` do not).
+fn names_type(ty: &str, name: &str) -> bool {
+    ty.match_indices(name).any(|(at, _)| {
+        let before = ty[..at].chars().next_back();
+        let after = ty[at + name.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') && after.is_none_or(|c| c != '<')
+    })
 }
 
 /// Pairs the closures of the changed units (see the module's doc).
@@ -262,6 +308,7 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
                 continue;
             }
             moved.insert((old_path.clone(), args.clone()), now_path.clone());
+            out.moved.insert(env_name(owner, tag, k, args));
             let now = at_old_path.get(&k).and_then(|t| t.linkage).map(names::canonical);
             if now.is_some() && now == o[&k].linkage.map(names::canonical) {
                 out.shared_symbols.insert(env_name(owner, tag, k, args));
@@ -494,6 +541,38 @@ mod nested_and_generic {
         assert!(c.kept["outer"].contains("`app::g` gained or lost closures"), "{:?}", c.kept);
         assert!(c.kept["block"].contains("`app::g::{closure#0}` was edited or removed"));
         assert!(c.shared_symbols.contains("app::g::{closure#0}::{async_block_env#0}"));
+
+        // The instance of generic code over the old inner closure (in an optimised build it
+        // holds the inner closure's code, which has none of its own) keeps its code too.
+        let mut diff = Diff::default();
+        let mut o = model(&old, 0, &mut diff);
+        let instance = |linkage: &str, generic: &str| crate::layout::model::FnRec {
+            linkage: linkage.into(),
+            path: "app::apply".into(),
+            params: vec![],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![generic.into()],
+        };
+        o.functions.push(instance("apply-inner", "app::f::{closure#0}::{closure_env#0}"));
+        o.functions.push(instance("apply-other", "app::f::{closure#0}::{closure_env#0}<u8>"));
+        let n = model(
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 1),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+            1,
+            &mut diff,
+        );
+        let mut c = pair(&o, &n, &diff);
+        keep_instances(&mut c, &o);
+        assert!(c.kept["apply-inner"].contains("an instance over `app::f::{closure#0}::{closure_env#0}`"));
+        assert!(!c.kept.contains_key("apply-other"));
+        assert!(names_type("&app::f::{closure_env#0}", "app::f::{closure_env#0}"));
+        assert!(!names_type("xapp::f::{closure_env#0}", "app::f::{closure_env#0}"));
 
         // Edited in place, same number of closures: compared by name, as before.
         let c = paired(
