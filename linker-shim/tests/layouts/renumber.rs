@@ -184,21 +184,42 @@ fn right(line: &str) -> bool {
 /// `Patched`.
 #[test]
 fn closures_added_before_live_ones_with_the_same_captures_keep_their_code() {
-    added_before(false);
+    added_before(Build::Plain);
+}
+
+/// The same in an optimising dev build (`opt-level = 3`): the inner closures have no code of their
+/// own, it is inlined into `apply::<…{closure#0}::{closure#0}>`, whose symbol the instance over the
+/// closure that took the number shares. Before, those instances were redirected (`q=n+16`, `x`
+/// and `y` each other's), and `pair`'s two closures, equal but for the instance each calls, paired
+/// with each other.
+#[test]
+fn in_an_optimised_build_closures_added_before_live_ones_keep_their_code() {
+    added_before(Build::Optimised);
+}
+
+#[derive(PartialEq)]
+enum Build {
+    Plain,
+    V0,
+    Optimised,
 }
 
 /// The same with v0 symbol names, which show the closures' numbers: before, no closure was
 /// recognised as one, none paired, and the swapped closures answered each other's.
 #[test]
 fn with_v0_symbol_names_closures_added_before_live_ones_keep_their_code() {
-    added_before(true);
+    added_before(Build::V0);
 }
 
-fn added_before(v0: bool) {
+fn added_before(build: Build) {
     let project = scenario("layouts");
-    if v0 {
+    if build == Build::V0 {
         project
             .write(".cargo/config.toml", "[build]\nrustflags = [\"-C\", \"symbol-mangling-version=v0\"]\n");
+    }
+    if build == Build::Optimised {
+        let toml = project.read("Cargo.toml");
+        project.write("Cargo.toml", &format!("{toml}\n[profile.dev]\nopt-level = 3\n"));
     }
     project.write(MAIN, BASE);
     project.build();
