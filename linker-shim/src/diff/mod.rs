@@ -226,11 +226,16 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
         };
         out.changed.insert(name.to_string(), change);
     }
+    let changed: [HashSet<&str>; 2] = [
+        out.changed.values().map(|c| names::canonical(&c.base_name)).collect(),
+        out.changed.values().map(|c| names::canonical(&c.name)).collect(),
+    ];
     out.closure_bodies = closure_bodies(
         [base, current],
         [&base_defs, &cur_defs],
         [&mut base_sem, &mut cur_sem],
         [&base_renames, &HashMap::new()],
+        &changed,
     )?;
     for &name in base_defs.keys() {
         if !seen_base.contains(name) && !defined_now(name) {
@@ -245,43 +250,53 @@ pub fn diff<'a>(base: &Build<'a>, current: &Build<'a>, defined_now: &dyn Fn(&str
 /// [`names::canonical`] name, in each build ([`Diff::closure_bodies`]). First as every definition
 /// is compared, references by name (`sems`, their memos already filled); then, for each function
 /// whose closures do not all keep their names and meanings across the builds (one was added,
-/// removed, moved or edited), once more with references among its closures by content
-/// ([`Semantics::closures_of`]): their names follow their numbers, so the layout guard could not
-/// pair the same closure under another number by its code.
+/// removed, moved or edited), or one of whose closures refers to a changed definition (`changed`,
+/// by each build's names: a generic instance over its own closure, holding that closure's code
+/// inlined, whose symbol now names another closure's), once more with references among its
+/// closures by content ([`Semantics::closures_of`]): their names follow their numbers, so the
+/// layout guard could not pair the same closure under another number by its code.
 fn closure_bodies<'a>(
     builds: [&Build<'a>; 2],
     defs: [&HashMap<&'a str, Vec<DefAt>>; 2],
     sems: [&mut Semantics<'_, 'a>; 2],
     renames: [&HashMap<&'a str, &'a str>; 2],
+    changed: &[HashSet<&str>; 2],
 ) -> Result<[HashMap<String, u128>; 2]> {
     type Side<'a> = Vec<(&'a str, DefAt, u128)>;
     // Outermost function (`app::main` of `app::main::{{closure}}::{{closure}}`) → each side's closures.
-    let mut by_owner: HashMap<&'a str, [Side<'a>; 2]> = HashMap::new();
+    let mut by_owner: HashMap<String, [Side<'a>; 2]> = HashMap::new();
+    // Owners one of whose closures refers to a changed definition.
+    let mut touching: HashSet<String> = HashSet::new();
     for (side, sem) in sems.into_iter().enumerate() {
         for (&name, places) in defs[side] {
             let (u, sec) = places[0];
-            if !names::is_closure(name)
-                || builds[side].units[u].object()?.sections[sec].kind != SectionKind::Text
-            {
+            let obj = builds[side].units[u].object()?;
+            if !names::is_closure(name) || obj.sections[sec].kind != SectionKind::Text {
                 continue;
             }
+            let path = names::path(name);
+            let owner = names::closure_owner(&path);
             let hash = sem.section_hash(u.index(), sec);
-            by_owner.entry(names::closure_owner(name)).or_default()[side].push((name, (u, sec), hash));
+            let refers = obj.sections[sec].relocs().iter().any(|r| {
+                let target = &obj.symbols[r.symbol];
+                target.is_named() && changed[side].contains(names::canonical(target.name))
+            });
+            if refers {
+                touching.insert(owner.to_string());
+            }
+            by_owner.entry(owner.to_string()).or_default()[side].push((name, (u, sec), hash));
         }
     }
     let mut out: [HashMap<String, u128>; 2] = Default::default();
-    for (_, mut sides) in by_owner {
+    for (owner, mut sides) in by_owner {
         let keyed = |side: &Side| -> BTreeMap<String, u128> {
             side.iter().map(|&(n, _, h)| (names::canonical(n).to_string(), h)).collect()
         };
-        if keyed(&sides[0]) != keyed(&sides[1]) {
-            let any = sides.iter().flatten().next().map_or("", |c| c.0);
-            let path = names::path(any);
-            let owner = path.find("::{{closure}}").map_or(path.as_str(), |at| &path[..at]);
+        if keyed(&sides[0]) != keyed(&sides[1]) || touching.contains(&owner) {
             for (side, closures) in sides.iter_mut().enumerate() {
                 let renamed = renames[side].clone();
                 let mut sem =
-                    Semantics::new(parsed(builds[side])).renamed(renamed).closures_of(owner, defs[side]);
+                    Semantics::new(parsed(builds[side])).renamed(renamed).closures_of(&owner, defs[side]);
                 for (_, (u, sec), hash) in closures.iter_mut() {
                     *hash = sem.section_hash(u.index(), *sec);
                 }

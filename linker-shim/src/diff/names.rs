@@ -28,22 +28,46 @@ pub fn path(name: &str) -> String {
     format!("{:#}", rustc_demangle::demangle(canonical(name)))
 }
 
-/// Whether a legacy symbol is a closure's or an async block's code (`…::{{closure}}`, the last
-/// segment of its path: rustc numbers them only in debug info).
-pub fn is_closure(name: &str) -> bool {
-    name.contains("$u7b$$u7b$closure$u7d$$u7d$17h")
+/// A legacy symbol without its hash (`_ZN3app5apply17h0123456789abcdefE` → `_ZN3app5apply`): what
+/// the instances of one generic function share. Other names as they are.
+pub fn without_hash(name: &str) -> &str {
+    let b = name.as_bytes();
+    let legacy = name.starts_with("_ZN")
+        && b.len() > 23
+        && b[b.len() - 1] == b'E'
+        && &b[b.len() - 20..b.len() - 17] == b"17h"
+        && b[b.len() - 17..b.len() - 1].iter().all(u8::is_ascii_hexdigit);
+    if legacy {
+        &name[..name.len() - 20]
+    } else {
+        name
+    }
 }
 
-/// The mangled part of a closure's legacy symbol that names its outermost function, the same in
-/// every build (`_ZN3app4main28` of `_ZN3app4main28_$u7b$$u7b$closure$u7d$$u7d$17h…E`, with the
-/// closure segment's length): the closures of one function, told without demangling them.
-pub fn closure_owner(name: &str) -> &str {
-    name.find("_$u7b$$u7b$closure$u7d$$u7d$").map_or(name, |at| &name[..at])
+/// Whether a symbol is a closure's or an async block's code: legacy `…::{{closure}}`, the last
+/// segment of its path (rustc numbers them only in debug info), or v0 `_RNC…`, a path whose last
+/// segment is in the closure namespace (`…::{closure#2}`: v0 names show the numbers).
+pub fn is_closure(name: &str) -> bool {
+    name.contains("$u7b$$u7b$closure$u7d$$u7d$17h") || name.starts_with("_RNC")
+}
+
+/// The function a closure's demangled path ([`path`]) is in: `app::main` of legacy
+/// `app::main::{{closure}}::{{closure}}` and of v0 `app::main::{closure#1}::{closure#0}`.
+pub fn closure_owner(path: &str) -> &str {
+    let at = [path.find("::{{closure}}"), path.find("::{closure#")].into_iter().flatten().min();
+    at.map_or(path, |at| &path[..at])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_hashes_are_dropped_on_request() {
+        assert_eq!(without_hash("_ZN3app5apply17h0123456789abcdefE"), "_ZN3app5apply");
+        assert_eq!(without_hash("_ZN3app5apply17hxyz"), "_ZN3app5apply17hxyz");
+        assert_eq!(without_hash("getpid"), "getpid");
+    }
 
     #[test]
     fn llvm_suffixes_and_hashes_are_dropped() {
@@ -60,10 +84,12 @@ mod tests {
         assert_eq!(path("_ZN7counter4tick17h1111111111111111E"), "counter::tick");
         assert!(is_closure("_ZN7layouts4main28_$u7b$$u7b$closure$u7d$$u7d$17h0c3e0a0f8f4b1b2aE"));
         assert!(!is_closure("_ZN7layouts4main17h0c3e0a0f8f4b1b2aE"));
-        assert_eq!(
-            closure_owner("_ZN7layouts4main28_$u7b$$u7b$closure$u7d$$u7d$28_$u7b$$u7b$closure$u7d$$u7d$17h0c3e0a0f8f4b1b2aE"),
-            "_ZN7layouts4main28"
-        );
+        // v0: `probe::start_worker::{closure#0}`, and an instance over one, which is no closure.
+        assert!(is_closure("_RNCNvCsblGeLuuturI_5probe12start_worker0B3_"));
+        assert!(!is_closure("_RINvCsblGeLuuturI_5probe5applyNCNCNvB2_12start_workers_00EB2_"));
+        assert_eq!(closure_owner("app::main::{{closure}}::{{closure}}"), "app::main");
+        assert_eq!(closure_owner("app::make::<u32>::{closure#1}::{closure#0}"), "app::make::<u32>");
+        assert_eq!(closure_owner("app::main"), "app::main");
         assert!(is_promoted_anon("anon.ebafb60624fd0317f0e5ca3f8fe5763b.29.llvm.4687289052701356509"));
     }
 }

@@ -34,7 +34,8 @@ pub struct Semantics<'o, 'a> {
     /// By unit index; `None` for units not parsed (never asked about: a section's anonymous
     /// targets live in its own object).
     objects: Vec<Option<&'o Object<'a>>>,
-    memo: HashMap<(usize, SecIdx), u128>,
+    /// By object, section and depth ([`Numbered::depth`]; 0 outside [`Semantics::closures_of`]).
+    memo: HashMap<(usize, SecIdx, u8), u128>,
     /// Canonical names of this build → the name the other build knows the same definition by.
     renames: HashMap<&'a str, &'a str>,
     /// Set by [`Semantics::closures_of`]: references to what rustc names after these closures are
@@ -44,14 +45,24 @@ pub struct Semantics<'o, 'a> {
 
 /// The closures of one function, whose names follow their numbers ([`Semantics::closures_of`]).
 struct Numbered<'o, 'a> {
-    /// `app::main::{{closure}}`: every name whose demangled path contains it.
-    path: String,
+    /// `app::main::{{closure}}` (legacy) and `app::main::{closure#` (v0): every name whose
+    /// demangled path contains either.
+    paths: [String; 2],
     /// `main`: the function's own name, which every such symbol spells (a quick no for the others).
     last: String,
     defs: &'o HashMap<&'a str, Vec<super::DefAt>>,
     /// The names asked about so far, and the answers.
     seen: HashMap<&'a str, bool>,
+    /// How many references to code compiled here the section being hashed is reached through
+    /// (at most [`INSTANCE_DEPTH`]): a generic instance over one of the closures holds, in an
+    /// optimised build, the closure's code inlined.
+    depth: u8,
 }
+
+/// How deep references to code compiled in the compared units count by content among a
+/// function's closures (beyond: by path): `apply::<f::{closure#0}::{closure#0}>`, and the
+/// `Iterator::sum` → `fold` → `Map::fold` chains over a closure.
+const INSTANCE_DEPTH: u8 = 4;
 
 impl<'o, 'a> Semantics<'o, 'a> {
     pub fn new(objects: Vec<Option<&'o Object<'a>>>) -> Self {
@@ -67,20 +78,24 @@ impl<'o, 'a> Semantics<'o, 'a> {
     /// others would otherwise change the meaning of every closure after it. `defs` finds those
     /// defined in other units.
     pub fn closures_of(mut self, owner: &str, defs: &'o HashMap<&'a str, Vec<super::DefAt>>) -> Self {
-        let plain = owner.split('<').next().unwrap_or(owner);
+        let plain = owner.split('<').next().unwrap_or(owner).trim_end_matches("::");
         let last = plain.rsplit("::").next().unwrap_or(plain).to_string();
-        self.numbered =
-            Some(Numbered { path: format!("{owner}::{{{{closure}}}}"), last, defs, seen: HashMap::new() });
+        let paths = [format!("{owner}::{{{{closure}}}}"), format!("{owner}::{{closure#")];
+        self.numbered = Some(Numbered { paths, last, defs, seen: HashMap::new(), depth: 0 });
         self
     }
 
     /// Under [`Semantics::closures_of`], whether `name` is named after one of those closures.
     fn follows_numbers(&mut self, name: &'a str) -> bool {
         let Some(n) = self.numbered.as_mut() else { return false };
-        if !name.contains("closure") || !name.contains(n.last.as_str()) {
+        // v0 names spell no `closure`, but their numbers in the demangled path.
+        if !(name.contains("closure") || name.starts_with("_R")) || !name.contains(n.last.as_str()) {
             return false;
         }
-        *n.seen.entry(name).or_insert_with(|| names::path(name).contains(n.path.as_str()))
+        *n.seen.entry(name).or_insert_with(|| {
+            let path = names::path(name);
+            n.paths.iter().any(|p| path.contains(p.as_str()))
+        })
     }
 
     /// A reference to `name` (`offset` from its start), by the meaning of its definition when it
@@ -101,7 +116,38 @@ impl<'o, 'a> Semantics<'o, 'a> {
                 return Target::Anon(self.section_hash(unit.index(), sec), offset);
             }
         }
-        Target::Named(self.named(name), offset)
+        let named = self.named(name);
+        // Among the closures, a generic instance compiled here (`apply::<f::{closure#0}::
+        // {closure#0}>`, `Iterator::map::<_, …>` over a closure's own closure) has a symbol hash
+        // that follows the numbers of the closures in its arguments although its path does not
+        // show them: known by its content (which holds the closure's code where the optimiser
+        // inlined it) a few references deep, then by its path alone, so that a closure handing
+        // its own closures to generic code is still the same closure under another number. Two
+        // closures that differ only in which instance of one generic function they call, deeper
+        // than that, look the same here; this only pairs closures (`layout::closures`), and a
+        // closure paired under another number keeps its code.
+        let Some(n) = self.numbered.as_ref() else { return Target::Named(named, offset) };
+        let at = match defined {
+            Some((sec, value)) => Some((obj, sec, offset + value as i64)),
+            None => n
+                .defs
+                .get(name)
+                .map(|places| places[0])
+                .filter(|&(u, _)| self.objects[u.index()].is_some())
+                .map(|(u, sec)| (u.index(), sec, offset)),
+        };
+        let Some((o, sec, into)) = at else { return Target::Named(named, offset) };
+        if n.depth >= INSTANCE_DEPTH {
+            return Target::Named(names::without_hash(named), offset);
+        }
+        if let Some(n) = self.numbered.as_mut() {
+            n.depth += 1;
+        }
+        let hash = self.section_hash(o, sec);
+        if let Some(n) = self.numbered.as_mut() {
+            n.depth -= 1;
+        }
+        Target::Anon(hash, into)
     }
 
     /// References to these (canonical) names count as references to their counterparts: the
@@ -154,15 +200,16 @@ impl<'o, 'a> Semantics<'o, 'a> {
 
     /// The meaning of a section: kind, size, masked bytes and relocation targets.
     pub fn section_hash(&mut self, obj: usize, sec: SecIdx) -> u128 {
-        if let Some(&h) = self.memo.get(&(obj, sec)) {
+        let key = (obj, sec, self.numbered.as_ref().map_or(0, |n| n.depth));
+        if let Some(&h) = self.memo.get(&key) {
             return h;
         }
         // A cycle of anonymous sections (rare) hashes the inner occurrence as 0.
-        self.memo.insert((obj, sec), 0);
+        self.memo.insert(key, 0);
         let s = &self.object(obj).sections[sec];
         if let Some(file) = panic_location_file(self.object(obj), sec) {
             let digest = xxhash_rust::xxh3::xxh3_128(&[b"panic location\0".as_slice(), file].concat());
-            self.memo.insert((obj, sec), digest);
+            self.memo.insert(key, digest);
             return digest;
         }
         let mut h = Xxh3::new();
@@ -187,7 +234,7 @@ impl<'o, 'a> Semantics<'o, 'a> {
             }
         }
         let digest = h.digest128();
-        self.memo.insert((obj, sec), digest);
+        self.memo.insert(key, digest);
         digest
     }
 }
@@ -351,8 +398,30 @@ mod tests {
         // Glue that does something else is not.
         let other = block_dropping_itself(GLUE_1, &[0x90, 0xc3]);
         assert_ne!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&other, "app::run"));
-        // Another function's closures' names are compared by name.
-        assert_ne!(hash_of_closures_of(&a, "app::other"), hash_of_closures_of(&b, "app::other"));
+        // Another function's closures' names are compared by name (defined elsewhere), or by
+        // path (defined here, as generic instances are: the next test).
+        let (x, y) = (calls(GLUE_0), calls(GLUE_1));
+        assert_ne!(hash_of_closures_of(&x, "app::other"), hash_of_closures_of(&y, "app::other"));
+    }
+
+    /// `apply::<run::{closure#0}::{closure#0}>` compiled in the unit: its symbol hash follows the
+    /// inner closure's number, its path does not. Among `app::run`'s closures it is known by its
+    /// code (which, optimised, holds the inner closure's inlined).
+    #[test]
+    fn among_a_functions_closures_generic_instances_compiled_here_count_by_content() {
+        const APPLY_0: &str = "_ZN3app5apply17h1111111111111111E";
+        const APPLY_1: &str = "_ZN3app5apply17h2222222222222222E";
+        let (a, b) = (block_dropping_itself(APPLY_0, &[0xc3]), block_dropping_itself(APPLY_1, &[0xc3]));
+        assert_ne!(hash(&a), hash(&b));
+        assert_eq!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&b, "app::run"));
+        // The instance over another closure, whose code is another's, is not.
+        let other = block_dropping_itself(APPLY_1, &[0x90, 0xc3]);
+        assert_ne!(hash_of_closures_of(&a, "app::run"), hash_of_closures_of(&other, "app::run"));
+        // Defined elsewhere (not compiled for this crate): by name.
+        assert_ne!(
+            hash_of_closures_of(&calls(APPLY_0), "app::run"),
+            hash_of_closures_of(&calls(APPLY_1), "app::run")
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub const MAX_FILES: usize = 4096;
 pub const MAX_BYTES: u64 = 256 << 20;
 
 /// The encoding and what a model holds: change it with either.
-const MAGIC: &[u8; 8] = b"ipbplay3";
+const MAGIC: &[u8; 8] = b"ipbplay4";
 
 /// The unit model directory of a target directory's ipbp state (`None`: no cache).
 #[derive(Debug, Clone, Default)]

@@ -40,6 +40,9 @@ pub struct Closures {
     /// after them (`tokio::…::Cell<f::{async_block_env#0}, S>`) are compared by name, as they are
     /// named: where the two differ, the old values are refused rather than met by that code.
     pub shared_symbols: HashSet<String>,
+    /// Captures types (old name) of old closures that are not where they were: renumbered, or
+    /// without a counterpart in a function that gained or lost closures ([`Closures::kept`]'s).
+    pub moved: HashSet<String>,
 }
 
 impl Closures {
@@ -63,49 +66,106 @@ struct Side<'m> {
 
 type Family<'m> = BTreeMap<u32, Side<'m>>;
 
-/// `app::main::{closure#2}` → (`app::main`, 2); also `{async_block#N}`.
-fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32)> {
+/// The closures of one function (`app::main`, or a closure: `app::main::{closure#1}`) of one kind
+/// (`closure`, `async_block`), in one instance of it: the generic arguments the DWARF names a
+/// generic function's closures with (`<u32>` of `app::make::{closure#0}<u32>`; empty when the
+/// function is not generic).
+type Key = (String, &'static str, String);
+
+/// `path` without the generic arguments it ends with, and those (`app::make::{closure#0}<u32>` →
+/// `app::make::{closure#0}`, `<u32>`); the arguments may name closures themselves.
+pub fn split_args(path: &str) -> (&str, &str) {
+    if !path.ends_with('>') {
+        return (path, "");
+    }
+    let mut depth = 0usize;
+    for (at, c) in path.char_indices().rev() {
+        match c {
+            '>' => depth += 1,
+            '<' => {
+                depth -= 1;
+                if depth == 0 {
+                    return (&path[..at], &path[at..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    (path, "")
+}
+
+/// `app::main::{closure#2}` → (`app::main`, 2, ``); also `{async_block#N}`, and a generic
+/// function's `app::make::{closure#0}<u32>` → (`app::make`, 0, `<u32>`).
+fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32, String)> {
+    let (path, args) = split_args(path);
     // Every numbered path ends with its number's `}` (most type names do not: a quick no).
     if !path.ends_with('}') {
         return None;
     }
-    for (kind, tag) in kinds.iter().zip(["closure", "async_block"]) {
-        if let Some(at) = path.rfind(kind) {
-            let rest = &path[at + kind.len()..];
-            let n = rest.strip_suffix('}')?.parse().ok()?;
-            return Some((path[..at].to_string(), tag, n));
-        }
-    }
-    None
+    // The last segment's kind: an async block in a closure is `f::{closure#0}::{async_block#0}`.
+    let (at, kind, tag) = kinds
+        .iter()
+        .zip(["closure", "async_block"])
+        .filter_map(|(kind, tag)| Some((path.rfind(kind)?, kind, tag)))
+        .max_by_key(|&(at, _, _)| at)?;
+    let n = path[at + kind.len()..].strip_suffix('}')?.parse().ok()?;
+    Some((path[..at].to_string(), tag, n, args.to_string()))
 }
 
-fn side<'a, 'm>(
-    out: &'a mut HashMap<(String, &'static str), Family<'m>>,
-    owner: String,
-    tag: &'static str,
-    n: u32,
-) -> &'a mut Side<'m> {
-    out.entry((owner, tag)).or_default().entry(n).or_insert(Side { body: None, env: None, linkage: None })
+fn side<'a, 'm>(out: &'a mut HashMap<Key, Family<'m>>, key: Key, n: u32) -> &'a mut Side<'m> {
+    out.entry(key).or_default().entry(n).or_insert(Side { body: None, env: None, linkage: None })
 }
 
-fn families<'m>(
-    model: &'m Model,
-    bodies: &HashMap<String, u128>,
-) -> HashMap<(String, &'static str), Family<'m>> {
-    let mut out: HashMap<(String, &'static str), Family<'m>> = HashMap::new();
+fn families<'m>(model: &'m Model, bodies: &HashMap<String, u128>) -> HashMap<Key, Family<'m>> {
+    let mut out: HashMap<Key, Family<'m>> = HashMap::new();
     for c in &model.closures {
-        if let Some((owner, tag, n)) = numbered(&c.path, &["::{closure#", "::{async_block#"]) {
-            let s = side(&mut out, owner, tag, n);
+        if let Some((owner, tag, n, args)) = numbered(&c.path, &["::{closure#", "::{async_block#"]) {
+            let s = side(&mut out, (owner, tag, args), n);
             s.body = bodies.get(names::canonical(&c.linkage)).copied();
             s.linkage = Some(&c.linkage);
         }
     }
     for (name, rec) in &model.types {
-        if let Some((owner, tag, n)) = numbered(name, &["::{closure_env#", "::{async_block_env#"]) {
-            side(&mut out, owner, tag, n).env = Some(rec);
+        if let Some((owner, tag, n, args)) = numbered(name, &["::{closure_env#", "::{async_block_env#"]) {
+            side(&mut out, (owner, tag, args), n).env = Some(rec);
         }
     }
+    deepen(&mut out);
     out
+}
+
+/// Gives each closure's code the meaning of its own closures' too, in order: the diff knows the
+/// generic code a closure hands its own closures to only a few references deep
+/// ([`crate::diff::Diff::closure_bodies`]: `apply::<f::{closure#0}::{closure#0}>`'s symbol
+/// follows the number), so two closures that differ only in the closures they hand on could look
+/// the same. A closure whose own closures' code is not known has none either; one with no code
+/// of its own (inlined wherever it is called, as optimised builds do) is known through the code
+/// it was inlined into.
+fn deepen(families: &mut HashMap<Key, Family<'_>>) {
+    let mut keys: Vec<Key> = families.keys().cloned().collect();
+    // The innermost first: a family's owner is a closure of a family with a shorter owner.
+    keys.sort_by(|a, b| (b.0.len(), b).cmp(&(a.0.len(), a)));
+    for key in keys {
+        let (owner, tag, args) = &key;
+        let Some((up, up_tag, n, _)) = numbered(owner, &["::{closure#", "::{async_block#"]) else { continue };
+        // A closure without code of its own (inlined wherever it is called, as optimised builds
+        // do) is known through the code it was inlined into, which the diff reads by content.
+        let inner: Vec<Option<u128>> =
+            families[&key].values().filter(|s| s.linkage.is_some()).map(|s| s.body).collect();
+        let Some(closure) = families.get_mut(&(up, up_tag, args.clone())).and_then(|f| f.get_mut(&n)) else {
+            continue;
+        };
+        closure.body =
+            closure.body.zip(inner.into_iter().collect::<Option<Vec<u128>>>()).map(|(body, inner)| {
+                let mut h = xxhash_rust::xxh3::Xxh3::new();
+                h.update(&body.to_le_bytes());
+                h.update(tag.as_bytes());
+                for b in inner {
+                    h.update(&b.to_le_bytes());
+                }
+                h.digest128()
+            });
+    }
 }
 
 /// Whether two closures are the same one: the same code and the same captures.
@@ -118,17 +178,89 @@ fn same(a: &Side, b: &Side) -> bool {
     a.body.is_some() && a.body == b.body && envs
 }
 
-fn env_name(owner: &str, tag: &str, n: u32) -> String {
-    format!("{owner}::{{{tag}_env#{n}}}")
+fn env_name(owner: &str, tag: &str, n: u32, args: &str) -> String {
+    format!("{owner}::{{{tag}_env#{n}}}{args}")
+}
+
+fn closure_name(owner: &str, tag: &str, n: u32) -> String {
+    format!("{owner}::{{{tag}#{n}}}")
+}
+
+/// Adds to [`Closures::kept`] the old generic instances over moved closures' types
+/// ([`Closures::moved`]): `apply::<f::{closure#0}::{closure_env#0}>`, whose symbol the instance
+/// over the closure that took that number shares. In an optimised build they hold the closure's
+/// code inlined (the closure has no code of its own), and their new version is the other
+/// closure's: old code calling them must keep reaching the old closure's.
+pub fn keep_instances(closures: &mut Closures, old: &Model) {
+    if closures.moved.is_empty() {
+        return;
+    }
+    let names =
+        |ty: &str| -> Option<String> { closures.moved.iter().find(|env| names_type(ty, env)).cloned() };
+    let mut found = Vec::new();
+    for f in &old.functions {
+        let canonical = names::canonical(&f.linkage);
+        if closures.kept.contains_key(canonical)
+            || !f.generics.iter().chain(&f.params).any(|t| t.contains("_env#"))
+        {
+            continue;
+        }
+        if let Some(env) = f.generics.iter().chain(&f.params).find_map(|t| names(t)) {
+            found.push((canonical.to_string(), format!(
+                "it is an instance over `{env}`, a closure that is not where it was (renumbered, or edited in a function that gained or lost closures): under this symbol the new build may have another closure's instance, so old code keeps reaching this one"
+            )));
+        }
+    }
+    closures.kept.extend(found);
+}
+
+/// Whether type name `ty` names type `name` (`&app::f::{closure_env#0}` does; `app::f::
+/// {closure_env#0}<u8>` and `xapp::f::{closure_env#0}` do not).
+fn names_type(ty: &str, name: &str) -> bool {
+    ty.match_indices(name).any(|(at, _)| {
+        let before = ty[..at].chars().next_back();
+        let after = ty[at + name.len()..].chars().next();
+        !before.is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':') && after.is_none_or(|c| c != '<')
+    })
 }
 
 /// Pairs the closures of the changed units (see the module's doc).
+///
+/// A renumbered closure's own closures are named after it (`app::f::{closure#0}::{closure#0}`),
+/// so they are renumbered with it: their counterparts are those of its counterpart, and their old
+/// symbols may name the closures of the closure that took its number (`thread::spawn(move || …)`
+/// added before another, each with a closure inside: the running thread's old closure would call
+/// the added one's). Functions are taken before the closures in them for that.
 pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
     let mut out = Closures::default();
     let olds = families(old, &diff.closure_bodies[0]);
     let news = families(new, &diff.closure_bodies[1]);
-    for ((owner, tag), o) in &olds {
-        let Some(n) = news.get(&(owner.clone(), *tag)) else { continue };
+    let none = Family::new();
+    let mut keys: Vec<&Key> = olds.keys().collect();
+    keys.sort_by(|a, b| (a.0.len(), a).cmp(&(b.0.len(), b)));
+    // Old closures (path, generic arguments) now under another path: the path of the same
+    // closure in the new build (`None`: it was edited or removed).
+    let mut moved: HashMap<(String, String), Option<String>> = HashMap::new();
+    // Old closures (path, generic arguments) in a function that gained or lost closures, or in
+    // such a closure: their own closures' code may look the same as other closures' (see
+    // `counted` below), so none of those without a counterpart is taken as edited in place.
+    let mut suspect: HashSet<(String, String)> = HashSet::new();
+    for key in keys {
+        let (owner, tag, args) = key;
+        let o = &olds[key];
+        // Where this family is now: under its owner's counterpart when the owner is a renumbered
+        // closure (no counterpart: nowhere).
+        let (now_owner, owner_moved) = match moved.get(&(owner.clone(), args.clone())) {
+            Some(to) => (to.clone(), true),
+            None => (Some(owner.clone()), false),
+        };
+        let n = match &now_owner {
+            Some(no) => news.get(&(no.clone(), *tag, args.clone())).unwrap_or(&none),
+            None => &none,
+        };
+        if !owner_moved && n.is_empty() {
+            continue;
+        }
         // Each old closure's counterpart: itself under its own number if unchanged there, else
         // the same closure under the nearest other number not taken yet.
         let mut taken: Vec<u32> =
@@ -149,30 +281,57 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
             }
             pairs.insert(k, found);
         }
-        let renumbered = pairs.iter().any(|(k, j)| j.is_some_and(|j| j != *k));
-        if !renumbered {
+        // A closure without a counterpart in a family that gained or lost closures may be edited
+        // in place or replaced by another under its number: the two cannot be told apart (a
+        // closure passing one of its own closures to generic code, `iter().map(|x| …)`, refers to
+        // an instance whose symbol follows that closure's number, so its code differs when
+        // renumbered), and its old values must not meet another closure's code.
+        let shifted = pairs.iter().any(|(k, j)| j.is_some_and(|j| j != *k));
+        // The same in a closure of such a family, though it kept its number: an outer closure
+        // spawning `async move { … }` compiles to the same code as the one that took its number
+        // (they call `tokio::spawn` over their own blocks, whose symbols follow the numbers), and
+        // is paired with it; its block is not the other's.
+        let changed_number = !o.keys().eq(n.keys());
+        let owner_suspect = suspect.contains(&(owner.clone(), args.clone()));
+        if changed_number || owner_suspect || owner_moved {
+            suspect.extend(o.keys().map(|&k| (closure_name(owner, tag, k), args.clone())));
+        }
+        let counted = pairs.values().any(Option::is_none) && (changed_number || owner_suspect);
+        if !(owner_moved || shifted || counted) {
             continue;
         }
         let what = if *tag == "closure" { "closures" } else { "async blocks" };
+        // The closures under the old path in the new build: other closures, when it moved.
+        let at_old_path = news.get(key).unwrap_or(&none);
         for (&k, &j) in &pairs {
-            out.envs.insert(env_name(owner, tag, k), j.map(|j| env_name(owner, tag, j)));
-            if j == Some(k) {
+            let old_path = closure_name(owner, tag, k);
+            let now_path = j.zip(now_owner.as_deref()).map(|(j, no)| closure_name(no, tag, j));
+            let now_env = j.zip(now_owner.as_deref()).map(|(j, no)| env_name(no, tag, j, args));
+            out.envs.insert(env_name(owner, tag, k, args), now_env);
+            if now_path.as_deref() == Some(old_path.as_str()) {
                 continue;
             }
-            let now = n.get(&k).and_then(|t| t.linkage).map(names::canonical);
+            moved.insert((old_path.clone(), args.clone()), now_path.clone());
+            out.moved.insert(env_name(owner, tag, k, args));
+            let now = at_old_path.get(&k).and_then(|t| t.linkage).map(names::canonical);
             if now.is_some() && now == o[&k].linkage.map(names::canonical) {
-                out.shared_symbols.insert(env_name(owner, tag, k));
+                out.shared_symbols.insert(env_name(owner, tag, k, args));
             }
             let Some(linkage) = o[&k].linkage else { continue };
-            let now = match j {
-                Some(j) => format!("is `{owner}::{{{tag}#{j}}}` now"),
+            let now = match &now_path {
+                Some(p) => format!("is `{p}{args}` now"),
                 None => "was edited or removed".to_string(),
+            };
+            let whose = match (owner_moved, &now_owner) {
+                (false, _) if shifted => format!("the {what} of `{owner}` were renumbered"),
+                (false, _) if changed_number => format!("`{owner}` gained or lost {what}"),
+                (false, _) => format!("a function holding `{owner}` gained or lost closures"),
+                (true, Some(no)) => format!("`{owner}` was renumbered to `{no}`, and with it its {what}"),
+                (true, None) => format!("`{owner}` was edited or removed, and with it its {what}"),
             };
             out.kept.insert(
                 names::canonical(linkage).to_string(),
-                format!(
-                    "the {what} of `{owner}` were renumbered and `{owner}::{{{tag}#{k}}}` {now}: those made before the patch keep their code"
-                ),
+                format!("{whose} and `{old_path}{args}` {now}: those made before the patch keep their code"),
             );
         }
     }
@@ -271,6 +430,21 @@ fn same_family(a: &str, b: &str) -> bool {
         t.rfind('#').map(|at| &t[..at])
     }
     family(a).is_some() && family(a) == family(b)
+}
+
+/// A captures type with no fields, for tests.
+#[cfg(test)]
+fn tests_env() -> TypeRec {
+    use super::model::Kind;
+    TypeRec {
+        kind: Kind::Struct,
+        size: Some(0),
+        align: Some(1),
+        edges: vec![],
+        fields: vec![],
+        tag: None,
+        variants: vec![],
+    }
 }
 
 #[cfg(test)]
@@ -389,5 +563,162 @@ mod tests {
         let c = paired(&[MAP, LABEL], &[ADDED, MAP, (LABEL.0, 9)]);
         assert_eq!(c.envs[&env(1)], None);
         assert!(c.kept.contains_key("main-closure-0-1"));
+    }
+}
+
+#[cfg(test)]
+mod nested_and_generic {
+    use super::*;
+    use crate::layout::model::ClosureFn;
+
+    /// Closures by path (`…::{closure#N}`, with generic arguments if any): (path, symbol, code).
+    /// Every one captures nothing.
+    fn model(closures: &[(&str, &str, u128)], side: usize, diff: &mut Diff) -> Model {
+        let mut m = Model::default();
+        for &(path, linkage, body) in closures {
+            let (plain, args) = split_args(path);
+            let env =
+                plain.replace("{closure#", "{closure_env#").replace("{async_block#", "{async_block_env#")
+                    + args;
+            m.types.insert(env, super::tests_env());
+            m.closures.push(ClosureFn { path: path.into(), linkage: linkage.into() });
+            diff.closure_bodies[side].insert(linkage.into(), body);
+        }
+        m
+    }
+
+    fn paired(old: &[(&str, &str, u128)], new: &[(&str, &str, u128)]) -> Closures {
+        let mut diff = Diff::default();
+        let (o, n) = (model(old, 0, &mut diff), model(new, 1, &mut diff));
+        pair(&o, &n, &diff)
+    }
+
+    #[test]
+    fn generic_arguments_are_split_off_a_closures_path() {
+        assert_eq!(split_args("app::make::{closure#0}<u32>"), ("app::make::{closure#0}", "<u32>"));
+        assert_eq!(
+            split_args("std::spawn::{closure#0}<app::f::{closure_env#1}, ()>"),
+            ("std::spawn::{closure#0}", "<app::f::{closure_env#1}, ()>")
+        );
+        assert_eq!(split_args("app::main::{closure#2}"), ("app::main::{closure#2}", ""));
+        assert_eq!(split_args("<app::S as core::fmt::Debug>"), ("", "<app::S as core::fmt::Debug>"));
+    }
+
+    /// A generic function's closures are paired per instance: a closure added before the boxed
+    /// one (`make::<u32>`, run at startup) takes its number and symbol, and its old code stays.
+    #[test]
+    fn a_generic_functions_closures_are_paired_in_each_instance() {
+        let c = paired(
+            &[("app::make::{closure#0}<u32>", "boxed", 1), ("app::make::{closure#0}<u8>", "boxed8", 1)],
+            &[
+                ("app::make::{closure#0}<u32>", "boxed", 2),
+                ("app::make::{closure#1}<u32>", "boxed-now", 1),
+                ("app::make::{closure#0}<u8>", "boxed8", 2),
+                ("app::make::{closure#1}<u8>", "boxed8-now", 1),
+            ],
+        );
+        assert!(
+            c.kept["boxed"].contains("`app::make::{closure#0}<u32>` is `app::make::{closure#1}<u32>` now")
+        );
+        assert!(c.kept["boxed8"].contains("`app::make::{closure#0}<u8>` is `app::make::{closure#1}<u8>` now"));
+        assert_eq!(
+            c.envs["app::make::{closure_env#0}<u32>"].as_deref(),
+            Some("app::make::{closure_env#1}<u32>")
+        );
+        assert!(c.shared_symbols.contains("app::make::{closure_env#0}<u32>"));
+    }
+
+    /// A thread's closure (`f::{closure#0}`) with a closure inside, and another such added before
+    /// it: the inner closures follow their outer one, and the old inner one's symbol, now the added
+    /// thread's inner closure's, keeps its code (the running thread calls it).
+    #[test]
+    fn the_closures_of_a_renumbered_closure_follow_it() {
+        let old = [("app::f::{closure#0}", "outer", 1), ("app::f::{closure#0}::{closure#0}", "inner", 10)];
+        let c = paired(
+            &old,
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 1),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("is `app::f::{closure#1}` now"), "{:?}", c.kept);
+        assert!(c.kept["inner"].contains("`app::f::{closure#0}` was renumbered to `app::f::{closure#1}`"));
+        assert!(c.kept["inner"].contains("is `app::f::{closure#1}::{closure#0}` now"));
+        assert_eq!(
+            c.envs["app::f::{closure#0}::{closure_env#0}"].as_deref(),
+            Some("app::f::{closure#1}::{closure_env#0}")
+        );
+
+        // The outer closure's code differs once renumbered (it refers to generic code over its
+        // own closure, whose symbol follows the number): it has no counterpart, and neither has
+        // its inner one; both keep their code.
+        let c = paired(
+            &old,
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 3),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("`app::f` gained or lost closures"), "{:?}", c.kept);
+        assert!(c.kept["inner"].contains("`app::f::{closure#0}` was edited or removed"));
+
+        // A closure added before one spawning an async block, with the same code (`tokio::spawn`
+        // over its own block, whose symbol follows the number): the outer ones differ by their
+        // blocks only, and neither keeps the other's code.
+        let c = paired(
+            &[("app::g::{closure#0}", "outer", 1), ("app::g::{closure#0}::{async_block#0}", "block", 10)],
+            &[
+                ("app::g::{closure#0}", "outer", 1),
+                ("app::g::{closure#0}::{async_block#0}", "block", 20),
+                ("app::g::{closure#1}", "outer-now", 2),
+                ("app::g::{closure#1}::{async_block#0}", "block-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("`app::g` gained or lost closures"), "{:?}", c.kept);
+        assert!(c.kept["block"].contains("`app::g::{closure#0}` was edited or removed"));
+        assert!(c.shared_symbols.contains("app::g::{closure#0}::{async_block_env#0}"));
+
+        // The instance of generic code over the old inner closure (in an optimised build it
+        // holds the inner closure's code, which has none of its own) keeps its code too.
+        let mut diff = Diff::default();
+        let mut o = model(&old, 0, &mut diff);
+        let instance = |linkage: &str, generic: &str| crate::layout::model::FnRec {
+            linkage: linkage.into(),
+            path: "app::apply".into(),
+            params: vec![],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![generic.into()],
+        };
+        o.functions.push(instance("apply-inner", "app::f::{closure#0}::{closure_env#0}"));
+        o.functions.push(instance("apply-other", "app::f::{closure#0}::{closure_env#0}<u8>"));
+        let n = model(
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 1),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+            1,
+            &mut diff,
+        );
+        let mut c = pair(&o, &n, &diff);
+        keep_instances(&mut c, &o);
+        assert!(c.kept["apply-inner"].contains("an instance over `app::f::{closure#0}::{closure_env#0}`"));
+        assert!(!c.kept.contains_key("apply-other"));
+        assert!(names_type("&app::f::{closure_env#0}", "app::f::{closure_env#0}"));
+        assert!(!names_type("xapp::f::{closure_env#0}", "app::f::{closure_env#0}"));
+
+        // Edited in place, same number of closures: compared by name, as before.
+        let c = paired(
+            &old,
+            &[("app::f::{closure#0}", "outer", 2), ("app::f::{closure#0}::{closure#0}", "inner", 20)],
+        );
+        assert!(c.kept.is_empty() && c.envs.is_empty());
     }
 }

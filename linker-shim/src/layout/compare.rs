@@ -25,14 +25,17 @@ impl TypeChange {
     /// `struct `app::Config``, `closure `app::main::{closure#2}`'s captures`,
     /// `async fn `app::task`'s state`.
     pub fn subject(&self) -> String {
-        if let Some((owner, rest)) = self.name.rsplit_once("::{closure_env#") {
+        // Generic arguments may name closures too (`tokio::…::Cell<app::f::{async_fn_env#0}, S>`
+        // is a struct): only the path before them says what the type is.
+        let (path, args) = super::closures::split_args(&self.name);
+        if let Some((owner, rest)) = path.rsplit_once("::{closure_env#") {
             let n = rest.trim_end_matches('}');
-            return format!("the captures of closure `{owner}::{{closure#{n}}}`");
+            return format!("the captures of closure `{owner}::{{closure#{n}}}{args}`");
         }
-        if let Some((owner, _)) = self.name.split_once("::{async_fn_env#") {
+        if let Some((owner, _)) = path.split_once("::{async_fn_env#") {
             return format!("the state of async fn `{owner}`");
         }
-        if let Some((owner, _)) = self.name.split_once("::{async_block_env#") {
+        if let Some((owner, _)) = path.split_once("::{async_block_env#") {
             return format!("the state of an async block in `{owner}`");
         }
         let word = match self.kind {
@@ -305,6 +308,22 @@ mod tests {
 
     fn field(name: &str, offset: u64, ty: &str) -> Field {
         Field { name: name.into(), offset, ty: ty.into() }
+    }
+
+    #[test]
+    fn a_change_names_its_type_also_when_generic_arguments_name_closures() {
+        let subject =
+            |name: &str| TypeChange { name: name.into(), kind: Kind::Struct, details: vec![] }.subject();
+        assert_eq!(
+            subject("tokio::core::Cell<app::request::{async_fn_env#0}, S>"),
+            "struct `tokio::core::Cell<app::request::{async_fn_env#0}, S>`"
+        );
+        assert_eq!(
+            subject("tokio::spawn_inner::{closure_env#0}<app::request::{async_fn_env#0}>"),
+            "the captures of closure `tokio::spawn_inner::{closure#0}<app::request::{async_fn_env#0}>`"
+        );
+        assert_eq!(subject("app::main::{closure_env#2}"), "the captures of closure `app::main::{closure#2}`");
+        assert_eq!(subject("app::job::{async_fn_env#0}"), "the state of async fn `app::job`");
     }
 
     #[test]

@@ -431,15 +431,16 @@ impl<'d> Nodes<'d> {
         None
     }
 
-    /// `app::main::{closure#2}` for the code of a closure or async block of a function that is not
-    /// generic (a generic one's closures are instances, named with their arguments).
+    /// `app::main::{closure#2}` for the code of a closure or async block; a generic function's
+    /// closures are instances, named with its arguments (`app::make::{closure#0}<u32>`).
     fn closure_path(&self, i: usize) -> Option<String> {
         let mut at = i;
         for _ in 0..3 {
             let n = &self.nodes[at];
             if let Some(name) = n.name {
                 let numbered = name.starts_with("{closure#") || name.starts_with("{async_block#");
-                return (numbered && name.ends_with('}')).then(|| self.qualified(at, name));
+                let plain = super::closures::split_args(name).0;
+                return (numbered && plain.ends_with('}')).then(|| self.qualified(at, name));
             }
             at = self.get(n.origin)?;
         }

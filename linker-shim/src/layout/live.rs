@@ -289,11 +289,31 @@ fn keeps_layout_erased(model: &Model, ty: &str, name: &str) -> bool {
 }
 
 /// The function that makes values of a closure's captures or an async fn's state:
-/// `app::main` for `app::main::{closure_env#2}`.
+/// `app::main` for `app::main::{closure_env#2}`, also inside generic arguments (`app::request`
+/// for tokio's `Cell<app::request::{async_fn_env#0}, S>`, a task holding such a future).
 fn maker(type_name: &str) -> Option<&str> {
-    ["::{closure_env#", "::{async_fn_env#", "::{async_block_env#"]
+    let at = ["::{closure_env#", "::{async_fn_env#", "::{async_block_env#"]
         .iter()
-        .find_map(|m| type_name.find(m).map(|at| &type_name[..at]))
+        .find_map(|m| type_name.find(m))?;
+    // Back to where that path starts: an unmatched `<`, or a `,`/` ` outside brackets.
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (i, c) in type_name[..at].char_indices().rev() {
+        match c {
+            '>' => depth += 1,
+            '<' if depth == 0 => {
+                start = i + 1;
+                break;
+            }
+            '<' => depth -= 1,
+            ',' | ' ' | '&' | '*' | '(' | '[' if depth == 0 => {
+                start = i + 1;
+                break;
+            }
+            _ => {}
+        }
+    }
+    Some(&type_name[start..at])
 }
 
 /// Whether values of a type are made inside a `#[ipbp::hot]` async fn's body: its state
@@ -308,6 +328,14 @@ fn made_by_hot_async_body(type_name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_maker_of_a_closures_captures_is_found_also_inside_generic_arguments() {
+        assert_eq!(maker("app::main::{closure_env#2}"), Some("app::main"));
+        assert_eq!(maker("tokio::core::Cell<app::request::{async_fn_env#0}, S>"), Some("app::request"));
+        assert_eq!(maker("alloc::vec::Vec<(u8, app::S<u8>::f::{closure_env#0})>"), Some("app::S<u8>::f"));
+        assert_eq!(maker("app::Config"), None);
+    }
     use crate::layout::compare::changed_types;
     use crate::layout::model::{Field, FnRec, Kind, StaticRec, TypeRec};
 

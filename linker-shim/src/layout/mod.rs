@@ -169,6 +169,7 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
     }
     layouts.writes = cache.write_later(to_keep);
     layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
+    closures::keep_instances(&mut layouts.closures, &layouts.old);
     layouts.changes = compare::changed_types_paired(
         &layouts.old,
         &layouts.new,
@@ -179,8 +180,8 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
 }
 
 /// Why the old entry of the changed function `base_name` (the running build's symbol) must keep
-/// its code: it is a closure whose number now names another closure ([`closures`]). `None` for
-/// every other function.
+/// its code: it is a closure whose number now names another closure, or a generic instance over
+/// such a closure's type ([`closures`]). `None` for every other function.
 pub fn renumbered_closure<'l>(layouts: &'l Layouts, base_name: &str) -> Option<&'l str> {
     layouts.closures.kept.get(crate::diff::names::canonical(base_name)).map(String::as_str)
 }

@@ -11,6 +11,7 @@
 mod support;
 
 mod edits;
+mod renumber;
 mod twice;
 
 use edits::Edit;

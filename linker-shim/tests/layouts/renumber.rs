@@ -1,0 +1,243 @@
+//! Closures renumbered under values of them that are alive (EDIT-MATRIX.md, *In place*): a closure
+//! added before another with the same captures' types and signature takes its number and so its
+//! symbol. The layouts app's `src/main.rs` is replaced by a small program of its own (the
+//! template's dependencies stay built) whose closures live in the places where that would show:
+//! a generic function's closure boxed at startup, a thread looping forever in a closure that
+//! calls a closure of its own, closures handed to a generic function and to iterator adapters on
+//! every call, boxed closures in a static and in `main`'s locals (`Fn` and `FnMut`).
+//!
+//! Each tick prints what every one of them answers; a closure value running another closure's
+//! code shows as a wrong number.
+
+use super::support::live::{scenario, status_for};
+use super::MAIN;
+
+const BASE: &str = r#"//! ipbp's test of renumbered closures (linker-shim/tests/layouts/renumber.rs).
+use std::fmt::Display;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+static WORKER: AtomicU64 = AtomicU64::new(0);
+static HOOKS: Mutex<Vec<Box<dyn Fn(u64) -> u64 + Send>>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn apply<F: Fn(u64) -> u64>(f: F, x: u64) -> u64 {
+    f(x)
+}
+
+/// A generic function's closure, boxed at startup.
+#[inline(never)]
+fn make<T: Display + Clone + 'static>(t: T) -> Box<dyn Fn() -> String> {
+    Box::new(move || format!("A{t}"))
+}
+
+/// A plain function's closure, boxed at startup.
+#[inline(never)]
+fn make_plain(k: u64) -> Box<dyn Fn(u64) -> u64> {
+    Box::new(move |x| x + k)
+}
+
+/// A closure boxed at startup whose code hands a closure of its own to generic code.
+#[inline(never)]
+fn nest(k: u64) -> Box<dyn Fn(u64) -> u64> {
+    Box::new(move |x| apply(move |y| y + x + k, 1))
+}
+
+/// Two boxed closures made at startup, each handing a closure of its own to generic code.
+#[inline(never)]
+fn pair(k: u64) -> (Box<dyn Fn(u64) -> u64>, Box<dyn Fn(u64) -> u64>) {
+    let x = move |n: u64| apply(move |y| y + n + k, 1);
+    let y = move |n: u64| apply(move |y| y * n * k, 1);
+    (Box::new(x), Box::new(y))
+}
+
+/// Closures handed to a generic function and to iterator adapters, made on every call.
+#[inline(never)]
+fn step(n: u64) -> String {
+    let a = apply(|x| x * 2, n);
+    let s: u64 = (0..4u64).map(|x| x * n).sum();
+    format!("a={a} s={s} b={}", n + 1)
+}
+
+/// Boxed closures kept in a static since startup.
+#[inline(never)]
+fn install(k: u64) {
+    HOOKS.lock().unwrap().push(Box::new(move |x| x * 1000 + k));
+}
+
+/// A thread looping forever in a closure, calling a closure of its own.
+#[inline(never)]
+fn start_worker(k: u64) {
+    std::thread::spawn(move || loop {
+        let inner = |x: u64| x + k;
+        WORKER.store(apply(inner, WORKER.load(Ordering::Relaxed) / 1000 * 1000 + 1000), Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(5));
+    });
+}
+
+/// A `FnMut` boxed at startup, called every tick.
+#[inline(never)]
+fn counter(start: u64) -> Box<dyn FnMut() -> u64> {
+    let mut c = start;
+    Box::new(move || {
+        c += 1;
+        c
+    })
+}
+
+fn main() {
+    ipbp::init();
+    let g = make(7u32);
+    let p = make_plain(100);
+    let q = nest(10);
+    let (x, y) = pair(10);
+    install(5);
+    start_worker(3);
+    let mut cnt = counter(50);
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let h = HOOKS.lock().unwrap()[0](n);
+        println!(
+            "tick n={n} {} g={} p={} q={} x={} y={} h={h} w={} c={}",
+            step(n),
+            g(),
+            p(n),
+            q(n),
+            x(n),
+            y(n),
+            WORKER.load(Ordering::Relaxed) % 1000,
+            cnt()
+        );
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+"#;
+
+/// Before each closure above, another with the same captures' types and signature, which takes
+/// its number and symbol (`pair`'s two swap theirs); `step`'s `b` is now computed by the added
+/// closure.
+const ADDED_BEFORE: &[(&str, &str)] = &[
+    (
+        "    Box::new(move || format!(\"A{t}\"))",
+        "    let t2 = t.clone();\n    let b = move || format!(\"B{t2}\");\n    let _ = b();\n    Box::new(move || format!(\"A{t}\"))",
+    ),
+    (
+        "    Box::new(move |x| x + k)",
+        "    let sub = move |x: u64| x.wrapping_sub(k);\n    let _ = sub(1);\n    Box::new(move |x| x + k)",
+    ),
+    (
+        "    let a = apply(|x| x * 2, n);",
+        "    let b = apply(|x| x + 1, n);\n    let a = apply(|x| x * 2, n);",
+    ),
+    ("format!(\"a={a} s={s} b={}\", n + 1)", "format!(\"a={a} s={s} b={b} new\")"),
+    ("    HOOKS.lock().unwrap().push(", "    let m = move |x: u64| x * 7 + k;\n    let _ = m(0);\n    HOOKS.lock().unwrap().push("),
+    (
+        "fn start_worker(k: u64) {\n",
+        "fn start_worker(k: u64) {\n    std::thread::spawn(move || {\n        let inner = |x: u64| x + k + 900;\n        let _ = inner(1);\n    });\n",
+    ),
+    (
+        "    Box::new(move |x| apply(move |y| y + x + k, 1))",
+        "    let other = move |x: u64| apply(move |y| y + x + k + 5, 1);\n    let _ = other(0);\n    Box::new(move |x| apply(move |y| y + x + k, 1))",
+    ),
+    (
+        "    let x = move |n: u64| apply(move |y| y + n + k, 1);\n    let y = move |n: u64| apply(move |y| y * n * k, 1);\n",
+        "    let y = move |n: u64| apply(move |y| y * n * k, 1);\n    let x = move |n: u64| apply(move |y| y + n + k, 1);\n",
+    ),
+    (
+        "    let mut c = start;\n",
+        "    let mut d = start;\n    let mut bump = move || {\n        d += 2;\n        d\n    };\n    let _ = bump();\n    let mut c = start;\n",
+    ),
+];
+
+/// The value of `key=` in a tick line.
+fn field<'l>(line: &'l str, key: &str) -> &'l str {
+    let at = line.find(&format!(" {key}=")).unwrap_or_else(|| panic!("no {key}= in {line:?}"));
+    line[at + key.len() + 2..].split(' ').next().unwrap_or("")
+}
+
+/// Whether a tick's numbers are what each closure made at startup, or made by `step`, answers.
+fn right(line: &str) -> bool {
+    let n: u64 = field(line, "n").parse().unwrap();
+    field(line, "a") == (2 * n).to_string()
+        && field(line, "s") == (6 * n).to_string()
+        && field(line, "b") == (n + 1).to_string()
+        && field(line, "g") == "A7"
+        && field(line, "p") == (n + 100).to_string()
+        && field(line, "q") == (n + 11).to_string()
+        && field(line, "x") == (n + 11).to_string()
+        && field(line, "y") == (10 * n).to_string()
+        && field(line, "h") == (1000 * n + 5).to_string()
+        && field(line, "w") == "3"
+        && field(line, "c") == (50 + n).to_string()
+}
+
+/// Closures added before others with the same captures' types: each old closure value (boxed by
+/// a generic function, in a static, in `main`'s locals, a thread's running closure and the
+/// closure it calls) keeps its own code, and new code calls the new closures. Before, `make`'s
+/// closure (a generic function's, never paired) answered `g=B7`, the worker's inner closure,
+/// whose symbol the added thread's took, `w=903`, and `nest`'s closure — paired with the added
+/// one, whose code is the same but for the closure it hands to `apply` — called the added one's
+/// inner closure (`q=n+16`), and `pair`'s two closures, swapped (each then differs from the other
+/// only in the closure it hands to `apply`), answered each other's (`x=10n y=n+11`), after
+/// `Patched`.
+#[test]
+fn closures_added_before_live_ones_with_the_same_captures_keep_their_code() {
+    added_before(Build::Plain);
+}
+
+/// The same in an optimising dev build (`opt-level = 3`): the inner closures have no code of their
+/// own, it is inlined into `apply::<…{closure#0}::{closure#0}>`, whose symbol the instance over the
+/// closure that took the number shares. Before, those instances were redirected (`q=n+16`, `x`
+/// and `y` each other's), and `pair`'s two closures, equal but for the instance each calls, paired
+/// with each other.
+#[test]
+fn in_an_optimised_build_closures_added_before_live_ones_keep_their_code() {
+    added_before(Build::Optimised);
+}
+
+#[derive(PartialEq)]
+enum Build {
+    Plain,
+    V0,
+    Optimised,
+}
+
+/// The same with v0 symbol names, which show the closures' numbers: before, no closure was
+/// recognised as one, none paired, and the swapped closures answered each other's.
+#[test]
+fn with_v0_symbol_names_closures_added_before_live_ones_keep_their_code() {
+    added_before(Build::V0);
+}
+
+fn added_before(build: Build) {
+    let project = scenario("layouts");
+    if build == Build::V0 {
+        project
+            .write(".cargo/config.toml", "[build]\nrustflags = [\"-C\", \"symbol-mangling-version=v0\"]\n");
+    }
+    if build == Build::Optimised {
+        let toml = project.read("Cargo.toml");
+        project.write("Cargo.toml", &format!("{toml}\n[profile.dev]\nopt-level = 3\n"));
+    }
+    project.write(MAIN, BASE);
+    project.build();
+    let app = project.start("layouts", &[]);
+    // The first ticks may come before the worker's first round (`w=0`).
+    app.wait_for(0, "a first tick with every answer right", |l| l.starts_with("tick ") && right(l));
+    for (from, to) in ADDED_BEFORE {
+        project.edit(MAIN, from, to);
+    }
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts "), "{run}");
+    let new = app.wait_for(mark, "a tick of the new code", |l| l.starts_with("tick ") && l.contains(" new "));
+    let n: u64 = field(&new, "n").parse().unwrap();
+    // The worker stores every 5 ms: by then it has been through its inner closure many times.
+    app.wait_for(mark, "five more ticks", |l| l.starts_with("tick ") && field(l, "n").parse() == Ok(n + 5));
+    for l in app.lines_since(mark).iter().filter(|l| l.starts_with("tick ")) {
+        assert!(right(l), "a closure answered another's: {l}\n{}", app.dump());
+    }
+}
