@@ -145,20 +145,28 @@ fn renamed(name: &str, paired: &HashMap<String, Option<String>>) -> Option<Optio
     }
     let mut out = String::with_capacity(name.len());
     let mut rest = name;
+    let mut replaced = false;
+    // A path starts where no other one goes on (`xapp::run::…` and `web::app::run::…` are not
+    // `app::run::…`).
+    let mut starts = true;
     'scan: while !rest.is_empty() {
-        for (old, new) in renumbered() {
-            if let Some(after) = rest.strip_prefix(old.as_str()) {
-                let Some(new) = new else { return Some(None) };
-                out.push_str(new);
-                rest = after;
-                continue 'scan;
+        if starts {
+            for (old, new) in renumbered() {
+                if let Some(after) = rest.strip_prefix(old.as_str()) {
+                    let Some(new) = new else { return Some(None) };
+                    out.push_str(new);
+                    rest = after;
+                    replaced = true;
+                    continue 'scan;
+                }
             }
         }
         let c = rest.chars().next().expect("not empty");
         out.push(c);
         rest = &rest[c.len_utf8()..];
+        starts = !(c.is_alphanumeric() || c == '_' || c == ':');
     }
-    Some(Some(out))
+    replaced.then_some(Some(out))
 }
 
 /// `o` with the types of its fields and tag as the new build names them ([`renamed`]): `None`
@@ -340,6 +348,10 @@ mod tests {
         assert_eq!(renamed(&cell(0, 2), &paired), Some(None));
         assert_eq!(renamed(&cell(3, 3), &paired), None);
         assert_eq!(renamed("app::Config", &paired), None);
+        // Only whole paths: not inside another crate's or module's.
+        assert_eq!(renamed(&format!("Vec<x{}>", env(0)), &paired), None);
+        assert_eq!(renamed(&format!("Vec<web::{}>", env(0)), &paired), None);
+        assert_eq!(renamed(&format!("&{}", env(2)), &paired), Some(None));
         // `#1` is not a prefix of `#10`.
         let ten = format!("Vec<{}>", env(10));
         assert_eq!(renamed(&ten, &paired), None);
