@@ -349,18 +349,13 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
 /// share symbols, see [`Closures::shared_symbols`]), when it stays compared by name. Closures
 /// left out of both pairings are compared by name, as before.
 ///
-/// Returns `(paired, renames)`, as [`super::compare::changed_types_paired`] takes them: the
-/// closures' own captures types old name → new, and those other types may be read under.
-pub fn through_base(
-    then: &HashMap<String, Option<String>>,
-    now: &HashMap<String, Option<String>>,
-    old: &Model,
-    new: &Model,
-) -> (HashMap<String, Option<String>>, HashMap<String, Option<String>>) {
+/// Also returns the closures of that patch's build whose symbol the new build may give to
+/// another closure ([`Since::moved`]).
+pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> Since {
     let mut paired = HashMap::new();
     let mut shared = HashSet::new();
     if then.is_empty() && now.is_empty() {
-        return (paired.clone(), paired);
+        return Since::default();
     }
     // A base closure's name in each build: its counterpart where its family was renumbered,
     // else its own (`None`: removed or edited there).
@@ -420,7 +415,58 @@ pub fn through_base(
     }
     let renames =
         paired.iter().filter(|(p, _)| !shared.contains(*p)).map(|(p, n)| (p.clone(), n.clone())).collect();
-    (paired, renames)
+    // That patch's closures that are not the new build's closure of the same name: the same
+    // closure only when both builds have it from the same base closure, or both added it.
+    let same: HashSet<String> =
+        bases.iter().filter_map(|b| Some(in_then(b)?).filter(|p| in_now(b).as_ref() == Some(p))).collect();
+    let families: Vec<&String> = old
+        .types
+        .keys()
+        .filter(|t| t.contains("_env#") && bases.iter().any(|b| same_family(b, t)))
+        .chain(from_base_then.iter())
+        .collect();
+    let moved = families
+        .into_iter()
+        .filter(|p| {
+            let added_in_both = !from_base_then.contains(*p) && !from_base_now.contains_key(*p);
+            !same.contains(*p) && !added_in_both
+        })
+        .cloned()
+        .collect();
+    Since { paired, renames, moved }
+}
+
+/// How an earlier patch's closures meet the new build's ([`through_base`]).
+#[derive(Debug, Default)]
+pub struct Since {
+    /// Captures types of that patch's build → the new build's name of the same closure, as
+    /// [`super::compare::changed_types_paired`] takes them (`None`: no counterpart).
+    pub paired: Pairing,
+    /// The part of `paired` other types may be read under (not the closures whose symbol the
+    /// new build gives to another closure).
+    pub renames: Pairing,
+    /// Captures types of that patch's closures that are not the new build's closure of the same
+    /// name: that patch's copies of their code, and of generic code over them, must keep it
+    /// ([`pins`]), since under the same symbol the new build may have another closure's.
+    pub moved: HashSet<String>,
+}
+
+/// The functions of an earlier patch's build (`old`) whose copies in that patch must keep their
+/// code: the closures in `moved` ([`Since::moved`]) and the generic instances over them (their
+/// described generics or parameters name one), by canonical symbol.
+pub fn pins(old: &Model, moved: &HashSet<String>) -> Vec<String> {
+    if moved.is_empty() {
+        return Vec::new();
+    }
+    let env_of =
+        |path: &str| path.replace("{closure#", "{closure_env#").replace("{async_block#", "{async_block_env#");
+    let closures = old.closures.iter().filter(|c| moved.contains(&env_of(&c.path))).map(|c| &c.linkage);
+    let instances = old
+        .functions
+        .iter()
+        .filter(|f| f.generics.iter().chain(&f.params).any(|t| moved.iter().any(|env| names_type(t, env))))
+        .map(|f| &f.linkage);
+    closures.chain(instances).map(|l| names::canonical(l).to_string()).collect()
 }
 
 /// Whether two captures types are of the same function's closures of one kind
@@ -505,29 +551,35 @@ mod tests {
         // Patch 1 added a block before the base's #0 (now #1); the new build takes it out again.
         let then = HashMap::from([(env(0), Some(env(1)))]);
         let now = HashMap::new();
-        let (paired, renames) =
-            through_base(&then, &now, &blocks(&[(0, "added"), (1, "real")]), &blocks(&[(0, "real")]));
-        assert_eq!(paired, HashMap::from([(env(1), Some(env(0))), (env(0), None)]));
-        assert_eq!(renames, paired);
+        let p1 = blocks(&[(0, "added"), (1, "real")]);
+        let s = through_base(&then, &now, &p1, &blocks(&[(0, "real")]));
+        assert_eq!(s.paired, HashMap::from([(env(1), Some(env(0))), (env(0), None)]));
+        assert_eq!(s.renames, s.paired);
+        // Neither is the new build's closure of its number: patch 1's copies keep their code.
+        assert_eq!(s.moved, HashSet::from([env(0), env(1)]));
+        let mut pinned = pins(&p1, &s.moved);
+        pinned.sort();
+        assert_eq!(pinned, ["added", "real"]);
         // The added block had the other's symbol (same captures): types named after it are
-        // compared by name.
-        let (paired, renames) =
-            through_base(&then, &now, &blocks(&[(0, "real"), (1, "real1")]), &blocks(&[(0, "real")]));
-        assert_eq!(paired, HashMap::from([(env(1), Some(env(0)))]));
-        assert_eq!(renames, paired);
-        // Kept in the new build too (another edit): paired by name, as before.
+        // compared by name, and its copy keeps its code.
+        let s = through_base(&then, &now, &blocks(&[(0, "real"), (1, "real1")]), &blocks(&[(0, "real")]));
+        assert_eq!(s.paired, HashMap::from([(env(1), Some(env(0)))]));
+        assert_eq!(s.renames, s.paired);
+        assert_eq!(s.moved, HashSet::from([env(0), env(1)]));
+        // Kept in the new build too (another edit): compared by name, nothing moved.
         let now = then.clone();
-        let (paired, _) = through_base(
-            &then,
-            &now,
-            &blocks(&[(0, "added"), (1, "real")]),
-            &blocks(&[(0, "added"), (1, "real")]),
-        );
-        assert!(paired.is_empty(), "{paired:?}");
+        let s = through_base(&then, &now, &p1, &p1);
+        assert!(s.paired.is_empty() && s.moved.is_empty(), "{s:?}");
+        // A closure patch 1 removed (the base's #0; #1 took its number) put back: patch 1's #0
+        // is the base's #1, which the new build has as #1 again.
+        let then = HashMap::from([(env(0), None), (env(1), Some(env(0)))]);
+        let p1 = blocks(&[(0, "h0")]);
+        let s = through_base(&then, &HashMap::new(), &p1, &blocks(&[(0, "h0"), (1, "h1")]));
+        assert_eq!(s.paired, HashMap::from([(env(0), Some(env(1)))]));
+        assert_eq!(pins(&p1, &s.moved), ["h0"]);
         // Nothing renumbered anywhere: nothing to say.
-        assert!(through_base(&HashMap::new(), &HashMap::new(), &Model::default(), &Model::default())
-            .0
-            .is_empty());
+        let s = through_base(&HashMap::new(), &HashMap::new(), &Model::default(), &Model::default());
+        assert!(s.paired.is_empty() && s.moved.is_empty());
     }
 
     const LABEL: (&[(&str, &str)], u128) = (&[("name", "alloc::string::String")], 1);

@@ -240,7 +240,8 @@ pub fn check<'a>(
         let unchanged =
             unchanged_since(digested, recorded, (&now, described, base_described), (&digests, crates));
         since.digests = Some(digests);
-        if unchanged {
+        // Renumbered closures are judged with the models even when no layout changed (below).
+        if unchanged && then_closures.is_empty() && now_closures.is_empty() {
             return since;
         }
     }
@@ -303,8 +304,12 @@ pub fn check<'a>(
         Some(described) => std::borrow::Cow::Borrowed(described),
         None => std::borrow::Cow::Owned(undone),
     };
-    let (paired, renames) = super::closures::through_base(then_closures, now_closures, &old, &new);
-    let changes = changed_types_paired(&old, &new, &paired, &renames);
+    let closures = super::closures::through_base(then_closures, now_closures, &old, &new);
+    // That patch's closures whose symbol the new build may give to another closure keep their
+    // code there, changed types or not (a closure that patch removed put back: its copy of the
+    // symbol is the other closure's code, and closures that patch made hold it).
+    since.kept.extend(super::closures::pins(&old, &closures.moved));
+    let changes = changed_types_paired(&old, &new, &closures.paired, &closures.renames);
     if changes.is_empty() {
         return since;
     }

@@ -241,3 +241,66 @@ fn added_before(build: Build) {
         assert!(right(l), "a closure answered another's: {l}\n{}", app.dump());
     }
 }
+
+/// Closures made by a patch's code outlive the next patch: `make_hook`'s returned closure (`B`)
+/// follows another (`A`) with the same captures' types and signature. Patch 1 removes `A`, so `B`
+/// takes `A`'s number and symbol, and the hooks patch 1's `make_hook` makes run patch 1's copy
+/// of that symbol; patch 2 puts `A` back. Patch 1's copy must keep `B`'s code (it is pinned): sent
+/// on to the symbol's newest code, `A`'s, the hooks made under patch 1 would answer `x + k`.
+const HOOKS: &str = r#"//! ipbp's test of closures made by a patch (linker-shim/tests/layouts/renumber.rs).
+use std::sync::Mutex;
+use std::time::Duration;
+
+static HOOKS: Mutex<Vec<Box<dyn Fn(u64) -> u64 + Send>>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn make_hook(k: u64) -> Box<dyn Fn(u64) -> u64 + Send> {
+    let a = move |x: u64| x + k;
+    let _ = a(0);
+    Box::new(move |x: u64| x * k)
+}
+
+fn main() {
+    ipbp::init();
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        if n % 3 == 1 {
+            HOOKS.lock().unwrap().push(make_hook(10));
+        }
+        let answers: Vec<String> = HOOKS.lock().unwrap().iter().map(|h| h(2).to_string()).collect();
+        println!("tick n={n} hooks={}", answers.join(","));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+"#;
+
+#[test]
+fn closures_made_by_a_patch_keep_their_code_when_the_next_patch_renumbers_them_back() {
+    let project = scenario("layouts");
+    project.write(MAIN, HOOKS);
+    project.build();
+    let app = project.start("layouts", &[]);
+    let all_b = |l: &str| l.starts_with("tick ") && field(l, "hooks").split(',').all(|h| h == "20");
+    app.wait_for(0, "a first tick", |l| l.starts_with("tick ") && all_b(l));
+    let a = "    let a = move |x: u64| x + k;\n    let _ = a(0);\n";
+    for (step, (from, to)) in [(1, (a, "")), (2, ("", a))] {
+        if step == 1 {
+            project.edit(MAIN, from, to);
+        } else {
+            project.write(MAIN, HOOKS);
+        }
+        let run = project.build();
+        let line = status_for(&run, app.pid);
+        assert!(line.starts_with("Patched layouts ") || line.starts_with("Reverted layouts "), "{run}");
+        // Two more hooks made by the code now running, then every hook still answers as `B`.
+        let mark = app.mark();
+        let count = |l: &str| field(l, "hooks").split(',').count();
+        let first = app.wait_for(mark, "a tick", |l| l.starts_with("tick "));
+        let more = count(&first) + 2;
+        app.wait_for(mark, "two more hooks", |l| l.starts_with("tick ") && count(l) >= more);
+        for l in app.lines_since(mark).iter().filter(|l| l.starts_with("tick ")) {
+            assert!(all_b(l), "patch {step}: a hook answered another closure's: {l}\n{}", app.dump());
+        }
+    }
+}
