@@ -82,6 +82,7 @@ pub fn changed_types_paired(
         let counterpart = match paired.get(name) {
             Some(Some(other)) => new.types.get(other),
             Some(None) => None,
+            None if renames.is_empty() => new.types.get(name),
             None => match renamed(name, renames) {
                 Some(Some(other)) => new.types.get(&other),
                 Some(None) => None,
@@ -90,10 +91,13 @@ pub fn changed_types_paired(
         };
         let Some(n) = counterpart else { continue };
         // Fields of types named after renumbered closures, as the new build names them.
-        let o: Cow<TypeRec> = match renamed_fields(o, renames) {
-            Some(Some(r)) => Cow::Owned(r),
-            Some(None) => continue,
-            None => Cow::Borrowed(o),
+        let o: Cow<TypeRec> = match renames.is_empty() {
+            true => Cow::Borrowed(o),
+            false => match renamed_fields(o, renames) {
+                Some(Some(r)) => Cow::Owned(r),
+                Some(None) => continue,
+                None => Cow::Borrowed(o),
+            },
         };
         // Most types are described alike on both sides: nothing to tell.
         if identical(&o, n) {

@@ -439,8 +439,8 @@ impl<'d> Nodes<'d> {
             let n = &self.nodes[at];
             if let Some(name) = n.name {
                 let numbered = name.starts_with("{closure#") || name.starts_with("{async_block#");
-                let plain = super::closures::split_args(name).0;
-                return (numbered && plain.ends_with('}')).then(|| self.qualified(at, name));
+                return (numbered && super::closures::split_args(name).0.ends_with('}'))
+                    .then(|| self.qualified(at, name));
             }
             at = self.get(n.origin)?;
         }

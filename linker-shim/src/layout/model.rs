@@ -175,8 +175,16 @@ impl Model {
             *self = unit;
             return;
         }
-        for (name, rec) in unit.types {
-            self.types.entry(name).or_insert(rec);
+        // The larger table takes the smaller one's entries (the first unit's record of a type
+        // wins either way): a unit read after a small one would otherwise be re-inserted type by
+        // type (0.3 ms for a thousand types on web, P11).
+        if unit.types.len() > self.types.len() {
+            let earlier = std::mem::replace(&mut self.types, unit.types);
+            self.types.extend(earlier);
+        } else {
+            for (name, rec) in unit.types {
+                self.types.entry(name).or_insert(rec);
+            }
         }
         self.statics.extend(unit.statics);
         self.functions.extend(unit.functions);
