@@ -94,6 +94,10 @@ pub fn split_args(path: &str) -> (&str, &str) {
     (path, "")
 }
 
+/// How [`numbered`] finds closures' paths and their captures types' names.
+const CLOSURES: [&str; 2] = ["::{closure#", "::{async_block#"];
+const ENVS: [&str; 2] = ["::{closure_env#", "::{async_block_env#"];
+
 /// `app::main::{closure#2}` → (`app::main`, 2, ``); also `{async_block#N}`, and a generic
 /// function's `app::make::{closure#0}<u32>` → (`app::make`, 0, `<u32>`).
 fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32, String)> {
@@ -123,7 +127,7 @@ fn side<'a, 'm>(out: &'a mut HashMap<Key, Family<'m>>, key: Key, n: u32) -> &'a 
 fn families<'m>(model: &'m Model, bodies: &HashMap<String, u128>) -> HashMap<Key, Family<'m>> {
     let mut out: HashMap<Key, Family<'m>> = HashMap::new();
     for c in &model.closures {
-        if let Some((owner, tag, n, args)) = numbered(&c.path, &["::{closure#", "::{async_block#"]) {
+        if let Some((owner, tag, n, args)) = numbered(&c.path, &CLOSURES) {
             let s = side(&mut out, (owner, tag, args), n);
             s.body = bodies.get(names::canonical(&c.linkage)).copied();
             s.linkage = Some(&c.linkage);
@@ -137,7 +141,7 @@ fn families<'m>(model: &'m Model, bodies: &HashMap<String, u128>) -> HashMap<Key
             || (name.ends_with('>') && name.as_bytes().contains(&b'#') && name.contains("_env#"))
     };
     for (name, rec) in model.types.iter().filter(|(name, _)| maybe_env(name)) {
-        if let Some((owner, tag, n, args)) = numbered(name, &["::{closure_env#", "::{async_block_env#"]) {
+        if let Some((owner, tag, n, args)) = numbered(name, &ENVS) {
             side(&mut out, (owner, tag, args), n).env = Some(rec);
         }
     }
@@ -158,7 +162,7 @@ fn deepen(families: &mut HashMap<Key, Family<'_>>) {
     keys.sort_by(|a, b| (b.0.len(), b).cmp(&(a.0.len(), a)));
     for key in keys {
         let (owner, tag, args) = &key;
-        let Some((up, up_tag, n, _)) = numbered(owner, &["::{closure#", "::{async_block#"]) else { continue };
+        let Some((up, up_tag, n, _)) = numbered(owner, &CLOSURES) else { continue };
         // A closure without code of its own (inlined wherever it is called, as optimised builds
         // do) is known through the code it was inlined into, which the diff reads by content.
         let inner: Vec<Option<u128>> =
@@ -195,6 +199,25 @@ fn env_name(owner: &str, tag: &str, n: u32, args: &str) -> String {
 
 fn closure_name(owner: &str, tag: &str, n: u32) -> String {
     format!("{owner}::{{{tag}#{n}}}")
+}
+
+/// The captures type of the closure at `path`: only its last segment is the closure's own
+/// (`app::f::{closure#0}::{closure#1}<u8>` → `app::f::{closure#0}::{closure_env#1}<u8>`).
+fn env_of(path: &str) -> Option<String> {
+    let (owner, tag, n, args) = numbered(path, &CLOSURES)?;
+    Some(env_name(&owner, tag, n, &args))
+}
+
+/// The closure whose captures type is `env` ([`env_of`] the other way).
+fn closure_of(env: &str) -> Option<String> {
+    let (owner, tag, n, args) = numbered(env, &ENVS)?;
+    Some(closure_name(&owner, tag, n) + &args)
+}
+
+/// The function and kind of closure a captures type is of, with the function's generic
+/// arguments: two captures types of one family differ only in their number.
+fn family_of(env: &str) -> Option<(String, &'static str, String)> {
+    numbered(env, &ENVS).map(|(owner, tag, _, args)| (owner, tag, args))
 }
 
 /// Adds to [`Closures::kept`] the old generic instances over moved closures' types
@@ -374,14 +397,15 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
     let in_now = |b: &String| now.get(b).cloned().unwrap_or_else(|| Some(b.clone()));
     let bases: HashSet<&String> = then.keys().chain(now.keys()).collect();
     let mut from_base_then = HashSet::new();
-    let mut from_base_now: HashMap<String, String> = HashMap::new();
+    // A new build's closure that is a base closure → that closure's name in that patch's build.
+    let mut from_base_now: HashMap<String, Option<String>> = HashMap::new();
     for b in &bases {
         let (p, n) = (in_then(b), in_now(b));
         if let Some(p) = &p {
             from_base_then.insert(p.clone());
         }
         if let Some(n) = &n {
-            from_base_now.insert(n.clone(), p.clone().unwrap_or_default());
+            from_base_now.insert(n.clone(), p.clone());
         }
         if let (Some(p), Some(n)) = (p, n) {
             if p != n {
@@ -389,26 +413,27 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
             }
         }
     }
-    let linkage = |model: &Model, env: &str| -> Option<String> {
-        let path = env.replace("{closure_env#", "{closure#").replace("{async_block_env#", "{async_block#");
-        model.closures.iter().find(|c| c.path == path).map(|c| names::canonical(&c.linkage).to_string())
+    // Whether the closure whose captures type is `env` has the same symbol in both builds.
+    let shares_symbol = |env: &str| {
+        let linkage = |model: &Model| {
+            let path = closure_of(env)?;
+            model.closures.iter().find(|c| c.path == path).map(|c| names::canonical(&c.linkage).to_string())
+        };
+        linkage(old).is_some_and(|l| linkage(new) == Some(l))
     };
+    // The captures types of that patch's build in the families the pairings cover.
+    let base_families: HashSet<_> = bases.iter().filter_map(|b| family_of(b)).collect();
+    let in_families: Vec<&String> =
+        old.types.keys().filter(|t| family_of(t).is_some_and(|f| base_families.contains(&f))).collect();
     // Closures that patch added: gone when their number now names a base closure it knew
     // under another number.
-    let added_then: Vec<&String> = old
-        .types
-        .keys()
-        .filter(|t| t.contains("_env#") && t.ends_with('}') && !from_base_then.contains(*t))
-        .filter(|t| bases.iter().any(|b| same_family(b, t)))
-        .collect();
-    for p in added_then {
-        // (A base closure that patch edited or removed, `""`, may be this one, edited.)
-        let Some(known_as) = from_base_now.get(p) else { continue };
-        if known_as.is_empty() || known_as == p || paired.contains_key(p) {
+    for &p in in_families.iter().filter(|p| !from_base_then.contains(**p)) {
+        // (A base closure that patch edited or removed, `None`, may be this one, edited.)
+        let Some(Some(known_as)) = from_base_now.get(p) else { continue };
+        if known_as == p || paired.contains_key(p) {
             continue;
         }
-        let (l_then, l_now) = (linkage(old, p), linkage(new, p));
-        if l_then.is_some() && l_then == l_now {
+        if shares_symbol(p) {
             shared.insert(p.clone());
             continue;
         }
@@ -417,11 +442,8 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
     // A closure's symbol that the new build gives to another closure: types named after it are
     // compared by name.
     for (p, n) in &paired {
-        if n.as_ref().is_some_and(|n| n != p) {
-            let (l_then, l_now) = (linkage(old, p), linkage(new, p));
-            if l_then.is_some() && l_then == l_now {
-                shared.insert(p.clone());
-            }
+        if n.as_ref().is_some_and(|n| n != p) && shares_symbol(p) {
+            shared.insert(p.clone());
         }
     }
     let renames =
@@ -430,14 +452,9 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
     // closure only when both builds have it from the same base closure, or both added it.
     let same: HashSet<String> =
         bases.iter().filter_map(|b| Some(in_then(b)?).filter(|p| in_now(b).as_ref() == Some(p))).collect();
-    let families: Vec<&String> = old
-        .types
-        .keys()
-        .filter(|t| t.contains("_env#") && bases.iter().any(|b| same_family(b, t)))
-        .chain(from_base_then.iter())
-        .collect();
-    let moved = families
+    let moved = in_families
         .into_iter()
+        .chain(from_base_then.iter())
         .filter(|p| {
             let added_in_both = !from_base_then.contains(*p) && !from_base_now.contains_key(*p);
             !same.contains(*p) && !added_in_both
@@ -469,24 +486,17 @@ pub fn pins(old: &Model, moved: &HashSet<String>) -> Vec<String> {
     if moved.is_empty() {
         return Vec::new();
     }
-    let env_of =
-        |path: &str| path.replace("{closure#", "{closure_env#").replace("{async_block#", "{async_block_env#");
-    let closures = old.closures.iter().filter(|c| moved.contains(&env_of(&c.path))).map(|c| &c.linkage);
+    let closures = old
+        .closures
+        .iter()
+        .filter(|c| env_of(&c.path).is_some_and(|e| moved.contains(&e)))
+        .map(|c| &c.linkage);
     let instances = old
         .functions
         .iter()
         .filter(|f| f.generics.iter().chain(&f.params).any(|t| moved.iter().any(|env| names_type(t, env))))
         .map(|f| &f.linkage);
     closures.chain(instances).map(|l| names::canonical(l).to_string()).collect()
-}
-
-/// Whether two captures types are of the same function's closures of one kind
-/// (`app::main::{closure_env#0}`, `app::main::{closure_env#3}`).
-fn same_family(a: &str, b: &str) -> bool {
-    fn family(t: &str) -> Option<&str> {
-        t.rfind('#').map(|at| &t[..at])
-    }
-    family(a).is_some() && family(a) == family(b)
 }
 
 /// A captures type with no fields, for tests.
@@ -588,6 +598,18 @@ mod tests {
         let s = through_base(&then, &HashMap::new(), &p1, &blocks(&[(0, "h0"), (1, "h1")]));
         assert_eq!(s.paired, HashMap::from([(env(0), Some(env(1)))]));
         assert_eq!(pins(&p1, &s.moved), ["h0"]);
+        // A closure's own closures are pinned with it: only the last segment of a nested
+        // closure's path is its own (`app::run::{async_block#0}::{closure#1}`'s captures are
+        // `app::run::{async_block#0}::{closure_env#1}`).
+        let mut p1 = blocks(&[(0, "outer")]);
+        p1.closures.push(ClosureFn {
+            path: "app::run::{async_block#0}::{closure#1}".into(),
+            linkage: "inner".into(),
+        });
+        let moved = HashSet::from([env(0), "app::run::{async_block#0}::{closure_env#1}".to_string()]);
+        let mut pinned = pins(&p1, &moved);
+        pinned.sort();
+        assert_eq!(pinned, ["inner", "outer"]);
         // Nothing renumbered anywhere: nothing to say.
         let s = through_base(&HashMap::new(), &HashMap::new(), &Model::default(), &Model::default());
         assert!(s.paired.is_empty() && s.moved.is_empty());
