@@ -1,0 +1,295 @@
+//! Unit tests of closure pairing (`super`).
+
+use super::*;
+use crate::layout::model::{ClosureFn, Field, Kind};
+
+fn env(fields: &[(&str, &str)]) -> TypeRec {
+    let fields: Vec<Field> = fields
+        .iter()
+        .enumerate()
+        .map(|(i, &(n, t))| Field { name: n.into(), offset: 8 * i as u64, ty: t.into() })
+        .collect();
+    TypeRec {
+        kind: Kind::Struct,
+        size: Some(8 * fields.len() as u64),
+        align: Some(8),
+        edges: fields.iter().map(|f| (f.ty.clone(), true)).collect(),
+        fields,
+        tag: None,
+        variants: vec![],
+    }
+}
+
+/// `main`'s closures in order: (captures, code).
+fn build(closures: &[(&[(&str, &str)], u128)], side: usize, diff: &mut Diff) -> Model {
+    let mut m = Model::default();
+    for (n, (captures, body)) in closures.iter().enumerate() {
+        let linkage = format!("main-closure-{side}-{n}");
+        m.types.insert(format!("app::main::{{closure_env#{n}}}"), env(captures));
+        m.closures.push(ClosureFn { path: format!("app::main::{{closure#{n}}}"), linkage: linkage.clone() });
+        diff.closure_bodies[side].insert(linkage, *body);
+    }
+    m
+}
+
+fn paired(old: &[(&[(&str, &str)], u128)], new: &[(&[(&str, &str)], u128)]) -> Closures {
+    let mut diff = Diff::default();
+    let (o, n) = (build(old, 0, &mut diff), build(new, 1, &mut diff));
+    pair(&o, &n, &diff)
+}
+
+/// A model of `app::run`'s async blocks: (number, symbol).
+fn blocks(numbered: &[(u32, &str)]) -> Model {
+    let mut m = Model::default();
+    for &(n, linkage) in numbered {
+        m.types.insert(format!("app::run::{{async_block_env#{n}}}"), env(&[]));
+        m.closures
+            .push(ClosureFn { path: format!("app::run::{{async_block#{n}}}"), linkage: linkage.into() });
+    }
+    m
+}
+
+#[test]
+fn an_earlier_patchs_closures_pair_with_the_new_builds_through_the_base_build() {
+    let env = |n: u32| format!("app::run::{{async_block_env#{n}}}");
+    // Patch 1 added a block before the base's #0 (now #1); the new build takes it out again.
+    let then = HashMap::from([(env(0), Some(env(1)))]);
+    let now = HashMap::new();
+    let p1 = blocks(&[(0, "added"), (1, "real")]);
+    let s = through_base(&then, &now, &p1, &blocks(&[(0, "real")]));
+    assert_eq!(s.paired, HashMap::from([(env(1), Some(env(0))), (env(0), None)]));
+    assert_eq!(s.renames, s.paired);
+    // Neither is the new build's closure of its number: patch 1's copies keep their code.
+    assert_eq!(s.moved, HashSet::from([env(0), env(1)]));
+    let mut pinned = pins(&p1, &s.moved);
+    pinned.sort();
+    assert_eq!(pinned, ["added", "real"]);
+    // The added block had the other's symbol (same captures): types named after it are
+    // compared by name, and its copy keeps its code.
+    let s = through_base(&then, &now, &blocks(&[(0, "real"), (1, "real1")]), &blocks(&[(0, "real")]));
+    assert_eq!(s.paired, HashMap::from([(env(1), Some(env(0)))]));
+    assert_eq!(s.renames, s.paired);
+    assert_eq!(s.moved, HashSet::from([env(0), env(1)]));
+    // Kept in the new build too (another edit): compared by name, nothing moved.
+    let now = then.clone();
+    let s = through_base(&then, &now, &p1, &p1);
+    assert!(s.paired.is_empty() && s.moved.is_empty(), "{s:?}");
+    // A closure patch 1 removed (the base's #0; #1 took its number) put back: patch 1's #0
+    // is the base's #1, which the new build has as #1 again.
+    let then = HashMap::from([(env(0), None), (env(1), Some(env(0)))]);
+    let p1 = blocks(&[(0, "h0")]);
+    let s = through_base(&then, &HashMap::new(), &p1, &blocks(&[(0, "h0"), (1, "h1")]));
+    assert_eq!(s.paired, HashMap::from([(env(0), Some(env(1)))]));
+    assert_eq!(pins(&p1, &s.moved), ["h0"]);
+    // A closure's own closures are pinned with it: only the last segment of a nested
+    // closure's path is its own (`app::run::{async_block#0}::{closure#1}`'s captures are
+    // `app::run::{async_block#0}::{closure_env#1}`).
+    let mut p1 = blocks(&[(0, "outer")]);
+    p1.closures
+        .push(ClosureFn { path: "app::run::{async_block#0}::{closure#1}".into(), linkage: "inner".into() });
+    let moved = HashSet::from([env(0), "app::run::{async_block#0}::{closure_env#1}".to_string()]);
+    let mut pinned = pins(&p1, &moved);
+    pinned.sort();
+    assert_eq!(pinned, ["inner", "outer"]);
+    // Nothing renumbered anywhere: nothing to say.
+    let s = through_base(&HashMap::new(), &HashMap::new(), &Model::default(), &Model::default());
+    assert!(s.paired.is_empty() && s.moved.is_empty());
+}
+
+const LABEL: (&[(&str, &str)], u128) = (&[("name", "alloc::string::String")], 1);
+const MAP: (&[(&str, &str)], u128) = (&[], 2);
+const ADDED: (&[(&str, &str)], u128) = (&[], 3);
+
+#[test]
+fn added_removed_and_moved_closures_keep_their_identity() {
+    let env = |n: u32| format!("app::main::{{closure_env#{n}}}");
+    // Unchanged numbering: nothing to say.
+    assert!(paired(&[MAP, LABEL], &[MAP, LABEL]).envs.is_empty());
+    // A closure edited in place keeps its number: compared by name, as before.
+    assert!(paired(&[MAP, LABEL], &[MAP, (LABEL.0, 9)]).envs.is_empty());
+
+    // Added before the others.
+    let c = paired(&[MAP, LABEL], &[ADDED, MAP, LABEL]);
+    assert_eq!(c.envs[&env(0)], Some(env(1)));
+    assert_eq!(c.envs[&env(1)], Some(env(2)));
+    assert!(c.kept["main-closure-0-1"].contains("`app::main::{closure#1}` is `app::main::{closure#2}` now"));
+
+    // Removed before the others.
+    let c = paired(&[MAP, LABEL], &[LABEL]);
+    assert_eq!((c.envs[&env(0)].clone(), c.envs[&env(1)].clone()), (None, Some(env(0))));
+    assert!(c.kept["main-closure-0-0"].contains("was edited or removed"));
+
+    // Moved: two closures with the same (empty) captures are told apart by their code.
+    let c = paired(&[MAP, ADDED], &[ADDED, MAP]);
+    assert_eq!((c.envs[&env(0)].clone(), c.envs[&env(1)].clone()), (Some(env(1)), Some(env(0))));
+
+    // Added before and edited: the edited one has no counterpart; its old code is kept.
+    let c = paired(&[MAP, LABEL], &[ADDED, MAP, (LABEL.0, 9)]);
+    assert_eq!(c.envs[&env(1)], None);
+    assert!(c.kept.contains_key("main-closure-0-1"));
+}
+
+/// A captures type with no fields, for tests.
+fn tests_env() -> TypeRec {
+    TypeRec {
+        kind: Kind::Struct,
+        size: Some(0),
+        align: Some(1),
+        edges: vec![],
+        fields: vec![],
+        tag: None,
+        variants: vec![],
+    }
+}
+
+mod nested_and_generic {
+    use super::*;
+
+    /// Closures by path (`…::{closure#N}`, with generic arguments if any): (path, symbol, code).
+    /// Every one captures nothing.
+    fn model(closures: &[(&str, &str, u128)], side: usize, diff: &mut Diff) -> Model {
+        let mut m = Model::default();
+        for &(path, linkage, body) in closures {
+            let env = env_of(path).expect("a closure's path");
+            m.types.insert(env, super::tests_env());
+            m.closures.push(ClosureFn { path: path.into(), linkage: linkage.into() });
+            diff.closure_bodies[side].insert(linkage.into(), body);
+        }
+        m
+    }
+
+    fn paired(old: &[(&str, &str, u128)], new: &[(&str, &str, u128)]) -> Closures {
+        let mut diff = Diff::default();
+        let (o, n) = (model(old, 0, &mut diff), model(new, 1, &mut diff));
+        pair(&o, &n, &diff)
+    }
+
+    #[test]
+    fn generic_arguments_are_split_off_a_closures_path() {
+        assert_eq!(split_args("app::make::{closure#0}<u32>"), ("app::make::{closure#0}", "<u32>"));
+        assert_eq!(
+            split_args("std::spawn::{closure#0}<app::f::{closure_env#1}, ()>"),
+            ("std::spawn::{closure#0}", "<app::f::{closure_env#1}, ()>")
+        );
+        assert_eq!(split_args("app::main::{closure#2}"), ("app::main::{closure#2}", ""));
+        assert_eq!(split_args("<app::S as core::fmt::Debug>"), ("", "<app::S as core::fmt::Debug>"));
+    }
+
+    /// A generic function's closures are paired per instance: a closure added before the boxed
+    /// one (`make::<u32>`, run at startup) takes its number and symbol, and its old code stays.
+    #[test]
+    fn a_generic_functions_closures_are_paired_in_each_instance() {
+        let c = paired(
+            &[("app::make::{closure#0}<u32>", "boxed", 1), ("app::make::{closure#0}<u8>", "boxed8", 1)],
+            &[
+                ("app::make::{closure#0}<u32>", "boxed", 2),
+                ("app::make::{closure#1}<u32>", "boxed-now", 1),
+                ("app::make::{closure#0}<u8>", "boxed8", 2),
+                ("app::make::{closure#1}<u8>", "boxed8-now", 1),
+            ],
+        );
+        assert!(
+            c.kept["boxed"].contains("`app::make::{closure#0}<u32>` is `app::make::{closure#1}<u32>` now")
+        );
+        assert!(c.kept["boxed8"].contains("`app::make::{closure#0}<u8>` is `app::make::{closure#1}<u8>` now"));
+        assert_eq!(
+            c.envs["app::make::{closure_env#0}<u32>"].as_deref(),
+            Some("app::make::{closure_env#1}<u32>")
+        );
+        assert!(c.shared_symbols.contains("app::make::{closure_env#0}<u32>"));
+    }
+
+    /// A thread's closure (`f::{closure#0}`) with a closure inside, and another such added before
+    /// it: the inner closures follow their outer one, and the old inner one's symbol, now the added
+    /// thread's inner closure's, keeps its code (the running thread calls it).
+    #[test]
+    fn the_closures_of_a_renumbered_closure_follow_it() {
+        let old = [("app::f::{closure#0}", "outer", 1), ("app::f::{closure#0}::{closure#0}", "inner", 10)];
+        let c = paired(
+            &old,
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 1),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("is `app::f::{closure#1}` now"), "{:?}", c.kept);
+        assert!(c.kept["inner"].contains("`app::f::{closure#0}` was renumbered to `app::f::{closure#1}`"));
+        assert!(c.kept["inner"].contains("is `app::f::{closure#1}::{closure#0}` now"));
+        assert_eq!(
+            c.envs["app::f::{closure#0}::{closure_env#0}"].as_deref(),
+            Some("app::f::{closure#1}::{closure_env#0}")
+        );
+
+        // The outer closure's code differs once renumbered (it refers to generic code over its
+        // own closure, whose symbol follows the number): it has no counterpart, and neither has
+        // its inner one; both keep their code.
+        let c = paired(
+            &old,
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 3),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("`app::f` gained or lost closures"), "{:?}", c.kept);
+        assert!(c.kept["inner"].contains("`app::f::{closure#0}` was edited or removed"));
+
+        // A closure added before one spawning an async block, with the same code (`tokio::spawn`
+        // over its own block, whose symbol follows the number): the outer ones differ by their
+        // blocks only, and neither keeps the other's code.
+        let c = paired(
+            &[("app::g::{closure#0}", "outer", 1), ("app::g::{closure#0}::{async_block#0}", "block", 10)],
+            &[
+                ("app::g::{closure#0}", "outer", 1),
+                ("app::g::{closure#0}::{async_block#0}", "block", 20),
+                ("app::g::{closure#1}", "outer-now", 2),
+                ("app::g::{closure#1}::{async_block#0}", "block-now", 10),
+            ],
+        );
+        assert!(c.kept["outer"].contains("`app::g` gained or lost closures"), "{:?}", c.kept);
+        assert!(c.kept["block"].contains("`app::g::{closure#0}` was edited or removed"));
+        assert!(c.shared_symbols.contains("app::g::{closure#0}::{async_block_env#0}"));
+
+        // The instance of generic code over the old inner closure (in an optimised build it
+        // holds the inner closure's code, which has none of its own) keeps its code too.
+        let mut diff = Diff::default();
+        let mut o = model(&old, 0, &mut diff);
+        let instance = |linkage: &str, generic: &str| crate::layout::model::FnRec {
+            linkage: linkage.into(),
+            path: "app::apply".into(),
+            params: vec![],
+            ret: None,
+            locals: vec![],
+            main: false,
+            generics: vec![generic.into()],
+        };
+        o.functions.push(instance("apply-inner", "app::f::{closure#0}::{closure_env#0}"));
+        o.functions.push(instance("apply-other", "app::f::{closure#0}::{closure_env#0}<u8>"));
+        let n = model(
+            &[
+                ("app::f::{closure#0}", "outer", 2),
+                ("app::f::{closure#0}::{closure#0}", "inner", 20),
+                ("app::f::{closure#1}", "outer-now", 1),
+                ("app::f::{closure#1}::{closure#0}", "inner-now", 10),
+            ],
+            1,
+            &mut diff,
+        );
+        let mut c = pair(&o, &n, &diff);
+        keep_instances(&mut c, &o);
+        assert!(c.kept["apply-inner"].contains("an instance over `app::f::{closure#0}::{closure_env#0}`"));
+        assert!(!c.kept.contains_key("apply-other"));
+        assert!(names_type("&app::f::{closure_env#0}", "app::f::{closure_env#0}"));
+        assert!(!names_type("xapp::f::{closure_env#0}", "app::f::{closure_env#0}"));
+
+        // Edited in place, same number of closures: compared by name, as before.
+        let c = paired(
+            &old,
+            &[("app::f::{closure#0}", "outer", 2), ("app::f::{closure#0}::{closure#0}", "inner", 20)],
+        );
+        assert!(c.kept.is_empty() && c.envs.is_empty());
+    }
+}
