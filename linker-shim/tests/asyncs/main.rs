@@ -38,9 +38,7 @@ fn same_layout_edits_of_async_fns_are_live_in_futures_in_flight() {
     project.edit(MAIN, r#"let msg = "steady";"#, r#"let msg = "edited";"#);
     project.edit(MAIN, r#"format!("answer{}", n % 3)"#, r#"format!("response{}", n % 3)"#);
     project.edit(MAIN, r#"format!("hot{}", n % 3)"#, r#"format!("warm{}", n % 3)"#);
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched asyncapp"), "{run}");
+    project.build_and_expect_patched(&app, "asyncapp");
     let tick = app.wait_for(mark, "the running future's new code", |l| {
         l.starts_with("ticker ") && l.ends_with("msg=edited")
     });
@@ -131,9 +129,7 @@ fn a_hot_async_fn_whose_state_machine_changed_switches_new_calls_and_lets_old_fu
     // The same edit of the hot one.
     let (old, new) = job_bodies("hot");
     project.edit(MAIN, &old, &new);
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched asyncapp"), "{run}");
+    project.build_and_expect_patched(&app, "asyncapp");
     // A new call, made by the program's loop after the patch, runs new code while the old
     // futures are still parked.
     let fresh = app.wait_for(0, "a hot job started in new code", |l| {
@@ -209,9 +205,7 @@ fn an_async_block_added_before_another_leaves_the_others_futures_in_flight_runni
     project.edit(MAIN, &added("let _hot = hot; "), existing);
     // Capturing only `id`: its own symbols.
     project.edit(MAIN, existing, &added(""));
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched asyncapp"), "{run}");
+    project.build_and_expect_patched(&app, "asyncapp");
     let mark = app.mark();
     let extra = app.wait_for(mark, "the added block's line", |l| l.starts_with("job extra id="));
     std::fs::write(&gate, "").expect("cannot open the gate");

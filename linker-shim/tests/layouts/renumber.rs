@@ -230,9 +230,7 @@ fn added_before(build: Build) {
         project.edit(MAIN, from, to);
     }
     let mark = app.mark();
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched layouts "), "{run}");
+    project.build_and_expect_patched(&app, "layouts");
     let new = app.wait_for(mark, "a tick of the new code", |l| l.starts_with("tick ") && l.contains(" new "));
     let n: u64 = field(&new, "n").parse().unwrap();
     // The worker stores every 5 ms: by then it has been through its inner closure many times.

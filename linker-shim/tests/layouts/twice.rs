@@ -268,9 +268,7 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
 
     let mut app = with_worker(&project);
     edit(&project, WORKER_2);
-    let run = project.build();
-    let line = status_for(&run, app.pid);
-    assert!(line.starts_with("Patched layouts"), "{run}");
+    project.build_and_expect_patched(&app, "layouts");
     let after = app.mark();
     app.wait_for(after, "patch 2's tick", |l| l.starts_with("tick v2 "));
     goes_on(&app, "the worker going on", "worker ");
