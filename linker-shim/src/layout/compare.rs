@@ -176,18 +176,20 @@ fn renamed(name: &str, paired: &HashMap<String, Option<String>>) -> Option<Optio
 /// `o` with the types of its fields and tag as the new build names them ([`renamed`]): `None`
 /// when none mentions a renumbered closure, `Some(None)` when one has no counterpart.
 fn renamed_fields(o: &TypeRec, paired: &HashMap<String, Option<String>>) -> Option<Option<TypeRec>> {
-    let fields = || o.fields.iter().chain(&o.tag).chain(o.variants.iter().flat_map(|v| &v.fields));
-    if !fields().any(|f| renamed(&f.ty, paired).is_some()) {
+    let fields = o.fields.iter().chain(&o.tag).chain(o.variants.iter().flat_map(|v| &v.fields));
+    let types: Vec<Option<Option<String>>> = fields.map(|f| renamed(&f.ty, paired)).collect();
+    if types.iter().all(Option::is_none) {
         return None;
+    }
+    if types.contains(&Some(None)) {
+        return Some(None);
     }
     let mut out = o.clone();
     let all =
         out.fields.iter_mut().chain(&mut out.tag).chain(out.variants.iter_mut().flat_map(|v| &mut v.fields));
-    for f in all {
-        match renamed(&f.ty, paired) {
-            Some(Some(ty)) => f.ty = ty,
-            Some(None) => return Some(None),
-            None => {}
+    for (f, ty) in all.zip(types) {
+        if let Some(Some(ty)) = ty {
+            f.ty = ty;
         }
     }
     Some(Some(out))
