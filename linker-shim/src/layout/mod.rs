@@ -17,6 +17,8 @@
 pub mod cache;
 pub mod closures;
 pub mod compare;
+#[cfg(test)]
+mod dump;
 pub mod dwarf;
 pub mod live;
 pub mod model;
