@@ -59,7 +59,7 @@ impl Cache {
         Cache { dir: self.dir.clone(), crates }
     }
 
-    pub(super) fn path(&self, hash: u128) -> Option<PathBuf> {
+    fn path(&self, hash: u128) -> Option<PathBuf> {
         self.dir.as_ref().map(|d| d.join(format!("{hash:032x}-{:08x}.model", self.crates as u32)))
     }
 
@@ -75,17 +75,6 @@ impl Cache {
     /// returns how many types the unit describes. `None`: nothing usable is kept, and `model` may
     /// have received part of a damaged file's records, each whole.
     pub fn load_into(&self, hash: u128, model: &mut Model) -> Option<usize> {
-        self.load_into_except(hash, model, &|_| false)
-    }
-
-    /// [`Cache::load_into`], leaving out also the types `known` names: those of the unit models
-    /// that precede `model`'s records, held apart ([`super::read`]).
-    pub fn load_into_except(
-        &self,
-        hash: u128,
-        model: &mut Model,
-        known: &dyn Fn(&str) -> bool,
-    ) -> Option<usize> {
         let path = self.path(hash)?;
         use std::io::Read as _;
         let mut file = std::fs::File::open(&path).ok()?;
@@ -93,7 +82,7 @@ impl Cache {
         file.read_to_end(&mut bytes).ok()?;
         // Marks it used, for the bound; failing to is harmless.
         let _ = file.set_modified(std::time::SystemTime::now());
-        decode_into(&bytes, model, known)
+        decode_into(&bytes, model)
     }
 
     /// Keeps `model` (what the unit with content hash `hash` describes) at once. Best effort.
@@ -446,7 +435,7 @@ impl<'b> Reader<'b> {
 #[cfg(test)]
 pub fn decode(bytes: &[u8]) -> Option<(Model, usize)> {
     let mut m = Model::default();
-    let described = decode_into(bytes, &mut m, &|_| false)?;
+    let described = decode_into(bytes, &mut m)?;
     Some((m, described))
 }
 
@@ -454,9 +443,7 @@ pub fn decode(bytes: &[u8]) -> Option<(Model, usize)> {
 /// records of types `m` has already (most of a unit's types are described by the others too).
 /// Returns the count of described types; `None` if it is not a unit model file (then `m` may have
 /// part of it: the caller reads the unit's DWARF into a fresh model instead).
-///
-/// Leaves out also the types `known` names ([`Cache::load_into_except`]).
-pub fn decode_into(bytes: &[u8], m: &mut Model, known: &dyn Fn(&str) -> bool) -> Option<usize> {
+pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
     let mut r = Reader {
         bytes: bytes.strip_prefix(MAGIC.as_slice())?,
         at: 0,
@@ -476,7 +463,7 @@ pub fn decode_into(bytes: &[u8], m: &mut Model, known: &dyn Fn(&str) -> bool) ->
     for _ in 0..n {
         let id = r.u32()? as usize;
         let name = r.string(id)?;
-        if m.types.contains_key(name) || known(name) {
+        if m.types.contains_key(name) {
             r.skip_type()?;
             continue;
         }

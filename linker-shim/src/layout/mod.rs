@@ -152,17 +152,23 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
         (current, &diff.changed_units_current, &mut layouts.new),
     ] {
         for &u in units {
-            layouts.crates.insert(build.units[u].crate_name().to_string());
+            let unit = &build.units[u];
+            layouts.crates.insert(unit.crate_name().to_string());
+            let described = match cache.load_into(unit.hash, model) {
+                Some(described) => described,
+                None => {
+                    let mut one = Model::default();
+                    let described = dwarf::read(unit.bytes()?, &mut one)
+                        .with_context(|| format!("the debug info of {}", unit.origin()))?;
+                    to_keep.push((unit.hash, cache::encode(&one, described)));
+                    model.absorb(one);
+                    described
+                }
+            };
+            if described > 0 {
+                layouts.units_with_types += 1;
+            }
         }
-        let hashes: Vec<u128> = units.iter().map(|&u| build.units[u].hash).collect();
-        let read_unit = |i: usize| -> Result<(Model, usize)> {
-            let unit = &build.units[units[i]];
-            let mut one = Model::default();
-            let described = dwarf::read(unit.bytes()?, &mut one)
-                .with_context(|| format!("the debug info of {}", unit.origin()))?;
-            Ok((one, described))
-        };
-        layouts.units_with_types += read_side(&hashes, &read_unit, &cache, model, &mut to_keep)?;
     }
     layouts.writes = cache.write_later(to_keep);
     layouts.closures = closures::pair(&layouts.old, &layouts.new, diff);
@@ -174,72 +180,6 @@ pub fn read<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cach
         &layouts.closures.renames(),
     );
     Ok(layouts)
-}
-
-/// Adds the models of one build's changed `units` to `model`, in order (a type's first
-/// description is kept: [`Model::absorb`]), and the encoded models of those read from DWARF to
-/// `to_keep`. Returns how many units describe types.
-///
-/// Encoding a model read from DWARF for the cache takes a few tenths of a millisecond for web's
-/// edited unit, and nothing in this patch reads the encoding: it runs on a thread of its own while
-/// this one loads the cached units that follow into a model apart — leaving out the types `model`
-/// and the unit read have, as loading them into `model` would. The thread is joined before the
-/// models are joined, in order: `model`, the unit read, those that followed it.
-fn read_side(
-    hashes: &[u128],
-    read_unit: &dyn Fn(usize) -> Result<(Model, usize)>,
-    cache: &Cache,
-    model: &mut Model,
-    to_keep: &mut Vec<(u128, Vec<u8>)>,
-) -> Result<usize> {
-    let mut with_types = 0;
-    let mut at = 0;
-    // Whether the unit at `at` was looked for in the cache already, in vain.
-    let mut missed = false;
-    while let Some(&hash) = hashes.get(at) {
-        let unit = at;
-        at += 1;
-        if !std::mem::take(&mut missed) {
-            if let Some(described) = cache.load_into(hash, model) {
-                with_types += usize::from(described > 0);
-                continue;
-            }
-        }
-        let (one, described) = read_unit(unit)?;
-        with_types += usize::from(described > 0);
-        let mut after = Model::default();
-        let encoded = std::thread::scope(|s| {
-            // The thread reads `one`, as this one does (to leave its types out below), and
-            // nothing else; it is joined before `one` is moved.
-            let encoding = std::thread::Builder::new()
-                .name("ipbp-encode".into())
-                .spawn_scoped(s, || cache::encode(&one, described));
-            let known = |name: &str| model.types.contains_key(name) || one.types.contains_key(name);
-            while let Some(&next) = hashes.get(at) {
-                match cache.load_into_except(next, &mut after, &known) {
-                    Some(described) => {
-                        with_types += usize::from(described > 0);
-                        at += 1;
-                    }
-                    None => {
-                        // `after` may hold part of a damaged file's records, each whole (as
-                        // `model` did when loaded in place): the unit is read from DWARF next.
-                        missed = true;
-                        break;
-                    }
-                }
-            }
-            match encoding {
-                // A panic while encoding leaves the model unkept: read again next time.
-                Ok(thread) => thread.join().ok(),
-                Err(_) => Some(cache::encode(&one, described)),
-            }
-        });
-        to_keep.extend(encoded.map(|bytes| (hash, bytes)));
-        model.absorb(one);
-        model.absorb(after);
-    }
-    Ok(with_types)
 }
 
 /// Why the old entry of the changed function `base_name` (the running build's symbol) must keep
@@ -403,61 +343,6 @@ mod tests {
             generics: vec![],
         });
         m
-    }
-
-    /// A side's units read apart (a unit read from DWARF encoded on its own thread, the cached
-    /// ones after it loaded into a model apart) give the model they give read one after another:
-    /// each type's first description, the lists in the units' order. A damaged cache file's
-    /// unit is read from DWARF, once.
-    #[test]
-    fn a_sides_units_read_apart_give_the_model_of_reading_them_in_order() {
-        let unit = |n: usize| {
-            let mut m = model(&[("x", 0)], &["u8"]);
-            m.types.get_mut("app::Point").unwrap().size = Some(n as u64);
-            m.types.insert(format!("app::T{}", n.div_ceil(2)), TypeRec::pointer_to(&format!("u{n}")));
-            m.functions[0].linkage = format!("f{n}");
-            m.closures.push(model::ClosureFn {
-                path: format!("app::main::{{closure#{n}}}"),
-                linkage: format!("c{n}"),
-            });
-            m.vtables.push((format!("app::T{n}"), "core::fmt::Debug".into()));
-            (m, n)
-        };
-        let dir = tempfile::tempdir().unwrap();
-        let cache = Cache::at(dir.path().join("layouts"));
-        // Units 1, 4 and 7 are not kept; unit 5's file is damaged.
-        for n in [0, 2, 3, 5, 6, 8] {
-            let (m, described) = unit(n);
-            cache.save(n as u128, &m, described);
-        }
-        let five = cache.path(5).unwrap();
-        let bytes = std::fs::read(&five).unwrap();
-        std::fs::write(&five, &bytes[..bytes.len() - 3]).unwrap();
-        let hashes: Vec<u128> = (0..9).collect();
-        let reads = std::cell::RefCell::new(Vec::new());
-        let read_unit = |i: usize| -> Result<(Model, usize)> {
-            reads.borrow_mut().push(i);
-            Ok(unit(i))
-        };
-        let mut apart = Model::default();
-        let mut to_keep = Vec::new();
-        let with_types = read_side(&hashes, &read_unit, &cache, &mut apart, &mut to_keep).unwrap();
-        assert_eq!(with_types, 8, "all but unit 0, which describes no type");
-        assert_eq!(*reads.borrow(), [1, 4, 5, 7]);
-        let kept: Vec<u128> = to_keep.iter().map(|k| k.0).collect();
-        assert_eq!(kept, [1, 4, 5, 7]);
-        assert_eq!(dump::text(&cache::decode(&to_keep[0].1).unwrap().0), dump::text(&unit(1).0));
-
-        let mut in_order = Model::default();
-        for h in hashes {
-            if cache.load_into(h, &mut in_order).is_none() {
-                in_order.absorb(unit(h as usize).0);
-            }
-        }
-        assert_eq!(dump::text(&apart), dump::text(&in_order));
-        assert_eq!(apart.types["app::Point"].size, Some(0));
-        // Unit 5's function twice: the damaged file's records (whole ones), then its DWARF's.
-        assert_eq!(apart.functions.len(), 10);
     }
 
     fn layouts(old: Model, new: Model) -> Layouts {
