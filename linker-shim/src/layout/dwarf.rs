@@ -102,11 +102,9 @@ fn apply_relocations(
 /// walk (depth first): a node's subtree is the nodes after it up to its `end`, so its children are
 /// the next node, the node at that one's `end`, and so on ([`Kids`]).
 ///
-/// Kept small (96 bytes; 176 with an `Option` per attribute): a unit of a few hundred KiB of
-/// DWARF has tens of thousands of entries, and the pages holding them are new to the process,
-/// each a page fault when first written (most of the cost of collecting them, P11). Unit offsets
-/// and node numbers are `u32` ([`Nodes::collect`] refuses a unit of 4 GiB or more), the numeric
-/// attributes a value each and a bit saying whether the entry has it.
+/// Kept small (96 bytes, not 176): a unit has tens of thousands of entries, on pages new to the
+/// process, each a page fault when first written (most of collecting them, P11). Offsets and node
+/// numbers are `u32` (units below 4 GiB), numeric attributes a value and a presence bit each.
 struct Node<'d> {
     name: Option<&'d str>,
     linkage: Option<&'d str>,
@@ -556,16 +554,15 @@ impl<'d> Nodes<'d> {
     }
 
     fn into_model(mut self, model: &mut Model) {
+        // A fresh model's table at its final size at once (see `cache::decode_into`): at most
+        // one type a node of these tags.
+        if model.types.is_empty() {
+            let types = self.nodes.iter().filter(|n| is_type(n.tag)).count();
+            model.types.reserve(types);
+        }
         for i in 0..self.nodes.len() {
             match self.nodes[i].tag {
-                DW_TAG_structure_type
-                | DW_TAG_union_type
-                | DW_TAG_enumeration_type
-                | DW_TAG_pointer_type
-                | DW_TAG_reference_type
-                | DW_TAG_rvalue_reference_type
-                | DW_TAG_array_type
-                | DW_TAG_typedef => self.add_type(i, model),
+                tag if is_type(tag) => self.add_type(i, model),
                 DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model),
                 // Vtables are constants; they say which types are used behind `dyn`.
                 DW_TAG_variable if self.nodes[i].name.is_some_and(|n| n.ends_with("::{vtable}")) => {
@@ -756,6 +753,21 @@ impl<'d> Nodes<'d> {
         }
         Vec::new()
     }
+}
+
+/// Whether entries of this tag are types of the model ([`Nodes::add_type`]).
+fn is_type(tag: DwTag) -> bool {
+    matches!(
+        tag,
+        DW_TAG_structure_type
+            | DW_TAG_union_type
+            | DW_TAG_enumeration_type
+            | DW_TAG_pointer_type
+            | DW_TAG_reference_type
+            | DW_TAG_rvalue_reference_type
+            | DW_TAG_array_type
+            | DW_TAG_typedef
+    )
 }
 
 /// Whether a qualified type name goes through an anonymous `const _: () = { … };` block (a `_`
