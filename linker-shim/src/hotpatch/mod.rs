@@ -611,8 +611,11 @@ fn installs(
         }
     }
     let mut settle = Vec::new();
-    // Hot points never send earlier patches' functions on: nothing to keep listed.
-    let mut settled_patches: Vec<u64> = hello.patches.iter().map(|p| p.0).collect();
+    // Hot points never send earlier patches' functions on: the process need only list the patch
+    // it runs now, which this one's undo returns to if the link fails (`revert.rs`), so the check
+    // against the running patch's build (`since.rs`) finds it there.
+    let newest = hello.patches.len().saturating_sub(1);
+    let mut settled_patches: Vec<u64> = hello.patches[..newest].iter().map(|p| p.0).collect();
     let mut homes = None;
     if mode == plan::Mode::InPlace {
         // A function of an earlier patch is known there by the name of its build: the current
