@@ -8,10 +8,18 @@
 # stepping thread only, a breakpoint at the end of the prologue of the newest version of every
 # function the patches redirect (the newest loaded patch's manifest, `patch-<n>.json` beside
 # `patch-<n>.so`, lists them all: patches are cumulative), and removes them when the program
-# stops. A user-defined `hook-step`/`hookpost-step` is replaced.
+# stops. gdb has one `hook-step` and one `hookpost-step`: a definition of yours made before this
+# file is loaded is kept and runs after ipbp's part; one made after replaces ipbp's (add
+# `python _ipbp_arm()` / `python _ipbp_disarm()` to it then).
 python
 import json as _ipbp_json
 import re as _ipbp_re
+
+# Loaded again: the handler of the earlier load goes.
+try:
+    gdb.events.stop.disconnect(_ipbp_stopped)
+except (NameError, ValueError, RuntimeError):
+    pass
 
 _ipbp_armed = []
 
@@ -83,11 +91,25 @@ def _ipbp_arm():
             continue
 
 
+def _ipbp_hook(name, call):
+    # Defines hook `name` as `call` followed by the user's own definition of it, if any (as
+    # `show user` prints it: a title line, then the body indented by two spaces). Loading this
+    # file twice keeps one call.
+    ours = "python %s()" % call
+    try:
+        shown = gdb.execute("show user %s" % name, to_string=True).splitlines()[1:]
+    except gdb.error:
+        shown = []
+    theirs = [l[2:] for l in shown if l.strip() and l.strip() != ours]
+    confirm = gdb.parameter("confirm")
+    gdb.execute("set confirm off")
+    try:
+        gdb.execute("\n".join(["define %s" % name, ours] + theirs + ["end"]))
+    finally:
+        gdb.execute("set confirm %s" % ("on" if confirm else "off"))
+
+
 gdb.events.stop.connect(_ipbp_stopped)
-end
-define hook-step
-python _ipbp_arm()
-end
-define hookpost-step
-python _ipbp_disarm()
+_ipbp_hook("hook-step", "_ipbp_arm")
+_ipbp_hook("hookpost-step", "_ipbp_disarm")
 end

@@ -450,6 +450,9 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
     let call =
         project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
     let pid = app.pid.to_string();
+    // The user's own `hook-step`, defined before ipbp's file is loaded, keeps running.
+    let hook = project.root().join("user-hook.gdb");
+    std::fs::write(&hook, "define hook-step\n  echo user-hook-step\\n\nend\n").unwrap();
     let run = limited(&[
         "gdb",
         "-nx",
@@ -457,6 +460,8 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
         "-batch",
         "-p",
         &pid,
+        "-x",
+        hook.to_str().unwrap(),
         "-x",
         &script,
         "-ex",
@@ -486,6 +491,7 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
     let stepped =
         out.lines().position(|l| l.starts_with("debuggee::work (n=") && l.ends_with("src/main.rs:10"));
     assert!(stepped.is_some(), "`step` did not stop in `work` at src/main.rs:10: {run}");
+    assert!(out.lines().any(|l| l == "user-hook-step"), "the user's `hook-step` was replaced: {run}");
     assert!(
         out.lines()
             .any(|l| l.starts_with("debuggee::work") && l.ends_with(&format!("/patch-{generation}.so"))),
