@@ -302,3 +302,88 @@ fn closures_made_by_a_patch_keep_their_code_when_the_next_patch_renumbers_them_b
         }
     }
 }
+
+/// Closures added by two patches, each before the one the patch before added, while values of
+/// them are alive: `make_hooks` boxes the base build's closure `A` (`x * k`); patch 1 adds `X`
+/// (`x + k + 1000`, capturing `k`) before it, and patch 2 adds `Y` (`x + tag.len() + 5000`,
+/// capturing a `String`) before `X`. `X` is `{closure#0}` in patch 1's build and `{closure#1}` in
+/// patch 2's, where `{closure#0}` is `Y`, with other captures: the two are paired by their code
+/// (recorded with patch 1), not by number. Before, patch 1's `X` was compared with `Y` and the
+/// patch refused "since patch 1".
+const ADDED_TWICE: &str = r#"//! ipbp's test of closures added by two patches (linker-shim/tests/layouts/renumber.rs).
+use std::sync::Mutex;
+use std::time::Duration;
+
+type Hook = Box<dyn Fn(u64) -> u64 + Send>;
+
+static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn make_hooks(k: u64) -> Vec<Hook> {
+    let mut hooks: Vec<Hook> = Vec::new();
+    hooks.push(Box::new(move |x: u64| x * k));
+    hooks
+}
+
+fn main() {
+    ipbp::init();
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        if n % 3 == 1 {
+            let made = make_hooks(10);
+            HOOKS.lock().unwrap().extend(made);
+        }
+        let answers: Vec<String> = HOOKS.lock().unwrap().iter().map(|h| h(2).to_string()).collect();
+        println!("tick n={n} hooks={}", answers.join(","));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+"#;
+
+/// How many batches of hooks each build made, when a tick's answers are batches of the base
+/// build's (`20`), then of patch 1's (`1012,20`), then of patch 2's (`5005,1012,20`), in that
+/// order; `None` when they are not (a hook answered another closure's).
+fn batches(line: &str) -> Option<[usize; 3]> {
+    let answers: Vec<&str> = field(line, "hooks").split(',').collect();
+    let shapes: [&[&str]; 3] = [&["20"], &["1012", "20"], &["5005", "1012", "20"]];
+    let (mut at, mut counts) = (0, [0; 3]);
+    for (i, shape) in shapes.iter().enumerate() {
+        while answers[at..].starts_with(shape) {
+            at += shape.len();
+            counts[i] += 1;
+        }
+    }
+    (at == answers.len()).then_some(counts)
+}
+
+#[test]
+fn a_closure_added_before_one_an_earlier_patch_added_leaves_that_ones_values_running() {
+    let project = scenario("layouts");
+    project.write(MAIN, ADDED_TWICE);
+    project.build();
+    let app = project.start("layouts", &[]);
+    app.wait_for(0, "a first tick", |l| l.starts_with("tick ") && batches(l) == Some([1, 0, 0]));
+    let a = "    hooks.push(Box::new(move |x: u64| x * k));\n";
+    let x = "    hooks.push(Box::new(move |x: u64| x + k + 1000));\n";
+    let y = "    let tag = format!(\"y{k}\");\n    hooks.push(Box::new(move |x: u64| x + tag.len() as u64 + 5000));\n";
+    // Patch 1 adds `X` before `A`, patch 2 `Y` before `X`.
+    for (step, added, before) in [(1, x, a), (2, y, x)] {
+        project.edit(MAIN, before, &format!("{added}{before}"));
+        let mark = app.mark();
+        project.build_and_expect_patched(&app, "layouts");
+        // Two batches made by the new code, every hook made before still answering its own.
+        let made = |l: &str| batches(l).is_some_and(|c| c[step] >= 2);
+        app.wait_for(mark, "two batches of the new hooks", |l| l.starts_with("tick ") && made(l));
+        for l in app.lines_since(mark).iter().filter(|l| l.starts_with("tick ")) {
+            assert!(
+                batches(l).is_some(),
+                "patch {step}: a hook answered another closure's: {l}\n{}",
+                app.dump()
+            );
+        }
+    }
+    let last = app.lines_since(0).into_iter().rfind(|l| l.starts_with("tick ")).expect("a tick");
+    let counts = batches(&last).expect("batches");
+    assert!(counts.iter().all(|&c| c > 0), "hooks of every build: {last}");
+}
