@@ -528,6 +528,11 @@ enum Found {
 /// with the one it is in). A closure found under its own name when it is among several is that
 /// one. A closure not found (edited, removed, or whose code is not known) is left to
 /// [`through_base`]'s pairing by name.
+///
+/// The two patches' hashes are comparable: a closure that is no base closure is in a function
+/// whose closures differ from the base build's, which each patch's diff hashes alike, with
+/// references among its closures by content ([`crate::diff::Diff::closure_bodies`]). Where they
+/// are not (a cycle of references hashed from another entry), nothing is found: no pairing.
 fn by_content(then_added: &Bodies, now_added: &Bodies, old: &Model, new: &Model) -> HashMap<String, Found> {
     let mut out = HashMap::new();
     // Most patches move no closure that the patch before added: a quick no.
