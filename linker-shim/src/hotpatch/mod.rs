@@ -341,7 +341,7 @@ fn patch_process(
             .digests
             .take()
             .unwrap_or_else(|| crate::layout::since::digests(&layouts.layouts.new, &crates));
-        let closures = &layouts.layouts.closures.envs;
+        let closures = (&layouts.layouts.closures.envs, &layouts.layouts.closures.added);
         let _ = crate::layout::since::record(file, &units, (&types, closures), &crates);
     }
 
