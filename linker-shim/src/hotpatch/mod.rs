@@ -630,7 +630,7 @@ fn installs(
         let live: HashSet<u64> = hello.detours.iter().map(|d| d.0).collect();
         let known = deliver::chain::Homes::read(patch_dir, &live);
         let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
-        let listed = (hello.patches.as_slice(), hello.detours.as_slice());
+        let listed = (hello.patches.as_slice(), hello.running_patch());
         let kept: HashSet<&str> =
             plan.report.kept_for_layout.iter().chain(kept_since).map(String::as_str).collect();
         let pins = deliver::chain::Pins::read(patch_dir);

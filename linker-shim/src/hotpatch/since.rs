@@ -18,10 +18,7 @@ pub(super) fn since_newest_patch(
     dir: &IpbpDir,
 ) {
     use crate::layout::since;
-    // In place, live code is reached through detours; for hot points, through slots and redirects.
-    let targets: Vec<u64> =
-        hello.detours.iter().chain(&hello.slots).chain(&hello.redirects).map(|t| t.1).collect();
-    let Some(listed) = since::running_patch(&hello.patches, &targets) else { return };
+    let Some(listed) = hello.running_patch().map(|at| hello.patches[at].2.as_path()) else { return };
     let Some(name) = listed.file_name() else { return };
     // A patch file of this process's directory, by its own name — or of the process's directory
     // in the target directory of another build of the program (`<target>/ipbp/patches/<pid>-

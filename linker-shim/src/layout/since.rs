@@ -181,15 +181,6 @@ fn digest(rec: &super::model::TypeRec, b: &mut Vec<u8>) -> u64 {
     xxhash_rust::xxh3::xxh3_64(b)
 }
 
-/// The patch whose build to compare with: of the patches a process lists unsettled (load order),
-/// the one its live jumps, slots or redirects lead into (`targets`: where each leads) — the code
-/// it runs now (after a failed link sent it back, an older one) — or else the newest.
-pub fn running_patch<'p>(patches: &'p [(u64, u64, PathBuf)], targets: &[u64]) -> Option<&'p Path> {
-    let holds = |p: &(u64, u64, PathBuf)| targets.iter().any(|&t| p.0 <= t && t < p.0.saturating_add(p.1));
-    let at = patches.iter().rposition(holds).or(patches.len().checked_sub(1))?;
-    Some(&patches[at].2)
-}
-
 /// What the comparison with the newest patch's build decided.
 #[derive(Debug, Default)]
 pub struct Since {
@@ -494,14 +485,5 @@ mod tests {
         // Not described by the patch's units: the base build's description is the patch's.
         assert!(same(&grown, &HashMap::new(), &now, &grown));
         assert!(!same(&grown, &HashMap::new(), &now, &one));
-    }
-
-    #[test]
-    fn the_running_patch_is_the_one_live_jumps_lead_into() {
-        let patches = vec![(0x1000, 0x100, PathBuf::from("p1.so")), (0x800, 0x100, PathBuf::from("p2.so"))];
-        assert_eq!(running_patch(&patches, &[]), Some(Path::new("p2.so")));
-        assert_eq!(running_patch(&patches, &[0x1010]), Some(Path::new("p1.so")));
-        assert_eq!(running_patch(&patches, &[0x400, 0x810]), Some(Path::new("p2.so")));
-        assert_eq!(running_patch(&[], &[]), None);
     }
 }
