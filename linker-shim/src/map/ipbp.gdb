@@ -91,16 +91,36 @@ def _ipbp_arm():
             continue
 
 
+def _ipbp_user_body(shown):
+    """The commands of a user-defined command as `show user` prints them: after a title line,
+    each command indented by two spaces more than the block it is in — except the lines of a
+    `python` block, printed as written (at column 0), up to its `end`, indented again."""
+    body, raw_end = [], None
+    for line in shown.splitlines()[1:]:
+        if raw_end is not None:
+            if line == raw_end:
+                raw_end = None
+                body.append(line[2:])
+            else:
+                body.append(line)
+            continue
+        if not line.strip():
+            continue
+        body.append(line[2:] if line.startswith("  ") else line)
+        if line.strip() in ("python", "py", "python-interactive", "pi"):
+            raw_end = line[: len(line) - len(line.lstrip())] + "end"
+    return body
+
+
 def _ipbp_hook(name, call):
-    # Defines hook `name` as `call` followed by the user's own definition of it, if any (as
-    # `show user` prints it: a title line, then the body indented by two spaces). Loading this
-    # file twice keeps one call.
+    # Defines hook `name` as `call` followed by the user's own definition of it, if any. Loading
+    # this file twice keeps one call.
     ours = "python %s()" % call
     try:
-        shown = gdb.execute("show user %s" % name, to_string=True).splitlines()[1:]
+        shown = gdb.execute("show user %s" % name, to_string=True)
     except gdb.error:
-        shown = []
-    theirs = [l[2:] for l in shown if l.strip() and l.strip() != ours]
+        shown = ""
+    theirs = [l for l in _ipbp_user_body(shown) if l != ours]
     confirm = gdb.parameter("confirm")
     gdb.execute("set confirm off")
     try:
