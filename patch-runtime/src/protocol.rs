@@ -204,6 +204,17 @@ pub struct Hello {
     pub settled: u64,
 }
 
+impl Hello {
+    /// Which of [`Hello::patches`] live code runs in: the newest one a live detour (in place), slot
+    /// or redirect (hot points) leads into — after a failed link's patch was undone, an older one
+    /// than the newest loaded — or else the newest. `None` when no patch is listed.
+    pub fn running_patch(&self) -> Option<usize> {
+        let targets = || self.detours.iter().chain(&self.slots).chain(&self.redirects).map(|t| t.1);
+        let holds = |p: &(u64, u64, PathBuf)| targets().any(|t| p.0 <= t && t < p.0.saturating_add(p.1));
+        self.patches.iter().rposition(holds).or(self.patches.len().checked_sub(1))
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
     Hello(Hello),
@@ -495,6 +506,35 @@ mod tests {
         let text = Request::Apply(a.clone()).encode();
         assert_eq!(Request::parse(&text), Ok(Request::Apply(a)));
         assert_eq!(Request::parse(&Request::Hello.encode()), Ok(Request::Hello));
+    }
+
+    #[test]
+    fn the_running_patch_is_the_newest_one_live_jumps_slots_or_redirects_lead_into() {
+        let mut h = Hello {
+            pid: 7,
+            build_id: "b".into(),
+            load_bias: 0x1000,
+            generation: 2,
+            tls_reserve: None,
+            slots: vec![],
+            redirects: vec![],
+            detours: vec![],
+            data: vec![],
+            tls: vec![],
+            patches: vec![(0x1000, 0x100, "p1.so".into()), (0x800, 0x100, "p2.so".into())],
+            loaded: 2,
+            settled: 0,
+        };
+        assert_eq!(h.running_patch(), Some(1), "nothing leads into either: the newest");
+        h.detours = vec![(0x50, 0x1010)];
+        assert_eq!(h.running_patch(), Some(0), "in place, undone back to patch 1");
+        h.detours.clear();
+        h.slots = vec![(0x60, 0x400), (0x68, 0x1020)];
+        assert_eq!(h.running_patch(), Some(0), "hot points, a slot into patch 1");
+        h.redirects = vec![(0x70, 0x810)];
+        assert_eq!(h.running_patch(), Some(1), "a redirect into patch 2");
+        h.patches.clear();
+        assert_eq!(h.running_patch(), None);
     }
 
     #[test]

@@ -129,13 +129,13 @@ impl Homes {
 pub type LoadedPatch = (u64, u64, PathBuf);
 
 /// Jumps for the functions of the patches the process reports unsettled (`unsettled`: start,
-/// length, path, as its `hello` listed them; `live`: its live detours, whose targets show which
-/// patch live code runs in), and the live jumps of the homes. `newest` maps a mangled name to its
+/// length, path, as its `hello` listed them; `current`: which of them live code runs in,
+/// [`ipbp::protocol::Hello::running_patch`]), and the live jumps of the homes. `newest` maps a mangled name to its
 /// entry in the new patch; `redirected` holds the image entries the new patch redirects; the
 /// functions named in `kept`, and the copies `pins` names, keep their code (see the module's doc).
 pub fn earlier_patches(
     patch_dir: &Path,
-    (unsettled, live): (&[LoadedPatch], &[(u64, u64)]),
+    (unsettled, current): (&[LoadedPatch], Option<usize>),
     (mut homes, mut pins): (Homes, Pins),
     newest: &HashMap<&str, u64>,
     redirected: &HashSet<u64>,
@@ -143,9 +143,6 @@ pub fn earlier_patches(
     image: &BaseImage<'_>,
 ) -> Chain {
     let mut chain = Chain::default();
-    // The patch live code runs in: the one holding the live jumps' targets, or else the newest.
-    let holds = |p: &LoadedPatch| live.iter().any(|d| p.0 <= d.1 && d.1 < p.0.saturating_add(p.1));
-    let current = unsettled.iter().rposition(holds).or(unsettled.len().checked_sub(1));
     // A pin is made by a plan for the copies of the patch live at the time, and holds once that
     // plan's patch has replaced it. Pins inside the patch still live now were made by a plan that
     // never took (its link failed and it was undone): they are decided anew below (`kept`), or a

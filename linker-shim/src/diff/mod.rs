@@ -294,6 +294,12 @@ fn closure_bodies<'a>(
         };
         if keyed(&sides[0]) != keyed(&sides[1]) || touching.contains(&owner) {
             for (side, closures) in sides.iter_mut().enumerate() {
+                // In a fixed order, not the definitions' hash map's: a cycle of references is
+                // hashed from the closure entered first (its inner occurrence counts as 0), and
+                // the memo keeps what the others got then. So one build always gives the same
+                // hashes (across builds, a cycle's members may still differ: pairing then finds
+                // nothing, never a wrong pair).
+                closures.sort_unstable_by_key(|c| c.0);
                 let renamed = renames[side].clone();
                 let mut sem =
                     Semantics::new(parsed(builds[side])).renamed(renamed).closures_of(&owner, defs[side]);

@@ -341,7 +341,7 @@ fn patch_process(
             .digests
             .take()
             .unwrap_or_else(|| crate::layout::since::digests(&layouts.layouts.new, &crates));
-        let closures = &layouts.layouts.closures.envs;
+        let closures = (&layouts.layouts.closures.envs, &layouts.layouts.closures.added);
         let _ = crate::layout::since::record(file, &units, (&types, closures), &crates);
     }
 
@@ -611,8 +611,11 @@ fn installs(
         }
     }
     let mut settle = Vec::new();
-    // Hot points never send earlier patches' functions on: nothing to keep listed.
-    let mut settled_patches: Vec<u64> = hello.patches.iter().map(|p| p.0).collect();
+    // Hot points never send earlier patches' functions on: the process need only list the patch
+    // it runs now, which this one's undo returns to if the link fails (`revert.rs`), so the check
+    // against the running patch's build (`since.rs`) finds it there.
+    let newest = hello.patches.len().saturating_sub(1);
+    let mut settled_patches: Vec<u64> = hello.patches[..newest].iter().map(|p| p.0).collect();
     let mut homes = None;
     if mode == plan::Mode::InPlace {
         // A function of an earlier patch is known there by the name of its build: the current
@@ -627,7 +630,7 @@ fn installs(
         let live: HashSet<u64> = hello.detours.iter().map(|d| d.0).collect();
         let known = deliver::chain::Homes::read(patch_dir, &live);
         let redirected: HashSet<u64> = detours.iter().map(|d| d.0).collect();
-        let listed = (hello.patches.as_slice(), hello.detours.as_slice());
+        let listed = (hello.patches.as_slice(), hello.running_patch());
         let kept: HashSet<&str> =
             plan.report.kept_for_layout.iter().chain(kept_since).map(String::as_str).collect();
         let pins = deliver::chain::Pins::read(patch_dir);

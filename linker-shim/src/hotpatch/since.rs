@@ -18,7 +18,7 @@ pub(super) fn since_newest_patch(
     dir: &IpbpDir,
 ) {
     use crate::layout::since;
-    let Some(listed) = since::running_patch(&hello.patches, &hello.detours) else { return };
+    let Some(listed) = hello.running_patch().map(|at| hello.patches[at].2.as_path()) else { return };
     let Some(name) = listed.file_name() else { return };
     // A patch file of this process's directory, by its own name — or of the process's directory
     // in the target directory of another build of the program (`<target>/ipbp/patches/<pid>-

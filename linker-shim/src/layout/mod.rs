@@ -112,7 +112,8 @@ impl Verdict {
         let cache = (prev_cache.for_crates(&crates), cache.for_crates(&crates));
         // `guard` reads the changed units only when a definition changed.
         let described = (!diff.changed.is_empty()).then_some(&self.layouts.new);
-        let sides = (described, &self.layouts.old, &self.refusals[..], &self.layouts.closures.envs);
+        let closures = (&self.layouts.closures.envs, &self.layouts.closures.added);
+        let sides = (described, &self.layouts.old, &self.refusals[..], closures);
         let s = since::check(prev, builds, diff, sides, ((&cache.0, &cache.1), &crates));
         self.refusals.extend(s.refusals);
         self.live_statics.extend(s.statics);

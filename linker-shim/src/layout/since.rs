@@ -30,7 +30,7 @@
 //! Induction covers older patches: each patch is checked against the one before it, and what
 //! it kept stays kept.
 
-use super::closures::Pairing;
+use super::closures::{Bodies, Pairing};
 use super::compare::changed_types_paired;
 use super::model::Model;
 use super::{live, Cache, Layouts};
@@ -60,6 +60,9 @@ pub struct Record {
     /// How that patch's guard paired the base build's renumbered closures with its build's
     /// ([`super::closures::Closures::envs`]): the next check pairs through them.
     pub closures: Pairing,
+    /// The closures of that build that are no base closure, by what their code means
+    /// ([`super::closures::Closures::added`]): the next check pairs them by content.
+    pub added: Bodies,
 }
 
 /// Writes the record of the build a patch was made from. Best effort: a missing record makes the
@@ -67,13 +70,16 @@ pub struct Record {
 pub fn record(
     patch_file: &Path,
     units: &[(&str, u128)],
-    (types, closures): (&HashMap<u64, u64>, &HashMap<String, Option<String>>),
+    (types, (closures, added)): (&HashMap<u64, u64>, (&Pairing, &Bodies)),
     crates: &[String],
 ) -> std::io::Result<()> {
     let mut text = String::new();
     // Type names may hold spaces (`<T as Trait>`), never tabs.
     for (old, new) in closures {
         text.push_str(&format!("E {old}\t{}\n", new.as_deref().unwrap_or("")));
+    }
+    for (env, body) in added {
+        text.push_str(&format!("A {body:032x} {env}\n"));
     }
     for c in crates {
         text.push_str(&format!("C {c}\n"));
@@ -98,6 +104,9 @@ pub fn read_record(patch_file: &Path) -> Option<Record> {
         if let Some(e) = l.strip_prefix("E ") {
             let (old, new) = e.split_once('\t')?;
             record.closures.insert(old.to_string(), (!new.is_empty()).then(|| new.to_string()));
+        } else if let Some(a) = l.strip_prefix("A ") {
+            let (body, env) = a.split_once(' ')?;
+            record.added.insert(env.to_string(), u128::from_str_radix(body, 16).ok()?);
         } else if let Some(c) = l.strip_prefix("C ") {
             record.crates.push(c.to_string());
         } else if let Some(t) = l.strip_prefix("T ") {
@@ -172,15 +181,6 @@ fn digest(rec: &super::model::TypeRec, b: &mut Vec<u8>) -> u64 {
     xxhash_rust::xxh3::xxh3_64(b)
 }
 
-/// The patch whose build to compare with: of the patches a process lists unsettled (load order),
-/// the one its live jumps lead into — the code it runs now (after a failed link sent it back, an
-/// older one) — or else the newest.
-pub fn running_patch<'p>(patches: &'p [(u64, u64, PathBuf)], detours: &[(u64, u64)]) -> Option<&'p Path> {
-    let holds = |p: &(u64, u64, PathBuf)| detours.iter().any(|d| p.0 <= d.1 && d.1 < p.0.saturating_add(p.1));
-    let at = patches.iter().rposition(holds).or(patches.len().checked_sub(1))?;
-    Some(&patches[at].2)
-}
-
 /// What the comparison with the newest patch's build decided.
 #[derive(Debug, Default)]
 pub struct Since {
@@ -217,12 +217,22 @@ pub fn check<'a>(
     prev: &Previous<'_>,
     (base, current): (&Build<'a>, &Build<'a>),
     diff: &Diff,
-    (described, base_described, base_refusals, now_closures): (Option<&Model>, &Model, &[String], &Pairing),
+    (described, base_described, base_refusals, (now_closures, now_added)): (
+        Option<&Model>,
+        &Model,
+        &[String],
+        (&Pairing, &Bodies),
+    ),
     ((prev_cache, cache), crates): ((&Cache, &Cache), &[String]),
 ) -> Since {
     let mut since = Since::default();
-    let Some(Record { units: recorded, types: digested, crates: then_crates, closures: then_closures }) =
-        &prev.record
+    let Some(Record {
+        units: recorded,
+        types: digested,
+        crates: then_crates,
+        closures: then_closures,
+        added,
+    }) = &prev.record
     else {
         since.refusals.push(format!(
             "the types of the build {} was made from are not known ({} has no record of its units); values of its layout may be live, restart to use this build",
@@ -240,8 +250,11 @@ pub fn check<'a>(
         let unchanged =
             unchanged_since(digested, recorded, (&now, described, base_described), (&digests, crates));
         since.digests = Some(digests);
-        // Renumbered closures are judged with the models even when no layout changed (below).
-        if unchanged && then_closures.is_empty() && now_closures.is_empty() {
+        // Renumbered closures are judged with the models even when no layout changed (below), and
+        // so are closures that patch added whose code the new build has under another name.
+        let now_bodies: HashSet<u128> = now_added.values().copied().collect();
+        let added_moved = added.iter().any(|(p, b)| now_added.get(p) != Some(b) && now_bodies.contains(b));
+        if unchanged && then_closures.is_empty() && now_closures.is_empty() && !added_moved {
             return since;
         }
     }
@@ -304,7 +317,8 @@ pub fn check<'a>(
         Some(described) => std::borrow::Cow::Borrowed(described),
         None => std::borrow::Cow::Owned(undone),
     };
-    let closures = super::closures::through_base(then_closures, now_closures, &old, &new);
+    let closures =
+        super::closures::through_base((then_closures, added), (now_closures, now_added), &old, &new);
     // That patch's closures whose symbol the new build may give to another closure keep their
     // code there, changed types or not (a closure that patch removed put back: its copy of the
     // symbol is the other closure's code, and closures that patch made hold it).
@@ -411,10 +425,11 @@ mod tests {
             ),
             ("app::main::{closure_env#2}".to_string(), None),
         ]);
+        let added = HashMap::from([("<T as app::Run>::go::{closure_env#0}".to_string(), u128::MAX - 5)]);
         record(
             &so,
             &[("app.a.rcgu.o", 0xabc), ("libw.rlib(w.o)", 7)],
-            (&types, &closures),
+            (&types, (&closures, &added)),
             &["app".into(), "w".into()],
         )
         .unwrap();
@@ -426,6 +441,7 @@ mod tests {
         assert_eq!(back.types.len(), 2);
         assert_eq!(back.crates, ["app", "w"]);
         assert_eq!(back.closures, closures);
+        assert_eq!(back.added, added);
         assert!(read_record(&dir.path().join("patch-4.so")).is_none());
     }
 
@@ -474,13 +490,5 @@ mod tests {
         // Not described by the patch's units: the base build's description is the patch's.
         assert!(same(&grown, &HashMap::new(), &now, &grown));
         assert!(!same(&grown, &HashMap::new(), &now, &one));
-    }
-
-    #[test]
-    fn the_running_patch_is_the_one_live_jumps_lead_into() {
-        let patches = vec![(0x1000, 0x100, PathBuf::from("p1.so")), (0x800, 0x100, PathBuf::from("p2.so"))];
-        assert_eq!(running_patch(&patches, &[]), Some(Path::new("p2.so")));
-        assert_eq!(running_patch(&patches, &[(0x50, 0x1010)]), Some(Path::new("p1.so")));
-        assert_eq!(running_patch(&[], &[]), None);
     }
 }

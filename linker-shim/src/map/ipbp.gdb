@@ -8,10 +8,18 @@
 # stepping thread only, a breakpoint at the end of the prologue of the newest version of every
 # function the patches redirect (the newest loaded patch's manifest, `patch-<n>.json` beside
 # `patch-<n>.so`, lists them all: patches are cumulative), and removes them when the program
-# stops. A user-defined `hook-step`/`hookpost-step` is replaced.
+# stops. gdb has one `hook-step` and one `hookpost-step`: a definition of yours made before this
+# file is loaded is kept and runs after ipbp's part; one made after replaces ipbp's (add
+# `python _ipbp_arm()` / `python _ipbp_disarm()` to it then).
 python
 import json as _ipbp_json
 import re as _ipbp_re
+
+# Loaded again: the handler of the earlier load goes.
+try:
+    gdb.events.stop.disconnect(_ipbp_stopped)
+except (NameError, ValueError, RuntimeError):
+    pass
 
 _ipbp_armed = []
 
@@ -83,11 +91,45 @@ def _ipbp_arm():
             continue
 
 
+def _ipbp_user_body(shown):
+    """The commands of a user-defined command as `show user` prints them: after a title line,
+    each command indented by two spaces more than the block it is in — except the lines of a
+    `python` block, printed as written (at column 0), up to its `end`, indented again."""
+    body, raw_end = [], None
+    for line in shown.splitlines()[1:]:
+        if raw_end is not None:
+            if line == raw_end:
+                raw_end = None
+                body.append(line[2:])
+            else:
+                body.append(line)
+            continue
+        if not line.strip():
+            continue
+        body.append(line[2:] if line.startswith("  ") else line)
+        if line.strip() in ("python", "py", "python-interactive", "pi"):
+            raw_end = line[: len(line) - len(line.lstrip())] + "end"
+    return body
+
+
+def _ipbp_hook(name, call):
+    # Defines hook `name` as `call` followed by the user's own definition of it, if any. Loading
+    # this file twice keeps one call.
+    ours = "python %s()" % call
+    try:
+        shown = gdb.execute("show user %s" % name, to_string=True)
+    except gdb.error:
+        shown = ""
+    theirs = [l for l in _ipbp_user_body(shown) if l != ours]
+    confirm = gdb.parameter("confirm")
+    gdb.execute("set confirm off")
+    try:
+        gdb.execute("\n".join(["define %s" % name, ours] + theirs + ["end"]))
+    finally:
+        gdb.execute("set confirm %s" % ("on" if confirm else "off"))
+
+
 gdb.events.stop.connect(_ipbp_stopped)
-end
-define hook-step
-python _ipbp_arm()
-end
-define hookpost-step
-python _ipbp_disarm()
+_ipbp_hook("hook-step", "_ipbp_arm")
+_ipbp_hook("hookpost-step", "_ipbp_disarm")
 end

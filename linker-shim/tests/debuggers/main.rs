@@ -450,6 +450,11 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
     let call =
         project.read(MAIN).lines().position(|l| l.contains("= work(n);")).expect("the call of `work`") + 1;
     let pid = app.pid.to_string();
+    // The user's own `hook-step`, defined before ipbp's file is loaded, keeps running, its
+    // Python block (which `show user` prints unindented) included.
+    let hook = project.root().join("user-hook.gdb");
+    let user = "define hook-step\n  echo user-hook-step\\n\n  python\nif True:\n    print(\"user-hook-python\")\n  end\nend\n";
+    std::fs::write(&hook, user).unwrap();
     let run = limited(&[
         "gdb",
         "-nx",
@@ -457,6 +462,8 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
         "-batch",
         "-p",
         &pid,
+        "-x",
+        hook.to_str().unwrap(),
         "-x",
         &script,
         "-ex",
@@ -486,6 +493,10 @@ fn gdb_steps_into_the_newest_version(project: &Project, app: &Running, generatio
     let stepped =
         out.lines().position(|l| l.starts_with("debuggee::work (n=") && l.ends_with("src/main.rs:10"));
     assert!(stepped.is_some(), "`step` did not stop in `work` at src/main.rs:10: {run}");
+    assert!(
+        out.lines().any(|l| l == "user-hook-step") && out.lines().any(|l| l == "user-hook-python"),
+        "the user's `hook-step` was replaced or garbled: {run}"
+    );
     assert!(
         out.lines()
             .any(|l| l.starts_with("debuggee::work") && l.ends_with(&format!("/patch-{generation}.so"))),

@@ -302,3 +302,125 @@ fn closures_made_by_a_patch_keep_their_code_when_the_next_patch_renumbers_them_b
         }
     }
 }
+
+/// Closures added by two patches, the second before the one the first added, while values of
+/// them are alive: `make_hooks` boxes the base build's closure `A` (`x * k`) and each patch adds
+/// one (see the tests below); hooks are made every third tick and kept in a static.
+const ADDED_TWICE: &str = r#"//! ipbp's test of closures added by two patches (linker-shim/tests/layouts/renumber.rs).
+use std::sync::Mutex;
+use std::time::Duration;
+
+type Hook = Box<dyn Fn(u64) -> u64 + Send>;
+
+static HOOKS: Mutex<Vec<Hook>> = Mutex::new(Vec::new());
+
+#[inline(never)]
+fn make_hooks(k: u64) -> Vec<Hook> {
+    let mut hooks: Vec<Hook> = Vec::new();
+    hooks.push(Box::new(move |x: u64| x * k));
+    hooks
+}
+
+fn main() {
+    ipbp::init();
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        if n % 3 == 1 {
+            let made = make_hooks(10);
+            HOOKS.lock().unwrap().extend(made);
+        }
+        let answers: Vec<String> = HOOKS.lock().unwrap().iter().map(|h| h(2).to_string()).collect();
+        println!("tick n={n} hooks={}", answers.join(","));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+"#;
+
+/// Whether a tick's answers are batches of hooks in the order of the builds that made them:
+/// `shapes[i]` is what a batch of build `i` answers. Returns how many batches each made; `None`
+/// when they are not such batches (a hook answered another closure's).
+fn batches(line: &str, shapes: &[&[&str]]) -> Option<Vec<usize>> {
+    fn parse(answers: &[&str], shapes: &[&[&str]], from: usize, counts: &mut [usize]) -> bool {
+        if answers.is_empty() {
+            return true;
+        }
+        for (i, shape) in shapes.iter().enumerate().skip(from) {
+            if answers.starts_with(shape) {
+                counts[i] += 1;
+                if parse(&answers[shape.len()..], shapes, i, counts) {
+                    return true;
+                }
+                counts[i] -= 1;
+            }
+        }
+        false
+    }
+    let answers: Vec<&str> = field(line, "hooks").split(',').collect();
+    let mut counts = vec![0; shapes.len()];
+    parse(&answers, shapes, 0, &mut counts).then_some(counts)
+}
+
+/// The base build's closure `A` in `make_hooks` (`ADDED_TWICE`).
+const A: &str = "    hooks.push(Box::new(move |x: u64| x * k));\n";
+
+/// Patch 1 adds `X` (`x + k + 1000`, capturing `k`) before `A`, and patch 2 adds `Y` (`x +
+/// tag.len() + 5000`, capturing a `String`) before `X`. `X` is `{closure#0}` in patch 1's build
+/// and `{closure#1}` in patch 2's, where `{closure#0}` is `Y`, with other captures: the two are
+/// paired by their code (recorded with patch 1), not by number. Before, patch 1's `X` was
+/// compared with `Y`, and patch 2 refused: "the captures of closure `layouts::make_hooks::
+/// {closure#0}` changed layout (…) since patch 1".
+#[test]
+fn a_closure_added_before_one_an_earlier_patch_added_leaves_that_ones_values_running() {
+    let x = "    hooks.push(Box::new(move |x: u64| x + k + 1000));\n";
+    let y = "    let tag = format!(\"y{k}\");\n    hooks.push(Box::new(move |x: u64| x + tag.len() as u64 + 5000));\n";
+    // Patch 1 adds `X` before `A`, patch 2 `Y` before `X`.
+    let steps = [(A, format!("{x}{A}")), (x, format!("{y}{x}"))];
+    added_by_patches(&steps, &[&["20"], &["1012", "20"], &["5005", "1012", "20"]]);
+}
+
+/// The same shape where no base closure is renumbered: patch 1 adds `Z` after `A`, patch 2 `W`
+/// before `Z`, both capturing `k` as `Z` does, so that `W` takes `Z`'s number and symbol. Only
+/// patch 1's record tells `Z` from `W`: without it, patch 1's copy of `Z`'s code would be sent
+/// on to `W`'s. Before, `Patched`, and the hooks made under patch 1 answered `20,4012` (`W`'s
+/// code) for `20,3012`.
+#[test]
+fn a_closure_added_before_one_an_earlier_patch_added_after_the_others_takes_nothing_of_it() {
+    let z = "    hooks.push(Box::new(move |x: u64| x + k + 3000));\n";
+    let w = "    hooks.push(Box::new(move |x: u64| x + k + 4000));\n";
+    let steps = [(A, format!("{A}{z}")), (z, format!("{w}{z}"))];
+    added_by_patches(&steps, &[&["20"], &["20", "3012"], &["20", "4012", "3012"]]);
+}
+
+/// Runs `ADDED_TWICE` and patches it with each edit of `steps` in turn (`from` → `to` in
+/// `make_hooks`): each is `Patched`, and every tick's hooks answer as the build that made them
+/// (`shapes`, see [`batches`]).
+fn added_by_patches(steps: &[(&str, String)], shapes: &[&[&str]]) {
+    let project = scenario("layouts");
+    project.write(MAIN, ADDED_TWICE);
+    project.build();
+    let app = project.start("layouts", &[]);
+    let ticks = |l: &str, step: usize| batches(l, shapes).is_some_and(|c| c[step] >= 2);
+    app.wait_for(0, "two batches of hooks", |l| l.starts_with("tick ") && ticks(l, 0));
+    for (step, (from, to)) in steps.iter().enumerate() {
+        project.edit(MAIN, from, to);
+        project.build_and_expect_patched(&app, "layouts");
+        let mark = app.mark();
+        // Seven ticks of the new code (a batch every three), every hook made before still
+        // answering its own.
+        let first = app.wait_for(mark, "a tick", |l| l.starts_with("tick "));
+        let n: u64 = field(&first, "n").parse().unwrap();
+        let last = app.wait_for(mark, "seven more ticks", |l| {
+            l.starts_with("tick ") && field(l, "n").parse::<u64>().is_ok_and(|m| m >= n + 7)
+        });
+        for l in app.lines_since(mark).iter().filter(|l| l.starts_with("tick ")) {
+            assert!(
+                batches(l, shapes).is_some(),
+                "patch {}: a hook answered another closure's: {l}\n{}",
+                step + 1,
+                app.dump()
+            );
+        }
+        assert!(ticks(&last, step + 1), "patch {}: the new code made no hooks: {last}", step + 1);
+    }
+}

@@ -43,7 +43,15 @@ pub struct Closures {
     /// Captures types (old name) of old closures that are not where they were: renumbered, or
     /// without a counterpart in a function that gained or lost closures ([`Closures::kept`]'s).
     pub moved: HashSet<String>,
+    /// The new build's closures that are no base closure (added, or edited), whose code is known:
+    /// captures type → what the code means (with its own closures', [`deepen`]). Kept in the
+    /// patch's record, so that the next patch pairs them with its build's by what they are
+    /// ([`through_base`]): the base build knows nothing of them.
+    pub added: Bodies,
 }
+
+/// Closures known by their code: captures type → what the code means ([`Closures::added`]).
+pub type Bodies = HashMap<String, u128>;
 
 impl Closures {
     /// The renumbered captures types whose name other types may be read under
@@ -279,6 +287,8 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
     // such a closure: their own closures' code may look the same as other closures' (see
     // `counted` below), so none of those without a counterpart is taken as edited in place.
     let mut suspect: HashSet<(String, String)> = HashSet::new();
+    // The new closures paired with a base closure (family, number): the others were added.
+    let mut from_base: HashSet<(Key, u32)> = HashSet::new();
     for key in keys {
         let (owner, tag, args) = key;
         let o = &olds[key];
@@ -314,6 +324,10 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
                 taken.push(j);
             }
             pairs.insert(k, found);
+        }
+        if let Some(no) = &now_owner {
+            let family = (no.clone(), *tag, args.clone());
+            from_base.extend(pairs.values().flatten().map(|&j| (family.clone(), j)));
         }
         // A closure without a counterpart in a family that gained or lost closures may be edited
         // in place or replaced by another under its number: the two cannot be told apart (a
@@ -369,6 +383,14 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
             );
         }
     }
+    for (key, family) in &news {
+        let (owner, tag, args) = key;
+        for (&j, side) in family {
+            if let (Some(body), false) = (side.body, from_base.contains(&(key.clone(), j))) {
+                out.added.insert(env_name(owner, tag, j, args), body);
+            }
+        }
+    }
     out
 }
 
@@ -383,12 +405,22 @@ pub fn pair(old: &Model, new: &Model, diff: &Diff) -> Closures {
 /// share symbols, see [`Closures::shared_symbols`]), when it stays compared by name. Closures
 /// left out of both pairings are compared by name, as before.
 ///
+/// The closures that patch added (or edited), which no base closure is, are paired by what they
+/// are instead ([`by_content`]): `then_added` and `now_added` are [`Closures::added`] of that
+/// patch's guard (kept in its record) and of this one.
+///
 /// Also returns the closures of that patch's build whose symbol the new build may give to
 /// another closure ([`Since::moved`]).
-pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> Since {
+pub fn through_base(
+    (then, then_added): (&Pairing, &Bodies),
+    (now, now_added): (&Pairing, &Bodies),
+    old: &Model,
+    new: &Model,
+) -> Since {
     let mut paired = HashMap::new();
     let mut shared = HashSet::new();
-    if then.is_empty() && now.is_empty() {
+    let content = by_content(then_added, now_added, old, new);
+    if then.is_empty() && now.is_empty() && content.is_empty() {
         return Since::default();
     }
     // A base closure's name in each build: its counterpart where its family was renumbered,
@@ -413,6 +445,14 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
             }
         }
     }
+    // A closure that patch added is no base closure, whatever the base closure of its name
+    // became: its code tells which it is.
+    for (p, found) in &content {
+        match found {
+            Found::Is(c) if c != p => paired.insert(p.clone(), Some(c.clone())),
+            _ => paired.remove(p),
+        };
+    }
     // Whether the closure whose captures type is `env` has the same symbol in both builds.
     let shares_symbol = |env: &str| {
         let linkage = |model: &Model| {
@@ -430,7 +470,7 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
     for &p in in_families.iter().filter(|p| !from_base_then.contains(**p)) {
         // (A base closure that patch edited or removed, `None`, may be this one, edited.)
         let Some(Some(known_as)) = from_base_now.get(p) else { continue };
-        if known_as == p || paired.contains_key(p) {
+        if known_as == p || paired.contains_key(p) || content.contains_key(p) {
             continue;
         }
         if shares_symbol(p) {
@@ -452,7 +492,7 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
     // closure only when both builds have it from the same base closure, or both added it.
     let same: HashSet<String> =
         bases.iter().filter_map(|b| Some(in_then(b)?).filter(|p| in_now(b).as_ref() == Some(p))).collect();
-    let moved = in_families
+    let mut moved: HashSet<String> = in_families
         .into_iter()
         .chain(from_base_then.iter())
         .filter(|p| {
@@ -461,7 +501,84 @@ pub fn through_base(then: &Pairing, now: &Pairing, old: &Model, new: &Model) -> 
         })
         .cloned()
         .collect();
+    // Paired by content: the same closure under the same name is where it was; under another
+    // name, or not told apart from another closure of the same code, it is not.
+    for (p, found) in content {
+        match found {
+            Found::Is(c) if c == p => moved.remove(&p),
+            _ => moved.insert(p),
+        };
+    }
     Since { paired, renames, moved }
+}
+
+/// What [`by_content`] found for a closure an earlier patch added.
+#[derive(Debug, PartialEq)]
+enum Found {
+    /// The new build's closure of the same code and captures (its captures type).
+    Is(String),
+    /// More than one: which one it is cannot be told, and its values keep that patch's code
+    /// ([`Since::moved`]), their captures compared by name, as before.
+    Ambiguous,
+}
+
+/// The closures an earlier patch added (`then_added`, of that patch's build `old`) that the new
+/// build (`new`) added too (`now_added`): the same code ([`Closures::added`], compared as
+/// [`pair`] compares), the same captures' layout, in the same function (or the closure paired
+/// with the one it is in). A closure found under its own name when it is among several is that
+/// one. A closure not found (edited, removed, or whose code is not known) is left to
+/// [`through_base`]'s pairing by name.
+///
+/// The two patches' hashes are comparable: a closure that is no base closure is in a function
+/// whose closures differ from the base build's, which each patch's diff hashes alike, with
+/// references among its closures by content ([`crate::diff::Diff::closure_bodies`]). Where they
+/// are not (a cycle of references hashed from another entry), nothing is found: no pairing.
+fn by_content(then_added: &Bodies, now_added: &Bodies, old: &Model, new: &Model) -> HashMap<String, Found> {
+    let mut out = HashMap::new();
+    // Most patches move no closure that the patch before added: a quick no.
+    if then_added.iter().all(|(p, b)| now_added.get(p) == Some(b)) {
+        return out;
+    }
+    let mut by_body: HashMap<u128, Vec<&String>> = HashMap::new();
+    for (c, b) in now_added {
+        by_body.entry(*b).or_default().push(c);
+    }
+    let same_captures = |p: &str, c: &str| match (old.types.get(p), new.types.get(c)) {
+        (Some(x), Some(y)) => same_layout(x, y),
+        (None, None) => true,
+        _ => false,
+    };
+    // Outer closures first: the closures in a paired closure are looked for in its counterpart.
+    let mut ps: Vec<(&String, &u128)> = then_added.iter().collect();
+    ps.sort_by(|a, b| (a.0.len(), a.0).cmp(&(b.0.len(), b.0)));
+    let mut taken: HashSet<&String> = HashSet::new();
+    for (p, body) in ps {
+        let Some((owner, tag, n, args)) = numbered(p, &ENVS) else { continue };
+        // The function it is in, in the new build: a closure's counterpart, when that closure
+        // was found elsewhere.
+        let owner = match env_of(&format!("{owner}{args}")).and_then(|e| out.get(&e)) {
+            Some(Found::Is(c)) => closure_of(c).map(|c| split_args(&c).0.to_string()),
+            Some(Found::Ambiguous) => None,
+            None => Some(owner),
+        };
+        let Some(owner) = owner else { continue };
+        let family = (owner.clone(), tag, args.clone());
+        let candidates: Vec<&String> = (by_body.get(body).into_iter().flatten())
+            .filter(|c| !taken.contains(*c) && family_of(c).as_ref() == Some(&family) && same_captures(p, c))
+            .copied()
+            .collect();
+        let own = env_name(&owner, tag, n, &args);
+        let found = match candidates.iter().find(|c| ***c == own).or(candidates.first()) {
+            Some(&c) if candidates.len() == 1 || *c == own => {
+                taken.insert(c);
+                Found::Is(c.clone())
+            }
+            Some(_) => Found::Ambiguous,
+            None => continue,
+        };
+        out.insert(p.clone(), found);
+    }
+    out
 }
 
 /// How an earlier patch's closures meet the new build's ([`through_base`]).

@@ -56,7 +56,7 @@ fn an_earlier_patchs_closures_pair_with_the_new_builds_through_the_base_build() 
     let then = HashMap::from([(env(0), Some(env(1)))]);
     let now = HashMap::new();
     let p1 = blocks(&[(0, "added"), (1, "real")]);
-    let s = through_base(&then, &now, &p1, &blocks(&[(0, "real")]));
+    let s = through_base((&then, &Bodies::new()), (&now, &Bodies::new()), &p1, &blocks(&[(0, "real")]));
     assert_eq!(s.paired, HashMap::from([(env(1), Some(env(0))), (env(0), None)]));
     assert_eq!(s.renames, s.paired);
     // Neither is the new build's closure of its number: patch 1's copies keep their code.
@@ -66,19 +66,29 @@ fn an_earlier_patchs_closures_pair_with_the_new_builds_through_the_base_build() 
     assert_eq!(pinned, ["added", "real"]);
     // The added block had the other's symbol (same captures): types named after it are
     // compared by name, and its copy keeps its code.
-    let s = through_base(&then, &now, &blocks(&[(0, "real"), (1, "real1")]), &blocks(&[(0, "real")]));
+    let s = through_base(
+        (&then, &Bodies::new()),
+        (&now, &Bodies::new()),
+        &blocks(&[(0, "real"), (1, "real1")]),
+        &blocks(&[(0, "real")]),
+    );
     assert_eq!(s.paired, HashMap::from([(env(1), Some(env(0)))]));
     assert_eq!(s.renames, s.paired);
     assert_eq!(s.moved, HashSet::from([env(0), env(1)]));
     // Kept in the new build too (another edit): compared by name, nothing moved.
     let now = then.clone();
-    let s = through_base(&then, &now, &p1, &p1);
+    let s = through_base((&then, &Bodies::new()), (&now, &Bodies::new()), &p1, &p1);
     assert!(s.paired.is_empty() && s.moved.is_empty(), "{s:?}");
     // A closure patch 1 removed (the base's #0; #1 took its number) put back: patch 1's #0
     // is the base's #1, which the new build has as #1 again.
     let then = HashMap::from([(env(0), None), (env(1), Some(env(0)))]);
     let p1 = blocks(&[(0, "h0")]);
-    let s = through_base(&then, &HashMap::new(), &p1, &blocks(&[(0, "h0"), (1, "h1")]));
+    let s = through_base(
+        (&then, &Bodies::new()),
+        (&HashMap::new(), &Bodies::new()),
+        &p1,
+        &blocks(&[(0, "h0"), (1, "h1")]),
+    );
     assert_eq!(s.paired, HashMap::from([(env(0), Some(env(1)))]));
     assert_eq!(pins(&p1, &s.moved), ["h0"]);
     // A closure's own closures are pinned with it: only the last segment of a nested
@@ -92,8 +102,58 @@ fn an_earlier_patchs_closures_pair_with_the_new_builds_through_the_base_build() 
     pinned.sort();
     assert_eq!(pinned, ["inner", "outer"]);
     // Nothing renumbered anywhere: nothing to say.
-    let s = through_base(&HashMap::new(), &HashMap::new(), &Model::default(), &Model::default());
+    let s = through_base(
+        (&HashMap::new(), &Bodies::new()),
+        (&HashMap::new(), &Bodies::new()),
+        &Model::default(),
+        &Model::default(),
+    );
     assert!(s.paired.is_empty() && s.moved.is_empty());
+}
+
+/// Closures an earlier patch added are no base closure: they are paired with the new build's by
+/// their code and captures, recorded with that patch ([`Closures::added`]).
+#[test]
+fn closures_an_earlier_patch_added_pair_with_the_new_builds_by_content() {
+    const X: (&[(&str, &str)], u128) = (&[("k", "u64")], 4);
+    let env = |n: u32| format!("app::main::{{closure_env#{n}}}");
+    // Each build's model, and how its guard paired the base build's closures with it.
+    let patch = |closures: &[(&[(&str, &str)], u128)]| {
+        let mut diff = Diff::default();
+        let (base, new) = (build(&[MAP], 0, &mut diff), build(closures, 1, &mut diff));
+        (pair(&base, &new, &diff), new)
+    };
+    let since = |p1: &[(&[(&str, &str)], u128)], p2: &[(&[(&str, &str)], u128)]| {
+        let ((then, old), (now, new)) = (patch(p1), patch(p2));
+        let s = through_base((&then.envs, &then.added), (&now.envs, &now.added), &old, &new);
+        let changes = crate::layout::compare::changed_types_paired(&old, &new, &s.paired, &s.renames);
+        (s, changes.into_iter().map(|c| c.name).collect::<Vec<_>>())
+    };
+    // Patch 1 added X before the base's closure, patch 2 adds another (other captures) before
+    // X: X is the new build's #1, and patch 1's copy of #0 keeps X's code.
+    let (s, changed) = since(&[X, MAP], &[LABEL, X, MAP]);
+    assert_eq!(s.paired.get(&env(0)), Some(&Some(env(1))), "{s:?}");
+    assert_eq!(s.paired.get(&env(1)), Some(&Some(env(2))), "{s:?}");
+    assert!(changed.is_empty(), "{changed:?}");
+    assert_eq!(s.moved, HashSet::from([env(0), env(1)]));
+    // Added after the base's closure, then another before it with the same captures: nothing
+    // renumbered a base closure, and by name X would meet the other's code.
+    let (s, changed) = since(&[MAP, X], &[MAP, (X.0, 5), X]);
+    assert_eq!(s.paired.get(&env(1)), Some(&Some(env(2))), "{s:?}");
+    assert!(changed.is_empty() && s.moved.contains(&env(1)), "{s:?} {changed:?}");
+    // Two of X's code and captures, neither under its number: not told apart, patch 1's copy
+    // keeps its code and its captures are compared by name (refused here, naming them).
+    let (s, changed) = since(&[X, MAP], &[LABEL, X, X, MAP]);
+    assert!(!s.paired.contains_key(&env(0)) && s.moved.contains(&env(0)), "{s:?}");
+    assert_eq!(changed, [env(0)]);
+    // X edited (other captures) as another is added before it: no counterpart by content; by
+    // name, still refused.
+    let (s, changed) = since(&[X, MAP], &[LABEL, (&[("k", "u32")], 6), MAP]);
+    assert!(!s.paired.contains_key(&env(0)), "{s:?}");
+    assert_eq!(changed, [env(0)]);
+    // X kept where it is, another edit: X is the new build's X.
+    let (s, _) = since(&[X, MAP], &[X, (MAP.0, 7)]);
+    assert!(!s.paired.contains_key(&env(0)) && !s.moved.contains(&env(0)), "{s:?}");
 }
 
 const LABEL: (&[(&str, &str)], u128) = (&[("name", "alloc::string::String")], 1);
