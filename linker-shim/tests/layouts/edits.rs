@@ -173,6 +173,14 @@ pub const SIGNAL_VARIANT_ADDED: Edit = &[
     ("let msg = \"hello\";", "let msg = \"surged\";"),
 ];
 
+/// `Handler`'s two methods (behind `dyn Handler` in `static HANDLERS`, vtables made at startup)
+/// swap places: the vtables keep their length, `handle` moves from slot 4 to slot 3, where the old
+/// vtables hold `name`.
+pub const HANDLER_METHODS_SWAPPED: Edit = &[(
+    "    fn name(&self) -> String {\n        \"handler\".into()\n    }\n    fn handle(&self, signal: &Signal) -> String;\n",
+    "    fn handle(&self, signal: &Signal) -> String;\n    fn name(&self) -> String {\n        \"handler\".into()\n    }\n",
+)];
+
 /// `Pos`, which lives only as bytes in the type-erased `store::Store` that `main` filled at
 /// startup, gains a field (and its `x` moves: rustc puts the larger field first).
 pub const POS_FIELD_ADDED: Edit = &[

@@ -100,7 +100,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 11] = [
+    let cells: [(&str, Edit, &[&str]); 12] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -174,6 +174,11 @@ fn layout_changes_with_live_old_values_are_refused() {
                 "the address of `<layouts::Printer as layouts::Handler>::handle`",
                 "is taken by a vtable or table used by `layouts::main`",
             ],
+        ),
+        (
+            "trait methods swapped, vtables made at startup kept behind `dyn` in a static",
+            edits::HANDLER_METHODS_SWAPPED,
+            &["the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)"],
         ),
     ];
     for (cell, edit, names) in cells {
