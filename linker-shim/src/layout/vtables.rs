@@ -77,7 +77,7 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vec<String>> {
     let s = &obj.sections[sec];
     if s.kind != SectionKind::ReadOnlyAfterReloc
         || s.size < 32
-        || s.size % 8 != 0
+        || !s.size.is_multiple_of(8)
         || s.data.len() as u64 != s.size
     {
         return None;

@@ -181,6 +181,10 @@ pub const HANDLER_METHODS_SWAPPED: Edit = &[(
     "    fn handle(&self, signal: &Signal) -> String;\n    fn name(&self) -> String {\n        \"handler\".into()\n    }\n",
 )];
 
+/// `Tag`'s hand-written `Hash` changes; a `HashMap<Tag, u32>` `main` filled at startup holds
+/// entries placed by the old hash (`step`'s lookups by the new one would miss: `tag 2 lost`).
+pub const TAG_HASH_CHANGED: Edit = &[("        self.0.hash(h);", "        (self.0 + 1).hash(h);")];
+
 /// `Pos`, which lives only as bytes in the type-erased `store::Store` that `main` filled at
 /// startup, gains a field (and its `x` moves: rustc puts the larger field first).
 pub const POS_FIELD_ADDED: Edit = &[

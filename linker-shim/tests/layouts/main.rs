@@ -100,7 +100,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 12] = [
+    let cells: [(&str, Edit, &[&str]); 13] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -179,6 +179,11 @@ fn layout_changes_with_live_old_values_are_refused() {
             "trait methods swapped, vtables made at startup kept behind `dyn` in a static",
             edits::HANDLER_METHODS_SWAPPED,
             &["the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)"],
+        ),
+        (
+            "a key type's `Hash` changed, a hash table filled at startup kept in a static",
+            edits::TAG_HASH_CHANGED,
+            &["`<layouts::Tag as core::hash::Hash>::hash` changed", "lookups by the new one would miss"],
         ),
     ];
     for (cell, edit, names) in cells {

@@ -210,6 +210,19 @@ impl Handler for Printer {
 
 static HANDLERS: Mutex<Vec<Box<dyn Handler>>> = Mutex::new(Vec::new());
 
+/// A key with a hand-written `Hash`, in a table `main` fills at startup and `step` looks up; an
+/// edit changes the hash, which the table's live entries were placed by.
+#[derive(PartialEq, Eq)]
+struct Tag(u32);
+
+impl std::hash::Hash for Tag {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
+
+static TAGS: Mutex<Option<HashMap<Tag, u32>>> = Mutex::new(None);
+
 fn mode_of(n: u64) -> Mode {
     if n % 2 == 0 {
         Mode::Idle
@@ -305,6 +318,9 @@ fn step(
         }
         handled.push(handler.handle(&signal));
     }
+    if TAGS.lock().unwrap().as_ref().and_then(|t| t.get(&Tag(2))) != Some(&2) {
+        println!("tag 2 lost");
+    }
     let handled = handled.join(",");
     let pos = positions.update(0, |p: &mut Pos| {
         p.x += 1.0;
@@ -366,6 +382,7 @@ fn main() {
         positions.push(Pos { x: i as f32 });
     }
     HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: "p:" }));
+    *TAGS.lock().unwrap() = Some((0..4).map(|i| (Tag(i), i)).collect());
     let mut task = Box::pin(task());
     let mut cx = Context::from_waker(Waker::noop());
     for n in 1.. {
