@@ -181,6 +181,13 @@ pub const HANDLER_METHODS_SWAPPED: Edit = &[(
     "    fn handle(&self, signal: &Signal) -> String;\n    fn name(&self) -> String {\n        \"handler\".into()\n    }\n",
 )];
 
+/// `Printer` overrides `Handler::name`, whose default its vtables (made at startup, kept behind
+/// `dyn Handler` in `static HANDLERS`) point at: the old vtables would go on calling the default.
+pub const PRINTER_OVERRIDES_NAME: Edit = &[(
+    "impl Handler for Printer {\n",
+    "impl Handler for Printer {\n    fn name(&self) -> String {\n        \"printer\".into()\n    }\n",
+)];
+
 /// `Tag`'s hand-written `Hash` changes; a `HashMap<Tag, u32>` `main` filled at startup holds
 /// entries placed by the old hash (`step`'s lookups by the new one would miss: `tag 2 lost`).
 pub const TAG_HASH_CHANGED: Edit = &[("        self.0.hash(h);", "        (self.0 + 1).hash(h);")];

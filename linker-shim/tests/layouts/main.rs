@@ -100,7 +100,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 13] = [
+    let cells: [(&str, Edit, &[&str]); 14] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -179,6 +179,13 @@ fn layout_changes_with_live_old_values_are_refused() {
             "trait methods swapped, vtables made at startup kept behind `dyn` in a static",
             edits::HANDLER_METHODS_SWAPPED,
             &["the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)"],
+        ),
+        (
+            "an impl overrides a default method, vtables made at startup kept behind `dyn` in a static",
+            edits::PRINTER_OVERRIDES_NAME,
+            &[
+                "the vtable of `layouts::Printer` for `layouts::Handler` calls `<layouts::Printer as layouts::Handler>::name` for `name` now, `layouts::Handler::name` before",
+            ],
         ),
         (
             "a key type's `Hash` changed, a hash table filled at startup kept in a static",
