@@ -192,6 +192,12 @@ pub const PRINTER_OVERRIDES_NAME: Edit = &[(
 /// entries placed by the old hash (`step`'s lookups by the new one would miss: `tag 2 lost`).
 pub const TAG_HASH_CHANGED: Edit = &[("        self.0.hash(h);", "        (self.0 + 1).hash(h);")];
 
+/// The lazy thread-local `VISITS` gets another initializer (`step`'s message changes too).
+pub const VISITS_INIT_CHANGED: Edit = &[
+    ("std::cell::Cell::new(1);", "std::cell::Cell::new(1000);"),
+    ("let msg = \"hello\";", "let msg = \"visited\";"),
+];
+
 /// `Pos`, which lives only as bytes in the type-erased `store::Store` that `main` filled at
 /// startup, gains a field (and its `x` moves: rustc puts the larger field first).
 pub const POS_FIELD_ADDED: Edit = &[

@@ -287,6 +287,18 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
 
     new_enum_variant_meets_only_new_code(&project, &app, &original, false);
 
+    // A lazy thread-local's initializer: patched, and the note says the running thread keeps its
+    // value (as for a static's initial value).
+    apply(&project, &original, edits::VISITS_INIT_CHANGED);
+    let mark = app.mark();
+    let run = project.build();
+    assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
+    assert!(
+        status_lines(&run).iter().any(|l| l.starts_with("Note the initializer of thread-local `layouts::VISITS` changed; threads that used it keep their value")),
+        "{run}"
+    );
+    healthy_step(&app, mark, "visited");
+
     // Back to the original, then only lines moved: nothing to patch, nothing to note.
     project.write(MAIN, &original);
     project.build();

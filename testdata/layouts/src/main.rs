@@ -32,6 +32,8 @@ struct Session {
 
 thread_local! {
     static SESSION: RefCell<Session> = const { RefCell::new(Session { hits: 0, misses: 0 }) };
+    /// Initialised lazily, on each thread's first use; an edit changes its initializer.
+    static VISITS: std::cell::Cell<u64> = std::cell::Cell::new(1);
 }
 
 /// Lives in `main`'s locals.
@@ -260,6 +262,7 @@ fn step(
     positions: &mut store::Store,
 ) -> String {
     let msg = "hello";
+    VISITS.with(|v| v.set(v.get() + 1));
     tally.count += 1;
     point.x += 1;
     point.y += 2;
