@@ -13,7 +13,8 @@
 //! The vtables are read from the changed units' constant data: a section of `.data.rel.ro`
 //! whose first word is empty or points at `core::ptr::drop_in_place`, whose second and third are
 //! a size and a power-of-two alignment, and whose other words point at methods named
-//! `<T as Trait>::m` (or `Trait::m`, a default method). A change of the vtable's length is the
+//! `<T as Trait>::m` (or `Trait::m`, a default method) or at another vtable (a supertrait's, after
+//! the first supertrait's methods). A change of the vtable's length is the
 //! layout comparison's (`vtable` retyped) and is not repeated here.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -38,10 +39,7 @@ pub fn reordered(base: &Build<'_>, current: &Build<'_>, diff: &Diff) -> Vec<Stri
         let traits: BTreeSet<&str> =
             methods.iter().filter_map(|m| m.rsplit_once("::").map(|(t, _)| t)).collect();
         let names = |o: &Vec<String>| {
-            o.iter()
-                .map(|m| m.rsplit_once("::").map_or(m.as_str(), |(_, n)| n))
-                .collect::<Vec<_>>()
-                .join(", ")
+            o.iter().map(|m| m.rsplit_once("::").map_or("_", |(_, n)| n)).collect::<Vec<_>>().join(", ")
         };
         let traits = traits.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(" and ");
         out.push(format!(
@@ -121,7 +119,7 @@ fn retargeted(old: &BTreeSet<Vtable>, new: &BTreeSet<Vtable>) -> Vec<String> {
         let (Some(now), [was]) = (new.get(key), was.as_slice()) else { continue };
         let [now] = now.as_slice() else { continue };
         for (i, (a, b)) in was.targets.iter().zip(&now.targets).enumerate() {
-            if a != b {
+            if a != b && !was.methods[i].is_empty() {
                 let method = was.methods[i].rsplit_once("::").map_or(was.methods[i].as_str(), |(_, m)| m);
                 let traits: BTreeSet<&str> =
                     was.methods.iter().filter_map(|m| m.rsplit_once("::").map(|(t, _)| t)).collect();
@@ -163,6 +161,12 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
     let (mut methods, mut targets) = (Vec::new(), Vec::new());
     for i in 3..(s.size / 8) as usize {
         match at(i as u64 * 8) {
+            // A pointer to another vtable (a supertrait's after the first, for upcasting): no
+            // method of its own; its slot still counts in the order.
+            Some(r) if points_at_data(obj, r.symbol) => {
+                methods.push(String::new());
+                targets.push("(a supertrait's vtable)".into());
+            }
             Some(r) => {
                 let t = target(obj, r.symbol)?;
                 let (m, self_ty) = method(&t)?;
@@ -180,6 +184,12 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
         }
     }
     Some(Vtable { methods, targets, ty })
+}
+
+/// Whether symbol `sym` is defined in a data section of this object.
+fn points_at_data(obj: &Object<'_>, sym: usize) -> bool {
+    let section = obj.symbols.get(sym).and_then(|s| s.section());
+    section.and_then(|s| obj.sections.get(s)).is_some_and(|s| s.kind != SectionKind::Text)
 }
 
 /// The demangled path of what symbol `sym` stands for (a section symbol: its section's first
