@@ -188,6 +188,13 @@ pub const PRINTER_OVERRIDES_NAME: Edit = &[(
     "impl Handler for Printer {\n    fn name(&self) -> String {\n        \"printer\".into()\n    }\n",
 )];
 
+/// `Base`'s two methods swap places; `dyn Layered` (`Layered: Base + Extra`, a box made at startup
+/// in `static LAYERED`) is the only vtable holding them, next to a pointer to `Extra`'s vtable.
+pub const BASE_METHODS_SWAPPED: Edit = &[(
+    "    fn low(&self) -> u64;\n    fn high(&self) -> u64;\n",
+    "    fn high(&self) -> u64;\n    fn low(&self) -> u64;\n",
+)];
+
 /// `Tag`'s hand-written `Hash` changes; a `HashMap<Tag, u32>` `main` filled at startup holds
 /// entries placed by the old hash (`step`'s lookups by the new one would miss: `tag 2 lost`).
 pub const TAG_HASH_CHANGED: Edit = &[("        self.0.hash(h);", "        (self.0 + 1).hash(h);")];

@@ -100,7 +100,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 14] = [
+    let cells: [(&str, Edit, &[&str]); 15] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -179,6 +179,11 @@ fn layout_changes_with_live_old_values_are_refused() {
             "trait methods swapped, vtables made at startup kept behind `dyn` in a static",
             edits::HANDLER_METHODS_SWAPPED,
             &["the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)"],
+        ),
+        (
+            "a supertrait's methods swapped, seen only in the vtable of a trait with two supertraits",
+            edits::BASE_METHODS_SWAPPED,
+            &["the methods of trait `layouts::Base` and `layouts::Extra` moved between vtable slots (low, high, more, _ -> high, low, more, _)"],
         ),
         (
             "an impl overrides a default method, vtables made at startup kept behind `dyn` in a static",

@@ -212,6 +212,41 @@ impl Handler for Printer {
 
 static HANDLERS: Mutex<Vec<Box<dyn Handler>>> = Mutex::new(Vec::new());
 
+/// Two supertraits: the vtable of `dyn Layered` holds `Base`'s methods, `Extra`'s, then a pointer
+/// to `Extra`'s own vtable (for upcasting); an edit swaps `Base`'s methods, which no vtable of
+/// `Base` alone shows.
+trait Base {
+    fn low(&self) -> u64;
+    fn high(&self) -> u64;
+}
+
+trait Extra {
+    fn more(&self) -> u64;
+}
+
+trait Layered: Base + Extra {}
+
+struct Levels;
+
+impl Base for Levels {
+    fn low(&self) -> u64 {
+        1
+    }
+    fn high(&self) -> u64 {
+        2
+    }
+}
+
+impl Extra for Levels {
+    fn more(&self) -> u64 {
+        3
+    }
+}
+
+impl Layered for Levels {}
+
+static LAYERED: Mutex<Option<Box<dyn Layered + Send>>> = Mutex::new(None);
+
 /// A key with a hand-written `Hash`, in a table `main` fills at startup and `step` looks up; an
 /// edit changes the hash, which the table's live entries were placed by.
 #[derive(PartialEq, Eq)]
@@ -321,6 +356,11 @@ fn step(
         }
         handled.push(handler.handle(&signal));
     }
+    if let Some(l) = LAYERED.lock().unwrap().as_ref() {
+        if (l.low(), l.high(), l.more()) != (1, 2, 3) {
+            println!("layered methods mixed up");
+        }
+    }
     if TAGS.lock().unwrap().as_ref().and_then(|t| t.get(&Tag(2))) != Some(&2) {
         println!("tag 2 lost");
     }
@@ -386,6 +426,7 @@ fn main() {
     }
     HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: "p:" }));
     *TAGS.lock().unwrap() = Some((0..4).map(|i| (Tag(i), i)).collect());
+    *LAYERED.lock().unwrap() = Some(Box::new(Levels));
     let mut task = Box::pin(task());
     let mut cx = Context::from_waker(Waker::noop());
     for n in 1.. {
