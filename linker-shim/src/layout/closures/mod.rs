@@ -618,13 +618,15 @@ enum Found {
 /// build (`new`) added too (`now_added`): the same code ([`Closures::added`], compared as
 /// [`pair`] compares), the same captures' layout, in the same function (or the closure paired
 /// with the one it is in). A closure found under its own name when it is among several is that
-/// one. A closure not found (edited, removed, or whose code is not known) is left to
-/// [`through_base`]'s pairing by name.
+/// one. A closure not found (edited or removed) has no counterpart in [`through_base`] when its
+/// function gained or lost closures or some of them moved (its copy pinned), and is compared by
+/// name (edited in place) when they all kept their numbers.
 ///
 /// The two patches' hashes are comparable: a closure that is no base closure is in a function
 /// whose closures differ from the base build's, which each patch's diff hashes alike, with
 /// references among its closures by content ([`crate::diff::Diff::closure_bodies`]). Where they
-/// are not (a cycle of references hashed from another entry), nothing is found: no pairing.
+/// are not (a cycle of references hashed from another entry), nothing is found: the closure is
+/// taken as edited, as above.
 fn by_content(then_added: &Bodies, now_added: &Bodies, old: &Model, new: &Model) -> HashMap<String, Found> {
     let mut out = HashMap::new();
     // Most patches move no closure that the patch before added: a quick no.
