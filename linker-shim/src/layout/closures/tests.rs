@@ -210,6 +210,26 @@ fn added_removed_and_moved_closures_keep_their_identity() {
     assert!(c.kept.contains_key("main-closure-0-1"));
 }
 
+/// Review 4, finding 7: DWARF describes pointers to captures types (`*mut app::main::
+/// {closure_env#0}`), which are no closures' family.
+#[test]
+fn pointers_to_captures_are_no_closures() {
+    assert_eq!(numbered("*mut app::main::{closure_env#0}", &ENVS), None);
+    assert_eq!(numbered("&app::main::{closure_env#0}", &ENVS), None);
+    assert_eq!(family_of("app::main::{closure_env#0}"), Some(("app::main".into(), "closure", String::new())));
+    // A family that gained a closure, with pointers to both builds' captures: nothing paired.
+    let mut diff = Diff::default();
+    let (mut o, mut n) = (build(&[MAP], 0, &mut diff), build(&[MAP, LABEL], 1, &mut diff));
+    for (m, count) in [(&mut o, 1), (&mut n, 2)] {
+        for k in 0..count {
+            m.types.insert(format!("*mut app::main::{{closure_env#{k}}}"), env(&[]));
+        }
+    }
+    let c = pair(&o, &n, &diff);
+    assert!(c.envs.is_empty() && c.moved.is_empty(), "{c:?}");
+    assert_eq!(c.added.keys().collect::<Vec<_>>(), ["app::main::{closure_env#1}"]);
+}
+
 /// A captures type with no fields, for tests.
 fn tests_env() -> TypeRec {
     TypeRec {
