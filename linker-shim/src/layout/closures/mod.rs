@@ -497,9 +497,12 @@ pub fn through_base(
         .copied()
         .chain(content.iter().filter(|(_, f)| **f == Found::Ambiguous).map(|(p, _)| p))
         .collect();
-    let nested: Vec<String> = envs_in(old)
-        .filter(|e| !content.contains_key(e) && ancestors(e).any(|a| no_owner.contains(&a)))
-        .collect();
+    let nested: Vec<String> = match no_owner.is_empty() {
+        true => Vec::new(),
+        false => envs_in(old)
+            .filter(|e| !content.contains_key(e) && ancestors(e).any(|a| no_owner.contains(&a)))
+            .collect(),
+    };
     for e in &nested {
         paired.entry(e.clone()).or_insert(None);
     }
@@ -567,9 +570,11 @@ pub fn through_base(
     moved.extend(unpaired.into_iter().cloned());
     // The closures in a closure that is not where it was are not either (their names follow
     // its number).
-    let nested_moved: Vec<String> =
-        envs_in(old).filter(|e| !moved.contains(e) && ancestors(e).any(|a| moved.contains(&a))).collect();
-    moved.extend(nested_moved);
+    if !moved.is_empty() {
+        let nested_moved: Vec<String> =
+            envs_in(old).filter(|e| !moved.contains(e) && ancestors(e).any(|a| moved.contains(&a))).collect();
+        moved.extend(nested_moved);
+    }
     Since { paired, renames, moved }
 }
 
