@@ -298,7 +298,8 @@ fn closure_bodies<'a>(
                 // hashed from the closure entered first (its inner occurrence counts as 0), and
                 // the memo keeps what the others got then. So one build always gives the same
                 // hashes (across builds, a cycle's members may still differ: pairing then finds
-                // nothing, never a wrong pair).
+                // nothing, never a wrong pair, and the closure is taken as edited — its copy kept
+                // where its function gained or lost closures, `layout::closures::through_base`).
                 closures.sort_unstable_by_key(|c| c.0);
                 let renamed = renames[side].clone();
                 let mut sem =

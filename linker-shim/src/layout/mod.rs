@@ -20,9 +20,11 @@ pub mod compare;
 #[cfg(test)]
 mod dump;
 pub mod dwarf;
+pub mod keys;
 pub mod live;
 pub mod model;
 pub mod since;
+pub mod vtables;
 
 use crate::diff::Diff;
 use crate::error::{Context, Result};
@@ -86,7 +88,9 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
         return Ok(Verdict::default());
     }
     let layouts = read(base, current, diff, cache)?;
-    let (refusals, live_statics) = live::refusals(&layouts, diff);
+    let (mut refusals, live_statics) = live::refusals(&layouts, diff);
+    refusals.extend(vtables::reordered(base, current, diff));
+    refusals.extend(keys::placing_impls_changed(diff, &layouts));
     let mut notes = Vec::new();
     if layouts.units_with_types == 0 && !diff.changed.is_empty() {
         notes.push(

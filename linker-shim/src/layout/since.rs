@@ -14,8 +14,10 @@
 //! comparison). Most patches change no type: the digests of what the new side describes (read
 //! by the base comparison already) equal the recorded ones, and nothing more is read. Otherwise
 //! the patch's unit models come from the guard's cache (the patch's own guard kept them); a model
-//! no longer kept, or a patch without a record, makes the check impossible, and the patch is
-//! refused saying so rather than risk a wrong one. For each type changed since that patch:
+//! no longer kept, or a patch without a record (or with one of an older ipbp-ld, which does not
+//! say which closures it added, or one that does not parse), makes the check impossible, and the
+//! patch is refused saying so rather than risk a wrong one. For each type changed since that
+//! patch:
 //!
 //! - every function of that build that receives or returns one (its receiver included) is
 //!   **kept**: the patch's copies of it keep their code, for good (`deliver/chain.rs` pins
@@ -65,6 +67,21 @@ pub struct Record {
     pub added: Bodies,
 }
 
+/// The first line of a record, naming its format: the records of an older ipbp-ld, without it,
+/// do not say which closures their patch added (`A` lines), and are not read.
+const VERSION: &str = "V 2";
+
+/// Why a patch's record is not read ([`read_record`]).
+#[derive(Debug, PartialEq)]
+pub enum Unread {
+    /// There is none (or it cannot be opened).
+    Missing,
+    /// It has no version line, or another one: written by another ipbp-ld.
+    Version(Option<String>),
+    /// A line that does not parse (1-based number, text).
+    Line(usize, String),
+}
+
 /// Writes the record of the build a patch was made from. Best effort: a missing record makes the
 /// next patch refused, never wrong.
 pub fn record(
@@ -73,7 +90,7 @@ pub fn record(
     (types, (closures, added)): (&HashMap<u64, u64>, (&Pairing, &Bodies)),
     crates: &[String],
 ) -> std::io::Result<()> {
-    let mut text = String::new();
+    let mut text = format!("{VERSION}\n");
     // Type names may hold spaces (`<T as Trait>`), never tabs.
     for (old, new) in closures {
         text.push_str(&format!("E {old}\t{}\n", new.as_deref().unwrap_or("")));
@@ -96,29 +113,42 @@ pub fn record(
     std::fs::rename(tmp, path)
 }
 
-/// The record of `patch_file`, `None` when there is none or it does not parse.
-pub fn read_record(patch_file: &Path) -> Option<Record> {
-    let text = std::fs::read_to_string(record_path(patch_file)).ok()?;
-    let mut record = Record::default();
-    for l in text.lines() {
-        if let Some(e) = l.strip_prefix("E ") {
-            let (old, new) = e.split_once('\t')?;
-            record.closures.insert(old.to_string(), (!new.is_empty()).then(|| new.to_string()));
-        } else if let Some(a) = l.strip_prefix("A ") {
-            let (body, env) = a.split_once(' ')?;
-            record.added.insert(env.to_string(), u128::from_str_radix(body, 16).ok()?);
-        } else if let Some(c) = l.strip_prefix("C ") {
-            record.crates.push(c.to_string());
-        } else if let Some(t) = l.strip_prefix("T ") {
-            let (name, digest) = t.split_once(' ')?;
-            let hex = |h: &str| u64::from_str_radix(h, 16).ok();
-            record.types.insert(hex(name)?, hex(digest)?);
-        } else {
-            let (hash, key) = l.split_once(' ')?;
-            record.units.insert(key.to_string(), u128::from_str_radix(hash, 16).ok()?);
-        }
+/// The record of `patch_file`; an error when there is none, it was written by another ipbp-ld
+/// (another format), or a line does not parse. Each makes the next patch refused, never wrong.
+pub fn read_record(patch_file: &Path) -> Result<Record, Unread> {
+    let text = std::fs::read_to_string(record_path(patch_file)).map_err(|_| Unread::Missing)?;
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(VERSION) => {}
+        Some(v) if v.starts_with("V ") => return Err(Unread::Version(Some(v[2..].to_string()))),
+        _ => return Err(Unread::Version(None)),
     }
-    Some(record)
+    let mut record = Record::default();
+    for (at, l) in lines.enumerate() {
+        read_line(l, &mut record).ok_or_else(|| Unread::Line(at + 2, l.to_string()))?;
+    }
+    Ok(record)
+}
+
+/// Adds one line of a record to `record`; `None` when it does not parse.
+fn read_line(l: &str, record: &mut Record) -> Option<()> {
+    if let Some(e) = l.strip_prefix("E ") {
+        let (old, new) = e.split_once('\t')?;
+        record.closures.insert(old.to_string(), (!new.is_empty()).then(|| new.to_string()));
+    } else if let Some(a) = l.strip_prefix("A ") {
+        let (body, env) = a.split_once(' ')?;
+        record.added.insert(env.to_string(), u128::from_str_radix(body, 16).ok()?);
+    } else if let Some(c) = l.strip_prefix("C ") {
+        record.crates.push(c.to_string());
+    } else if let Some(t) = l.strip_prefix("T ") {
+        let (name, digest) = t.split_once(' ')?;
+        let hex = |h: &str| u64::from_str_radix(h, 16).ok();
+        record.types.insert(hex(name)?, hex(digest)?);
+    } else {
+        let (hash, key) = l.split_once(' ')?;
+        record.units.insert(key.to_string(), u128::from_str_radix(hash, 16).ok()?);
+    }
+    Some(())
 }
 
 /// The layout digest of every type of `model` that [`super::compare`] compares (structs, enums,
@@ -198,8 +228,8 @@ pub struct Since {
 pub struct Previous<'p> {
     /// `patch 3`: how the reasons name it.
     pub label: String,
-    /// Its record ([`read_record`]); `None` when it has none.
-    pub record: Option<Record>,
+    /// Its record ([`read_record`]), or why it is not read.
+    pub record: Result<Record, Unread>,
     /// Its file, for the reason when the record is missing.
     pub file: &'p Path,
 }
@@ -226,20 +256,25 @@ pub fn check<'a>(
     ((prev_cache, cache), crates): ((&Cache, &Cache), &[String]),
 ) -> Since {
     let mut since = Since::default();
-    let Some(Record {
-        units: recorded,
-        types: digested,
-        crates: then_crates,
-        closures: then_closures,
-        added,
-    }) = &prev.record
-    else {
-        since.refusals.push(format!(
-            "the types of the build {} was made from are not known ({} has no record of its units); values of its layout may be live, restart to use this build",
-            prev.label,
-            prev.file.display()
-        ));
-        return since;
+    let units = record_path(prev.file);
+    let (units, file) = (units.display(), prev.file.display());
+    let (recorded, digested, then_crates, then_closures, added) = match &prev.record {
+        Ok(Record { units, types, crates, closures, added }) => (units, types, crates, closures, added),
+        Err(why) => {
+            let why = match why {
+                Unread::Missing => format!("{file} has no record of its units"),
+                Unread::Version(None) => format!("its record {units} was written by an older ipbp-ld"),
+                Unread::Version(Some(v)) => {
+                    format!("its record {units} was written by another ipbp-ld (format {v})")
+                }
+                Unread::Line(n, l) => format!("its record {units} cannot be read: line {n} `{l}`"),
+            };
+            since.refusals.push(format!(
+                "the types of the build {} was made from are not known ({why}); values of its layout may be live, restart to use this build",
+                prev.label,
+            ));
+            return since;
+        }
     };
     let key_hash = |b: &Build<'a>, ids: &[crate::objects::units::UnitId]| -> HashMap<String, u128> {
         ids.iter().map(|&u| (b.units[u].key.to_string(), b.units[u].hash)).collect()
@@ -251,9 +286,10 @@ pub fn check<'a>(
             unchanged_since(digested, recorded, (&now, described, base_described), (&digests, crates));
         since.digests = Some(digests);
         // Renumbered closures are judged with the models even when no layout changed (below), and
-        // so are closures that patch added whose code the new build has under another name.
-        let now_bodies: HashSet<u128> = now_added.values().copied().collect();
-        let added_moved = added.iter().any(|(p, b)| now_added.get(p) != Some(b) && now_bodies.contains(b));
+        // so are closures that patch added whose code is not under their own name in the new
+        // build (elsewhere, or nowhere: edited or removed, perhaps while another took their
+        // number, whose code their values must not meet).
+        let added_moved = added.iter().any(|(p, b)| now_added.get(p) != Some(b));
         if unchanged && then_closures.is_empty() && now_closures.is_empty() && !added_moved {
             return since;
         }
@@ -442,7 +478,19 @@ mod tests {
         assert_eq!(back.crates, ["app", "w"]);
         assert_eq!(back.closures, closures);
         assert_eq!(back.added, added);
-        assert!(read_record(&dir.path().join("patch-4.so")).is_none());
+        assert_eq!(read_record(&dir.path().join("patch-4.so")), Err(Unread::Missing));
+        // An older ipbp-ld's record (no version line, no `A` lines) is not read: which closures
+        // that patch added is not known.
+        let text = std::fs::read_to_string(record_path(&so)).unwrap();
+        let older: String =
+            text.lines().skip(1).filter(|l| !l.starts_with("A ")).map(|l| format!("{l}\n")).collect();
+        std::fs::write(record_path(&so), &older).unwrap();
+        assert_eq!(read_record(&so), Err(Unread::Version(None)));
+        std::fs::write(record_path(&so), format!("V 3\n{older}")).unwrap();
+        assert_eq!(read_record(&so), Err(Unread::Version(Some("3".into()))));
+        // A line that does not parse names itself.
+        std::fs::write(record_path(&so), format!("{VERSION}\nA zz app::main::{{closure_env#0}}\n")).unwrap();
+        assert_eq!(read_record(&so), Err(Unread::Line(2, "A zz app::main::{closure_env#0}".into())));
     }
 
     /// Digests tell a changed layout from an unchanged one, for the workspace's types alone.

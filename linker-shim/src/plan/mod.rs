@@ -194,7 +194,16 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
         let nodes = nodes.as_slice();
         let pretty = crate::map::read::demangle(&change.name);
         match change.kind {
-            DefKind::Function | DefKind::Constant => changed_nodes.extend(nodes.iter().copied()),
+            DefKind::Function | DefKind::Constant => {
+                changed_nodes.extend(nodes.iter().copied());
+                // A lazy `thread_local!`'s initializer (std names it so): it runs once per thread,
+                // on the thread's first use, so threads that used it keep their value.
+                if let Some(tl) = pretty.strip_suffix("::__rust_std_internal_init_fn") {
+                    notes.push(format!(
+                        "the initializer of thread-local `{tl}` changed; threads that used it keep their value, threads that use it first from now on get the new one"
+                    ));
+                }
+            }
             DefKind::Data | DefKind::Tls if change.name.contains(crate::marks::SLOT_MARK) => {
                 let owner = pretty.trim_end_matches(crate::marks::SLOT_SUFFIX);
                 refusals.push(Refusal {

@@ -173,6 +173,38 @@ pub const SIGNAL_VARIANT_ADDED: Edit = &[
     ("let msg = \"hello\";", "let msg = \"surged\";"),
 ];
 
+/// `Handler`'s two methods (behind `dyn Handler` in `static HANDLERS`, vtables made at startup)
+/// swap places: the vtables keep their length, `handle` moves from slot 4 to slot 3, where the old
+/// vtables hold `name`.
+pub const HANDLER_METHODS_SWAPPED: Edit = &[(
+    "    fn name(&self) -> String {\n        \"handler\".into()\n    }\n    fn handle(&self, signal: &Signal) -> String;\n",
+    "    fn handle(&self, signal: &Signal) -> String;\n    fn name(&self) -> String {\n        \"handler\".into()\n    }\n",
+)];
+
+/// `Printer` overrides `Handler::name`, whose default its vtables (made at startup, kept behind
+/// `dyn Handler` in `static HANDLERS`) point at: the old vtables would go on calling the default.
+pub const PRINTER_OVERRIDES_NAME: Edit = &[(
+    "impl Handler for Printer {\n",
+    "impl Handler for Printer {\n    fn name(&self) -> String {\n        \"printer\".into()\n    }\n",
+)];
+
+/// `Base`'s two methods swap places; `dyn Layered` (`Layered: Base + Extra`, a box made at startup
+/// in `static LAYERED`) is the only vtable holding them, next to a pointer to `Extra`'s vtable.
+pub const BASE_METHODS_SWAPPED: Edit = &[(
+    "    fn low(&self) -> u64;\n    fn high(&self) -> u64;\n",
+    "    fn high(&self) -> u64;\n    fn low(&self) -> u64;\n",
+)];
+
+/// `Tag`'s hand-written `Hash` changes; a `HashMap<Tag, u32>` `main` filled at startup holds
+/// entries placed by the old hash (`step`'s lookups by the new one would miss: `tag 2 lost`).
+pub const TAG_HASH_CHANGED: Edit = &[("        self.0.hash(h);", "        (self.0 + 1).hash(h);")];
+
+/// The lazy thread-local `VISITS` gets another initializer (`step`'s message changes too).
+pub const VISITS_INIT_CHANGED: Edit = &[
+    ("std::cell::Cell::new(1);", "std::cell::Cell::new(1000);"),
+    ("let msg = \"hello\";", "let msg = \"visited\";"),
+];
+
 /// `Pos`, which lives only as bytes in the type-erased `store::Store` that `main` filled at
 /// startup, gains a field (and its `x` moves: rustc puts the larger field first).
 pub const POS_FIELD_ADDED: Edit = &[

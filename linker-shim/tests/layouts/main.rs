@@ -100,7 +100,7 @@ fn layout_changes_with_live_old_values_are_refused() {
     let (project, mut app) = running_layouts();
     let original = project.read(MAIN);
     // (edit, what the reason must name)
-    let cells: [(&str, Edit, &[&str]); 11] = [
+    let cells: [(&str, Edit, &[&str]); 15] = [
         (
             "field added, static",
             edits::CONFIG_FIELD_ADDED,
@@ -174,6 +174,28 @@ fn layout_changes_with_live_old_values_are_refused() {
                 "the address of `<layouts::Printer as layouts::Handler>::handle`",
                 "is taken by a vtable or table used by `layouts::main`",
             ],
+        ),
+        (
+            "trait methods swapped, vtables made at startup kept behind `dyn` in a static",
+            edits::HANDLER_METHODS_SWAPPED,
+            &["the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)"],
+        ),
+        (
+            "a supertrait's methods swapped, seen only in the vtable of a trait with two supertraits",
+            edits::BASE_METHODS_SWAPPED,
+            &["the methods of trait `layouts::Base` and `layouts::Extra` moved between vtable slots (low, high, more, _ -> high, low, more, _)"],
+        ),
+        (
+            "an impl overrides a default method, vtables made at startup kept behind `dyn` in a static",
+            edits::PRINTER_OVERRIDES_NAME,
+            &[
+                "the vtable of `layouts::Printer` for `layouts::Handler` calls `<layouts::Printer as layouts::Handler>::name` for `name` now, `layouts::Handler::name` before",
+            ],
+        ),
+        (
+            "a key type's `Hash` changed, a hash table filled at startup kept in a static",
+            edits::TAG_HASH_CHANGED,
+            &["`<layouts::Tag as core::hash::Hash>::hash` changed", "lookups by the new one would miss"],
         ),
     ];
     for (cell, edit, names) in cells {
@@ -269,6 +291,18 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     healthy_step(&app, mark, "tallied");
 
     new_enum_variant_meets_only_new_code(&project, &app, &original, false);
+
+    // A lazy thread-local's initializer: patched, and the note says the running thread keeps its
+    // value (as for a static's initial value).
+    apply(&project, &original, edits::VISITS_INIT_CHANGED);
+    let mark = app.mark();
+    let run = project.build();
+    assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
+    assert!(
+        status_lines(&run).iter().any(|l| l.starts_with("Note the initializer of thread-local `layouts::VISITS` changed; threads that used it keep their value")),
+        "{run}"
+    );
+    healthy_step(&app, mark, "visited");
 
     // Back to the original, then only lines moved: nothing to patch, nothing to note.
     project.write(MAIN, &original);

@@ -392,6 +392,46 @@ fn a_closure_added_before_one_an_earlier_patch_added_after_the_others_takes_noth
     added_by_patches(&steps, &[&["20"], &["20", "3012"], &["20", "4012", "3012"]]);
 }
 
+/// Patch 1 adds `Z` after `A`; patch 2 adds `W` before it and edits `Z` (`+ 3500`), all three
+/// capturing `k`: `W` takes `Z`'s number and symbol, and `Z`'s code is nowhere in the new build.
+/// Without a counterpart by content, `Z` cannot be told from `W` by name (edited in place or
+/// replaced, in a function that gained a closure): the hooks made under patch 1 keep patch 1's
+/// code. Before (review 4, finding 1a), `Patched`, and they answered `20,4012` (`W`'s code).
+#[test]
+fn a_closure_an_earlier_patch_added_edited_as_another_takes_its_number_keeps_its_code() {
+    let z = "    hooks.push(Box::new(move |x: u64| x + k + 3000));\n";
+    let w = "    hooks.push(Box::new(move |x: u64| x + k + 4000));\n";
+    let z2 = "    hooks.push(Box::new(move |x: u64| x + k + 3500));\n";
+    let steps = [(A, format!("{A}{z}")), (z, format!("{w}{z2}"))];
+    added_by_patches(&steps, &[&["20"], &["20", "3012"], &["20", "4012", "3512"]]);
+}
+
+/// The same with `W` capturing a `String`: `Z`'s captures are not compared with `W`'s (its values
+/// keep their code). Before (review 4, finding 1c), refused: "the captures of closure
+/// `layouts::make_hooks::{closure#1}` changed layout (…) since patch 1".
+#[test]
+fn a_closure_an_earlier_patch_added_edited_as_another_with_other_captures_takes_its_number_keeps_its_code() {
+    let z = "    hooks.push(Box::new(move |x: u64| x + k + 3000));\n";
+    let w = "    let tag = format!(\"w{k}\");\n    hooks.push(Box::new(move |x: u64| x + tag.len() as u64 + 4000));\n";
+    let z2 = "    hooks.push(Box::new(move |x: u64| x + k + 3500));\n";
+    let steps = [(A, format!("{A}{z}")), (z, format!("{w}{z2}"))];
+    added_by_patches(&steps, &[&["20"], &["20", "3012"], &["20", "4005", "3512"]]);
+}
+
+/// Patch 1 adds `X` before `A`; patch 2 adds `Y` before `X` and edits `X` (`+ 1500`), all three
+/// capturing `k`: `A` is renumbered twice, and `X` (patch 1's `{closure#0}`, now `{closure#1}`)
+/// has no counterpart by content. Its values keep patch 1's code. Before (review 4, finding 1b),
+/// `X` was compared by name with `Y` (same captures), and the hooks made under patch 1 answered
+/// `5012` (`Y`'s code).
+#[test]
+fn a_closure_an_earlier_patch_added_edited_as_another_is_added_before_it_keeps_its_code() {
+    let x = "    hooks.push(Box::new(move |x: u64| x + k + 1000));\n";
+    let y = "    hooks.push(Box::new(move |x: u64| x + k + 5000));\n";
+    let x2 = "    hooks.push(Box::new(move |x: u64| x + k + 1500));\n";
+    let steps = [(A, format!("{x}{A}")), (x, format!("{y}{x2}"))];
+    added_by_patches(&steps, &[&["20"], &["1012", "20"], &["5012", "1512", "20"]]);
+}
+
 /// Runs `ADDED_TWICE` and patches it with each edit of `steps` in turn (`from` → `to` in
 /// `make_hooks`): each is `Patched`, and every tick's hooks answer as the build that made them
 /// (`shapes`, see [`batches`]).

@@ -383,8 +383,19 @@ fn with_v0_symbol_names_values_of_an_earlier_patchs_layout_meet_only_its_code() 
         .map(|e| e.path())
         .find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with(&format!("{}-", app.pid))))
         .expect("the patches of the process");
-    std::fs::remove_file(dir.join("patch-1.units")).expect("patch 1's record");
+    // A record of an older ipbp-ld's (no version line: it does not say which closures its patch
+    // added) is not read either.
+    let record = dir.join("patch-1.units");
+    let text = std::fs::read_to_string(&record).expect("patch 1's record");
+    let older = text.strip_prefix("V 2\n").expect("a record of this ipbp-ld's names its format");
+    std::fs::write(&record, older).unwrap();
     project.edit(MAIN, "hook v1 mood", "hook v2 mood");
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    assert!(line.contains("patch-1.units was written by an older ipbp-ld"), "{line}");
+    std::fs::remove_file(&record).expect("patch 1's record");
+    project.edit(MAIN, "hook v2 mood", "hook v3 mood");
     let run = project.build();
     let line = status_for(&run, app.pid);
     assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");

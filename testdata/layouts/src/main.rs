@@ -32,6 +32,8 @@ struct Session {
 
 thread_local! {
     static SESSION: RefCell<Session> = const { RefCell::new(Session { hits: 0, misses: 0 }) };
+    /// Initialised lazily, on each thread's first use; an edit changes its initializer.
+    static VISITS: std::cell::Cell<u64> = std::cell::Cell::new(1);
 }
 
 /// Lives in `main`'s locals.
@@ -189,8 +191,12 @@ fn signal_of(n: u64) -> Signal {
 }
 
 /// Called through the vtables of the handlers `main` made at startup: its method receives a
-/// `Signal` from its caller.
+/// `Signal` from its caller. `name` gives the vtables a second method, which an edit moves below
+/// `handle` (the vtables keep their length; the slots change).
 trait Handler: Send {
+    fn name(&self) -> String {
+        "handler".into()
+    }
     fn handle(&self, signal: &Signal) -> String;
 }
 
@@ -205,6 +211,54 @@ impl Handler for Printer {
 }
 
 static HANDLERS: Mutex<Vec<Box<dyn Handler>>> = Mutex::new(Vec::new());
+
+/// Two supertraits: the vtable of `dyn Layered` holds `Base`'s methods, `Extra`'s, then a pointer
+/// to `Extra`'s own vtable (for upcasting); an edit swaps `Base`'s methods, which no vtable of
+/// `Base` alone shows.
+trait Base {
+    fn low(&self) -> u64;
+    fn high(&self) -> u64;
+}
+
+trait Extra {
+    fn more(&self) -> u64;
+}
+
+trait Layered: Base + Extra {}
+
+struct Levels;
+
+impl Base for Levels {
+    fn low(&self) -> u64 {
+        1
+    }
+    fn high(&self) -> u64 {
+        2
+    }
+}
+
+impl Extra for Levels {
+    fn more(&self) -> u64 {
+        3
+    }
+}
+
+impl Layered for Levels {}
+
+static LAYERED: Mutex<Option<Box<dyn Layered + Send>>> = Mutex::new(None);
+
+/// A key with a hand-written `Hash`, in a table `main` fills at startup and `step` looks up; an
+/// edit changes the hash, which the table's live entries were placed by.
+#[derive(PartialEq, Eq)]
+struct Tag(u32);
+
+impl std::hash::Hash for Tag {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+    }
+}
+
+static TAGS: Mutex<Option<HashMap<Tag, u32>>> = Mutex::new(None);
 
 fn mode_of(n: u64) -> Mode {
     if n % 2 == 0 {
@@ -243,6 +297,7 @@ fn step(
     positions: &mut store::Store,
 ) -> String {
     let msg = "hello";
+    VISITS.with(|v| v.set(v.get() + 1));
     tally.count += 1;
     point.x += 1;
     point.y += 2;
@@ -296,7 +351,18 @@ fn step(
     let signal = signal_of(n);
     let mut handled = Vec::new();
     for handler in HANDLERS.lock().unwrap().iter() {
+        if n == u64::MAX {
+            handled.push(handler.name());
+        }
         handled.push(handler.handle(&signal));
+    }
+    if let Some(l) = LAYERED.lock().unwrap().as_ref() {
+        if (l.low(), l.high(), l.more()) != (1, 2, 3) {
+            println!("layered methods mixed up");
+        }
+    }
+    if TAGS.lock().unwrap().as_ref().and_then(|t| t.get(&Tag(2))) != Some(&2) {
+        println!("tag 2 lost");
     }
     let handled = handled.join(",");
     let pos = positions.update(0, |p: &mut Pos| {
@@ -359,6 +425,8 @@ fn main() {
         positions.push(Pos { x: i as f32 });
     }
     HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: "p:" }));
+    *TAGS.lock().unwrap() = Some((0..4).map(|i| (Tag(i), i)).collect());
+    *LAYERED.lock().unwrap() = Some(Box::new(Levels));
     let mut task = Box::pin(task());
     let mut cx = Context::from_waker(Waker::noop());
     for n in 1.. {

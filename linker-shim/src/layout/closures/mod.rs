@@ -18,7 +18,7 @@
 use super::compare::same_layout;
 use super::model::{Model, TypeRec};
 use crate::diff::{names, Diff};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Captures types paired across builds: old name → the new name of the same closure (`None`:
 /// it has no counterpart to be compared with).
@@ -111,6 +111,13 @@ const ENVS: [&str; 2] = ["::{closure_env#", "::{async_block_env#"];
 fn numbered(path: &str, kinds: &[&str]) -> Option<(String, &'static str, u32, String)> {
     // Most type names have no number at all: a quick no before reading their arguments.
     if !path.as_bytes().contains(&b'#') {
+        return None;
+    }
+    // A pointer or reference to a captures type (`*mut app::f::{closure_env#0}`, as DWARF names
+    // the pointer types it describes) is no closure's: no family of `*mut app::f` (review 4,
+    // finding 7: it made a record's pairing never empty, so the next check never took the
+    // digests' shortcut, and put the pointer type among the moved ones).
+    if path.starts_with(['*', '&']) {
         return None;
     }
     let (path, args) = split_args(path);
@@ -420,7 +427,13 @@ pub fn through_base(
     let mut paired = HashMap::new();
     let mut shared = HashSet::new();
     let content = by_content(then_added, now_added, old, new);
-    if then.is_empty() && now.is_empty() && content.is_empty() {
+    // Closures that patch added whose code the new build has nowhere (edited, or removed).
+    let unmatched: Vec<&String> = then_added
+        .iter()
+        .filter(|(p, b)| !content.contains_key(*p) && now_added.get(*p) != Some(b))
+        .map(|(p, _)| p)
+        .collect();
+    if then.is_empty() && now.is_empty() && content.is_empty() && unmatched.is_empty() {
         return Since::default();
     }
     // A base closure's name in each build: its counterpart where its family was renumbered,
@@ -452,6 +465,46 @@ pub fn through_base(
             Found::Is(c) if c != p => paired.insert(p.clone(), Some(c.clone())),
             _ => paired.remove(p),
         };
+    }
+    // A closure that patch added, with no counterpart by content, in a function that gained or
+    // lost closures (or some of whose closures are under other numbers): edited in place or
+    // replaced by another under its number, the two cannot be told apart, and its old values
+    // must not meet another closure's code — as `pair` rules for a base closure. It has no
+    // counterpart, and keeps its code (`moved`, below). In a function whose closures all kept
+    // their numbers it is edited in place, compared by name as any edit.
+    let unpaired: Vec<&String> = {
+        let families: HashSet<_> = unmatched.iter().filter_map(|p| family_of(p)).collect();
+        let (then_numbers, now_numbers) = (numbers(old, &families), numbers(new, &families));
+        let elsewhere =
+            content.iter().filter(|(p, found)| **found != Found::Is((*p).clone())).map(|(p, _)| p);
+        let renumbered: HashSet<_> =
+            then.keys().chain(now.keys()).chain(elsewhere).filter_map(|p| family_of(p)).collect();
+        unmatched
+            .into_iter()
+            .filter(|p| {
+                family_of(p)
+                    .is_none_or(|f| renumbered.contains(&f) || then_numbers.get(&f) != now_numbers.get(&f))
+            })
+            .collect()
+    };
+    for &p in &unpaired {
+        paired.insert(p.clone(), None);
+    }
+    // The closures in a closure without a counterpart (or not told apart from another) have none
+    // either, unless found by content: they are its, not those of the closure under its number.
+    let no_owner: HashSet<&String> = unpaired
+        .iter()
+        .copied()
+        .chain(content.iter().filter(|(_, f)| **f == Found::Ambiguous).map(|(p, _)| p))
+        .collect();
+    let nested: Vec<String> = match no_owner.is_empty() {
+        true => Vec::new(),
+        false => envs_in(old)
+            .filter(|e| !content.contains_key(e) && ancestors(e).any(|a| no_owner.contains(&a)))
+            .collect(),
+    };
+    for e in &nested {
+        paired.entry(e.clone()).or_insert(None);
     }
     // Whether the closure whose captures type is `env` has the same symbol in both builds.
     let shares_symbol = |env: &str| {
@@ -486,6 +539,11 @@ pub fn through_base(
             shared.insert(p.clone());
         }
     }
+    for p in unpaired.iter().copied().chain(&nested) {
+        if shares_symbol(p) {
+            shared.insert(p.clone());
+        }
+    }
     let renames =
         paired.iter().filter(|(p, _)| !shared.contains(*p)).map(|(p, n)| (p.clone(), n.clone())).collect();
     // That patch's closures that are not the new build's closure of the same name: the same
@@ -509,7 +567,53 @@ pub fn through_base(
             _ => moved.insert(p),
         };
     }
+    moved.extend(unpaired.into_iter().cloned());
+    // The closures in a closure that is not where it was are not either (their names follow
+    // its number).
+    if !moved.is_empty() {
+        let nested_moved: Vec<String> =
+            envs_in(old).filter(|e| !moved.contains(e) && ancestors(e).any(|a| moved.contains(&a))).collect();
+        moved.extend(nested_moved);
+    }
     Since { paired, renames, moved }
+}
+
+/// The numbers of the closures of each of `families` in `model` (its closures' paths and its
+/// captures types).
+fn numbers(model: &Model, families: &HashSet<Key>) -> HashMap<Key, BTreeSet<u32>> {
+    let mut out: HashMap<Key, BTreeSet<u32>> = HashMap::new();
+    if families.is_empty() {
+        return out;
+    }
+    let mut add = |(owner, tag, n, args): (String, &'static str, u32, String)| {
+        let key = (owner, tag, args);
+        if families.contains(&key) {
+            out.entry(key).or_default().insert(n);
+        }
+    };
+    model.closures.iter().filter_map(|c| numbered(&c.path, &CLOSURES)).for_each(&mut add);
+    model.types.keys().filter(|t| t.contains("_env#")).filter_map(|t| numbered(t, &ENVS)).for_each(&mut add);
+    out
+}
+
+/// The captures types of the closures `model` knows: its captures types, and those of its
+/// closures' paths.
+fn envs_in(model: &Model) -> impl Iterator<Item = String> + '_ {
+    let envs: HashSet<String> = (model.types.keys())
+        .filter(|t| t.contains("_env#") && numbered(t, &ENVS).is_some())
+        .cloned()
+        .chain(model.closures.iter().filter_map(|c| env_of(&c.path)))
+        .collect();
+    envs.into_iter()
+}
+
+/// The captures types of the closures `env`'s closure is in, innermost first
+/// (`f::{closure#0}::{closure_env#1}` → `f::{closure_env#0}`).
+fn ancestors(env: &str) -> impl Iterator<Item = String> {
+    let first = numbered(env, &ENVS).and_then(|(owner, _, _, args)| env_of(&format!("{owner}{args}")));
+    std::iter::successors(first, |e| {
+        numbered(e, &ENVS).and_then(|(owner, _, _, args)| env_of(&format!("{owner}{args}")))
+    })
 }
 
 /// What [`by_content`] found for a closure an earlier patch added.
@@ -526,13 +630,15 @@ enum Found {
 /// build (`new`) added too (`now_added`): the same code ([`Closures::added`], compared as
 /// [`pair`] compares), the same captures' layout, in the same function (or the closure paired
 /// with the one it is in). A closure found under its own name when it is among several is that
-/// one. A closure not found (edited, removed, or whose code is not known) is left to
-/// [`through_base`]'s pairing by name.
+/// one. A closure not found (edited or removed) has no counterpart in [`through_base`] when its
+/// function gained or lost closures or some of them moved (its copy pinned), and is compared by
+/// name (edited in place) when they all kept their numbers.
 ///
 /// The two patches' hashes are comparable: a closure that is no base closure is in a function
 /// whose closures differ from the base build's, which each patch's diff hashes alike, with
 /// references among its closures by content ([`crate::diff::Diff::closure_bodies`]). Where they
-/// are not (a cycle of references hashed from another entry), nothing is found: no pairing.
+/// are not (a cycle of references hashed from another entry), nothing is found: the closure is
+/// taken as edited, as above.
 fn by_content(then_added: &Bodies, now_added: &Bodies, old: &Model, new: &Model) -> HashMap<String, Found> {
     let mut out = HashMap::new();
     // Most patches move no closure that the patch before added: a quick no.

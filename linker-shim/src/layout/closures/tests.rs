@@ -146,11 +146,32 @@ fn closures_an_earlier_patch_added_pair_with_the_new_builds_by_content() {
     let (s, changed) = since(&[X, MAP], &[LABEL, X, X, MAP]);
     assert!(!s.paired.contains_key(&env(0)) && s.moved.contains(&env(0)), "{s:?}");
     assert_eq!(changed, [env(0)]);
-    // X edited (other captures) as another is added before it: no counterpart by content; by
-    // name, still refused.
+    // X edited (other captures) as another is added before it: no counterpart by content, in a
+    // function that gained a closure. Edited or replaced cannot be told apart: no counterpart,
+    // and patch 1's copy keeps X's code (not compared with the other's captures).
     let (s, changed) = since(&[X, MAP], &[LABEL, (&[("k", "u32")], 6), MAP]);
-    assert!(!s.paired.contains_key(&env(0)), "{s:?}");
-    assert_eq!(changed, [env(0)]);
+    assert_eq!(s.paired.get(&env(0)), Some(&None), "{s:?}");
+    assert!(changed.is_empty() && s.moved.contains(&env(0)), "{s:?} {changed:?}");
+    // The same with the same captures (review 4, 1b): by name X would meet the other's code.
+    let (s, changed) = since(&[X, MAP], &[(X.0, 5), (X.0, 6), MAP]);
+    assert_eq!(s.paired.get(&env(0)), Some(&None), "{s:?}");
+    assert!(changed.is_empty() && s.moved.contains(&env(0)), "{s:?} {changed:?}");
+    // Added after the base's closure, then edited as another is added before it (review 4, 1a):
+    // no base closure renumbered, the family gained a closure.
+    let (s, changed) = since(&[MAP, X], &[MAP, (X.0, 5), (X.0, 6)]);
+    assert_eq!(s.paired.get(&env(1)), Some(&None), "{s:?}");
+    assert!(changed.is_empty() && s.moved.contains(&env(1)), "{s:?} {changed:?}");
+    // Edited in place, the family's numbers kept: compared by name, as any edit, not moved.
+    let (s, changed) = since(&[MAP, X], &[MAP, (X.0, 6)]);
+    assert!(!s.paired.contains_key(&env(1)) && !s.moved.contains(&env(1)), "{s:?}");
+    assert!(changed.is_empty(), "{changed:?}");
+    let (s, changed) = since(&[MAP, X], &[MAP, (&[("k", "u32")], 6)]);
+    assert!(!s.paired.contains_key(&env(1)) && !s.moved.contains(&env(1)), "{s:?}");
+    assert_eq!(changed, [env(1)]);
+    // Removed: the family lost a closure; nothing of the new build is X.
+    let (s, _) = since(&[MAP, X], &[MAP]);
+    assert_eq!(s.paired.get(&env(1)), Some(&None), "{s:?}");
+    assert!(s.moved.contains(&env(1)), "{s:?}");
     // X kept where it is, another edit: X is the new build's X.
     let (s, _) = since(&[X, MAP], &[X, (MAP.0, 7)]);
     assert!(!s.paired.contains_key(&env(0)) && !s.moved.contains(&env(0)), "{s:?}");
@@ -187,6 +208,26 @@ fn added_removed_and_moved_closures_keep_their_identity() {
     let c = paired(&[MAP, LABEL], &[ADDED, MAP, (LABEL.0, 9)]);
     assert_eq!(c.envs[&env(1)], None);
     assert!(c.kept.contains_key("main-closure-0-1"));
+}
+
+/// Review 4, finding 7: DWARF describes pointers to captures types (`*mut app::main::
+/// {closure_env#0}`), which are no closures' family.
+#[test]
+fn pointers_to_captures_are_no_closures() {
+    assert_eq!(numbered("*mut app::main::{closure_env#0}", &ENVS), None);
+    assert_eq!(numbered("&app::main::{closure_env#0}", &ENVS), None);
+    assert_eq!(family_of("app::main::{closure_env#0}"), Some(("app::main".into(), "closure", String::new())));
+    // A family that gained a closure, with pointers to both builds' captures: nothing paired.
+    let mut diff = Diff::default();
+    let (mut o, mut n) = (build(&[MAP], 0, &mut diff), build(&[MAP, LABEL], 1, &mut diff));
+    for (m, count) in [(&mut o, 1), (&mut n, 2)] {
+        for k in 0..count {
+            m.types.insert(format!("*mut app::main::{{closure_env#{k}}}"), env(&[]));
+        }
+    }
+    let c = pair(&o, &n, &diff);
+    assert!(c.envs.is_empty() && c.moved.is_empty(), "{c:?}");
+    assert_eq!(c.added.keys().collect::<Vec<_>>(), ["app::main::{closure_env#1}"]);
 }
 
 /// A captures type with no fields, for tests.
@@ -351,5 +392,61 @@ mod nested_and_generic {
             &[("app::f::{closure#0}", "outer", 2), ("app::f::{closure#0}::{closure#0}", "inner", 20)],
         );
         assert!(c.kept.is_empty() && c.envs.is_empty());
+    }
+
+    /// Review 4, finding 3: the closures in an earlier-added closure that is not told apart from
+    /// another (or that has no counterpart) are its own, not those of the closure under its number.
+    #[test]
+    fn the_closures_in_an_earlier_added_closure_without_a_counterpart_keep_their_code() {
+        let mut diff = Diff::default();
+        let inner = "app::f::{closure#0}::{closure_env#0}";
+        // Patch 1 added X (holding a closure) at #0; the new build adds Y (holding one) at #0
+        // and has X's code and captures twice, at #1 and #2.
+        let old = model(
+            &[("app::f::{closure#0}", "x", 1), ("app::f::{closure#0}::{closure#0}", "x-in", 2)],
+            0,
+            &mut diff,
+        );
+        let new = model(
+            &[
+                ("app::f::{closure#0}", "y", 5),
+                ("app::f::{closure#0}::{closure#0}", "y-in", 6),
+                ("app::f::{closure#1}", "x1", 1),
+                ("app::f::{closure#1}::{closure#0}", "x1-in", 2),
+                ("app::f::{closure#2}", "x2", 1),
+                ("app::f::{closure#2}::{closure#0}", "x2-in", 2),
+            ],
+            1,
+            &mut diff,
+        );
+        let bodies = |m: &Model, side: usize, diff: &Diff| -> Bodies {
+            m.closures
+                .iter()
+                .map(|c| (env_of(&c.path).unwrap(), diff.closure_bodies[side][&c.linkage]))
+                .collect()
+        };
+        let (then_added, now_added) = (bodies(&old, 0, &diff), bodies(&new, 1, &diff));
+        let none = Pairing::new();
+        let s = through_base((&none, &then_added), (&none, &now_added), &old, &new);
+        assert!(s.moved.contains("app::f::{closure_env#0}") && s.moved.contains(inner), "{s:?}");
+        assert_eq!(s.paired.get(inner), Some(&None), "{s:?}");
+        let mut pinned = pins(&old, &s.moved);
+        pinned.sort();
+        assert_eq!(pinned, ["x", "x-in"]);
+        // X edited as Y is added before it (no counterpart): the same for its closure.
+        let new = model(
+            &[
+                ("app::f::{closure#0}", "y", 5),
+                ("app::f::{closure#0}::{closure#0}", "y-in", 6),
+                ("app::f::{closure#1}", "x1", 7),
+                ("app::f::{closure#1}::{closure#0}", "x1-in", 2),
+            ],
+            1,
+            &mut diff,
+        );
+        let s = through_base((&none, &then_added), (&none, &bodies(&new, 1, &diff)), &old, &new);
+        assert_eq!(s.paired.get("app::f::{closure_env#0}"), Some(&None), "{s:?}");
+        assert_eq!(s.paired.get(inner), Some(&None), "{s:?}");
+        assert!(s.moved.contains(inner), "{s:?}");
     }
 }
