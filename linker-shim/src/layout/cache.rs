@@ -262,7 +262,12 @@ fn kind_code(k: Kind) -> u8 {
 
 /// The bytes of a unit model file.
 pub fn encode(m: &Model, described: usize) -> Vec<u8> {
-    let mut w = Writer { strings: HashMap::default(), table: Vec::new(), body: Vec::with_capacity(64 << 10) };
+    // About two distinct strings a type, three a function (their names, field names, paths).
+    let strings = HashMap::with_capacity_and_hasher(
+        2 * m.types.len() + 3 * m.functions.len(),
+        super::model::Names::default(),
+    );
+    let mut w = Writer { strings, table: Vec::new(), body: Vec::with_capacity(64 << 10) };
     w.u64(described as u64);
     w.u32(m.types.len() as u32);
     for (name, t) in &m.types {
@@ -460,6 +465,11 @@ pub fn decode_into(bytes: &[u8], m: &mut Model) -> Option<usize> {
     r.checked = vec![None; n];
     let described = r.u64()? as usize;
     let n = r.count()?;
+    // The table at its final size at once when it is this unit's alone (a side's first unit):
+    // grown by doubling, each larger table is new memory and every record is moved again.
+    if m.types.is_empty() {
+        m.types.reserve(n);
+    }
     for _ in 0..n {
         let id = r.u32()? as usize;
         let name = r.string(id)?;

@@ -101,43 +101,107 @@ fn apply_relocations(
 /// The entries of one compilation unit that the model needs, as a tree kept in the order of the
 /// walk (depth first): a node's subtree is the nodes after it up to its `end`, so its children are
 /// the next node, the node at that one's `end`, and so on ([`Kids`]).
+///
+/// Kept small (96 bytes, not 176): a unit has tens of thousands of entries, on pages new to the
+/// process, each a page fault when first written (most of collecting them, P11). Offsets and node
+/// numbers are `u32` (units below 4 GiB), numeric attributes a value and a presence bit each.
 struct Node<'d> {
-    tag: DwTag,
     name: Option<&'d str>,
     linkage: Option<&'d str>,
-    ty: Option<UnitOffset>,
-    /// `DW_AT_abstract_origin` or `DW_AT_specification`.
-    origin: Option<UnitOffset>,
-    size: Option<u64>,
-    align: Option<u64>,
-    member_offset: Option<u64>,
-    discr_value: Option<u64>,
-    count: Option<u64>,
+    /// `DW_AT_byte_size`, `DW_AT_alignment`, `DW_AT_data_member_location`, `DW_AT_discr_value`
+    /// or `DW_AT_const_value`, and `DW_AT_count` (or one past `DW_AT_upper_bound`), each valid
+    /// when its bit of `has` is set ([`Num`]).
+    nums: [u64; 5],
+    has: u8,
+    /// `DW_AT_type` ([`NONE`]: none).
+    ty: u32,
+    /// `DW_AT_abstract_origin` or `DW_AT_specification` ([`NONE`]: none).
+    origin: u32,
+    /// The nearest kept ancestor ([`NONE`]: none).
+    parent: u32,
+    /// One past the last node of its subtree.
+    end: u32,
+    tag: DwTag,
     code: bool,
     main: bool,
     declaration: bool,
     /// A variable with a location: a static (`tls`: a thread-local).
     located: bool,
     tls: bool,
-    parent: Option<usize>,
-    /// One past the last node of its subtree.
-    end: usize,
+}
+
+/// No offset or node (a unit offset or node number never reaches it: see [`Nodes::collect`]).
+const NONE: u32 = u32::MAX;
+/// A reference past the unit: it names no entry.
+const BEYOND: u32 = u32::MAX - 1;
+
+/// The numeric attributes of a [`Node`], by their place in `nums`.
+#[derive(Clone, Copy)]
+enum Num {
+    Size,
+    Align,
+    MemberOffset,
+    Discr,
+    Count,
+}
+
+impl Node<'_> {
+    fn num(&self, n: Num) -> Option<u64> {
+        (self.has & (1 << n as u8) != 0).then_some(self.nums[n as usize])
+    }
+    fn set(&mut self, n: Num, value: Option<u64>) {
+        match value {
+            Some(v) => {
+                self.nums[n as usize] = v;
+                self.has |= 1 << n as u8;
+            }
+            None => self.has &= !(1 << n as u8),
+        }
+    }
+    fn size(&self) -> Option<u64> {
+        self.num(Num::Size)
+    }
+    fn align(&self) -> Option<u64> {
+        self.num(Num::Align)
+    }
+    fn member_offset(&self) -> Option<u64> {
+        self.num(Num::MemberOffset)
+    }
+    fn discr_value(&self) -> Option<u64> {
+        self.num(Num::Discr)
+    }
+    fn count(&self) -> Option<u64> {
+        self.num(Num::Count)
+    }
+    fn ty(&self) -> Option<UnitOffset> {
+        offset(self.ty)
+    }
+    fn origin(&self) -> Option<UnitOffset> {
+        offset(self.origin)
+    }
+    fn parent(&self) -> Option<usize> {
+        (self.parent != NONE).then_some(self.parent as usize)
+    }
+}
+
+fn offset(at: u32) -> Option<UnitOffset> {
+    (at != NONE).then_some(UnitOffset(at as usize))
 }
 
 struct Nodes<'d> {
     nodes: Vec<Node<'d>>,
     /// Each node's entry offset (increasing: nodes are in the order of the walk).
-    at: Vec<UnitOffset>,
-    names: Vec<Memo>,
+    at: Vec<u32>,
+    /// Each node's type name, while and once it is made: [`UNKNOWN`], [`NAMING`], or its place in
+    /// `known` (4 bytes a node, most of which name no type).
+    names: Vec<u32>,
+    known: Vec<String>,
 }
 
-/// A node's type name, while and once it is made.
-#[derive(Clone)]
-enum Memo {
-    Unknown,
-    Naming,
-    Known(String),
-}
+/// A node's name not made yet ([`Nodes::names`]).
+const UNKNOWN: u32 = u32::MAX;
+/// A node's name being made.
+const NAMING: u32 = u32::MAX - 1;
 
 /// The children of a node, in order: a cursor that holds no borrow, so the walk can update the
 /// nodes' memoised names between steps.
@@ -150,7 +214,7 @@ impl Kids {
     fn next(&mut self, nodes: &Nodes<'_>) -> Option<usize> {
         (self.next < self.end).then(|| {
             let c = self.next;
-            self.next = nodes.nodes[c].end;
+            self.next = nodes.nodes[c].end as usize;
             c
         })
     }
@@ -192,6 +256,10 @@ impl<'d> Nodes<'d> {
     fn collect(dwarf: &gimli::Dwarf<R<'d>>, unit: &gimli::Unit<R<'d>>) -> gimli::Result<Self> {
         // rustc's entries take about ten bytes each: room for them all at once (the part never
         // used is never touched).
+        // Offsets and node numbers are kept as `u32`, below `NONE`.
+        if unit.header.unit_length() >= BEYOND as usize {
+            return Err(gimli::Error::UnsupportedOffset);
+        }
         let room = unit.header.unit_length() / 8;
         let mut nodes: Vec<Node<'d>> = Vec::with_capacity(room);
         let mut at = Vec::with_capacity(room);
@@ -210,7 +278,7 @@ impl<'d> Nodes<'d> {
                     break;
                 }
                 if let (Some(n), true) = (n, own) {
-                    nodes[n].end = nodes.len();
+                    nodes[n].end = nodes.len() as u32;
                 }
                 stack.pop();
             }
@@ -222,23 +290,20 @@ impl<'d> Nodes<'d> {
                 continue;
             }
             let mut node = Node {
-                tag,
                 name: None,
                 linkage: None,
-                ty: None,
-                origin: None,
-                size: None,
-                align: None,
-                member_offset: None,
-                discr_value: None,
-                count: None,
+                nums: [0; 5],
+                has: 0,
+                ty: NONE,
+                origin: NONE,
+                parent: parent.map_or(NONE, |p| p as u32),
+                end: 0,
+                tag,
                 code: false,
                 main: false,
                 declaration: false,
                 located: false,
                 tls: false,
-                parent,
-                end: 0,
             };
             for spec in abbrev.attributes() {
                 let attr = raw.read_attribute_inline(*spec)?;
@@ -248,12 +313,12 @@ impl<'d> Nodes<'d> {
                     DW_AT_linkage_name | DW_AT_MIPS_linkage_name => node.linkage = string(dwarf, unit, value),
                     DW_AT_type => node.ty = unit_ref(value),
                     DW_AT_abstract_origin | DW_AT_specification => node.origin = unit_ref(value),
-                    DW_AT_byte_size => node.size = value.udata_value(),
-                    DW_AT_alignment => node.align = value.udata_value(),
-                    DW_AT_data_member_location => node.member_offset = value.udata_value(),
-                    DW_AT_discr_value | DW_AT_const_value => node.discr_value = value.udata_value(),
-                    DW_AT_count => node.count = value.udata_value(),
-                    DW_AT_upper_bound => node.count = value.udata_value().map(|u| u + 1),
+                    DW_AT_byte_size => node.set(Num::Size, value.udata_value()),
+                    DW_AT_alignment => node.set(Num::Align, value.udata_value()),
+                    DW_AT_data_member_location => node.set(Num::MemberOffset, value.udata_value()),
+                    DW_AT_discr_value | DW_AT_const_value => node.set(Num::Discr, value.udata_value()),
+                    DW_AT_count => node.set(Num::Count, value.udata_value()),
+                    DW_AT_upper_bound => node.set(Num::Count, value.udata_value().map(|u| u + 1)),
                     DW_AT_low_pc | DW_AT_ranges => node.code = true,
                     DW_AT_main_subprogram => node.main = matches!(value, AttributeValue::Flag(true)),
                     DW_AT_declaration => node.declaration = matches!(value, AttributeValue::Flag(true)),
@@ -268,41 +333,42 @@ impl<'d> Nodes<'d> {
                 }
             }
             let index = nodes.len();
-            at.push(offset);
+            at.push(offset.0 as u32);
             nodes.push(node);
             stack.push((depth, Some(index), true));
         }
         let len = nodes.len();
         for (_, n, own) in stack {
             if let (Some(n), true) = (n, own) {
-                nodes[n].end = len;
+                nodes[n].end = len as u32;
             }
         }
-        let names = vec![Memo::Unknown; nodes.len()];
-        Ok(Nodes { nodes, at, names })
+        let names = vec![UNKNOWN; nodes.len()];
+        Ok(Nodes { nodes, at, names, known: Vec::new() })
     }
 
     fn get(&self, offset: Option<UnitOffset>) -> Option<usize> {
-        let o = offset?;
-        self.at.binary_search_by_key(&o.0, |at| at.0).ok()
+        let o = u32::try_from(offset?.0).ok()?;
+        self.at.binary_search(&o).ok()
     }
 
     fn kids(&self, i: usize) -> Kids {
-        Kids { next: i + 1, end: self.nodes[i].end }
+        Kids { next: i + 1, end: self.nodes[i].end as usize }
     }
 
     /// The qualified name of the type at node `i` (memoised).
     fn name(&mut self, i: usize) -> &str {
-        if matches!(self.names[i], Memo::Unknown) {
+        if self.names[i] == UNKNOWN {
             // A cycle (a pointer type naming itself through an unnamed chain) ends here: the
             // type being named is `?` to the names made while naming it.
-            self.names[i] = Memo::Naming;
+            self.names[i] = NAMING;
             let name = self.make_name(i);
-            self.names[i] = Memo::Known(name);
+            self.names[i] = self.known.len() as u32;
+            self.known.push(name);
         }
-        match &self.names[i] {
-            Memo::Known(name) => name,
-            _ => "?",
+        match self.names[i] {
+            NAMING => "?",
+            k => &self.known[k as usize],
         }
     }
 
@@ -312,8 +378,8 @@ impl<'d> Nodes<'d> {
 
     fn make_name(&mut self, i: usize) -> String {
         let node = &self.nodes[i];
-        let count = (node.end > i + 1).then(|| self.nodes[i + 1].count).flatten();
-        let (tag, name, ty) = (node.tag, node.name, node.ty);
+        let count = (node.end as usize > i + 1).then(|| self.nodes[i + 1].count()).flatten();
+        let (tag, name, ty) = (node.tag, node.name, node.ty());
         match tag {
             DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type | DW_TAG_typedef => {
                 match name {
@@ -355,10 +421,17 @@ impl<'d> Nodes<'d> {
         // The subtree in the order of the walk: each node, then its children's subtrees.
         // A variant's struct is described beside its enum, not inside it: it is reached through
         // the member's type, whose name carries its own digest.
-        for at in i..self.nodes[i].end {
+        for at in i..self.nodes[i].end as usize {
             let node = &self.nodes[at];
-            let (tag, name, size, align, offset, discr, ty) =
-                (node.tag, node.name, node.size, node.align, node.member_offset, node.discr_value, node.ty);
+            let (tag, name, size, align, offset, discr, ty) = (
+                node.tag,
+                node.name,
+                node.size(),
+                node.align(),
+                node.member_offset(),
+                node.discr_value(),
+                node.ty(),
+            );
             let ty = if tag == DW_TAG_member { self.target(ty) } else { "" };
             let _ = write!(
                 text,
@@ -385,7 +458,7 @@ impl<'d> Nodes<'d> {
     /// `name` under the namespaces and types that enclose node `i`.
     fn qualified(&self, i: usize, name: &str) -> String {
         let enclosing = |at: Option<usize>| {
-            std::iter::successors(at, |&p| self.nodes[p].parent).filter(|&p| {
+            std::iter::successors(at, |&p| self.nodes[p].parent()).filter(|&p| {
                 matches!(
                     self.nodes[p].tag,
                     DW_TAG_namespace | DW_TAG_structure_type | DW_TAG_union_type | DW_TAG_enumeration_type
@@ -393,7 +466,7 @@ impl<'d> Nodes<'d> {
             })
         };
         let part = |p: usize| self.nodes[p].name.unwrap_or("{anon}");
-        let parent = self.nodes[i].parent;
+        let parent = self.nodes[i].parent();
         let len = enclosing(parent).map(|p| part(p).len() + 2).sum::<usize>() + name.len();
         // Written from the end: the innermost part is found first.
         let mut out = vec![0u8; len];
@@ -411,10 +484,10 @@ impl<'d> Nodes<'d> {
         let mut at = i;
         for _ in 0..3 {
             let n = &self.nodes[at];
-            if n.ty.is_some() {
-                return n.ty;
+            if n.ty().is_some() {
+                return n.ty();
             }
-            at = self.get(n.origin)?;
+            at = self.get(n.origin())?;
         }
         None
     }
@@ -426,7 +499,7 @@ impl<'d> Nodes<'d> {
             if n.linkage.is_some() {
                 return n.linkage;
             }
-            at = self.get(n.origin)?;
+            at = self.get(n.origin())?;
         }
         None
     }
@@ -442,18 +515,18 @@ impl<'d> Nodes<'d> {
                 return (numbered && super::closures::split_args(name).0.ends_with('}'))
                     .then(|| self.qualified(at, name));
             }
-            at = self.get(n.origin)?;
+            at = self.get(n.origin())?;
         }
         None
     }
 
     fn in_subprogram(&self, i: usize) -> bool {
-        let mut at = self.nodes[i].parent;
+        let mut at = self.nodes[i].parent();
         while let Some(p) = at {
             if self.nodes[p].tag == DW_TAG_subprogram {
                 return true;
             }
-            at = self.nodes[p].parent;
+            at = self.nodes[p].parent();
         }
         false
     }
@@ -468,7 +541,8 @@ impl<'d> Nodes<'d> {
         let mut kids = self.kids(of);
         while let Some(m) = kids.next(self) {
             if self.nodes[m].tag == DW_TAG_member {
-                let (name, offset, ty) = (self.nodes[m].name, self.nodes[m].member_offset, self.nodes[m].ty);
+                let (name, offset, ty) =
+                    (self.nodes[m].name, self.nodes[m].member_offset(), self.nodes[m].ty());
                 fields.push(Field {
                     name: name.unwrap_or("").to_string(),
                     offset: offset.unwrap_or(0),
@@ -480,16 +554,15 @@ impl<'d> Nodes<'d> {
     }
 
     fn into_model(mut self, model: &mut Model) {
+        // A fresh model's table at its final size at once (see `cache::decode_into`): at most
+        // one type a node of these tags.
+        if model.types.is_empty() {
+            let types = self.nodes.iter().filter(|n| is_type(n.tag)).count();
+            model.types.reserve(types);
+        }
         for i in 0..self.nodes.len() {
             match self.nodes[i].tag {
-                DW_TAG_structure_type
-                | DW_TAG_union_type
-                | DW_TAG_enumeration_type
-                | DW_TAG_pointer_type
-                | DW_TAG_reference_type
-                | DW_TAG_rvalue_reference_type
-                | DW_TAG_array_type
-                | DW_TAG_typedef => self.add_type(i, model),
+                tag if is_type(tag) => self.add_type(i, model),
                 DW_TAG_subprogram if self.nodes[i].code => self.add_function(i, model),
                 // Vtables are constants; they say which types are used behind `dyn`.
                 DW_TAG_variable if self.nodes[i].name.is_some_and(|n| n.ends_with("::{vtable}")) => {
@@ -521,7 +594,7 @@ impl<'d> Nodes<'d> {
             return;
         }
         let node = &self.nodes[i];
-        let (tag, size, align, ty) = (node.tag, node.size, node.align, node.ty);
+        let (tag, size, align, ty) = (node.tag, node.size(), node.align(), node.ty());
         let mut rec = TypeRec {
             kind: Kind::Other,
             size,
@@ -540,7 +613,7 @@ impl<'d> Nodes<'d> {
                 while let Some(c) = kids.next(self) {
                     match self.nodes[c].tag {
                         DW_TAG_template_type_parameter => {
-                            let t = self.nodes[c].ty;
+                            let t = self.nodes[c].ty();
                             rec.edges.push((self.target_name(t), true));
                         }
                         DW_TAG_variant_part => {
@@ -558,7 +631,7 @@ impl<'d> Nodes<'d> {
                     if self.nodes[c].tag == DW_TAG_enumerator {
                         rec.variants.push(Variant {
                             name: self.nodes[c].name.unwrap_or("").to_string(),
-                            discr: self.nodes[c].discr_value,
+                            discr: self.nodes[c].discr_value(),
                             fields: Vec::new(),
                         });
                     }
@@ -579,21 +652,21 @@ impl<'d> Nodes<'d> {
         while let Some(c) = kids.next(self) {
             match self.nodes[c].tag {
                 DW_TAG_member => {
-                    let t = self.nodes[c].ty;
+                    let t = self.nodes[c].ty();
                     rec.tag = Some(Field {
                         name: self.nodes[c].name.unwrap_or("tag").to_string(),
-                        offset: self.nodes[c].member_offset.unwrap_or(0),
+                        offset: self.nodes[c].member_offset().unwrap_or(0),
                         ty: self.target_name(t),
                     });
                 }
                 DW_TAG_variant => {
-                    let discr = self.nodes[c].discr_value;
+                    let discr = self.nodes[c].discr_value();
                     let mut members = self.kids(c);
                     while let Some(m) = members.next(self) {
                         if self.nodes[m].tag != DW_TAG_member {
                             continue;
                         }
-                        let Some(vt) = self.get(self.nodes[m].ty) else { continue };
+                        let Some(vt) = self.get(self.nodes[m].ty()) else { continue };
                         let vt_name = self.type_name(vt);
                         let fields = self.fields(vt);
                         rec.edges.extend(fields.iter().map(|f| (f.ty.clone(), true)));
@@ -609,7 +682,7 @@ impl<'d> Nodes<'d> {
 
     fn add_function(&mut self, i: usize, model: &mut Model) {
         let Some(linkage) = self.linkage_of(i) else { return };
-        let main = self.nodes[i].main || self.get(self.nodes[i].origin).is_some_and(|o| self.nodes[o].main);
+        let main = self.nodes[i].main || self.get(self.nodes[i].origin()).is_some_and(|o| self.nodes[o].main);
         let ret = self.ty_of(i).map(|t| self.target_name(Some(t)));
         let mut params = Vec::new();
         let mut locals = Vec::new();
@@ -666,20 +739,35 @@ impl<'d> Nodes<'d> {
             let mut kids = self.kids(at);
             while let Some(c) = kids.next(self) {
                 if self.nodes[c].tag == DW_TAG_template_type_parameter {
-                    let ty = self.nodes[c].ty;
+                    let ty = self.nodes[c].ty();
                     params.push(self.target_name(ty));
                 }
             }
             if !params.is_empty() {
                 return params;
             }
-            match self.get(self.nodes[at].origin) {
+            match self.get(self.nodes[at].origin()) {
                 Some(o) => at = o,
                 None => break,
             }
         }
         Vec::new()
     }
+}
+
+/// Whether entries of this tag are types of the model ([`Nodes::add_type`]).
+fn is_type(tag: DwTag) -> bool {
+    matches!(
+        tag,
+        DW_TAG_structure_type
+            | DW_TAG_union_type
+            | DW_TAG_enumeration_type
+            | DW_TAG_pointer_type
+            | DW_TAG_reference_type
+            | DW_TAG_rvalue_reference_type
+            | DW_TAG_array_type
+            | DW_TAG_typedef
+    )
 }
 
 /// Whether a qualified type name goes through an anonymous `const _: () = { … };` block (a `_`
@@ -702,9 +790,11 @@ fn string<'d>(
     std::str::from_utf8(s.slice()).ok()
 }
 
-fn unit_ref(value: AttributeValue<R<'_>>) -> Option<UnitOffset> {
+/// A reference within the unit ([`NONE`]: another value; [`BEYOND`]: past the unit, which is
+/// below 4 GiB, naming no entry).
+fn unit_ref(value: AttributeValue<R<'_>>) -> u32 {
     match value {
-        AttributeValue::UnitRef(o) => Some(o),
-        _ => None,
+        AttributeValue::UnitRef(o) => u32::try_from(o.0).unwrap_or(BEYOND).min(BEYOND),
+        _ => NONE,
     }
 }
