@@ -152,9 +152,7 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
     }
     let mut ty = None;
     if let Some(r) = at(0) {
-        let drop = target(obj, r.symbol)?;
-        let inner = drop.strip_prefix("core::ptr::drop_in_place<")?;
-        ty = inner.strip_suffix('>').map(str::to_string);
+        ty = Some(dropped_type(&target(obj, r.symbol)?)?.to_string());
     } else if word(0) != 0 {
         return None;
     }
@@ -184,6 +182,14 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
         }
     }
     Some(Vtable { methods, targets, ty })
+}
+
+/// The type a drop glue instance drops: `core::ptr::drop_in_place<app::Dog>` (legacy names) or
+/// `core::ptr::drop_in_place::<app::Dog>` (v0 names) → `app::Dog`; `None` for another function.
+fn dropped_type(path: &str) -> Option<&str> {
+    let inner = path.strip_prefix("core::ptr::drop_in_place")?;
+    let inner = inner.strip_prefix("::").unwrap_or(inner);
+    inner.strip_prefix('<')?.strip_suffix('>')
 }
 
 /// Whether symbol `sym` is defined in a data section of this object.
@@ -238,6 +244,77 @@ fn method(path: &str) -> Option<(String, Option<String>)> {
 
 #[cfg(test)]
 mod tests {
+    use crate::objects::testing::{ElfObject, Kind};
+    use object::elf::R_X86_64_64;
+
+    /// An object holding one vtable of a type with drop glue: `[drop glue, 24, 8, method, method]`,
+    /// the functions named by these (mangled) symbols.
+    fn vtable_object(drop: &str, methods: [&str; 2]) -> Vec<u8> {
+        let mut o = ElfObject::new();
+        let mut words = vec![0u8; 40];
+        words[8..16].copy_from_slice(&24u64.to_le_bytes());
+        words[16..24].copy_from_slice(&8u64.to_le_bytes());
+        let table = o.section(".data.rel.ro..Lanon.0123.4", Kind::Data, &words, 8);
+        for (offset, name) in [(0, drop), (24, methods[0]), (32, methods[1])] {
+            let text = o.section(&format!(".text.{name}"), Kind::Text, &[0xc3], 16);
+            let sym = o.local(name, text);
+            o.reloc(table, offset, R_X86_64_64, sym, 0);
+        }
+        o.bytes()
+    }
+
+    /// The vtable the object's `.data.rel.ro` section holds, if it is one.
+    fn read(bytes: &[u8]) -> Option<super::Vtable> {
+        let obj = ElfObject::parse(bytes);
+        let sec = obj.sections.iter().position(|s| s.name.starts_with(".data.rel.ro"))?;
+        super::vtable(&obj, sec)
+    }
+
+    #[test]
+    fn vtables_of_types_with_drop_glue_are_read_under_both_manglings() {
+        let legacy = vtable_object(
+            "_ZN4core3ptr28drop_in_place$LT$r5..Dog$GT$17h88c634df410e25c7E",
+            [
+                "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4name17h445a55a33975fb73E",
+                "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4legs17ha6e626de94479720E",
+            ],
+        );
+        let v0 = vtable_object(
+            "_RINvNtCsgEmfK2I1SDS_4core3ptr13drop_in_placeNtCs58X8ChI66xE_2r53DogEBI_",
+            [
+                "_RNvXCs58X8ChI66xE_2r5NtB2_3DogNtB2_6Animal4name",
+                "_RNvXCs58X8ChI66xE_2r5NtB2_3DogNtB2_6Animal4legs",
+            ],
+        );
+        for bytes in [legacy, v0] {
+            let v = read(&bytes).expect("a vtable of a type with drop glue is read");
+            assert_eq!(v.ty.as_deref(), Some("r5::Dog"));
+            assert_eq!(v.methods, ["r5::Animal::name", "r5::Animal::legs"]);
+            assert_eq!(v.targets, ["<r5::Dog as r5::Animal>::name", "<r5::Dog as r5::Animal>::legs"]);
+        }
+        // The first word pointing at another function: no vtable.
+        let bytes = vtable_object(
+            "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4legs17ha6e626de94479720E",
+            [
+                "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4name17h445a55a33975fb73E",
+                "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4legs17ha6e626de94479721E",
+            ],
+        );
+        assert!(read(&bytes).is_none());
+    }
+
+    #[test]
+    fn drop_glue_names_its_type_under_both_manglings() {
+        assert_eq!(super::dropped_type("core::ptr::drop_in_place<r5::Dog>"), Some("r5::Dog"));
+        assert_eq!(super::dropped_type("core::ptr::drop_in_place::<r5::Dog>"), Some("r5::Dog"));
+        assert_eq!(
+            super::dropped_type("core::ptr::drop_in_place::<alloc::vec::Vec<r5::Dog>>"),
+            Some("alloc::vec::Vec<r5::Dog>")
+        );
+        assert_eq!(super::dropped_type("core::ptr::drop_in_place_slice::<r5::Dog>"), None);
+        assert_eq!(super::dropped_type("<r5::Dog as r5::Animal>::name"), None);
+    }
+
     #[test]
     fn methods_are_named_by_their_trait() {
         let method = |p: &str| super::method(p).map(|(m, _)| m);

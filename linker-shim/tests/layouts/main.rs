@@ -349,7 +349,8 @@ fn added_removed_and_moved_closures_are_not_taken_for_each_other() {
 /// their names and code (`<&Mode as Debug>::fmt`, the `Map` iterator calling `mode_of`, sorting
 /// and hashing), and in the image they lead to the old `mode_of` and `<Mode as Debug>::fmt`, which
 /// are not redirected. The patch carries them (without, `recent=[Idle,Idle,Busy]` where the new
-/// code's `mode_of` says `Sleep`).
+/// code's `mode_of` says `Sleep`). Before it, a trait's methods swapped behind `dyn` (vtables of a
+/// type with drop glue, which v0 names `drop_in_place::<T>`) are refused as with legacy names.
 #[test]
 fn with_v0_symbol_names_a_new_enum_variant_meets_only_new_code_through_carried_code() {
     let project = scenario("layouts");
@@ -358,6 +359,15 @@ fn with_v0_symbol_names_a_new_enum_variant_meets_only_new_code_through_carried_c
     let app = project.start("layouts", &[("LAYOUTS_PERIOD_MS", "40")]);
     app.wait_for(0, "a first step", |l| l.starts_with("step "));
     let original = project.read(MAIN);
+    // v0 names drop glue `drop_in_place::<layouts::Printer>`: the vtables of `dyn Handler` (of a
+    // type with drop glue) are read, and methods moving between their slots are refused.
+    apply(&project, &original, edits::HANDLER_METHODS_SWAPPED);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    let reason =
+        "the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)";
+    assert!(line.contains(reason), "{line}");
     new_enum_variant_meets_only_new_code(&project, &app, &original, true);
 }
 

@@ -200,8 +200,9 @@ trait Handler: Send {
     fn handle(&self, signal: &Signal) -> String;
 }
 
+/// Owns a `String`: its vtables start with drop glue (`drop_in_place::<Printer>` under v0 names).
 struct Printer {
-    prefix: &'static str,
+    prefix: String,
 }
 
 impl Handler for Printer {
@@ -424,7 +425,7 @@ fn main() {
     for i in 0..4 {
         positions.push(Pos { x: i as f32 });
     }
-    HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: "p:" }));
+    HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: String::from("p:") }));
     *TAGS.lock().unwrap() = Some((0..4).map(|i| (Tag(i), i)).collect());
     *LAYERED.lock().unwrap() = Some(Box::new(Levels));
     let mut task = Box::pin(task());
