@@ -285,8 +285,8 @@ pub fn dyn_places(model: &Model, crates: &HashSet<String>, diff: &Diff, traits: 
     for f in &model.functions {
         let holds = f.params.iter().chain(&f.locals).chain(f.ret.iter()).any(|t| any.contains(t.as_str()));
         let trades = || f.params.iter().chain(f.ret.iter()).any(|t| owned.contains(t.as_str()));
-        let krate = f.path.trim_start_matches('<').split("::").next().unwrap_or("");
-        if holds && !crates.contains(krate) && !STD_CRATES.contains(&krate) {
+        let library = library_of(crates, &f.path);
+        if let Some(krate) = library.filter(|_| holds) {
             // A library's code (a generic instance in the workspace's units) handling one: the
             // library may keep it where no type of the workspace shows (a global dispatcher).
             add(format!("code of `{krate}` handling them (`{}`)", f.path));
@@ -305,6 +305,26 @@ pub fn dyn_places(model: &Model, crates: &HashSet<String>, diff: &Diff, traits: 
         }
     }
     places
+}
+
+/// The library (neither the workspace's nor the standard library's crate) whose code the function
+/// at `path` is: `registry::register<app::E>` → `registry`. `None` for the workspace's code and
+/// impls of its types (`<app::E as lib::Trait>::m`), and for the standard library's (`<T as
+/// core::convert::Into<U>>::into`, whose self type is a parameter).
+fn library_of<'p>(crates: &HashSet<String>, path: &'p str) -> Option<&'p str> {
+    let krate = |p: &'p str| {
+        let p = p.trim_start_matches(['&', '(', '[', '*']);
+        let p = ["const ", "mut ", "dyn "].iter().fold(p, |p, k| p.strip_prefix(k).unwrap_or(p));
+        p.split_once("::").map(|(c, _)| c)
+    };
+    let found: Vec<&str> = match path.strip_prefix('<').and_then(|inner| inner.split_once(" as ")) {
+        Some((ty, tr)) => [krate(ty), krate(tr)].into_iter().flatten().collect(),
+        None => krate(path).into_iter().collect(),
+    };
+    if found.iter().any(|c| crates.contains(*c)) {
+        return None;
+    }
+    found.into_iter().find(|c| !STD_CRATES.contains(c))
 }
 
 /// The standard library's crates (and its hash table's): their containers name the type they hold
@@ -678,6 +698,21 @@ mod tests {
         let mut handed = m.clone();
         handed.functions.push(function("registry::register<app::E>", &[boxed], &[], false));
         assert_eq!(places(&handed, &[]), ["code of `registry` handling them (`registry::register<app::E>`)"]);
+        // The standard library's generic code formats, converts and drops them for a call.
+        let mut std_code = m.clone();
+        for f in [
+            "<T as core::convert::Into<U>>::into",
+            "<&T as core::fmt::Display>::fmt",
+            "alloc::boxed::Box<T>::new",
+        ] {
+            std_code.functions.push(function(f, &[boxed], &[], false));
+        }
+        assert_eq!(places(&std_code, &[]), Vec::<String>::new());
+        let library = |p: &'static str| super::library_of(&crates, p);
+        assert_eq!(library("<app::E as tracing_core::Subscriber>::enabled"), None);
+        assert_eq!(library("<tracing::Dispatch as core::clone::Clone>::clone"), Some("tracing"));
+        assert_eq!(library("<T as core::convert::Into<U>>::into"), None);
+        assert_eq!(library("app::step"), None);
     }
 
     #[test]

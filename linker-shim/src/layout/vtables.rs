@@ -312,7 +312,8 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
     }
     let word = |i: usize| u64::from_le_bytes(s.data[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     let relocs = s.relocs();
-    let at = |off: u64| relocs.iter().find(|r| r.offset == off);
+    // Sorted by offset.
+    let at = |off: u64| relocs.get(relocs.partition_point(|r| r.offset < off)).filter(|r| r.offset == off);
     if at(8).is_some() || at(16).is_some() || !word(2).is_power_of_two() {
         return None;
     }
