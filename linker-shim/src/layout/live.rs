@@ -246,15 +246,19 @@ fn own_code(crates: &HashSet<String>, path: &str) -> bool {
 /// running build can still be, judged from `model` (the running build's side of some units) as
 /// [`refusals`] judges a changed type's values: statics and thread-locals holding one, however
 /// indirectly; `main`'s frames and the closures and async blocks made there; futures in flight
-/// holding one; an unchanged function of the workspace receiving or returning one; type-erased
-/// storage of a type holding one; code of a library (not the standard library) handling one,
-/// which may keep it. Formatting traits are left out (`&dyn Debug` is lent for the
-/// moment of a call). Empty when the values are made and dropped inside changed code only
-/// (`Box<dyn Error>` returned by a changed function and dropped by its caller).
-pub fn dyn_places(model: &Model, crates: &HashSet<String>, diff: &Diff, traits: &[&str]) -> Vec<String> {
+/// holding one; type-erased storage of a type holding one; code of a library (not the standard
+/// library) handling one, which may keep it. Formatting traits are left out (`&dyn Debug` is lent
+/// for the moment of a call). Empty when the values live only while the running code's calls do
+/// (`Box<dyn Error>` returned by `check`, formatted by a closure in `step` and dropped there).
+///
+/// Unlike a changed type's, an unchanged function receiving or returning one is no place: its code
+/// does not depend on the vtable's order or targets (code calling a method whose slot moved
+/// changed with the slot's offset; code making one references the vtable, whose content changed,
+/// so it changed too), so it handles old and new values alike and holds neither past its call.
+pub fn dyn_places(model: &Model, crates: &HashSet<String>, traits: &[&str]) -> Vec<String> {
     let traits: Vec<&str> = traits.iter().copied().filter(|t| !t.starts_with("core::fmt::")).collect();
     let reach = Reach::new(model);
-    let (any, owned) = (reach.dyn_holders(&traits, false), reach.dyn_holders(&traits, true));
+    let any = reach.dyn_holders(&traits, false);
     let running = running_in(model);
     let mut places: Vec<String> = Vec::new();
     let mut add = |p: String| {
@@ -284,24 +288,16 @@ pub fn dyn_places(model: &Model, crates: &HashSet<String>, diff: &Diff, traits: 
     }
     for f in &model.functions {
         let holds = f.params.iter().chain(&f.locals).chain(f.ret.iter()).any(|t| any.contains(t.as_str()));
-        let trades = || f.params.iter().chain(f.ret.iter()).any(|t| owned.contains(t.as_str()));
         let library = library_of(crates, &f.path);
         if let Some(krate) = library.filter(|_| holds) {
             // A library's code (a generic instance in the workspace's units) handling one: the
             // library may keep it where no type of the workspace shows (a global dispatcher).
             add(format!("code of `{krate}` handling them (`{}`)", f.path));
-        } else if running(&f.path) {
-            if holds {
-                match f.path.split_once("::{{closure}}") {
-                    Some((maker, _)) => add(format!("locals of closures in `{maker}`")),
-                    None => add(format!("`{}`'s locals", f.path)),
-                }
+        } else if running(&f.path) && holds {
+            match f.path.split_once("::{{closure}}") {
+                Some((maker, _)) => add(format!("locals of closures in `{maker}`")),
+                None => add(format!("`{}`'s locals", f.path)),
             }
-        } else if own_code(crates, &f.path)
-            && diff.unchanged.contains(names::canonical(&f.linkage))
-            && trades()
-        {
-            add(format!("unchanged `{}`'s parameters or return value", f.path));
         }
     }
     places
@@ -668,11 +664,7 @@ mod tests {
     #[test]
     fn values_behind_dyn_are_found_where_they_can_outlive_the_changed_code() {
         let crates = HashSet::from(["app".to_string()]);
-        let places = |m: &Model, unchanged: &[&str]| {
-            let diff =
-                Diff { unchanged: unchanged.iter().map(|s| s.to_string()).collect(), ..Default::default() };
-            dyn_places(m, &crates, &diff, &["core::error::Error", "core::fmt::Debug"])
-        };
+        let places = |m: &Model| dyn_places(m, &crates, &["core::error::Error", "core::fmt::Debug"]);
         let boxed = "alloc::boxed::Box<dyn core::error::Error, alloc::alloc::Global>";
         let result =
             "core::result::Result<u64, alloc::boxed::Box<dyn core::error::Error, alloc::alloc::Global>>";
@@ -680,24 +672,23 @@ mod tests {
         m.types.insert(boxed.into(), strukt(16, &[]));
         m.types.insert(result.into(), strukt(16, &[("e", 0, boxed)]));
         m.types.insert("&dyn core::fmt::Debug".into(), strukt(16, &[]));
-        // Made by `check`, dropped by `step`: both changed or not trading it unchanged.
+        // Made by `check`, dropped by `step` (whether their code changed or not: an unchanged
+        // function handles old and new vtables alike).
         m.functions.push(function("app::check", &["u64"], &[], false));
         m.functions.last_mut().unwrap().ret = Some(result.into());
         m.functions.push(function("app::step", &["u64"], &[result, "&dyn core::fmt::Debug"], false));
         m.functions.push(function("app::main", &["&dyn core::fmt::Debug"], &[], true));
-        assert_eq!(places(&m, &["app::step#sym"]), Vec::<String>::new());
-        // `check` unchanged: its callers, new code among them, get boxes it made.
-        assert_eq!(places(&m, &["app::check#sym"]), ["unchanged `app::check`'s parameters or return value"]);
+        assert_eq!(places(&m), Vec::<String>::new());
         // Kept in a static, or in `main`'s locals.
         let mut kept = m.clone();
         kept.types.insert("app::Errors".into(), strukt(24, &[("last", 0, boxed)]));
         kept.statics.push(StaticRec { path: "app::ERRORS".into(), ty: "app::Errors".into(), tls: false });
         kept.functions.push(function("app::main", &[], &[result], true));
-        assert_eq!(places(&kept, &[]), ["static `app::ERRORS`", "`app::main`'s locals"]);
+        assert_eq!(places(&kept), ["static `app::ERRORS`", "`app::main`'s locals"]);
         // Handed to a library's code, which may keep it.
         let mut handed = m.clone();
         handed.functions.push(function("registry::register<app::E>", &[boxed], &[], false));
-        assert_eq!(places(&handed, &[]), ["code of `registry` handling them (`registry::register<app::E>`)"]);
+        assert_eq!(places(&handed), ["code of `registry` handling them (`registry::register<app::E>`)"]);
         // The standard library's generic code formats, converts and drops them for a call.
         let mut std_code = m.clone();
         for f in [
@@ -707,7 +698,7 @@ mod tests {
         ] {
             std_code.functions.push(function(f, &[boxed], &[], false));
         }
-        assert_eq!(places(&std_code, &[]), Vec::<String>::new());
+        assert_eq!(places(&std_code), Vec::<String>::new());
         let library = |p: &'static str| super::library_of(&crates, p);
         assert_eq!(library("<app::E as tracing_core::Subscriber>::enabled"), None);
         assert_eq!(library("<tracing::Dispatch as core::clone::Clone>::clone"), Some("tracing"));

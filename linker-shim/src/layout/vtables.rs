@@ -72,8 +72,8 @@ pub fn refusals<'a>(
             continue;
         };
         let traits: Vec<&str> = traits.iter().map(String::as_str).collect();
-        let mut places = live::dyn_places(&layouts.old, &crates, diff, &traits);
-        for p in live::dyn_places(&others, &crates, diff, &traits) {
+        let mut places = live::dyn_places(&layouts.old, &crates, &traits);
+        for p in live::dyn_places(&others, &crates, &traits) {
             if !places.contains(&p) {
                 places.push(p);
             }
