@@ -309,7 +309,7 @@ pub fn dyn_places(model: &Model, crates: &HashSet<String>, traits: &[&str]) -> V
 /// core::convert::Into<U>>::into`, whose self type is a parameter).
 fn library_of<'p>(crates: &HashSet<String>, path: &'p str) -> Option<&'p str> {
     let krate = |p: &'p str| {
-        let p = p.trim_start_matches(['&', '(', '[', '*']);
+        let p = p.trim_start_matches(['<', '&', '(', '[', '*']);
         let p = ["const ", "mut ", "dyn "].iter().fold(p, |p, k| p.strip_prefix(k).unwrap_or(p));
         p.split_once("::").map(|(c, _)| c)
     };
@@ -703,6 +703,13 @@ mod tests {
         assert_eq!(library("<app::E as tracing_core::Subscriber>::enabled"), None);
         assert_eq!(library("<tracing::Dispatch as core::clone::Clone>::clone"), Some("tracing"));
         assert_eq!(library("<T as core::convert::Into<U>>::into"), None);
+        // Inherent impls of the standard library's types over the workspace's (v0 names).
+        assert_eq!(library("<[alloc::boxed::Box<dyn app::Animal>]>::iter"), None);
+        assert_eq!(library("<core::slice::iter::Iter<alloc::boxed::Box<dyn app::Animal>>>::new"), None);
+        assert_eq!(
+            library("<registry::Table<alloc::boxed::Box<dyn app::Animal>>>::insert"),
+            Some("registry")
+        );
         assert_eq!(library("app::step"), None);
     }
 
