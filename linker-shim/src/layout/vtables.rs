@@ -62,7 +62,7 @@ pub fn refusals<'a>(
         .map(String::as_str)
         .filter(|t| !t.starts_with("core::fmt::"))
         .collect();
-    let Ok(others) = naming_dyn(base, diff, &all, &super::unit_cache(base, current, cache)) else {
+    let Ok((others, _writes)) = naming_dyn(base, diff, &all, &super::unit_cache(base, current, cache)) else {
         return moved.iter().map(unknown).collect();
     };
     let mut out = Vec::new();
@@ -127,15 +127,22 @@ fn dyn_traits(m: &Moved, old: &Model) -> Option<Vec<String>> {
 
 /// What the running build's units that are not changed but whose debug info names `dyn` one of
 /// `traits` describe: where else such values may be held (a static whose unit the edit did not
-/// change). An error when one of them cannot be read.
-fn naming_dyn(base: &Build<'_>, diff: &Diff, traits: &BTreeSet<&str>, cache: &Cache) -> Result<Model> {
+/// change). An error when one of them cannot be read. Models read from DWARF are kept in `cache`
+/// (written while the caller judges them; the returned writes wait when dropped), so a later
+/// patch's rule reads them from there.
+fn naming_dyn(
+    base: &Build<'_>,
+    diff: &Diff,
+    traits: &BTreeSet<&str>,
+    cache: &Cache,
+) -> Result<(Model, super::cache::Writes)> {
     let finders: Vec<memchr::memmem::Finder<'_>> = traits
         .iter()
         .map(|t| format!("dyn {t}"))
         .map(|n| memchr::memmem::Finder::new(n.as_bytes()).into_owned())
         .collect();
     let changed: HashSet<UnitId> = diff.changed_units_base.iter().copied().collect();
-    let mut model = Model::default();
+    let (mut model, mut to_keep) = (Model::default(), Vec::new());
     for (id, unit) in base.enumerate() {
         if changed.contains(&id) {
             continue;
@@ -146,12 +153,13 @@ fn naming_dyn(base: &Build<'_>, diff: &Diff, traits: &BTreeSet<&str>, cache: &Ca
         }
         let mut one = Model::default();
         if cache.load_into(unit.hash, &mut one).is_none() {
-            super::dwarf::read(bytes, &mut one)
+            let described = super::dwarf::read(bytes, &mut one)
                 .with_context(|| format!("the debug info of {}", unit.origin()))?;
+            to_keep.push((unit.hash, super::cache::encode(&one, described)));
         }
         model.absorb(one);
     }
-    Ok(model)
+    Ok((model, cache.write_later(to_keep)))
 }
 
 /// The traits whose methods moved between slots, and the vtables whose slot calls another
