@@ -24,7 +24,11 @@ use super::{live, Cache, Layouts};
 use crate::diff::Diff;
 use crate::error::{Context, Result};
 use crate::objects::units::{Build, UnitId};
-use crate::objects::{Object, SectionKind, SymbolKind};
+use crate::objects::{Object, Reloc, SectionKind, SymbolKind};
+
+/// The relocation of a vtable's words: x86-64's absolute 64-bit pointer (architecture-specific;
+/// aarch64's is `R_AARCH64_ABS64`).
+const POINTER: object::elf::RelocationType = object::elf::R_X86_64_64;
 
 /// One line per trait whose methods' slots differ between the running build and the new one, and
 /// per vtable whose slot calls another function now, where values behind `dyn` made by the
@@ -322,12 +326,16 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
     let relocs = s.relocs();
     // Sorted by offset.
     let at = |off: u64| relocs.get(relocs.partition_point(|r| r.offset < off)).filter(|r| r.offset == off);
+    // Every word a vtable's relocations fill is a whole pointer.
+    if relocs.iter().any(|r| r.kind != POINTER || !r.offset.is_multiple_of(8)) {
+        return None;
+    }
     if at(8).is_some() || at(16).is_some() || !word(2).is_power_of_two() {
         return None;
     }
     let mut ty = None;
     if let Some(r) = at(0) {
-        ty = Some(dropped_type(&target(obj, r.symbol)?)?.to_string());
+        ty = Some(dropped_type(&target(obj, r)?)?.to_string());
     } else if word(0) != 0 {
         return None;
     }
@@ -341,7 +349,7 @@ fn vtable(obj: &Object<'_>, sec: usize) -> Option<Vtable> {
                 targets.push("(a supertrait's vtable)".into());
             }
             Some(r) => {
-                let t = target(obj, r.symbol)?;
+                let t = target(obj, r)?;
                 let (m, self_ty) = method(&t)?;
                 if ty.is_none() {
                     ty = self_ty;
@@ -373,18 +381,27 @@ fn points_at_data(obj: &Object<'_>, sym: usize) -> bool {
     section.and_then(|s| obj.sections.get(s)).is_some_and(|s| s.kind != SectionKind::Text)
 }
 
-/// The demangled path of what symbol `sym` stands for (a section symbol: its section's first
-/// named symbol, or the function the `.text.<name>` section is named for).
-fn target(obj: &Object<'_>, sym: usize) -> Option<String> {
-    let s = obj.symbols.get(sym)?;
+/// The demangled path of the function relocation `r` points at: its symbol's, or for a section
+/// symbol the symbol defined at the addend in that section (its first named symbol, or the
+/// function a `.text.<name>` section is named for, at offset 0). `None` for a pointer into a
+/// symbol's middle.
+fn target(obj: &Object<'_>, r: &Reloc) -> Option<String> {
+    let s = obj.symbols.get(r.symbol)?;
     let name = if s.kind == SymbolKind::Section {
         let sec = s.section()?;
-        match obj.primary_symbol(sec) {
-            Some(p) => p.name,
-            None => obj.sections[sec].name.strip_prefix(".text.")?,
+        let at = obj.sections[sec].symbols.iter().map(|&i| &obj.symbols[i]);
+        match at.clone().find(|d| d.value as i64 == r.addend && !d.name.is_empty()) {
+            Some(d) => d.name,
+            None if r.addend == 0 => match obj.primary_symbol(sec) {
+                Some(p) => p.name,
+                None => obj.sections[sec].name.strip_prefix(".text.")?,
+            },
+            None => return None,
         }
-    } else {
+    } else if r.addend == 0 {
         s.name
+    } else {
+        return None;
     };
     Some(crate::diff::names::path(name))
 }
@@ -420,11 +437,16 @@ fn method(path: &str) -> Option<(String, Option<String>)> {
 #[cfg(test)]
 mod tests {
     use crate::objects::testing::{ElfObject, Kind};
-    use object::elf::R_X86_64_64;
+    use object::elf::{RelocationType, R_X86_64_64};
 
     /// An object holding one vtable of a type with drop glue: `[drop glue, 24, 8, method, method]`,
     /// the functions named by these (mangled) symbols.
     fn vtable_object(drop: &str, methods: [&str; 2]) -> Vec<u8> {
+        vtable_object_with(drop, methods, R_X86_64_64, 0)
+    }
+
+    /// The same, the second method's word filled by a relocation of `kind` with `addend`.
+    fn vtable_object_with(drop: &str, methods: [&str; 2], kind: RelocationType, addend: i64) -> Vec<u8> {
         let mut o = ElfObject::new();
         let mut words = vec![0u8; 40];
         words[8..16].copy_from_slice(&24u64.to_le_bytes());
@@ -433,7 +455,8 @@ mod tests {
         for (offset, name) in [(0, drop), (24, methods[0]), (32, methods[1])] {
             let text = o.section(&format!(".text.{name}"), Kind::Text, &[0xc3], 16);
             let sym = o.local(name, text);
-            o.reloc(table, offset, R_X86_64_64, sym, 0);
+            let (kind, addend) = if offset == 32 { (kind, addend) } else { (R_X86_64_64, 0) };
+            o.reloc(table, offset, kind, sym, addend);
         }
         o.bytes()
     }
@@ -476,6 +499,16 @@ mod tests {
             ],
         );
         assert!(read(&bytes).is_none());
+        // A word filled by a PC-relative relocation, or pointing into a function's middle: no
+        // vtable's method.
+        let methods = [
+            "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4name17h445a55a33975fb73E",
+            "_ZN38_$LT$r5..Dog$u20$as$u20$r5..Animal$GT$4legs17ha6e626de94479720E",
+        ];
+        let drop = "_ZN4core3ptr28drop_in_place$LT$r5..Dog$GT$17h88c634df410e25c7E";
+        assert!(read(&vtable_object_with(drop, methods, object::elf::R_X86_64_PC32, 0)).is_none());
+        assert!(read(&vtable_object_with(drop, methods, R_X86_64_64, 4)).is_none());
+        assert!(read(&vtable_object_with(drop, methods, R_X86_64_64, 0)).is_some());
     }
 
     #[test]
