@@ -19,13 +19,14 @@ const PLACING: [(&str, &str); 3] =
 
 /// One line per changed `Hash`/`Ord` impl of a type of the workspace. A type whose layout changed
 /// is left to the layout rule: where its old values are live that refuses the edit, and where
-/// none is, no old table holds one either.
+/// none is, no old table holds one either ([`layout_changed`]).
 pub fn placing_impls_changed(diff: &Diff, layouts: &Layouts) -> Vec<String> {
     let mut impls: BTreeSet<String> = BTreeSet::new();
     for change in diff.changed.values() {
         let path = crate::diff::names::path(&change.name);
         if let Some((ty, name)) = placing_impl(&path, &layouts.crates) {
-            if !layouts.changes.iter().any(|c| c.name == ty) {
+            let old_types = layouts.old.types.keys().map(String::as_str);
+            if !layout_changed(&ty, layouts.changes.iter().map(|c| c.name.as_str()), old_types) {
                 impls.insert(name);
             }
         }
@@ -38,6 +39,28 @@ pub fn placing_impls_changed(diff: &Diff, layouts: &Layouts) -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// The path of a type without its generic arguments: `app::Pair<T>` and `app::Pair<u32>` →
+/// `app::Pair` (legacy names print a generic impl's own parameters, DWARF the instance's).
+fn stem(ty: &str) -> &str {
+    let ty = ty.trim_start_matches('&');
+    super::closures::split_args(ty).0.trim_end_matches("::")
+}
+
+/// Whether every value of the impl's type `ty` (`app::Pair<T>`: any instance) has a new layout:
+/// an instance of it is among `changes`, and so is every instance the running build's changed
+/// units describe (a changed impl's own unit describes the instance it is for, so an instance
+/// whose layout did not change — `Pair<u32>` when only `Pair<app::Big>` changed — is seen).
+fn layout_changed<'a>(
+    ty: &str,
+    changes: impl Iterator<Item = &'a str> + Clone,
+    old_types: impl Iterator<Item = &'a str>,
+) -> bool {
+    let stem = stem(ty);
+    let changed = |t: &str| changes.clone().any(|c| c == t);
+    changes.clone().any(|c| super::closures::split_args(c).0.trim_end_matches("::") == stem)
+        && old_types.filter(|t| super::closures::split_args(t).0.trim_end_matches("::") == stem).all(changed)
 }
 
 /// `<app::Key as core::hash::Hash>::hash[::<H>]` → `<app::Key as core::hash::Hash>::hash`, for a
@@ -84,5 +107,27 @@ mod tests {
         assert_eq!(p("<app::Key as core::fmt::Debug>::fmt"), None);
         assert_eq!(p("<u32 as core::hash::Hash>::hash"), None);
         assert_eq!(p("<app::Key as core::hash::Hash>::hash_slice"), None);
+    }
+
+    #[test]
+    fn a_generic_key_type_is_left_to_the_layout_rule_when_every_instance_changed_layout() {
+        let changed = |ty: &str, changes: &[&str], old: &[&str]| {
+            super::layout_changed(ty, changes.iter().copied(), old.iter().copied())
+        };
+        // Legacy names print the impl's parameters, DWARF the instance's arguments.
+        assert!(changed("app::Pair<T>", &["app::Pair<u32>"], &["app::Pair<u32>", "u32"]));
+        assert!(changed("app::Pair::<u32>", &["app::Pair<u32>"], &["app::Pair<u32>"]));
+        assert!(changed("app::Flat", &["app::Flat"], &["app::Flat"]));
+        assert!(changed("&app::Flat", &["app::Flat"], &["app::Flat"]));
+        // An instance whose layout is the same may fill live tables: the keys rule decides.
+        assert!(!changed(
+            "app::Pair<T>",
+            &["app::Pair<app::Big>"],
+            &["app::Pair<app::Big>", "app::Pair<u32>"]
+        ));
+        // Another type, a longer path.
+        assert!(!changed("app::Pair<T>", &["app::PairOf<u32>"], &["app::PairOf<u32>"]));
+        assert!(!changed("app::Key", &["app::Key::Inner"], &["app::Key::Inner"]));
+        assert!(!changed("app::Key", &[], &["app::Key"]));
     }
 }

@@ -74,6 +74,19 @@ impl<'m> Reach<'m> {
                 }
             }
         }
+        self.holders_of(seen, owned)
+    }
+
+    /// Every type whose values hold a value behind `dyn` one of `traits` (trait paths without
+    /// generic arguments, as [`mentions_dyn`] takes them): the types naming `dyn Trait` and what
+    /// holds those, as [`Self::holders`].
+    pub fn dyn_holders(&self, traits: &[&str], owned: bool) -> HashSet<&'m str> {
+        let seed = self.model.types.keys().filter(|t| traits.iter().any(|tr| mentions_dyn(t, tr)));
+        self.holders_of(seed.map(String::as_str).collect(), owned)
+    }
+
+    /// `seen` and every type whose values hold one of them.
+    fn holders_of(&self, mut seen: HashSet<&'m str>, owned: bool) -> HashSet<&'m str> {
         let mut todo: Vec<&str> = seen.iter().copied().collect();
         let mut dyn_traits: HashSet<&str> = HashSet::new();
         while let Some(t) = todo.pop() {
@@ -135,21 +148,8 @@ pub fn refusals_in(layouts: &Layouts, diff: &Diff, frames: bool) -> (Vec<String>
     }
     let old = &layouts.old;
     let reach = Reach::new(old);
-    let mains: Vec<&str> = old.functions.iter().filter(|f| f.main).map(|f| f.path.as_str()).collect();
-    let running = |path: &str| mains.iter().any(|m| path == *m || path.starts_with(&format!("{m}::")));
-    // The workspace's own functions; implementations of the standard library's traits
-    // (`<app::Config as core::clone::Clone>::clone`, mostly derived) copy, compare or format a
-    // value for the moment of a call and are no frames that hold one for long — nor are those of
-    // a library's traits, which that library calls (`<app::Pos as bevy_ecs::component::
-    // Component>::relationship_accessor`, a default method instantiated for the type).
-    let own_code = |path: &str| {
-        let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
-        let library_trait = path
-            .split_once(" as ")
-            .and_then(|(_, tr)| tr.split("::").next())
-            .is_some_and(|c| !layouts.crates.contains(c));
-        layouts.crates.contains(first) && !library_trait
-    };
+    let running = running_in(old);
+    let own_code = |path: &str| own_code(&layouts.crates, path);
     let mut out = Vec::new();
     for change in &layouts.changes {
         if made_by_hot_async_body(&change.name) {
@@ -219,6 +219,108 @@ pub fn refusals_in(layouts: &Layouts, diff: &Diff, frames: bool) -> (Vec<String>
         ));
     }
     (out, statics)
+}
+
+/// Whether the function at `path` runs in a frame that may never return: `main` of the model, or a
+/// closure or async block nested in it.
+fn running_in(model: &Model) -> impl Fn(&str) -> bool + '_ {
+    let mains: Vec<&str> = model.functions.iter().filter(|f| f.main).map(|f| f.path.as_str()).collect();
+    move |path: &str| mains.iter().any(|m| path == *m || path.starts_with(&format!("{m}::")))
+}
+
+/// Whether the function at `path` is the workspace's own code. Implementations of the standard
+/// library's traits (`<app::Config as core::clone::Clone>::clone`, mostly derived) copy, compare
+/// or format a value for the moment of a call and are no frames that hold one for long — nor are
+/// those of a library's traits, which that library calls (`<app::Pos as bevy_ecs::component::
+/// Component>::relationship_accessor`, a default method instantiated for the type).
+fn own_code(crates: &HashSet<String>, path: &str) -> bool {
+    let first = path.trim_start_matches('<').split("::").next().unwrap_or("");
+    let library_trait = path
+        .split_once(" as ")
+        .and_then(|(_, tr)| tr.split("::").next())
+        .is_some_and(|c| !crates.contains(c));
+    crates.contains(first) && !library_trait
+}
+
+/// Where values behind `dyn` one of `traits` (paths without generic arguments) made by the
+/// running build can still be, judged from `model` (the running build's side of some units) as
+/// [`refusals`] judges a changed type's values: statics and thread-locals holding one, however
+/// indirectly; `main`'s frames and the closures and async blocks made there; futures in flight
+/// holding one; type-erased storage of a type holding one; code of a library (not the standard
+/// library) handling one, which may keep it. Formatting traits are left out (`&dyn Debug` is lent
+/// for the moment of a call). Empty when the values live only while the running code's calls do
+/// (`Box<dyn Error>` returned by `check`, formatted by a closure in `step` and dropped there).
+///
+/// Unlike a changed type's, an unchanged function receiving or returning one is no place: its code
+/// does not depend on the vtable's order or targets (code calling a method whose slot moved
+/// changed with the slot's offset; code making one references the vtable, whose content changed,
+/// so it changed too), so it handles old and new values alike and holds neither past its call.
+pub fn dyn_places(model: &Model, crates: &HashSet<String>, traits: &[&str]) -> Vec<String> {
+    let traits: Vec<&str> = traits.iter().copied().filter(|t| !t.starts_with("core::fmt::")).collect();
+    let reach = Reach::new(model);
+    let any = reach.dyn_holders(&traits, false);
+    let running = running_in(model);
+    let mut places: Vec<String> = Vec::new();
+    let mut add = |p: String| {
+        if !places.contains(&p) {
+            places.push(p);
+        }
+    };
+    for s in model.statics.iter().filter(|s| any.contains(s.ty.as_str())) {
+        add(format!("{} `{}`", if s.tls { "thread-local" } else { "static" }, s.path));
+    }
+    let mut holders: Vec<&str> = any.iter().copied().collect();
+    holders.sort();
+    for h in holders {
+        if let Some(maker) = maker(h) {
+            if running(maker) {
+                add(format!("`{maker}`'s locals"));
+            }
+            if h.contains("::{async_fn_env#") || h.contains("::{async_block_env#") {
+                add(format!("futures of `{maker}` in flight (tasks, boxed futures)"));
+            }
+        }
+        if h.split("::").next().is_some_and(|c| crates.contains(c)) {
+            for (krate, function) in erased_storage(model, h) {
+                add(format!("storage of `{krate}` keeping values of `{h}` as bytes (`{function}`)"));
+            }
+        }
+    }
+    for f in &model.functions {
+        let holds = f.params.iter().chain(&f.locals).chain(f.ret.iter()).any(|t| any.contains(t.as_str()));
+        let library = library_of(crates, &f.path);
+        if let Some(krate) = library.filter(|_| holds) {
+            // A library's code (a generic instance in the workspace's units) handling one: the
+            // library may keep it where no type of the workspace shows (a global dispatcher).
+            add(format!("code of `{krate}` handling them (`{}`)", f.path));
+        } else if running(&f.path) && holds {
+            match f.path.split_once("::{{closure}}") {
+                Some((maker, _)) => add(format!("locals of closures in `{maker}`")),
+                None => add(format!("`{}`'s locals", f.path)),
+            }
+        }
+    }
+    places
+}
+
+/// The library (neither the workspace's nor the standard library's crate) whose code the function
+/// at `path` is: `registry::register<app::E>` → `registry`. `None` for the workspace's code and
+/// impls of its types (`<app::E as lib::Trait>::m`), and for the standard library's (`<T as
+/// core::convert::Into<U>>::into`, whose self type is a parameter).
+fn library_of<'p>(crates: &HashSet<String>, path: &'p str) -> Option<&'p str> {
+    let krate = |p: &'p str| {
+        let p = p.trim_start_matches(['<', '&', '(', '[', '*']);
+        let p = ["const ", "mut ", "dyn "].iter().fold(p, |p, k| p.strip_prefix(k).unwrap_or(p));
+        p.split_once("::").map(|(c, _)| c)
+    };
+    let found: Vec<&str> = match path.strip_prefix('<').and_then(|inner| inner.split_once(" as ")) {
+        Some((ty, tr)) => [krate(ty), krate(tr)].into_iter().flatten().collect(),
+        None => krate(path).into_iter().collect(),
+    };
+    if found.iter().any(|c| crates.contains(*c)) {
+        return None;
+    }
+    found.into_iter().find(|c| !STD_CRATES.contains(c))
 }
 
 /// The standard library's crates (and its hash table's): their containers name the type they hold
@@ -557,6 +659,58 @@ mod tests {
         assert!(mentions_dyn("alloc::boxed::Box<dyn app::Job, alloc::alloc::Global>", "app::Job"));
         assert!(mentions_dyn("&dyn app::Job<Item=u8>", "app::Job"));
         assert!(!mentions_dyn("&dyn app::Jobs", "app::Job"));
+    }
+
+    #[test]
+    fn values_behind_dyn_are_found_where_they_can_outlive_the_changed_code() {
+        let crates = HashSet::from(["app".to_string()]);
+        let places = |m: &Model| dyn_places(m, &crates, &["core::error::Error", "core::fmt::Debug"]);
+        let boxed = "alloc::boxed::Box<dyn core::error::Error, alloc::alloc::Global>";
+        let result =
+            "core::result::Result<u64, alloc::boxed::Box<dyn core::error::Error, alloc::alloc::Global>>";
+        let mut m = Model::default();
+        m.types.insert(boxed.into(), strukt(16, &[]));
+        m.types.insert(result.into(), strukt(16, &[("e", 0, boxed)]));
+        m.types.insert("&dyn core::fmt::Debug".into(), strukt(16, &[]));
+        // Made by `check`, dropped by `step` (whether their code changed or not: an unchanged
+        // function handles old and new vtables alike).
+        m.functions.push(function("app::check", &["u64"], &[], false));
+        m.functions.last_mut().unwrap().ret = Some(result.into());
+        m.functions.push(function("app::step", &["u64"], &[result, "&dyn core::fmt::Debug"], false));
+        m.functions.push(function("app::main", &["&dyn core::fmt::Debug"], &[], true));
+        assert_eq!(places(&m), Vec::<String>::new());
+        // Kept in a static, or in `main`'s locals.
+        let mut kept = m.clone();
+        kept.types.insert("app::Errors".into(), strukt(24, &[("last", 0, boxed)]));
+        kept.statics.push(StaticRec { path: "app::ERRORS".into(), ty: "app::Errors".into(), tls: false });
+        kept.functions.push(function("app::main", &[], &[result], true));
+        assert_eq!(places(&kept), ["static `app::ERRORS`", "`app::main`'s locals"]);
+        // Handed to a library's code, which may keep it.
+        let mut handed = m.clone();
+        handed.functions.push(function("registry::register<app::E>", &[boxed], &[], false));
+        assert_eq!(places(&handed), ["code of `registry` handling them (`registry::register<app::E>`)"]);
+        // The standard library's generic code formats, converts and drops them for a call.
+        let mut std_code = m.clone();
+        for f in [
+            "<T as core::convert::Into<U>>::into",
+            "<&T as core::fmt::Display>::fmt",
+            "alloc::boxed::Box<T>::new",
+        ] {
+            std_code.functions.push(function(f, &[boxed], &[], false));
+        }
+        assert_eq!(places(&std_code), Vec::<String>::new());
+        let library = |p: &'static str| super::library_of(&crates, p);
+        assert_eq!(library("<app::E as tracing_core::Subscriber>::enabled"), None);
+        assert_eq!(library("<tracing::Dispatch as core::clone::Clone>::clone"), Some("tracing"));
+        assert_eq!(library("<T as core::convert::Into<U>>::into"), None);
+        // Inherent impls of the standard library's types over the workspace's (v0 names).
+        assert_eq!(library("<[alloc::boxed::Box<dyn app::Animal>]>::iter"), None);
+        assert_eq!(library("<core::slice::iter::Iter<alloc::boxed::Box<dyn app::Animal>>>::new"), None);
+        assert_eq!(
+            library("<registry::Table<alloc::boxed::Box<dyn app::Animal>>>::insert"),
+            Some("registry")
+        );
+        assert_eq!(library("app::step"), None);
     }
 
     #[test]

@@ -89,7 +89,7 @@ pub fn guard<'a>(base: &Build<'a>, current: &Build<'a>, diff: &Diff, cache: &Cac
     }
     let layouts = read(base, current, diff, cache)?;
     let (mut refusals, live_statics) = live::refusals(&layouts, diff);
-    refusals.extend(vtables::reordered(base, current, diff));
+    refusals.extend(vtables::refusals(base, current, diff, &layouts, cache));
     refusals.extend(keys::placing_impls_changed(diff, &layouts));
     let mut notes = Vec::new();
     if layouts.units_with_types == 0 && !diff.changed.is_empty() {

@@ -211,3 +211,11 @@ pub const POS_FIELD_ADDED: Edit = &[
     ("struct Pos {\n    x: f32,\n}", "struct Pos {\n    x: f32,\n    y: f64,\n}"),
     ("Pos { x: i as f32 }", "Pos { x: i as f32, y: 0.5 }"),
 ];
+
+/// `StepError`, made by `check` and dropped by `step` in the same step behind `Box<dyn Error>`,
+/// overrides `Error::source` (the review's shape): its vtable's slot calls the override now, and
+/// no old box outlives a step.
+pub const STEP_ERROR_OVERRIDES_SOURCE: Edit = &[(
+    "impl std::error::Error for StepError {}",
+    "impl std::error::Error for StepError {\n    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {\n        Some(&StepError(0))\n    }\n}",
+)];

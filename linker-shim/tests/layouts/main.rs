@@ -178,18 +178,25 @@ fn layout_changes_with_live_old_values_are_refused() {
         (
             "trait methods swapped, vtables made at startup kept behind `dyn` in a static",
             edits::HANDLER_METHODS_SWAPPED,
-            &["the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)"],
+            &[
+                "the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)",
+                "static `layouts::HANDLERS`",
+            ],
         ),
         (
             "a supertrait's methods swapped, seen only in the vtable of a trait with two supertraits",
             edits::BASE_METHODS_SWAPPED,
-            &["the methods of trait `layouts::Base` and `layouts::Extra` moved between vtable slots (low, high, more, _ -> high, low, more, _)"],
+            &[
+                "the methods of trait `layouts::Base` moved between vtable slots (low, high, more, _ -> high, low, more, _)",
+                "static `layouts::LAYERED`",
+            ],
         ),
         (
             "an impl overrides a default method, vtables made at startup kept behind `dyn` in a static",
             edits::PRINTER_OVERRIDES_NAME,
             &[
                 "the vtable of `layouts::Printer` for `layouts::Handler` calls `<layouts::Printer as layouts::Handler>::name` for `name` now, `layouts::Handler::name` before",
+                "static `layouts::HANDLERS`",
             ],
         ),
         (
@@ -238,8 +245,9 @@ fn layout_changes_with_live_old_values_are_refused() {
 /// function alone (a field added; its fields swapped while its derived `Clone` and `Default`
 /// compile the same), a new struct; a field added to one of two types whose helper types share a
 /// path in anonymous blocks (serde's derive); fields swapped without a layout change, although the hot
-/// function's symbol hash changes with them (paired by path, never `Unchanged`); and an edit that
-/// only moves lines changes nothing.
+/// function's symbol hash changes with them (paired by path, never `Unchanged`); an impl that
+/// starts overriding a default method of a trait whose values live behind `dyn` for a step only;
+/// and an edit that only moves lines changes nothing.
 #[test]
 fn layout_changes_no_old_value_can_meet_are_applied() {
     let (project, app) = running_layouts();
@@ -304,6 +312,21 @@ fn layout_changes_no_old_value_can_meet_are_applied() {
     );
     healthy_step(&app, mark, "visited");
 
+    // An impl overrides a default method of a trait whose values live only for a step behind
+    // `dyn` (an error made by `check`, dropped by `step`): no old vtable can be met, so patched,
+    // and the new boxes call the override (`e<n>/true` on odd steps).
+    apply(&project, &original, edits::STEP_ERROR_OVERRIDES_SOURCE);
+    let mark = app.mark();
+    let run = project.build();
+    assert!(status_for(&run, app.pid).starts_with("Patched layouts"), "{run}");
+    let step = app.wait_for(mark, "an error whose source is the override", |l| {
+        fields(l).is_some_and(|f| f.get("checked").is_some_and(|c| c.ends_with("/true")))
+    });
+    assert!(consistent(&step), "{step}");
+    for l in app.lines_since(mark).iter().filter(|l| l.starts_with("step ")) {
+        assert!(consistent(l), "a step is inconsistent: {l}\n{}", app.dump());
+    }
+
     // Back to the original, then only lines moved: nothing to patch, nothing to note.
     project.write(MAIN, &original);
     project.build();
@@ -349,7 +372,8 @@ fn added_removed_and_moved_closures_are_not_taken_for_each_other() {
 /// their names and code (`<&Mode as Debug>::fmt`, the `Map` iterator calling `mode_of`, sorting
 /// and hashing), and in the image they lead to the old `mode_of` and `<Mode as Debug>::fmt`, which
 /// are not redirected. The patch carries them (without, `recent=[Idle,Idle,Busy]` where the new
-/// code's `mode_of` says `Sleep`).
+/// code's `mode_of` says `Sleep`). Before it, a trait's methods swapped behind `dyn` (vtables of a
+/// type with drop glue, which v0 names `drop_in_place::<T>`) are refused as with legacy names.
 #[test]
 fn with_v0_symbol_names_a_new_enum_variant_meets_only_new_code_through_carried_code() {
     let project = scenario("layouts");
@@ -358,6 +382,15 @@ fn with_v0_symbol_names_a_new_enum_variant_meets_only_new_code_through_carried_c
     let app = project.start("layouts", &[("LAYOUTS_PERIOD_MS", "40")]);
     app.wait_for(0, "a first step", |l| l.starts_with("step "));
     let original = project.read(MAIN);
+    // v0 names drop glue `drop_in_place::<layouts::Printer>`: the vtables of `dyn Handler` (of a
+    // type with drop glue) are read, and methods moving between their slots are refused.
+    apply(&project, &original, edits::HANDLER_METHODS_SWAPPED);
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Skipped layouts"), "expected a refusal: {run}");
+    let reason =
+        "the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)";
+    assert!(line.contains(reason), "{line}");
     new_enum_variant_meets_only_new_code(&project, &app, &original, true);
 }
 

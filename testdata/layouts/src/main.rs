@@ -3,7 +3,7 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> handled=<..> mode=<..> shown=<..>
+//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> checked=<..> handled=<..> mode=<..> shown=<..>
 //! described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async
 //! fn. `n` counts steps in `main`; every other number keeps growing as long as old and new code
 //! agree on where each value's fields are.
@@ -200,8 +200,9 @@ trait Handler: Send {
     fn handle(&self, signal: &Signal) -> String;
 }
 
+/// Owns a `String`: its vtables start with drop glue (`drop_in_place::<Printer>` under v0 names).
 struct Printer {
-    prefix: &'static str,
+    prefix: String,
 }
 
 impl Handler for Printer {
@@ -259,6 +260,27 @@ impl std::hash::Hash for Tag {
 }
 
 static TAGS: Mutex<Option<HashMap<Tag, u32>>> = Mutex::new(None);
+
+/// An error `step` gets from `check` behind `Box<dyn Error>` and drops in the same step: no value
+/// of it outlives a step. An edit overrides `Error::source`, which its vtable then calls.
+#[derive(Debug)]
+struct StepError(u64);
+
+impl std::fmt::Display for StepError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "e{}", self.0)
+    }
+}
+
+impl std::error::Error for StepError {}
+
+fn check(n: u64) -> Result<u64, Box<dyn std::error::Error>> {
+    if n % 2 == 0 {
+        Ok(n)
+    } else {
+        Err(Box::new(StepError(n)))
+    }
+}
 
 fn mode_of(n: u64) -> Mode {
     if n % 2 == 0 {
@@ -364,6 +386,10 @@ fn step(
     if TAGS.lock().unwrap().as_ref().and_then(|t| t.get(&Tag(2))) != Some(&2) {
         println!("tag 2 lost");
     }
+    let checked = match check(n) {
+        Ok(v) => format!("ok{v}"),
+        Err(e) => format!("{e}/{}", std::error::Error::source(&*e).is_some()),
+    };
     let handled = handled.join(",");
     let pos = positions.update(0, |p: &mut Pos| {
         p.x += 1.0;
@@ -372,7 +398,7 @@ fn step(
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} handled={handled} {modes}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} checked={checked} handled={handled} {modes}",
         point.x,
         point.y,
         tally.name,
@@ -424,7 +450,7 @@ fn main() {
     for i in 0..4 {
         positions.push(Pos { x: i as f32 });
     }
-    HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: "p:" }));
+    HANDLERS.lock().unwrap().push(Box::new(Printer { prefix: String::from("p:") }));
     *TAGS.lock().unwrap() = Some((0..4).map(|i| (Tag(i), i)).collect());
     *LAYERED.lock().unwrap() = Some(Box::new(Levels));
     let mut task = Box::pin(task());
