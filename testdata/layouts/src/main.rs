@@ -70,6 +70,15 @@ struct Scratch {
     b: u32,
 }
 
+/// Collected into a `Vec` and sorted inside `step` alone: with v0 symbol names the instances over it
+/// (`extend_trusted`, the `map_fold` closure writing each element, the sort) keep their names when
+/// it gains a field (review 5, finding 5).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Flat {
+    a: u32,
+    b: u32,
+}
+
 /// Two types parsed from text inside `step` alone, each implementing `Parse` the way serde's derive
 /// implements `Deserialize`: inside an anonymous `const _` block, with a `__Field` enum of its own.
 /// Both enums have the path `layouts::forms::_::{impl#0}::parse::__Field` (rustc even describes
@@ -369,6 +378,9 @@ fn step(
         p.x += 1.0;
         p.x
     });
+    let mut flats: Vec<Flat> = (0..3).rev().map(|i| Flat { a: i, b: 7 }).collect();
+    flats.sort();
+    assert!(flats.iter().map(|f| (f.a, f.b)).eq([(0, 7), (1, 7), (2, 7)]), "{flats:?}");
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
