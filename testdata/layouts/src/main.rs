@@ -3,7 +3,7 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> handled=<..> mode=<..> shown=<..>
+//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> handled=<..> flat=<..> mode=<..> shown=<..>
 //! described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async
 //! fn. `n` counts steps in `main`; every other number keeps growing as long as old and new code
 //! agree on where each value's fields are.
@@ -380,11 +380,12 @@ fn step(
     });
     let mut flats: Vec<Flat> = (0..3).rev().map(|i| Flat { a: i, b: 7 }).collect();
     flats.sort();
-    assert!(flats.iter().map(|f| (f.a, f.b)).eq([(0, 7), (1, 7), (2, 7)]), "{flats:?}");
+    assert!(flats.iter().map(|f| f.a).eq(0..3), "{flats:?}");
+    let flat = flats[0].b;
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} handled={handled} {modes}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} handled={handled} flat={flat} {modes}",
         point.x,
         point.y,
         tally.name,
