@@ -15,7 +15,9 @@
 //! names change. Its copy calls the new versions (through the code `chain` carries) and its
 //! entry is redirected like any changed function's (unless its own signature holds a changed
 //! type). Only functions without generic arguments are taken: an instance whose arguments name a
-//! closure may handle the changed type through it, so its old callers must keep it.
+//! closure may handle the changed type through it, so its old callers must keep it. Functions not
+//! taken keep their old code, and with it the old instances: consistent, but the edit runs only
+//! where changed code calls it.
 
 use super::graph::{Index, Loc};
 use crate::layout::Layouts;
@@ -62,7 +64,11 @@ pub(super) fn promoted(
             if kind != SectionKind::Text || holds_changed_type(layouts, &p) {
                 // Renamed under legacy names (or data): its referrers are what legacy changes.
                 queue.push_back(u);
-            } else if v_holds && !p.contains('<') && !super::is_main(&p) {
+            } else if v_holds && !p.contains('<') && !super::is_main(&p) && !index.unchanged(u.0) {
+                // In a changed unit: `detours` knows which bodies the optimiser merged there only
+                // for those (a detour of a merged body would redirect the other names too). A
+                // unit holding a call to an instance over a changed type describes that type, so
+                // it changed whenever the type's change can be seen.
                 out.insert(u);
             }
         }
