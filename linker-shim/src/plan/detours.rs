@@ -34,6 +34,17 @@ pub(super) fn decide<'p, 'a: 'p>(
     changed: &HashSet<Loc>,
     signatures: &crate::layout::Signatures,
 ) -> crate::error::Result<Vec<Detour<'p>>> {
+    // Closures whose signature holds a changed type (one returning `Flat`): an instance over one
+    // (`Map<I, app::step::{closure#3}>`) handles that type as much as one over `Flat` itself.
+    let mut closures = Vec::new();
+    for &at in copy.iter().filter(|at| changed.contains(at)) {
+        let Some(mangled) = index.name(at)? else { continue };
+        let base_name = input.diff.base_name(mangled);
+        let path = crate::map::read::demangle(base_name);
+        if path.contains("{closure#") && signatures.change(&path, Some((base_name, mangled))).is_some() {
+            closures.push(path);
+        }
+    }
     let mut planned = Vec::new();
     for at in sorted(copy) {
         if !changed.contains(&at) || index.kind(at)? != SectionKind::Text {
@@ -56,7 +67,7 @@ pub(super) fn decide<'p, 'a: 'p>(
         } else {
             match signatures
                 .change(&path, Some((base_name, mangled)))
-                .or_else(|| instance_over(input.layouts, &path))
+                .or_else(|| instance_over(input.layouts, &closures, &path))
             {
                 Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
                 None => (detour_entries(input.base, base_name), false),
@@ -79,9 +90,18 @@ pub(super) fn decide<'p, 'a: 'p>(
 /// instance's generic arguments, so such an instance is renamed by the edit and shows as new,
 /// never detoured; v0 names do not change, so this rule gives it the same fate: old code keeps
 /// the old instance, new code (and the code [`super::chain`] carries) calls the new one.
-fn instance_over(layouts: &crate::layout::Layouts, path: &str) -> Option<String> {
-    let change = layouts.changes.iter().find(|c| crate::layout::compare::mentions(path, &c.name))?;
-    Some(format!("`{path}` is built for {} (an instance or impl over it keeps its name)", change.describe()))
+fn instance_over(layouts: &crate::layout::Layouts, closures: &[String], path: &str) -> Option<String> {
+    use crate::layout::compare::mentions;
+    if let Some(change) = layouts.changes.iter().find(|c| mentions(path, &c.name)) {
+        return Some(format!(
+            "`{path}` is built for {} (an instance or impl over it keeps its name)",
+            change.describe()
+        ));
+    }
+    let closure = closures.iter().find(|c| c.as_str() != path && mentions(path, c))?;
+    Some(format!(
+        "`{path}` is built for closure `{closure}`, whose signature holds a type that changed layout (an instance over it keeps its name)"
+    ))
 }
 
 /// An entry that several functions share (the optimiser merged identical bodies) can only be
@@ -167,7 +187,7 @@ mod tests {
             "<app::Flat as core::cmp::Ord>::cmp",
             "core::ptr::drop_in_place::<alloc::vec::Vec<app::Flat>>",
         ] {
-            let reason = instance_over(&layouts, path).unwrap_or_else(|| panic!("{path} redirected"));
+            let reason = instance_over(&layouts, &[], path).unwrap_or_else(|| panic!("{path} redirected"));
             assert!(reason.contains("struct `app::Flat` changed layout (8 -> 12 bytes)"), "{reason}");
         }
         for path in [
@@ -176,7 +196,14 @@ mod tests {
             "<app::Flatter as core::cmp::Ord>::cmp",
             "<[u32]>::reverse",
         ] {
-            assert_eq!(instance_over(&layouts, path), None, "{path}");
+            assert_eq!(instance_over(&layouts, &[], path), None, "{path}");
         }
+        // A closure returning `Flat`: instances over it, not the closure itself nor one inside it.
+        let closures = ["app::step::{closure#3}".to_string()];
+        let over = "<core::iter::adapters::map::Map<core::ops::range::Range<u32>, app::step::{closure#3}> as core::iter::traits::iterator::Iterator>::next";
+        assert!(instance_over(&layouts, &closures, over)
+            .is_some_and(|r| r.contains("closure `app::step::{closure#3}`")));
+        assert_eq!(instance_over(&layouts, &closures, "app::step::{closure#3}"), None);
+        assert_eq!(instance_over(&layouts, &closures, "app::step::{closure#3}::{closure#0}"), None);
     }
 }
