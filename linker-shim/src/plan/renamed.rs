@@ -50,7 +50,9 @@ pub(super) fn promoted(
         let v_holds = path(v)?.is_some_and(|p| holds_changed_type(layouts, &p));
         for u in index.referrers(v)? {
             // Changed code is new code already (redirected, or not redirected and walked from).
-            if changed.contains(&u) || !seen.insert(u) {
+            // `seen` holds what was walked from: a function left as it is when reached from one
+            // callee may be taken when reached from another, whose name holds a changed type.
+            if changed.contains(&u) || seen.contains(&u) || out.contains(&u) {
                 continue;
             }
             let kind = index.kind(u)?;
@@ -63,6 +65,7 @@ pub(super) fn promoted(
             let Some(p) = path(u)? else { continue };
             if kind != SectionKind::Text || holds_changed_type(layouts, &p) {
                 // Renamed under legacy names (or data): its referrers are what legacy changes.
+                seen.insert(u);
                 queue.push_back(u);
             } else if v_holds && !p.contains('<') && !super::is_main(&p) && !index.unchanged(u.0) {
                 // In a changed unit: `detours` knows which bodies the optimiser merged there only
