@@ -34,6 +34,17 @@ pub(super) fn decide<'p, 'a: 'p>(
     changed: &HashSet<Loc>,
     signatures: &crate::layout::Signatures,
 ) -> crate::error::Result<Vec<Detour<'p>>> {
+    // Closures whose signature holds a changed type (one returning `Flat`): an instance over one
+    // (`Map<I, app::step::{closure#3}>`) handles that type as much as one over `Flat` itself.
+    let mut closures = Vec::new();
+    for &at in copy.iter().filter(|at| changed.contains(at)) {
+        let Some(mangled) = index.name(at)? else { continue };
+        let base_name = input.diff.base_name(mangled);
+        let path = crate::map::read::demangle(base_name);
+        if path.contains("{closure#") && signatures.change(&path, Some((base_name, mangled))).is_some() {
+            closures.push(path);
+        }
+    }
     let mut planned = Vec::new();
     for at in sorted(copy) {
         if !changed.contains(&at) || index.kind(at)? != SectionKind::Text {
@@ -54,7 +65,10 @@ pub(super) fn decide<'p, 'a: 'p>(
         {
             (Err(crate::err!("{reason}")), false)
         } else {
-            match signatures.change(&path, Some((base_name, mangled))) {
+            match signatures
+                .change(&path, Some((base_name, mangled)))
+                .or_else(|| instance_over(input.layouts, &closures, &path))
+            {
                 Some(reason) => (Err(crate::err!("{reason}; changed callers call the new version")), true),
                 None => (detour_entries(input.base, base_name), false),
             }
@@ -63,6 +77,31 @@ pub(super) fn decide<'p, 'a: 'p>(
     }
     refuse_shared_entries(&merged_functions(input.base_build, &input.diff.changed_units_base), &mut planned);
     Ok(planned)
+}
+
+/// Why a changed function whose name holds a type that changed layout — an instance over it
+/// (`core::slice::sort::…::<app::Flat, …>`, `<[app::Flat]>::reverse`), an impl of it
+/// (`<app::Flat as Ord>::cmp`), or one over a changed closure's captures — is not redirected:
+/// it is built for the type's new layout, and old code reaches its entry with old values.
+///
+/// Its signature need not show the type: a closure nested in `map_fold::<u32, app::Flat, …>`
+/// receives only its captures, and writes new `Flat`s through a pointer into a buffer that old
+/// `extend_trusted` sized for old ones (review 5, finding 5). Legacy symbol names cover the
+/// instance's generic arguments, so such an instance is renamed by the edit and shows as new,
+/// never detoured; v0 names do not change, so this rule gives it the same fate: old code keeps
+/// the old instance, new code (and the code [`super::chain`] carries) calls the new one.
+fn instance_over(layouts: &crate::layout::Layouts, closures: &[String], path: &str) -> Option<String> {
+    use crate::layout::compare::mentions;
+    if let Some(change) = layouts.changes.iter().find(|c| mentions(path, &c.name)) {
+        return Some(format!(
+            "`{path}` is built for {} (an instance or impl over it keeps its name)",
+            change.describe()
+        ));
+    }
+    let closure = closures.iter().find(|c| c.as_str() != path && mentions(path, c))?;
+    Some(format!(
+        "`{path}` is built for closure `{closure}`, whose signature holds a type that changed layout (an instance over it keeps its name)"
+    ))
 }
 
 /// An entry that several functions share (the optimiser merged identical bodies) can only be
@@ -123,4 +162,48 @@ fn detour_entries(base: &BaseImage<'_>, mangled: &str) -> crate::error::Result<V
     out.sort_unstable();
     out.dedup();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::instance_over;
+    use crate::layout::compare::TypeChange;
+    use crate::layout::model::Kind;
+    use crate::layout::Layouts;
+
+    /// v0 paths of instances and impls over a changed type are not redirected; its inherent
+    /// functions' paths, other types with the same prefix and unrelated instances are.
+    #[test]
+    fn instances_and_impls_over_a_changed_type_are_not_redirected() {
+        let flat = TypeChange {
+            name: "app::Flat".into(),
+            kind: Kind::Struct,
+            details: vec!["8 -> 12 bytes".into()],
+        };
+        let layouts = Layouts { changes: vec![flat], ..Layouts::default() };
+        for path in [
+            "core::iter::adapters::map::map_fold::<u32, app::Flat, (), app::step::{closure#3}>::{closure#0}",
+            "<[app::Flat]>::reverse",
+            "<app::Flat as core::cmp::Ord>::cmp",
+            "core::ptr::drop_in_place::<alloc::vec::Vec<app::Flat>>",
+        ] {
+            let reason = instance_over(&layouts, &[], path).unwrap_or_else(|| panic!("{path} redirected"));
+            assert!(reason.contains("struct `app::Flat` changed layout (8 -> 12 bytes)"), "{reason}");
+        }
+        for path in [
+            "app::Flat::new",
+            "app::Flatter::new",
+            "<app::Flatter as core::cmp::Ord>::cmp",
+            "<[u32]>::reverse",
+        ] {
+            assert_eq!(instance_over(&layouts, &[], path), None, "{path}");
+        }
+        // A closure returning `Flat`: instances over it, not the closure itself nor one inside it.
+        let closures = ["app::step::{closure#3}".to_string()];
+        let over = "<core::iter::adapters::map::Map<core::ops::range::Range<u32>, app::step::{closure#3}> as core::iter::traits::iterator::Iterator>::next";
+        assert!(instance_over(&layouts, &closures, over)
+            .is_some_and(|r| r.contains("closure `app::step::{closure#3}`")));
+        assert_eq!(instance_over(&layouts, &closures, "app::step::{closure#3}"), None);
+        assert_eq!(instance_over(&layouts, &closures, "app::step::{closure#3}::{closure#0}"), None);
+    }
 }

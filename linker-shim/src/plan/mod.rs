@@ -26,6 +26,7 @@ mod imports;
 mod planner;
 mod pointers;
 mod pull;
+mod renamed;
 mod report;
 mod resolve;
 mod tls;
@@ -276,10 +277,19 @@ pub fn plan<'a>(input: &Inputs<'_, 'a>, index: &Index<'_, 'a>) -> crate::error::
     // In place: which changed functions keep their old entry, and the unchanged code that leads
     // to them, which new code must reach in copies (see `chain`).
     let signatures = crate::layout::Signatures::new(input.layouts);
-    let detours = match input.mode {
+    let mut copy = copy;
+    let mut detours = match input.mode {
         Mode::InPlace => detours::decide(input, index, &copy, &changed_nodes, &signatures)?,
         Mode::HotPoints => Vec::new(),
     };
+    // v0 names: the unchanged callers legacy names would have changed (see `renamed`).
+    let layout_stale: HashSet<Loc> = detours.iter().filter(|d| d.layout).map(|d| d.at).collect();
+    let promoted = renamed::promoted(index, input.layouts, &layout_stale, &changed_nodes)?;
+    if !promoted.is_empty() {
+        changed_nodes.extend(promoted.iter().copied());
+        copy.extend(promoted.iter().copied());
+        detours = detours::decide(input, index, &copy, &changed_nodes, &signatures)?;
+    }
     clock.step("redirects");
     let stale: HashMap<Loc, Option<String>> = detours
         .iter()

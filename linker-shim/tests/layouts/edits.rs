@@ -102,6 +102,14 @@ pub const NEW_STRUCT: Edit = &[
     ("scratch.a + scratch.b", "scratch.a + scratch.b + fresh.v + fresh.w as u32"),
 ];
 
+/// `Flat`, collected into a `Vec` and sorted inside `step` alone, gains a field, and the closure
+/// making each one sets `b` to 8 (`step` prints the first one's: `flat=8`); `step`'s code stays
+/// the same.
+pub const FLAT_FIELD_ADDED: Edit = &[
+    ("struct Flat {\n    a: u32,\n    b: u32,\n}", "struct Flat {\n    a: u32,\n    b: u32,\n    c: u32,\n}"),
+    ("Flat { a: i, b: 7 }", "Flat { a: i, b: 8, c: 1 }"),
+];
+
 /// Three lines inserted at the top: every panic location below moves, no code changes.
 pub const LINES_SHIFTED: Edit = &[("use std::cell::RefCell;", "use std::cell::RefCell;\n\n\n")];
 

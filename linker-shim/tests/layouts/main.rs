@@ -392,6 +392,40 @@ fn with_v0_symbol_names_a_new_enum_variant_meets_only_new_code_through_carried_c
         "the methods of trait `layouts::Handler` moved between vtable slots (name, handle -> handle, name)";
     assert!(line.contains(reason), "{line}");
     new_enum_variant_meets_only_new_code(&project, &app, &original, true);
+    flat_field_added_meets_only_new_code(&project, &app, &original);
+}
+
+/// `Flat` gains a field and its maker sets `b: 8` (review 5, finding 5); `step`, which collects
+/// three into a `Vec`, sorts them and prints the first's `b`, compiles the same. Under v0 names
+/// every instance over `Flat` keeps its name, so the diff finds `step`, `extend_trusted` (which
+/// sizes the buffer) and the sort unchanged. The closure nested in `map_fold::<u32, Flat, …>` that
+/// writes each element receives only its captures, so its signature shows no `Flat`: redirected,
+/// it wrote 12-byte `Flat`s into the old 8-byte slots (`malloc(): unaligned tcache chunk
+/// detected`, abort). Without `step` taken as changed (as legacy names make it, `plan/renamed.rs`),
+/// the old `step` kept the old closure: `flat=7` after `Patched`.
+fn flat_field_added_meets_only_new_code(project: &Project, app: &Running, original: &str) {
+    apply(project, original, edits::FLAT_FIELD_ADDED);
+    let mark = app.mark();
+    let run = project.build();
+    let line = status_for(&run, app.pid);
+    assert!(line.starts_with("Patched layouts"), "{run}");
+    let step = healthy_step(app, mark, "hello");
+    let n = number(&fields(&step).unwrap()["n"]);
+    let later = app.mark();
+    app.wait_for(later, "three more steps after the patch", |l| {
+        fields(l).is_some_and(|f| f.get("n").is_some_and(|m| number(m) >= n + 3))
+    });
+    // Steps begun before the patch ran patch 1's code (`msg=slept`); each since runs the original.
+    let hello = |l: &&String| fields(l).is_some_and(|f| f.get("msg").is_some_and(|m| m == "hello"));
+    for l in app.lines_since(mark).iter().filter(hello) {
+        assert_eq!(fields(l).unwrap()["flat"], "8", "the new code must make each Flat: {l}\n{}", app.dump());
+        assert_eq!(
+            modes_of(l),
+            expected_modes(number(&fields(l).unwrap()["n"]), false),
+            "{l}\n{}",
+            app.dump()
+        );
+    }
 }
 
 /// What `step` prints about `Mode` for step `n`, by the original rule (`Idle` on even steps, `Busy`

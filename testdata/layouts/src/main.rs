@@ -3,9 +3,9 @@
 //! that reads them all.
 //!
 //! Each line: `step n=<n> msg=<..> config=<..> session=<..> point=<..> items=<..> shape=<..>
-//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> checked=<..> handled=<..> mode=<..> shown=<..>
-//! described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from an async
-//! fn. `n` counts steps in `main`; every other number keeps growing as long as old and new code
+//! tally=<..> label=<..> scratch=<..> form=<..> pos=<..> checked=<..> handled=<..> flat=<..> mode=<..>
+//! shown=<..> described=<..> at=<..> recent=<..> counts=<..>`, and `task total=<..> rounds=<..>` from
+//! an async fn. `n` counts steps in `main`; every other number keeps growing as long as old and new code
 //! agree on where each value's fields are.
 
 use std::cell::RefCell;
@@ -66,6 +66,15 @@ struct Tally {
 /// a same-size retype, and hold a value only for the moment of a call).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 struct Scratch {
+    a: u32,
+    b: u32,
+}
+
+/// Collected into a `Vec` and sorted inside `step` alone: with v0 symbol names the instances over it
+/// (`extend_trusted`, the `map_fold` closure writing each element, the sort) keep their names when
+/// it gains a field (review 5, finding 5).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Flat {
     a: u32,
     b: u32,
 }
@@ -395,10 +404,14 @@ fn step(
         p.x += 1.0;
         p.x
     });
+    let mut flats: Vec<Flat> = (0..3).rev().map(|i| Flat { a: i, b: 7 }).collect();
+    flats.sort();
+    assert!(flats.iter().map(|f| f.a).eq(0..3), "{flats:?}");
+    let flat = flats[0].b;
     let scratch = Scratch { a: n as u32, b: 7 }.clone();
     assert!(scratch != Scratch::default(), "{scratch:?}");
     format!(
-        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} checked={checked} handled={handled} {modes}",
+        "step n={n} msg={msg} config={config} session={session} point={}/{} items={items} shape={shape} tally={}:{} label={} scratch={} form={form} pos={pos} checked={checked} handled={handled} flat={flat} {modes}",
         point.x,
         point.y,
         tally.name,
