@@ -367,12 +367,12 @@ fn mutated_link_inputs_link_through_ipbp_ld_as_with_the_plain_linker() {
     let project = scenario("counter");
     let c = capture(&project, &project.home);
     let scratch = project.root().join("mutations");
-    let outcomes: Vec<(usize, usize, usize)> = std::thread::scope(|s| {
+    let outcomes: Vec<(usize, usize, usize, usize)> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..2)
             .map(|w| {
                 let (c, scratch, home) = (&c, &scratch, &project.home);
                 s.spawn(move || {
-                    let (mut linked, mut failed, mut warned) = (0, 0, 0);
+                    let (mut linked, mut failed, mut warned, mut unstable) = (0, 0, 0, 0);
                     let shim_out = c.deps.join(format!("counter-fuzz{w}"));
                     for i in (w..MUTATIONS).step_by(2) {
                         let dir = scratch.join(i.to_string());
@@ -403,6 +403,20 @@ fn mutated_link_inputs_link_through_ipbp_ld_as_with_the_plain_linker() {
                                 (false, true) => through = link_through(),
                                 _ => break,
                             }
+                        }
+                        // Nor does lld always answer one damaged input the same way without
+                        // crashing: CI saw mutation 64 of the default seed (a section header
+                        // overwritten) link on one side and fail with "invalid symbol index" on
+                        // the other, on one thread each. When the two sides differ, the plain
+                        // link runs again: if it gives the other side's outcome too, lld does not
+                        // decide this input, and there is nothing to compare (counted, and
+                        // bounded below); otherwise the two are compared as always.
+                        if plain.status.code() != through.status.code()
+                            && (0..4).any(|_| link_plain().status.code() == through.status.code())
+                        {
+                            unstable += 1;
+                            let _ = std::fs::remove_dir_all(&dir);
+                            continue;
                         }
                         let context = format!("mutation {i} (IPBP_FUZZ_SEED={seed}): {}", m.what);
                         let text = |o: &std::process::Output, out: &Path| {
@@ -436,17 +450,24 @@ fn mutated_link_inputs_link_through_ipbp_ld_as_with_the_plain_linker() {
                         warned += warnings.len();
                         let _ = std::fs::remove_dir_all(&dir);
                     }
-                    (linked, failed, warned)
+                    (linked, failed, warned, unstable)
                 })
             })
             .collect();
         workers.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
     });
-    let (linked, failed, warned) = outcomes.iter().fold((0, 0, 0), |t, o| (t.0 + o.0, t.1 + o.1, t.2 + o.2));
-    eprintln!("mutated links: {linked} linked, {failed} refused by the linker, {warned} ipbp-ld warnings");
+    let (linked, failed, warned, unstable) =
+        outcomes.iter().fold((0, 0, 0, 0), |t, o| (t.0 + o.0, t.1 + o.1, t.2 + o.2, t.3 + o.3));
+    eprintln!(
+        "mutated links: {linked} linked, {failed} refused by the linker, {unstable} that lld decides differently from run to run, {warned} ipbp-ld warnings"
+    );
     assert!(
         linked > 0 && failed > 0,
         "the mutations exercised one outcome only: {linked} linked, {failed} failed"
+    );
+    assert!(
+        unstable * 20 <= MUTATIONS,
+        "{unstable} of {MUTATIONS} mutations are decided differently from run to run"
     );
 }
 
