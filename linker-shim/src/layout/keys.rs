@@ -44,8 +44,7 @@ pub fn placing_impls_changed(diff: &Diff, layouts: &Layouts) -> Vec<String> {
 /// The path of a type without its generic arguments: `app::Pair<T>` and `app::Pair<u32>` →
 /// `app::Pair` (legacy names print a generic impl's own parameters, DWARF the instance's).
 fn stem(ty: &str) -> &str {
-    let ty = ty.trim_start_matches('&');
-    super::closures::split_args(ty).0.trim_end_matches("::")
+    super::closures::without_args(ty.trim_start_matches('&'))
 }
 
 /// Whether every value of the impl's type `ty` (`app::Pair<T>`: any instance) has a new layout:
@@ -59,8 +58,8 @@ fn layout_changed<'a>(
 ) -> bool {
     let stem = stem(ty);
     let changed = |t: &str| changes.clone().any(|c| c == t);
-    changes.clone().any(|c| super::closures::split_args(c).0.trim_end_matches("::") == stem)
-        && old_types.filter(|t| super::closures::split_args(t).0.trim_end_matches("::") == stem).all(changed)
+    let of_ty = |t: &&str| super::closures::without_args(t) == stem;
+    changes.clone().any(|c| of_ty(&c)) && old_types.filter(of_ty).all(changed)
 }
 
 /// `<app::Key as core::hash::Hash>::hash[::<H>]` → `<app::Key as core::hash::Hash>::hash`, for a

@@ -208,17 +208,22 @@ pub fn refusals_in(layouts: &Layouts, diff: &Diff, frames: bool) -> (Vec<String>
         if places.is_empty() {
             continue;
         }
-        const SHOWN: usize = 4;
-        let more = places.len().saturating_sub(SHOWN);
-        places.truncate(SHOWN);
-        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         out.push(format!(
-            "{} and old values are live ({}{more}); restart to use it",
+            "{} and old values are live ({}); restart to use it",
             change.describe(),
-            places.join(", ")
+            some_of(places)
         ));
     }
     (out, statics)
+}
+
+/// The first few of `places`, for a reason line: `a, b, c, d and 2 more`.
+pub fn some_of(mut places: Vec<String>) -> String {
+    const SHOWN: usize = 4;
+    let more = places.len().saturating_sub(SHOWN);
+    places.truncate(SHOWN);
+    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+    format!("{}{more}", places.join(", "))
 }
 
 /// Whether the function at `path` runs in a frame that may never return: `main` of the model, or a

@@ -85,14 +85,10 @@ pub fn refusals<'a>(
         if places.is_empty() {
             continue;
         }
-        const SHOWN: usize = 4;
-        let more = places.len().saturating_sub(SHOWN);
-        places.truncate(SHOWN);
-        let more = if more > 0 { format!(" and {more} more") } else { String::new() };
         out.push(format!(
-            "{}: values behind `dyn` made by the running code keep the old vtables ({}{more}), {} (restart to use it)",
+            "{}: values behind `dyn` made by the running code keep the old vtables ({}), {} (restart to use it)",
             m.what,
-            places.join(", "),
+            live::some_of(places),
             m.effect
         ));
     }
@@ -117,7 +113,7 @@ struct Moved {
 /// `None` when the running build's changed units describe no vtable of those types: the `dyn`
 /// trait may then be one no method names.
 fn dyn_traits(m: &Moved, old: &Model) -> Option<Vec<String>> {
-    let stem = |t: &str| super::closures::split_args(t).0.trim_end_matches("::").to_string();
+    let stem = |t: &str| super::closures::without_args(t).to_string();
     let types: BTreeSet<String> = m.types.iter().map(|t| stem(t)).collect();
     let described: Vec<String> =
         old.vtables.iter().filter(|(ty, _)| types.contains(&stem(ty))).map(|(_, tr)| stem(tr)).collect();

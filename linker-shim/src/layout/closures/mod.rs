@@ -80,6 +80,12 @@ type Family<'m> = BTreeMap<u32, Side<'m>>;
 /// function is not generic).
 type Key = (String, &'static str, String);
 
+/// The path of a type or function without the generic arguments it ends with, nor the `::` of a
+/// v0 turbofish before them: `app::Pair<u32>` and `app::Pair::<u32>` → `app::Pair`.
+pub fn without_args(path: &str) -> &str {
+    split_args(path).0.trim_end_matches("::")
+}
+
 /// `path` without the generic arguments it ends with, and those (`app::make::{closure#0}<u32>` →
 /// `app::make::{closure#0}`, `<u32>`); the arguments may name closures themselves.
 pub fn split_args(path: &str) -> (&str, &str) {
