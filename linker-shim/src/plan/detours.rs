@@ -92,7 +92,7 @@ pub(super) fn decide<'p, 'a: 'p>(
 /// the old instance, new code (and the code [`super::chain`] carries) calls the new one.
 fn instance_over(layouts: &crate::layout::Layouts, closures: &[String], path: &str) -> Option<String> {
     use crate::layout::compare::mentions;
-    if let Some(change) = layouts.changes.iter().find(|c| mentions(path, &c.name)) {
+    if let Some(change) = super::renamed::changed_type_in(layouts, path) {
         return Some(format!(
             "`{path}` is built for {} (an instance or impl over it keeps its name)",
             change.describe()

@@ -20,13 +20,18 @@
 //! where changed code calls it.
 
 use super::graph::{Index, Loc};
+use crate::layout::compare::TypeChange;
 use crate::layout::Layouts;
 use crate::objects::SectionKind;
 use std::collections::{HashSet, VecDeque};
 
-/// Whether the demangled `path` holds a type that changed layout (see `detours::instance_over`).
-pub(super) fn holds_changed_type(layouts: &Layouts, path: &str) -> bool {
-    layouts.changes.iter().any(|c| crate::layout::compare::mentions(path, &c.name))
+/// The type that changed layout the demangled `path` holds, if any (see `detours::instance_over`).
+pub(super) fn changed_type_in<'l>(layouts: &'l Layouts, path: &str) -> Option<&'l TypeChange> {
+    layouts.changes.iter().find(|c| crate::layout::compare::mentions(path, &c.name))
+}
+
+fn holds_changed_type(layouts: &Layouts, path: &str) -> bool {
+    changed_type_in(layouts, path).is_some()
 }
 
 /// The unchanged functions to take as changed: see the module's documentation. `stale`: the
