@@ -162,7 +162,20 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             let program = dir.path().join("sleeper");
             std::fs::copy("/bin/sleep", &program).unwrap();
-            let child = std::process::Command::new(&program).arg("30").spawn().unwrap();
+            // Another test thread forking while the copy was open for writing holds it open in its
+            // child until that child execs: running the copy then fails with ETXTBSY for a moment.
+            let spawn = || std::process::Command::new(&program).arg("30").spawn();
+            let mut child = spawn();
+            for _ in 0..50 {
+                match &child {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(std::time::Duration::from_millis(20));
+                        child = spawn();
+                    }
+                    _ => break,
+                }
+            }
+            let child = child.unwrap();
             Sleeper { dir, program, child }
         }
 
